@@ -1,0 +1,141 @@
+//! `sgbench`: the origin server and the measuring client of the shimgate
+//! benchmark (`tests/bench/run.sh`, described in `docs/BENCHMARKS.md`).
+//!
+//! The same code measures every path (direct loopback, a plain SOCKS5 proxy,
+//! `ssh -D`, shimgate), so differences between rows come from the path, not
+//! from the client. Subcommands:
+//!
+//! * `origin --listen ADDR`: the server at the end of every path (see
+//!   [`origin`] for its tiny protocol).
+//! * `measure --name N --target ADDR [--socks ADDR] --out FILE`: runs every
+//!   figure for one path and writes it as JSON.
+//! * `report FILE...`: prints the side-by-side table and the targets.
+//! * `failed`, `ports`, `wait-port`: helpers for the script.
+
+mod client;
+mod measure;
+mod origin;
+mod report;
+mod rss;
+
+use std::net::{SocketAddr, SocketAddrV4, TcpListener};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "sgbench", about = "shimgate benchmark: origin server and measuring client")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the origin server (bulk source and 1-byte ping responder).
+    Origin {
+        /// Address to listen on, e.g. 127.0.0.1:9000.
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+    /// Measure one path and write its figures as JSON.
+    Measure(measure::MeasureArgs),
+    /// Print the side-by-side table and the targets from `measure` outputs.
+    Report(report::ReportArgs),
+    /// Write a result file for a path that could not be run.
+    Failed(FailedArgs),
+    /// Print N currently free TCP ports on 127.0.0.1, one per line.
+    Ports {
+        #[arg(default_value_t = 1)]
+        n: usize,
+    },
+    /// Wait until a TCP port accepts connections.
+    WaitPort {
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 30)]
+        timeout_secs: u64,
+        /// Give up early when this process has exited.
+        #[arg(long)]
+        pid: Option<u32>,
+    },
+}
+
+#[derive(Args)]
+struct FailedArgs {
+    #[arg(long)]
+    name: String,
+    #[arg(long)]
+    label: Option<String>,
+    #[arg(long)]
+    reason: String,
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Origin { listen } => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(origin::serve(listen))
+        }
+        Cmd::Measure(args) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(args.threads.max(1))
+                .enable_all()
+                .build()?;
+            rt.block_on(measure::run(args))
+        }
+        Cmd::Report(args) => report::run(args),
+        Cmd::Failed(a) => {
+            let label = a.label.unwrap_or_else(|| a.name.clone());
+            let v = serde_json::json!({ "name": a.name, "label": label, "error": a.reason });
+            std::fs::write(&a.out, serde_json::to_vec_pretty(&v)?)
+                .with_context(|| format!("writing {}", a.out.display()))
+        }
+        Cmd::Ports { n } => {
+            // Hold all listeners at once so the ports are distinct.
+            let ls = (0..n)
+                .map(|_| TcpListener::bind("127.0.0.1:0"))
+                .collect::<std::io::Result<Vec<_>>>()?;
+            for l in &ls {
+                println!("{}", l.local_addr()?.port());
+            }
+            Ok(())
+        }
+        Cmd::WaitPort {
+            addr,
+            timeout_secs,
+            pid,
+        } => wait_port(addr, Duration::from_secs(timeout_secs), pid),
+    }
+}
+
+fn wait_port(addr: SocketAddr, timeout: Duration, pid: Option<u32>) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok() {
+            return Ok(());
+        }
+        if let Some(pid) = pid
+            && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        {
+            bail!("process {pid} exited before {addr} accepted connections");
+        }
+        if Instant::now() >= deadline {
+            bail!("{addr} did not accept connections within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Parses `127.0.0.1:PORT` into an IPv4 socket address (the SOCKS client only
+/// speaks the IPv4 address type).
+fn parse_v4(s: &str) -> Result<SocketAddrV4> {
+    s.parse::<SocketAddrV4>()
+        .with_context(|| format!("{s:?} is not an IPv4 address:port"))
+}

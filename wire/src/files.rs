@@ -1,0 +1,71 @@
+//! Writing files that must never be seen half-written or by other users.
+//!
+//! Keys and certificates are written to a temporary file in the same
+//! directory (created with its final mode, so a secret is never briefly
+//! world-readable), fsynced, then renamed over the target, and the directory
+//! is fsynced. A full disk or read-only directory leaves the old file intact.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::Path;
+
+/// Mode for private keys and anything else only the owner may read.
+pub const SECRET: u32 = 0o600;
+/// Mode for certificates and configuration.
+pub const PUBLIC: u32 = 0o644;
+
+/// Writes `contents` to `path` atomically with the given mode.
+pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    let tmp = dir.join(format!(".{}.tmp{}", name.to_string_lossy(), std::process::id()));
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(contents)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Creates a directory (and parents) readable only by its owner.
+pub fn create_private_dir(path: &Path) -> io::Result<()> {
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn secret_is_0600_and_replaced_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k.pem");
+        write_atomic(&p, b"one", SECRET).unwrap();
+        write_atomic(&p, b"two", SECRET).unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"two");
+        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "no temp file left");
+    }
+
+    #[test]
+    fn failure_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("missing-dir").join("k.pem");
+        assert!(write_atomic(&p, b"x", SECRET).is_err());
+        assert!(!p.exists());
+    }
+}

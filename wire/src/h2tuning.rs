@@ -1,0 +1,15 @@
+//! HTTP/2 settings for the tunnel, shared by both ends.
+//!
+//! The defaults (64 KiB windows, 16 KiB frames) cap one stream at about
+//! window/RTT; bulk transfers need far larger windows.
+
+/// Per-stream receive window.
+pub const STREAM_WINDOW: u32 = 16 * 1024 * 1024;
+/// Whole-connection receive window (shared by all streams).
+pub const CONNECTION_WINDOW: u32 = 64 * 1024 * 1024;
+/// Largest DATA frame either side sends.
+pub const MAX_FRAME: u32 = 256 * 1024;
+/// Bytes read from a socket per DATA frame sent.
+pub const CHUNK: usize = 128 * 1024;
+/// Concurrent tunnels one connection carries.
+pub const MAX_STREAMS: u32 = 20_000;

@@ -1,0 +1,22 @@
+//! What the shimgate proxy (device side) and gateway both speak.
+//!
+//! - [`code`]: the enrollment code an admin hands to a user.
+//! - [`tunnel`]: how the gateway reports why it could not open a tunnel, and
+//!   the SOCKS5 reply each reason maps to.
+//! - [`enroll`]: the JSON messages of enrollment and certificate renewal.
+//! - [`identity`]: device names and the SPIFFE-style URI that names a device
+//!   in its certificate.
+//! - [`h2tuning`]: HTTP/2 settings both ends use for the tunnel.
+//! - [`files`]: writing keys and certificates safely (atomic, 0600).
+//! - [`pki`]: PEM loading, fingerprints and the one crypto provider.
+//! - [`splice`]: moving bytes between a socket and an HTTP/2 stream, with
+//!   flow control and half-close.
+
+pub mod code;
+pub mod files;
+pub mod pki;
+pub mod enroll;
+pub mod h2tuning;
+pub mod identity;
+pub mod splice;
+pub mod tunnel;

@@ -1,0 +1,115 @@
+//! Moves bytes between a byte stream (a SOCKS client's socket on the device,
+//! the destination's socket on the gateway) and one HTTP/2 stream.
+//!
+//! Both directions run at once and end independently, so a half-close
+//! travels end to end: EOF on the socket becomes END_STREAM, END_STREAM
+//! becomes `shutdown()` of the socket's write side. Received bytes are
+//! released to the peer's flow-control window only after they were written
+//! to the socket, which is what gives backpressure.
+
+use std::io;
+
+use bytes::{Bytes, BytesMut};
+use h2::{Reason, RecvStream, SendStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::h2tuning::CHUNK;
+
+/// Bytes moved by [`splice`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Moved {
+    /// From the socket into the HTTP/2 stream.
+    pub up: u64,
+    /// From the HTTP/2 stream into the socket.
+    pub down: u64,
+}
+
+/// Copies until both directions are finished. An error in either direction
+/// ends both: the stream is reset and the socket dropped, so neither end
+/// waits on a peer that is gone.
+pub async fn splice<S>(sock: S, send: SendStream<Bytes>, recv: RecvStream) -> io::Result<Moved>
+where
+    S: AsyncRead + AsyncWrite,
+{
+    let (rd, wr) = tokio::io::split(sock);
+    let up = socket_to_h2(rd, send);
+    let down = h2_to_socket(recv, wr);
+    tokio::pin!(up, down);
+    let (mut up_done, mut down_done) = (None, None);
+    while up_done.is_none() || down_done.is_none() {
+        tokio::select! {
+            r = &mut up, if up_done.is_none() => up_done = Some(r?),
+            r = &mut down, if down_done.is_none() => down_done = Some(r?),
+        }
+    }
+    Ok(Moved {
+        up: up_done.unwrap_or_default(),
+        down: down_done.unwrap_or_default(),
+    })
+}
+
+async fn socket_to_h2<R: AsyncRead>(rd: R, mut send: SendStream<Bytes>) -> io::Result<u64> {
+    tokio::pin!(rd);
+    let mut total = 0u64;
+    let mut buf = BytesMut::with_capacity(CHUNK);
+    loop {
+        if buf.capacity() < CHUNK / 4 {
+            buf.reserve(CHUNK);
+        }
+        let n = match rd.read_buf(&mut buf).await {
+            Ok(n) => n,
+            Err(e) => {
+                send.send_reset(Reason::CANCEL);
+                return Err(e);
+            }
+        };
+        if n == 0 {
+            // Our side is done writing: tell the other end, keep reading its way.
+            return match send.send_data(Bytes::new(), true) {
+                Ok(()) => Ok(total),
+                Err(e) => Err(h2_to_io(e)),
+            };
+        }
+        total += n as u64;
+        let mut data = buf.split().freeze();
+        while !data.is_empty() {
+            send.reserve_capacity(data.len());
+            let granted = match std::future::poll_fn(|cx| send.poll_capacity(cx)).await {
+                Some(Ok(granted)) => granted,
+                Some(Err(e)) => return Err(h2_to_io(e)),
+                None => return Err(io::Error::new(io::ErrorKind::BrokenPipe, "tunnel stream closed")),
+            };
+            let chunk = data.split_to(granted.min(data.len()));
+            send.send_data(chunk, false).map_err(h2_to_io)?;
+        }
+    }
+}
+
+async fn h2_to_socket<W: AsyncWrite>(mut recv: RecvStream, wr: W) -> io::Result<u64> {
+    tokio::pin!(wr);
+    let mut total = 0u64;
+    while let Some(chunk) = recv.data().await {
+        let chunk = chunk.map_err(h2_to_io)?;
+        let len = chunk.len();
+        wr.write_all(&chunk).await?;
+        total += len as u64;
+        // Ignoring the error is right: it only fails once the stream is gone,
+        // and the next `data()` reports that.
+        let _ = recv.flow_control().release_capacity(len);
+    }
+    // Clean END_STREAM: pass the half-close on.
+    wr.shutdown().await?;
+    Ok(total)
+}
+
+/// Turns an HTTP/2 stream error into the I/O error a socket user expects.
+pub fn h2_to_io(e: h2::Error) -> io::Error {
+    if e.is_io() {
+        return e.into_io().unwrap_or_else(|| io::Error::other("http/2 i/o error"));
+    }
+    let kind = match e.reason() {
+        Some(Reason::CANCEL) | Some(Reason::NO_ERROR) => io::ErrorKind::ConnectionReset,
+        _ => io::ErrorKind::ConnectionAborted,
+    };
+    io::Error::new(kind, e)
+}

@@ -1,0 +1,158 @@
+//! How a tunnel request fails, end to end.
+//!
+//! The proxy asks for a tunnel with an HTTP/2 `CONNECT host:port`. The gateway
+//! answers `200` or an error status with a [`ERROR_HEADER`] naming a
+//! [`TunnelError`]; the proxy turns that into the SOCKS5 reply code a client
+//! understands (RFC 1928 §6).
+
+use std::fmt;
+use std::io;
+use std::str::FromStr;
+
+use http::StatusCode;
+
+/// Response header carrying the reason a tunnel was refused.
+pub const ERROR_HEADER: &str = "shimgate-error";
+/// Response header carrying the address the gateway dialled from (`ip:port`),
+/// reported to the SOCKS client as BND.ADDR.
+pub const BOUND_HEADER: &str = "shimgate-bound";
+
+/// Why the gateway could not open a tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TunnelError {
+    /// Policy forbids this device from reaching the destination.
+    NotAllowed,
+    NetworkUnreachable,
+    /// The name did not resolve, or the host did not answer.
+    HostUnreachable,
+    Refused,
+    TimedOut,
+    AddressNotSupported,
+    /// Anything else (the gateway's own trouble, a malformed request).
+    General,
+}
+
+impl TunnelError {
+    pub const ALL: [TunnelError; 7] = [
+        TunnelError::NotAllowed,
+        TunnelError::NetworkUnreachable,
+        TunnelError::HostUnreachable,
+        TunnelError::Refused,
+        TunnelError::TimedOut,
+        TunnelError::AddressNotSupported,
+        TunnelError::General,
+    ];
+
+    /// The SOCKS5 reply code (RFC 1928 §6).
+    pub fn socks_reply(self) -> u8 {
+        match self {
+            TunnelError::General => 0x01,
+            TunnelError::NotAllowed => 0x02,
+            TunnelError::NetworkUnreachable => 0x03,
+            TunnelError::HostUnreachable => 0x04,
+            TunnelError::Refused => 0x05,
+            TunnelError::TimedOut => 0x06,
+            TunnelError::AddressNotSupported => 0x08,
+        }
+    }
+
+    pub fn http_status(self) -> StatusCode {
+        match self {
+            TunnelError::NotAllowed => StatusCode::FORBIDDEN,
+            TunnelError::AddressNotSupported => StatusCode::BAD_REQUEST,
+            TunnelError::TimedOut => StatusCode::GATEWAY_TIMEOUT,
+            TunnelError::General => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TunnelError::NotAllowed => "not-allowed",
+            TunnelError::NetworkUnreachable => "network-unreachable",
+            TunnelError::HostUnreachable => "host-unreachable",
+            TunnelError::Refused => "refused",
+            TunnelError::TimedOut => "timed-out",
+            TunnelError::AddressNotSupported => "address-not-supported",
+            TunnelError::General => "general",
+        }
+    }
+
+    /// What the proxy concludes from a gateway response: the header when the
+    /// gateway sent one, otherwise the status alone.
+    pub fn from_response(status: StatusCode, header: Option<&str>) -> TunnelError {
+        if let Some(reason) = header.and_then(|h| h.parse().ok()) {
+            return reason;
+        }
+        match status {
+            StatusCode::FORBIDDEN => TunnelError::NotAllowed,
+            StatusCode::GATEWAY_TIMEOUT => TunnelError::TimedOut,
+            StatusCode::BAD_GATEWAY => TunnelError::HostUnreachable,
+            _ => TunnelError::General,
+        }
+    }
+
+    /// Classifies a failed `connect()` on the gateway.
+    pub fn from_io(err: &io::Error) -> TunnelError {
+        match err.kind() {
+            io::ErrorKind::ConnectionRefused => TunnelError::Refused,
+            io::ErrorKind::TimedOut => TunnelError::TimedOut,
+            io::ErrorKind::HostUnreachable => TunnelError::HostUnreachable,
+            io::ErrorKind::NetworkUnreachable => TunnelError::NetworkUnreachable,
+            io::ErrorKind::AddrNotAvailable => TunnelError::AddressNotSupported,
+            io::ErrorKind::PermissionDenied => TunnelError::NotAllowed,
+            _ => TunnelError::General,
+        }
+    }
+}
+
+impl fmt::Display for TunnelError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for TunnelError {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        TunnelError::ALL
+            .into_iter()
+            .find(|e| e.as_str() == s)
+            .ok_or(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socks_codes_match_rfc1928() {
+        let codes: Vec<u8> = TunnelError::ALL.iter().map(|e| e.socks_reply()).collect();
+        assert_eq!(codes, [0x02, 0x03, 0x04, 0x05, 0x06, 0x08, 0x01]);
+    }
+
+    #[test]
+    fn every_reason_survives_the_wire() {
+        for e in TunnelError::ALL {
+            assert_eq!(TunnelError::from_response(e.http_status(), Some(e.as_str())), e);
+        }
+    }
+
+    #[test]
+    fn status_alone_still_maps() {
+        assert_eq!(TunnelError::from_response(StatusCode::FORBIDDEN, None), TunnelError::NotAllowed);
+        assert_eq!(TunnelError::from_response(StatusCode::GATEWAY_TIMEOUT, Some("bogus")), TunnelError::TimedOut);
+        assert_eq!(TunnelError::from_response(StatusCode::IM_A_TEAPOT, None), TunnelError::General);
+    }
+
+    #[test]
+    fn io_errors_map() {
+        let e = |k| TunnelError::from_io(&io::Error::from(k));
+        assert_eq!(e(io::ErrorKind::ConnectionRefused), TunnelError::Refused);
+        assert_eq!(e(io::ErrorKind::TimedOut), TunnelError::TimedOut);
+        assert_eq!(e(io::ErrorKind::HostUnreachable), TunnelError::HostUnreachable);
+        assert_eq!(e(io::ErrorKind::NetworkUnreachable), TunnelError::NetworkUnreachable);
+    }
+}

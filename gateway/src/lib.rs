@@ -1,1 +1,24 @@
-//! stub
+//! The shimgate gateway: its own CA, online registration, the mTLS listener
+//! that turns HTTP/2 CONNECT streams into connections to the networks it
+//! guards, and the policy that decides which.
+//!
+//! - [`paths`]: the data directory and `gateway.toml`.
+//! - [`ca`]: the CA, the server certificate, signing device CSRs.
+//! - [`tls`]: TLS 1.3 server configuration and the device certificate check.
+//! - [`cache`]: the in-memory view of the registry that hot paths read.
+//! - [`server`]: accept loop, per-connection HTTP/2, request dispatch, tunnels.
+//! - [`enroll`]: enrollment and renewal handlers.
+//! - [`dial`]: aliases, name resolution, connecting.
+//! - [`policy`]: who may reach what.
+//! - [`cli`]: the `shimgate-gateway` commands; [`demo`]: the one-command demo.
+
+pub mod ca;
+pub mod cache;
+pub mod cli;
+pub mod demo;
+pub mod dial;
+pub mod enroll;
+pub mod paths;
+pub mod policy;
+pub mod server;
+pub mod tls;

@@ -1,1 +1,25 @@
-//! stub
+//! The shimgate device side: the SOCKS5 proxy that puts programs on the VPN,
+//! the pool of mTLS HTTP/2 connections to the gateway that carries their
+//! tunnels, enrollment, and certificate renewal.
+//!
+//! - [`config`]: the config directory, `config.toml`, the device's files.
+//! - [`tls`]: TLS client settings, including the CA pin used at enrollment.
+//! - [`client`]: one HTTP/2 connection to the gateway, and JSON calls on it.
+//! - [`enroll`]: `shimgate enroll CODE`.
+//! - [`pool`]: the long-lived connections; opens tunnels; reconnects.
+//! - [`socks`]: the SOCKS5 server.
+//! - [`status`]: `status.json`, which `up` writes and `shimgate status` reads.
+//! - [`renew`]: renewing the device certificate before it expires.
+//! - [`up`]: `shimgate up`, all of the above together.
+//! - [`cli`]: the `shimgate` commands.
+
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod enroll;
+pub mod pool;
+pub mod renew;
+pub mod socks;
+pub mod status;
+pub mod tls;
+pub mod up;

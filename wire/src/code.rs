@@ -109,7 +109,10 @@ impl FromStr for EnrollmentCode {
     type Err = CodeError;
 
     fn from_str(s: &str) -> Result<Self, CodeError> {
-        let body = s.trim().strip_prefix(PREFIX).ok_or(CodeError::WrongPrefix)?;
+        let body = s
+            .trim()
+            .strip_prefix(PREFIX)
+            .ok_or(CodeError::WrongPrefix)?;
         if body.len() > (FIXED + MAX_ADDR + CHECKSUM) * 4 / 3 + 4 {
             return Err(CodeError::BadLength);
         }
@@ -182,7 +185,10 @@ mod tests {
     #[test]
     fn rejects_typos_and_truncation() {
         let text = sample().to_string();
-        assert_eq!("sg2-abc".parse::<EnrollmentCode>(), Err(CodeError::WrongPrefix));
+        assert_eq!(
+            "sg2-abc".parse::<EnrollmentCode>(),
+            Err(CodeError::WrongPrefix)
+        );
         let truncated = &text[..text.len() - 3];
         assert!(truncated.parse::<EnrollmentCode>().is_err());
         let mut typo: Vec<char> = text.chars().collect();
@@ -190,7 +196,10 @@ mod tests {
         typo[i] = if typo[i] == 'A' { 'B' } else { 'A' };
         let typo: String = typo.into_iter().collect();
         assert_eq!(typo.parse::<EnrollmentCode>(), Err(CodeError::BadChecksum));
-        assert_eq!("sg1-!!!!".parse::<EnrollmentCode>(), Err(CodeError::BadEncoding));
+        assert_eq!(
+            "sg1-!!!!".parse::<EnrollmentCode>(),
+            Err(CodeError::BadEncoding)
+        );
     }
 
     #[test]

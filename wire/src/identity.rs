@@ -3,28 +3,44 @@
 
 /// Why a device name was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("device names are 1 to 63 characters of a-z, 0-9 and '-', not starting or ending with '-' (got {0:?})")]
+#[error(
+    "device names are 1 to 63 characters of a-z, 0-9 and '-', not starting or ending with '-' (got {0:?})"
+)]
 pub struct BadDeviceName(pub String);
 
 /// Checks a device name: it becomes a DNS label under the VPN domain.
 pub fn check_device_name(name: &str) -> Result<(), BadDeviceName> {
     let ok = (1..=63).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !name.starts_with('-')
         && !name.ends_with('-');
-    if ok { Ok(()) } else { Err(BadDeviceName(name.to_owned())) }
+    if ok {
+        Ok(())
+    } else {
+        Err(BadDeviceName(name.to_owned()))
+    }
 }
 
 /// Turns a host name into an acceptable device name ("My-Laptop.local" → "my-laptop").
 pub fn device_name_from_hostname(host: &str) -> String {
-    let label = host.split('.').next().unwrap_or_default().to_ascii_lowercase();
+    let label = host
+        .split('.')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
     let cleaned: String = label
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
         .take(63)
         .collect();
     let cleaned = cleaned.trim_matches('-');
-    if cleaned.is_empty() { "device".into() } else { cleaned.into() }
+    if cleaned.is_empty() {
+        "device".into()
+    } else {
+        cleaned.into()
+    }
 }
 
 pub fn device_uri(trust_domain: &str, device: &str) -> String {
@@ -58,7 +74,13 @@ mod tests {
         let uri = device_uri("shimgate", "bob");
         assert_eq!(parse_device_uri("shimgate", &uri), Some("bob"));
         assert_eq!(parse_device_uri("other", &uri), None);
-        assert_eq!(parse_device_uri("shimgate", "spiffe://shimgate/device/../x"), None);
-        assert_eq!(parse_device_uri("shimgate", "spiffe://shimgateX/device/bob"), None);
+        assert_eq!(
+            parse_device_uri("shimgate", "spiffe://shimgate/device/../x"),
+            None
+        );
+        assert_eq!(
+            parse_device_uri("shimgate", "spiffe://shimgateX/device/bob"),
+            None
+        );
     }
 }

@@ -1,4 +1,5 @@
-//! What the shimgate proxy (device side) and gateway both speak.
+//! What the shimgate proxy (device side) and gateway both speak, and the
+//! few helpers both binaries need.
 //!
 //! - [`code`]: the enrollment code an admin hands to a user.
 //! - [`tunnel`]: how the gateway reports why it could not open a tunnel, and
@@ -7,16 +8,20 @@
 //! - [`identity`]: device names and the SPIFFE-style URI that names a device
 //!   in its certificate.
 //! - [`h2tuning`]: HTTP/2 settings both ends use for the tunnel.
+//! - [`clock`]: unix time and how it is shown.
+//! - [`logging`]: the `--log-format` flag and tracing setup.
 //! - [`files`]: writing keys and certificates safely (atomic, 0600).
 //! - [`pki`]: PEM loading, fingerprints and the one crypto provider.
 //! - [`splice`]: moving bytes between a socket and an HTTP/2 stream, with
 //!   flow control and half-close.
 
+pub mod clock;
 pub mod code;
-pub mod files;
-pub mod pki;
 pub mod enroll;
+pub mod files;
 pub mod h2tuning;
 pub mod identity;
+pub mod logging;
+pub mod pki;
 pub mod splice;
 pub mod tunnel;

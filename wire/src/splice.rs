@@ -77,7 +77,12 @@ async fn socket_to_h2<R: AsyncRead>(rd: R, mut send: SendStream<Bytes>) -> io::R
             let granted = match std::future::poll_fn(|cx| send.poll_capacity(cx)).await {
                 Some(Ok(granted)) => granted,
                 Some(Err(e)) => return Err(h2_to_io(e)),
-                None => return Err(io::Error::new(io::ErrorKind::BrokenPipe, "tunnel stream closed")),
+                None => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        "tunnel stream closed",
+                    ));
+                }
             };
             let chunk = data.split_to(granted.min(data.len()));
             send.send_data(chunk, false).map_err(h2_to_io)?;
@@ -105,7 +110,9 @@ async fn h2_to_socket<W: AsyncWrite>(mut recv: RecvStream, wr: W) -> io::Result<
 /// Turns an HTTP/2 stream error into the I/O error a socket user expects.
 pub fn h2_to_io(e: h2::Error) -> io::Error {
     if e.is_io() {
-        return e.into_io().unwrap_or_else(|| io::Error::other("http/2 i/o error"));
+        return e
+            .into_io()
+            .unwrap_or_else(|| io::Error::other("http/2 i/o error"));
     }
     let kind = match e.reason() {
         Some(Reason::CANCEL) | Some(Reason::NO_ERROR) => io::ErrorKind::ConnectionReset,

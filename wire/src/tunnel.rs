@@ -136,15 +136,27 @@ mod tests {
     #[test]
     fn every_reason_survives_the_wire() {
         for e in TunnelError::ALL {
-            assert_eq!(TunnelError::from_response(e.http_status(), Some(e.as_str())), e);
+            assert_eq!(
+                TunnelError::from_response(e.http_status(), Some(e.as_str())),
+                e
+            );
         }
     }
 
     #[test]
     fn status_alone_still_maps() {
-        assert_eq!(TunnelError::from_response(StatusCode::FORBIDDEN, None), TunnelError::NotAllowed);
-        assert_eq!(TunnelError::from_response(StatusCode::GATEWAY_TIMEOUT, Some("bogus")), TunnelError::TimedOut);
-        assert_eq!(TunnelError::from_response(StatusCode::IM_A_TEAPOT, None), TunnelError::General);
+        assert_eq!(
+            TunnelError::from_response(StatusCode::FORBIDDEN, None),
+            TunnelError::NotAllowed
+        );
+        assert_eq!(
+            TunnelError::from_response(StatusCode::GATEWAY_TIMEOUT, Some("bogus")),
+            TunnelError::TimedOut
+        );
+        assert_eq!(
+            TunnelError::from_response(StatusCode::IM_A_TEAPOT, None),
+            TunnelError::General
+        );
     }
 
     #[test]
@@ -152,7 +164,13 @@ mod tests {
         let e = |k| TunnelError::from_io(&io::Error::from(k));
         assert_eq!(e(io::ErrorKind::ConnectionRefused), TunnelError::Refused);
         assert_eq!(e(io::ErrorKind::TimedOut), TunnelError::TimedOut);
-        assert_eq!(e(io::ErrorKind::HostUnreachable), TunnelError::HostUnreachable);
-        assert_eq!(e(io::ErrorKind::NetworkUnreachable), TunnelError::NetworkUnreachable);
+        assert_eq!(
+            e(io::ErrorKind::HostUnreachable),
+            TunnelError::HostUnreachable
+        );
+        assert_eq!(
+            e(io::ErrorKind::NetworkUnreachable),
+            TunnelError::NetworkUnreachable
+        );
     }
 }

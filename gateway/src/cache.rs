@@ -1,0 +1,214 @@
+//! The gateway's in-memory view of the registry, which hot paths read
+//! without touching the database: which certificates are valid and whose
+//! they are, the policy rules, and the live device connections (so a
+//! revocation can cut them).
+//!
+//! Invariant: a certificate not in [`Cache::certs`] is refused, even if the
+//! CA signed it. The view is refreshed on change notifications (Postgres
+//! LISTEN/NOTIFY) or by polling the registry's change counter (SQLite).
+
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use shimgate_registry::{CertState, Registry, Rule};
+use shimgate_wire::clock;
+use tokio_util::sync::CancellationToken;
+
+/// Who is on the other end of a device connection, as the registry knows it.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub fingerprint: String,
+    pub device_id: i64,
+    pub device_name: String,
+    pub user_name: String,
+    pub groups: Vec<String>,
+    pub vpn_ip: Ipv4Addr,
+    pub not_after: i64,
+    pub revoked: bool,
+}
+
+impl From<CertState> for Identity {
+    fn from(c: CertState) -> Identity {
+        Identity {
+            fingerprint: c.fingerprint_hex,
+            device_id: c.device_id,
+            device_name: c.device_name,
+            user_name: c.user_name,
+            groups: c.groups,
+            vpn_ip: c.vpn_ip,
+            not_after: c.not_after,
+            revoked: c.revoked,
+        }
+    }
+}
+
+pub enum CertStatus {
+    Active(Arc<Identity>),
+    Revoked,
+    Unknown,
+}
+
+struct LiveConn {
+    fingerprint: String,
+    cancel: CancellationToken,
+}
+
+#[derive(Default)]
+pub struct Cache {
+    certs: DashMap<String, Arc<Identity>>,
+    rules: RwLock<Arc<Vec<Rule>>>,
+    live: DashMap<u64, LiveConn>,
+    next_conn: AtomicU64,
+}
+
+/// Removes a live connection from the cache when the connection ends.
+pub struct LiveGuard {
+    cache: Arc<Cache>,
+    id: u64,
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.cache.live.remove(&self.id);
+    }
+}
+
+impl Cache {
+    pub fn status(&self, fingerprint: &str) -> CertStatus {
+        // Clone out: never hold a dashmap guard longer than this line.
+        let found = self.certs.get(fingerprint).map(|r| Arc::clone(r.value()));
+        match found {
+            Some(id) if id.revoked => CertStatus::Revoked,
+            Some(id) if id.not_after <= clock::now() => CertStatus::Unknown,
+            Some(id) => CertStatus::Active(id),
+            None => CertStatus::Unknown,
+        }
+    }
+
+    /// Adds a certificate this gateway just issued.
+    pub fn insert(&self, id: Identity) {
+        self.certs.insert(id.fingerprint.clone(), Arc::new(id));
+    }
+
+    pub fn rules(&self) -> Arc<Vec<Rule>> {
+        match self.rules.read() {
+            Ok(r) => Arc::clone(&r),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    fn set_rules(&self, rules: Vec<Rule>) {
+        let rules = Arc::new(rules);
+        match self.rules.write() {
+            Ok(mut r) => *r = rules,
+            Err(poisoned) => *poisoned.into_inner() = rules,
+        }
+    }
+
+    /// Replaces the certificate table, then cuts connections whose
+    /// certificate is no longer valid.
+    fn set_certs(&self, states: Vec<CertState>) {
+        let fresh: std::collections::HashSet<String> =
+            states.iter().map(|c| c.fingerprint_hex.clone()).collect();
+        for state in states {
+            self.insert(state.into());
+        }
+        self.certs.retain(|fp, _| fresh.contains(fp));
+        self.cut_invalid();
+    }
+
+    /// Tracks a live device connection; `cancel` fires if its certificate is
+    /// revoked.
+    pub fn register(self: &Arc<Self>, fingerprint: &str, cancel: CancellationToken) -> LiveGuard {
+        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        self.live.insert(
+            id,
+            LiveConn {
+                fingerprint: fingerprint.to_owned(),
+                cancel,
+            },
+        );
+        LiveGuard {
+            cache: Arc::clone(self),
+            id,
+        }
+    }
+
+    fn cut_invalid(&self) {
+        for conn in self.live.iter() {
+            if !matches!(self.status(&conn.fingerprint), CertStatus::Active(_)) {
+                tracing::info!(fingerprint = %conn.fingerprint, "certificate no longer valid: closing its connection");
+                conn.cancel.cancel();
+            }
+        }
+    }
+
+    pub fn live_connections(&self) -> usize {
+        self.live.len()
+    }
+
+    /// Loads everything from the registry once.
+    pub async fn reload(&self, registry: &Registry) -> Result<(), shimgate_registry::Error> {
+        let certs = registry.certificate_states(clock::now()).await?;
+        let rules = registry.list_rules().await?;
+        self.set_rules(rules);
+        self.set_certs(certs);
+        Ok(())
+    }
+}
+
+/// How often SQLite's change counter is read; bounds revocation latency.
+const POLL: Duration = Duration::from_millis(200);
+/// With Postgres, a slow poll as well, in case a notification was missed
+/// while the listener reconnected.
+const SAFETY_POLL: Duration = Duration::from_secs(5);
+
+/// Keeps `cache` in step with the registry until `stop` fires.
+pub async fn refresh(cache: Arc<Cache>, registry: Registry, stop: CancellationToken) {
+    let mut seen = i64::MIN;
+    let mut listener = None;
+    loop {
+        if listener.is_none() {
+            listener = match registry.subscribe().await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot subscribe to registry changes; polling");
+                    None
+                }
+            };
+        }
+        match registry.change_seq().await {
+            Ok(seq) if seq != seen => match cache.reload(&registry).await {
+                Ok(()) => seen = seq,
+                Err(e) => {
+                    tracing::warn!(error = %e, "registry reload failed; keeping the cached view")
+                }
+            },
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "registry unreachable; keeping the cached view"),
+        }
+        let wait = match listener.as_mut() {
+            Some(l) => {
+                tokio::select! {
+                    r = l.next() => {
+                        if let Err(e) = r {
+                            tracing::warn!(error = %e, "registry notifications lost; resubscribing");
+                            listener = None;
+                        }
+                        Duration::ZERO
+                    }
+                    _ = tokio::time::sleep(SAFETY_POLL) => Duration::ZERO,
+                    _ = stop.cancelled() => return,
+                }
+            }
+            None => POLL,
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}

@@ -1,0 +1,584 @@
+//! The `shimgate-gateway` command line: `init`, `serve`, and the admin
+//! commands that work on the registry directly (so they work whether or not
+//! a gateway is running; a running gateway picks changes up within a second).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use shimgate_registry::{
+    Action, Dest, DeviceStatus, NewAudit, NewRule, NewToken, Registry, Subject,
+};
+use shimgate_wire::code::EnrollmentCode;
+use shimgate_wire::logging::LogFormat;
+use shimgate_wire::{clock, files};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::ca::Ca;
+use crate::cache::Cache;
+use crate::dial::{Alias, Dialer};
+use crate::paths::{DataDir, GatewayConfig};
+use crate::server::Gateway;
+
+#[derive(Parser)]
+#[command(
+    name = "shimgate-gateway",
+    version,
+    about = "The shimgate gateway: authenticates devices, enrolls new ones, and relays their connections into the networks it guards.",
+    after_help = "First run:  shimgate-gateway init --name gw.example.org\n            shimgate-gateway serve\n            shimgate-gateway policy add allow --to 10.0.0.0/8 --group staff\n            shimgate-gateway token create --user alice"
+)]
+pub struct Cli {
+    /// Where the CA, the server certificate, gateway.toml and the SQLite registry live.
+    #[arg(long, env = "SHIMGATE_GATEWAY_DIR", global = true)]
+    data_dir: Option<PathBuf>,
+    /// Registry database: postgres://... or an SQLite file (default: DATA_DIR/registry.db).
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    database_url: Option<String>,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the CA and the gateway's server certificate (once per gateway).
+    Init(InitArgs),
+    /// Run the gateway.
+    Serve(ServeArgs),
+    /// Apply registry migrations and exit (serve does this too).
+    Migrate,
+    /// Users and their groups.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Enrollment tokens (one-time codes that let a device join).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Enrolled devices.
+    #[command(subcommand)]
+    Device(DeviceCommand),
+    /// Who may reach what through the gateway (default: nothing).
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Run the whole system on this machine: gateway, an intranet app, one device.
+    Demo(crate::demo::DemoArgs),
+}
+
+#[derive(Args)]
+struct InitArgs {
+    /// DNS name devices use for this gateway (repeatable); goes into the server certificate.
+    #[arg(long = "name", required = true)]
+    names: Vec<String>,
+    /// IP address devices may use for this gateway (repeatable).
+    #[arg(long = "ip")]
+    ips: Vec<IpAddr>,
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    listen: SocketAddr,
+    /// host:port devices dial (default: the first --name and the listen port).
+    #[arg(long)]
+    public_addr: Option<String>,
+    /// SPIFFE trust domain naming devices (spiffe://DOMAIN/device/NAME).
+    #[arg(long, default_value = "shimgate")]
+    trust_domain: String,
+}
+
+#[derive(Args)]
+pub(crate) struct ServeArgs {
+    /// Listen address (default: from gateway.toml).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// A name only the gateway resolves, NAME:PORT=IP:PORT (repeatable), e.g. intranet.internal:80=10.1.2.3:8080.
+    #[arg(long = "alias")]
+    aliases: Vec<Alias>,
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a user (and put them in groups).
+    Add {
+        name: String,
+        #[arg(long = "group")]
+        groups: Vec<String>,
+    },
+    /// List users and their groups.
+    List,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Make an enrollment code for a user (the user is created if missing).
+    Create {
+        #[arg(long)]
+        user: String,
+        /// How long the code is valid: 30s, 10m, 24h, 7d.
+        #[arg(long, default_value = "24h", value_parser = clock::parse_duration)]
+        expires: i64,
+        /// How many devices may enroll with it.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// Print only the code.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// List tokens (never their secrets).
+    List,
+    /// Cancel a token by id.
+    Cancel { id: String },
+}
+
+#[derive(Subcommand)]
+enum DeviceCommand {
+    /// List devices.
+    List,
+    /// Cut a device off now, live tunnels included.
+    Revoke { name: String },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Add a rule. Example: policy add allow --to 10.0.0.0/8 --ports 22 --group ops
+    Add(RuleArgs),
+    /// List rules.
+    List,
+    /// Remove a rule by id.
+    Remove { id: i64 },
+}
+
+#[derive(Args)]
+struct RuleArgs {
+    #[arg(value_parser = ["allow", "deny"])]
+    action: String,
+    /// Destination: CIDR (10.0.0.0/8), IP, or domain suffix (intranet.example).
+    #[arg(long)]
+    to: Dest,
+    /// Port or range: 80, 8000-8100 (default: all).
+    #[arg(long, default_value = "1-65535")]
+    ports: String,
+    #[arg(long, conflicts_with_all = ["group", "everyone"])]
+    user: Option<String>,
+    #[arg(long, conflicts_with = "everyone")]
+    group: Option<String>,
+    /// Applies to everyone (the default).
+    #[arg(long)]
+    everyone: bool,
+}
+
+fn parse_ports(s: &str) -> anyhow::Result<(u16, u16)> {
+    let (lo, hi) = s.split_once('-').unwrap_or((s, s));
+    let lo: u16 = lo
+        .trim()
+        .parse()
+        .with_context(|| format!("bad port {lo:?}"))?;
+    let hi: u16 = hi
+        .trim()
+        .parse()
+        .with_context(|| format!("bad port {hi:?}"))?;
+    if lo == 0 || lo > hi {
+        bail!("port range {s:?} must be 1-65535 with the first port not above the last");
+    }
+    Ok((lo, hi))
+}
+
+/// Who runs an admin command, for the audit log.
+fn operator() -> String {
+    format!(
+        "cli:{}",
+        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+    )
+}
+
+impl Cli {
+    pub fn data_dir(&self) -> DataDir {
+        DataDir::new(self.data_dir.clone().unwrap_or_else(DataDir::default_root))
+    }
+
+    async fn registry(&self) -> anyhow::Result<Registry> {
+        let dir = self.data_dir();
+        let url = match &self.database_url {
+            Some(u) => u.clone(),
+            None => {
+                files::create_private_dir(dir.root())
+                    .with_context(|| format!("creating {}", dir.root().display()))?;
+                dir.sqlite_registry().display().to_string()
+            }
+        };
+        let registry = Registry::connect(&url)
+            .await
+            .context("opening the registry")?;
+        registry.migrate().await?;
+        Ok(registry)
+    }
+
+    pub async fn run(self) -> anyhow::Result<()> {
+        let dir = self.data_dir();
+        match &self.command {
+            Command::Init(args) => init(&dir, args),
+            Command::Serve(args) => {
+                let registry = self.registry().await?;
+                let stop = CancellationToken::new();
+                let (gw, listener) = start(&dir, registry, args.listen, &args.aliases).await?;
+                tokio::spawn(stop_on_signal(stop.clone()));
+                gw.run(listener, stop).await;
+                tracing::info!("gateway stopped");
+                Ok(())
+            }
+            Command::Migrate => {
+                self.registry().await?;
+                println!("registry is up to date");
+                Ok(())
+            }
+            Command::User(cmd) => user(&self.registry().await?, cmd).await,
+            Command::Token(cmd) => token(&dir, &self.registry().await?, cmd).await,
+            Command::Device(cmd) => device(&self.registry().await?, cmd).await,
+            Command::Policy(cmd) => policy(&self.registry().await?, cmd).await,
+            Command::Demo(args) => crate::demo::run(args).await,
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn stop_on_signal(stop: CancellationToken) {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+    stop.cancel();
+}
+
+fn init(dir: &DataDir, args: &InitArgs) -> anyhow::Result<()> {
+    let public_addr = args
+        .public_addr
+        .clone()
+        .unwrap_or_else(|| format!("{}:{}", args.names[0], args.listen.port()));
+    let config = GatewayConfig {
+        listen: args.listen,
+        public_addr,
+        trust_domain: args.trust_domain.clone(),
+        names: args.names.clone(),
+        ips: args.ips.clone(),
+        aliases: Vec::new(),
+    };
+    let ca = initialise(dir, &config)?;
+    println!("Gateway initialised in {}", dir.root().display());
+    println!(
+        "  CA fingerprint (SHA-256): {}",
+        shimgate_wire::pki::hex(&ca.fingerprint())
+    );
+    println!("  devices will dial:        {}", config.public_addr);
+    println!("Next: shimgate-gateway serve");
+    Ok(())
+}
+
+/// Creates the data directory, the CA, the server certificate and
+/// `gateway.toml`. Refuses to replace an existing CA.
+pub fn initialise(dir: &DataDir, config: &GatewayConfig) -> anyhow::Result<Ca> {
+    // Checked before anything is written, so a bad address leaves no CA behind.
+    let probe = EnrollmentCode {
+        gateway: config.public_addr.clone(),
+        ca_fingerprint: [0; 32],
+        token_id: [0; 16],
+        secret: [0; 32],
+        expires_at: 0,
+    };
+    if probe.to_string().parse::<EnrollmentCode>().is_err() {
+        bail!("public address {:?} is not host:port", config.public_addr);
+    }
+    files::create_private_dir(dir.root())
+        .with_context(|| format!("creating {}", dir.root().display()))?;
+    let ca = Ca::generate(&config.trust_domain)?;
+    ca.save(dir)?;
+    ca.issue_server(dir, &config.names, &config.ips)?;
+    config
+        .save(dir)
+        .with_context(|| format!("writing {}", dir.config().display()))?;
+    Ok(ca)
+}
+
+/// Loads everything `serve` (and the demo) needs and binds the listener.
+pub async fn start(
+    dir: &DataDir,
+    registry: Registry,
+    listen: Option<SocketAddr>,
+    extra_aliases: &[Alias],
+) -> anyhow::Result<(Arc<Gateway>, TcpListener)> {
+    let config = GatewayConfig::load(dir)?;
+    let ca = Ca::load(dir)?;
+    let cache = Arc::new(Cache::default());
+    cache
+        .reload(&registry)
+        .await
+        .context("loading the registry")?;
+    let tls = crate::tls::server_config(dir, Arc::clone(&cache))?;
+    let listen = listen.unwrap_or(config.listen);
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let own = listener.local_addr()?;
+    let mut aliases: Vec<Alias> = config
+        .aliases
+        .iter()
+        .map(|a| a.parse().map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<_>>()?;
+    aliases.extend_from_slice(extra_aliases);
+    tracing::info!(addr = %own, backend = ?registry.backend(), "gateway listening");
+    let gw = Gateway {
+        registry,
+        cache,
+        ca,
+        dialer: Dialer::new(&aliases, own),
+        config,
+        tls: tokio_rustls::TlsAcceptor::from(tls),
+    };
+    Ok((Arc::new(gw), listener))
+}
+
+async fn audit(
+    registry: &Registry,
+    action: &str,
+    target: &str,
+    detail: String,
+) -> anyhow::Result<()> {
+    registry
+        .audit(NewAudit {
+            at: clock::now(),
+            actor: operator(),
+            action: action.into(),
+            target: target.into(),
+            source_addr: None,
+            detail,
+        })
+        .await?;
+    Ok(())
+}
+
+async fn user(registry: &Registry, cmd: &UserCommand) -> anyhow::Result<()> {
+    match cmd {
+        UserCommand::Add { name, groups } => {
+            registry.ensure_user(name).await?;
+            for g in groups {
+                registry.add_to_group(name, g).await?;
+            }
+            audit(registry, "user.add", name, format!("groups={groups:?}")).await?;
+            println!("user {name} added");
+        }
+        UserCommand::List => {
+            println!("{:<20} {:<20} GROUPS", "USER", "CREATED");
+            for u in registry.list_users().await? {
+                println!(
+                    "{:<20} {:<20} {}",
+                    u.user.name,
+                    clock::show(u.user.created_at),
+                    u.groups.join(",")
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn token(dir: &DataDir, registry: &Registry, cmd: &TokenCommand) -> anyhow::Result<()> {
+    match cmd {
+        TokenCommand::Create {
+            user,
+            expires,
+            uses,
+            quiet,
+        } => {
+            let config = GatewayConfig::load(dir)?;
+            let ca = Ca::load(dir)?;
+            registry.ensure_user(user).await?;
+            let issued = registry
+                .create_token(NewToken {
+                    user: user.clone(),
+                    created_by: operator(),
+                    expires_at: clock::now() + expires,
+                    uses: *uses,
+                })
+                .await?;
+            audit(
+                registry,
+                "token.create",
+                user,
+                format!("id={} uses={uses}", issued.id_hex()),
+            )
+            .await?;
+            let code = EnrollmentCode {
+                gateway: config.public_addr,
+                ca_fingerprint: ca.fingerprint(),
+                token_id: issued.id,
+                secret: issued.secret,
+                expires_at: issued.expires_at,
+            };
+            if *quiet {
+                println!("{code}");
+            } else {
+                println!(
+                    "Enrollment code for {user} (valid until {}, {uses} use(s)):\n",
+                    clock::show(issued.expires_at)
+                );
+                println!("  {code}\n");
+                println!("On the device, run:\n\n  shimgate enroll {code}");
+            }
+        }
+        TokenCommand::List => {
+            println!(
+                "{:<34} {:<14} {:<21} {:<5} STATE",
+                "ID", "USER", "EXPIRES", "USES"
+            );
+            let now = clock::now();
+            for t in registry.list_tokens(now).await? {
+                let state = if t.cancelled {
+                    "cancelled"
+                } else if t.expires_at <= now {
+                    "expired"
+                } else if t.uses_left == 0 {
+                    "used"
+                } else {
+                    "valid"
+                };
+                println!(
+                    "{:<34} {:<14} {:<21} {:<5} {state}",
+                    t.id_hex,
+                    t.user,
+                    clock::show(t.expires_at),
+                    t.uses_left
+                );
+            }
+        }
+        TokenCommand::Cancel { id } => {
+            if !registry.cancel_token(id).await? {
+                bail!("no token with id {id}");
+            }
+            audit(registry, "token.cancel", id, String::new()).await?;
+            println!("token {id} cancelled");
+        }
+    }
+    Ok(())
+}
+
+async fn device(registry: &Registry, cmd: &DeviceCommand) -> anyhow::Result<()> {
+    match cmd {
+        DeviceCommand::List => {
+            println!(
+                "{:<20} {:<14} {:<15} {:<8} {:<21} {:<21} CERT EXPIRES",
+                "DEVICE", "USER", "VPN IP", "STATUS", "CREATED", "LAST SEEN"
+            );
+            for d in registry.list_devices().await? {
+                let dev = &d.device;
+                println!(
+                    "{:<20} {:<14} {:<15} {:<8} {:<21} {:<21} {}",
+                    dev.name,
+                    dev.user_name,
+                    dev.vpn_ip,
+                    if dev.status == DeviceStatus::Active {
+                        "active"
+                    } else {
+                        "revoked"
+                    },
+                    clock::show(dev.created_at),
+                    dev.last_seen
+                        .map(clock::show)
+                        .unwrap_or_else(|| "never".into()),
+                    d.cert_not_after
+                        .map(clock::show)
+                        .unwrap_or_else(|| "-".into()),
+                );
+            }
+        }
+        DeviceCommand::Revoke { name } => {
+            registry.revoke_device(name, clock::now()).await?;
+            audit(registry, "device.revoke", name, String::new()).await?;
+            println!("device {name} revoked: its connections are being closed");
+        }
+    }
+    Ok(())
+}
+
+async fn policy(registry: &Registry, cmd: &PolicyCommand) -> anyhow::Result<()> {
+    match cmd {
+        PolicyCommand::Add(r) => {
+            let (port_lo, port_hi) = parse_ports(&r.ports)?;
+            let subject = match (&r.user, &r.group) {
+                (Some(u), _) => Subject::User(u.clone()),
+                (_, Some(g)) => Subject::Group(g.clone()),
+                _ => Subject::Everyone,
+            };
+            let action: Action = r.action.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+            let rule = registry
+                .add_rule(NewRule {
+                    subject,
+                    dest: r.to.clone(),
+                    port_lo,
+                    port_hi,
+                    action,
+                    created_by: operator(),
+                })
+                .await?;
+            audit(
+                registry,
+                "policy.add",
+                &rule.id.to_string(),
+                format!(
+                    "{} {} -> {} ports {}-{}",
+                    rule.action, rule.subject, rule.dest, port_lo, port_hi
+                ),
+            )
+            .await?;
+            println!(
+                "rule {} added: {} {} -> {} ports {}-{}",
+                rule.id, rule.action, rule.subject, rule.dest, port_lo, port_hi
+            );
+        }
+        PolicyCommand::List => {
+            println!(
+                "{:<5} {:<6} {:<16} {:<28} PORTS",
+                "ID", "ACTION", "WHO", "TO"
+            );
+            for r in registry.list_rules().await? {
+                println!(
+                    "{:<5} {:<6} {:<16} {:<28} {}-{}",
+                    r.id,
+                    r.action.to_string(),
+                    r.subject.to_string(),
+                    r.dest.to_string(),
+                    r.port_lo,
+                    r.port_hi
+                );
+            }
+        }
+        PolicyCommand::Remove { id } => {
+            if !registry.remove_rule(*id).await? {
+                bail!("no rule with id {id}");
+            }
+            audit(registry, "policy.remove", &id.to_string(), String::new()).await?;
+            println!("rule {id} removed");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports() {
+        assert_eq!(parse_ports("80").unwrap(), (80, 80));
+        assert_eq!(parse_ports("1000-2000").unwrap(), (1000, 2000));
+        assert!(parse_ports("0").is_err());
+        assert!(parse_ports("20-10").is_err());
+        assert!(parse_ports("x").is_err());
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

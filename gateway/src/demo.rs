@@ -1,0 +1,182 @@
+//! `shimgate-gateway demo`: the whole system on this machine, in one
+//! process, with nothing installed: a gateway on an SQLite registry, a small
+//! intranet web app that only the gateway can resolve (`intranet.internal`),
+//! one enrolled device and its SOCKS5 proxy on 127.0.0.1:1080.
+//!
+//! Every part is the real one (real TLS, real enrollment over the network,
+//! real HTTP/2 tunnels); only the processes are merged into one, and the
+//! state lives in a temporary directory removed on exit.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use axum::response::Html;
+use clap::Args;
+use shimgate_proxy::config::{ConfigDir, DeviceConfig};
+use shimgate_proxy::enroll::{EnrollOptions, enroll};
+use shimgate_registry::{Action, Dest, NewRule, NewToken, Registry, Subject};
+use shimgate_wire::clock;
+use shimgate_wire::code::EnrollmentCode;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::dial::Alias;
+use crate::paths::{DataDir, GatewayConfig};
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Where the device's SOCKS5 proxy listens.
+    #[arg(long, default_value = "127.0.0.1:1080")]
+    socks: SocketAddr,
+    /// Keep the demo's state in this directory instead of a temporary one.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+const PAGE: &str = "<!doctype html>\n<html><head><title>Intranet</title></head>\n<body><h1>Welcome to the intranet</h1>\n<p>You reached intranet.internal through shimgate: this page is only reachable from the gateway.</p></body></html>\n";
+
+/// Removes the demo's directory when the demo ends, however it ends.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// 8443 if free, else any free port.
+async fn gateway_listener() -> anyhow::Result<TcpListener> {
+    match TcpListener::bind("127.0.0.1:8443").await {
+        Ok(l) => Ok(l),
+        Err(_) => Ok(TcpListener::bind("127.0.0.1:0").await?),
+    }
+}
+
+pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
+    let (root, _scratch) = match &args.dir {
+        Some(d) => (d.clone(), None),
+        None => {
+            let d = std::env::temp_dir().join(format!("shimgate-demo-{}", std::process::id()));
+            (d.clone(), Some(Scratch(d)))
+        }
+    };
+    let stop = CancellationToken::new();
+
+    // The intranet: a web app on loopback that only the gateway's alias names.
+    let intranet = TcpListener::bind("127.0.0.1:0").await?;
+    let intranet_addr = intranet.local_addr()?;
+    let app = axum::Router::new().route("/", axum::routing::get(|| async { Html(PAGE) }));
+    let quit = stop.clone();
+    tokio::spawn(async move {
+        let _ = axum::serve(intranet, app)
+            .with_graceful_shutdown(quit.cancelled_owned())
+            .await;
+    });
+
+    // The gateway.
+    let listener = gateway_listener().await?;
+    let listen = listener.local_addr()?;
+    let dir = DataDir::new(root.join("gateway"));
+    let config = GatewayConfig {
+        listen,
+        public_addr: listen.to_string(),
+        trust_domain: "shimgate".into(),
+        names: vec!["localhost".into()],
+        ips: vec![listen.ip()],
+        aliases: vec![format!("intranet.internal:80={intranet_addr}")],
+    };
+    let ca = crate::cli::initialise(&dir, &config)
+        .context("creating the demo gateway (is another demo using the same --dir?)")?;
+    let registry = Registry::connect(&dir.sqlite_registry().display().to_string()).await?;
+    registry.migrate().await?;
+    registry
+        .add_rule(NewRule {
+            subject: Subject::Everyone,
+            dest: Dest::Domain("intranet.internal".into()),
+            port_lo: 80,
+            port_hi: 80,
+            action: Action::Allow,
+            created_by: "demo".into(),
+        })
+        .await?;
+    registry.ensure_user("demo").await?;
+    let token = registry
+        .create_token(NewToken {
+            user: "demo".into(),
+            created_by: "demo".into(),
+            expires_at: clock::now() + 600,
+            uses: 1,
+        })
+        .await?;
+    let code = EnrollmentCode {
+        gateway: config.public_addr.clone(),
+        ca_fingerprint: ca.fingerprint(),
+        token_id: token.id,
+        secret: token.secret,
+        expires_at: token.expires_at,
+    };
+    drop(listener);
+    let no_aliases: [Alias; 0] = [];
+    let (gw, listener) = crate::cli::start(&dir, registry, Some(listen), &no_aliases).await?;
+    tokio::spawn(Arc::clone(&gw).run(listener, stop.clone()));
+
+    // The device: enroll over the network like any device, then run its proxy.
+    let device_dir = ConfigDir::new(root.join("device"));
+    let enrolled = enroll(
+        &device_dir,
+        &code,
+        &EnrollOptions {
+            name: Some("demo-laptop".into()),
+            listen: Some(args.socks),
+            force: true,
+        },
+    )
+    .await?;
+    let device = DeviceConfig::load(&device_dir)?;
+    let running = match shimgate_proxy::up::start(&device_dir, &device, stop.clone()).await {
+        Ok(r) => r,
+        Err(shimgate_proxy::up::UpError::Listen { addr, source }) => {
+            bail!(
+                "cannot listen on {addr} ({source}): is another SOCKS proxy running? Try --socks 127.0.0.1:1081"
+            )
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !running.board.snapshot().connected {
+        if tokio::time::Instant::now() > deadline {
+            bail!(
+                "the demo device could not connect to its gateway: {:?}",
+                running.board.snapshot().last_error
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let socks = running.socks;
+    println!();
+    println!("shimgate demo is running.");
+    println!(
+        "  gateway   {listen} (CA, registry: {})",
+        dir.root().display()
+    );
+    println!(
+        "  device    {} ({}, VPN IP {}) enrolled as user demo",
+        enrolled.device_name, enrolled.vpn_name, enrolled.vpn_ip
+    );
+    println!("  socks5    {socks}");
+    println!();
+    println!("Try it:");
+    println!("  curl --socks5-hostname {socks} http://intranet.internal/");
+    println!("and, to see that the name means nothing without the VPN:");
+    println!("  curl http://intranet.internal/");
+    println!();
+    println!("Ctrl-C stops everything.");
+    crate::cli::stop_on_signal(stop.clone()).await;
+    running.board.remove();
+    println!("demo stopped");
+    Ok(())
+}

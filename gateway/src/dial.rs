@@ -1,0 +1,199 @@
+//! Turning a tunnel request (`host:port` from a device) into a connected
+//! socket: aliases, name resolution on the gateway (socks5h semantics),
+//! policy for every candidate address, then connect with a timeout.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use shimgate_registry::Rule;
+use shimgate_wire::tunnel::TunnelError;
+use tokio::net::TcpStream;
+
+use crate::cache::Identity;
+use crate::policy::{self, Target};
+
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A parsed `NAME:PORT=IP:PORT` alias.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Alias {
+    pub name: String,
+    pub port: u16,
+    pub target: SocketAddr,
+}
+
+impl std::str::FromStr for Alias {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Alias, String> {
+        let bad = || {
+            format!(
+                "alias {s:?} is not NAME:PORT=IP:PORT (e.g. intranet.internal:80=127.0.0.1:8080)"
+            )
+        };
+        let (from, to) = s.split_once('=').ok_or_else(bad)?;
+        let (name, port) = from.rsplit_once(':').ok_or_else(bad)?;
+        Ok(Alias {
+            name: name.trim_end_matches('.').to_ascii_lowercase(),
+            port: port.parse().map_err(|_| bad())?,
+            target: to.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+/// What a device asked to reach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Host {
+    Ip(IpAddr),
+    Name(String),
+}
+
+impl Host {
+    /// Parses the host part of an HTTP/2 CONNECT authority (`[v6]` in brackets).
+    pub fn parse(host: &str) -> Result<Host, TunnelError> {
+        if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            return v6
+                .parse()
+                .map(Host::Ip)
+                .map_err(|_| TunnelError::AddressNotSupported);
+        }
+        if let Ok(ip) = host.parse() {
+            return Ok(Host::Ip(ip));
+        }
+        let name = host.trim_end_matches('.');
+        let valid = !name.is_empty()
+            && name.len() <= 253
+            && name.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            });
+        if valid {
+            Ok(Host::Name(name.to_ascii_lowercase()))
+        } else {
+            Err(TunnelError::AddressNotSupported)
+        }
+    }
+}
+
+pub struct Dialer {
+    aliases: HashMap<(String, u16), SocketAddr>,
+    /// The gateway's own listening address, which policy guards.
+    own: SocketAddr,
+}
+
+impl Dialer {
+    pub fn new(aliases: &[Alias], own: SocketAddr) -> Dialer {
+        Dialer {
+            aliases: aliases
+                .iter()
+                .map(|a| ((a.name.clone(), a.port), a.target))
+                .collect(),
+            own,
+        }
+    }
+
+    /// Resolves, checks policy and connects. The returned error is what the
+    /// device's SOCKS client will be told.
+    pub async fn dial(
+        &self,
+        who: &Identity,
+        rules: &[Rule],
+        host: &Host,
+        port: u16,
+    ) -> Result<TcpStream, TunnelError> {
+        let name = match host {
+            Host::Name(n) => Some(n.as_str()),
+            Host::Ip(_) => None,
+        };
+        let alias = name.and_then(|n| self.aliases.get(&(n.to_owned(), port)).copied());
+        let candidates: Vec<(IpAddr, SocketAddr)> = match (host, alias) {
+            (_, Some(target)) => vec![(target.ip(), target)],
+            (Host::Ip(ip), None) => vec![(*ip, SocketAddr::new(*ip, port))],
+            (Host::Name(n), None) => resolve(n, port)
+                .await?
+                .into_iter()
+                .map(|a| (a.ip(), a))
+                .collect(),
+        };
+        let allowed: Vec<SocketAddr> = candidates
+            .into_iter()
+            .filter(|(ip, _)| {
+                let target = Target {
+                    name,
+                    addr: *ip,
+                    port,
+                    alias: alias.is_some(),
+                };
+                policy::allows(rules, who, &target, self.own)
+            })
+            .map(|(_, to)| to)
+            .collect();
+        if allowed.is_empty() {
+            return Err(TunnelError::NotAllowed);
+        }
+        let mut last = TunnelError::HostUnreachable;
+        for to in allowed {
+            match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(to)).await {
+                Ok(Ok(sock)) => {
+                    let _ = sock.set_nodelay(true);
+                    return Ok(sock);
+                }
+                Ok(Err(e)) => last = TunnelError::from_io(&e),
+                Err(_) => last = TunnelError::TimedOut,
+            }
+        }
+        Err(last)
+    }
+}
+
+async fn resolve(name: &str, port: u16) -> Result<Vec<SocketAddr>, TunnelError> {
+    match tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((name, port))).await {
+        Ok(Ok(addrs)) => {
+            let addrs: Vec<_> = addrs.collect();
+            if addrs.is_empty() {
+                Err(TunnelError::HostUnreachable)
+            } else {
+                Ok(addrs)
+            }
+        }
+        Ok(Err(_)) => Err(TunnelError::HostUnreachable),
+        Err(_) => Err(TunnelError::TimedOut),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts() {
+        assert_eq!(
+            Host::parse("[::1]").unwrap(),
+            Host::Ip("::1".parse().unwrap())
+        );
+        assert_eq!(
+            Host::parse("192.0.2.1").unwrap(),
+            Host::Ip("192.0.2.1".parse().unwrap())
+        );
+        assert_eq!(
+            Host::parse("Intranet.Internal.").unwrap(),
+            Host::Name("intranet.internal".into())
+        );
+        for bad in ["", "[zz]", "a..b", "bad host", "x/y", &"a".repeat(64)] {
+            assert!(Host::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn aliases() {
+        let a: Alias = "intranet.internal:80=127.0.0.1:8080".parse().unwrap();
+        assert_eq!(a.port, 80);
+        assert_eq!(a.target, "127.0.0.1:8080".parse().unwrap());
+        assert!("intranet.internal=127.0.0.1:8080".parse::<Alias>().is_err());
+        assert!("x:80=nope".parse::<Alias>().is_err());
+    }
+}

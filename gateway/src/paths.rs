@@ -1,0 +1,125 @@
+//! The gateway's data directory and its `gateway.toml`.
+//!
+//! ```text
+//! DATA_DIR/
+//!   ca.crt  ca.key (0600)          the CA
+//!   server.crt  server.key (0600)  the gateway's TLS certificate (chain includes the CA)
+//!   gateway.toml                   what `init` decided (listen, public address, names)
+//!   registry.db                    the SQLite registry, unless DATABASE_URL names another
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug)]
+pub struct DataDir(PathBuf);
+
+impl DataDir {
+    pub fn new(root: PathBuf) -> DataDir {
+        DataDir(root)
+    }
+
+    /// `$SHIMGATE_GATEWAY_DIR` is handled by clap; this is the fallback.
+    pub fn default_root() -> PathBuf {
+        let base = std::env::var_os("XDG_DATA_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".local/share")))
+            .unwrap_or_else(|| PathBuf::from("."));
+        base.join("shimgate-gateway")
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.0
+    }
+    pub fn ca_cert(&self) -> PathBuf {
+        self.0.join("ca.crt")
+    }
+    pub fn ca_key(&self) -> PathBuf {
+        self.0.join("ca.key")
+    }
+    pub fn server_cert(&self) -> PathBuf {
+        self.0.join("server.crt")
+    }
+    pub fn server_key(&self) -> PathBuf {
+        self.0.join("server.key")
+    }
+    pub fn config(&self) -> PathBuf {
+        self.0.join("gateway.toml")
+    }
+    /// The default registry: an SQLite file beside the CA.
+    pub fn sqlite_registry(&self) -> PathBuf {
+        self.0.join("registry.db")
+    }
+}
+
+/// `gateway.toml`, written by `init`, read by every other command.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct GatewayConfig {
+    /// Where `serve` listens (TLS).
+    pub listen: SocketAddr,
+    /// `host:port` devices use to reach the gateway; goes into enrollment codes.
+    pub public_addr: String,
+    /// SPIFFE trust domain of device identities.
+    pub trust_domain: String,
+    /// DNS names and IPs the server certificate carries.
+    pub names: Vec<String>,
+    #[serde(default)]
+    pub ips: Vec<std::net::IpAddr>,
+    /// Names the gateway resolves itself, e.g. an intranet app, each
+    /// `NAME:PORT=IP:PORT`. An alias target counts as named explicitly by the
+    /// operator, so it may be on loopback.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "no gateway here: {path} is missing. Run `shimgate-gateway init --name HOSTNAME` first (or pass --data-dir)"
+    )]
+    NotInitialised { path: String },
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path} is not valid: {source}")]
+    Parse {
+        path: String,
+        source: toml::de::Error,
+    },
+}
+
+impl GatewayConfig {
+    pub fn load(dir: &DataDir) -> Result<GatewayConfig, ConfigError> {
+        let path = dir.config();
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(&path).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                ConfigError::NotInitialised {
+                    path: shown.clone(),
+                }
+            } else {
+                ConfigError::Read {
+                    path: shown.clone(),
+                    source,
+                }
+            }
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: shown,
+            source,
+        })
+    }
+
+    pub fn save(&self, dir: &DataDir) -> std::io::Result<()> {
+        let text = toml::to_string_pretty(self).map_err(std::io::Error::other)?;
+        shimgate_wire::files::write_atomic(
+            &dir.config(),
+            text.as_bytes(),
+            shimgate_wire::files::PUBLIC,
+        )
+    }
+}

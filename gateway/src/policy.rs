@@ -1,0 +1,261 @@
+//! Policy evaluation: may this device reach this destination?
+//!
+//! Rules are (subject) → (destination, ports) allow|deny, from the registry.
+//! Default deny. A matching deny wins over any allow. Destinations that are
+//! dangerous to reach from inside the gateway (its own loopback, link-local
+//! and cloud metadata addresses, unspecified and multicast addresses, its own
+//! listening port) are refused unless an allow rule names them explicitly:
+//! its CIDR lies inside that reserved range, e.g. `127.0.0.1/32`.
+
+use std::net::{IpAddr, SocketAddr};
+
+use ipnet::IpNet;
+use shimgate_registry::{Action, Dest, Rule, Subject};
+
+use crate::cache::Identity;
+
+/// One destination the gateway is about to dial.
+pub struct Target<'a> {
+    /// The name the device asked for, when it asked by name.
+    pub name: Option<&'a str>,
+    pub addr: IpAddr,
+    pub port: u16,
+    /// The operator mapped this name to this address in the gateway's own
+    /// configuration (`--alias`), which counts as naming it explicitly.
+    pub alias: bool,
+}
+
+/// Ranges the gateway refuses unless a rule names them.
+const RESERVED: &[&str] = &[
+    "127.0.0.0/8",
+    "::1/128",
+    "0.0.0.0/8",
+    "::/128",
+    "169.254.0.0/16",
+    "fe80::/10",
+    "fd00:ec2::254/128",
+    "224.0.0.0/4",
+    "ff00::/8",
+    "255.255.255.255/32",
+];
+
+fn reserved_range(addr: IpAddr) -> Option<IpNet> {
+    RESERVED
+        .iter()
+        .filter_map(|r| r.parse::<IpNet>().ok())
+        .find(|net| net.contains(&addr))
+}
+
+fn subject_matches(subject: &Subject, who: &Identity) -> bool {
+    match subject {
+        Subject::Everyone => true,
+        Subject::User(u) => *u == who.user_name,
+        Subject::Group(g) => who.groups.iter().any(|mine| mine == g),
+    }
+}
+
+/// `name` is under `suffix` (or is it), ignoring case and a trailing dot.
+pub fn domain_matches(suffix: &str, name: &str) -> bool {
+    let name = name.trim_end_matches('.');
+    let suffix = suffix.trim_end_matches('.');
+    name.len() >= suffix.len()
+        && name
+            .get(name.len() - suffix.len()..)
+            .is_some_and(|tail| tail.eq_ignore_ascii_case(suffix))
+        && (name.len() == suffix.len()
+            || name.as_bytes().get(name.len() - suffix.len() - 1) == Some(&b'.'))
+}
+
+fn dest_matches(dest: &Dest, target: &Target) -> bool {
+    match dest {
+        Dest::Cidr(net) => net.contains(&target.addr),
+        Dest::Domain(suffix) => target.name.is_some_and(|n| domain_matches(suffix, n)),
+    }
+}
+
+fn rule_matches(rule: &Rule, who: &Identity, target: &Target) -> bool {
+    (rule.port_lo..=rule.port_hi).contains(&target.port)
+        && subject_matches(&rule.subject, who)
+        && dest_matches(&rule.dest, target)
+}
+
+/// Whether the rule's CIDR explicitly names `addr` inside `range`.
+fn names_explicitly(rule: &Rule, range: IpNet, addr: IpAddr) -> bool {
+    matches!(&rule.dest, Dest::Cidr(net) if range.contains(net) && net.contains(&addr))
+}
+
+/// Whether `addr` is one of this machine's own addresses.
+fn is_local(addr: IpAddr) -> bool {
+    addr.is_loopback()
+        || addr.is_unspecified()
+        || std::net::UdpSocket::bind(SocketAddr::new(addr, 0)).is_ok()
+}
+
+/// The policy decision for one target.
+pub fn allows(rules: &[Rule], who: &Identity, target: &Target, own: SocketAddr) -> bool {
+    let addr = target.addr.to_canonical();
+    let target = Target { addr, ..*target };
+    let matching = || rules.iter().filter(|r| rule_matches(r, who, &target));
+    if matching().any(|r| r.action == Action::Deny) {
+        return false;
+    }
+    if target.alias {
+        return matching().any(|r| r.action == Action::Allow);
+    }
+    if target.port == own.port() && (addr == own.ip() || is_local(addr)) {
+        let exact = IpNet::from(addr);
+        return matching().any(|r| r.action == Action::Allow && names_explicitly(r, exact, addr));
+    }
+    match reserved_range(addr) {
+        Some(range) => {
+            matching().any(|r| r.action == Action::Allow && names_explicitly(r, range, addr))
+        }
+        None => matching().any(|r| r.action == Action::Allow),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn who() -> Identity {
+        Identity {
+            fingerprint: "f".into(),
+            device_id: 1,
+            device_name: "laptop".into(),
+            user_name: "alice".into(),
+            groups: vec!["ops".into()],
+            vpn_ip: "100.64.0.1".parse().unwrap(),
+            not_after: i64::MAX,
+            revoked: false,
+        }
+    }
+
+    fn rule(subject: &str, dest: &str, ports: (u16, u16), action: &str) -> Rule {
+        Rule {
+            id: 0,
+            subject: subject.parse().unwrap(),
+            dest: dest.parse().unwrap(),
+            port_lo: ports.0,
+            port_hi: ports.1,
+            action: action.parse().unwrap(),
+            created_by: "test".into(),
+            created_at: 0,
+        }
+    }
+
+    fn at(name: Option<&'static str>, addr: &str, port: u16) -> Target<'static> {
+        Target {
+            name,
+            addr: addr.parse().unwrap(),
+            port,
+            alias: false,
+        }
+    }
+
+    const OWN: &str = "0.0.0.0:8443";
+
+    fn check(rules: &[Rule], t: Target) -> bool {
+        allows(rules, &who(), &t, OWN.parse().unwrap())
+    }
+
+    #[test]
+    fn default_is_deny() {
+        assert!(!check(&[], at(None, "192.0.2.10", 80)));
+    }
+
+    #[test]
+    fn cidr_domain_and_ports() {
+        let rules = [
+            rule("*", "192.0.2.0/24", (80, 80), "allow"),
+            rule("user:alice", "intranet.example", (443, 443), "allow"),
+        ];
+        assert!(check(&rules, at(None, "192.0.2.10", 80)));
+        assert!(!check(&rules, at(None, "192.0.2.10", 81)));
+        assert!(!check(&rules, at(None, "198.51.100.1", 80)));
+        assert!(check(
+            &rules,
+            at(Some("wiki.intranet.example"), "198.51.100.1", 443)
+        ));
+        assert!(check(
+            &rules,
+            at(Some("INTRANET.example."), "198.51.100.1", 443)
+        ));
+        assert!(!check(
+            &rules,
+            at(Some("evilintranet.example"), "198.51.100.1", 443)
+        ));
+    }
+
+    #[test]
+    fn subjects() {
+        let rules = [rule("group:ops", "192.0.2.0/24", (1, 65535), "allow")];
+        assert!(check(&rules, at(None, "192.0.2.1", 22)));
+        let rules = [rule("user:bob", "192.0.2.0/24", (1, 65535), "allow")];
+        assert!(!check(&rules, at(None, "192.0.2.1", 22)));
+    }
+
+    #[test]
+    fn deny_beats_allow() {
+        let rules = [
+            rule("*", "0.0.0.0/0", (1, 65535), "allow"),
+            rule("group:ops", "192.0.2.66/32", (1, 65535), "deny"),
+        ];
+        assert!(check(&rules, at(None, "192.0.2.65", 22)));
+        assert!(!check(&rules, at(None, "192.0.2.66", 22)));
+    }
+
+    #[test]
+    fn reserved_needs_an_explicit_rule() {
+        let broad = [
+            rule("*", "0.0.0.0/0", (1, 65535), "allow"),
+            rule("*", "::/0", (1, 65535), "allow"),
+        ];
+        for addr in [
+            "127.0.0.1",
+            "169.254.169.254",
+            "::1",
+            "0.0.0.0",
+            "fe80::1",
+            "224.0.0.1",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(!check(&broad, at(None, addr, 80)), "{addr}");
+        }
+        let named = [rule("*", "127.0.0.1/32", (1, 65535), "allow")];
+        assert!(check(&named, at(None, "127.0.0.1", 80)));
+        assert!(check(&named, at(None, "::ffff:127.0.0.1", 80)));
+        assert!(!check(&named, at(None, "127.0.0.2", 80)));
+        // A domain rule does not open loopback by itself.
+        let by_name = [rule("*", "localhost", (1, 65535), "allow")];
+        assert!(!check(&by_name, at(Some("localhost"), "127.0.0.1", 80)));
+    }
+
+    #[test]
+    fn own_port_needs_the_exact_address() {
+        let rules = [rule("*", "127.0.0.0/8", (1, 65535), "allow")];
+        assert!(check(&rules, at(None, "127.0.0.1", 8442)));
+        assert!(!check(&rules, at(None, "127.0.0.1", 8443)));
+        let exact = [rule("*", "127.0.0.1/32", (8443, 8443), "allow")];
+        assert!(check(&exact, at(None, "127.0.0.1", 8443)));
+    }
+
+    #[test]
+    fn aliases_are_explicit() {
+        let rules = [rule("*", "intranet.internal", (80, 80), "allow")];
+        let t = Target {
+            name: Some("intranet.internal"),
+            addr: "127.0.0.1".parse().unwrap(),
+            port: 80,
+            alias: true,
+        };
+        assert!(check(&rules, t));
+        let t = Target {
+            name: Some("intranet.internal"),
+            addr: "127.0.0.1".parse().unwrap(),
+            port: 80,
+            alias: true,
+        };
+        assert!(!check(&[], t));
+    }
+}

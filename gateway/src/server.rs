@@ -1,0 +1,291 @@
+//! The gateway's listener: accepts TCP, does the TLS handshake, reads the
+//! device identity from the verified certificate, runs HTTP/2 on the
+//! connection and dispatches each stream: `CONNECT` opens a tunnel, the
+//! enrollment paths go to [`crate::enroll`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::RecvStream;
+use h2::server::SendResponse;
+use http::{Method, Request, Response, StatusCode};
+use shimgate_registry::Registry;
+use shimgate_wire::enroll::{ENROLL_PATH, ErrorBody, RENEW_PATH, WHOAMI_PATH, WhoAmI};
+use shimgate_wire::tunnel::{BOUND_HEADER, ERROR_HEADER, TunnelError};
+use shimgate_wire::{clock, h2tuning, pki, splice};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::ca::Ca;
+use crate::cache::{Cache, CertStatus, Identity};
+use crate::dial::{Dialer, Host};
+use crate::paths::GatewayConfig;
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Everything a running gateway shares between connections.
+pub struct Gateway {
+    pub registry: Registry,
+    pub cache: Arc<Cache>,
+    pub ca: Ca,
+    pub config: GatewayConfig,
+    pub dialer: Dialer,
+    pub tls: TlsAcceptor,
+}
+
+impl Gateway {
+    /// Accepts connections until `stop` fires. Keeps the cached registry view
+    /// fresh meanwhile.
+    pub async fn run(self: Arc<Self>, listener: TcpListener, stop: CancellationToken) {
+        tokio::spawn(crate::cache::refresh(
+            Arc::clone(&self.cache),
+            self.registry.clone(),
+            stop.clone(),
+        ));
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = stop.cancelled() => return,
+            };
+            match accepted {
+                Ok((sock, peer)) => {
+                    let gw = Arc::clone(&self);
+                    let stop = stop.clone();
+                    tokio::spawn(async move { gw.connection(sock, peer, stop).await });
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    async fn connection(
+        self: Arc<Self>,
+        sock: TcpStream,
+        peer: SocketAddr,
+        stop: CancellationToken,
+    ) {
+        let _ = sock.set_nodelay(true);
+        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.tls.accept(sock)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::info!(%peer, error = %e, "TLS handshake refused");
+                return;
+            }
+            Err(_) => {
+                tracing::info!(%peer, "TLS handshake timed out");
+                return;
+            }
+        };
+        // The verifier already checked the certificate; check again here so
+        // that no path (e.g. a resumed session) skips the registry.
+        let presented = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| pki::fingerprint(c));
+        let ident = match presented {
+            None => None,
+            Some(fp) => match self.cache.status(&fp) {
+                CertStatus::Active(id) => Some(id),
+                _ => {
+                    tracing::info!(%peer, fingerprint = %fp, "certificate not valid (revoked or unknown)");
+                    return;
+                }
+            },
+        };
+        let cancel = stop.child_token();
+        let _live = ident
+            .as_ref()
+            .map(|id| self.cache.register(&id.fingerprint, cancel.clone()));
+        if let Some(id) = &ident {
+            tracing::info!(%peer, device = %id.device_name, user = %id.user_name, "device connected");
+            let (registry, device_id) = (self.registry.clone(), id.device_id);
+            tokio::spawn(async move {
+                if let Err(e) = registry.touch_device(device_id, clock::now()).await {
+                    tracing::debug!(error = %e, "could not record last-seen");
+                }
+            });
+        }
+        let mut h2 = match h2::server::Builder::new()
+            .initial_window_size(h2tuning::STREAM_WINDOW)
+            .initial_connection_window_size(h2tuning::CONNECTION_WINDOW)
+            .max_frame_size(h2tuning::MAX_FRAME)
+            .max_concurrent_streams(h2tuning::MAX_STREAMS)
+            .max_send_buffer_size(h2tuning::CHUNK * 4)
+            .handshake::<_, Bytes>(tls)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::info!(%peer, error = %e, "HTTP/2 handshake failed");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                next = h2.accept() => match next {
+                    Some(Ok((req, respond))) => {
+                        let gw = Arc::clone(&self);
+                        let ident = ident.clone();
+                        tokio::spawn(async move { gw.request(req, respond, ident, peer).await });
+                    }
+                    Some(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                        break;
+                    }
+                    None => break,
+                },
+                _ = cancel.cancelled() => {
+                    if let Some(id) = &ident {
+                        tracing::info!(%peer, device = %id.device_name, "closing connection: certificate revoked or gateway stopping");
+                    }
+                    break;
+                }
+            }
+        }
+        if let Some(id) = &ident {
+            tracing::info!(%peer, device = %id.device_name, "device disconnected");
+        }
+    }
+
+    async fn request(
+        self: Arc<Self>,
+        req: Request<RecvStream>,
+        mut respond: SendResponse<Bytes>,
+        ident: Option<Arc<Identity>>,
+        peer: SocketAddr,
+    ) {
+        let path = req.uri().path().to_owned();
+        match (req.method().clone(), path.as_str(), ident) {
+            (Method::POST, ENROLL_PATH, _) => {
+                crate::enroll::enroll(&self, req, respond, peer).await
+            }
+            (Method::CONNECT, _, Some(id)) => self.tunnel(req, respond, &id).await,
+            (Method::POST, RENEW_PATH, Some(id)) => {
+                crate::enroll::renew(&self, req, respond, &id, peer).await
+            }
+            (Method::GET, WHOAMI_PATH, Some(id)) => {
+                let me = WhoAmI {
+                    device_name: id.device_name.clone(),
+                    user: id.user_name.clone(),
+                    vpn_ip: id.vpn_ip.to_string(),
+                };
+                send_json(&mut respond, StatusCode::OK, &me);
+            }
+            (_, _, None) => send_error(
+                &mut respond,
+                StatusCode::UNAUTHORIZED,
+                "a device certificate is required: enroll this device first (`shimgate enroll CODE`)",
+            ),
+            _ => send_error(&mut respond, StatusCode::NOT_FOUND, "no such endpoint"),
+        }
+    }
+
+    async fn tunnel(
+        &self,
+        req: Request<RecvStream>,
+        mut respond: SendResponse<Bytes>,
+        who: &Identity,
+    ) {
+        let Some(authority) = req.uri().authority().cloned() else {
+            return refuse(&mut respond, TunnelError::AddressNotSupported);
+        };
+        let (host, port) = match (Host::parse(authority.host()), authority.port_u16()) {
+            (Ok(h), Some(p)) if p != 0 => (h, p),
+            _ => return refuse(&mut respond, TunnelError::AddressNotSupported),
+        };
+        let rules = self.cache.rules();
+        let sock = match self.dialer.dial(who, &rules, &host, port).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::info!(device = %who.device_name, dest = %authority, reason = %e, "tunnel refused");
+                return refuse(&mut respond, e);
+            }
+        };
+        let mut ok = Response::builder().status(StatusCode::OK);
+        if let Ok(bound) = sock.local_addr() {
+            ok = ok.header(BOUND_HEADER, bound.to_string());
+        }
+        let Ok(response) = ok.body(()) else { return };
+        let send = match respond.send_response(response, false) {
+            Ok(s) => s,
+            Err(e) => {
+                return tracing::debug!(error = %e, "device went away before the tunnel opened");
+            }
+        };
+        tracing::debug!(device = %who.device_name, dest = %authority, "tunnel open");
+        match splice::splice(sock, send, req.into_body()).await {
+            Ok(moved) => {
+                tracing::debug!(device = %who.device_name, dest = %authority, up = moved.up, down = moved.down, "tunnel closed")
+            }
+            Err(e) => {
+                tracing::debug!(device = %who.device_name, dest = %authority, error = %e, "tunnel ended with an error")
+            }
+        }
+    }
+}
+
+fn refuse(respond: &mut SendResponse<Bytes>, e: TunnelError) {
+    if let Ok(resp) = Response::builder()
+        .status(e.http_status())
+        .header(ERROR_HEADER, e.as_str())
+        .body(())
+    {
+        let _ = respond.send_response(resp, true);
+    }
+}
+
+pub(crate) fn send_json<T: serde::Serialize>(
+    respond: &mut SendResponse<Bytes>,
+    status: StatusCode,
+    body: &T,
+) {
+    let Ok(json) = serde_json::to_vec(body) else {
+        return;
+    };
+    let Ok(resp) = Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(())
+    else {
+        return;
+    };
+    if let Ok(mut send) = respond.send_response(resp, false) {
+        let _ = send.send_data(Bytes::from(json), true);
+    }
+}
+
+pub(crate) fn send_error(respond: &mut SendResponse<Bytes>, status: StatusCode, message: &str) {
+    send_json(
+        respond,
+        status,
+        &ErrorBody {
+            error: message.to_owned(),
+        },
+    );
+}
+
+/// Reads a request body of at most `limit` bytes.
+pub(crate) async fn read_body(
+    body: &mut RecvStream,
+    limit: usize,
+) -> Result<Vec<u8>, &'static str> {
+    let mut out = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.map_err(|_| "the request body was cut off")?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        if out.len() + chunk.len() > limit {
+            return Err("the request body is too large");
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}

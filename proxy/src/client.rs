@@ -1,0 +1,199 @@
+//! One HTTP/2-over-TLS connection to the gateway, and JSON calls on it.
+//!
+//! [`connect`] dials, does the TLS handshake and the HTTP/2 handshake, and
+//! starts the task that drives the connection (with keepalive pings, so a
+//! gateway that vanished without closing is noticed). With a device
+//! certificate it then asks the gateway who we are: in TLS 1.3 a refused
+//! client certificate only shows on the first read, and this makes a revoked
+//! device find out at connect time, with the reason.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::client::SendRequest;
+use http::{Method, Request, StatusCode};
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
+use shimgate_wire::enroll::{ErrorBody, MAX_BODY, WHOAMI_PATH, WhoAmI};
+use shimgate_wire::h2tuning;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_util::sync::CancellationToken;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const PING_EVERY: Duration = Duration::from_secs(15);
+const PING_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the gateway at {addr}: {reason}")]
+    Unreachable { addr: String, reason: String },
+    #[error("the gateway revoked this device's certificate: ask an admin, or enroll again")]
+    Revoked,
+    #[error("the gateway refused this device's certificate ({0}): enroll again with a new code")]
+    Rejected(String),
+    #[error("TLS with the gateway failed: {0}")]
+    Tls(String),
+    #[error("the gateway answered {status}: {message}")]
+    Refused { status: StatusCode, message: String },
+    #[error("the connection to the gateway failed: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    /// Reads what went wrong out of an error's text (rustls alerts arrive
+    /// wrapped in I/O and HTTP/2 errors, which keep the message).
+    fn classify(addr: &str, e: &dyn std::fmt::Display) -> ClientError {
+        let text = e.to_string();
+        if text.contains("CertificateRevoked") {
+            ClientError::Revoked
+        } else if [
+            "AccessDenied",
+            "UnknownCA",
+            "BadCertificate",
+            "CertificateUnknown",
+            "CertificateExpired",
+            "CertificateRequired",
+        ]
+        .iter()
+        .any(|a| text.contains(a))
+        {
+            ClientError::Rejected(text)
+        } else if text.contains(crate::tls::PIN_MISMATCH) || text.contains("certificate") {
+            ClientError::Tls(text)
+        } else {
+            ClientError::Unreachable {
+                addr: addr.to_owned(),
+                reason: text,
+            }
+        }
+    }
+}
+
+/// A live connection: clone `send` to open streams; `closed` fires when the
+/// connection has ended.
+pub struct Connection {
+    pub send: SendRequest<Bytes>,
+    pub closed: CancellationToken,
+}
+
+pub async fn connect(
+    addr: &str,
+    name: ServerName<'static>,
+    tls: Arc<ClientConfig>,
+) -> Result<Connection, ClientError> {
+    let unreachable = |reason: String| ClientError::Unreachable {
+        addr: addr.to_owned(),
+        reason,
+    };
+    let sock = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(unreachable(e.to_string())),
+        Err(_) => return Err(unreachable("timed out".into())),
+    };
+    let _ = sock.set_nodelay(true);
+    let tls =
+        match tokio::time::timeout(CONNECT_TIMEOUT, TlsConnector::from(tls).connect(name, sock))
+            .await
+        {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => return Err(ClientError::classify(addr, &e)),
+            Err(_) => return Err(unreachable("TLS handshake timed out".into())),
+        };
+    let (send, mut conn) = h2::client::Builder::new()
+        .initial_window_size(h2tuning::STREAM_WINDOW)
+        .initial_connection_window_size(h2tuning::CONNECTION_WINDOW)
+        .max_frame_size(h2tuning::MAX_FRAME)
+        .max_send_buffer_size(h2tuning::CHUNK * 4)
+        .handshake::<_, Bytes>(tls)
+        .await
+        .map_err(|e| ClientError::classify(addr, &e))?;
+    let closed = CancellationToken::new();
+    let mut pings = conn.ping_pong();
+    let done = closed.clone();
+    tokio::spawn(async move {
+        let keepalive = async {
+            let Some(pings) = pings.as_mut() else {
+                return std::future::pending().await;
+            };
+            loop {
+                tokio::time::sleep(PING_EVERY).await;
+                match tokio::time::timeout(PING_TIMEOUT, pings.ping(h2::Ping::opaque())).await {
+                    Ok(Ok(_)) => {}
+                    _ => return tracing::warn!("gateway stopped answering keepalive pings"),
+                }
+            }
+        };
+        tokio::select! {
+            r = &mut conn => if let Err(e) = r { tracing::debug!(error = %e, "gateway connection ended") },
+            _ = keepalive => {}
+            _ = done.cancelled() => {}
+        }
+        done.cancel();
+    });
+    Ok(Connection { send, closed })
+}
+
+/// Connects with the device certificate and confirms the gateway accepts it.
+pub async fn connect_device(
+    addr: &str,
+    name: ServerName<'static>,
+    tls: Arc<ClientConfig>,
+) -> Result<(Connection, WhoAmI), ClientError> {
+    let conn = connect(addr, name, tls).await?;
+    match call(&conn.send, Method::GET, WHOAMI_PATH, None).await {
+        Ok(body) => {
+            let me = serde_json::from_slice(&body)
+                .map_err(|e| ClientError::Protocol(format!("bad whoami answer: {e}")))?;
+            Ok((conn, me))
+        }
+        Err(ClientError::Protocol(text)) => Err(ClientError::classify(addr, &text)),
+        Err(e) => Err(e),
+    }
+}
+
+/// One JSON request/response on the connection; non-2xx answers become
+/// [`ClientError::Refused`] with the gateway's message.
+pub async fn call(
+    send: &SendRequest<Bytes>,
+    method: Method,
+    path: &str,
+    body: Option<Vec<u8>>,
+) -> Result<Vec<u8>, ClientError> {
+    let protocol = |e: h2::Error| ClientError::Protocol(e.to_string());
+    let req = Request::builder()
+        .method(method)
+        .uri(format!("https://gateway{path}"))
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(())
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+    let mut send = send.clone().ready().await.map_err(protocol)?;
+    let (response, mut stream) = send.send_request(req, body.is_none()).map_err(protocol)?;
+    if let Some(body) = body {
+        stream
+            .send_data(Bytes::from(body), true)
+            .map_err(protocol)?;
+    }
+    let response = response.await.map_err(protocol)?;
+    let status = response.status();
+    let mut recv = response.into_body();
+    let mut out = Vec::new();
+    while let Some(chunk) = recv.data().await {
+        let chunk = chunk.map_err(protocol)?;
+        let _ = recv.flow_control().release_capacity(chunk.len());
+        if out.len() + chunk.len() > MAX_BODY {
+            return Err(ClientError::Protocol(
+                "the gateway's answer is too large".into(),
+            ));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    if status.is_success() {
+        return Ok(out);
+    }
+    let message = serde_json::from_slice::<ErrorBody>(&out)
+        .map(|e| e.error)
+        .unwrap_or_else(|_| String::from_utf8_lossy(&out).into_owned());
+    Err(ClientError::Refused { status, message })
+}

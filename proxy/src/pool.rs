@@ -1,0 +1,255 @@
+//! The long-lived mTLS HTTP/2 connections to the gateway, and opening a
+//! tunnel on one of them.
+//!
+//! Each slot holds at most one connection. A background task per slot keeps
+//! it up, reconnecting with exponential backoff. A tunnel request that finds
+//! its slot down does not wait for the backoff: it connects at once, so new
+//! SOCKS connections work again as soon as the gateway is back. Tunnels are
+//! spread over the slots so bulk transfers use more than one core.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::client::SendRequest;
+use h2::{RecvStream, SendStream};
+use http::{Method, Request, StatusCode};
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
+use shimgate_wire::tunnel::{BOUND_HEADER, ERROR_HEADER, TunnelError};
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::{self, ClientError, Connection};
+use crate::status::Board;
+
+const BACKOFF_START: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// Where and how to reach the gateway. The TLS config is swapped when the
+/// certificate is renewed.
+pub struct Connector {
+    pub addr: String,
+    pub name: ServerName<'static>,
+    tls: RwLock<Arc<ClientConfig>>,
+}
+
+impl Connector {
+    pub fn new(addr: String, name: ServerName<'static>, tls: Arc<ClientConfig>) -> Connector {
+        Connector {
+            addr,
+            name,
+            tls: RwLock::new(tls),
+        }
+    }
+
+    pub fn set_tls(&self, tls: Arc<ClientConfig>) {
+        match self.tls.write() {
+            Ok(mut t) => *t = tls,
+            Err(poisoned) => *poisoned.into_inner() = tls,
+        }
+    }
+
+    fn tls(&self) -> Arc<ClientConfig> {
+        match self.tls.read() {
+            Ok(t) => Arc::clone(&t),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Slot {
+    live: Mutex<Option<Connection>>,
+}
+
+/// An open tunnel: the two halves of its HTTP/2 stream, and where the
+/// gateway dialled from.
+pub struct Tunnel {
+    pub send: SendStream<Bytes>,
+    pub recv: RecvStream,
+    pub bound: Option<SocketAddr>,
+}
+
+pub struct Pool {
+    connector: Arc<Connector>,
+    slots: Vec<Slot>,
+    next: AtomicUsize,
+    board: Arc<Board>,
+}
+
+impl Pool {
+    pub fn new(connector: Arc<Connector>, size: usize, board: Arc<Board>) -> Arc<Pool> {
+        Arc::new(Pool {
+            connector,
+            slots: (0..size.max(1)).map(|_| Slot::default()).collect(),
+            next: AtomicUsize::new(0),
+            board,
+        })
+    }
+
+    pub fn connector(&self) -> &Arc<Connector> {
+        &self.connector
+    }
+
+    /// Starts one keeper task per slot; they end when `stop` fires.
+    pub fn keep_up(self: &Arc<Self>, stop: CancellationToken) {
+        for i in 0..self.slots.len() {
+            let pool = Arc::clone(self);
+            let stop = stop.clone();
+            tokio::spawn(async move { pool.keeper(i, stop).await });
+        }
+    }
+
+    async fn keeper(&self, i: usize, stop: CancellationToken) {
+        let mut backoff = BACKOFF_START;
+        loop {
+            let closed = match self.connection(i).await {
+                Ok((_, closed)) => {
+                    backoff = BACKOFF_START;
+                    closed
+                }
+                Err(e) => {
+                    self.board.update(|s| s.last_error = Some(e.to_string()));
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.cancelled() => return,
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    continue;
+                }
+            };
+            tokio::select! {
+                _ = closed.cancelled() => {}
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+
+    /// The slot's connection, connecting first if it is down.
+    async fn connection(
+        &self,
+        i: usize,
+    ) -> Result<(SendRequest<Bytes>, CancellationToken), ClientError> {
+        let slot = &self.slots[i % self.slots.len()];
+        let mut live = slot.live.lock().await;
+        if let Some(conn) = live.as_ref()
+            && !conn.closed.is_cancelled()
+        {
+            return Ok((conn.send.clone(), conn.closed.clone()));
+        }
+        let was_live = live.take().is_some();
+        if was_live {
+            self.board.update(|s| s.live = s.live.saturating_sub(1));
+        }
+        let (conn, me) = client::connect_device(
+            &self.connector.addr,
+            self.connector.name.clone(),
+            self.connector.tls(),
+        )
+        .await?;
+        tracing::info!(gateway = %self.connector.addr, device = %me.device_name, slot = i, "gateway connected");
+        let handles = (conn.send.clone(), conn.closed.clone());
+        let board = Arc::clone(&self.board);
+        let closed = conn.closed.clone();
+        let addr = self.connector.addr.clone();
+        tokio::spawn(async move {
+            closed.cancelled().await;
+            tracing::warn!(gateway = %addr, slot = i, "gateway connection lost");
+        });
+        *live = Some(conn);
+        drop(live);
+        board.update(|s| {
+            s.live += 1;
+            s.last_error = None;
+        });
+        Ok(handles)
+    }
+
+    /// Marks a slot's connection dead (it failed under us).
+    async fn drop_connection(&self, i: usize) {
+        let mut live = self.slots[i % self.slots.len()].live.lock().await;
+        if let Some(conn) = live.take() {
+            conn.closed.cancel();
+            self.board.update(|s| s.live = s.live.saturating_sub(1));
+        }
+    }
+
+    /// Any live connection, for control calls such as renewal.
+    pub async fn any_connection(&self) -> Result<SendRequest<Bytes>, ClientError> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        self.connection(i).await.map(|(send, _)| send)
+    }
+
+    /// Asks the gateway for a tunnel to `authority` (`host:port`, `[v6]:port`).
+    pub async fn open(&self, authority: &str) -> Result<Tunnel, TunnelError> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        // A pooled connection may have died since it was last used: one retry
+        // on a fresh connection.
+        for attempt in 0..2 {
+            let send = match self.connection(i).await {
+                Ok((send, _)) => send,
+                Err(e) => {
+                    tracing::warn!(error = %e, "no connection to the gateway");
+                    return Err(match e {
+                        ClientError::Revoked | ClientError::Rejected(_) => TunnelError::NotAllowed,
+                        _ => TunnelError::General,
+                    });
+                }
+            };
+            match request(send, authority).await {
+                Ok(t) => return Ok(t),
+                Err(Failure::Refused(e)) => return Err(e),
+                Err(Failure::Connection(e)) => {
+                    tracing::debug!(error = %e, attempt, "gateway connection failed under a request");
+                    self.drop_connection(i).await;
+                }
+            }
+        }
+        Err(TunnelError::General)
+    }
+}
+
+enum Failure {
+    /// The gateway answered and said no.
+    Refused(TunnelError),
+    /// The connection broke; another may work.
+    Connection(h2::Error),
+}
+
+async fn request(send: SendRequest<Bytes>, authority: &str) -> Result<Tunnel, Failure> {
+    let req = Request::builder()
+        .method(Method::CONNECT)
+        .uri(authority)
+        .body(())
+        .map_err(|_| Failure::Refused(TunnelError::AddressNotSupported))?;
+    let mut send = send.ready().await.map_err(Failure::Connection)?;
+    let (response, stream) = send.send_request(req, false).map_err(Failure::Connection)?;
+    let response = response.await.map_err(|e| {
+        if e.is_reset() {
+            Failure::Refused(TunnelError::General)
+        } else {
+            Failure::Connection(e)
+        }
+    })?;
+    let status = response.status();
+    if status == StatusCode::OK {
+        let bound = response
+            .headers()
+            .get(BOUND_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        return Ok(Tunnel {
+            send: stream,
+            recv: response.into_body(),
+            bound,
+        });
+    }
+    let header = response
+        .headers()
+        .get(ERROR_HEADER)
+        .and_then(|v| v.to_str().ok());
+    Err(Failure::Refused(TunnelError::from_response(status, header)))
+}

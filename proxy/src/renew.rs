@@ -1,0 +1,112 @@
+//! Renewing the device certificate over mTLS before it expires.
+//!
+//! At two thirds of the certificate's lifetime the device makes a new key
+//! pair and asks the gateway, authenticated by the current certificate, for
+//! a new one. New connections use it at once; open ones keep the session
+//! they have.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+use rcgen::{CertificateParams, KeyPair};
+use shimgate_wire::enroll::{RENEW_PATH, RenewRequest, RenewResponse};
+use shimgate_wire::{clock, files, pki};
+use tokio_util::sync::CancellationToken;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::config::ConfigDir;
+use crate::pool::Pool;
+use crate::tls;
+
+const RETRY: Duration = Duration::from_secs(300);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RenewError {
+    #[error("reading the device certificate: {0}")]
+    Read(String),
+    #[error("{0}")]
+    Gateway(#[from] crate::client::ClientError),
+    #[error("making the key pair: {0}")]
+    Key(#[from] rcgen::Error),
+    #[error("saving the new certificate: {0}")]
+    Save(#[from] std::io::Error),
+    #[error("{0}")]
+    Tls(#[from] tls::TlsError),
+}
+
+/// (not_before, not_after) of the stored device certificate.
+pub fn validity(dir: &ConfigDir) -> Result<(i64, i64), RenewError> {
+    let certs = pki::load_certs(&dir.cert()).map_err(|e| RenewError::Read(e.to_string()))?;
+    let der = certs
+        .first()
+        .ok_or_else(|| RenewError::Read("no certificate".into()))?;
+    let (_, cert) = X509Certificate::from_der(der).map_err(|e| RenewError::Read(e.to_string()))?;
+    Ok((
+        cert.validity().not_before.timestamp(),
+        cert.validity().not_after.timestamp(),
+    ))
+}
+
+/// When to renew: two thirds into the lifetime.
+pub fn renew_at(not_before: i64, not_after: i64) -> i64 {
+    not_before + (not_after - not_before) * 2 / 3
+}
+
+pub async fn renew_once(dir: &ConfigDir, pool: &Pool) -> Result<i64, RenewError> {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let csr_pem = CertificateParams::default()
+        .serialize_request(&key)?
+        .pem()?;
+    let body = serde_json::to_vec(&RenewRequest { csr_pem }).map_err(std::io::Error::other)?;
+    let send = pool.any_connection().await?;
+    let answer = crate::client::call(&send, Method::POST, RENEW_PATH, Some(body)).await?;
+    let answer: RenewResponse = serde_json::from_slice(&answer).map_err(std::io::Error::other)?;
+    files::write_atomic(&dir.key(), key.serialize_pem().as_bytes(), files::SECRET)?;
+    files::write_atomic(&dir.cert(), answer.cert_pem.as_bytes(), files::PUBLIC)?;
+    pool.connector().set_tls(tls::device(dir)?);
+    Ok(answer.not_after)
+}
+
+/// Renews whenever due, until `stop` fires.
+pub async fn keep_renewed(dir: ConfigDir, pool: Arc<Pool>, stop: CancellationToken) {
+    loop {
+        let wait = match validity(&dir) {
+            Ok((nb, na)) => (renew_at(nb, na) - clock::now()).max(0) as u64,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the device certificate");
+                RETRY.as_secs()
+            }
+        };
+        // Sleep in bounded steps so a suspended laptop re-checks on wake.
+        if wait > 0 {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(wait.min(3600))) => continue,
+                _ = stop.cancelled() => return,
+            }
+        }
+        match renew_once(&dir, &pool).await {
+            Ok(not_after) => {
+                tracing::info!(valid_until = %clock::show(not_after), "device certificate renewed")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "certificate renewal failed; will retry");
+                tokio::select! {
+                    _ = tokio::time::sleep(RETRY) => {}
+                    _ = stop.cancelled() => return,
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renews_at_two_thirds() {
+        assert_eq!(renew_at(0, 30), 20);
+        assert_eq!(renew_at(1000, 1000 + 30 * 86400), 1000 + 20 * 86400);
+    }
+}

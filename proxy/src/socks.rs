@@ -1,0 +1,180 @@
+//! The SOCKS5 server: the shim between programs and the VPN.
+//!
+//! Each CONNECT becomes a tunnel through the gateway (the name is resolved
+//! by the gateway, socks5h-style, even when the client sent an address);
+//! the gateway's answer becomes the SOCKS reply code. BIND and UDP
+//! ASSOCIATE are answered "command not supported", never left hanging.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fast_socks5::server::Socks5ServerProtocol;
+use fast_socks5::util::target_addr::TargetAddr;
+use fast_socks5::{ReplyError, Socks5Command};
+use shimgate_wire::splice;
+use shimgate_wire::tunnel::TunnelError;
+use subtle::ConstantTimeEq;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::pool::Pool;
+
+/// A SOCKS client has this long to say what it wants.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Username/password a SOCKS client must present (RFC 1929).
+#[derive(Clone)]
+pub struct Credentials {
+    pub user: String,
+    pub password: String,
+}
+
+impl Credentials {
+    fn check(&self, user: &str, password: &str) -> bool {
+        let u = self.user.as_bytes().ct_eq(user.as_bytes());
+        let p = self.password.as_bytes().ct_eq(password.as_bytes());
+        bool::from(u & p)
+    }
+}
+
+fn reply_for(e: TunnelError) -> ReplyError {
+    match e {
+        TunnelError::NotAllowed => ReplyError::ConnectionNotAllowed,
+        TunnelError::NetworkUnreachable => ReplyError::NetworkUnreachable,
+        TunnelError::HostUnreachable => ReplyError::HostUnreachable,
+        TunnelError::Refused => ReplyError::ConnectionRefused,
+        TunnelError::TimedOut => ReplyError::TtlExpired,
+        TunnelError::AddressNotSupported => ReplyError::AddressTypeNotSupported,
+        TunnelError::General => ReplyError::GeneralFailure,
+    }
+}
+
+/// `host:port` as an HTTP/2 CONNECT authority.
+pub fn authority(target: &TargetAddr) -> String {
+    match target {
+        TargetAddr::Ip(SocketAddr::V4(a)) => a.to_string(),
+        TargetAddr::Ip(SocketAddr::V6(a)) => format!("[{}]:{}", a.ip(), a.port()),
+        TargetAddr::Domain(name, port) => format!("{name}:{port}"),
+    }
+}
+
+pub async fn serve(
+    listener: TcpListener,
+    pool: Arc<Pool>,
+    auth: Option<Credentials>,
+    stop: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.cancelled() => return,
+        };
+        match accepted {
+            Ok((sock, peer)) => {
+                let pool = Arc::clone(&pool);
+                let auth = auth.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = handle(sock, pool, auth).await {
+                        tracing::debug!(%peer, error = %e, "socks connection ended with an error");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "socks accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SocksError {
+    #[error("{0}")]
+    Protocol(#[from] fast_socks5::server::SocksServerError),
+    #[error("client too slow to send its request")]
+    Timeout,
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+async fn handle(
+    sock: TcpStream,
+    pool: Arc<Pool>,
+    auth: Option<Credentials>,
+) -> Result<(), SocksError> {
+    let _ = sock.set_nodelay(true);
+    let request = async {
+        let proto = match &auth {
+            None => Socks5ServerProtocol::accept_no_auth(sock).await?,
+            Some(c) => {
+                Socks5ServerProtocol::accept_password_auth(sock, |u, p| c.check(&u, &p))
+                    .await?
+                    .0
+            }
+        };
+        proto.read_command().await
+    };
+    let (proto, command, target) = tokio::time::timeout(HANDSHAKE_TIMEOUT, request)
+        .await
+        .map_err(|_| SocksError::Timeout)??;
+    if command != Socks5Command::TCPConnect {
+        proto.reply_error(&ReplyError::CommandNotSupported).await?;
+        return Ok(());
+    }
+    let dest = authority(&target);
+    match pool.open(&dest).await {
+        Ok(tunnel) => {
+            let bound = tunnel.bound.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+            // The reply is at most 22 bytes on a fresh socket, so the single
+            // write() fast-socks5 does cannot come up short.
+            let sock = proto.reply_success(bound).await?;
+            let moved = splice::splice(sock, tunnel.send, tunnel.recv).await?;
+            tracing::debug!(%dest, up = moved.up, down = moved.down, "tunnel closed");
+        }
+        Err(e) => {
+            tracing::info!(%dest, reason = %e, "tunnel refused");
+            proto.reply_error(&reply_for(e)).await?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_tunnel_error_maps_to_its_socks_code() {
+        for e in TunnelError::ALL {
+            assert_eq!(reply_for(e).as_u8(), e.socks_reply(), "{e}");
+        }
+    }
+
+    #[test]
+    fn authorities() {
+        assert_eq!(
+            authority(&TargetAddr::Ip("192.0.2.1:80".parse().unwrap())),
+            "192.0.2.1:80"
+        );
+        assert_eq!(
+            authority(&TargetAddr::Ip("[2001:db8::1]:443".parse().unwrap())),
+            "[2001:db8::1]:443"
+        );
+        assert_eq!(
+            authority(&TargetAddr::Domain("intranet.internal".into(), 80)),
+            "intranet.internal:80"
+        );
+    }
+
+    #[test]
+    fn credentials() {
+        let c = Credentials {
+            user: "u".into(),
+            password: "p".into(),
+        };
+        assert!(c.check("u", "p"));
+        assert!(!c.check("u", "x"));
+        assert!(!c.check("", ""));
+    }
+}

@@ -1,0 +1,90 @@
+//! `status.json`: what `shimgate up` is doing, for `shimgate status`.
+//!
+//! `up` rewrites the file (atomically) whenever the state changes; `status`
+//! trusts it only if the process that wrote it is still alive.
+
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use shimgate_wire::{clock, files};
+
+use crate::config::ConfigDir;
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
+pub struct Status {
+    pub pid: u32,
+    pub connected: bool,
+    /// Unix seconds: when the current state (connected or not) began.
+    pub since: i64,
+    pub device: String,
+    pub user: String,
+    pub vpn_ip: String,
+    pub gateway: String,
+    pub socks: String,
+    /// Live connections to the gateway, out of `pool`.
+    pub live: usize,
+    pub pool: usize,
+    pub last_error: Option<String>,
+}
+
+/// The shared, written-through status of a running `up`.
+pub struct Board {
+    dir: ConfigDir,
+    state: Mutex<Status>,
+}
+
+impl Board {
+    pub fn new(dir: ConfigDir, initial: Status) -> Board {
+        let board = Board {
+            dir,
+            state: Mutex::new(initial),
+        };
+        board.update(|_| {});
+        board
+    }
+
+    pub fn update(&self, change: impl FnOnce(&mut Status)) {
+        let mut state = match self.state.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let was = state.connected;
+        change(&mut state);
+        state.connected = state.live > 0;
+        if state.connected != was {
+            state.since = clock::now();
+        }
+        if let Ok(json) = serde_json::to_vec_pretty(&*state)
+            && let Err(e) = files::write_atomic(&self.dir.status(), &json, files::PUBLIC)
+        {
+            tracing::warn!(error = %e, "cannot write status.json");
+        }
+    }
+
+    pub fn snapshot(&self) -> Status {
+        match self.state.lock() {
+            Ok(s) => s.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Marks the proxy as stopped so `status` does not report a stale state.
+    pub fn remove(&self) {
+        let _ = std::fs::remove_file(self.dir.status());
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    pid > 0 && unsafe { libc::kill(pid, 0) } == 0
+}
+
+/// The status of a running `up`, or `None` if none runs for this config dir.
+pub fn read(dir: &ConfigDir) -> Option<Status> {
+    let bytes = std::fs::read(dir.status()).ok()?;
+    let status: Status = serde_json::from_slice(&bytes).ok()?;
+    alive(status.pid).then_some(status)
+}

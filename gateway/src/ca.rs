@@ -28,7 +28,7 @@ pub enum CaError {
     BadCsr(rcgen::Error),
     #[error("the CSR's key is not ECDSA P-256 or Ed25519; make the key with `shimgate enroll`")]
     UnsupportedKey,
-    #[error("{0}")]
+    #[error(transparent)]
     Pki(#[from] pki::PkiError),
     #[error("writing {path}: {source}")]
     Write {

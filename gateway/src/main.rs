@@ -13,7 +13,7 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(cli.run()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", shimgate_wire::logging::report(e.as_ref()));
             std::process::ExitCode::FAILURE
         }
     }

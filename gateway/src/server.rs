@@ -72,10 +72,12 @@ impl Gateway {
         stop: CancellationToken,
     ) {
         let _ = sock.set_nodelay(true);
-        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.tls.accept(sock)).await {
+        let accept = self.tls.accept(sock).into_fallible();
+        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
             Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => {
+            Ok(Err((e, sock))) => {
                 tracing::info!(%peer, error = %e, "TLS handshake refused");
+                linger(sock).await;
                 return;
             }
             Err(_) => {
@@ -231,6 +233,25 @@ impl Gateway {
             }
         }
     }
+}
+
+/// After a refused handshake the alert is on its way, but the client may
+/// still be writing its last flight. Closing at once would answer that with
+/// a TCP reset, which can destroy the alert before the client reads it;
+/// so half-close and drain briefly, and the client learns *why* (e.g.
+/// "certificate revoked").
+async fn linger(mut sock: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = sock.shutdown().await;
+    let mut sink = [0u8; 1024];
+    let drain = async {
+        while let Ok(n) = sock.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
 }
 
 fn refuse(respond: &mut SendResponse<Bytes>, e: TunnelError) {

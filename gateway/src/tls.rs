@@ -23,7 +23,7 @@ use crate::paths::DataDir;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsSetupError {
-    #[error("{0}")]
+    #[error(transparent)]
     Pki(#[from] pki::PkiError),
     #[error("TLS configuration: {0}")]
     Rustls(#[from] Error),

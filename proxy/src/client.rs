@@ -7,7 +7,7 @@
 //! client certificate only shows on the first read, and this makes a revoked
 //! device find out at connect time, with the reason.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -72,10 +72,13 @@ impl ClientError {
 }
 
 /// A live connection: clone `send` to open streams; `closed` fires when the
-/// connection has ended.
+/// connection has ended, and `ended_with` then holds the connection-level
+/// error, if any (streams only see "connection closed"; the reason, such as
+/// a TLS alert, is here).
 pub struct Connection {
     pub send: SendRequest<Bytes>,
     pub closed: CancellationToken,
+    ended_with: Arc<Mutex<Option<String>>>,
 }
 
 pub async fn connect(
@@ -93,25 +96,26 @@ pub async fn connect(
         Err(_) => return Err(unreachable("timed out".into())),
     };
     let _ = sock.set_nodelay(true);
-    let tls =
-        match tokio::time::timeout(CONNECT_TIMEOUT, TlsConnector::from(tls).connect(name, sock))
-            .await
-        {
+    let connector = TlsConnector::from(tls);
+    let tls_stream =
+        match tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, sock)).await {
             Ok(Ok(t)) => t,
             Ok(Err(e)) => return Err(ClientError::classify(addr, &e)),
             Err(_) => return Err(unreachable("TLS handshake timed out".into())),
         };
-    let (send, mut conn) = h2::client::Builder::new()
+    let handshake = h2::client::Builder::new()
         .initial_window_size(h2tuning::STREAM_WINDOW)
         .initial_connection_window_size(h2tuning::CONNECTION_WINDOW)
         .max_frame_size(h2tuning::MAX_FRAME)
         .max_send_buffer_size(h2tuning::CHUNK * 4)
-        .handshake::<_, Bytes>(tls)
-        .await
-        .map_err(|e| ClientError::classify(addr, &e))?;
+        .handshake::<_, Bytes>(tls_stream)
+        .await;
+    let (send, mut conn) = handshake.map_err(|e| ClientError::classify(addr, &e))?;
     let closed = CancellationToken::new();
+    let ended_with = Arc::new(Mutex::new(None));
     let mut pings = conn.ping_pong();
     let done = closed.clone();
+    let error_slot = Arc::clone(&ended_with);
     tokio::spawn(async move {
         let keepalive = async {
             let Some(pings) = pings.as_mut() else {
@@ -126,13 +130,22 @@ pub async fn connect(
             }
         };
         tokio::select! {
-            r = &mut conn => if let Err(e) = r { tracing::debug!(error = %e, "gateway connection ended") },
+            r = &mut conn => if let Err(e) = r {
+                tracing::debug!(error = %e, "gateway connection ended");
+                if let Ok(mut slot) = error_slot.lock() {
+                    *slot = Some(e.to_string());
+                }
+            },
             _ = keepalive => {}
             _ = done.cancelled() => {}
         }
         done.cancel();
     });
-    Ok(Connection { send, closed })
+    Ok(Connection {
+        send,
+        closed,
+        ended_with,
+    })
 }
 
 /// Connects with the device certificate and confirms the gateway accepts it.
@@ -148,7 +161,18 @@ pub async fn connect_device(
                 .map_err(|e| ClientError::Protocol(format!("bad whoami answer: {e}")))?;
             Ok((conn, me))
         }
-        Err(ClientError::Protocol(text)) => Err(ClientError::classify(addr, &text)),
+        Err(ClientError::Protocol(text)) => {
+            // The stream only knows the connection died; wait for the driver
+            // to record why (a refused certificate arrives as a TLS alert).
+            let _ = tokio::time::timeout(Duration::from_secs(1), conn.closed.cancelled()).await;
+            let reason = conn
+                .ended_with
+                .lock()
+                .ok()
+                .and_then(|e| e.clone())
+                .unwrap_or(text);
+            Err(ClientError::classify(addr, &reason))
+        }
         Err(e) => Err(e),
     }
 }

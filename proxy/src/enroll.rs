@@ -26,9 +26,9 @@ pub enum EnrollError {
     AlreadyEnrolled { device: String, dir: String },
     #[error("this enrollment code expired at {0}: ask your admin for a new one")]
     Expired(String),
-    #[error("{0}")]
+    #[error(transparent)]
     BadName(#[from] shimgate_wire::identity::BadDeviceName),
-    #[error("{0}")]
+    #[error(transparent)]
     Gateway(#[from] ClientError),
     #[error("the gateway sent a CA that does not match the enrollment code")]
     CaMismatch,
@@ -36,7 +36,7 @@ pub enum EnrollError {
     BadAnswer(String),
     #[error("making the key pair: {0}")]
     Key(#[from] rcgen::Error),
-    #[error("{0}")]
+    #[error(transparent)]
     Tls(#[from] tls::TlsError),
     #[error("saving to {path}: {source}")]
     Save {

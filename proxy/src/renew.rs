@@ -25,13 +25,13 @@ const RETRY: Duration = Duration::from_secs(300);
 pub enum RenewError {
     #[error("reading the device certificate: {0}")]
     Read(String),
-    #[error("{0}")]
+    #[error(transparent)]
     Gateway(#[from] crate::client::ClientError),
     #[error("making the key pair: {0}")]
     Key(#[from] rcgen::Error),
     #[error("saving the new certificate: {0}")]
     Save(#[from] std::io::Error),
-    #[error("{0}")]
+    #[error(transparent)]
     Tls(#[from] tls::TlsError),
 }
 

@@ -90,11 +90,11 @@ pub async fn serve(
 
 #[derive(Debug, thiserror::Error)]
 enum SocksError {
-    #[error("{0}")]
+    #[error(transparent)]
     Protocol(#[from] fast_socks5::server::SocksServerError),
     #[error("client too slow to send its request")]
     Timeout,
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 

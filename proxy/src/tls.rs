@@ -18,7 +18,7 @@ use crate::config::ConfigDir;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("{0}")]
+    #[error(transparent)]
     Pki(#[from] pki::PkiError),
     #[error("TLS configuration: {0}")]
     Rustls(#[from] Error),

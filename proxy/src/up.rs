@@ -15,9 +15,9 @@ use crate::tls;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpError {
-    #[error("{0}")]
+    #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
-    #[error("{0}")]
+    #[error(transparent)]
     Tls(#[from] tls::TlsError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {

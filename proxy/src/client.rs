@@ -55,6 +55,7 @@ impl ClientError {
             "CertificateUnknown",
             "CertificateExpired",
             "CertificateRequired",
+            "DecryptError",
         ]
         .iter()
         .any(|a| text.contains(a))

@@ -1,1 +1,112 @@
-//! stub
+//! The shimgate registry: users, groups, enrollment tokens, devices and their VPN addresses,
+//! certificates, policy rules, the audit log, and change notification for gateways.
+//!
+//! One [`Registry`] works over Postgres (production, several gateways sharing one database) or
+//! SQLite (the embedded default). The same runtime-checked queries run on both through the sqlx
+//! `Any` driver; only the DDL in `migrations/postgres` and `migrations/sqlite` differs. Times are
+//! `i64` unix seconds, ids are `i64`.
+//!
+//! Gateways keep what they need in memory and refresh it when [`Registry::change_seq`] moves
+//! (SQLite: poll it) or when [`Registry::subscribe`] reports a change (Postgres LISTEN/NOTIFY).
+//! To avoid missing a change, read `change_seq` *before* loading a snapshot such as
+//! [`Registry::certificate_states`].
+
+mod audit;
+mod certs;
+mod changes;
+mod connect;
+mod devices;
+mod error;
+mod policy;
+mod rules;
+mod tokens;
+mod users;
+mod validate;
+
+use std::sync::Arc;
+
+use sqlx::AnyPool;
+use sqlx::{Any, Transaction};
+
+pub use audit::{AuditRow, NewAudit};
+pub use certs::{CertState, NewCertificate};
+pub use changes::{CHANGE_CHANNEL, Changes};
+pub use devices::{Device, DeviceRow, DeviceStatus, VPN_NET};
+pub use error::{Error, RedeemError, Result};
+pub use policy::{Action, Dest, ParseError, Subject};
+pub use rules::{NewRule, Rule};
+pub use tokens::{IssuedToken, NewToken, TokenGrant, TokenRow};
+pub use users::{User, UserRow};
+
+/// Which database a [`Registry`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+/// A handle on the registry database. Cloning is cheap (it shares one connection pool).
+#[derive(Clone)]
+pub struct Registry {
+    pool: AnyPool,
+    backend: Backend,
+    /// Kept for `subscribe` (Postgres only). May hold a password: never log it.
+    pg_url: Option<Arc<str>>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+static PG_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+
+impl Registry {
+    /// Creates or upgrades the schema. Safe to run repeatedly and from several processes
+    /// (Postgres takes an advisory lock).
+    pub async fn migrate(&self) -> Result<()> {
+        let migrator = match self.backend {
+            Backend::Postgres => &PG_MIGRATOR,
+            Backend::Sqlite => &SQLITE_MIGRATOR,
+        };
+        migrator.run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// The database behind this registry.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Closes every pooled connection; later calls fail.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Starts a transaction that will write. On SQLite it takes the write lock up front
+    /// (`BEGIN IMMEDIATE`), so it waits on the busy timeout instead of failing on lock upgrade.
+    pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, Any>> {
+        let tx = match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        };
+        Ok(tx)
+    }
+}
+
+/// The current time as unix seconds, for the few records the API does not take a `now` for.
+pub(crate) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}

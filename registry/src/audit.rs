@@ -1,0 +1,77 @@
+//! The audit log: who did what to what, from where.
+
+use sqlx::Row;
+
+use crate::{Registry, Result};
+
+/// An audit entry to append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewAudit {
+    /// Unix seconds.
+    pub at: i64,
+    /// Who acted (a user, `cli`, `gateway`, ...).
+    pub actor: String,
+    /// What they did (`device.revoke`, `token.create`, ...).
+    pub action: String,
+    /// What it was done to.
+    pub target: String,
+    /// The client address, when there is one.
+    pub source_addr: Option<String>,
+    /// Free text. Never put secrets here.
+    pub detail: String,
+}
+
+/// A stored audit entry.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AuditRow {
+    pub id: i64,
+    pub at: i64,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub source_addr: Option<String>,
+    pub detail: String,
+}
+
+impl Registry {
+    /// Appends an audit entry.
+    pub async fn audit(&self, e: NewAudit) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO audit_log (at, actor, action, target, source_addr, detail) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(e.at)
+        .bind(&e.actor)
+        .bind(&e.action)
+        .bind(&e.target)
+        .bind(e.source_addr.as_deref())
+        .bind(&e.detail)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The newest `limit` entries (by time, then insertion order), newest first.
+    pub async fn list_audit(&self, limit: i64) -> Result<Vec<AuditRow>> {
+        let rows = sqlx::query(
+            "SELECT id, at, actor, action, target, source_addr, detail FROM audit_log \
+             ORDER BY at DESC, id DESC LIMIT $1",
+        )
+        .bind(limit.max(0))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(AuditRow {
+                    id: row.try_get("id")?,
+                    at: row.try_get("at")?,
+                    actor: row.try_get("actor")?,
+                    action: row.try_get("action")?,
+                    target: row.try_get("target")?,
+                    source_addr: row.try_get("source_addr")?,
+                    detail: row.try_get("detail")?,
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,416 @@
+//! Policy rule vocabulary: who a rule applies to ([`Subject`]), where to ([`Dest`]), and what
+//! it does ([`Action`]), with their text forms. Evaluating rules is the gateway's job.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use ipnet::IpNet;
+
+/// Why a subject, destination or action string was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {what} {input:?}: {reason}")]
+pub struct ParseError {
+    what: &'static str,
+    input: String,
+    reason: String,
+}
+
+impl ParseError {
+    fn new(what: &'static str, input: &str, reason: impl Into<String>) -> Self {
+        ParseError {
+            what,
+            input: input.to_owned(),
+            reason: reason.into(),
+        }
+    }
+
+    /// What was being parsed ("rule subject", "rule destination", "rule action").
+    pub fn what(&self) -> &'static str {
+        self.what
+    }
+
+    /// Why it was refused.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+}
+
+impl From<ParseError> for crate::Error {
+    fn from(e: ParseError) -> Self {
+        crate::Error::Invalid {
+            what: e.what,
+            reason: format!("{:?}: {}", e.input, e.reason),
+        }
+    }
+}
+
+/// Who a rule applies to. Text: `*`, `user:NAME`, `group:NAME`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Subject {
+    Everyone,
+    User(String),
+    Group(String),
+}
+
+/// Where a rule applies. Text: a CIDR (`10.0.0.0/8`, `2001:db8::/32`), a bare IP (meaning /32
+/// or /128), or a domain suffix (`intranet.internal`, matching itself and its subdomains).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Dest {
+    Cidr(IpNet),
+    /// Lowercase, no leading or trailing dot.
+    Domain(String),
+}
+
+/// What a matching rule does. Text: `allow`, `deny`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    Allow,
+    Deny,
+}
+
+fn check_subject_name(input: &str, name: &str) -> Result<String, ParseError> {
+    let what = "rule subject";
+    if name.is_empty() {
+        return Err(ParseError::new(what, input, "the name after ':' is empty"));
+    }
+    if name.trim() != name {
+        return Err(ParseError::new(
+            what,
+            input,
+            "the name has surrounding spaces",
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(ParseError::new(
+            what,
+            input,
+            "the name contains control characters",
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+impl FromStr for Subject {
+    type Err = ParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let input = s.trim();
+        if input == "*" {
+            return Ok(Subject::Everyone);
+        }
+        let expected = "expected \"*\" (everyone), \"user:NAME\" or \"group:NAME\"";
+        let Some((kind, name)) = input.split_once(':') else {
+            return Err(ParseError::new("rule subject", s, expected));
+        };
+        match kind.to_ascii_lowercase().as_str() {
+            "user" => Ok(Subject::User(check_subject_name(s, name)?)),
+            "group" => Ok(Subject::Group(check_subject_name(s, name)?)),
+            _ => Err(ParseError::new("rule subject", s, expected)),
+        }
+    }
+}
+
+impl fmt::Display for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Subject::Everyone => f.write_str("*"),
+            Subject::User(name) => write!(f, "user:{name}"),
+            Subject::Group(name) => write!(f, "group:{name}"),
+        }
+    }
+}
+
+/// Normalizes and checks a domain suffix: lowercase, one trailing dot dropped, labels of
+/// letters, digits, `-` and `_`.
+fn parse_domain(input: &str, s: &str) -> Result<String, ParseError> {
+    let what = "rule destination";
+    let lower = s.to_ascii_lowercase();
+    let domain = lower.strip_suffix('.').unwrap_or(&lower);
+    if domain.starts_with('.') || domain.starts_with('*') {
+        return Err(ParseError::new(
+            what,
+            input,
+            "write the domain without a leading dot or wildcard: \"example.com\" matches \
+             example.com and all its subdomains",
+        ));
+    }
+    if domain.len() > 253 {
+        return Err(ParseError::new(
+            what,
+            input,
+            "a domain is at most 253 characters",
+        ));
+    }
+    for label in domain.split('.') {
+        if label.is_empty() {
+            return Err(ParseError::new(
+                what,
+                input,
+                "empty label (two dots in a row?)",
+            ));
+        }
+        if label.len() > 63 {
+            return Err(ParseError::new(
+                what,
+                input,
+                "a domain label is at most 63 characters",
+            ));
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(ParseError::new(
+                what,
+                input,
+                "not a CIDR, an IP address or a domain name (domains use letters, digits, '-' \
+                 and '_'; write internationalized names in their xn-- form)",
+            ));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(ParseError::new(
+                what,
+                input,
+                "a domain label cannot start or end with '-'",
+            ));
+        }
+    }
+    if domain
+        .rsplit('.')
+        .next()
+        .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(ParseError::new(
+            what,
+            input,
+            "looks like an incomplete IP address; a domain's last label cannot be all digits",
+        ));
+    }
+    Ok(domain.to_owned())
+}
+
+impl FromStr for Dest {
+    type Err = ParseError;
+
+    fn from_str(input: &str) -> Result<Self, Self::Err> {
+        let what = "rule destination";
+        let s = input.trim();
+        if s.is_empty() {
+            return Err(ParseError::new(
+                what,
+                input,
+                "empty; expected a CIDR (10.0.0.0/8), an IP address or a domain (intranet.internal)",
+            ));
+        }
+        if s.contains('/') {
+            return s
+                .parse::<IpNet>()
+                .map(|net| Dest::Cidr(net.trunc()))
+                .map_err(|_| {
+                    ParseError::new(
+                        what,
+                        input,
+                        "not a valid CIDR (e.g. 10.0.0.0/8 or 2001:db8::/32)",
+                    )
+                });
+        }
+        if let Ok(ip) = s.parse::<IpAddr>() {
+            return Ok(Dest::Cidr(IpNet::from(ip)));
+        }
+        if s.contains(':') {
+            return Err(ParseError::new(what, input, "not a valid IPv6 address"));
+        }
+        parse_domain(input, s).map(Dest::Domain)
+    }
+}
+
+impl fmt::Display for Dest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Dest::Cidr(net) => write!(f, "{net}"),
+            Dest::Domain(domain) => f.write_str(domain),
+        }
+    }
+}
+
+impl FromStr for Action {
+    type Err = ParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "allow" => Ok(Action::Allow),
+            "deny" => Ok(Action::Deny),
+            _ => Err(ParseError::new(
+                "rule action",
+                s,
+                "expected \"allow\" or \"deny\"",
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Action::Allow => "allow",
+            Action::Deny => "deny",
+        })
+    }
+}
+
+/// Serialize as the text form, so JSON APIs show `"group:ops"`, `"10.0.0.0/8"`, `"allow"`.
+macro_rules! serde_via_text {
+    ($($t:ty),*) => {$(
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let text = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(d)?;
+                text.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    )*};
+}
+serde_via_text!(Subject, Dest, Action);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip<T: FromStr<Err = ParseError> + fmt::Display>(s: &str) -> String {
+        match s.parse::<T>() {
+            Ok(v) => v.to_string(),
+            Err(e) => panic!("{s:?} should parse: {e}"),
+        }
+    }
+
+    #[test]
+    fn subjects() {
+        assert_eq!("*".parse::<Subject>(), Ok(Subject::Everyone));
+        assert_eq!(
+            " user:alice ".parse::<Subject>(),
+            Ok(Subject::User("alice".into()))
+        );
+        assert_eq!(
+            "group:ops".parse::<Subject>(),
+            Ok(Subject::Group("ops".into()))
+        );
+        assert_eq!(
+            "Group:ops".parse::<Subject>(),
+            Ok(Subject::Group("ops".into()))
+        );
+        assert_eq!(
+            "user:a:b".parse::<Subject>(),
+            Ok(Subject::User("a:b".into()))
+        );
+        for s in ["*", "user:alice", "group:ops"] {
+            assert_eq!(roundtrip::<Subject>(s), s);
+        }
+        for bad in [
+            "",
+            "alice",
+            "user:",
+            "team:ops",
+            "**",
+            "user: alice",
+            "group:a\u{7}",
+        ] {
+            let err = bad.parse::<Subject>().err();
+            assert!(err.is_some(), "{bad:?} should be refused");
+        }
+        let msg = "alice".parse::<Subject>().err().map(|e| e.to_string());
+        assert_eq!(
+            msg.as_deref(),
+            Some(
+                "invalid rule subject \"alice\": expected \"*\" (everyone), \"user:NAME\" or \
+                 \"group:NAME\""
+            )
+        );
+    }
+
+    #[test]
+    fn dests() {
+        assert_eq!(roundtrip::<Dest>("10.0.0.0/8"), "10.0.0.0/8");
+        assert_eq!(roundtrip::<Dest>("2001:db8::/32"), "2001:db8::/32");
+        assert_eq!(roundtrip::<Dest>("10.1.2.3"), "10.1.2.3/32");
+        assert_eq!(roundtrip::<Dest>("::1"), "::1/128");
+        assert_eq!(roundtrip::<Dest>("10.1.2.3/8"), "10.0.0.0/8");
+        assert_eq!(roundtrip::<Dest>("intranet.internal"), "intranet.internal");
+        assert_eq!(roundtrip::<Dest>("Intranet.Internal."), "intranet.internal");
+        assert_eq!(roundtrip::<Dest>("localhost"), "localhost");
+        assert_eq!(roundtrip::<Dest>("_srv.example.com"), "_srv.example.com");
+        assert_eq!(
+            "db.example.com".parse::<Dest>(),
+            Ok(Dest::Domain("db.example.com".into()))
+        );
+        assert!(
+            matches!("192.168.0.0/16".parse::<Dest>(), Ok(Dest::Cidr(n)) if n.prefix_len() == 16)
+        );
+        for bad in [
+            "",
+            "10.0.0.0/33",
+            "10.0.0.0/",
+            "10.0.0",
+            "300.1.1.1",
+            "2001:db8:::1",
+            ".example.com",
+            "*.example.com",
+            "a..b",
+            "exa mple.com",
+            "-bad.com",
+            "bad-.com",
+            "ünicode.de",
+        ] {
+            assert!(bad.parse::<Dest>().is_err(), "{bad:?} should be refused");
+        }
+        let msg = "*.example.com"
+            .parse::<Dest>()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(msg.contains("leading dot or wildcard"), "{msg}");
+        let msg = "10.0.0.0/33"
+            .parse::<Dest>()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(msg.contains("not a valid CIDR"), "{msg}");
+    }
+
+    #[test]
+    fn actions() {
+        assert_eq!("allow".parse::<Action>(), Ok(Action::Allow));
+        assert_eq!(" DENY ".parse::<Action>(), Ok(Action::Deny));
+        assert_eq!(Action::Allow.to_string(), "allow");
+        assert_eq!(Action::Deny.to_string(), "deny");
+        let msg = "permit".parse::<Action>().err().map(|e| e.to_string());
+        assert_eq!(
+            msg.as_deref(),
+            Some("invalid rule action \"permit\": expected \"allow\" or \"deny\"")
+        );
+    }
+
+    #[test]
+    fn parse_error_converts_to_registry_error() {
+        let e: crate::Error = "nope"
+            .parse::<Action>()
+            .err()
+            .map(Into::into)
+            .unwrap_or(crate::Error::Corrupt("parse unexpectedly succeeded".into()));
+        assert!(
+            matches!(
+                e,
+                crate::Error::Invalid {
+                    what: "rule action",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+}

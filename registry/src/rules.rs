@@ -1,0 +1,147 @@
+//! Storing policy rules: subject as kind + name, destination and action as text.
+
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use crate::changes::bump;
+use crate::{Action, Dest, Error, Registry, Result, Subject, unix_now};
+
+/// A rule to add.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRule {
+    pub subject: Subject,
+    pub dest: Dest,
+    /// First port, at least 1.
+    pub port_lo: u16,
+    /// Last port, at least `port_lo`.
+    pub port_hi: u16,
+    pub action: Action,
+    pub created_by: String,
+}
+
+/// A stored rule.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Rule {
+    pub id: i64,
+    pub subject: Subject,
+    pub dest: Dest,
+    pub port_lo: u16,
+    pub port_hi: u16,
+    pub action: Action,
+    pub created_by: String,
+    pub created_at: i64,
+}
+
+fn subject_columns(s: &Subject) -> (&'static str, Option<&str>) {
+    match s {
+        Subject::Everyone => ("everyone", None),
+        Subject::User(name) => ("user", Some(name)),
+        Subject::Group(name) => ("group", Some(name)),
+    }
+}
+
+fn rule_from_row(row: &AnyRow) -> Result<Rule> {
+    let id: i64 = row.try_get("id")?;
+    let corrupt = |what: &str| Error::Corrupt(format!("policy rule {id}: bad {what}"));
+    let kind: String = row.try_get("subject_kind")?;
+    let name: Option<String> = row.try_get("subject_name")?;
+    let subject = match (kind.as_str(), name) {
+        ("everyone", _) => Subject::Everyone,
+        ("user", Some(name)) => Subject::User(name),
+        ("group", Some(name)) => Subject::Group(name),
+        _ => return Err(corrupt("subject")),
+    };
+    let dest: String = row.try_get("dest")?;
+    let action: String = row.try_get("action")?;
+    let port_lo: i64 = row.try_get("port_lo")?;
+    let port_hi: i64 = row.try_get("port_hi")?;
+    Ok(Rule {
+        id,
+        subject,
+        dest: dest.parse().map_err(|_| corrupt("destination"))?,
+        port_lo: u16::try_from(port_lo).map_err(|_| corrupt("port"))?,
+        port_hi: u16::try_from(port_hi).map_err(|_| corrupt("port"))?,
+        action: action.parse().map_err(|_| corrupt("action"))?,
+        created_by: row.try_get("created_by")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+impl Registry {
+    /// Adds a rule and bumps the change sequence. Refuses `port_lo` 0, `port_lo > port_hi`,
+    /// and subjects or destinations that would not read back (e.g. an empty user name or an
+    /// invalid domain).
+    pub async fn add_rule(&self, r: NewRule) -> Result<Rule> {
+        if r.port_lo == 0 {
+            return Err(Error::invalid("port range", "ports start at 1"));
+        }
+        if r.port_lo > r.port_hi {
+            return Err(Error::invalid(
+                "port range",
+                format!("{} is greater than {}", r.port_lo, r.port_hi),
+            ));
+        }
+        // Through the text forms, so a rule built in code obeys the same rules as typed input.
+        let subject: Subject = r.subject.to_string().parse()?;
+        let dest: Dest = r.dest.to_string().parse()?;
+        let (kind, name) = subject_columns(&subject);
+        let created_at = unix_now();
+        let mut tx = self.begin_write().await?;
+        bump(&mut tx).await?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO policy_rules \
+             (subject_kind, subject_name, dest, port_lo, port_hi, action, created_by, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+        )
+        .bind(kind)
+        .bind(name)
+        .bind(dest.to_string())
+        .bind(i64::from(r.port_lo))
+        .bind(i64::from(r.port_hi))
+        .bind(r.action.to_string())
+        .bind(&r.created_by)
+        .bind(created_at)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Rule {
+            id,
+            subject,
+            dest,
+            port_lo: r.port_lo,
+            port_hi: r.port_hi,
+            action: r.action,
+            created_by: r.created_by,
+            created_at,
+        })
+    }
+
+    /// Every rule, in the order added.
+    pub async fn list_rules(&self) -> Result<Vec<Rule>> {
+        let rows = sqlx::query(
+            "SELECT id, subject_kind, subject_name, dest, port_lo, port_hi, action, created_by, \
+                    created_at \
+             FROM policy_rules ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(rule_from_row).collect()
+    }
+
+    /// Removes a rule and bumps the change sequence. Returns false if there was no such rule.
+    pub async fn remove_rule(&self, id: i64) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        bump(&mut tx).await?;
+        let removed = sqlx::query("DELETE FROM policy_rules WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if removed == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+}

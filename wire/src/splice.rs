@@ -12,8 +12,12 @@ use std::io;
 use bytes::{Bytes, BytesMut};
 use h2::{Reason, RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use crate::h2tuning::CHUNK;
+
+/// First read size of a tunnel.
+const MIN_READ: usize = 4096;
 
 /// Bytes moved by [`splice`].
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -27,11 +31,13 @@ pub struct Moved {
 /// Copies until both directions are finished. An error in either direction
 /// ends both: the stream is reset and the socket dropped, so neither end
 /// waits on a peer that is gone.
-pub async fn splice<S>(sock: S, send: SendStream<Bytes>, recv: RecvStream) -> io::Result<Moved>
-where
-    S: AsyncRead + AsyncWrite,
-{
-    let (rd, wr) = tokio::io::split(sock);
+pub async fn splice(
+    sock: TcpStream,
+    send: SendStream<Bytes>,
+    recv: RecvStream,
+) -> io::Result<Moved> {
+    // Owned halves: no lock between the two directions.
+    let (rd, wr) = sock.into_split();
     let up = socket_to_h2(rd, send);
     let down = h2_to_socket(recv, wr);
     tokio::pin!(up, down);
@@ -51,11 +57,12 @@ where
 async fn socket_to_h2<R: AsyncRead>(rd: R, mut send: SendStream<Bytes>) -> io::Result<u64> {
     tokio::pin!(rd);
     let mut total = 0u64;
-    let mut buf = BytesMut::with_capacity(CHUNK);
+    // Start small so that idle tunnels cost little memory; grow while reads
+    // fill the buffer (a bulk transfer), up to CHUNK.
+    let mut want = MIN_READ;
+    let mut buf = BytesMut::new();
     loop {
-        if buf.capacity() < CHUNK / 4 {
-            buf.reserve(CHUNK);
-        }
+        buf.reserve(want);
         let n = match rd.read_buf(&mut buf).await {
             Ok(n) => n,
             Err(e) => {
@@ -71,6 +78,9 @@ async fn socket_to_h2<R: AsyncRead>(rd: R, mut send: SendStream<Bytes>) -> io::R
             };
         }
         total += n as u64;
+        if n >= want {
+            want = (want * 2).min(CHUNK);
+        }
         let mut data = buf.split().freeze();
         while !data.is_empty() {
             send.reserve_capacity(data.len());

@@ -1,9 +1,9 @@
-//! Revocation at the TLS layer, in process but over real sockets and real
-//! TLS: a revoked device is refused on reconnect even when its client tries
-//! to resume a session, because the gateway issues no tickets and checks
-//! the registry on every handshake.
+//! Device certificates at the TLS layer, in process but over real sockets and
+//! real TLS: a revoked device is refused on reconnect even when its client
+//! tries to resume a session (the gateway issues no tickets and checks the
+//! registry on every handshake); a certificate from another CA is refused;
+//! renewal gives a certificate that works.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rustls::NamedGroup;
@@ -190,4 +190,34 @@ async fn certificate_from_another_ca_is_refused() {
     }
     ours.stop.cancel();
     theirs.stop.cancel();
+}
+
+#[tokio::test]
+async fn renewal_issues_a_fresh_certificate_that_works() {
+    let f = gateway_with_enrolled_device().await;
+    let before = std::fs::read(f.device.cert()).unwrap();
+    let board = Arc::new(shimgate_proxy::status::Board::new(
+        f.device.clone(),
+        Default::default(),
+    ));
+    let connector = Arc::new(shimgate_proxy::pool::Connector::new(
+        f.addr.clone(),
+        ServerName::try_from("127.0.0.1").unwrap(),
+        shimgate_proxy::tls::device(&f.device).unwrap(),
+    ));
+    let pool = shimgate_proxy::pool::Pool::new(connector, 1, board);
+    let not_after = shimgate_proxy::renew::renew_once(&f.device, &pool)
+        .await
+        .unwrap();
+    assert!(not_after > clock::now() + 29 * 86400);
+    let after = std::fs::read(f.device.cert()).unwrap();
+    assert_ne!(before, after, "the certificate was not replaced");
+    // The new certificate and key authenticate the device.
+    let tls = shimgate_proxy::tls::device(&f.device).unwrap();
+    let (_conn, me) =
+        client::connect_device(&f.addr, ServerName::try_from("127.0.0.1").unwrap(), tls)
+            .await
+            .unwrap();
+    assert_eq!(me.device_name, "laptop");
+    f.stop.cancel();
 }

@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use shimgate_wire::files;
 
 #[derive(Clone, Debug)]
 pub struct DataDir(PathBuf);
@@ -77,49 +78,22 @@ pub struct GatewayConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error(
-        "no gateway here: {path} is missing. Run `shimgate-gateway init --name HOSTNAME` first (or pass --data-dir)"
+        "no gateway here: {0} is missing. Run `shimgate-gateway init --name HOSTNAME` first (or pass --data-dir)"
     )]
-    NotInitialised { path: String },
-    #[error("reading {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("{path} is not valid: {source}")]
-    Parse {
-        path: String,
-        source: toml::de::Error,
-    },
+    NotInitialised(String),
+    #[error(transparent)]
+    File(files::TomlError),
 }
 
 impl GatewayConfig {
     pub fn load(dir: &DataDir) -> Result<GatewayConfig, ConfigError> {
-        let path = dir.config();
-        let shown = path.display().to_string();
-        let text = std::fs::read_to_string(&path).map_err(|source| {
-            if source.kind() == std::io::ErrorKind::NotFound {
-                ConfigError::NotInitialised {
-                    path: shown.clone(),
-                }
-            } else {
-                ConfigError::Read {
-                    path: shown.clone(),
-                    source,
-                }
-            }
-        })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: shown,
-            source,
+        files::read_toml(&dir.config()).map_err(|e| match e {
+            files::TomlError::Missing(path) => ConfigError::NotInitialised(path),
+            other => ConfigError::File(other),
         })
     }
 
     pub fn save(&self, dir: &DataDir) -> std::io::Result<()> {
-        let text = toml::to_string_pretty(self).map_err(std::io::Error::other)?;
-        shimgate_wire::files::write_atomic(
-            &dir.config(),
-            text.as_bytes(),
-            shimgate_wire::files::PUBLIC,
-        )
+        files::write_toml(&dir.config(), self, files::PUBLIC)
     }
 }

@@ -4,6 +4,7 @@
 //! registry on every handshake); a certificate from another CA is refused;
 //! renewal gives a certificate that works.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rustls::NamedGroup;

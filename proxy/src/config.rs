@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use shimgate_wire::files;
 
 #[derive(Clone, Debug)]
 pub struct ConfigDir(PathBuf);
@@ -88,50 +89,23 @@ pub struct DeviceConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error(
-        "this device is not enrolled: {path} is missing. Run `shimgate enroll CODE` first (or pass --config-dir)"
+        "this device is not enrolled: {0} is missing. Run `shimgate enroll CODE` first (or pass --config-dir)"
     )]
-    NotEnrolled { path: String },
-    #[error("reading {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("{path} is not valid: {source}")]
-    Parse {
-        path: String,
-        source: toml::de::Error,
-    },
+    NotEnrolled(String),
+    #[error(transparent)]
+    File(files::TomlError),
 }
 
 impl DeviceConfig {
     pub fn load(dir: &ConfigDir) -> Result<DeviceConfig, ConfigError> {
-        let path = dir.config();
-        let shown = path.display().to_string();
-        let text = std::fs::read_to_string(&path).map_err(|source| {
-            if source.kind() == std::io::ErrorKind::NotFound {
-                ConfigError::NotEnrolled {
-                    path: shown.clone(),
-                }
-            } else {
-                ConfigError::Read {
-                    path: shown.clone(),
-                    source,
-                }
-            }
-        })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: shown,
-            source,
+        files::read_toml(&dir.config()).map_err(|e| match e {
+            files::TomlError::Missing(path) => ConfigError::NotEnrolled(path),
+            other => ConfigError::File(other),
         })
     }
 
     /// Written 0600: it may hold the SOCKS password.
     pub fn save(&self, dir: &ConfigDir) -> std::io::Result<()> {
-        let text = toml::to_string_pretty(self).map_err(std::io::Error::other)?;
-        shimgate_wire::files::write_atomic(
-            &dir.config(),
-            text.as_bytes(),
-            shimgate_wire::files::SECRET,
-        )
+        files::write_toml(&dir.config(), self, files::SECRET)
     }
 }

@@ -2,19 +2,5 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = shimgate_proxy::cli::Cli::parse();
-    shimgate_wire::logging::init(cli.log_format);
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(cli.run()) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {}", shimgate_wire::logging::report(e.as_ref()));
-            std::process::ExitCode::FAILURE
-        }
-    }
+    shimgate_wire::logging::main(cli.log_format, cli.run())
 }

@@ -47,6 +47,41 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
     result
 }
 
+/// Why a TOML file could not be read. `Missing` is separate so callers can
+/// say what creates the file.
+#[derive(Debug, thiserror::Error)]
+pub enum TomlError {
+    #[error("{0} is missing")]
+    Missing(String),
+    #[error("reading {path}: {source}")]
+    Read { path: String, source: io::Error },
+    #[error("{path} is not valid: {source}")]
+    Parse {
+        path: String,
+        source: toml::de::Error,
+    },
+}
+
+pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, TomlError> {
+    let shown = path.display().to_string();
+    let text = fs::read_to_string(path).map_err(|source| match source.kind() {
+        io::ErrorKind::NotFound => TomlError::Missing(shown.clone()),
+        _ => TomlError::Read {
+            path: shown.clone(),
+            source,
+        },
+    })?;
+    toml::from_str(&text).map_err(|source| TomlError::Parse {
+        path: shown,
+        source,
+    })
+}
+
+pub fn write_toml<T: serde::Serialize>(path: &Path, value: &T, mode: u32) -> io::Result<()> {
+    let text = toml::to_string_pretty(value).map_err(io::Error::other)?;
+    write_atomic(path, text.as_bytes(), mode)
+}
+
 /// Creates a directory (and parents) readable only by its owner.
 pub fn create_private_dir(path: &Path) -> io::Result<()> {
     fs::DirBuilder::new()

@@ -24,6 +24,22 @@ pub fn init(format: LogFormat) {
     };
 }
 
+/// The body of both binaries' `main`: logging, a runtime, the command,
+/// and a one-line error report on failure.
+pub fn main<F>(format: LogFormat, command: F) -> std::process::ExitCode
+where
+    F: std::future::Future<Output = anyhow::Result<std::process::ExitCode>>,
+{
+    init(format);
+    let result = tokio::runtime::Runtime::new()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(command));
+    result.unwrap_or_else(|e| {
+        eprintln!("error: {}", report(e.as_ref()));
+        std::process::ExitCode::FAILURE
+    })
+}
+
 /// An error and its causes on one line, for the binaries' last word.
 /// Causes whose text the message already contains are skipped: many error
 /// types print their source in their own message.

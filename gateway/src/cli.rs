@@ -151,6 +151,7 @@ enum PolicyCommand {
 
 #[derive(Args)]
 struct RuleArgs {
+    /// allow or deny; a matching deny beats any allow.
     #[arg(value_parser = ["allow", "deny"])]
     action: String,
     /// Destination: CIDR (10.0.0.0/8), IP, or domain suffix (intranet.example).
@@ -159,8 +160,10 @@ struct RuleArgs {
     /// Port or range: 80, 8000-8100 (default: all).
     #[arg(long, default_value = "1-65535")]
     ports: String,
+    /// Applies to this user's devices.
     #[arg(long, conflicts_with_all = ["group", "everyone"])]
     user: Option<String>,
+    /// Applies to devices of this group's members.
     #[arg(long, conflicts_with = "everyone")]
     group: Option<String>,
     /// Applies to everyone (the default).

@@ -119,6 +119,7 @@ impl Cli {
                 }
                 let stop = CancellationToken::new();
                 let running = crate::up::start(&dir, &config, stop.clone()).await?;
+                tracing::info!("running; Ctrl-C to stop");
                 eprintln!(
                     "shimgate: SOCKS5 proxy on {} (Ctrl-C to stop)",
                     running.socks

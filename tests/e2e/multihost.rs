@@ -1,0 +1,192 @@
+//! Three hosts in network namespaces (needs root):
+//!
+//! ```text
+//!  sg-dev  198.51.100.2 ──veth── 198.51.100.1  sg-gw  203.0.113.1 ──veth── 203.0.113.2  sg-intra
+//!  shimgate up, curl                      shimgate-gateway (no forwarding)        HTTP server :8080
+//! ```
+//!
+//! The device reaches the intranet only through the gateway.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use crate::harness::netns::{self, Netns, veth};
+use crate::harness::socks;
+use crate::harness::*;
+
+const GW_DEV_SIDE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+const INTRA: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
+
+#[test]
+fn intranet_only_through_the_gateway() {
+    if !netns::require_root("multihost::intranet_only_through_the_gateway") {
+        return;
+    }
+    // namespaces are dropped (deleted) last, after every process in them
+    let dev_ns = Netns::new("sg-dev-");
+    let gw_ns = Netns::new("sg-gw-");
+    let intra_ns = Netns::new("sg-intra-");
+    veth(&dev_ns, "198.51.100.2/24", &gw_ns, "198.51.100.1/24");
+    veth(&gw_ns, "203.0.113.1/24", &intra_ns, "203.0.113.2/24");
+    gw_ns.sysctl("net.ipv4.ip_forward=0");
+
+    let body = unique_body("intranet page");
+    let listener = netns::bind_in(Some(&intra_ns.name), SocketAddr::new(INTRA.into(), 8080));
+    let web = Origin::from_listener(listener, Mode::Http { body: body.clone() });
+
+    let listen = SocketAddr::new(GW_DEV_SIDE.into(), 8443);
+    let spec = GatewaySpec {
+        netns: Some(gw_ns.name.clone()),
+        listen,
+        names: vec!["gw.shimgate.test".into()],
+        ips: vec![GW_DEV_SIDE.to_string()],
+        public_addr: Some(listen.to_string()),
+        aliases: vec![format!("intranet.corp:80={INTRA}:8080")],
+    };
+    let mut gw = Gateway::init_spec(Backend::Sqlite, spec);
+    gw.allow("203.0.113.0/24", &[]);
+    gw.allow("192.0.2.0/24", &[]);
+    gw.serve();
+
+    let socks = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 1080);
+    let mut dev = Device::new_in("remote-laptop", Some(&dev_ns.name), socks);
+    let code = gw.token(USER);
+    dev.enroll(&code).expect_ok();
+    dev.up();
+
+    let ns = Some(dev_ns.name.as_str());
+    let out = curl(
+        ns,
+        Some("--socks5-hostname"),
+        Some(socks),
+        "http://intranet.corp/",
+    );
+    assert!(
+        out.ok(),
+        "curl --socks5-hostname http://intranet.corp/ (gateway alias) inside sg-dev failed: {out}"
+    );
+    assert_eq!(out.stdout, body, "wrong page through the alias");
+
+    let url = format!("http://{INTRA}:8080/");
+    let out = curl(ns, Some("--socks5-hostname"), Some(socks), &url);
+    assert!(
+        out.ok(),
+        "curl --socks5-hostname {url} inside sg-dev failed: {out}"
+    );
+    assert_eq!(out.stdout, body, "wrong page through the intranet address");
+    web.expect_accepted(2, "origin connections");
+
+    // without the proxy there is no way in
+    let direct = curl(ns, None, None, &url);
+    assert!(
+        !direct.ok(),
+        "sg-dev reached the intranet directly: {direct}"
+    );
+    web.expect_accepted(2, "the intranet saw a direct connection from sg-dev");
+
+    // failures on the gateway's side, with their exact replies (allowed by policy)
+    netns::in_netns(ns, || {
+        // sg-gw has no route to 192.0.2.0/24
+        socks::connect_expect(
+            socks,
+            Ipv4Addr::new(192, 0, 2, 99),
+            80,
+            socks::NETWORK_UNREACHABLE,
+        );
+        // on-link at sg-gw, but nobody there (no ARP answer)
+        socks::connect_expect(
+            socks,
+            Ipv4Addr::new(203, 0, 113, 99),
+            80,
+            socks::HOST_UNREACHABLE,
+        );
+    });
+}
+
+/// `up` on a non-loopback address refuses to start without SOCKS
+/// credentials, and with them, enforces them for clients on the LAN.
+///
+/// ```text
+///  sg-host: gateway 127.0.0.1:8443, web 127.0.0.1:8080, `up --listen 192.0.2.1:1080`
+///  sg-lan:  192.0.2.2, curl with/without credentials
+/// ```
+#[test]
+fn lan_listener_requires_and_enforces_credentials() {
+    if !netns::require_root("multihost::lan_listener_requires_and_enforces_credentials") {
+        return;
+    }
+    let host = Netns::new("sg-host-");
+    let lan = Netns::new("sg-lan-");
+    veth(&host, "192.0.2.1/24", &lan, "192.0.2.2/24");
+
+    let body = unique_body("lan");
+    let web_addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080);
+    let web = Origin::from_listener(
+        netns::bind_in(Some(&host.name), web_addr),
+        Mode::Http { body: body.clone() },
+    );
+    let spec = GatewaySpec {
+        netns: Some(host.name.clone()),
+        listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8443),
+        ..GatewaySpec::localhost()
+    };
+    let mut gw = Gateway::init_spec(Backend::Sqlite, spec);
+    gw.allow("127.0.0.1/32", &[]);
+    gw.serve();
+
+    let lan_socks: SocketAddr = "192.0.2.1:1080".parse().unwrap();
+    let mut dev = Device::new_in("lan-laptop", Some(&host.name), lan_socks);
+    dev.enroll(&gw.token(USER)).expect_ok();
+
+    let (status, stderr) = dev.up_must_exit(Duration::from_secs(15));
+    assert!(
+        !status.success(),
+        "`up --listen {lan_socks}` without credentials exited successfully"
+    );
+    let msg = stderr.to_lowercase();
+    assert!(
+        ["socks-user", "socks-password", "credential", "password"]
+            .iter()
+            .any(|w| msg.contains(w)),
+        "`up --listen {lan_socks}` without credentials should say they are needed: {stderr}"
+    );
+
+    dev.up_args = ["--socks-user", "lanuser", "--socks-password", "s3cret-pw"]
+        .map(String::from)
+        .to_vec();
+    dev.up();
+    let url = format!("http://{web_addr}/");
+    let proxy = lan_socks.to_string();
+    let lan_ns = Some(lan.name.as_str());
+
+    let out = curl_args(
+        lan_ns,
+        &[
+            "--socks5",
+            &proxy,
+            "--proxy-user",
+            "lanuser:s3cret-pw",
+            &url,
+        ],
+    );
+    assert!(
+        out.ok(),
+        "curl from the LAN with the right credentials failed: {out}"
+    );
+    assert_eq!(out.stdout, body);
+
+    let out = curl_args(lan_ns, &["--socks5", &proxy, &url]);
+    assert!(
+        !out.ok(),
+        "curl from the LAN without credentials got through: {out}"
+    );
+    let out = curl_args(
+        lan_ns,
+        &["--socks5", &proxy, "--proxy-user", "lanuser:wrong", &url],
+    );
+    assert!(
+        !out.ok(),
+        "curl from the LAN with a wrong password got through: {out}"
+    );
+    web.expect_accepted(1, "only the authenticated request may reach the origin");
+}

@@ -1,0 +1,68 @@
+//! The gateway goes away and comes back: the proxy fails fast meanwhile and
+//! recovers on its own.
+
+use std::time::{Duration, Instant};
+
+use crate::harness::socks::{self, connect, connect_ok};
+use crate::harness::*;
+
+fn gateway_restart(backend: Backend) {
+    let body = unique_body("restart");
+    let origin = Origin::http(V4, &body);
+    let (mut gw, mut dev) = setup(backend, &["127.0.0.1/32"], "laptop");
+    let resp = socks::http_get(connect_ok(dev.socks, V4, origin.port()), "127.0.0.1");
+    assert!(resp.ends_with(&body));
+
+    gw.stop();
+
+    // fails fast: a reply, non-zero, within 5 s
+    for attempt in 0..3 {
+        let t = Instant::now();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let socks_addr = dev.socks;
+        let port = origin.port();
+        std::thread::spawn(move || {
+            let _ = tx.send(connect(socks_addr, V4, port).map(|(code, _)| code));
+        });
+        match rx.recv_timeout(Duration::from_secs(5)) {
+            Ok(Ok(code)) => assert_ne!(
+                code,
+                socks::SUCCEEDED,
+                "attempt {attempt}: SOCKS CONNECT succeeded with the gateway down"
+            ),
+            Ok(Err(e)) => panic!(
+                "attempt {attempt}: with the gateway down the proxy closed the connection \
+                 without a SOCKS reply ({e}); expected 0x01"
+            ),
+            Err(_) => panic!("attempt {attempt}: no SOCKS reply within 5 s with the gateway down"),
+        }
+        eprintln!("[e2e] gateway down: refused in {:?}", t.elapsed());
+    }
+    dev.assert_running("the gateway was down");
+    origin.expect_accepted(1, "origin connections");
+
+    // same port, same data dir
+    gw.serve();
+    let t = Instant::now();
+    let resp = poll(
+        "the proxy to tunnel again after the gateway restarted",
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        || match connect(dev.socks, V4, origin.port()) {
+            Ok((socks::SUCCEEDED, s)) => Some(socks::http_get(s, "127.0.0.1")),
+            _ => None,
+        },
+    );
+    eprintln!("[e2e] tunnelling again {:?} after the restart", t.elapsed());
+    assert!(
+        resp.ends_with(&body),
+        "unexpected response after restart: {resp:?}"
+    );
+    poll(
+        "`shimgate status` to exit 0 again after the gateway restarted",
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        || (dev.status(&[]).code() == Some(0)).then_some(()),
+    );
+}
+both_backends!(gateway_restart);

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Runs the whole test suite, as CI does (`.ci/run` calls this):
+#
+#   bash tests/run.sh
+#
+# 1. installs what is missing (curl, iproute2, ...; apt-get, as root)
+# 2. Postgres: $DATABASE_URL if set, else 127.0.0.1:5432 if it answers, else a
+#    throwaway cluster (stopped and deleted at exit); exports DATABASE_URL
+# 3. cargo fmt --check, cargo clippy -D warnings, cargo build (all targets)
+# 4. the tests: cargo nextest (if installed) or cargo test, whole workspace,
+#    including the end-to-end suite tests/e2e (real processes, network
+#    namespaces: run as root, or set SHIMGATE_SKIP_NETNS=1 to skip those)
+#
+# Exits non-zero if any step fails. Extra arguments go to the test runner
+# (e.g. `bash tests/run.sh -E 'test(revoke)'` with nextest).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+export SG_T0=$(date +%s)
+# shellcheck source=tests/lib/setup.sh
+source "$ROOT/tests/lib/setup.sh"
+
+trap sg_stop_postgres EXIT
+trap 'exit 130' INT TERM
+
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+export RUST_BACKTRACE=${RUST_BACKTRACE:-1}
+if [ "${CI:-}" = true ]; then
+	# a fresh clone builds once: incremental artifacts only cost time
+	export CARGO_INCREMENTAL=0
+fi
+
+if [ "$(id -u)" != 0 ] && [ "${SHIMGATE_SKIP_NETNS:-}" != 1 ]; then
+	sg_log "WARNING: not root: the network-namespace tests will FAIL (set SHIMGATE_SKIP_NETNS=1 to skip them)"
+fi
+
+sg_ensure_tools
+sg_ensure_postgres
+
+failed=()
+phase() {
+	local name=$1
+	shift
+	local t=$(date +%s)
+	sg_log "== $name: $*"
+	if "$@"; then
+		sg_log "== $name: ok ($(($(date +%s) - t))s)"
+	else
+		sg_log "== $name: FAILED ($(($(date +%s) - t))s)"
+		failed+=("$name")
+		return 1
+	fi
+}
+
+phase fmt cargo fmt --all -- --check || true
+phase clippy cargo clippy --workspace --all-targets -- -D warnings || true
+phase build cargo build --workspace --all-targets || {
+	sg_log "FAILED: ${failed[*]} (the build failed: no tests run)"
+	exit 1
+}
+
+if cargo nextest --version >/dev/null 2>&1; then
+	# nextest does not run doctests
+	phase doctests cargo test --workspace --doc || true
+	sg_log "tests: cargo nextest (config tests/lib/nextest.toml, profile ci); failed so far: ${failed[*]:-none}"
+	runner=(cargo nextest run --workspace --config-file "$ROOT/tests/lib/nextest.toml" --profile ci "$@")
+else
+	sg_log "tests: cargo test (cargo-nextest not installed); failed so far: ${failed[*]:-none}"
+	runner=(cargo test --workspace --no-fail-fast "$@" -- --test-threads=3)
+fi
+# The runner's own summary is the last thing printed on success.
+if ! "${runner[@]}"; then
+	failed+=(tests)
+fi
+if [ ${#failed[@]} -gt 0 ]; then
+	sg_log "FAILED: ${failed[*]}"
+	exit 1
+fi

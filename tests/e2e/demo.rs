@@ -1,0 +1,84 @@
+//! The README's demo command, as a new user meets it: `shimgate-gateway
+//! demo` prints what to try, the printed curl returns the intranet page
+//! through the tunnel, and Ctrl-C stops everything and removes its state.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::harness::env::{bin, free_port, unique};
+use crate::harness::proc::{Proc, clean_env, signal};
+use crate::harness::{curl, curl_args};
+
+#[test]
+fn demo_serves_the_intranet_page_and_stops_cleanly() {
+    let home = std::env::temp_dir().join(unique("sg-e2e-demo"));
+    std::fs::create_dir_all(&home).unwrap();
+    let socks: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut cmd = Command::new(bin("shimgate-gateway"));
+    cmd.args(["demo", "--socks", &socks.to_string()]);
+    clean_env(&mut cmd, &home);
+    let mut demo = Proc::spawn("demo", &mut cmd, &home);
+
+    // Ready when it says so (stdout is line-buffered).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let banner = loop {
+        let out = std::fs::read_to_string(&demo.stdout).unwrap_or_default();
+        if out.contains("Ctrl-C stops everything") {
+            break out;
+        }
+        demo.assert_running("starting the demo");
+        assert!(
+            Instant::now() < deadline,
+            "demo not ready in 30 s\n{}",
+            demo.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let suggested = format!("curl --socks5-hostname {socks} http://intranet.internal/");
+    assert!(
+        banner.contains(&suggested),
+        "the demo does not print {suggested:?}:\n{banner}"
+    );
+
+    let page = curl(
+        None,
+        Some("--socks5-hostname"),
+        Some(socks),
+        "http://intranet.internal/",
+    );
+    assert!(
+        page.ok() && page.stdout.contains("Welcome to the intranet"),
+        "{page:?}\n{}",
+        demo.logs()
+    );
+    // Without the proxy the name means nothing.
+    let direct = curl_args(None, &["--max-time", "5", "http://intranet.internal/"]);
+    assert!(
+        !direct.ok(),
+        "intranet.internal resolved without the VPN: {direct:?}"
+    );
+
+    let state = banner
+        .lines()
+        .find_map(|l| l.split("registry: ").nth(1))
+        .map(|d| std::path::PathBuf::from(d.trim_end_matches(')')))
+        .expect("the banner names the demo's directory");
+    assert!(state.exists());
+
+    signal(demo.pid(), libc::SIGINT);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = demo.exited() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "demo did not stop on Ctrl-C\n{}",
+            demo.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "demo exit {status:?}\n{}", demo.logs());
+    assert!(!state.exists(), "the demo left {} behind", state.display());
+    let _ = std::fs::remove_dir_all(&home);
+}

@@ -337,6 +337,7 @@ pub async fn start(
         dialer: Dialer::new(&aliases, own),
         config,
         tls: tokio_rustls::TlsAcceptor::from(tls),
+        workers: shimgate_wire::workers::Workers::per_cpu().context("starting worker threads")?,
     };
     Ok((Arc::new(gw), listener))
 }

@@ -14,6 +14,7 @@ use http::{Method, Request, Response, StatusCode};
 use shimgate_registry::Registry;
 use shimgate_wire::enroll::{ENROLL_PATH, ErrorBody, RENEW_PATH, WHOAMI_PATH, WhoAmI};
 use shimgate_wire::tunnel::{BOUND_HEADER, ERROR_HEADER, TunnelError};
+use shimgate_wire::workers::Workers;
 use shimgate_wire::{clock, h2tuning, pki, splice};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
@@ -34,6 +35,8 @@ pub struct Gateway {
     pub config: GatewayConfig,
     pub dialer: Dialer,
     pub tls: TlsAcceptor,
+    /// Where connections run: each on one worker thread, with its streams.
+    pub workers: Workers,
 }
 
 impl Gateway {
@@ -54,7 +57,9 @@ impl Gateway {
                 Ok((sock, peer)) => {
                     let gw = Arc::clone(&self);
                     let stop = stop.clone();
-                    tokio::spawn(async move { gw.connection(sock, peer, stop).await });
+                    let worker = self.workers.pick();
+                    self.workers
+                        .spawn_on(worker, async move { gw.connection(sock, peer, stop).await });
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
@@ -72,12 +77,13 @@ impl Gateway {
         stop: CancellationToken,
     ) {
         let _ = sock.set_nodelay(true);
-        let accept = self.tls.accept(sock).into_fallible();
+        let buffered = tokio::io::BufReader::with_capacity(h2tuning::TLS_READ_BUFFER, sock);
+        let accept = self.tls.accept(buffered).into_fallible();
         let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
             Ok(Ok(tls)) => tls,
             Ok(Err((e, sock))) => {
                 tracing::info!(%peer, error = %e, "TLS handshake refused");
-                linger(sock).await;
+                linger(sock.into_inner()).await;
                 return;
             }
             Err(_) => {

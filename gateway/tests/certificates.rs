@@ -206,7 +206,8 @@ async fn renewal_issues_a_fresh_certificate_that_works() {
         ServerName::try_from("127.0.0.1").unwrap(),
         shimgate_proxy::tls::device(&f.device).unwrap(),
     ));
-    let pool = shimgate_proxy::pool::Pool::new(connector, 1, board);
+    let workers = shimgate_wire::workers::Workers::start(1).unwrap();
+    let pool = shimgate_proxy::pool::Pool::new(connector, 1, board, workers);
     let not_after = shimgate_proxy::renew::renew_once(&f.device, &pool)
         .await
         .unwrap();

@@ -17,6 +17,7 @@ use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use shimgate_wire::enroll::{ErrorBody, MAX_BODY, WHOAMI_PATH, WhoAmI};
 use shimgate_wire::h2tuning;
+use tokio::io::BufReader;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
@@ -98,12 +99,19 @@ pub async fn connect(
     };
     let _ = sock.set_nodelay(true);
     let connector = TlsConnector::from(tls);
-    let tls_stream =
-        match tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, sock)).await {
-            Ok(Ok(t)) => t,
-            Ok(Err(e)) => return Err(ClientError::classify(addr, &e)),
-            Err(_) => return Err(unreachable("TLS handshake timed out".into())),
-        };
+    let tls_stream = match tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        connector.connect(
+            name,
+            BufReader::with_capacity(h2tuning::TLS_READ_BUFFER, sock),
+        ),
+    )
+    .await
+    {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => return Err(ClientError::classify(addr, &e)),
+        Err(_) => return Err(unreachable("TLS handshake timed out".into())),
+    };
     let handshake = h2::client::Builder::new()
         .initial_window_size(h2tuning::STREAM_WINDOW)
         .initial_connection_window_size(h2tuning::CONNECTION_WINDOW)

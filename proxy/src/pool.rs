@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::{self, ClientError, Connection};
 use crate::status::Board;
+use shimgate_wire::workers::Workers;
 
 const BACKOFF_START: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
@@ -73,21 +74,44 @@ pub struct Tunnel {
     pub bound: Option<SocketAddr>,
 }
 
+/// Slot `i` and everything that uses it run on worker `i % workers`, so a
+/// tunnel's SOCKS socket, its stream and the TLS connection under it share
+/// one thread.
 pub struct Pool {
     connector: Arc<Connector>,
     slots: Vec<Slot>,
     next: AtomicUsize,
     board: Arc<Board>,
+    workers: Workers,
 }
 
 impl Pool {
-    pub fn new(connector: Arc<Connector>, size: usize, board: Arc<Board>) -> Arc<Pool> {
+    pub fn new(
+        connector: Arc<Connector>,
+        size: usize,
+        board: Arc<Board>,
+        workers: Workers,
+    ) -> Arc<Pool> {
         Arc::new(Pool {
             connector,
             slots: (0..size.max(1)).map(|_| Slot::default()).collect(),
             next: AtomicUsize::new(0),
             board,
+            workers,
         })
+    }
+
+    /// The slot for the next tunnel, round robin.
+    pub fn pick(&self) -> usize {
+        self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len()
+    }
+
+    /// Runs `task` on the worker thread of slot `i`.
+    pub fn spawn_on<F>(&self, i: usize, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.workers.spawn_on(i, task);
     }
 
     pub fn connector(&self) -> &Arc<Connector> {
@@ -99,7 +123,8 @@ impl Pool {
         for i in 0..self.slots.len() {
             let pool = Arc::clone(self);
             let stop = stop.clone();
-            tokio::spawn(async move { pool.keeper(i, stop).await });
+            self.workers
+                .spawn_on(i, async move { pool.keeper(i, stop).await });
         }
     }
 
@@ -179,13 +204,12 @@ impl Pool {
 
     /// Any live connection, for control calls such as renewal.
     pub async fn any_connection(&self) -> Result<SendRequest<Bytes>, ClientError> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed);
-        self.connection(i).await.map(|(send, _)| send)
+        self.connection(self.pick()).await.map(|(send, _)| send)
     }
 
-    /// Asks the gateway for a tunnel to `authority` (`host:port`, `[v6]:port`).
-    pub async fn open(&self, authority: &str) -> Result<Tunnel, TunnelError> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+    /// Asks the gateway, on slot `i`'s connection, for a tunnel to
+    /// `authority` (`host:port`, `[v6]:port`). Call it on that slot's worker.
+    pub async fn open(&self, i: usize, authority: &str) -> Result<Tunnel, TunnelError> {
         // A pooled connection may have died since it was last used: one retry
         // on a fresh connection.
         for attempt in 0..2 {

@@ -72,10 +72,11 @@ pub async fn serve(
         };
         match accepted {
             Ok((sock, peer)) => {
-                let pool = Arc::clone(&pool);
+                let slot = pool.pick();
                 let auth = auth.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = handle(sock, pool, auth).await {
+                let on = Arc::clone(&pool);
+                pool.spawn_on(slot, async move {
+                    if let Err(e) = handle(sock, on, slot, auth).await {
                         tracing::debug!(%peer, error = %e, "socks connection ended with an error");
                     }
                 });
@@ -98,9 +99,11 @@ enum SocksError {
     Io(#[from] std::io::Error),
 }
 
+/// Serves one SOCKS client; runs on the worker of pool slot `slot`.
 async fn handle(
     sock: TcpStream,
     pool: Arc<Pool>,
+    slot: usize,
     auth: Option<Credentials>,
 ) -> Result<(), SocksError> {
     let _ = sock.set_nodelay(true);
@@ -123,7 +126,7 @@ async fn handle(
         return Ok(());
     }
     let dest = authority(&target);
-    match pool.open(&dest).await {
+    match pool.open(slot, &dest).await {
         Ok(tunnel) => {
             let bound = tunnel.bound.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
             // The reply is at most 22 bytes on a fresh socket, so the single

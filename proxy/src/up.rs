@@ -12,6 +12,7 @@ use crate::pool::{Connector, Pool};
 use crate::socks::{self, Credentials};
 use crate::status::{Board, Status};
 use crate::tls;
+use shimgate_wire::workers::Workers;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpError {
@@ -28,6 +29,8 @@ pub enum UpError {
         "refusing to serve SOCKS on {0} without authentication: anyone who can reach it would be on the VPN. Set socks_user and socks_password (or --socks-user/--socks-password), or listen on 127.0.0.1"
     )]
     OpenProxy(SocketAddr),
+    #[error("starting worker threads: {0}")]
+    Workers(std::io::Error),
 }
 
 /// A running proxy: the address SOCKS clients use, and its status.
@@ -82,7 +85,8 @@ pub async fn start(
         tls::server_name(&config.server_name)?,
         tls::device(dir)?,
     ));
-    let pool = Pool::new(connector, config.pool, Arc::clone(&board));
+    let workers = Workers::per_cpu().map_err(UpError::Workers)?;
+    let pool = Pool::new(connector, config.pool, Arc::clone(&board), workers);
     pool.keep_up(stop.clone());
     tokio::spawn(crate::renew::keep_renewed(
         dir.clone(),

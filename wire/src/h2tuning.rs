@@ -8,8 +8,12 @@ pub const STREAM_WINDOW: u32 = 16 * 1024 * 1024;
 /// Whole-connection receive window (shared by all streams).
 pub const CONNECTION_WINDOW: u32 = 64 * 1024 * 1024;
 /// Largest DATA frame either side sends.
-pub const MAX_FRAME: u32 = 256 * 1024;
+pub const MAX_FRAME: u32 = 1024 * 1024;
 /// Bytes read from a socket per DATA frame sent.
-pub const CHUNK: usize = 128 * 1024;
+pub const CHUNK: usize = 256 * 1024;
 /// Concurrent tunnels one connection carries.
 pub const MAX_STREAMS: u32 = 20_000;
+
+/// Read buffer under TLS. rustls reads the socket at most 4 KiB at a time;
+/// a buffer below it turns that into one syscall per this many bytes.
+pub const TLS_READ_BUFFER: usize = 64 * 1024;

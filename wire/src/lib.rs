@@ -12,6 +12,7 @@
 //! - [`logging`]: the `--log-format` flag and tracing setup.
 //! - [`files`]: writing keys and certificates safely (atomic, 0600).
 //! - [`pki`]: PEM loading, fingerprints and the one crypto provider.
+//! - [`workers`]: thread-per-core runtimes for the data plane.
 //! - [`splice`]: moving bytes between a socket and an HTTP/2 stream, with
 //!   flow control and half-close.
 
@@ -25,3 +26,4 @@ pub mod logging;
 pub mod pki;
 pub mod splice;
 pub mod tunnel;
+pub mod workers;

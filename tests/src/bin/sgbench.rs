@@ -12,10 +12,15 @@
 //! * `report FILE...`: prints the side-by-side table and the targets.
 //! * `failed`, `ports`, `wait-port`: helpers for the script.
 
+#[path = "sgbench/client.rs"]
 mod client;
+#[path = "sgbench/measure.rs"]
 mod measure;
+#[path = "sgbench/origin.rs"]
 mod origin;
+#[path = "sgbench/report.rs"]
 mod report;
+#[path = "sgbench/rss.rs"]
 mod rss;
 
 use std::net::{SocketAddr, SocketAddrV4, TcpListener};
@@ -26,7 +31,10 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "sgbench", about = "shimgate benchmark: origin server and measuring client")]
+#[command(
+    name = "sgbench",
+    about = "shimgate benchmark: origin server and measuring client"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -74,8 +82,18 @@ struct FailedArgs {
     out: PathBuf,
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
+fn main() -> std::process::ExitCode {
+    // Plain one-line errors, whatever RUST_BACKTRACE says.
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sgbench: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Origin { listen } => {
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -98,12 +116,8 @@ fn main() -> Result<()> {
                 .with_context(|| format!("writing {}", a.out.display()))
         }
         Cmd::Ports { n } => {
-            // Hold all listeners at once so the ports are distinct.
-            let ls = (0..n)
-                .map(|_| TcpListener::bind("127.0.0.1:0"))
-                .collect::<std::io::Result<Vec<_>>>()?;
-            for l in &ls {
-                println!("{}", l.local_addr()?.port());
+            for p in free_ports(n)? {
+                println!("{p}");
             }
             Ok(())
         }
@@ -115,11 +129,49 @@ fn main() -> Result<()> {
     }
 }
 
+/// `n` distinct ports on 127.0.0.1 that are free now and lie below the
+/// kernel's ephemeral range: the connection churn of the benchmark cycles
+/// through the ephemeral ports, so a listener there could find its port taken
+/// by an outgoing connection, and a client could connect to itself.
+fn free_ports(n: usize) -> Result<Vec<u16>> {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768)
+        .clamp(2048, 65535);
+    let first = low.saturating_sub(12_000).max(1024);
+    let span = low - first;
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0)
+        ^ std::process::id().wrapping_mul(2_654_435_761);
+    // Hold the listeners until all are found so the ports are distinct.
+    let mut held = Vec::new();
+    for i in 0..span {
+        if held.len() == n {
+            break;
+        }
+        let port = (first + (seed.wrapping_add(i * 7919)) % span) as u16;
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            held.push(l);
+        }
+    }
+    if held.len() < n {
+        bail!("found only {} free ports in {first}..{low}", held.len());
+    }
+    held.iter().map(|l| Ok(l.local_addr()?.port())).collect()
+}
+
 fn wait_port(addr: SocketAddr, timeout: Duration, pid: Option<u32>) -> Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
-        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok() {
-            return Ok(());
+        if let Ok(s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
+            // A connect to a free port in the ephemeral range can connect the
+            // socket to itself; that is not a listener.
+            if s.local_addr().ok() != s.peer_addr().ok() {
+                return Ok(());
+            }
         }
         if let Some(pid) = pid
             && !std::path::Path::new(&format!("/proc/{pid}")).exists()

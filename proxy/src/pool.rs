@@ -106,6 +106,22 @@ impl Pool {
         self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len()
     }
 
+    pub fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// A slot that lives on `worker`, round robin among them (any slot if
+    /// the pool is smaller than the number of workers).
+    pub fn pick_for(&self, worker: usize) -> usize {
+        let (w, n) = (self.workers.len(), self.slots.len());
+        let worker = worker % w;
+        if worker >= n {
+            return self.pick();
+        }
+        let mine = (n - worker).div_ceil(w);
+        worker + (self.next.fetch_add(1, Ordering::Relaxed) % mine) * w
+    }
+
     /// Runs `task` on the worker thread of slot `i`.
     pub fn spawn_on<F>(&self, i: usize, task: F)
     where

@@ -59,9 +59,12 @@ pub fn authority(target: &TargetAddr) -> String {
     }
 }
 
+/// Accepts SOCKS clients on `listener` (one of several sharing the port,
+/// one per worker) and serves each on this worker, on one of its slots.
 pub async fn serve(
     listener: TcpListener,
     pool: Arc<Pool>,
+    worker: usize,
     auth: Option<Credentials>,
     stop: CancellationToken,
 ) {
@@ -72,11 +75,11 @@ pub async fn serve(
         };
         match accepted {
             Ok((sock, peer)) => {
-                let slot = pool.pick();
+                let slot = pool.pick_for(worker);
                 let auth = auth.clone();
-                let on = Arc::clone(&pool);
-                pool.spawn_on(slot, async move {
-                    if let Err(e) = handle(sock, on, slot, auth).await {
+                let pool = Arc::clone(&pool);
+                tokio::spawn(async move {
+                    if let Err(e) = handle(sock, pool, slot, auth).await {
                         tracing::debug!(%peer, error = %e, "socks connection ended with an error");
                     }
                 });
@@ -99,7 +102,7 @@ enum SocksError {
     Io(#[from] std::io::Error),
 }
 
-/// Serves one SOCKS client; runs on the worker of pool slot `slot`.
+/// Serves one SOCKS client through pool slot `slot`.
 async fn handle(
     sock: TcpStream,
     pool: Arc<Pool>,

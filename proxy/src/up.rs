@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigDir, DeviceConfig};
@@ -33,6 +33,20 @@ pub enum UpError {
     Workers(std::io::Error),
 }
 
+/// A listener on `addr` that other listeners of this process share
+/// (SO_REUSEPORT: the kernel spreads connections over them).
+fn shared_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let sock = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    sock.set_reuseaddr(true)?;
+    sock.set_reuseport(true)?;
+    sock.bind(addr)?;
+    sock.listen(1024)
+}
+
 /// A running proxy: the address SOCKS clients use, and its status.
 pub struct Running {
     pub socks: SocketAddr,
@@ -56,16 +70,15 @@ pub async fn start(
     if auth.is_none() && !config.listen.ip().is_loopback() {
         return Err(UpError::OpenProxy(config.listen));
     }
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| UpError::Listen {
-            addr: config.listen,
-            source,
-        })?;
-    let socks = listener.local_addr().map_err(|source| UpError::Listen {
+    // A plain bind first: the shared (SO_REUSEPORT) listeners below would
+    // otherwise quietly share a port another proxy already holds.
+    let listen_error = |source| UpError::Listen {
         addr: config.listen,
         source,
-    })?;
+    };
+    let socks = std::net::TcpListener::bind(config.listen)
+        .and_then(|l| l.local_addr())
+        .map_err(listen_error)?;
     let board = Arc::new(Board::new(
         dir.clone(),
         Status {
@@ -93,7 +106,27 @@ pub async fn start(
         Arc::clone(&pool),
         stop.clone(),
     ));
+    // One listener per worker: a SOCKS client is accepted and served on the
+    // same thread as the gateway connection that carries its tunnel.
+    for worker in 0..pool.workers() {
+        let (ready, bound) = tokio::sync::oneshot::channel();
+        let (pool2, auth, stop) = (Arc::clone(&pool), auth.clone(), stop.clone());
+        pool.spawn_on(worker, async move {
+            match shared_listener(socks) {
+                Ok(listener) => {
+                    let _ = ready.send(Ok(()));
+                    socks::serve(listener, pool2, worker, auth, stop).await;
+                }
+                Err(e) => {
+                    let _ = ready.send(Err(e));
+                }
+            }
+        });
+        bound
+            .await
+            .unwrap_or_else(|_| Err(std::io::Error::other("worker thread stopped")))
+            .map_err(listen_error)?;
+    }
     tracing::info!(addr = %socks, gateway = %config.gateway, device = %config.device, "socks5 listening");
-    tokio::spawn(socks::serve(listener, pool, auth, stop));
     Ok(Running { socks, board })
 }

@@ -81,12 +81,8 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let listen = listener.local_addr()?;
     let dir = DataDir::new(root.join("gateway"));
     let config = GatewayConfig {
-        listen,
-        public_addr: listen.to_string(),
-        trust_domain: "shimgate".into(),
-        names: vec!["localhost".into()],
-        ips: vec![listen.ip()],
         aliases: vec![format!("intranet.internal:80={intranet_addr}")],
+        ..GatewayConfig::local(listen)
     };
     let ca = crate::cli::initialise(&dir, &config)
         .context("creating the demo gateway (is another demo using the same --dir?)")?;

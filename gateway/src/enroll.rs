@@ -18,7 +18,7 @@ use shimgate_wire::enroll::{EnrollRequest, EnrollResponse, MAX_BODY, RenewReques
 use shimgate_wire::identity::{check_device_name, device_uri};
 use shimgate_wire::{clock, pki};
 
-use crate::ca::{Csr, DEVICE_CERT_LIFETIME};
+use crate::ca::{Csr, DEVICE_CERT_LIFETIME, DeviceCert};
 use crate::cache::Identity;
 use crate::server::{Gateway, read_body, send_error, send_json};
 
@@ -136,44 +136,25 @@ pub async fn enroll(
             );
         }
     };
-    let uri = device_uri(&gw.config.trust_domain, &device.name);
-    let cert = match gw
-        .ca
-        .sign_device(&csr, &uri, &device.name, DEVICE_CERT_LIFETIME)
-    {
-        Ok(c) => c,
-        Err(e) => return send_error(&mut respond, StatusCode::BAD_REQUEST, &e.to_string()),
-    };
-    let record = NewCertificate {
-        device_id: device.id,
-        serial_hex: cert.serial_hex.clone(),
-        fingerprint_hex: cert.fingerprint_hex.clone(),
-        not_after: cert.not_after,
-        now,
-    };
-    if let Err(e) = gw.registry.record_certificate(record).await {
-        tracing::error!(error = %e, "recording the certificate failed");
-        return send_error(
-            &mut respond,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the gateway could not record the certificate; try again",
-        );
-    }
     let groups = gw
         .registry
         .groups_of(grant.user_id)
         .await
         .unwrap_or_default();
-    gw.cache.insert(Identity {
-        fingerprint: cert.fingerprint_hex.clone(),
+    let holder = Identity {
+        fingerprint: String::new(),
         device_id: device.id,
         device_name: device.name.clone(),
         user_name: grant.user_name.clone(),
         groups,
         vpn_ip: device.vpn_ip,
-        not_after: cert.not_after,
+        not_after: 0,
         revoked: false,
-    });
+    };
+    let cert = match issue(gw, &csr, holder).await {
+        Ok(c) => c,
+        Err((status, msg)) => return send_error(&mut respond, status, &msg),
+    };
     tracing::info!(%peer, device = %device.name, user = %grant.user_name, vpn_ip = %device.vpn_ip, "device enrolled");
     audit(
         gw,
@@ -210,34 +191,10 @@ pub async fn renew(
         Ok(c) => c,
         Err(e) => return send_error(&mut respond, StatusCode::BAD_REQUEST, &e.to_string()),
     };
-    let uri = device_uri(&gw.config.trust_domain, &who.device_name);
-    let cert = match gw
-        .ca
-        .sign_device(&csr, &uri, &who.device_name, DEVICE_CERT_LIFETIME)
-    {
+    let cert = match issue(gw, &csr, who.clone()).await {
         Ok(c) => c,
-        Err(e) => return send_error(&mut respond, StatusCode::BAD_REQUEST, &e.to_string()),
+        Err((status, msg)) => return send_error(&mut respond, status, &msg),
     };
-    let record = NewCertificate {
-        device_id: who.device_id,
-        serial_hex: cert.serial_hex.clone(),
-        fingerprint_hex: cert.fingerprint_hex.clone(),
-        not_after: cert.not_after,
-        now: clock::now(),
-    };
-    if let Err(e) = gw.registry.record_certificate(record).await {
-        tracing::error!(error = %e, "recording the renewed certificate failed");
-        return send_error(
-            &mut respond,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the gateway could not record the certificate; try again",
-        );
-    }
-    gw.cache.insert(Identity {
-        fingerprint: cert.fingerprint_hex.clone(),
-        not_after: cert.not_after,
-        ..who.clone()
-    });
     tracing::info!(%peer, device = %who.device_name, "certificate renewed");
     audit(
         gw,
@@ -256,6 +213,40 @@ pub async fn renew(
             not_after: cert.not_after,
         },
     );
+}
+
+/// Signs a certificate for `holder`'s device, records it in the registry
+/// and the cache. On failure, the status and sentence for the device.
+async fn issue(
+    gw: &Gateway,
+    csr: &Csr,
+    holder: Identity,
+) -> Result<DeviceCert, (StatusCode, String)> {
+    let uri = device_uri(&gw.config.trust_domain, &holder.device_name);
+    let cert = gw
+        .ca
+        .sign_device(csr, &uri, &holder.device_name, DEVICE_CERT_LIFETIME)
+        .map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
+    let record = NewCertificate {
+        device_id: holder.device_id,
+        serial_hex: cert.serial_hex.clone(),
+        fingerprint_hex: cert.fingerprint_hex.clone(),
+        not_after: cert.not_after,
+        now: clock::now(),
+    };
+    if let Err(e) = gw.registry.record_certificate(record).await {
+        tracing::error!(error = %e, device = %holder.device_name, "recording the certificate failed");
+        return Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the gateway could not record the certificate; try again".into(),
+        ));
+    }
+    gw.cache.insert(Identity {
+        fingerprint: cert.fingerprint_hex.clone(),
+        not_after: cert.not_after,
+        ..holder
+    });
+    Ok(cert)
 }
 
 async fn audit(

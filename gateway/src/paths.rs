@@ -75,6 +75,20 @@ pub struct GatewayConfig {
     pub aliases: Vec<String>,
 }
 
+impl GatewayConfig {
+    /// A gateway on this machine only, dialled at `listen` (the demo, tests).
+    pub fn local(listen: SocketAddr) -> GatewayConfig {
+        GatewayConfig {
+            listen,
+            public_addr: listen.to_string(),
+            trust_domain: "shimgate".into(),
+            names: vec!["localhost".into()],
+            ips: vec![listen.ip()],
+            aliases: Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error(

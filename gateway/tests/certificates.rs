@@ -70,14 +70,7 @@ async fn gateway_with_enrolled_device() -> Fixture {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let listen = listener.local_addr().unwrap();
     drop(listener);
-    let config = GatewayConfig {
-        listen,
-        public_addr: listen.to_string(),
-        trust_domain: "shimgate".into(),
-        names: vec!["localhost".into()],
-        ips: vec![listen.ip()],
-        aliases: vec![],
-    };
+    let config = GatewayConfig::local(listen);
     let ca = shimgate_gateway::cli::initialise(&dir, &config).unwrap();
     let registry = Registry::connect(&dir.sqlite_registry().display().to_string())
         .await

@@ -30,31 +30,34 @@ pub struct Status {
 /// The shared, written-through status of a running `up`.
 pub struct Board {
     dir: ConfigDir,
-    state: Mutex<Status>,
+    /// `None` once the proxy has stopped: late updates from tasks still
+    /// winding down must not write the file again.
+    state: Mutex<Option<Status>>,
 }
 
 impl Board {
     pub fn new(dir: ConfigDir, initial: Status) -> Board {
         let board = Board {
             dir,
-            state: Mutex::new(initial),
+            state: Mutex::new(Some(initial)),
         };
         board.update(|_| {});
         board
     }
 
     pub fn update(&self, change: impl FnOnce(&mut Status)) {
-        let mut state = match self.state.lock() {
+        let mut guard = match self.state.lock() {
             Ok(s) => s,
             Err(poisoned) => poisoned.into_inner(),
         };
+        let Some(state) = guard.as_mut() else { return };
         let was = state.connected;
-        change(&mut state);
+        change(state);
         state.connected = state.live > 0;
         if state.connected != was {
             state.since = clock::now();
         }
-        if let Ok(json) = serde_json::to_vec_pretty(&*state)
+        if let Ok(json) = serde_json::to_vec_pretty(state)
             && let Err(e) = files::write_atomic(&self.dir.status(), &json, files::PUBLIC)
         {
             tracing::warn!(error = %e, "cannot write status.json");
@@ -62,14 +65,20 @@ impl Board {
     }
 
     pub fn snapshot(&self) -> Status {
-        match self.state.lock() {
-            Ok(s) => s.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        let guard = match self.state.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        guard.clone().unwrap_or_default()
     }
 
-    /// Marks the proxy as stopped so `status` does not report a stale state.
+    /// Marks the proxy as stopped: removes the file and ignores later updates.
     pub fn remove(&self) {
+        let mut guard = match self.state.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *guard = None;
         let _ = std::fs::remove_file(self.dir.status());
     }
 }

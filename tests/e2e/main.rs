@@ -28,6 +28,7 @@ macro_rules! both_backends {
 mod harness;
 
 mod cli_contract;
+mod clients;
 mod demo;
 mod enrollment;
 mod multihost;

@@ -33,11 +33,21 @@ sg_apt_install() {
 }
 
 # Tools the test binaries run: curl (the SOCKS client people use), ip and
-# sysctl (network namespaces), runuser (throwaway Postgres as non-root).
+# sysctl (network namespaces), runuser (throwaway Postgres as non-root);
+# for tests/e2e/clients.rs, the other SOCKS clients: nc -X 5 (the OpenBSD
+# netcat, not the traditional one, which has no -X), ssh, git, and sshd and
+# python3 (http.server) as their servers.
 sg_ensure_tools() {
 	local missing=()
 	command -v cargo >/dev/null || sg_die "cargo is not installed (the Rust toolchain comes with the machine)"
 	command -v curl >/dev/null || missing+=(curl ca-certificates)
+	if ! command -v nc.openbsd >/dev/null && ! { command -v nc >/dev/null && nc -h 2>&1 | grep -q -- '-X proxy_protocol'; }; then
+		missing+=(netcat-openbsd)
+	fi
+	{ command -v sshd >/dev/null || [ -x /usr/sbin/sshd ]; } || missing+=(openssh-server)
+	{ command -v ssh >/dev/null && command -v ssh-keygen >/dev/null; } || missing+=(openssh-client)
+	command -v git >/dev/null || missing+=(git)
+	command -v python3 >/dev/null || missing+=(python3)
 	command -v ip >/dev/null || missing+=(iproute2)
 	command -v sysctl >/dev/null || missing+=(procps)
 	command -v runuser >/dev/null || missing+=(util-linux)

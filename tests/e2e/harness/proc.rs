@@ -2,7 +2,7 @@
 //! CLI invocations (`run`, bounded by a deadline).
 
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -201,13 +201,30 @@ impl std::fmt::Display for Out {
 /// Runs a command to completion; panics if it takes longer than `limit`
 /// (after killing it), so a hanging CLI never hangs the suite.
 pub fn run(cmd: &mut Command, limit: Duration) -> Out {
+    run_input(cmd, None, limit)
+}
+
+/// [`run`], with `input` written to the command's standard input (then
+/// closed) from another thread; `None`: standard input is `/dev/null`.
+pub fn run_input(cmd: &mut Command, input: Option<&[u8]>, limit: Duration) -> Out {
     let cmdline = show(cmd);
     let mut child = cmd
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run `{cmdline}`: {e}"));
+    if let (Some(input), Some(mut si)) = (input, child.stdin.take()) {
+        let input = input.to_vec();
+        // a child that exits without reading everything gets EPIPE: ignored
+        thread::spawn(move || {
+            let _ = si.write_all(&input);
+        });
+    }
     let mut so = child.stdout.take().unwrap();
     let mut se = child.stderr.take().unwrap();
     let ro = thread::spawn(move || {

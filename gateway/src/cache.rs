@@ -190,6 +190,8 @@ pub async fn refresh(cache: Arc<Cache>, registry: Registry, stop: CancellationTo
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "registry unreachable; keeping the cached view"),
         }
+        // Certificates also end by the clock, with no registry change.
+        cache.cut_invalid();
         let wait = match listener.as_mut() {
             Some(l) => {
                 tokio::select! {

@@ -26,6 +26,12 @@ use crate::dial::{Dialer, Host};
 use crate::paths::GatewayConfig;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Streams a client without a certificate may have open (it may only enroll).
+const ANONYMOUS_STREAMS: u32 = 4;
+/// How long a connection without a certificate may stay.
+const ANONYMOUS_LIFETIME: Duration = Duration::from_secs(30);
+/// How long a client may take to send a request body.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything a running gateway shares between connections.
 pub struct Gateway {
@@ -99,6 +105,12 @@ impl Gateway {
             .peer_certificates()
             .and_then(|c| c.first())
             .map(|c| pki::fingerprint(c));
+        // Registered before the status check, so a revocation landing in
+        // between still finds (and cuts) this connection.
+        let cancel = stop.child_token();
+        let _live = presented
+            .as_ref()
+            .map(|fp| self.cache.register(fp, cancel.clone()));
         let ident = match presented {
             None => None,
             Some(fp) => match self.cache.status(&fp) {
@@ -109,10 +121,6 @@ impl Gateway {
                 }
             },
         };
-        let cancel = stop.child_token();
-        let _live = ident
-            .as_ref()
-            .map(|id| self.cache.register(&id.fingerprint, cancel.clone()));
         if let Some(id) = &ident {
             tracing::info!(%peer, device = %id.device_name, user = %id.user_name, "device connected");
             let (registry, device_id) = (self.registry.clone(), id.device_id);
@@ -122,21 +130,40 @@ impl Gateway {
                 }
             });
         }
-        let mut h2 = match h2::server::Builder::new()
+        // Without a certificate a client may only enroll: a few streams, for
+        // a short while.
+        let (streams, deadline) = match ident {
+            Some(_) => (h2tuning::MAX_STREAMS, None),
+            None => (
+                ANONYMOUS_STREAMS,
+                Some(tokio::time::Instant::now() + ANONYMOUS_LIFETIME),
+            ),
+        };
+        let handshake = h2::server::Builder::new()
             .initial_window_size(h2tuning::STREAM_WINDOW)
             .initial_connection_window_size(h2tuning::CONNECTION_WINDOW)
             .max_frame_size(h2tuning::MAX_FRAME)
-            .max_concurrent_streams(h2tuning::MAX_STREAMS)
+            .max_concurrent_streams(streams)
             .max_send_buffer_size(h2tuning::CHUNK * 4)
-            .handshake::<_, Bytes>(tls)
-            .await
-        {
-            Ok(c) => c,
-            Err(e) => {
+            .handshake::<_, Bytes>(tls);
+        let mut h2 = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
                 tracing::info!(%peer, error = %e, "HTTP/2 handshake failed");
                 return;
             }
+            Err(_) => {
+                tracing::info!(%peer, "HTTP/2 handshake timed out");
+                return;
+            }
         };
+        let expired = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(expired);
         loop {
             tokio::select! {
                 next = h2.accept() => match next {
@@ -151,6 +178,10 @@ impl Gateway {
                     }
                     None => break,
                 },
+                _ = &mut expired => {
+                    tracing::info!(%peer, "closing an enrollment connection that stayed too long");
+                    break;
+                }
                 _ = cancel.cancelled() => {
                     if let Some(id) = &ident {
                         tracing::info!(%peer, device = %id.device_name, "closing connection: certificate revoked or gateway stopping");
@@ -171,6 +202,15 @@ impl Gateway {
         ident: Option<Arc<Identity>>,
         peer: SocketAddr,
     ) {
+        // The rights of a connection are re-read for every stream: a group
+        // change or an expiry applies to connections already open.
+        let ident = match ident {
+            Some(id) => match self.cache.status(&id.fingerprint) {
+                CertStatus::Active(now) => Some(now),
+                _ => return refuse(&mut respond, TunnelError::NotAllowed),
+            },
+            None => None,
+        };
         let path = req.uri().path().to_owned();
         match (req.method().clone(), path.as_str(), ident) {
             (Method::POST, ENROLL_PATH, _) => {
@@ -300,11 +340,17 @@ pub(crate) fn send_error(respond: &mut SendResponse<Bytes>, status: StatusCode, 
     );
 }
 
-/// Reads a request body of at most `limit` bytes.
+/// Reads a request body of at most `limit` bytes, within [`BODY_TIMEOUT`].
 pub(crate) async fn read_body(
     body: &mut RecvStream,
     limit: usize,
 ) -> Result<Vec<u8>, &'static str> {
+    tokio::time::timeout(BODY_TIMEOUT, read_all(body, limit))
+        .await
+        .unwrap_or(Err("the request body took too long"))
+}
+
+async fn read_all(body: &mut RecvStream, limit: usize) -> Result<Vec<u8>, &'static str> {
     let mut out = Vec::new();
     while let Some(chunk) = body.data().await {
         let chunk = chunk.map_err(|_| "the request body was cut off")?;

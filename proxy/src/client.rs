@@ -164,7 +164,17 @@ pub async fn connect_device(
     tls: Arc<ClientConfig>,
 ) -> Result<(Connection, WhoAmI), ClientError> {
     let conn = connect(addr, name, tls).await?;
-    match call(&conn.send, Method::GET, WHOAMI_PATH, None).await {
+    let whoami = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        call(&conn.send, Method::GET, WHOAMI_PATH, None),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(ClientError::Protocol(
+            "the gateway did not answer in time".into(),
+        ))
+    });
+    match whoami {
         Ok(body) => {
             let me = serde_json::from_slice(&body)
                 .map_err(|e| ClientError::Protocol(format!("bad whoami answer: {e}")))?;

@@ -115,9 +115,11 @@ pub async fn enroll(
         serde_json::from_slice(&answer).map_err(|e| EnrollError::BadAnswer(e.to_string()))?;
     let ca = pki::certs_from_pem(answer.ca_pem.as_bytes())
         .ok_or_else(|| EnrollError::BadAnswer("CA is not PEM".into()))?;
-    if !ca
-        .iter()
-        .any(|c| pki::fingerprint_bytes(c) == code.ca_fingerprint)
+    // Exactly the pinned CA, nothing else, becomes this device's trust root.
+    if ca.len() != 1
+        || ca
+            .iter()
+            .any(|c| pki::fingerprint_bytes(c) != code.ca_fingerprint)
     {
         return Err(EnrollError::CaMismatch);
     }

@@ -28,6 +28,8 @@ use shimgate_wire::workers::Workers;
 
 const BACKOFF_START: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// A connection that stayed up this long resets the backoff.
+const STABLE: Duration = Duration::from_secs(10);
 
 /// Where and how to reach the gateway. The TLS config is swapped when the
 /// certificate is renewed.
@@ -148,10 +150,7 @@ impl Pool {
         let mut backoff = BACKOFF_START;
         loop {
             let closed = match self.connection(i).await {
-                Ok((_, closed)) => {
-                    backoff = BACKOFF_START;
-                    closed
-                }
+                Ok((_, closed)) => closed,
                 Err(e) => {
                     self.board.update(|s| s.last_error = Some(e.to_string()));
                     tokio::select! {
@@ -162,9 +161,21 @@ impl Pool {
                     continue;
                 }
             };
+            let up_since = tokio::time::Instant::now();
             tokio::select! {
                 _ = closed.cancelled() => {}
                 _ = stop.cancelled() => return,
+            }
+            // A connection that drops at once (e.g. refused after the
+            // handshake) must not make us reconnect in a tight loop.
+            if up_since.elapsed() >= STABLE {
+                backoff = BACKOFF_START;
+            } else {
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.cancelled() => return,
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
             }
         }
     }
@@ -209,15 +220,6 @@ impl Pool {
         Ok(handles)
     }
 
-    /// Marks a slot's connection dead (it failed under us).
-    async fn drop_connection(&self, i: usize) {
-        let mut live = self.slots[i % self.slots.len()].live.lock().await;
-        if let Some(conn) = live.take() {
-            conn.closed.cancel();
-            self.board.update(|s| s.live = s.live.saturating_sub(1));
-        }
-    }
-
     /// Any live connection, for control calls such as renewal.
     pub async fn any_connection(&self) -> Result<SendRequest<Bytes>, ClientError> {
         self.connection(self.pick()).await.map(|(send, _)| send)
@@ -229,8 +231,8 @@ impl Pool {
         // A pooled connection may have died since it was last used: one retry
         // on a fresh connection.
         for attempt in 0..2 {
-            let send = match self.connection(i).await {
-                Ok((send, _)) => send,
+            let (send, closed) = match self.connection(i).await {
+                Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(error = %e, "no connection to the gateway");
                     return Err(match e {
@@ -244,7 +246,9 @@ impl Pool {
                 Err(Failure::Refused(e)) => return Err(e),
                 Err(Failure::Connection(e)) => {
                     tracing::debug!(error = %e, attempt, "gateway connection failed under a request");
-                    self.drop_connection(i).await;
+                    // Mark *this* connection dead; if another request already
+                    // replaced it in the slot, the replacement is untouched.
+                    closed.cancel();
                 }
             }
         }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use fast_socks5::server::Socks5ServerProtocol;
 use fast_socks5::util::target_addr::TargetAddr;
 use fast_socks5::{ReplyError, Socks5Command};
+use sha2::{Digest, Sha256};
 use shimgate_wire::splice;
 use shimgate_wire::tunnel::TunnelError;
 use subtle::ConstantTimeEq;
@@ -31,9 +32,11 @@ pub struct Credentials {
 }
 
 impl Credentials {
+    /// Constant time, lengths included (both sides are hashed first).
     fn check(&self, user: &str, password: &str) -> bool {
-        let u = self.user.as_bytes().ct_eq(user.as_bytes());
-        let p = self.password.as_bytes().ct_eq(password.as_bytes());
+        let digest = |s: &str| -> [u8; 32] { Sha256::digest(s.as_bytes()).into() };
+        let u = digest(&self.user).ct_eq(&digest(user));
+        let p = digest(&self.password).ct_eq(&digest(password));
         bool::from(u & p)
     }
 }

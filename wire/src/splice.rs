@@ -63,7 +63,20 @@ async fn socket_to_h2<R: AsyncRead>(rd: R, mut send: SendStream<Bytes>) -> io::R
     let mut buf = BytesMut::new();
     loop {
         buf.reserve(want);
-        let n = match rd.read_buf(&mut buf).await {
+        // Also watch for the stream being reset (or its connection cut)
+        // while the socket is quiet, so the socket is not held open for a
+        // peer that is gone.
+        let read = tokio::select! {
+            r = rd.read_buf(&mut buf) => r,
+            reset = std::future::poll_fn(|cx| send.poll_reset(cx)) => {
+                let why = match reset {
+                    Ok(reason) => format!("stream reset by the peer ({reason})"),
+                    Err(e) => e.to_string(),
+                };
+                return Err(io::Error::new(io::ErrorKind::ConnectionReset, why));
+            }
+        };
+        let n = match read {
             Ok(n) => n,
             Err(e) => {
                 send.send_reset(Reason::CANCEL);

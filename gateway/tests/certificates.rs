@@ -2,7 +2,8 @@
 //! real TLS: a revoked device is refused on reconnect even when its client
 //! tries to resume a session (the gateway issues no tickets and checks the
 //! registry on every handshake); a certificate from another CA is refused;
-//! renewal gives a certificate that works.
+//! renewal gives a certificate that works; without a certificate a client
+//! may only enroll.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -214,5 +215,42 @@ async fn renewal_issues_a_fresh_certificate_that_works() {
             .await
             .unwrap();
     assert_eq!(me.device_name, "laptop");
+    f.stop.cancel();
+}
+
+#[tokio::test]
+async fn without_a_certificate_a_client_may_only_enroll() {
+    let f = gateway_with_enrolled_device().await;
+    let ca = shimgate_wire::pki::load_certs(&f.device.ca()).unwrap();
+    let pin = shimgate_wire::pki::fingerprint_bytes(&ca[0]);
+    let tls = shimgate_proxy::tls::pinned(pin).unwrap();
+    let conn = client::connect(&f.addr, ServerName::try_from("127.0.0.1").unwrap(), tls)
+        .await
+        .unwrap();
+    for (method, path) in [
+        (http::Method::GET, shimgate_wire::enroll::WHOAMI_PATH),
+        (http::Method::POST, shimgate_wire::enroll::RENEW_PATH),
+    ] {
+        match client::call(&conn.send, method, path, Some(b"{}".to_vec())).await {
+            Err(ClientError::Refused { status, .. }) => {
+                assert_eq!(status, http::StatusCode::UNAUTHORIZED)
+            }
+            other => panic!("{path} without a certificate: {:?}", other.map(|b| b.len())),
+        }
+    }
+    // A bad enrollment body is answered, not hung on.
+    match client::call(
+        &conn.send,
+        http::Method::POST,
+        shimgate_wire::enroll::ENROLL_PATH,
+        Some(b"not json".to_vec()),
+    )
+    .await
+    {
+        Err(ClientError::Refused { status, .. }) => {
+            assert_eq!(status, http::StatusCode::BAD_REQUEST)
+        }
+        other => panic!("garbage enrollment: {:?}", other.map(|b| b.len())),
+    }
     f.stop.cancel();
 }

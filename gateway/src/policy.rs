@@ -34,6 +34,10 @@ const RESERVED: &[&str] = &[
     "169.254.0.0/16",
     "fe80::/10",
     "fd00:ec2::254/128",
+    // NAT64 and IPv4-compatible addresses can reach any IPv4 address,
+    // loopback and metadata included, past the checks above.
+    "64:ff9b::/96",
+    "::/96",
     "224.0.0.0/4",
     "ff00::/8",
     "255.255.255.255/32",
@@ -212,6 +216,8 @@ mod tests {
             rule("*", "::/0", (1, 65535), "allow"),
         ];
         for addr in [
+            "64:ff9b::7f00:1",
+            "::7f00:1",
             "127.0.0.1",
             "169.254.169.254",
             "::1",

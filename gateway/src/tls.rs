@@ -21,16 +21,6 @@ use shimgate_wire::pki;
 use crate::cache::{Cache, CertStatus};
 use crate::paths::DataDir;
 
-#[derive(Debug, thiserror::Error)]
-pub enum TlsSetupError {
-    #[error(transparent)]
-    Pki(#[from] pki::PkiError),
-    #[error("TLS configuration: {0}")]
-    Rustls(#[from] Error),
-    #[error("client verifier: {0}")]
-    Verifier(#[from] rustls::server::VerifierBuilderError),
-}
-
 struct DeviceVerifier {
     inner: Arc<dyn ClientCertVerifier>,
     cache: Arc<Cache>,
@@ -95,7 +85,7 @@ impl ClientCertVerifier for DeviceVerifier {
     }
 }
 
-pub fn server_config(dir: &DataDir, cache: Arc<Cache>) -> Result<Arc<ServerConfig>, TlsSetupError> {
+pub fn server_config(dir: &DataDir, cache: Arc<Cache>) -> Result<Arc<ServerConfig>, pki::TlsError> {
     let provider = pki::provider();
     let mut roots = RootCertStore::empty();
     for ca in pki::load_certs(&dir.ca_cert())? {

@@ -37,7 +37,7 @@ pub enum EnrollError {
     #[error("making the key pair: {0}")]
     Key(#[from] rcgen::Error),
     #[error(transparent)]
-    Tls(#[from] tls::TlsError),
+    Tls(#[from] shimgate_wire::pki::TlsError),
     #[error("saving to {path}: {source}")]
     Save {
         path: String,

@@ -32,7 +32,7 @@ pub enum RenewError {
     #[error("saving the new certificate: {0}")]
     Save(#[from] std::io::Error),
     #[error(transparent)]
-    Tls(#[from] tls::TlsError),
+    Tls(#[from] shimgate_wire::pki::TlsError),
 }
 
 /// (not_before, not_after) of the stored device certificate.

@@ -12,19 +12,9 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, Error, RootCertStore, SignatureScheme};
-use shimgate_wire::pki;
+use shimgate_wire::pki::{self, TlsError};
 
 use crate::config::ConfigDir;
-
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    #[error(transparent)]
-    Pki(#[from] pki::PkiError),
-    #[error("TLS configuration: {0}")]
-    Rustls(#[from] Error),
-    #[error("{0:?} is not a valid gateway name for TLS")]
-    BadName(String),
-}
 
 /// The message a user sees when the pin does not match.
 pub const PIN_MISMATCH: &str = "the gateway's CA does not match the fingerprint in the enrollment code (wrong gateway, or someone in the middle)";

@@ -19,7 +19,7 @@ pub enum UpError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
-    Tls(#[from] tls::TlsError),
+    Tls(#[from] shimgate_wire::pki::TlsError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,

@@ -19,6 +19,19 @@ pub enum PkiError {
     Pem { what: &'static str, path: String },
 }
 
+/// Why a TLS configuration could not be built (either side).
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("client verifier: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+    #[error("{0:?} is not a valid gateway name for TLS")]
+    BadName(String),
+}
+
 /// aws-lc-rs, chosen explicitly: never rely on a process-default provider
 /// (two enabled providers make `builder()` panic).
 pub fn provider() -> Arc<CryptoProvider> {

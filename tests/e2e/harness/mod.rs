@@ -65,18 +65,7 @@ pub fn curl_args<S: AsRef<std::ffi::OsStr>>(ns: Option<&str>, args: &[S]) -> Out
         }
         None => Command::new(env::curl()),
     };
-    for var in [
-        "http_proxy",
-        "https_proxy",
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-        "all_proxy",
-        "NO_PROXY",
-        "no_proxy",
-    ] {
-        cmd.env_remove(var);
-    }
+    proc::without_proxy_vars(&mut cmd);
     // -g: no globbing, so `http://[::1]:P/` is taken literally
     cmd.args(["-sS", "-g", "--max-time", "20"]);
     cmd.args(args);

@@ -12,10 +12,17 @@ use std::time::{Duration, Instant};
 /// Removes the variables that would make a child pick up state that is not
 /// the test's own (the gateway reads `DATABASE_URL` by default!).
 pub fn clean_env<'a>(cmd: &'a mut Command, home: &Path) -> &'a mut Command {
+    for var in ["DATABASE_URL", "SHIMGATE_GATEWAY_DIR", "SHIMGATE_HOME"] {
+        cmd.env_remove(var);
+    }
+    without_proxy_vars(cmd);
+    cmd.env("HOME", home).env("RUST_BACKTRACE", "1")
+}
+
+/// Removes the proxy variables curl, git and friends would obey, so a test
+/// uses exactly the proxy it names.
+pub fn without_proxy_vars(cmd: &mut Command) -> &mut Command {
     for var in [
-        "DATABASE_URL",
-        "SHIMGATE_GATEWAY_DIR",
-        "SHIMGATE_HOME",
         "http_proxy",
         "https_proxy",
         "HTTP_PROXY",
@@ -27,7 +34,7 @@ pub fn clean_env<'a>(cmd: &'a mut Command, home: &Path) -> &'a mut Command {
     ] {
         cmd.env_remove(var);
     }
-    cmd.env("HOME", home).env("RUST_BACKTRACE", "1")
+    cmd
 }
 
 /// A long-running child whose stdout/stderr go to files. Killed on drop.

@@ -12,6 +12,7 @@
 //! - [`logging`]: the `--log-format` flag and tracing setup.
 //! - [`files`]: writing keys and certificates safely (atomic, 0600).
 //! - [`pki`]: PEM loading, fingerprints and the one crypto provider.
+//! - [`peerlink`]: the Noise-encrypted link between two devices.
 //! - [`workers`]: thread-per-core runtimes for the data plane.
 //! - [`splice`]: moving bytes between a socket and an HTTP/2 stream, with
 //!   flow control and half-close.
@@ -23,6 +24,7 @@ pub mod files;
 pub mod h2tuning;
 pub mod identity;
 pub mod logging;
+pub mod peerlink;
 pub mod pki;
 pub mod splice;
 pub mod tunnel;

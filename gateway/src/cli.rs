@@ -5,6 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
@@ -338,6 +339,8 @@ pub async fn start(
         config,
         tls: tokio_rustls::TlsAcceptor::from(tls),
         workers: shimgate_wire::workers::Workers::per_cpu().context("starting worker threads")?,
+        // A person retrying a mistyped code is fine; a script is not.
+        enroll_limit: crate::ratelimit::RateLimit::new(10, Duration::from_secs(6)),
     };
     Ok((Arc::new(gw), listener))
 }

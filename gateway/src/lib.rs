@@ -9,7 +9,7 @@
 //! - [`server`]: accept loop, per-connection HTTP/2, request dispatch, tunnels.
 //! - [`enroll`]: enrollment and renewal handlers.
 //! - [`dial`]: aliases, name resolution, connecting.
-//! - [`policy`]: who may reach what.
+//! - [`policy`]: who may reach what; [`ratelimit`]: per-address token buckets.
 //! - [`cli`]: the `shimgate-gateway` commands; [`demo`]: the one-command demo.
 
 pub mod ca;
@@ -20,5 +20,6 @@ pub mod dial;
 pub mod enroll;
 pub mod paths;
 pub mod policy;
+pub mod ratelimit;
 pub mod server;
 pub mod tls;

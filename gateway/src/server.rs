@@ -24,6 +24,7 @@ use crate::ca::Ca;
 use crate::cache::{Cache, CertStatus, Identity};
 use crate::dial::{Dialer, Host};
 use crate::paths::GatewayConfig;
+use crate::ratelimit::RateLimit;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Streams a client without a certificate may have open (it may only enroll).
@@ -43,6 +44,8 @@ pub struct Gateway {
     pub tls: TlsAcceptor,
     /// Where connections run: each on one worker thread, with its streams.
     pub workers: Workers,
+    /// Enrollment attempts per source address.
+    pub enroll_limit: RateLimit,
 }
 
 impl Gateway {
@@ -213,6 +216,14 @@ impl Gateway {
         };
         let path = req.uri().path().to_owned();
         match (req.method().clone(), path.as_str(), ident) {
+            (Method::POST, ENROLL_PATH, _) if !self.enroll_limit.allow(peer.ip()) => {
+                tracing::info!(%peer, "enrollment attempts from this address are rate limited");
+                send_error(
+                    &mut respond,
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many enrollment attempts from this address: wait a minute and try again",
+                )
+            }
             (Method::POST, ENROLL_PATH, _) => {
                 crate::enroll::enroll(&self, req, respond, peer).await
             }

@@ -3,7 +3,7 @@
 //! tries to resume a session (the gateway issues no tickets and checks the
 //! registry on every handshake); a certificate from another CA is refused;
 //! renewal gives a certificate that works; without a certificate a client
-//! may only enroll.
+//! may only enroll, and only so often.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -252,5 +252,37 @@ async fn without_a_certificate_a_client_may_only_enroll() {
         }
         other => panic!("garbage enrollment: {:?}", other.map(|b| b.len())),
     }
+    f.stop.cancel();
+}
+
+#[tokio::test]
+async fn enrollment_attempts_are_rate_limited_per_address() {
+    let f = gateway_with_enrolled_device().await;
+    let ca = shimgate_wire::pki::load_certs(&f.device.ca()).unwrap();
+    let tls = shimgate_proxy::tls::pinned(shimgate_wire::pki::fingerprint_bytes(&ca[0])).unwrap();
+    let conn = client::connect(&f.addr, ServerName::try_from("127.0.0.1").unwrap(), tls)
+        .await
+        .unwrap();
+    // The fixture enrolled once from this address already.
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        let answer = client::call(
+            &conn.send,
+            http::Method::POST,
+            shimgate_wire::enroll::ENROLL_PATH,
+            Some(b"{}".to_vec()),
+        )
+        .await;
+        match answer {
+            Err(ClientError::Refused { status, .. }) => statuses.push(status.as_u16()),
+            other => panic!("unexpected answer: {:?}", other.map(|b| b.len())),
+        }
+    }
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 400).count(),
+        9,
+        "{statuses:?}"
+    );
+    assert!(statuses[9..].iter().all(|&s| s == 429), "{statuses:?}");
     f.stop.cancel();
 }

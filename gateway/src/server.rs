@@ -27,6 +27,9 @@ use crate::paths::GatewayConfig;
 use crate::ratelimit::RateLimit;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// TLS connections the gateway holds at once (each device keeps a few;
+/// tunnels are streams inside them and don't count).
+pub const MAX_CONNECTIONS: usize = 10_000;
 /// Streams a client without a certificate may have open (it may only enroll).
 const ANONYMOUS_STREAMS: u32 = 4;
 /// How long a connection without a certificate may stay.
@@ -46,6 +49,9 @@ pub struct Gateway {
     pub workers: Workers,
     /// Enrollment attempts per source address.
     pub enroll_limit: RateLimit,
+    /// Open connections, at most [`MAX_CONNECTIONS`]: past it new ones are
+    /// closed at once rather than exhausting file descriptors.
+    pub connections: Arc<tokio::sync::Semaphore>,
 }
 
 impl Gateway {
@@ -64,11 +70,17 @@ impl Gateway {
             };
             match accepted {
                 Ok((sock, peer)) => {
+                    let Ok(permit) = Arc::clone(&self.connections).try_acquire_owned() else {
+                        tracing::warn!(%peer, limit = MAX_CONNECTIONS, "connection limit reached: refusing");
+                        continue;
+                    };
                     let gw = Arc::clone(&self);
                     let stop = stop.clone();
                     let worker = self.workers.pick();
-                    self.workers
-                        .spawn_on(worker, async move { gw.connection(sock, peer, stop).await });
+                    self.workers.spawn_on(worker, async move {
+                        let _permit = permit;
+                        gw.connection(sock, peer, stop).await
+                    });
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.

@@ -106,6 +106,22 @@ impl TunnelError {
     }
 }
 
+/// The RFC 1928 name of a SOCKS5 reply code, for messages.
+pub fn socks_reply_name(code: u8) -> &'static str {
+    match code {
+        0x00 => "succeeded",
+        0x01 => "general failure",
+        0x02 => "not allowed by ruleset",
+        0x03 => "network unreachable",
+        0x04 => "host unreachable",
+        0x05 => "connection refused",
+        0x06 => "TTL expired",
+        0x07 => "command not supported",
+        0x08 => "address type not supported",
+        _ => "unassigned",
+    }
+}
+
 impl fmt::Display for TunnelError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

@@ -10,7 +10,7 @@ use tempfile::TempDir;
 use super::env::{DEVICE_BIN, bin, free_port};
 use super::gateway::{CLI_LIMIT, Gateway};
 use super::netns;
-use super::proc::{Out, Proc, clean_env, poll, run};
+use super::proc::{Out, Proc, clean_env, poll, run, wind_down};
 
 const READY_LIMIT: Duration = Duration::from_secs(30);
 
@@ -209,20 +209,12 @@ impl Device {
 
 impl Drop for Device {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "[e2e] device {} logs (config dir {}):\n{}",
-                self.name,
-                self.config_dir.display(),
-                self.logs()
-            );
-        }
-        if let Some(mut p) = self.proc.take() {
-            p.terminate(Duration::from_secs(3));
-        }
-        if std::env::var_os("SHIMGATE_KEEP_TMP").is_some() {
-            let path = std::mem::replace(&mut self.tmp, TempDir::new().unwrap()).keep();
-            eprintln!("[e2e] keeping {}", path.display());
-        }
+        let what = format!(
+            "device {} (config dir {})",
+            self.name,
+            self.config_dir.display()
+        );
+        let logs = std::thread::panicking().then(|| self.logs());
+        wind_down(&what, logs, self.proc.take(), &mut self.tmp);
     }
 }

@@ -10,7 +10,7 @@ use tempfile::TempDir;
 use super::db::{Backend, Database};
 use super::env::{GATEWAY_BIN, bin, free_port};
 use super::netns;
-use super::proc::{Out, Proc, clean_env, poll, run};
+use super::proc::{Out, Proc, clean_env, poll, run, wind_down};
 
 pub const CLI_LIMIT: Duration = Duration::from_secs(60);
 const READY_LIMIT: Duration = Duration::from_secs(30);
@@ -234,19 +234,8 @@ impl Gateway {
 
 impl Drop for Gateway {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "[e2e] gateway logs (data dir {}):\n{}",
-                self.data_dir.display(),
-                self.logs()
-            );
-        }
-        if let Some(mut p) = self.proc.take() {
-            p.terminate(Duration::from_secs(3));
-        }
-        if std::env::var_os("SHIMGATE_KEEP_TMP").is_some() {
-            let path = std::mem::replace(&mut self.tmp, TempDir::new().unwrap()).keep();
-            eprintln!("[e2e] keeping {}", path.display());
-        }
+        let what = format!("gateway (data dir {})", self.data_dir.display());
+        let logs = std::thread::panicking().then(|| self.logs());
+        wind_down(&what, logs, self.proc.take(), &mut self.tmp);
     }
 }

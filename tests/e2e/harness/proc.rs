@@ -308,3 +308,27 @@ pub fn poll<T>(
         thread::sleep(every);
     }
 }
+
+/// What a fixture (gateway, device) does when it is dropped: show its logs if
+/// the test is failing, stop its process, and keep its temp dir when
+/// `SHIMGATE_KEEP_TMP` is set.
+/// `logs` is `Some` only while panicking (reading them costs file I/O).
+pub fn wind_down(
+    what: &str,
+    logs: Option<String>,
+    proc: Option<Proc>,
+    tmp: &mut tempfile::TempDir,
+) {
+    if let Some(logs) = logs {
+        eprintln!("[e2e] {what} logs:\n{logs}");
+    }
+    if let Some(mut p) = proc {
+        p.terminate(Duration::from_secs(3));
+    }
+    if std::env::var_os("SHIMGATE_KEEP_TMP").is_some()
+        && let Ok(fresh) = tempfile::TempDir::new()
+    {
+        let path = std::mem::replace(tmp, fresh).keep();
+        eprintln!("[e2e] keeping {}", path.display());
+    }
+}

@@ -48,20 +48,7 @@ impl From<&str> for Target {
     }
 }
 
-pub fn reply_name(code: u8) -> &'static str {
-    match code {
-        0 => "succeeded",
-        1 => "general failure",
-        2 => "not allowed by ruleset",
-        3 => "network unreachable",
-        4 => "host unreachable",
-        5 => "connection refused",
-        6 => "TTL expired",
-        7 => "command not supported",
-        8 => "address type not supported",
-        _ => "unassigned",
-    }
-}
+pub use shimgate_wire::tunnel::socks_reply_name as reply_name;
 
 /// The proxy's answer to a request.
 #[derive(Debug)]

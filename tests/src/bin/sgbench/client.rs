@@ -71,7 +71,7 @@ pub async fn socks_connect(proxy: SocketAddr, dest: SocketAddrV4) -> Result<TcpS
         bail!(
             "SOCKS CONNECT to {dest} failed: reply {:#04x} ({})",
             head[1],
-            reply_name(head[1])
+            shimgate_wire::tunnel::socks_reply_name(head[1])
         );
     }
     // Skip BND.ADDR and BND.PORT.
@@ -90,20 +90,6 @@ pub async fn socks_connect(proxy: SocketAddr, dest: SocketAddrV4) -> Result<TcpS
         .await
         .context("reading SOCKS CONNECT reply address")?;
     Ok(s)
-}
-
-fn reply_name(code: u8) -> &'static str {
-    match code {
-        1 => "general failure",
-        2 => "not allowed by ruleset",
-        3 => "network unreachable",
-        4 => "host unreachable",
-        5 => "connection refused",
-        6 => "TTL expired",
-        7 => "command not supported",
-        8 => "address type not supported",
-        _ => "unknown",
-    }
 }
 
 /// One 1-byte request / 1-byte response exchange with the origin.

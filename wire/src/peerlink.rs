@@ -1,35 +1,57 @@
 //! The encrypted link between two devices, the data plane of peer-to-peer
-//! sessions (DESIGN.md "Peer to peer"; the brokering that hands both ends
-//! the key comes with the peer issue).
+//! sessions (DESIGN.md "Peer to peer"; docs/ARCHITECTURE.md "Peer protocol").
 //!
-//! Noise `NNpsk0_25519_AESGCM_SHA256`: the 256-bit key the gateway brokered
-//! is the PSK, so only the two devices the gateway authenticated can finish
-//! the handshake; the ephemeral DH gives forward secrecy even against a
-//! later leak of that key. The prologue binds the protocol version, the
-//! session id, both device names and the port, so a handshake cannot be
-//! moved to another session or service. Afterwards each Noise transport
-//! message is one frame (2-byte big-endian length, then the message); its
-//! nonce makes replayed, reordered or altered frames fail authentication,
-//! which ends the link.
+//! The initiator opens with the 16-byte session id in clear (the responder
+//! needs it to find the key; it is single use and names nothing secret),
+//! then Noise `NNpsk0_25519_AESGCM_SHA256`: the 256-bit key the gateway
+//! brokered is the PSK, so only the two devices the gateway authenticated
+//! can finish the handshake; the ephemeral DH gives forward secrecy even
+//! against a later leak of that key. The prologue binds the protocol
+//! version, the session id, both device names and the port, so a handshake
+//! cannot be moved to another session or service.
+//!
+//! After the handshake each direction has its own AES-256-GCM key (Noise's
+//! split) and counter nonce, owned by that direction's task, so the two
+//! directions run on their own without a lock. A frame is a 2-byte
+//! big-endian length, then `seal(kind || payload)` with its 16-byte tag.
+//! Kinds: data; rekey (the sender switches to `REKEY(k)` after this frame,
+//! as Noise defines it, every [`REKEY_FRAMES`] frames or [`REKEY_AGE`]);
+//! close (an authenticated end of stream, so a forged TCP FIN reads as an
+//! error, not as the end of the data). Any frame that fails authentication
+//! (altered, replayed, reordered, or under the wrong key) ends the link.
 //!
 //! AES-256-GCM comes from aws-lc-rs, not snow's RustCrypto default: it is
 //! about 5× faster on this CPU (`../shared/STACK.md`).
 
 use std::io;
+use std::time::{Duration, Instant};
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use snow::params::{CipherChoice, DHChoice, HashChoice};
 use snow::resolvers::{CryptoResolver, DefaultResolver, FallbackResolver};
 use snow::types::{Cipher, Dh, Hash, Random};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use zeroize::Zeroizing;
 
 pub const PATTERN: &str = "Noise_NNpsk0_25519_AESGCM_SHA256";
 const PROLOGUE_TAG: &[u8] = b"shimgate-peer-v1";
+/// Length of the session id the initiator sends first.
+pub const SESSION_ID_LEN: usize = 16;
 /// Largest Noise message, and so largest frame body.
 const MAX_MESSAGE: usize = 65535;
 const TAG: usize = 16;
-/// Largest plaintext one frame carries.
-pub const MAX_PAYLOAD: usize = MAX_MESSAGE - TAG;
+/// Largest payload one frame carries (one byte goes to the frame kind).
+pub const MAX_PAYLOAD: usize = MAX_MESSAGE - TAG - 1;
+/// A direction changes its key after this many frames (at most 4 GiB)...
+pub const REKEY_FRAMES: u64 = 1 << 16;
+/// ...or when its key is this old, whichever comes first.
+pub const REKEY_AGE: Duration = Duration::from_secs(600);
+/// The responder waits this long for the initiator's first bytes.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+const KIND_DATA: u8 = 0;
+const KIND_REKEY: u8 = 1;
+const KIND_CLOSE: u8 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
@@ -41,6 +63,19 @@ pub enum LinkError {
     Handshake(snow::Error),
     #[error("a peer frame failed authentication (altered, replayed or reordered): link closed")]
     Tampered,
+    #[error("the peer link ended without the peer closing it (cut, or a forged end of stream)")]
+    Truncated,
+    #[error("the peer took too long to start the handshake")]
+    Timeout,
+}
+
+impl From<LinkError> for io::Error {
+    fn from(e: LinkError) -> io::Error {
+        match e {
+            LinkError::Io(e) => e,
+            other => io::Error::new(io::ErrorKind::ConnectionAborted, other),
+        }
+    }
 }
 
 /// What both ends must agree on besides the key.
@@ -169,19 +204,107 @@ fn handshake_state(
     state.map_err(LinkError::Handshake)
 }
 
-/// One established link over `io`.
-pub struct PeerLink<S> {
-    io: S,
-    noise: snow::TransportState,
-    frame: Vec<u8>,
+/// One direction's key and nonce counter.
+struct Direction {
+    key: LessSafeKey,
+    nonce: u64,
+    frames: u64,
+    keyed_at: Instant,
 }
 
-async fn write_frame<S: AsyncWrite + Unpin>(io: &mut S, message: &[u8]) -> io::Result<()> {
+impl Direction {
+    fn new(raw: &[u8; 32]) -> Result<Direction, LinkError> {
+        let key = UnboundKey::new(&AES_256_GCM, raw)
+            .map_err(|_| LinkError::Handshake(snow::Error::Decrypt))?;
+        Ok(Direction {
+            key: LessSafeKey::new(key),
+            nonce: 0,
+            frames: 0,
+            keyed_at: Instant::now(),
+        })
+    }
+
+    fn next_nonce(&mut self) -> Result<Nonce, LinkError> {
+        // The last nonce belongs to REKEY; a link never gets near it.
+        if self.nonce >= u64::MAX - 1 {
+            return Err(LinkError::Tampered);
+        }
+        let n = noise_nonce(self.nonce);
+        self.nonce += 1;
+        self.frames += 1;
+        Ok(n)
+    }
+
+    /// Noise's REKEY(k): the first 32 bytes of ENCRYPT(k, 2^64-1, "", zeros).
+    fn rekey(&mut self) -> Result<(), LinkError> {
+        let mut next = Zeroizing::new([0u8; 32]);
+        // The tag is not part of the new key.
+        let _tag = self
+            .key
+            .seal_in_place_separate_tag(noise_nonce(u64::MAX), Aad::empty(), &mut next[..])
+            .map_err(|_| LinkError::Tampered)?;
+        let key = UnboundKey::new(&AES_256_GCM, &next[..]).map_err(|_| LinkError::Tampered)?;
+        self.key = LessSafeKey::new(key);
+        self.frames = 0;
+        self.keyed_at = Instant::now();
+        Ok(())
+    }
+
+    fn due(&self) -> bool {
+        self.frames >= REKEY_FRAMES || self.keyed_at.elapsed() >= REKEY_AGE
+    }
+}
+
+/// Runs the handshake on `rd`/`wr` and returns the two directions: the
+/// initiator sends with the first key of the split.
+async fn finish<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    mut hs: snow::HandshakeState,
+    initiator: bool,
+    rd: &mut BufReader<R>,
+    wr: &mut W,
+    preface: Option<[u8; SESSION_ID_LEN]>,
+) -> Result<(Direction, Direction), LinkError> {
+    let mut msg = vec![0u8; MAX_MESSAGE];
+    let mut frame = Vec::new();
+    if initiator {
+        let n = hs
+            .write_message(&[], &mut msg)
+            .map_err(LinkError::Handshake)?;
+        // Session id and first message in one write: one packet on the wire.
+        let mut out = Vec::with_capacity(SESSION_ID_LEN + 2 + n);
+        out.extend_from_slice(&preface.unwrap_or_default());
+        push_frame(&mut out, msg.get(..n).unwrap_or_default())?;
+        wr.write_all(&out).await?;
+        expect_frame(rd, &mut frame).await?;
+        hs.read_message(&frame, &mut msg)
+            .map_err(LinkError::Handshake)?;
+    } else {
+        expect_frame(rd, &mut frame).await?;
+        hs.read_message(&frame, &mut msg)
+            .map_err(LinkError::Handshake)?;
+        let n = hs
+            .write_message(&[], &mut msg)
+            .map_err(LinkError::Handshake)?;
+        let mut out = Vec::with_capacity(2 + n);
+        push_frame(&mut out, msg.get(..n).unwrap_or_default())?;
+        wr.write_all(&out).await?;
+    }
+    if !hs.is_handshake_finished() {
+        return Err(LinkError::Handshake(snow::Error::State(
+            snow::error::StateProblem::HandshakeNotFinished,
+        )));
+    }
+    let (i2r, r2i) = hs.dangerously_get_raw_split();
+    let (i2r, r2i) = (Zeroizing::new(i2r), Zeroizing::new(r2i));
+    let (i2r, r2i) = (Direction::new(&i2r)?, Direction::new(&r2i)?);
+    Ok(if initiator { (i2r, r2i) } else { (r2i, i2r) })
+}
+
+fn push_frame(out: &mut Vec<u8>, message: &[u8]) -> io::Result<()> {
     let len = u16::try_from(message.len()).map_err(|_| io::Error::other("frame too large"))?;
-    let mut frame = Vec::with_capacity(2 + message.len());
-    frame.extend_from_slice(&len.to_be_bytes());
-    frame.extend_from_slice(message);
-    io.write_all(&frame).await
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(message);
+    Ok(())
 }
 
 /// Reads one frame into `buf`; `Ok(false)` on a clean end of stream before it.
@@ -211,85 +334,251 @@ async fn expect_frame<S: AsyncRead + Unpin>(
     }
 }
 
-/// The requesting device's side: `-> e, psk` then `<- e, ee`.
-pub async fn initiate<S: AsyncRead + AsyncWrite + Unpin>(
-    mut io: S,
-    key: &[u8; 32],
-    prologue: &Prologue<'_>,
-) -> Result<PeerLink<S>, LinkError> {
-    let mut hs = handshake_state(key, prologue, true)?;
-    let mut msg = vec![0u8; MAX_MESSAGE];
-    let n = hs
-        .write_message(&[], &mut msg)
-        .map_err(LinkError::Handshake)?;
-    write_frame(&mut io, &msg[..n]).await?;
-    let mut frame = Vec::new();
-    expect_frame(&mut io, &mut frame).await?;
-    hs.read_message(&frame, &mut msg)
-        .map_err(LinkError::Handshake)?;
-    let noise = hs.into_transport_mode().map_err(LinkError::Handshake)?;
-    Ok(PeerLink { io, noise, frame })
+/// An established link: its receiving and sending halves.
+pub struct Link<R, W> {
+    pub reader: LinkReader<R>,
+    pub writer: LinkWriter<W>,
 }
 
-/// The exporting device's side.
-pub async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
-    mut io: S,
+/// The requesting device's side: session id, `-> e, psk`, then `<- e, ee`.
+pub async fn initiate<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    rd: R,
+    mut wr: W,
     key: &[u8; 32],
     prologue: &Prologue<'_>,
-) -> Result<PeerLink<S>, LinkError> {
-    let mut hs = handshake_state(key, prologue, false)?;
-    let mut frame = Vec::new();
-    expect_frame(&mut io, &mut frame).await?;
-    let mut msg = vec![0u8; MAX_MESSAGE];
-    hs.read_message(&frame, &mut msg)
-        .map_err(LinkError::Handshake)?;
-    let n = hs
-        .write_message(&[], &mut msg)
-        .map_err(LinkError::Handshake)?;
-    write_frame(&mut io, &msg[..n]).await?;
-    let noise = hs.into_transport_mode().map_err(LinkError::Handshake)?;
-    Ok(PeerLink { io, noise, frame })
+) -> Result<Link<R, W>, LinkError> {
+    let hs = handshake_state(key, prologue, true)?;
+    let mut rd = BufReader::with_capacity(READ_BUFFER, rd);
+    let (send, recv) = finish(hs, true, &mut rd, &mut wr, Some(prologue.session_id)).await?;
+    Ok(Link::new(rd, wr, send, recv))
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> PeerLink<S> {
-    /// Encrypts and sends `data` (in as many frames as it takes).
-    pub async fn send(&mut self, data: &[u8]) -> Result<(), LinkError> {
-        let mut msg = vec![0u8; MAX_MESSAGE];
-        for chunk in data.chunks(MAX_PAYLOAD) {
-            let n = self
-                .noise
-                .write_message(chunk, &mut msg)
-                .map_err(LinkError::Handshake)?;
-            write_frame(&mut self.io, &msg[..n]).await?;
+/// The exporting device's side, step one: which session the initiator
+/// claims (within [`HANDSHAKE_TIMEOUT`]). The caller looks up its key and
+/// hands both to [`respond`].
+pub async fn read_session_id<R: AsyncRead + Unpin>(
+    rd: R,
+) -> Result<([u8; SESSION_ID_LEN], BufReader<R>), LinkError> {
+    let mut rd = BufReader::with_capacity(READ_BUFFER, rd);
+    let mut id = [0u8; SESSION_ID_LEN];
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, rd.read_exact(&mut id))
+        .await
+        .map_err(|_| LinkError::Timeout)??;
+    Ok((id, rd))
+}
+
+/// The exporting device's side, step two: the handshake.
+pub async fn respond<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    mut rd: BufReader<R>,
+    mut wr: W,
+    key: &[u8; 32],
+    prologue: &Prologue<'_>,
+) -> Result<Link<R, W>, LinkError> {
+    let hs = handshake_state(key, prologue, false)?;
+    let handshake = finish(hs, false, &mut rd, &mut wr, None);
+    let (send, recv) = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+        .await
+        .map_err(|_| LinkError::Timeout)??;
+    Ok(Link::new(rd, wr, send, recv))
+}
+
+/// Bytes read from the link at once: several frames per syscall in bulk.
+const READ_BUFFER: usize = 256 * 1024;
+/// Plaintext read from the local socket at once, sealed into frames and
+/// written with one syscall.
+const SEND_CHUNK: usize = 256 * 1024;
+
+impl<R, W> Link<R, W> {
+    fn new(rd: BufReader<R>, wr: W, send: Direction, recv: Direction) -> Link<R, W> {
+        Link {
+            reader: LinkReader {
+                io: rd,
+                dir: recv,
+                frame: Vec::new(),
+                closed: false,
+            },
+            writer: LinkWriter {
+                io: wr,
+                dir: send,
+                out: Vec::new(),
+            },
+        }
+    }
+}
+
+/// The receiving half of a link.
+pub struct LinkReader<R> {
+    io: BufReader<R>,
+    dir: Direction,
+    frame: Vec<u8>,
+    closed: bool,
+}
+
+impl<R: AsyncRead + Unpin> LinkReader<R> {
+    /// The next data payload; `None` once the peer closed the link properly.
+    pub async fn recv(&mut self) -> Result<Option<&[u8]>, LinkError> {
+        loop {
+            if self.closed {
+                return Ok(None);
+            }
+            if !read_frame(&mut self.io, &mut self.frame).await? {
+                return Err(LinkError::Truncated);
+            }
+            let nonce = self.dir.next_nonce()?;
+            let plain = self
+                .dir
+                .key
+                .open_in_place(nonce, Aad::empty(), &mut self.frame)
+                .map_err(|_| LinkError::Tampered)?;
+            let Some((&kind, _)) = plain.split_first() else {
+                return Err(LinkError::Tampered);
+            };
+            match kind {
+                KIND_DATA => {
+                    let len = plain.len();
+                    return Ok(self.frame.get(1..len));
+                }
+                KIND_REKEY => self.dir.rekey()?,
+                KIND_CLOSE => self.closed = true,
+                _ => return Err(LinkError::Tampered),
+            }
+        }
+    }
+}
+
+/// The sending half of a link.
+pub struct LinkWriter<W> {
+    io: W,
+    dir: Direction,
+    out: Vec<u8>,
+}
+
+impl<W: AsyncWrite + Unpin> LinkWriter<W> {
+    fn seal(&mut self, kind: u8, payload: &[u8]) -> Result<(), LinkError> {
+        let nonce = self.dir.next_nonce()?;
+        let start = self.out.len();
+        let len = u16::try_from(1 + payload.len() + TAG).map_err(|_| LinkError::Tampered)?;
+        self.out.extend_from_slice(&len.to_be_bytes());
+        self.out.push(kind);
+        self.out.extend_from_slice(payload);
+        let body = self.out.get_mut(start + 2..).ok_or(LinkError::Tampered)?;
+        let tag = self
+            .dir
+            .key
+            .seal_in_place_separate_tag(nonce, Aad::empty(), body)
+            .map_err(|_| LinkError::Tampered)?;
+        self.out.extend_from_slice(tag.as_ref());
+        if kind != KIND_REKEY && self.dir.due() {
+            self.seal(KIND_REKEY, &[])?;
+            self.dir.rekey()?;
         }
         Ok(())
     }
 
-    /// The next frame's plaintext; `None` when the peer closed cleanly.
-    pub async fn recv(&mut self) -> Result<Option<Vec<u8>>, LinkError> {
-        if !read_frame(&mut self.io, &mut self.frame).await? {
-            return Ok(None);
-        }
-        let mut plain = vec![0u8; self.frame.len()];
-        let n = self
-            .noise
-            .read_message(&self.frame, &mut plain)
-            .map_err(|_| LinkError::Tampered)?;
-        plain.truncate(n);
-        Ok(Some(plain))
+    async fn flush_out(&mut self) -> Result<(), LinkError> {
+        self.io.write_all(&self.out).await?;
+        self.out.clear();
+        Ok(())
     }
 
-    pub fn into_inner(self) -> S {
-        self.io
+    /// Encrypts and sends `data`, in as many frames as it takes, with one write.
+    pub async fn send(&mut self, data: &[u8]) -> Result<(), LinkError> {
+        for chunk in data.chunks(MAX_PAYLOAD) {
+            self.seal(KIND_DATA, chunk)?;
+        }
+        self.flush_out().await
     }
+
+    /// Tells the peer this side is done (authenticated), then half-closes.
+    pub async fn close(&mut self) -> Result<(), LinkError> {
+        self.seal(KIND_CLOSE, &[])?;
+        self.flush_out().await?;
+        self.io.shutdown().await?;
+        Ok(())
+    }
+}
+
+/// Bytes moved by [`splice`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Moved {
+    /// From the local socket into the link.
+    pub sent: u64,
+    /// From the link into the local socket.
+    pub received: u64,
+}
+
+/// Moves bytes between a local socket (`plain_rd`/`plain_wr`) and a link
+/// until both directions are done; a half-close travels through. An error
+/// in either direction ends both. `sent`/`received` count as bytes move,
+/// so a live view (`shimgate peers`) can read them.
+pub async fn splice<PR, PW, R, W>(
+    plain_rd: PR,
+    plain_wr: PW,
+    link: Link<R, W>,
+    sent: &std::sync::atomic::AtomicU64,
+    received: &std::sync::atomic::AtomicU64,
+) -> Result<Moved, LinkError>
+where
+    PR: AsyncRead + Unpin,
+    PW: AsyncWrite + Unpin,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    use std::sync::atomic::Ordering::Relaxed;
+    let Link {
+        mut reader,
+        mut writer,
+    } = link;
+    let up = async {
+        let mut plain_rd = plain_rd;
+        let mut buf = vec![0u8; SEND_CHUNK];
+        let mut total = 0u64;
+        loop {
+            let n = plain_rd.read(&mut buf).await?;
+            if n == 0 {
+                writer.close().await?;
+                return Ok::<u64, LinkError>(total);
+            }
+            writer.send(buf.get(..n).unwrap_or_default()).await?;
+            total += n as u64;
+            sent.fetch_add(n as u64, Relaxed);
+        }
+    };
+    let down = async {
+        let mut plain_wr = plain_wr;
+        let mut total = 0u64;
+        while let Some(data) = reader.recv().await? {
+            plain_wr.write_all(data).await?;
+            total += data.len() as u64;
+            received.fetch_add(data.len() as u64, Relaxed);
+        }
+        plain_wr.shutdown().await?;
+        Ok::<u64, LinkError>(total)
+    };
+    tokio::pin!(up, down);
+    let (mut up_done, mut down_done) = (None, None);
+    while up_done.is_none() || down_done.is_none() {
+        tokio::select! {
+            r = &mut up, if up_done.is_none() => up_done = Some(r?),
+            r = &mut down, if down_done.is_none() => down_done = Some(r?),
+        }
+    }
+    Ok(Moved {
+        sent: up_done.unwrap_or_default(),
+        received: down_done.unwrap_or_default(),
+    })
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::AtomicU64;
+
     use super::*;
-    use tokio::io::{DuplexStream, duplex};
+    use tokio::io::{DuplexStream, ReadHalf, WriteHalf, duplex, split};
 
     const KEY: [u8; 32] = [7; 32];
+
+    type Half = Link<ReadHalf<DuplexStream>, WriteHalf<DuplexStream>>;
 
     fn prologue(session: u8) -> Prologue<'static> {
         Prologue {
@@ -300,42 +589,69 @@ mod tests {
         }
     }
 
+    /// Both ends over `a`/`b`; the responder checks the session id it reads.
+    async fn handshake(
+        a: DuplexStream,
+        b: DuplexStream,
+        a_key: [u8; 32],
+        b_key: [u8; 32],
+        a_session: u8,
+        b_session: u8,
+    ) -> (Result<Half, LinkError>, Result<Half, LinkError>) {
+        let (pa, pb) = (prologue(a_session), prologue(b_session));
+        let (ar, aw) = split(a);
+        let (br, bw) = split(b);
+        let responder = async {
+            let (id, br) = read_session_id(br).await?;
+            assert_eq!(
+                id, [a_session; 16],
+                "the session id travels first, in clear"
+            );
+            respond(br, bw, &b_key, &pb).await
+        };
+        tokio::join!(initiate(ar, aw, &a_key, &pa), responder)
+    }
+
     async fn pair(
         a_key: [u8; 32],
         b_key: [u8; 32],
         a_session: u8,
         b_session: u8,
-    ) -> (
-        Result<PeerLink<DuplexStream>, LinkError>,
-        Result<PeerLink<DuplexStream>, LinkError>,
-    ) {
+    ) -> (Result<Half, LinkError>, Result<Half, LinkError>) {
         let (a, b) = duplex(1 << 20);
-        let pa = prologue(a_session);
-        let pb = prologue(b_session);
-        tokio::join!(initiate(a, &a_key, &pa), respond(b, &b_key, &pb))
+        handshake(a, b, a_key, b_key, a_session, b_session).await
+    }
+
+    async fn recv_all(r: &mut LinkReader<ReadHalf<DuplexStream>>) -> Result<Vec<u8>, LinkError> {
+        let mut got = Vec::new();
+        while let Some(d) = r.recv().await? {
+            got.extend_from_slice(d);
+        }
+        Ok(got)
     }
 
     #[tokio::test]
-    async fn carries_bytes_both_ways() {
+    async fn carries_bytes_both_ways_and_closes_cleanly() {
         let (a, b) = pair(KEY, KEY, 1, 1).await;
         let (mut a, mut b) = (a.unwrap(), b.unwrap());
         let big: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
-        let (sent, got) = tokio::join!(a.send(&big), async {
-            let mut got = Vec::new();
-            while got.len() < big.len() {
-                got.extend(b.recv().await.unwrap().unwrap());
-            }
-            got
-        });
+        let send = async {
+            a.writer.send(&big).await?;
+            a.writer.close().await
+        };
+        let (sent, got) = tokio::join!(send, recv_all(&mut b.reader));
         sent.unwrap();
-        assert_eq!(got, big);
-        b.send(b"pong").await.unwrap();
-        assert_eq!(a.recv().await.unwrap().unwrap(), b"pong");
-        drop(b);
-        assert!(
-            a.recv().await.unwrap().is_none(),
-            "clean close reads as end of stream"
-        );
+        assert_eq!(got.unwrap(), big);
+        b.writer.send(b"pong").await.unwrap();
+        assert_eq!(a.reader.recv().await.unwrap().unwrap(), b"pong");
+    }
+
+    #[tokio::test]
+    async fn an_end_of_stream_without_close_is_an_error() {
+        let (a, b) = pair(KEY, KEY, 1, 1).await;
+        let (a, mut b) = (a.unwrap(), b.unwrap());
+        drop(a);
+        assert!(matches!(b.reader.recv().await, Err(LinkError::Truncated)));
     }
 
     #[tokio::test]
@@ -354,48 +670,134 @@ mod tests {
         assert!(matches!(b, Err(LinkError::Handshake(_))));
     }
 
-    /// A link whose frames pass through a relay the test controls.
-    async fn relayed() -> (
-        PeerLink<DuplexStream>,
-        PeerLink<DuplexStream>,
-        DuplexStream,
-        DuplexStream,
-    ) {
+    /// A link whose bytes pass through a middle the test controls.
+    async fn relayed() -> (Half, Half, DuplexStream, DuplexStream) {
         let (a_io, mut mid_a) = duplex(1 << 20);
         let (mut mid_b, b_io) = duplex(1 << 20);
-        let p = prologue(3);
         let relay = async {
-            let mut frame = Vec::new();
-            read_frame(&mut mid_a, &mut frame).await.unwrap();
-            write_frame(&mut mid_b, &frame).await.unwrap();
-            read_frame(&mut mid_b, &mut frame).await.unwrap();
-            write_frame(&mut mid_a, &frame).await.unwrap();
+            let mut id = [0u8; SESSION_ID_LEN];
+            mid_a.read_exact(&mut id).await.unwrap();
+            mid_b.write_all(&id).await.unwrap();
+            forward(&mut mid_a, &mut mid_b, None).await;
+            forward(&mut mid_b, &mut mid_a, None).await;
         };
-        let (a, b, ()) = tokio::join!(initiate(a_io, &KEY, &p), respond(b_io, &KEY, &p), relay);
+        let (links, ()) = tokio::join!(handshake_direct(a_io, b_io), relay);
+        let (a, b) = links;
         (a.unwrap(), b.unwrap(), mid_a, mid_b)
+    }
+
+    async fn handshake_direct(
+        a: DuplexStream,
+        b: DuplexStream,
+    ) -> (Result<Half, LinkError>, Result<Half, LinkError>) {
+        handshake(a, b, KEY, KEY, 3, 3).await
+    }
+
+    async fn forward(
+        from: &mut DuplexStream,
+        to: &mut DuplexStream,
+        flip: Option<usize>,
+    ) -> Vec<u8> {
+        let mut frame = Vec::new();
+        read_frame(from, &mut frame).await.unwrap();
+        if let Some(i) = flip {
+            frame[i] ^= 1;
+        }
+        to.write_all(&(frame.len() as u16).to_be_bytes())
+            .await
+            .unwrap();
+        to.write_all(&frame).await.unwrap();
+        frame
     }
 
     #[tokio::test]
     async fn a_flipped_bit_is_refused() {
         let (mut a, mut b, mut mid_a, mut mid_b) = relayed().await;
-        a.send(b"hello").await.unwrap();
-        let mut frame = Vec::new();
-        read_frame(&mut mid_a, &mut frame).await.unwrap();
-        frame[3] ^= 1;
-        write_frame(&mut mid_b, &frame).await.unwrap();
-        assert!(matches!(b.recv().await, Err(LinkError::Tampered)));
+        a.writer.send(b"hello").await.unwrap();
+        forward(&mut mid_a, &mut mid_b, Some(3)).await;
+        assert!(matches!(b.reader.recv().await, Err(LinkError::Tampered)));
     }
 
     #[tokio::test]
     async fn a_replayed_frame_is_refused() {
         let (mut a, mut b, mut mid_a, mut mid_b) = relayed().await;
-        a.send(b"pay 10").await.unwrap();
-        let mut frame = Vec::new();
-        read_frame(&mut mid_a, &mut frame).await.unwrap();
-        write_frame(&mut mid_b, &frame).await.unwrap();
-        assert_eq!(b.recv().await.unwrap().unwrap(), b"pay 10");
-        write_frame(&mut mid_b, &frame).await.unwrap();
-        assert!(matches!(b.recv().await, Err(LinkError::Tampered)));
+        a.writer.send(b"pay 10").await.unwrap();
+        let frame = forward(&mut mid_a, &mut mid_b, None).await;
+        assert_eq!(b.reader.recv().await.unwrap().unwrap(), b"pay 10");
+        mid_b
+            .write_all(&(frame.len() as u16).to_be_bytes())
+            .await
+            .unwrap();
+        mid_b.write_all(&frame).await.unwrap();
+        assert!(matches!(b.reader.recv().await, Err(LinkError::Tampered)));
+    }
+
+    #[tokio::test]
+    async fn keys_change_on_schedule_and_both_ends_follow() {
+        let (a, b) = pair(KEY, KEY, 1, 1).await;
+        let (mut a, mut b) = (a.unwrap(), b.unwrap());
+        let frames = REKEY_FRAMES as usize + 10;
+        let chunk = [5u8; 16];
+        let send = async {
+            for _ in 0..frames {
+                a.writer.send(&chunk).await?;
+            }
+            a.writer.close().await
+        };
+        let (sent, got) = tokio::join!(send, recv_all(&mut b.reader));
+        sent.unwrap();
+        assert_eq!(got.unwrap().len(), frames * chunk.len());
+        assert!(
+            a.writer.dir.frames < REKEY_FRAMES,
+            "the sender rekeyed ({} frames under the current key)",
+            a.writer.dir.frames
+        );
+    }
+
+    #[tokio::test]
+    async fn splice_carries_a_stream_and_counts_it() {
+        let (a, b) = pair(KEY, KEY, 1, 1).await;
+        let (a, b) = (a.unwrap(), b.unwrap());
+        let (mut app_a, sock_a) = duplex(1 << 16);
+        let (mut app_b, sock_b) = duplex(1 << 16);
+        let (ra, wa) = split(sock_a);
+        let (rb, wb) = split(sock_b);
+        let counters = [
+            AtomicU64::new(0),
+            AtomicU64::new(0),
+            AtomicU64::new(0),
+            AtomicU64::new(0),
+        ];
+        let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+        let client = async {
+            app_a.write_all(&data).await.unwrap();
+            app_a.shutdown().await.unwrap();
+            let mut back = Vec::new();
+            app_a.read_to_end(&mut back).await.unwrap();
+            back
+        };
+        let server = async {
+            let mut got = Vec::new();
+            app_b.read_to_end(&mut got).await.unwrap();
+            app_b.write_all(&got[..10]).await.unwrap();
+            app_b.shutdown().await.unwrap();
+            got
+        };
+        let (back, got, ma, mb) = tokio::join!(
+            client,
+            server,
+            splice(ra, wa, a, &counters[0], &counters[1]),
+            splice(rb, wb, b, &counters[2], &counters[3]),
+        );
+        assert_eq!(got, data);
+        assert_eq!(back, data[..10]);
+        let (ma, mb) = (ma.unwrap(), mb.unwrap());
+        assert_eq!((ma.sent, ma.received), (1_000_000, 10));
+        assert_eq!((mb.sent, mb.received), (10, 1_000_000));
+        assert_eq!(
+            counters[0].load(std::sync::atomic::Ordering::Relaxed),
+            1_000_000
+        );
     }
 
     #[test]

@@ -12,6 +12,8 @@
 //! - [`logging`]: the `--log-format` flag and tracing setup.
 //! - [`files`]: writing keys and certificates safely (atomic, 0600).
 //! - [`pki`]: PEM loading, fingerprints and the one crypto provider.
+//! - [`control`]: the peer-to-peer control plane (announcements, offers,
+//!   grants, relay requests).
 //! - [`peerlink`]: the Noise-encrypted link between two devices.
 //! - [`workers`]: thread-per-core runtimes for the data plane.
 //! - [`splice`]: moving bytes between a socket and an HTTP/2 stream, with
@@ -19,6 +21,7 @@
 
 pub mod clock;
 pub mod code;
+pub mod control;
 pub mod enroll;
 pub mod files;
 pub mod h2tuning;

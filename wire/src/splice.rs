@@ -38,6 +38,16 @@ pub async fn splice(
 ) -> io::Result<Moved> {
     // Owned halves: no lock between the two directions.
     let (rd, wr) = sock.into_split();
+    splice_halves(rd, wr, send, recv).await
+}
+
+/// [`splice`] for the two halves of any byte stream.
+pub async fn splice_halves<R: AsyncRead, W: AsyncWrite>(
+    rd: R,
+    wr: W,
+    send: SendStream<Bytes>,
+    recv: RecvStream,
+) -> io::Result<Moved> {
     let up = socket_to_h2(rd, send);
     let down = h2_to_socket(recv, wr);
     tokio::pin!(up, down);
@@ -128,6 +138,67 @@ async fn h2_to_socket<W: AsyncWrite>(mut recv: RecvStream, wr: W) -> io::Result<
     // Clean END_STREAM: pass the half-close on.
     wr.shutdown().await?;
     Ok(total)
+}
+
+/// Joins two HTTP/2 streams (the gateway's peer relay): what arrives on
+/// one is sent on the other, with each side's flow control, until both
+/// directions end. `a_to_b`/`b_to_a` count bytes as they pass.
+pub async fn join(
+    a: (SendStream<Bytes>, RecvStream),
+    b: (SendStream<Bytes>, RecvStream),
+    a_to_b: &std::sync::atomic::AtomicU64,
+    b_to_a: &std::sync::atomic::AtomicU64,
+) -> io::Result<()> {
+    let ((a_send, a_recv), (b_send, b_recv)) = (a, b);
+    let forward = h2_to_h2(a_recv, b_send, a_to_b);
+    let back = h2_to_h2(b_recv, a_send, b_to_a);
+    tokio::pin!(forward, back);
+    let (mut f, mut g) = (false, false);
+    while !f || !g {
+        tokio::select! {
+            r = &mut forward, if !f => { r?; f = true; }
+            r = &mut back, if !g => { r?; g = true; }
+        }
+    }
+    Ok(())
+}
+
+async fn h2_to_h2(
+    mut recv: RecvStream,
+    mut send: SendStream<Bytes>,
+    counter: &std::sync::atomic::AtomicU64,
+) -> io::Result<()> {
+    while let Some(chunk) = recv.data().await {
+        let mut chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                send.send_reset(Reason::CANCEL);
+                return Err(h2_to_io(e));
+            }
+        };
+        let len = chunk.len();
+        while !chunk.is_empty() {
+            send.reserve_capacity(chunk.len());
+            let granted = match std::future::poll_fn(|cx| send.poll_capacity(cx)).await {
+                Some(Ok(granted)) => granted,
+                Some(Err(e)) => {
+                    return Err(h2_to_io(e));
+                }
+                None => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        "relay stream closed",
+                    ));
+                }
+            };
+            let part = chunk.split_to(granted.min(chunk.len()));
+            send.send_data(part, false).map_err(h2_to_io)?;
+        }
+        counter.fetch_add(len as u64, std::sync::atomic::Ordering::Relaxed);
+        // Released only once passed on: the sender can't outrun the receiver.
+        let _ = recv.flow_control().release_capacity(len);
+    }
+    send.send_data(Bytes::new(), true).map_err(h2_to_io)
 }
 
 /// Turns an HTTP/2 stream error into the I/O error a socket user expects.

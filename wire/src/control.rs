@@ -1,0 +1,356 @@
+//! The peer-to-peer control plane: what a device and the gateway say to
+//! each other to broker a session (DESIGN.md "Peer to peer";
+//! docs/ARCHITECTURE.md "Peer protocol").
+//!
+//! - The **control stream** (`POST /v1/control`, kept open both ways): the
+//!   device announces its peer endpoints and exported ports
+//!   ([`DeviceMsg::Announce`]) and answers offers; the gateway sends offers
+//!   ([`GatewayMsg::Offer`]), relay requests and revocations. Each message
+//!   is a 4-byte big-endian length and a JSON object, at most
+//!   [`MAX_MESSAGE`] bytes.
+//! - A **session request** (`POST /v1/peer/session`, JSON
+//!   [`SessionRequest`] → [`Grant`]): one round trip; a refusal comes back
+//!   the way a refused tunnel does (status + `shimgate-error`).
+//! - A **relay stream** (`POST /v1/peer/relay`, header `shimgate-session`):
+//!   both devices open one for the same session and the gateway joins them;
+//!   it carries the Noise link unchanged.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use zeroize::Zeroizing;
+
+pub const CONTROL_PATH: &str = "/v1/control";
+pub const SESSION_PATH: &str = "/v1/peer/session";
+pub const RELAY_PATH: &str = "/v1/peer/relay";
+/// The session a relay stream belongs to (hex).
+pub const SESSION_HEADER: &str = "shimgate-session";
+/// Largest control message body.
+pub const MAX_MESSAGE: usize = 16 * 1024;
+/// Most endpoints or exports one announcement may list.
+pub const MAX_LIST: usize = 64;
+/// The VPN's DNS domain unless configured otherwise: bob is `bob.vpn.internal`.
+pub const DEFAULT_VPN_DOMAIN: &str = "vpn.internal";
+
+/// A session's single-use id: 16 random bytes, hex on the wire.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SessionId(pub [u8; 16]);
+
+impl SessionId {
+    pub fn random() -> SessionId {
+        SessionId(rand::random())
+    }
+
+    pub fn parse(hex_text: &str) -> Option<SessionId> {
+        let mut out = [0u8; 16];
+        hex::decode_to_slice(hex_text, &mut out).ok()?;
+        Some(SessionId(out))
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SessionId({self})")
+    }
+}
+
+impl Serialize for SessionId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for SessionId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<SessionId, D::Error> {
+        let text = <&str>::deserialize(d)?;
+        SessionId::parse(text).ok_or_else(|| serde::de::Error::custom("bad session id"))
+    }
+}
+
+/// A brokered 256-bit session key. It never prints, and its memory is
+/// wiped when dropped.
+#[derive(Clone)]
+pub struct SessionKey(Zeroizing<[u8; 32]>);
+
+impl SessionKey {
+    pub fn random() -> SessionKey {
+        let mut key = Zeroizing::new([0u8; 32]);
+        rand::fill(&mut key[..]);
+        SessionKey(key)
+    }
+
+    pub fn bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SessionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SessionKey(<redacted>)")
+    }
+}
+
+impl Serialize for SessionKey {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let text = Zeroizing::new(STANDARD.encode(&self.0[..]));
+        s.serialize_str(&text)
+    }
+}
+
+impl<'de> Deserialize<'de> for SessionKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<SessionKey, D::Error> {
+        let text = Zeroizing::new(String::deserialize(d)?);
+        let raw = Zeroizing::new(
+            STANDARD
+                .decode(text.as_bytes())
+                .map_err(|_| serde::de::Error::custom("bad session key"))?,
+        );
+        let mut key = Zeroizing::new([0u8; 32]);
+        if raw.len() != key.len() {
+            return Err(serde::de::Error::custom("a session key is 32 bytes"));
+        }
+        key.copy_from_slice(&raw);
+        Ok(SessionKey(key))
+    }
+}
+
+/// How a session's bytes travel.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerPath {
+    Direct,
+    Relayed,
+}
+
+impl fmt::Display for PeerPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PeerPath::Direct => "direct",
+            PeerPath::Relayed => "relayed",
+        })
+    }
+}
+
+/// Device → gateway, on the control stream.
+#[derive(Serialize, Deserialize, Debug)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum DeviceMsg {
+    /// Where this device's peer listener is (the gateway adds the address it
+    /// sees the device connect from) and which local ports it offers.
+    /// Sent first, and again whenever the exports change.
+    Announce {
+        listen_port: u16,
+        addrs: Vec<SocketAddr>,
+        exports: Vec<u16>,
+    },
+    /// The device holds the session's key and will answer its handshake.
+    Accept { session: SessionId },
+    /// The device will not take the session (`reason`: a tunnel error name).
+    Decline { session: SessionId, reason: String },
+    /// A session this device started has ended: for the audit log.
+    Ended {
+        session: SessionId,
+        path: PeerPath,
+        sent: u64,
+        received: u64,
+        /// Why the direct path was not used, when it was not.
+        why: Option<String>,
+    },
+}
+
+/// Gateway → device, on the control stream.
+#[derive(Serialize, Deserialize, Debug)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum GatewayMsg {
+    /// Device `from` (of `from_user`) wants `port`: expect a handshake for
+    /// `session` under `key` within `expires_in_ms`.
+    Offer {
+        session: SessionId,
+        key: SessionKey,
+        from: String,
+        from_user: String,
+        port: u16,
+        expires_in_ms: u64,
+    },
+    /// Open a relay stream for `session`: the requester could not reach
+    /// this device directly.
+    Relay { session: SessionId },
+    /// `device` is no longer allowed on the VPN: cut every link with it.
+    PeerGone { device: String },
+}
+
+/// Body of `POST /v1/peer/session`.
+#[derive(Serialize, Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct SessionRequest {
+    /// A device name, `NAME.<vpn domain>`, or a VPN IP.
+    pub peer: String,
+    pub port: u16,
+}
+
+/// The gateway's answer to a session request.
+#[derive(Serialize, Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct Grant {
+    pub session: SessionId,
+    pub key: SessionKey,
+    /// The peer's device name (it goes into the handshake's prologue).
+    pub peer: String,
+    pub peer_ip: IpAddr,
+    pub port: u16,
+    /// Where to try the peer directly, in order.
+    pub endpoints: Vec<SocketAddr>,
+    pub expires_in_ms: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("control message of {0} bytes is larger than the limit ({MAX_MESSAGE})")]
+    TooLarge(usize),
+    #[error("malformed control message: {0}")]
+    Malformed(#[from] serde_json::Error),
+}
+
+/// One message as it goes on the control stream. The buffer is wiped when
+/// dropped: an offer carries a key.
+pub fn encode<T: Serialize>(msg: &T) -> Result<Zeroizing<Vec<u8>>, ControlError> {
+    // Written into one buffer big enough up front: a reallocation would
+    // leave a copy of the key in freed memory.
+    let mut out = Zeroizing::new(Vec::with_capacity(MAX_MESSAGE));
+    out.extend_from_slice(&[0u8; 4]);
+    serde_json::to_writer(&mut *out, msg)?;
+    let body = out.len() - 4;
+    if body > MAX_MESSAGE {
+        return Err(ControlError::TooLarge(body));
+    }
+    let len = (body as u32).to_be_bytes();
+    if let Some(head) = out.get_mut(..4) {
+        head.copy_from_slice(&len);
+    }
+    Ok(out)
+}
+
+const BUFFER_LIMIT: usize = 4 * (MAX_MESSAGE + 4);
+
+/// Reassembles messages from a byte stream that arrives in arbitrary pieces.
+#[derive(Default)]
+pub struct Decoder {
+    buf: Zeroizing<Vec<u8>>,
+}
+
+impl Decoder {
+    /// Appends received bytes; refuses to hold more than a few messages'
+    /// worth (call [`Decoder::message`] after each push).
+    pub fn push(&mut self, data: &[u8]) -> Result<(), ControlError> {
+        if self.buf.len() + data.len() > BUFFER_LIMIT {
+            return Err(ControlError::TooLarge(self.buf.len() + data.len()));
+        }
+        self.buf.extend_from_slice(data);
+        Ok(())
+    }
+
+    /// The next complete message, if one has arrived.
+    pub fn message<T: for<'de> Deserialize<'de>>(&mut self) -> Result<Option<T>, ControlError> {
+        let Some(head) = self.buf.get(..4) else {
+            return Ok(None);
+        };
+        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        if len > MAX_MESSAGE {
+            return Err(ControlError::TooLarge(len));
+        }
+        let Some(body) = self.buf.get(4..4 + len) else {
+            return Ok(None);
+        };
+        let msg = serde_json::from_slice(body)?;
+        self.buf.drain(..4 + len);
+        Ok(Some(msg))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_survive_any_split() {
+        let key = SessionKey::random();
+        let offer = GatewayMsg::Offer {
+            session: SessionId([9; 16]),
+            key: key.clone(),
+            from: "alice".into(),
+            from_user: "alice".into(),
+            port: 8000,
+            expires_in_ms: 10_000,
+        };
+        let wire = encode(&offer).unwrap();
+        let twice: Vec<u8> = [&wire[..], &wire[..]].concat();
+        for cut in [1, 3, 4, 5, wire.len() - 1, wire.len() + 2] {
+            let mut d = Decoder::default();
+            d.push(&twice[..cut]).unwrap();
+            let mut got = Vec::new();
+            while let Some(m) = d.message::<GatewayMsg>().unwrap() {
+                got.push(m);
+            }
+            d.push(&twice[cut..]).unwrap();
+            while let Some(m) = d.message::<GatewayMsg>().unwrap() {
+                got.push(m);
+            }
+            assert_eq!(got.len(), 2, "cut at {cut}");
+            match &got[0] {
+                GatewayMsg::Offer { key: k, port, .. } => {
+                    assert_eq!(k.bytes(), key.bytes());
+                    assert_eq!(*port, 8000);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn oversized_and_garbage_messages_are_errors() {
+        let mut d = Decoder::default();
+        d.push(&(MAX_MESSAGE as u32 + 1).to_be_bytes()).unwrap();
+        assert!(matches!(
+            d.message::<DeviceMsg>(),
+            Err(ControlError::TooLarge(_))
+        ));
+        let mut d = Decoder::default();
+        d.push(&[0, 0, 0, 3, b'{', b'x', b'}']).unwrap();
+        assert!(matches!(
+            d.message::<DeviceMsg>(),
+            Err(ControlError::Malformed(_))
+        ));
+        let mut d = Decoder::default();
+        let unknown = br#"{"type":"launch_missiles"}"#;
+        d.push(&(unknown.len() as u32).to_be_bytes()).unwrap();
+        d.push(unknown).unwrap();
+        assert!(d.message::<DeviceMsg>().is_err());
+        let mut d = Decoder::default();
+        assert!(d.push(&vec![0u8; 5 * MAX_MESSAGE]).is_err());
+    }
+
+    #[test]
+    fn keys_never_print() {
+        let key = SessionKey::random();
+        let text = format!("{key:?}");
+        assert!(!text.contains(&STANDARD.encode(key.bytes())));
+        assert!(text.contains("redacted"));
+    }
+
+    #[test]
+    fn session_ids_round_trip_and_reject_garbage() {
+        let id = SessionId::random();
+        assert_eq!(SessionId::parse(&id.to_string()), Some(id));
+        assert_eq!(SessionId::parse("zz"), None);
+        assert_eq!(SessionId::parse(&"a".repeat(34)), None);
+    }
+}

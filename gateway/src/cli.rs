@@ -86,6 +86,9 @@ struct InitArgs {
     /// SPIFFE trust domain naming devices (spiffe://DOMAIN/device/NAME).
     #[arg(long, default_value = "shimgate")]
     trust_domain: String,
+    /// DNS domain of the VPN's devices for peer-to-peer sessions (bob is bob.DOMAIN).
+    #[arg(long, default_value = shimgate_wire::control::DEFAULT_VPN_DOMAIN)]
+    vpn_domain: String,
 }
 
 #[derive(Args)]
@@ -267,6 +270,7 @@ fn init(dir: &DataDir, args: &InitArgs) -> anyhow::Result<()> {
         names: args.names.clone(),
         ips: args.ips.clone(),
         aliases: Vec::new(),
+        vpn_domain: args.vpn_domain.clone(),
     };
     let ca = initialise(dir, &config)?;
     println!("Gateway initialised in {}", dir.root().display());
@@ -342,6 +346,7 @@ pub async fn start(
         // A person retrying a mistyped code is fine; a script is not.
         enroll_limit: crate::ratelimit::RateLimit::new(10, Duration::from_secs(6)),
         connections: Arc::new(tokio::sync::Semaphore::new(crate::server::MAX_CONNECTIONS)),
+        broker: Arc::default(),
     };
     Ok((Arc::new(gw), listener))
 }

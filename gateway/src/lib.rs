@@ -8,10 +8,12 @@
 //! - [`cache`]: the in-memory view of the registry that hot paths read.
 //! - [`server`]: accept loop, per-connection HTTP/2, request dispatch, tunnels.
 //! - [`enroll`]: enrollment and renewal handlers.
+//! - [`broker`]: peer sessions: who is online, key brokering, the relay.
 //! - [`dial`]: aliases, name resolution, connecting.
 //! - [`policy`]: who may reach what; [`ratelimit`]: per-address token buckets.
 //! - [`cli`]: the `shimgate-gateway` commands; [`demo`]: the one-command demo.
 
+pub mod broker;
 pub mod ca;
 pub mod cache;
 pub mod cli;

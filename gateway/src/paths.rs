@@ -73,6 +73,13 @@ pub struct GatewayConfig {
     /// operator, so it may be on loopback.
     #[serde(default)]
     pub aliases: Vec<String>,
+    /// DNS domain of the VPN's devices: bob is `bob.<vpn_domain>`.
+    #[serde(default = "default_vpn_domain")]
+    pub vpn_domain: String,
+}
+
+fn default_vpn_domain() -> String {
+    shimgate_wire::control::DEFAULT_VPN_DOMAIN.to_owned()
 }
 
 impl GatewayConfig {
@@ -85,6 +92,7 @@ impl GatewayConfig {
             names: vec!["localhost".into()],
             ips: vec![listen.ip()],
             aliases: Vec::new(),
+            vpn_domain: default_vpn_domain(),
         }
     }
 }

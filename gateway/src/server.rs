@@ -12,6 +12,7 @@ use h2::RecvStream;
 use h2::server::SendResponse;
 use http::{Method, Request, Response, StatusCode};
 use shimgate_registry::Registry;
+use shimgate_wire::control::{self, CONTROL_PATH, RELAY_PATH, SESSION_PATH, SessionRequest};
 use shimgate_wire::enroll::{ENROLL_PATH, ErrorBody, RENEW_PATH, WHOAMI_PATH, WhoAmI};
 use shimgate_wire::tunnel::{BOUND_HEADER, ERROR_HEADER, TunnelError};
 use shimgate_wire::workers::Workers;
@@ -20,6 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use crate::broker::Broker;
 use crate::ca::Ca;
 use crate::cache::{Cache, CertStatus, Identity};
 use crate::dial::{Dialer, Host};
@@ -52,6 +54,8 @@ pub struct Gateway {
     /// Open connections, at most [`MAX_CONNECTIONS`]: past it new ones are
     /// closed at once rather than exhausting file descriptors.
     pub connections: Arc<tokio::sync::Semaphore>,
+    /// Who is online for peer sessions; brokers and relays them.
+    pub broker: Arc<Broker>,
 }
 
 impl Gateway {
@@ -63,6 +67,7 @@ impl Gateway {
             self.registry.clone(),
             stop.clone(),
         ));
+        tokio::spawn(Arc::clone(&self.broker).sweep(Arc::clone(&self.cache), stop.clone()));
         loop {
             let accepted = tokio::select! {
                 a = listener.accept() => a,
@@ -240,6 +245,24 @@ impl Gateway {
                 crate::enroll::enroll(&self, req, respond, peer).await
             }
             (Method::CONNECT, _, Some(id)) => self.tunnel(req, respond, &id).await,
+            (Method::POST, CONTROL_PATH, Some(id)) => {
+                self.broker
+                    .control(id, peer.ip(), req, respond, &self.registry)
+                    .await
+            }
+            (Method::POST, SESSION_PATH, Some(id)) => {
+                self.peer_session(req, respond, &id, peer).await
+            }
+            (Method::POST, RELAY_PATH, Some(id)) => {
+                if let Err(e) = self
+                    .broker
+                    .relay(&id, req, &mut respond, &self.registry)
+                    .await
+                {
+                    tracing::info!(device = %id.device_name, reason = %e, "peer relay refused");
+                    refuse(&mut respond, e);
+                }
+            }
             (Method::POST, RENEW_PATH, Some(id)) => {
                 crate::enroll::renew(&self, req, respond, &id, peer).await
             }
@@ -300,6 +323,63 @@ impl Gateway {
             Err(e) => {
                 tracing::debug!(device = %who.device_name, dest = %authority, error = %e, "tunnel ended with an error")
             }
+        }
+    }
+}
+
+impl Gateway {
+    /// `POST /v1/peer/session`: broker a session, answer with the grant.
+    async fn peer_session(
+        &self,
+        req: Request<RecvStream>,
+        mut respond: SendResponse<Bytes>,
+        who: &Identity,
+        peer: SocketAddr,
+    ) {
+        let mut body = req.into_body();
+        let wanted = read_body(&mut body, control::MAX_MESSAGE)
+            .await
+            .ok()
+            .and_then(|b| serde_json::from_slice::<SessionRequest>(&b).ok());
+        let Some(wanted) = wanted else {
+            return send_error(
+                &mut respond,
+                StatusCode::BAD_REQUEST,
+                "malformed peer session request",
+            );
+        };
+        let rules = self.cache.rules();
+        let granted = self
+            .broker
+            .request(
+                who,
+                peer.ip(),
+                &wanted,
+                &rules,
+                self.dialer.own(),
+                &self.config.vpn_domain,
+                &self.registry,
+            )
+            .await;
+        let grant = match granted {
+            Ok(g) => g,
+            Err(e) => return refuse(&mut respond, e),
+        };
+        let Ok(json) = control::to_json(&grant) else {
+            return refuse(&mut respond, TunnelError::General);
+        };
+        // The key leaves the gateway here; `grant` and `json` wipe their
+        // copies when dropped.
+        drop(grant);
+        let Ok(resp) = Response::builder()
+            .status(StatusCode::OK)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(())
+        else {
+            return;
+        };
+        if let Ok(mut send) = respond.send_response(resp, false) {
+            let _ = send.send_data(Bytes::from_owner(json), true);
         }
     }
 }

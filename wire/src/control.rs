@@ -223,11 +223,9 @@ pub enum ControlError {
 /// One message as it goes on the control stream. The buffer is wiped when
 /// dropped: an offer carries a key.
 pub fn encode<T: Serialize>(msg: &T) -> Result<Zeroizing<Vec<u8>>, ControlError> {
-    // Written into one buffer big enough up front: a reallocation would
-    // leave a copy of the key in freed memory.
-    let mut out = Zeroizing::new(Vec::with_capacity(MAX_MESSAGE));
+    let mut out = Zeroizing::new(Vec::with_capacity(MAX_MESSAGE + 4));
     out.extend_from_slice(&[0u8; 4]);
-    serde_json::to_writer(&mut *out, msg)?;
+    json_into(&mut out, msg)?;
     let body = out.len() - 4;
     if body > MAX_MESSAGE {
         return Err(ControlError::TooLarge(body));
@@ -240,6 +238,24 @@ pub fn encode<T: Serialize>(msg: &T) -> Result<Zeroizing<Vec<u8>>, ControlError>
 }
 
 const BUFFER_LIMIT: usize = 4 * (MAX_MESSAGE + 4);
+
+/// A message as a plain JSON body (the grant), wiped when dropped.
+pub fn to_json<T: Serialize>(msg: &T) -> Result<Zeroizing<Vec<u8>>, ControlError> {
+    let mut out = Zeroizing::new(Vec::with_capacity(MAX_MESSAGE));
+    json_into(&mut out, msg)?;
+    Ok(out)
+}
+
+fn json_into<T: Serialize>(out: &mut Zeroizing<Vec<u8>>, msg: &T) -> Result<(), ControlError> {
+    let start = out.len();
+    // The buffer was made big enough up front: growing it would leave a
+    // copy of the key in freed memory.
+    serde_json::to_writer(&mut **out, msg)?;
+    if out.len() - start > MAX_MESSAGE {
+        return Err(ControlError::TooLarge(out.len() - start));
+    }
+    Ok(())
+}
 
 /// Reassembles messages from a byte stream that arrives in arbitrary pieces.
 #[derive(Default)]

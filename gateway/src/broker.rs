@@ -1,0 +1,552 @@
+//! The peer key broker (patent steps 104–109): who is online for peer
+//! sessions, brokering a session key between two devices, and relaying a
+//! session's (still encrypted) bytes when the devices can't reach each
+//! other. docs/ARCHITECTURE.md "Peer protocol" has the messages and states.
+//!
+//! Invariants:
+//! - A key K exists in the gateway only between [`Broker::request`] making
+//!   it and the grant being written: it is never stored in a map, never
+//!   logged, and its buffers are wiped when dropped.
+//! - A session is granted only after the responder accepted it, and only
+//!   if policy allows the requester to reach that port on that device.
+//! - A relay joins exactly the two devices of a session, once, before the
+//!   session expires.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use h2::server::SendResponse;
+use h2::{RecvStream, SendStream};
+use http::{Request, Response, StatusCode};
+use shimgate_registry::{NewAudit, Registry, Rule};
+use shimgate_wire::control::{
+    self, Decoder, DeviceMsg, GatewayMsg, Grant, MAX_LIST, SESSION_HEADER, SessionId, SessionKey,
+    SessionRequest,
+};
+use shimgate_wire::tunnel::TunnelError;
+use shimgate_wire::{clock, splice};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::{Cache, CertStatus, Identity};
+use crate::policy::{self, Target};
+
+/// How long a granted session may take to start its handshake (or relay).
+pub const SESSION_TTL: Duration = Duration::from_secs(10);
+/// How long the responder has to accept an offer.
+const ACCEPT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long the responder has to open its relay stream.
+const RELAY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Messages waiting for one device's control stream.
+const CONTROL_QUEUE: usize = 256;
+/// How often online devices are re-checked against revocation, and
+/// expired sessions dropped.
+const SWEEP: Duration = Duration::from_millis(100);
+
+/// A device with an open control stream.
+struct Online {
+    device_id: i64,
+    fingerprint: String,
+    user: String,
+    vpn_ip: Ipv4Addr,
+    /// The address its control stream came from (what NAT shows).
+    observed: IpAddr,
+    listen_port: u16,
+    addrs: Vec<SocketAddr>,
+    exports: Vec<u16>,
+    tx: mpsc::Sender<GatewayMsg>,
+    /// Which control stream this entry belongs to (a reconnect replaces it).
+    stream: u64,
+}
+
+/// A granted session, until it expires. No key here.
+struct Session {
+    initiator: String,
+    responder: String,
+    port: u16,
+    expires: Instant,
+    relayed: bool,
+}
+
+/// A responder's answer to an offer.
+type Answer = Result<(), TunnelError>;
+/// The responder's half of a relay.
+type RelayHalf = (SendStream<Bytes>, RecvStream);
+
+#[derive(Default)]
+pub struct Broker {
+    /// By device name.
+    online: DashMap<String, Online>,
+    by_ip: DashMap<Ipv4Addr, String>,
+    sessions: DashMap<SessionId, Session>,
+    offers: DashMap<SessionId, oneshot::Sender<Answer>>,
+    relays: DashMap<SessionId, oneshot::Sender<RelayHalf>>,
+    next_stream: AtomicU64,
+    /// Bytes the gateway has relayed for peer sessions (all ciphertext).
+    pub relayed_bytes: AtomicU64,
+}
+
+/// What a device asked for, resolved.
+struct PeerTarget {
+    name: String,
+    vpn_ip: Ipv4Addr,
+}
+
+impl Broker {
+    /// The device `who` wants to reach `req.peer:req.port`. Returns the
+    /// grant to send back, or the reason for the SOCKS reply.
+    pub async fn request(
+        &self,
+        who: &Identity,
+        from: IpAddr,
+        req: &SessionRequest,
+        rules: &[Rule],
+        own: SocketAddr,
+        domain: &str,
+        registry: &Registry,
+    ) -> Result<Grant, TunnelError> {
+        let target = self
+            .resolve(&req.peer, domain)
+            .ok_or(TunnelError::HostUnreachable)?;
+        if target.name == who.device_name {
+            return Err(TunnelError::Refused);
+        }
+        let fqdn = format!("{}.{domain}", target.name);
+        let allowed = |port: u16| {
+            let t = Target {
+                name: Some(&fqdn),
+                addr: IpAddr::V4(target.vpn_ip),
+                port,
+                alias: false,
+            };
+            policy::allows(rules, who, &t, own)
+        };
+        // Port 0 is `shimgate ping`: allowed where some exported port is.
+        let (tx, endpoints) = {
+            let Some(peer) = self.online.get(&target.name) else {
+                return Err(TunnelError::HostUnreachable);
+            };
+            let permitted = if req.port == 0 {
+                peer.exports.iter().any(|p| allowed(*p))
+            } else {
+                allowed(req.port)
+            };
+            if !permitted {
+                return Err(TunnelError::NotAllowed);
+            }
+            if req.port != 0 && !peer.exports.contains(&req.port) {
+                return Err(TunnelError::Refused);
+            }
+            (peer.tx.clone(), endpoints_for(&peer, from))
+        };
+        let session = SessionId::random();
+        let key = SessionKey::random();
+        let (answer_tx, answer) = oneshot::channel();
+        self.offers.insert(session, answer_tx);
+        self.sessions.insert(
+            session,
+            Session {
+                initiator: who.device_name.clone(),
+                responder: target.name.clone(),
+                port: req.port,
+                expires: Instant::now() + SESSION_TTL,
+                relayed: false,
+            },
+        );
+        let offer = GatewayMsg::Offer {
+            session,
+            key: key.clone(),
+            from: who.device_name.clone(),
+            from_user: who.user_name.clone(),
+            port: req.port,
+            expires_in_ms: SESSION_TTL.as_millis() as u64,
+        };
+        let outcome = match tx.try_send(offer) {
+            Ok(()) => match tokio::time::timeout(ACCEPT_TIMEOUT, answer).await {
+                Ok(Ok(answer)) => answer,
+                Ok(Err(_)) => Err(TunnelError::HostUnreachable),
+                Err(_) => Err(TunnelError::TimedOut),
+            },
+            Err(_) => Err(TunnelError::HostUnreachable),
+        };
+        self.offers.remove(&session);
+        if let Err(e) = outcome {
+            self.sessions.remove(&session);
+            tracing::info!(from = %who.device_name, to = %target.name, port = req.port, reason = %e, "peer session refused by the peer");
+            return Err(e);
+        }
+        tracing::info!(from = %who.device_name, to = %target.name, port = req.port, %session, "peer session granted");
+        audit(
+            registry,
+            &who.device_name,
+            "peer.session",
+            format!("{}:{}", target.name, req.port),
+            Some(from),
+            format!("granted session {session} (user {})", who.user_name),
+        );
+        Ok(Grant {
+            session,
+            key,
+            peer: target.name,
+            peer_ip: IpAddr::V4(target.vpn_ip),
+            port: req.port,
+            endpoints,
+            expires_in_ms: SESSION_TTL.as_millis() as u64,
+        })
+    }
+
+    fn resolve(&self, peer: &str, domain: &str) -> Option<PeerTarget> {
+        let name = if let Ok(ip) = peer.parse::<Ipv4Addr>() {
+            self.by_ip.get(&ip).map(|n| n.value().clone())?
+        } else {
+            let lower = peer.trim_end_matches('.').to_ascii_lowercase();
+            let suffix = format!(".{}", domain.to_ascii_lowercase());
+            lower.strip_suffix(&suffix).unwrap_or(&lower).to_owned()
+        };
+        let vpn_ip = self.online.get(&name)?.vpn_ip;
+        Some(PeerTarget { name, vpn_ip })
+    }
+
+    /// Serves one device's control stream until it or its connection ends.
+    pub async fn control(
+        &self,
+        who: Arc<Identity>,
+        from: IpAddr,
+        req: Request<RecvStream>,
+        mut respond: SendResponse<Bytes>,
+        registry: &Registry,
+    ) {
+        let Ok(ok) = Response::builder().status(StatusCode::OK).body(()) else {
+            return;
+        };
+        let Ok(mut send) = respond.send_response(ok, false) else {
+            return;
+        };
+        let mut recv = req.into_body();
+        let (tx, mut rx) = mpsc::channel(CONTROL_QUEUE);
+        let stream = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        let mut decoder = Decoder::default();
+        let ended = loop {
+            tokio::select! {
+                data = recv.data() => {
+                    let chunk = match data {
+                        Some(Ok(c)) => c,
+                        Some(Err(e)) => break format!("control stream failed: {e}"),
+                        None => break "control stream closed".to_owned(),
+                    };
+                    let _ = recv.flow_control().release_capacity(chunk.len());
+                    if let Err(e) = decoder.push(&chunk) {
+                        break e.to_string();
+                    }
+                    let mut failed = None;
+                    loop {
+                        match decoder.message::<DeviceMsg>() {
+                            Ok(Some(msg)) => {
+                                if let Err(e) = self.on_message(&who, from, msg, &tx, stream, registry) {
+                                    failed = Some(e);
+                                    break;
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(e) => {
+                                failed = Some(e.to_string());
+                                break;
+                            }
+                        }
+                    }
+                    if let Some(e) = failed {
+                        break e;
+                    }
+                }
+                msg = rx.recv() => {
+                    let Some(msg) = msg else { break "control queue closed".to_owned() };
+                    let Ok(wire) = control::encode(&msg) else { continue };
+                    // Wiped when h2 is done with it: an offer holds a key.
+                    if let Err(e) = send.send_data(Bytes::from_owner(wire), false) {
+                        break format!("control stream failed: {e}");
+                    }
+                }
+            }
+        };
+        let removed = self
+            .online
+            .remove_if(&who.device_name, |_, o| o.stream == stream);
+        if let Some((_, o)) = removed {
+            self.by_ip
+                .remove_if(&o.vpn_ip, |_, name| *name == who.device_name);
+            tracing::info!(device = %who.device_name, reason = %ended, "device offline for peer sessions");
+        }
+    }
+
+    fn on_message(
+        &self,
+        who: &Identity,
+        from: IpAddr,
+        msg: DeviceMsg,
+        tx: &mpsc::Sender<GatewayMsg>,
+        stream: u64,
+        registry: &Registry,
+    ) -> Result<(), String> {
+        match msg {
+            DeviceMsg::Announce {
+                listen_port,
+                addrs,
+                exports,
+            } => {
+                if addrs.len() > MAX_LIST || exports.len() > MAX_LIST {
+                    return Err(format!("announcement lists more than {MAX_LIST} entries"));
+                }
+                if listen_port == 0 || exports.contains(&0) {
+                    return Err("announcement has port 0".into());
+                }
+                tracing::info!(device = %who.device_name, ?exports, listen_port, "device online for peer sessions");
+                self.by_ip.insert(who.vpn_ip, who.device_name.clone());
+                self.online.insert(
+                    who.device_name.clone(),
+                    Online {
+                        device_id: who.device_id,
+                        fingerprint: who.fingerprint.clone(),
+                        user: who.user_name.clone(),
+                        vpn_ip: who.vpn_ip,
+                        observed: from,
+                        listen_port,
+                        addrs,
+                        exports,
+                        tx: tx.clone(),
+                        stream,
+                    },
+                );
+            }
+            DeviceMsg::Accept { session } => self.answer(who, session, Ok(())),
+            DeviceMsg::Decline { session, reason } => {
+                let e = reason.parse().unwrap_or(TunnelError::Refused);
+                self.answer(who, session, Err(e));
+            }
+            DeviceMsg::Ended {
+                session,
+                path,
+                sent,
+                received,
+                why,
+            } => {
+                let detail = match why {
+                    Some(why) => format!(
+                        "session {session} ended: {path} ({why}), {sent} bytes sent, {received} received (as the device reports)"
+                    ),
+                    None => format!(
+                        "session {session} ended: {path}, {sent} bytes sent, {received} received (as the device reports)"
+                    ),
+                };
+                audit(
+                    registry,
+                    &who.device_name,
+                    "peer.session.end",
+                    String::new(),
+                    Some(from),
+                    detail,
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Passes an accept/decline on, only from the device the offer went to.
+    fn answer(&self, who: &Identity, session: SessionId, answer: Answer) {
+        let mine = self
+            .sessions
+            .get(&session)
+            .is_some_and(|s| s.responder == who.device_name);
+        if !mine {
+            return;
+        }
+        if let Some((_, waiting)) = self.offers.remove(&session) {
+            let _ = waiting.send(answer);
+        }
+    }
+
+    /// A relay stream for a session: the initiator's waits for the
+    /// responder's, then the two are joined.
+    pub async fn relay(
+        &self,
+        who: &Identity,
+        req: Request<RecvStream>,
+        respond: &mut SendResponse<Bytes>,
+        registry: &Registry,
+    ) -> Result<(), TunnelError> {
+        let session = req
+            .headers()
+            .get(SESSION_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(SessionId::parse)
+            .ok_or(TunnelError::NotAllowed)?;
+        let role = {
+            let Some(mut s) = self.sessions.get_mut(&session) else {
+                return Err(TunnelError::NotAllowed);
+            };
+            if s.expires <= Instant::now() {
+                return Err(TunnelError::NotAllowed);
+            }
+            if s.initiator == who.device_name && !s.relayed {
+                s.relayed = true;
+                Role::Initiator {
+                    responder: s.responder.clone(),
+                    port: s.port,
+                }
+            } else if s.responder == who.device_name {
+                Role::Responder
+            } else {
+                return Err(TunnelError::NotAllowed);
+            }
+        };
+        let ok = Response::builder()
+            .status(StatusCode::OK)
+            .body(())
+            .map_err(|_| TunnelError::General)?;
+        match role {
+            Role::Responder => {
+                let waiting = self
+                    .relays
+                    .remove(&session)
+                    .ok_or(TunnelError::NotAllowed)?
+                    .1;
+                let send = respond
+                    .send_response(ok, false)
+                    .map_err(|_| TunnelError::General)?;
+                let _ = waiting.send((send, req.into_body()));
+                Ok(())
+            }
+            Role::Initiator { responder, port } => {
+                let (half_tx, half) = oneshot::channel();
+                self.relays.insert(session, half_tx);
+                let asked = self
+                    .online
+                    .get(&responder)
+                    .map(|o| o.tx.clone())
+                    .map(|tx| tx.try_send(GatewayMsg::Relay { session }).is_ok())
+                    .unwrap_or(false);
+                let theirs = if asked {
+                    tokio::time::timeout(RELAY_TIMEOUT, half)
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                } else {
+                    None
+                };
+                self.relays.remove(&session);
+                let Some(theirs) = theirs else {
+                    return Err(TunnelError::HostUnreachable);
+                };
+                let send = respond
+                    .send_response(ok, false)
+                    .map_err(|_| TunnelError::General)?;
+                tracing::info!(from = %who.device_name, to = %responder, port, %session, "peer session relayed");
+                let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
+                let joined = splice::join((send, req.into_body()), theirs, &up, &down).await;
+                let (up, down) = (up.into_inner(), down.into_inner());
+                self.relayed_bytes.fetch_add(up + down, Ordering::Relaxed);
+                let how = match joined {
+                    Ok(()) => "ended".to_owned(),
+                    Err(e) => format!("ended with an error ({e})"),
+                };
+                tracing::info!(from = %who.device_name, to = %responder, port, %session, up, down, "peer relay {how}");
+                audit(
+                    registry,
+                    &who.device_name,
+                    "peer.relay",
+                    format!("{responder}:{port}"),
+                    None,
+                    format!(
+                        "session {session} relayed through the gateway: {up} bytes up, {down} down (ciphertext), {how}"
+                    ),
+                );
+                Ok(())
+            }
+        }
+    }
+
+    /// Until `stop`: drops expired sessions, and takes devices whose
+    /// certificate is no longer valid off the online list, telling every
+    /// other online device to cut its links with them.
+    pub async fn sweep(self: Arc<Self>, cache: Arc<Cache>, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(SWEEP) => {}
+                _ = stop.cancelled() => return,
+            }
+            let now = Instant::now();
+            self.sessions.retain(|_, s| s.expires > now);
+            let gone: Vec<(String, u64)> = self
+                .online
+                .iter()
+                .filter(|o| !matches!(cache.status(&o.fingerprint), CertStatus::Active(_)))
+                .map(|o| (o.key().clone(), o.stream))
+                .collect();
+            for (name, stream) in gone {
+                if let Some((_, o)) = self.online.remove_if(&name, |_, o| o.stream == stream) {
+                    self.by_ip.remove_if(&o.vpn_ip, |_, n| *n == name);
+                    tracing::info!(device = %name, device_id = o.device_id, user = %o.user, "device no longer valid: telling its peers to cut their links");
+                }
+                let others: Vec<mpsc::Sender<GatewayMsg>> =
+                    self.online.iter().map(|o| o.tx.clone()).collect();
+                for tx in others {
+                    let _ = tx.try_send(GatewayMsg::PeerGone {
+                        device: name.clone(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// How many devices are online for peer sessions.
+    pub fn online(&self) -> usize {
+        self.online.len()
+    }
+}
+
+enum Role {
+    Initiator { responder: String, port: u16 },
+    Responder,
+}
+
+/// Where `peer` can be tried from `from`: the address its control stream
+/// came from first (that is what NAT leaves reachable), then what it
+/// announced. Loopback addresses only help a requester on the same host.
+fn endpoints_for(peer: &Online, from: IpAddr) -> Vec<SocketAddr> {
+    let mut out = vec![SocketAddr::new(peer.observed, peer.listen_port)];
+    out.extend(peer.addrs.iter().copied());
+    let same_host = from.is_loopback() && peer.observed.is_loopback();
+    out.retain(|a| same_host || !a.ip().is_loopback());
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|a| seen.insert(*a));
+    out
+}
+
+/// Writes an audit entry without holding up the data path.
+fn audit(
+    registry: &Registry,
+    actor: &str,
+    action: &str,
+    target: String,
+    source: Option<IpAddr>,
+    detail: String,
+) {
+    let registry = registry.clone();
+    let entry = NewAudit {
+        at: clock::now(),
+        actor: actor.to_owned(),
+        action: action.to_owned(),
+        target,
+        source_addr: source.map(|s| s.to_string()),
+        detail,
+    };
+    tokio::spawn(async move {
+        if let Err(e) = registry.audit(entry).await {
+            tracing::warn!(error = %e, "could not write a peer audit entry");
+        }
+    });
+}

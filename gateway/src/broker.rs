@@ -78,8 +78,11 @@ type Answer = Result<(), TunnelError>;
 /// The responder's half of a relay.
 type RelayHalf = (SendStream<Bytes>, RecvStream);
 
-#[derive(Default)]
 pub struct Broker {
+    /// DNS domain of devices (`bob.<vpn_domain>`).
+    vpn_domain: String,
+    /// The gateway's own address, which policy guards.
+    own: SocketAddr,
     /// By device name.
     online: DashMap<String, Online>,
     by_ip: DashMap<Ipv4Addr, String>,
@@ -98,6 +101,20 @@ struct PeerTarget {
 }
 
 impl Broker {
+    pub fn new(vpn_domain: &str, own: SocketAddr) -> Broker {
+        Broker {
+            vpn_domain: vpn_domain.to_owned(),
+            own,
+            online: DashMap::new(),
+            by_ip: DashMap::new(),
+            sessions: DashMap::new(),
+            offers: DashMap::new(),
+            relays: DashMap::new(),
+            next_stream: AtomicU64::new(0),
+            relayed_bytes: AtomicU64::new(0),
+        }
+    }
+
     /// The device `who` wants to reach `req.peer:req.port`. Returns the
     /// grant to send back, or the reason for the SOCKS reply.
     pub async fn request(
@@ -106,10 +123,9 @@ impl Broker {
         from: IpAddr,
         req: &SessionRequest,
         rules: &[Rule],
-        own: SocketAddr,
-        domain: &str,
         registry: &Registry,
     ) -> Result<Grant, TunnelError> {
+        let (domain, own) = (self.vpn_domain.as_str(), self.own);
         let target = self
             .resolve(&req.peer, domain)
             .ok_or(TunnelError::HostUnreachable)?;

@@ -335,7 +335,9 @@ pub async fn start(
         .collect::<anyhow::Result<_>>()?;
     aliases.extend_from_slice(extra_aliases);
     tracing::info!(addr = %own, backend = ?registry.backend(), "gateway listening");
+    let broker = Arc::new(crate::broker::Broker::new(&config.vpn_domain, own));
     let gw = Gateway {
+        broker,
         registry,
         cache,
         ca,
@@ -346,7 +348,6 @@ pub async fn start(
         // A person retrying a mistyped code is fine; a script is not.
         enroll_limit: crate::ratelimit::RateLimit::new(10, Duration::from_secs(6)),
         connections: Arc::new(tokio::sync::Semaphore::new(crate::server::MAX_CONNECTIONS)),
-        broker: Arc::default(),
     };
     Ok((Arc::new(gw), listener))
 }

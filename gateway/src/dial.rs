@@ -96,11 +96,6 @@ impl Dialer {
         }
     }
 
-    /// The gateway's own listening address.
-    pub fn own(&self) -> SocketAddr {
-        self.own
-    }
-
     /// Resolves, checks policy and connects. The returned error is what the
     /// device's SOCKS client will be told.
     pub async fn dial(

@@ -351,15 +351,7 @@ impl Gateway {
         let rules = self.cache.rules();
         let granted = self
             .broker
-            .request(
-                who,
-                peer.ip(),
-                &wanted,
-                &rules,
-                self.dialer.own(),
-                &self.config.vpn_domain,
-                &self.registry,
-            )
+            .request(who, peer.ip(), &wanted, &rules, &self.registry)
             .await;
         let grant = match granted {
             Ok(g) => g,

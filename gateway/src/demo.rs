@@ -1,7 +1,9 @@
 //! `shimgate-gateway demo`: the whole system on this machine, in one
 //! process, with nothing installed: a gateway on an SQLite registry, a small
 //! intranet web app that only the gateway can resolve (`intranet.internal`),
-//! one enrolled device and its SOCKS5 proxy on 127.0.0.1:1080.
+//! one enrolled device and its SOCKS5 proxy on 127.0.0.1:1080, and a second
+//! device, bob, that exports a small web service on port 8000 to the VPN
+//! (reached peer to peer as `bob.vpn.internal:8000`).
 //!
 //! Every part is the real one (real TLS, real enrollment over the network,
 //! real HTTP/2 tunnels); only the processes are merged into one, and the
@@ -35,6 +37,8 @@ pub struct DemoArgs {
     #[arg(long)]
     dir: Option<PathBuf>,
 }
+
+const BOB_PAGE: &str = "<!doctype html>\n<html><head><title>Bob's service</title></head>\n<body><h1>Hello from bob's device</h1>\n<p>You reached bob.vpn.internal peer to peer: the bytes went straight from your device to bob's, encrypted with a key the gateway brokered.</p></body></html>\n";
 
 const PAGE: &str = "<!doctype html>\n<html><head><title>Intranet</title></head>\n<body><h1>Welcome to the intranet</h1>\n<p>You reached intranet.internal through shimgate: this page is only reachable from the gateway.</p></body></html>\n";
 
@@ -76,6 +80,20 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
             .await;
     });
 
+    // Bob's own service, which only bob's machine can reach until bob exports it.
+    let bob_service = match TcpListener::bind("127.0.0.1:8000").await {
+        Ok(l) => l,
+        Err(_) => TcpListener::bind("127.0.0.1:0").await?,
+    };
+    let bob_port = bob_service.local_addr()?.port();
+    let app = axum::Router::new().route("/", axum::routing::get(|| async { Html(BOB_PAGE) }));
+    let quit = stop.clone();
+    tokio::spawn(async move {
+        let _ = axum::serve(bob_service, app)
+            .with_graceful_shutdown(quit.cancelled_owned())
+            .await;
+    });
+
     // The gateway.
     let listener = gateway_listener().await?;
     let listen = listener.local_addr()?;
@@ -98,22 +116,37 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
             created_by: "demo".into(),
         })
         .await?;
-    registry.ensure_user("demo").await?;
-    let token = registry
-        .create_token(NewToken {
-            user: "demo".into(),
+    let bob_name = format!("bob.{}", config.vpn_domain);
+    registry
+        .add_rule(NewRule {
+            subject: Subject::Everyone,
+            dest: Dest::Domain(bob_name.clone()),
+            port_lo: bob_port,
+            port_hi: bob_port,
+            action: Action::Allow,
             created_by: "demo".into(),
-            expires_at: clock::now() + 600,
-            uses: 1,
         })
         .await?;
-    let code = EnrollmentCode {
-        gateway: config.public_addr.clone(),
-        ca_fingerprint: ca.fingerprint(),
-        token_id: token.id,
-        secret: token.secret,
-        expires_at: token.expires_at,
-    };
+    let mut codes = Vec::new();
+    for user in ["demo", "bob"] {
+        registry.ensure_user(user).await?;
+        let token = registry
+            .create_token(NewToken {
+                user: user.into(),
+                created_by: "demo".into(),
+                expires_at: clock::now() + 600,
+                uses: 1,
+            })
+            .await?;
+        codes.push(EnrollmentCode {
+            gateway: config.public_addr.clone(),
+            ca_fingerprint: ca.fingerprint(),
+            token_id: token.id,
+            secret: token.secret,
+            expires_at: token.expires_at,
+        });
+    }
+    let (code, bob_code) = (codes.remove(0), codes.remove(0));
     drop(listener);
     let no_aliases: [Alias; 0] = [];
     let (gw, listener) = crate::cli::start(&dir, registry, Some(listen), &no_aliases).await?;
@@ -141,15 +174,34 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         }
         Err(e) => return Err(e.into()),
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !running.board.snapshot().connected {
-        if tokio::time::Instant::now() > deadline {
-            bail!(
-                "the demo device could not connect to its gateway: {:?}",
-                running.board.snapshot().last_error
-            );
+    // Bob: a second device exporting its service; its own SOCKS port is
+    // any free one (the demo's curl goes through the first device).
+    let bob_dir = ConfigDir::new(root.join("bob"));
+    enroll(
+        &bob_dir,
+        &bob_code,
+        &EnrollOptions {
+            name: Some("bob".into()),
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            force: true,
+        },
+    )
+    .await?;
+    let mut bob = DeviceConfig::load(&bob_dir)?;
+    bob.exports = vec![shimgate_proxy::config::Export { port: bob_port }];
+    bob.save(&bob_dir)?;
+    let bob_running = shimgate_proxy::up::start(&bob_dir, &bob, stop.clone()).await?;
+    for (who, board) in [("device", &running.board), ("bob", &bob_running.board)] {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !board.snapshot().connected {
+            if tokio::time::Instant::now() > deadline {
+                bail!(
+                    "the demo {who} could not connect to its gateway: {:?}",
+                    board.snapshot().last_error
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
     let socks = running.socks;
@@ -164,15 +216,22 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         enrolled.device_name, enrolled.vpn_name, enrolled.vpn_ip
     );
     println!("  socks5    {socks}");
+    println!(
+        "  bob       {bob_name} (VPN IP {}) exports its web service on port {bob_port}",
+        bob.vpn_ip
+    );
     println!();
     println!("Try it:");
     println!("  curl --socks5-hostname {socks} http://intranet.internal/");
     println!("and, to see that the name means nothing without the VPN:");
     println!("  curl http://intranet.internal/");
+    println!("Peer to peer, straight to bob's device (the gateway only brokers the key):");
+    println!("  curl --socks5-hostname {socks} http://{bob_name}:{bob_port}/");
     println!();
     println!("Ctrl-C stops everything.");
     crate::cli::stop_on_signal(stop.clone()).await;
     running.board.remove();
+    bob_running.board.remove();
     println!("demo stopped");
     Ok(())
 }

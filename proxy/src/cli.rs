@@ -1,4 +1,4 @@
-//! The `shimgate` command line: `enroll`, `up`, `status`.
+//! The `shimgate` command line: `enroll`, `up`, `status`, `export`, `peers`, `ping`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -51,6 +51,30 @@ enum Command {
     Status {
         #[arg(long)]
         json: bool,
+    },
+    /// Offer a local service (127.0.0.1:PORT) to other devices; with no port, list what is offered.
+    #[command(
+        after_help = "Examples:\n  shimgate export 8000            offer 127.0.0.1:8000 as NAME.vpn.internal:8000\n  shimgate export --remove 8000\n  shimgate export                 list\nA running `shimgate up` picks the change up within a second. Policy on the gateway decides who may connect."
+    )]
+    Export {
+        /// Ports to offer.
+        ports: Vec<u16>,
+        /// Stop offering these ports.
+        #[arg(long = "remove", value_name = "PORT")]
+        remove: Vec<u16>,
+    },
+    /// Peers this device has sessions with: path (direct or relayed, and why), bytes, key age.
+    Peers {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Round trip to another device over a peer session, and the path it took.
+    Ping {
+        /// The device: NAME, NAME.<vpn domain> or its VPN IP.
+        peer: String,
+        /// How many round trips.
+        #[arg(long, short = 'c', default_value_t = 3)]
+        count: usize,
     },
 }
 
@@ -130,6 +154,9 @@ impl Cli {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Status { json } => Ok(show_status(&dir, json)),
+            Command::Export { ports, remove } => export(&dir, &ports, &remove),
+            Command::Peers { json } => Ok(show_peers(&dir, json)),
+            Command::Ping { peer, count } => ping(&dir, &peer, count.max(1)).await,
         }
     }
 }
@@ -186,6 +213,117 @@ fn show_status(dir: &ConfigDir, json: bool) -> ExitCode {
     } else {
         ExitCode::from(3)
     }
+}
+
+fn export(dir: &ConfigDir, add: &[u16], remove: &[u16]) -> anyhow::Result<ExitCode> {
+    let mut config = DeviceConfig::load(dir)?;
+    if add.contains(&0) {
+        anyhow::bail!("port 0 cannot be exported: give the port your service listens on");
+    }
+    if !add.is_empty() || !remove.is_empty() {
+        let mut ports = config.export_ports();
+        ports.extend_from_slice(add);
+        ports.retain(|p| !remove.contains(p));
+        ports.sort_unstable();
+        ports.dedup();
+        config.exports = ports
+            .iter()
+            .map(|&port| crate::config::Export { port })
+            .collect();
+        config.save(dir)?;
+    }
+    let ports = config.export_ports();
+    if ports.is_empty() {
+        println!("This device offers nothing to other devices.");
+    } else {
+        for p in &ports {
+            println!(
+                "offering 127.0.0.1:{p} as {}.{}:{p}",
+                config.device, config.vpn_domain
+            );
+        }
+        if status::read(dir).is_some() {
+            println!("(the running proxy picks changes up within a second)");
+        } else {
+            println!("(takes effect when `shimgate up` runs)");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn show_peers(dir: &ConfigDir, json: bool) -> ExitCode {
+    let Some(view) = crate::peer::read_view(dir) else {
+        println!("not running: start the proxy with `shimgate up`");
+        return ExitCode::from(4);
+    };
+    if json {
+        println!("{}", serde_json::to_string(&view).unwrap_or_default());
+        return ExitCode::SUCCESS;
+    }
+    if view.is_empty() {
+        println!("no peer sessions yet");
+    }
+    for p in &view {
+        let path = match (p.path, &p.why) {
+            (Some(path), Some(why)) => format!("{path} ({why})"),
+            (Some(path), None) => path.to_string(),
+            (None, _) => "no open link".into(),
+        };
+        let age = p
+            .key_age_secs
+            .map(|a| format!(", key age {a} s"))
+            .unwrap_or_default();
+        println!(
+            "{}: {} open, {} ended; {path}; sent {} B, received {} B{age}",
+            p.peer, p.active, p.ended, p.sent, p.received
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+async fn ping(dir: &ConfigDir, peer: &str, count: usize) -> anyhow::Result<ExitCode> {
+    let config = DeviceConfig::load(dir)?;
+    let tls = crate::tls::device(dir)?;
+    let name = crate::tls::server_name(&config.server_name)?;
+    let (conn, me) = crate::client::connect_device(&config.gateway, name, tls).await?;
+    let (peers, _) = crate::peer::Peers::new(&me.device_name, &config.vpn_domain, Vec::new());
+    let target = peers.destination(peer).unwrap_or_else(|| peer.to_owned());
+    let started = std::time::Instant::now();
+    let opened = match peers.dial(conn.send.clone(), &target, 0).await {
+        Ok(o) => o,
+        Err(e) => {
+            println!("ping {peer}: {e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let setup = started.elapsed();
+    let (who, ip, path) = (opened.peer.clone(), opened.peer_ip, opened.path);
+    let why = opened.why.clone();
+    let times = crate::peer::ping(opened, count).await?;
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+    match why {
+        Some(why) => println!(
+            "{who} ({ip}): path {path} ({why}); session set up in {:.2} ms",
+            ms(setup)
+        ),
+        None => println!(
+            "{who} ({ip}): path {path}; session set up in {:.2} ms",
+            ms(setup)
+        ),
+    }
+    for (i, t) in times.iter().enumerate() {
+        println!("  reply {}: {:.3} ms", i + 1, ms(*t));
+    }
+    let total: std::time::Duration = times.iter().sum();
+    let min = times.iter().min().copied().unwrap_or_default();
+    let max = times.iter().max().copied().unwrap_or_default();
+    println!(
+        "rtt min/avg/max = {:.3}/{:.3}/{:.3} ms",
+        ms(min),
+        ms(total / times.len().max(1) as u32),
+        ms(max)
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //!   device.crt      its certificate, signed by the gateway's CA
 //!   ca.crt          the gateway's CA (pinned at enrollment)
 //!   status.json     written by `shimgate up`, read by `shimgate status`
+//!   peers.json      written by `shimgate up`, read by `shimgate peers`
 //! ```
 
 use std::net::SocketAddr;
@@ -49,6 +50,9 @@ impl ConfigDir {
     pub fn status(&self) -> PathBuf {
         self.0.join("status.json")
     }
+    pub fn peers(&self) -> PathBuf {
+        self.0.join("peers.json")
+    }
 }
 
 pub const DEFAULT_POOL: usize = 2;
@@ -84,6 +88,34 @@ pub struct DeviceConfig {
     pub socks_user: Option<String>,
     #[serde(default)]
     pub socks_password: Option<String>,
+    /// Where other devices reach this one for peer-to-peer sessions (TCP).
+    /// Port 0 picks a free port; the gateway tells peers which.
+    #[serde(default = "default_peer_listen")]
+    pub peer_listen: SocketAddr,
+    /// Extra addresses to announce for the peer listener (e.g. a port
+    /// forwarded on a NAT router).
+    #[serde(default)]
+    pub peer_advertise: Vec<SocketAddr>,
+    /// DNS domain of the VPN's devices: `bob.<vpn_domain>` is a peer.
+    #[serde(default = "default_vpn_domain")]
+    pub vpn_domain: String,
+    /// Local services offered to other devices, each reached at 127.0.0.1:PORT.
+    #[serde(default, rename = "export")]
+    pub exports: Vec<Export>,
+}
+
+/// One `[[export]]` entry.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Export {
+    pub port: u16,
+}
+
+pub fn default_peer_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 0))
+}
+
+pub fn default_vpn_domain() -> String {
+    shimgate_wire::control::DEFAULT_VPN_DOMAIN.to_owned()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +134,19 @@ impl DeviceConfig {
             files::TomlError::Missing(path) => ConfigError::NotEnrolled(path),
             other => ConfigError::File(other),
         })
+    }
+
+    /// The exported ports, sorted, without duplicates or 0.
+    pub fn export_ports(&self) -> Vec<u16> {
+        let mut ports: Vec<u16> = self
+            .exports
+            .iter()
+            .map(|e| e.port)
+            .filter(|p| *p != 0)
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        ports
     }
 
     /// Written 0600: it may hold the SOCKS password.

@@ -147,6 +147,10 @@ pub async fn enroll(
         pool: DEFAULT_POOL,
         socks_user: None,
         socks_password: None,
+        peer_listen: crate::config::default_peer_listen(),
+        peer_advertise: Vec::new(),
+        vpn_domain: crate::config::default_vpn_domain(),
+        exports: Vec::new(),
     };
     config.save(dir).map_err(|source| EnrollError::Save {
         path: dir.config().display().to_string(),

@@ -7,7 +7,11 @@
 //! - [`client`]: one HTTP/2 connection to the gateway, and JSON calls on it.
 //! - [`enroll`]: `shimgate enroll CODE`.
 //! - [`pool`]: the long-lived connections; opens tunnels; reconnects.
-//! - [`socks`]: the SOCKS5 server.
+//! - [`socks`]: the SOCKS5 server; peer destinations go to [`peer`].
+//! - [`peer`]: peer-to-peer sessions: dialling a peer (direct, else relay),
+//!   the peer listener, exported services, `peers.json`, ping.
+//! - [`control`]: the control stream to the gateway (announce, offers,
+//!   relay requests, revoked peers).
 //! - [`status`]: `status.json`, which `up` writes and `shimgate status` reads.
 //! - [`renew`]: renewing the device certificate before it expires.
 //! - [`up`]: `shimgate up`, all of the above together.
@@ -16,7 +20,9 @@
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod control;
 pub mod enroll;
+pub mod peer;
 pub mod pool;
 pub mod renew;
 pub mod socks;

@@ -225,6 +225,14 @@ impl Pool {
         self.connection(self.pick()).await.map(|(send, _)| send)
     }
 
+    /// Slot `i`'s connection, for a request of its own (peer sessions).
+    pub async fn sender(&self, i: usize) -> Result<SendRequest<Bytes>, TunnelError> {
+        self.connection(i).await.map(|(send, _)| send).map_err(|e| {
+            tracing::warn!(error = %e, "no connection to the gateway");
+            tunnel_error(&e)
+        })
+    }
+
     /// Asks the gateway, on slot `i`'s connection, for a tunnel to
     /// `authority` (`host:port`, `[v6]:port`). Call it on that slot's worker.
     pub async fn open(&self, i: usize, authority: &str) -> Result<Tunnel, TunnelError> {
@@ -235,10 +243,7 @@ impl Pool {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(error = %e, "no connection to the gateway");
-                    return Err(match e {
-                        ClientError::Revoked | ClientError::Rejected(_) => TunnelError::NotAllowed,
-                        _ => TunnelError::General,
-                    });
+                    return Err(tunnel_error(&e));
                 }
             };
             match request(send, authority).await {
@@ -253,6 +258,14 @@ impl Pool {
             }
         }
         Err(TunnelError::General)
+    }
+}
+
+/// What a SOCKS client is told when the gateway can't be reached.
+fn tunnel_error(e: &ClientError) -> TunnelError {
+    match e {
+        ClientError::Revoked | ClientError::Rejected(_) => TunnelError::NotAllowed,
+        _ => TunnelError::General,
     }
 }
 

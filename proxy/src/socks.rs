@@ -19,6 +19,7 @@ use subtle::ConstantTimeEq;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use crate::peer::Peers;
 use crate::pool::Pool;
 
 /// A SOCKS client has this long to say what it wants.
@@ -67,6 +68,7 @@ pub fn authority(target: &TargetAddr) -> String {
 pub async fn serve(
     listener: TcpListener,
     pool: Arc<Pool>,
+    peers: Arc<Peers>,
     worker: usize,
     auth: Option<Credentials>,
     stop: CancellationToken,
@@ -81,8 +83,9 @@ pub async fn serve(
                 let slot = pool.pick_for(worker);
                 let auth = auth.clone();
                 let pool = Arc::clone(&pool);
+                let peers = Arc::clone(&peers);
                 tokio::spawn(async move {
-                    if let Err(e) = handle(sock, pool, slot, auth).await {
+                    if let Err(e) = handle(sock, pool, peers, slot, auth).await {
                         tracing::debug!(%peer, error = %e, "socks connection ended with an error");
                     }
                 });
@@ -109,6 +112,7 @@ enum SocksError {
 async fn handle(
     sock: TcpStream,
     pool: Arc<Pool>,
+    peers: Arc<Peers>,
     slot: usize,
     auth: Option<Credentials>,
 ) -> Result<(), SocksError> {
@@ -131,6 +135,13 @@ async fn handle(
         proto.reply_error(&ReplyError::CommandNotSupported).await?;
         return Ok(());
     }
+    let (host, port) = match &target {
+        TargetAddr::Ip(a) => (a.ip().to_string(), a.port()),
+        TargetAddr::Domain(name, port) => (name.clone(), *port),
+    };
+    if let Some(peer) = peers.destination(&host) {
+        return peer_session(proto, &pool, &peers, slot, &peer, port).await;
+    }
     let dest = authority(&target);
     match pool.open(slot, &dest).await {
         Ok(tunnel) => {
@@ -144,6 +155,43 @@ async fn handle(
         Err(e) => {
             tracing::info!(%dest, reason = %e, "tunnel refused");
             proto.reply_error(&reply_for(e)).await?;
+        }
+    }
+    Ok(())
+}
+
+/// A destination on another device: a peer session instead of a tunnel.
+async fn peer_session(
+    proto: Socks5ServerProtocol<TcpStream, fast_socks5::server::states::CommandRead>,
+    pool: &Pool,
+    peers: &Peers,
+    slot: usize,
+    peer: &str,
+    port: u16,
+) -> Result<(), SocksError> {
+    let opened = match pool.sender(slot).await {
+        Ok(send) => peers.dial(send, peer, port).await,
+        Err(e) => Err(e),
+    };
+    let opened = match opened {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::info!(%peer, port, reason = %e, "peer session refused");
+            proto.reply_error(&reply_for(e)).await?;
+            return Ok(());
+        }
+    };
+    let sock = proto
+        .reply_success(SocketAddr::new(opened.peer_ip, port))
+        .await?;
+    tracing::debug!(peer = %opened.peer, port, path = %opened.path, setup_us = opened.asked.elapsed().as_micros() as u64, "peer session open");
+    let name = opened.peer.clone();
+    match peers.run(sock, opened, true, port).await {
+        Ok(m) => {
+            tracing::debug!(peer = %name, port, sent = m.sent, received = m.received, "peer session closed")
+        }
+        Err(e) => {
+            tracing::info!(peer = %name, port, error = %e, "peer session ended with an error")
         }
     }
     Ok(())

@@ -8,6 +8,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigDir, DeviceConfig};
+use crate::peer::Peers;
 use crate::pool::{Connector, Pool};
 use crate::socks::{self, Credentials};
 use crate::status::{Board, Status};
@@ -29,6 +30,11 @@ pub enum UpError {
         "refusing to serve SOCKS on {0} without authentication: anyone who can reach it would be on the VPN. Set socks_user and socks_password (or --socks-user/--socks-password), or listen on 127.0.0.1"
     )]
     OpenProxy(SocketAddr),
+    #[error("cannot listen for peers on {addr}: {source} (set peer_listen in config.toml)")]
+    PeerListen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("starting worker threads: {0}")]
     Workers(std::io::Error),
 }
@@ -45,6 +51,43 @@ fn shared_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
     sock.set_reuseport(true)?;
     sock.bind(addr)?;
     sock.listen(1024)
+}
+
+/// The peer side: the listener other devices connect to, the control
+/// stream that announces it, and `peers.json`.
+async fn start_peers(
+    dir: &ConfigDir,
+    config: &DeviceConfig,
+    pool: &Arc<Pool>,
+    stop: &CancellationToken,
+) -> Result<Arc<Peers>, UpError> {
+    let listener = TcpListener::bind(config.peer_listen)
+        .await
+        .map_err(|source| UpError::PeerListen {
+            addr: config.peer_listen,
+            source,
+        })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| UpError::PeerListen {
+            addr: config.peer_listen,
+            source,
+        })?;
+    let mut addrs = crate::peer::local_endpoints(bound);
+    addrs.extend(config.peer_advertise.iter().copied());
+    let (peers, reports) = Peers::new(&config.device, &config.vpn_domain, config.export_ports());
+    tracing::info!(addr = %bound, exports = ?config.export_ports(), "peer listener up");
+    tokio::spawn(Arc::clone(&peers).listen(listener, stop.clone()));
+    tokio::spawn(crate::control::keep(
+        Arc::clone(&peers),
+        Arc::clone(pool),
+        dir.clone(),
+        (bound.port(), addrs),
+        reports,
+        stop.clone(),
+    ));
+    tokio::spawn(Arc::clone(&peers).publish(dir.clone(), stop.clone()));
+    Ok(peers)
 }
 
 /// A running proxy: the address SOCKS clients use, and its status.
@@ -101,6 +144,7 @@ pub async fn start(
     let workers = Workers::per_cpu().map_err(UpError::Workers)?;
     let pool = Pool::new(connector, config.pool, Arc::clone(&board), workers);
     pool.keep_up(stop.clone());
+    let peers = start_peers(dir, config, &pool, &stop).await?;
     tokio::spawn(crate::renew::keep_renewed(
         dir.clone(),
         Arc::clone(&pool),
@@ -111,11 +155,12 @@ pub async fn start(
     for worker in 0..pool.workers() {
         let (ready, bound) = tokio::sync::oneshot::channel();
         let (pool2, auth, stop) = (Arc::clone(&pool), auth.clone(), stop.clone());
+        let peers = Arc::clone(&peers);
         pool.spawn_on(worker, async move {
             match shared_listener(socks) {
                 Ok(listener) => {
                     let _ = ready.send(Ok(()));
-                    socks::serve(listener, pool2, worker, auth, stop).await;
+                    socks::serve(listener, pool2, peers, worker, auth, stop).await;
                 }
                 Err(e) => {
                     let _ = ready.send(Err(e));

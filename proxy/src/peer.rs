@@ -1,0 +1,843 @@
+//! Peer-to-peer sessions on the device (DESIGN.md "Peer to peer";
+//! docs/ARCHITECTURE.md "Peer protocol").
+//!
+//! Requesting side: a SOCKS CONNECT to `NAME.<vpn domain>` or a VPN IP
+//! asks the gateway for a session ([`Peers::dial`]), tries the peer's
+//! endpoints directly, falls back to a relay stream through the gateway,
+//! and runs the Noise handshake over whichever path worked.
+//!
+//! Exporting side: offers arrive on the control stream
+//! ([`crate::control`]) and wait in [`Peers::offers`] until the
+//! requester's handshake claims them (once: the entry is removed on first
+//! use) or they expire. A claimed session is spliced to `127.0.0.1:PORT`,
+//! and only for ports this device exports.
+//!
+//! Every live link is in [`Peers::links`], so `shimgate peers` can show it
+//! and a revocation can cut it.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use futures::FutureExt;
+use h2::client::SendRequest;
+use http::{Method, Request, StatusCode};
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+use shimgate_wire::control::{
+    DeviceMsg, Grant, PeerPath, RELAY_PATH, SESSION_HEADER, SESSION_PATH, SessionId, SessionKey,
+    SessionRequest,
+};
+use shimgate_wire::peerlink::{self, Link, Prologue};
+use shimgate_wire::tunnel::{ERROR_HEADER, TunnelError};
+use shimgate_wire::{clock, files, splice};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ConfigDir;
+
+/// A link over any byte stream: a TCP socket (direct) or a relay stream.
+pub type AnyLink = Link<Box<dyn AsyncRead + Send + Unpin>, Box<dyn AsyncWrite + Send + Unpin>>;
+
+/// All direct attempts of one session together get this long.
+pub const DIRECT_TIMEOUT: Duration = Duration::from_millis(800);
+/// After a direct attempt to a peer failed, new sessions to it go straight
+/// to the relay for this long, then try direct again.
+pub const RETRY_DIRECT: Duration = Duration::from_secs(5);
+/// How long a grant request may take (it includes the peer's acceptance).
+const GRANT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Buffer between a relay stream and the link running over it.
+const RELAY_BUFFER: usize = 256 * 1024;
+/// The VPN's address range (devices get their IPs from it).
+pub const VPN_RANGE: Ipv4Net = match Ipv4Net::new(Ipv4Addr::new(100, 64, 0, 0), 10) {
+    Ok(n) => n,
+    Err(_) => panic!("100.64.0.0/10 is a valid network"),
+};
+
+/// An offer the gateway made: a requester may claim it once, before it expires.
+struct Offer {
+    key: SessionKey,
+    from: String,
+    port: u16,
+    expires: Instant,
+}
+
+/// One live link, for `shimgate peers` and for cutting.
+struct LinkEntry {
+    peer: String,
+    port: u16,
+    path: PeerPath,
+    why: Option<String>,
+    initiator: bool,
+    started: i64,
+    sent: Arc<AtomicU64>,
+    received: Arc<AtomicU64>,
+    cancel: CancellationToken,
+}
+
+/// Byte totals of ended links, per peer.
+#[derive(Default, Clone, Copy)]
+struct Totals {
+    sessions: u64,
+    sent: u64,
+    received: u64,
+}
+
+/// A peer session's way in, once its handshake is done.
+pub struct Opened {
+    pub link: AnyLink,
+    pub session: SessionId,
+    pub peer: String,
+    pub peer_ip: IpAddr,
+    pub path: PeerPath,
+    /// Why the direct path was not used, when it was not.
+    pub why: Option<String>,
+    /// When the SOCKS request started, for the setup time in the logs.
+    pub asked: Instant,
+}
+
+pub struct Peers {
+    me: String,
+    vpn_domain: String,
+    offers: DashMap<SessionId, Offer>,
+    links: DashMap<u64, LinkEntry>,
+    ended: DashMap<String, Totals>,
+    next_link: AtomicU64,
+    exports: RwLock<Vec<u16>>,
+    direct_failed: DashMap<String, (Instant, String)>,
+    /// Reports for the gateway's audit log, sent on the control stream.
+    reports: mpsc::Sender<DeviceMsg>,
+}
+
+impl Peers {
+    /// The device's peer state; the receiver carries reports to the
+    /// control stream.
+    pub fn new(
+        me: &str,
+        vpn_domain: &str,
+        exports: Vec<u16>,
+    ) -> (Arc<Peers>, mpsc::Receiver<DeviceMsg>) {
+        let (reports, rx) = mpsc::channel(1024);
+        let peers = Peers {
+            me: me.to_owned(),
+            vpn_domain: vpn_domain.trim_end_matches('.').to_ascii_lowercase(),
+            offers: DashMap::new(),
+            links: DashMap::new(),
+            ended: DashMap::new(),
+            next_link: AtomicU64::new(0),
+            exports: RwLock::new(exports),
+            direct_failed: DashMap::new(),
+            reports,
+        };
+        (Arc::new(peers), rx)
+    }
+
+    pub fn me(&self) -> &str {
+        &self.me
+    }
+
+    /// The peer a SOCKS destination names, if it names one: a name under
+    /// the VPN domain (as `NAME`), or an address in the VPN range.
+    pub fn destination(&self, host: &str) -> Option<String> {
+        if let Ok(ip) = host.parse::<Ipv4Addr>() {
+            return VPN_RANGE.contains(&ip).then(|| ip.to_string());
+        }
+        let lower = host.trim_end_matches('.').to_ascii_lowercase();
+        let name = lower.strip_suffix(&self.vpn_domain)?.strip_suffix('.')?;
+        (!name.is_empty() && !name.contains('.')).then(|| name.to_owned())
+    }
+
+    pub fn exports(&self) -> Vec<u16> {
+        match self.exports.read() {
+            Ok(e) => e.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Replaces the exported ports; true if they changed.
+    pub fn set_exports(&self, ports: Vec<u16>) -> bool {
+        let mut guard = match self.exports.write() {
+            Ok(e) => e,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let changed = *guard != ports;
+        *guard = ports;
+        changed
+    }
+
+    /// The gateway offered a session: keep it if the port is exported (or
+    /// is 0, a ping). Returns the reason to decline otherwise.
+    pub fn offered(
+        &self,
+        session: SessionId,
+        key: SessionKey,
+        from: String,
+        port: u16,
+        expires_in_ms: u64,
+    ) -> Result<(), TunnelError> {
+        if port != 0 && !self.exports().contains(&port) {
+            return Err(TunnelError::Refused);
+        }
+        let now = Instant::now();
+        self.offers.retain(|_, o| o.expires > now);
+        let ttl = Duration::from_millis(expires_in_ms.min(60_000));
+        self.offers.insert(
+            session,
+            Offer {
+                key,
+                from,
+                port,
+                expires: now + ttl,
+            },
+        );
+        Ok(())
+    }
+
+    /// Cuts every link with `device` (it was revoked), or every link.
+    pub fn cut(&self, device: Option<&str>) {
+        for link in self.links.iter() {
+            if device.is_none_or(|d| d == link.peer) {
+                tracing::info!(peer = %link.peer, "cutting peer link: the peer is no longer on the VPN");
+                link.cancel.cancel();
+            }
+        }
+        if let Some(d) = device {
+            self.offers.retain(|_, o| o.from != d);
+        }
+    }
+
+    /// Asks the gateway for a session with `peer` on `port`, then connects
+    /// directly or through the relay and runs the handshake.
+    pub async fn dial(
+        &self,
+        send: SendRequest<Bytes>,
+        peer: &str,
+        port: u16,
+    ) -> Result<Opened, TunnelError> {
+        let asked = Instant::now();
+        let grant = tokio::time::timeout(GRANT_TIMEOUT, request_grant(send.clone(), peer, port))
+            .await
+            .map_err(|_| TunnelError::TimedOut)??;
+        let prologue = Prologue {
+            session_id: grant.session.0,
+            initiator: &self.me,
+            responder: &grant.peer,
+            port,
+        };
+        let recent_failure = self
+            .direct_failed
+            .get(&grant.peer)
+            .filter(|f| f.0.elapsed() < RETRY_DIRECT)
+            .map(|f| f.1.clone());
+        let why = match recent_failure {
+            Some(why) => format!("direct failed recently: {why}"),
+            None => match connect_direct(&grant.endpoints).await {
+                Ok(sock) => {
+                    let _ = sock.set_nodelay(true);
+                    let (rd, wr) = sock.into_split();
+                    match peerlink::initiate(
+                        boxed_rd(rd),
+                        boxed_wr(wr),
+                        grant.key.bytes(),
+                        &prologue,
+                    )
+                    .await
+                    {
+                        Ok(link) => {
+                            self.direct_failed.remove(&grant.peer);
+                            return Ok(Opened {
+                                link,
+                                session: grant.session,
+                                peer: grant.peer,
+                                peer_ip: grant.peer_ip,
+                                path: PeerPath::Direct,
+                                why: None,
+                                asked,
+                            });
+                        }
+                        Err(e) => format!("handshake on the direct path failed: {e}"),
+                    }
+                }
+                Err(why) => {
+                    self.direct_failed
+                        .insert(grant.peer.clone(), (Instant::now(), why.clone()));
+                    why
+                }
+            },
+        };
+        tracing::info!(peer = %grant.peer, port, reason = %why, "peer not reachable directly: relaying through the gateway");
+        let (h2_send, h2_recv) = open_relay(send, grant.session).await?;
+        let (ours, theirs) = tokio::io::duplex(RELAY_BUFFER);
+        let (theirs_rd, theirs_wr) = tokio::io::split(theirs);
+        tokio::spawn(async move {
+            if let Err(e) = splice::splice_halves(theirs_rd, theirs_wr, h2_send, h2_recv).await {
+                tracing::debug!(error = %e, "relay stream ended with an error");
+            }
+        });
+        let (rd, wr) = tokio::io::split(ours);
+        let link = peerlink::initiate(boxed_rd(rd), boxed_wr(wr), grant.key.bytes(), &prologue)
+            .await
+            .map_err(|e| {
+                tracing::warn!(peer = %grant.peer, error = %e, "peer handshake through the relay failed");
+                TunnelError::General
+            })?;
+        Ok(Opened {
+            link,
+            session: grant.session,
+            peer: grant.peer,
+            peer_ip: grant.peer_ip,
+            path: PeerPath::Relayed,
+            why: Some(why),
+            asked,
+        })
+    }
+
+    /// Moves bytes between a local socket and an opened session until both
+    /// sides are done (or the peer is cut), then reports it for the audit
+    /// log when this side started it.
+    pub async fn run(
+        &self,
+        local: TcpStream,
+        opened: Opened,
+        initiator: bool,
+        port: u16,
+    ) -> Result<peerlink::Moved, peerlink::LinkError> {
+        let (id, entry) = self.track(
+            &opened.peer,
+            port,
+            opened.path,
+            opened.why.clone(),
+            initiator,
+        );
+        let (rd, wr) = local.into_split();
+        let result = tokio::select! {
+            r = peerlink::splice(rd, wr, opened.link, &entry.0, &entry.1) => r,
+            _ = entry.2.cancelled() => Err(peerlink::LinkError::Io(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "peer link cut: the peer is no longer on the VPN",
+            ))),
+        };
+        self.untrack(id);
+        if initiator {
+            let _ = self.reports.try_send(DeviceMsg::Ended {
+                session: opened.session,
+                path: opened.path,
+                sent: entry.0.load(Ordering::Relaxed),
+                received: entry.1.load(Ordering::Relaxed),
+                why: opened.why,
+            });
+        }
+        result
+    }
+
+    /// Registers a live link; returns its id, counters and cut switch.
+    fn track(
+        &self,
+        peer: &str,
+        port: u16,
+        path: PeerPath,
+        why: Option<String>,
+        initiator: bool,
+    ) -> (u64, (Arc<AtomicU64>, Arc<AtomicU64>, CancellationToken)) {
+        let id = self.next_link.fetch_add(1, Ordering::Relaxed);
+        let (sent, received) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let cancel = CancellationToken::new();
+        self.links.insert(
+            id,
+            LinkEntry {
+                peer: peer.to_owned(),
+                port,
+                path,
+                why,
+                initiator,
+                started: clock::now(),
+                sent: Arc::clone(&sent),
+                received: Arc::clone(&received),
+                cancel: cancel.clone(),
+            },
+        );
+        (id, (sent, received, cancel))
+    }
+
+    fn untrack(&self, id: u64) {
+        if let Some((_, link)) = self.links.remove(&id) {
+            let mut t = self.ended.entry(link.peer).or_default();
+            t.sessions += 1;
+            t.sent += link.sent.load(Ordering::Relaxed);
+            t.received += link.received.load(Ordering::Relaxed);
+        }
+    }
+
+    /// Accepts peers' connections until `stop`.
+    pub async fn listen(self: Arc<Self>, listener: TcpListener, stop: CancellationToken) {
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = stop.cancelled() => return,
+            };
+            match accepted {
+                Ok((sock, from)) => {
+                    let _ = sock.set_nodelay(true);
+                    let peers = Arc::clone(&self);
+                    tokio::spawn(async move {
+                        let (rd, wr) = sock.into_split();
+                        peers
+                            .answer(
+                                boxed_rd(rd),
+                                boxed_wr(wr),
+                                PeerPath::Direct,
+                                from.to_string(),
+                            )
+                            .await
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "peer listener accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    /// The gateway asked for a relay stream for `session`: open it and
+    /// answer the handshake on it.
+    pub async fn answer_relay(self: Arc<Self>, send: SendRequest<Bytes>, session: SessionId) {
+        let (h2_send, h2_recv) = match open_relay(send, session).await {
+            Ok(s) => s,
+            Err(e) => {
+                return tracing::info!(%session, reason = %e, "could not open the relay stream");
+            }
+        };
+        let (ours, theirs) = tokio::io::duplex(RELAY_BUFFER);
+        let (theirs_rd, theirs_wr) = tokio::io::split(theirs);
+        tokio::spawn(async move {
+            let _ = splice::splice_halves(theirs_rd, theirs_wr, h2_send, h2_recv).await;
+        });
+        let (rd, wr) = tokio::io::split(ours);
+        self.answer(
+            boxed_rd(rd),
+            boxed_wr(wr),
+            PeerPath::Relayed,
+            "the gateway relay".into(),
+        )
+        .await;
+    }
+
+    /// The exporting side of one link: claim the session named in the
+    /// first bytes (once), run the handshake, then serve the port.
+    async fn answer(
+        &self,
+        rd: Box<dyn AsyncRead + Send + Unpin>,
+        wr: Box<dyn AsyncWrite + Send + Unpin>,
+        path: PeerPath,
+        from: String,
+    ) {
+        let (id, rd) = match peerlink::read_session_id(rd).await {
+            Ok(x) => x,
+            Err(e) => {
+                return tracing::debug!(%from, error = %e, "peer connection without a session");
+            }
+        };
+        let session = SessionId(id);
+        let Some((_, offer)) = self.offers.remove(&session) else {
+            return tracing::info!(%from, %session, "peer handshake refused: unknown, used or expired session");
+        };
+        if offer.expires <= Instant::now() {
+            return tracing::info!(%from, %session, "peer handshake refused: session expired");
+        }
+        let prologue = Prologue {
+            session_id: id,
+            initiator: &offer.from,
+            responder: &self.me,
+            port: offer.port,
+        };
+        let link = match peerlink::respond(rd, wr, offer.key.bytes(), &prologue).await {
+            Ok(l) => l,
+            Err(e) => {
+                return tracing::warn!(%from, peer = %offer.from, %session, error = %e, "peer handshake failed");
+            }
+        };
+        tracing::info!(peer = %offer.from, port = offer.port, %path, %session, "peer session open");
+        if offer.port == 0 {
+            let (id, entry) = self.track(&offer.from, 0, path, None, false);
+            tokio::select! {
+                _ = echo(link) => {}
+                _ = entry.2.cancelled() => {}
+            }
+            return self.untrack(id);
+        }
+        if !self.exports().contains(&offer.port) {
+            return tracing::info!(peer = %offer.from, port = offer.port, "port no longer exported: closing");
+        }
+        let local = match TcpStream::connect((Ipv4Addr::LOCALHOST, offer.port)).await {
+            Ok(s) => s,
+            Err(e) => {
+                return tracing::warn!(port = offer.port, error = %e, "exported service not reachable on 127.0.0.1");
+            }
+        };
+        let _ = local.set_nodelay(true);
+        let opened = Opened {
+            link,
+            session,
+            peer: offer.from.clone(),
+            peer_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            path,
+            why: None,
+            asked: Instant::now(),
+        };
+        match self.run(local, opened, false, offer.port).await {
+            Ok(m) => {
+                tracing::debug!(peer = %offer.from, sent = m.sent, received = m.received, "peer session closed")
+            }
+            Err(e) => {
+                tracing::info!(peer = %offer.from, error = %e, "peer session ended with an error")
+            }
+        }
+    }
+
+    /// What `shimgate peers` shows.
+    pub fn view(&self) -> Vec<PeerView> {
+        let mut out: std::collections::BTreeMap<String, PeerView> = Default::default();
+        let now = clock::now();
+        for link in self.links.iter() {
+            let v = out
+                .entry(link.peer.clone())
+                .or_insert_with(|| PeerView::named(&link.peer));
+            v.active += 1;
+            v.sent += link.sent.load(Ordering::Relaxed);
+            v.received += link.received.load(Ordering::Relaxed);
+            v.path = Some(link.path);
+            v.why = link.why.clone();
+            v.ports.push(link.port);
+            v.key_age_secs = Some(
+                v.key_age_secs
+                    .map_or(now - link.started, |a| a.min(now - link.started)),
+            );
+            v.started_here |= link.initiator;
+        }
+        for t in self.ended.iter() {
+            let v = out
+                .entry(t.key().clone())
+                .or_insert_with(|| PeerView::named(t.key()));
+            v.ended += t.sessions;
+            v.sent += t.sent;
+            v.received += t.received;
+        }
+        for v in out.values_mut() {
+            v.ports.sort_unstable();
+            v.ports.dedup();
+        }
+        out.into_values().collect()
+    }
+
+    /// Writes `peers.json` once a second while it changes, until `stop`.
+    pub async fn publish(self: Arc<Self>, dir: ConfigDir, stop: CancellationToken) {
+        let mut last = Vec::new();
+        loop {
+            let json = serde_json::to_vec_pretty(&self.view()).unwrap_or_default();
+            if json != last {
+                if let Err(e) = files::write_atomic(&dir.peers(), &json, files::PUBLIC) {
+                    tracing::warn!(error = %e, "cannot write peers.json");
+                }
+                last = json;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stop.cancelled() => {
+                    let _ = std::fs::remove_file(dir.peers());
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// One peer's line in `shimgate peers`.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct PeerView {
+    pub peer: String,
+    /// Links open now, and ended since `up` started.
+    pub active: u64,
+    pub ended: u64,
+    /// Path of the newest open link, and why it is relayed if it is.
+    pub path: Option<PeerPath>,
+    pub why: Option<String>,
+    pub ports: Vec<u16>,
+    /// Bytes this device sent to the peer / received from it, all links.
+    pub sent: u64,
+    pub received: u64,
+    /// Age of the newest open link's key (each link has its own).
+    pub key_age_secs: Option<i64>,
+    /// Whether this device started any of the open links.
+    pub started_here: bool,
+}
+
+impl PeerView {
+    fn named(peer: &str) -> PeerView {
+        PeerView {
+            peer: peer.to_owned(),
+            active: 0,
+            ended: 0,
+            path: None,
+            why: None,
+            ports: Vec::new(),
+            sent: 0,
+            received: 0,
+            key_age_secs: None,
+            started_here: false,
+        }
+    }
+}
+
+pub fn read_view(dir: &ConfigDir) -> Option<Vec<PeerView>> {
+    let bytes = std::fs::read(dir.peers()).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+fn boxed_rd<R: AsyncRead + Send + Unpin + 'static>(r: R) -> Box<dyn AsyncRead + Send + Unpin> {
+    Box::new(r)
+}
+
+fn boxed_wr<W: AsyncWrite + Send + Unpin + 'static>(w: W) -> Box<dyn AsyncWrite + Send + Unpin> {
+    Box::new(w)
+}
+
+/// Answers every frame with itself: `shimgate ping`'s far end.
+async fn echo(link: AnyLink) -> Result<(), peerlink::LinkError> {
+    let Link {
+        mut reader,
+        mut writer,
+    } = link;
+    while let Some(data) = reader.recv().await? {
+        let data = data.to_vec();
+        writer.send(&data).await?;
+    }
+    writer.close().await
+}
+
+/// Tries every endpoint at once; the first to connect wins.
+async fn connect_direct(endpoints: &[SocketAddr]) -> Result<TcpStream, String> {
+    if endpoints.is_empty() {
+        return Err("the peer announced no endpoint".into());
+    }
+    let attempts = endpoints.iter().map(|a| {
+        let a = *a;
+        async move { TcpStream::connect(a).await.map_err(|e| format!("{a}: {e}")) }.boxed()
+    });
+    match tokio::time::timeout(DIRECT_TIMEOUT, futures::future::select_ok(attempts)).await {
+        Ok(Ok((sock, _))) => Ok(sock),
+        Ok(Err(last)) => Err(last),
+        Err(_) => Err(format!(
+            "no endpoint answered within {} ms",
+            DIRECT_TIMEOUT.as_millis()
+        )),
+    }
+}
+
+async fn request_grant(
+    send: SendRequest<Bytes>,
+    peer: &str,
+    port: u16,
+) -> Result<Grant, TunnelError> {
+    let body = serde_json::to_vec(&SessionRequest {
+        peer: peer.to_owned(),
+        port,
+    })
+    .map_err(|_| TunnelError::General)?;
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(SESSION_PATH)
+        .body(())
+        .map_err(|_| TunnelError::General)?;
+    let mut send = send.ready().await.map_err(|_| TunnelError::General)?;
+    let (response, mut stream) = send
+        .send_request(req, false)
+        .map_err(|_| TunnelError::General)?;
+    stream
+        .send_data(Bytes::from(body), true)
+        .map_err(|_| TunnelError::General)?;
+    let response = response.await.map_err(|_| TunnelError::General)?;
+    let status = response.status();
+    if status != StatusCode::OK {
+        let header = response
+            .headers()
+            .get(ERROR_HEADER)
+            .and_then(|v| v.to_str().ok());
+        return Err(TunnelError::from_response(status, header));
+    }
+    let mut body = response.into_body();
+    let mut json = zeroize::Zeroizing::new(Vec::with_capacity(shimgate_wire::control::MAX_MESSAGE));
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.map_err(|_| TunnelError::General)?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        if json.len() + chunk.len() > shimgate_wire::control::MAX_MESSAGE {
+            return Err(TunnelError::General);
+        }
+        json.extend_from_slice(&chunk);
+    }
+    serde_json::from_slice(&json).map_err(|_| TunnelError::General)
+}
+
+async fn open_relay(
+    send: SendRequest<Bytes>,
+    session: SessionId,
+) -> Result<(h2::SendStream<Bytes>, h2::RecvStream), TunnelError> {
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(RELAY_PATH)
+        .header(SESSION_HEADER, session.to_string())
+        .body(())
+        .map_err(|_| TunnelError::General)?;
+    let mut send = send.ready().await.map_err(|_| TunnelError::General)?;
+    let (response, stream) = send
+        .send_request(req, false)
+        .map_err(|_| TunnelError::General)?;
+    let response = response.await.map_err(|_| TunnelError::General)?;
+    let status = response.status();
+    if status != StatusCode::OK {
+        let header = response
+            .headers()
+            .get(ERROR_HEADER)
+            .and_then(|v| v.to_str().ok());
+        return Err(TunnelError::from_response(status, header));
+    }
+    Ok((stream, response.into_body()))
+}
+
+/// Round trips of `count` small frames over an opened session: what
+/// `shimgate ping` reports.
+pub async fn ping(opened: Opened, count: usize) -> Result<Vec<Duration>, peerlink::LinkError> {
+    let Link {
+        mut reader,
+        mut writer,
+    } = opened.link;
+    let mut times = Vec::with_capacity(count);
+    for i in 0..count {
+        let payload = (i as u64).to_be_bytes();
+        let t = Instant::now();
+        writer.send(&payload).await?;
+        let mut got = Vec::new();
+        while got.len() < payload.len() {
+            match reader.recv().await? {
+                Some(d) => got.extend_from_slice(d),
+                None => return Err(peerlink::LinkError::Truncated),
+            }
+        }
+        if got != payload {
+            return Err(peerlink::LinkError::Tampered);
+        }
+        times.push(t.elapsed());
+    }
+    writer.close().await?;
+    Ok(times)
+}
+
+/// This machine's addresses a peer might reach the listener at: every
+/// interface address except loopback and IPv6 link-local (useless without
+/// a scope), with the listener's port.
+pub fn local_endpoints(listen: SocketAddr) -> Vec<SocketAddr> {
+    if !listen.ip().is_unspecified() {
+        return vec![listen];
+    }
+    interface_addrs()
+        .into_iter()
+        .filter(|ip| !ip.is_loopback())
+        .filter(|ip| match ip {
+            IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) != 0xfe80,
+            IpAddr::V4(_) => true,
+        })
+        .filter(|ip| listen.is_ipv6() || ip.is_ipv4())
+        .map(|ip| SocketAddr::new(ip, listen.port()))
+        .take(shimgate_wire::control::MAX_LIST)
+        .collect()
+}
+
+fn interface_addrs() -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we only read and then
+    // free exactly once with freeifaddrs.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return out;
+    }
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned.
+        let ifa = unsafe { &*cur };
+        if !ifa.ifa_addr.is_null() {
+            // SAFETY: ifa_addr points to a sockaddr whose family says its size.
+            let family = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
+            if family == libc::AF_INET {
+                // SAFETY: family AF_INET means a sockaddr_in.
+                let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+                out.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                    sin.sin_addr.s_addr,
+                ))));
+            } else if family == libc::AF_INET6 {
+                // SAFETY: family AF_INET6 means a sockaddr_in6.
+                let sin6 = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
+                out.push(IpAddr::V6(std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr)));
+            }
+        }
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: `head` came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(head) };
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_destinations() {
+        let (p, _) = Peers::new("alice", "vpn.internal", vec![]);
+        assert_eq!(p.destination("bob.vpn.internal").as_deref(), Some("bob"));
+        assert_eq!(p.destination("BOB.VPN.Internal.").as_deref(), Some("bob"));
+        assert_eq!(p.destination("100.64.0.7").as_deref(), Some("100.64.0.7"));
+        assert_eq!(p.destination("vpn.internal"), None);
+        assert_eq!(p.destination("a.b.vpn.internal"), None);
+        assert_eq!(p.destination("bobvpn.internal"), None);
+        assert_eq!(p.destination("intranet.internal"), None);
+        assert_eq!(p.destination("10.0.0.1"), None);
+        assert_eq!(p.destination("100.128.0.1"), None);
+    }
+
+    #[test]
+    fn offers_only_for_exported_ports() {
+        let (p, _) = Peers::new("bob", "vpn.internal", vec![8000]);
+        let id = SessionId([1; 16]);
+        assert!(
+            p.offered(id, SessionKey::random(), "alice".into(), 8000, 1000)
+                .is_ok()
+        );
+        assert!(
+            p.offered(id, SessionKey::random(), "alice".into(), 0, 1000)
+                .is_ok()
+        );
+        assert_eq!(
+            p.offered(id, SessionKey::random(), "alice".into(), 22, 1000),
+            Err(TunnelError::Refused)
+        );
+    }
+
+    #[test]
+    fn interface_addresses_exclude_loopback() {
+        let eps = local_endpoints("0.0.0.0:4000".parse().unwrap());
+        assert!(
+            eps.iter()
+                .all(|a| !a.ip().is_loopback() && a.port() == 4000)
+        );
+        assert_eq!(
+            local_endpoints("192.0.2.1:4000".parse().unwrap()),
+            vec!["192.0.2.1:4000".parse().unwrap()]
+        );
+    }
+}

@@ -22,7 +22,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use dashmap::DashMap;
-use futures::FutureExt;
 use h2::client::SendRequest;
 use http::{Method, Request, StatusCode};
 use ipnet::Ipv4Net;
@@ -47,6 +46,9 @@ pub type AnyLink = Link<Box<dyn AsyncRead + Send + Unpin>, Box<dyn AsyncWrite + 
 
 /// All direct attempts of one session together get this long.
 pub const DIRECT_TIMEOUT: Duration = Duration::from_millis(800);
+/// Head start of each endpoint over the next (the gateway lists the most
+/// likely first).
+const STAGGER: Duration = Duration::from_millis(150);
 /// After a direct attempt to a peer failed, new sessions to it go straight
 /// to the relay for this long, then try direct again.
 pub const RETRY_DIRECT: Duration = Duration::from_secs(5);
@@ -621,18 +623,36 @@ async fn echo(link: AnyLink) -> Result<(), peerlink::LinkError> {
     writer.close().await
 }
 
-/// Tries every endpoint at once; the first to connect wins.
+/// Tries the endpoints in order: each starts when the one before failed or
+/// has had [`STAGGER`] to connect; the first to connect wins.
 async fn connect_direct(endpoints: &[SocketAddr]) -> Result<TcpStream, String> {
-    if endpoints.is_empty() {
-        return Err("the peer announced no endpoint".into());
-    }
-    let attempts = endpoints.iter().map(|a| {
-        let a = *a;
-        async move { TcpStream::connect(a).await.map_err(|e| format!("{a}: {e}")) }.boxed()
-    });
-    match tokio::time::timeout(DIRECT_TIMEOUT, futures::future::select_ok(attempts)).await {
-        Ok(Ok((sock, _))) => Ok(sock),
-        Ok(Err(last)) => Err(last),
+    use futures::StreamExt;
+    let race = async {
+        let mut pending = futures::stream::FuturesUnordered::new();
+        let mut next = endpoints.iter();
+        let mut last = "the peer announced no endpoint".to_owned();
+        loop {
+            if let Some(a) = next.next() {
+                let a = *a;
+                pending.push(async move {
+                    TcpStream::connect(a).await.map_err(|e| format!("{a}: {e}"))
+                });
+            } else if pending.is_empty() {
+                return Err(last);
+            }
+            let more = next.len() > 0;
+            tokio::select! {
+                r = pending.next(), if !pending.is_empty() => match r {
+                    Some(Ok(sock)) => return Ok(sock),
+                    Some(Err(e)) => last = e,
+                    None => {}
+                },
+                _ = tokio::time::sleep(STAGGER), if more => {}
+            }
+        }
+    };
+    match tokio::time::timeout(DIRECT_TIMEOUT, race).await {
+        Ok(r) => r,
         Err(_) => Err(format!(
             "no endpoint answered within {} ms",
             DIRECT_TIMEOUT.as_millis()

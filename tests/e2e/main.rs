@@ -32,6 +32,7 @@ mod clients;
 mod demo;
 mod enrollment;
 mod multihost;
+mod peer;
 mod policy;
 mod proxy;
 mod restart;

@@ -99,6 +99,13 @@ impl Device {
         run(&mut cmd, CLI_LIMIT)
     }
 
+    /// `shimgate ARGS...` with this device's config dir (in its namespace).
+    pub fn cli(&self, args: &[&str]) -> Out {
+        let mut cmd = self.command(true);
+        cmd.args(args);
+        run(&mut cmd, Duration::from_secs(30))
+    }
+
     /// `shimgate status [args]`.
     pub fn status(&self, args: &[&str]) -> Out {
         let mut cmd = self.command(true);

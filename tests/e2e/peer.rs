@@ -1,0 +1,475 @@
+//! Peer to peer: a device reaches another device's exported service with a
+//! key the gateway brokered, directly, or through the gateway's relay when
+//! the direct path is cut; and every refusal gets its SOCKS reply.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::harness::netns::{self, Netns, veth};
+use crate::harness::origin::Hasher;
+use crate::harness::socks::{self, connect_expect, connect_ok};
+use crate::harness::*;
+
+const BULK: u64 = 100 * 1024 * 1024;
+
+/// Polls `alice ping bob` until it succeeds, and returns its output: the
+/// readiness signal that bob is online for peer sessions.
+fn wait_peer_ready(alice: &Device, bob: &str) -> String {
+    poll(
+        &format!("`shimgate ping {bob}` to succeed"),
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || {
+            let out = alice.cli(&["ping", bob, "-c", "1"]);
+            out.ok().then_some(out.stdout)
+        },
+    )
+}
+
+/// Downloads everything `socks` gives for `target:port`; returns (bytes, sha256).
+fn download(socks: SocketAddr, target: &str, port: u16) -> (u64, String) {
+    let mut s = connect_ok(socks, target, port);
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let t = Instant::now();
+    let mut h = Hasher::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut got = 0u64;
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                h.update(&buf[..n]);
+                got += n as u64;
+            }
+            Err(e) => panic!("peer download broke after {got} bytes: {e}"),
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    eprintln!(
+        "[e2e] peer download: {got} bytes in {secs:.2}s ({:.0} MiB/s)",
+        got as f64 / secs / 1048576.0
+    );
+    (got, h.hex())
+}
+
+/// Bytes through every interface of namespace `ns` (received + sent).
+fn netns_bytes(ns: &str) -> u64 {
+    let mut cmd = std::process::Command::new("ip");
+    cmd.args(["-n", ns, "-j", "-s", "link", "show"]);
+    let out = run(&mut cmd, Duration::from_secs(10)).expect_ok();
+    let links: serde_json::Value = serde_json::from_str(&out.stdout).expect("ip -j output");
+    links
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|l| l["ifname"] != "lo")
+                .map(|l| {
+                    l["stats64"]["rx"]["bytes"].as_u64().unwrap_or(0)
+                        + l["stats64"]["tx"]["bytes"].as_u64().unwrap_or(0)
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// ```text
+///  sg-alice 198.51.100.2 ── 198.51.100.1 sg-gw 203.0.113.1 ── 203.0.113.2 sg-bob
+///  sg-alice 192.0.2.1 ─────────── (their LAN) ─────────────── 192.0.2.2 sg-bob
+/// ```
+/// The gateway does not forward: alice reaches bob only over the LAN.
+#[test]
+fn direct_then_relayed_then_direct_again() {
+    if !netns::require_root("peer::direct_then_relayed_then_direct_again") {
+        return;
+    }
+    let alice_ns = Netns::new("sg-alice-");
+    let gw_ns = Netns::new("sg-pgw-");
+    let bob_ns = Netns::new("sg-bob-");
+    veth(&alice_ns, "198.51.100.2/24", &gw_ns, "198.51.100.1/24");
+    veth(&gw_ns, "203.0.113.1/24", &bob_ns, "203.0.113.2/24");
+    veth(&alice_ns, "192.0.2.1/24", &bob_ns, "192.0.2.2/24");
+    gw_ns.sysctl("net.ipv4.ip_forward=0");
+    let ip_cmd = |args: &[&str]| {
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(args);
+        run(&mut cmd, Duration::from_secs(10)).expect_ok();
+    };
+    ip_cmd(&[
+        "-n",
+        &alice_ns.name,
+        "route",
+        "add",
+        "203.0.113.0/24",
+        "via",
+        "198.51.100.1",
+    ]);
+    ip_cmd(&[
+        "-n",
+        &bob_ns.name,
+        "route",
+        "add",
+        "198.51.100.0/24",
+        "via",
+        "203.0.113.1",
+    ]);
+
+    // bob's services, on bob's loopback only
+    let body = unique_body("bob's page");
+    let web = Origin::from_listener(
+        netns::bind_in(Some(&bob_ns.name), "127.0.0.1:0".parse().unwrap()),
+        Mode::Http { body: body.clone() },
+    );
+    let source = Origin::from_listener(
+        netns::bind_in(Some(&bob_ns.name), "127.0.0.1:0".parse().unwrap()),
+        Mode::Source { len: BULK },
+    );
+
+    let gw_addr = SocketAddr::new(Ipv4Addr::new(198, 51, 100, 1).into(), 8443);
+    let spec = GatewaySpec {
+        netns: Some(gw_ns.name.clone()),
+        listen: SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 8443),
+        names: vec!["gw.shimgate.test".into()],
+        ips: vec!["198.51.100.1".into(), "203.0.113.1".into()],
+        public_addr: Some(gw_addr.to_string()),
+        aliases: vec![],
+    };
+    let mut gw = Gateway::init_spec(Backend::Sqlite, spec);
+    for port in [web.port(), source.port()] {
+        gw.allow(
+            "bob.vpn.internal",
+            &["--ports", &port.to_string(), "--user", "alice"],
+        );
+    }
+    gw.serve();
+
+    let socks = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 1080);
+    let mut alice = Device::new_in("alice", Some(&alice_ns.name), socks);
+    alice.enroll(&gw.token("alice")).expect_ok();
+    let mut bob = Device::new_in("bob", Some(&bob_ns.name), socks);
+    // bob dials the gateway at its own side's address
+    let bob_code = gw.token("bob");
+    bob.enroll(&bob_code).expect_ok();
+    let config = std::fs::read_to_string(bob.config_toml()).unwrap();
+    std::fs::write(
+        bob.config_toml(),
+        config.replace("198.51.100.1:8443", "203.0.113.1:8443"),
+    )
+    .unwrap();
+    for port in [web.port(), source.port()] {
+        bob.cli(&["export", &port.to_string()]).expect_ok();
+    }
+    alice.up();
+    bob.up();
+    let ping = wait_peer_ready(&alice, "bob");
+    assert!(
+        ping.contains("path direct"),
+        "ping should go direct: {ping}"
+    );
+
+    // by name and by VPN IP
+    let ns = Some(alice_ns.name.as_str());
+    let url = format!("http://bob.vpn.internal:{}/", web.port());
+    let out = curl(ns, Some("--socks5-hostname"), Some(socks), &url);
+    assert!(out.ok(), "curl {url} from alice: {out}");
+    assert_eq!(out.stdout, body);
+    let status: serde_json::Value =
+        serde_json::from_str(&bob.status(&["--json"]).stdout).expect("bob status --json");
+    let bob_ip = status["vpn_ip"].as_str().expect("bob's VPN IP").to_owned();
+    let url = format!("http://{bob_ip}:{}/", web.port());
+    let out = curl(ns, Some("--socks5"), Some(socks), &url);
+    assert!(out.ok(), "curl {url} from alice: {out}");
+    assert_eq!(out.stdout, body);
+
+    // 100 MiB direct: the gateway's interfaces see almost none of it
+    let before = netns_bytes(&gw_ns.name);
+    let (got, hash) = netns::in_netns(ns, || download(socks, "bob.vpn.internal", source.port()));
+    let through_gw = netns_bytes(&gw_ns.name) - before;
+    let (sent, sent_hash) = source.wait_hash(Duration::from_secs(10));
+    assert_eq!((got, &hash), (sent, &sent_hash), "direct download differs");
+    eprintln!(
+        "[e2e] direct: {got} bytes moved, {through_gw} bytes through the gateway's interfaces"
+    );
+    assert!(
+        through_gw < BULK / 20,
+        "{through_gw} bytes crossed the gateway's interfaces during a direct transfer of {got}"
+    );
+    let peers = alice.cli(&["peers"]).expect_ok().stdout;
+    assert!(
+        peers.contains("bob"),
+        "`shimgate peers` should list bob: {peers}"
+    );
+
+    // cut the LAN: the same request goes through the relay, still whole
+    ip_cmd(&[
+        "-n",
+        &alice_ns.name,
+        "route",
+        "add",
+        "prohibit",
+        "192.0.2.2/32",
+    ]);
+    let before = netns_bytes(&gw_ns.name);
+    let started = Instant::now();
+    let (got, hash) = netns::in_netns(ns, || download(socks, "bob.vpn.internal", source.port()));
+    let through_gw = netns_bytes(&gw_ns.name) - before;
+    let hashes = source.wait_hash(Duration::from_secs(10));
+    assert_eq!((got, hash), hashes, "relayed download differs");
+    eprintln!(
+        "[e2e] relayed: {got} bytes in {:?}, {through_gw} bytes through the gateway's interfaces",
+        started.elapsed()
+    );
+    // in from bob and out to alice, each at least the payload (ciphertext
+    // carries a tag per frame)
+    assert!(
+        through_gw > 2 * BULK,
+        "only {through_gw} bytes crossed the gateway for a relayed transfer of {got}"
+    );
+    let logs = gw.logs();
+    assert!(
+        logs.contains("peer session relayed"),
+        "gateway log lacks the relay:\n{logs}"
+    );
+    let view = alice.cli(&["peers", "--json"]).expect_ok().stdout;
+    assert!(view.contains("bob"), "{view}");
+
+    // the gateway never logged a session key (a 32-byte key in base64 is 43
+    // characters and one '=')
+    for line in logs.lines() {
+        let key_like = line
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '+' || c == '/' || c == '='))
+            .any(|w| w.len() == 44 && w.ends_with('=') && !w.ends_with("=="));
+        assert!(
+            !key_like,
+            "a gateway log line holds something shaped like a key: {line}"
+        );
+    }
+
+    // restore the LAN: new sessions go direct again once the retry delay passed
+    ip_cmd(&[
+        "-n",
+        &alice_ns.name,
+        "route",
+        "del",
+        "prohibit",
+        "192.0.2.2/32",
+    ]);
+    let ping = poll(
+        "a new session to go direct again",
+        Duration::from_secs(20),
+        Duration::from_millis(500),
+        || {
+            let out = alice.cli(&["ping", "bob", "-c", "1"]);
+            out.stdout.contains("path direct").then_some(out.stdout)
+        },
+    );
+    eprintln!("[e2e] {ping}");
+    let out = curl(
+        ns,
+        Some("--socks5-hostname"),
+        Some(socks),
+        &format!("http://bob.vpn.internal:{}/", web.port()),
+    );
+    assert_eq!(out.stdout, body, "after restoring the LAN: {out}");
+}
+
+/// A TCP forwarder in front of bob's peer listener that keeps the first
+/// bytes of the first connection (session id + first handshake message).
+struct Recorder {
+    first: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Recorder {
+    fn start(listen: SocketAddr, to: SocketAddr) -> Recorder {
+        let l = TcpListener::bind(listen).unwrap_or_else(|e| panic!("recorder on {listen}: {e}"));
+        let first = Arc::new(Mutex::new(Vec::new()));
+        let keep = Arc::clone(&first);
+        std::thread::spawn(move || {
+            for conn in l.incoming() {
+                let Ok(mut a) = conn else { continue };
+                let Ok(mut b) = TcpStream::connect(to) else {
+                    continue;
+                };
+                let (mut a2, mut b2) = (a.try_clone().unwrap(), b.try_clone().unwrap());
+                let keep = Arc::clone(&keep);
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 65536];
+                    while let Ok(n) = a.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        let mut k = keep.lock().unwrap();
+                        if k.len() < 16 + 2 + 48 {
+                            k.extend_from_slice(&buf[..n]);
+                        }
+                        drop(k);
+                        if b.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = b.shutdown(std::net::Shutdown::Write);
+                });
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut b2, &mut a2);
+                    let _ = a2.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        Recorder { first }
+    }
+}
+
+/// Everything on this host: refusals with their SOCKS replies, a replayed
+/// handshake, and a revoked peer's live link cut.
+#[test]
+fn refusals_replay_and_revocation() {
+    let web = Origin::http(V4, &unique_body("bob's page"));
+    let stream = Origin::start(
+        V4,
+        Mode::Stream {
+            chunk: 1024,
+            every: Duration::from_millis(5),
+        },
+    );
+    let closed_port = crate::harness::env::free_port();
+    let forbidden = Origin::http(V4, "forbidden");
+    let mut gw = Gateway::init(Backend::Sqlite);
+    for port in [web.port(), stream.port(), closed_port] {
+        gw.allow("bob.vpn.internal", &["--ports", &port.to_string()]);
+    }
+    gw.serve();
+    let mut alice = Device::enrolled(&gw, "alice", "alice");
+    let mut bob = Device::enrolled(&gw, "bob", "bob");
+    // bob's listener on 127.0.0.2; the recorder takes 127.0.0.1 at the same
+    // port, which is where the gateway sends alice (the address it sees bob at)
+    let port = crate::harness::env::free_port();
+    let config = std::fs::read_to_string(bob.config_toml()).unwrap();
+    std::fs::write(
+        bob.config_toml(),
+        config.replace(
+            "peer_listen = \"0.0.0.0:0\"",
+            &format!("peer_listen = \"127.0.0.2:{port}\""),
+        ),
+    )
+    .unwrap();
+    let recorder = Recorder::start(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        SocketAddr::from(([127, 0, 0, 2], port)),
+    );
+    for p in [web.port(), stream.port(), forbidden.port()] {
+        bob.cli(&["export", &p.to_string()]).expect_ok();
+    }
+    alice.up();
+    bob.up();
+    wait_peer_ready(&alice, "bob");
+
+    let out = curl(
+        None,
+        Some("--socks5-hostname"),
+        Some(alice.socks),
+        &format!("http://bob.vpn.internal:{}/", web.port()),
+    );
+    assert!(out.ok(), "{out}");
+    web.expect_accepted(1, "bob's web service");
+
+    // the same session id again: bob refuses, nothing reaches the service
+    let first = recorder.first.lock().unwrap().clone();
+    assert!(first.len() >= 16 + 2 + 48, "recorded {} bytes", first.len());
+    let mut replay = TcpStream::connect(("127.0.0.2", port)).unwrap();
+    replay
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    replay.write_all(&first[..16 + 2 + 48]).unwrap();
+    let mut buf = [0u8; 64];
+    match replay.read(&mut buf) {
+        Ok(0) => {}
+        Ok(n) => panic!("bob answered a replayed handshake with {n} bytes"),
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("bob neither closed nor answered a replayed handshake: {e}"),
+    }
+    web.expect_accepted(1, "a replayed handshake reached bob's service");
+
+    // policy: bob exports it, but no rule lets alice in
+    connect_expect(
+        alice.socks,
+        "bob.vpn.internal",
+        forbidden.port(),
+        socks::NOT_ALLOWED,
+    );
+    forbidden.expect_accepted(0, "a forbidden peer port");
+    // allowed, but bob does not export it
+    connect_expect(alice.socks, "bob.vpn.internal", closed_port, socks::REFUSED);
+    // no such device
+    connect_expect(
+        alice.socks,
+        "carol.vpn.internal",
+        web.port(),
+        socks::HOST_UNREACHABLE,
+    );
+    connect_expect(
+        alice.socks,
+        "100.127.255.254",
+        web.port(),
+        socks::HOST_UNREACHABLE,
+    );
+
+    // a live link, then bob is revoked: the link is cut within 1 s
+    let mut live = connect_ok(alice.socks, "bob.vpn.internal", stream.port());
+    live.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut got = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while got < 16 * 1024 {
+        match live.read(&mut buf) {
+            Ok(0) => panic!("the peer stream ended before the revoke"),
+            Ok(n) => got += n,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) => panic!("the peer stream broke before the revoke: {e}"),
+        }
+        assert!(Instant::now() < deadline, "the peer stream is not flowing");
+    }
+    gw.ok(&["device", "revoke", "bob"]);
+    let revoked = Instant::now();
+    loop {
+        match live.read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => break,
+        }
+        assert!(
+            revoked.elapsed() < Duration::from_secs(5),
+            "the link to revoked bob is still open 5 s after `device revoke`"
+        );
+    }
+    let cut = revoked.elapsed();
+    eprintln!("[e2e] peer link cut {cut:?} after `device revoke` returned");
+    assert!(
+        cut < Duration::from_secs(1),
+        "peer link cut after {cut:?}, not within 1 s"
+    );
+    connect_expect(
+        alice.socks,
+        "bob.vpn.internal",
+        web.port(),
+        socks::HOST_UNREACHABLE,
+    );
+
+    // bob offline: fails fast, no hang
+    bob.stop();
+    let t = Instant::now();
+    connect_expect(
+        alice.socks,
+        "bob.vpn.internal",
+        web.port(),
+        socks::HOST_UNREACHABLE,
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "an offline peer took {:?} to refuse",
+        t.elapsed()
+    );
+    alice.stop();
+}

@@ -161,7 +161,7 @@ impl Broker {
             (peer.tx.clone(), endpoints_for(&peer, from))
         };
         let session = SessionId::random();
-        let key = SessionKey::random();
+        let key = SessionKey::random().map_err(|_| TunnelError::General)?;
         let (answer_tx, answer) = oneshot::channel();
         self.offers.insert(session, answer_tx);
         self.sessions.insert(

@@ -65,7 +65,19 @@ enum Command {
     /// Who may reach what through the gateway (default: nothing).
     #[command(subcommand)]
     Policy(PolicyCommand),
-    /// Run the whole system on this machine: gateway, an intranet app, one device.
+    /// The audit log: admin actions, enrollments, peer sessions; newest first.
+    Audit {
+        /// How many entries.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        /// Only actions starting with this, e.g. `peer.` or `device.`.
+        #[arg(long)]
+        action: Option<String>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the whole system on this machine: gateway, an intranet app, two devices.
     Demo(crate::demo::DemoArgs),
 }
 
@@ -243,6 +255,11 @@ impl Cli {
             Command::Token(cmd) => token(&dir, &self.registry().await?, cmd).await,
             Command::Device(cmd) => device(&self.registry().await?, cmd).await,
             Command::Policy(cmd) => policy(&self.registry().await?, cmd).await,
+            Command::Audit {
+                limit,
+                action,
+                json,
+            } => show_audit(&self.registry().await?, *limit, action.as_deref(), *json).await,
             Command::Demo(args) => crate::demo::run(args).await,
         }
     }
@@ -509,6 +526,44 @@ async fn device(registry: &Registry, cmd: &DeviceCommand) -> anyhow::Result<()> 
             registry.revoke_device(name, clock::now()).await?;
             audit(registry, "device.revoke", name, String::new()).await?;
             println!("device {name} revoked: its connections are being closed");
+        }
+    }
+    Ok(())
+}
+
+async fn show_audit(
+    registry: &Registry,
+    limit: i64,
+    action: Option<&str>,
+    json: bool,
+) -> anyhow::Result<()> {
+    // With a filter, read further back so that `--limit` counts matching entries.
+    let scan = if action.is_some() {
+        limit.saturating_mul(20)
+    } else {
+        limit
+    };
+    let rows = registry.list_audit(scan).await?;
+    let matching = rows
+        .iter()
+        .filter(|r| action.is_none_or(|a| r.action.starts_with(a)))
+        .take(usize::try_from(limit).unwrap_or(0));
+    for r in matching {
+        if json {
+            println!("{}", serde_json::to_string(r)?);
+        } else {
+            println!(
+                "{}  {:<20} {:<18} {:<24} {}{}",
+                clock::show(r.at),
+                r.actor,
+                r.action,
+                r.target,
+                r.detail,
+                r.source_addr
+                    .as_deref()
+                    .map(|a| format!(" (from {a})"))
+                    .unwrap_or_default()
+            );
         }
     }
     Ok(())

@@ -660,7 +660,9 @@ async fn connect_direct(endpoints: &[SocketAddr]) -> Result<TcpStream, String> {
     }
 }
 
-async fn request_grant(
+/// `POST /v1/peer/session`: the gateway's grant for a session with `peer`
+/// on `port`, or why not.
+pub async fn request_grant(
     send: SendRequest<Bytes>,
     peer: &str,
     port: u16,
@@ -835,15 +837,21 @@ mod tests {
         let (p, _) = Peers::new("bob", "vpn.internal", vec![8000]);
         let id = SessionId([1; 16]);
         assert!(
-            p.offered(id, SessionKey::random(), "alice".into(), 8000, 1000)
-                .is_ok()
+            p.offered(
+                id,
+                SessionKey::random().unwrap(),
+                "alice".into(),
+                8000,
+                1000
+            )
+            .is_ok()
         );
         assert!(
-            p.offered(id, SessionKey::random(), "alice".into(), 0, 1000)
+            p.offered(id, SessionKey::random().unwrap(), "alice".into(), 0, 1000)
                 .is_ok()
         );
         assert_eq!(
-            p.offered(id, SessionKey::random(), "alice".into(), 22, 1000),
+            p.offered(id, SessionKey::random().unwrap(), "alice".into(), 22, 1000),
             Err(TunnelError::Refused)
         );
     }

@@ -272,19 +272,54 @@ fn direct_then_relayed_then_direct_again() {
         &format!("http://bob.vpn.internal:{}/", web.port()),
     );
     assert_eq!(out.stdout, body, "after restoring the LAN: {out}");
+
+    // the operator sees every session: who, to whom, port, path, bytes
+    let audit = poll(
+        "the session reports to reach the audit log",
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        || {
+            let a = gw.ok(&["audit", "--action", "peer.", "--limit", "200"]);
+            (a.contains("ended: relayed") && a.contains("ended: direct")).then_some(a)
+        },
+    );
+    let target = format!("bob:{}", source.port());
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("alice") && l.contains("peer.session ") && l.contains(&target)),
+        "no grant entry for alice -> {target}:\n{audit}"
+    );
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("peer.relay") && l.contains(&target)),
+        "no relay entry:\n{audit}"
+    );
+    assert!(
+        audit.contains(&format!("{BULK} received")),
+        "no session end with the 100 MiB received:\n{audit}"
+    );
 }
 
-/// A TCP forwarder in front of bob's peer listener that keeps the first
-/// bytes of the first connection (session id + first handshake message).
+/// Bytes the initiator sends before its first transport frame: session id,
+/// then one frame holding `e` (32) and the empty payload's tag (16).
+const HANDSHAKE_BYTES: usize = 16 + 2 + 48;
+
+/// A TCP forwarder in front of bob's peer listener: keeps the first bytes
+/// of the first connection (session id + first handshake message), and can
+/// flip one bit of what the initiator sends at a given offset.
 struct Recorder {
     first: Arc<Mutex<Vec<u8>>>,
+    flip_at: Arc<Mutex<Option<usize>>>,
 }
 
 impl Recorder {
     fn start(listen: SocketAddr, to: SocketAddr) -> Recorder {
         let l = TcpListener::bind(listen).unwrap_or_else(|e| panic!("recorder on {listen}: {e}"));
         let first = Arc::new(Mutex::new(Vec::new()));
-        let keep = Arc::clone(&first);
+        let flip_at = Arc::new(Mutex::new(None));
+        let (keep, flip) = (Arc::clone(&first), Arc::clone(&flip_at));
         std::thread::spawn(move || {
             for conn in l.incoming() {
                 let Ok(mut a) = conn else { continue };
@@ -293,17 +328,25 @@ impl Recorder {
                 };
                 let (mut a2, mut b2) = (a.try_clone().unwrap(), b.try_clone().unwrap());
                 let keep = Arc::clone(&keep);
+                let flip = *flip.lock().unwrap();
                 std::thread::spawn(move || {
                     let mut buf = [0u8; 65536];
+                    let mut offset = 0usize;
                     while let Ok(n) = a.read(&mut buf) {
                         if n == 0 {
                             break;
                         }
                         let mut k = keep.lock().unwrap();
-                        if k.len() < 16 + 2 + 48 {
+                        if k.len() < HANDSHAKE_BYTES {
                             k.extend_from_slice(&buf[..n]);
                         }
                         drop(k);
+                        if let Some(at) = flip
+                            && (offset..offset + n).contains(&at)
+                        {
+                            buf[at - offset] ^= 0x04;
+                        }
+                        offset += n;
                         if b.write_all(&buf[..n]).is_err() {
                             break;
                         }
@@ -316,7 +359,7 @@ impl Recorder {
                 });
             }
         });
-        Recorder { first }
+        Recorder { first, flip_at }
     }
 }
 
@@ -334,8 +377,9 @@ fn refusals_replay_and_revocation() {
     );
     let closed_port = crate::harness::env::free_port();
     let forbidden = Origin::http(V4, "forbidden");
+    let sink = Origin::start(V4, Mode::Sink);
     let mut gw = Gateway::init(Backend::Sqlite);
-    for port in [web.port(), stream.port(), closed_port] {
+    for port in [web.port(), stream.port(), sink.port(), closed_port] {
         gw.allow("bob.vpn.internal", &["--ports", &port.to_string()]);
     }
     gw.serve();
@@ -357,7 +401,7 @@ fn refusals_replay_and_revocation() {
         SocketAddr::from(([127, 0, 0, 1], port)),
         SocketAddr::from(([127, 0, 0, 2], port)),
     );
-    for p in [web.port(), stream.port(), forbidden.port()] {
+    for p in [web.port(), stream.port(), sink.port(), forbidden.port()] {
         bob.cli(&["export", &p.to_string()]).expect_ok();
     }
     alice.up();
@@ -375,12 +419,16 @@ fn refusals_replay_and_revocation() {
 
     // the same session id again: bob refuses, nothing reaches the service
     let first = recorder.first.lock().unwrap().clone();
-    assert!(first.len() >= 16 + 2 + 48, "recorded {} bytes", first.len());
+    assert!(
+        first.len() >= HANDSHAKE_BYTES,
+        "recorded {} bytes",
+        first.len()
+    );
     let mut replay = TcpStream::connect(("127.0.0.2", port)).unwrap();
     replay
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    replay.write_all(&first[..16 + 2 + 48]).unwrap();
+    replay.write_all(&first[..HANDSHAKE_BYTES]).unwrap();
     let mut buf = [0u8; 64];
     match replay.read(&mut buf) {
         Ok(0) => {}
@@ -389,6 +437,15 @@ fn refusals_replay_and_revocation() {
         Err(e) => panic!("bob neither closed nor answered a replayed handshake: {e}"),
     }
     web.expect_accepted(1, "a replayed handshake reached bob's service");
+
+    // one bit flipped in alice's first transport frame: bob forwards nothing
+    *recorder.flip_at.lock().unwrap() = Some(HANDSHAKE_BYTES + 2 + 3);
+    let mut s = connect_ok(alice.socks, "bob.vpn.internal", sink.port());
+    s.write_all(b"transfer 100 to mallory").unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let (received, _) = sink.wait_hash(Duration::from_secs(10));
+    assert_eq!(received, 0, "bob forwarded bytes from a tampered frame");
+    *recorder.flip_at.lock().unwrap() = None;
 
     // policy: bob exports it, but no rule lets alice in
     connect_expect(
@@ -472,4 +529,131 @@ fn refusals_replay_and_revocation() {
         t.elapsed()
     );
     alice.stop();
+}
+
+/// Every readable, writable mapping of process `pid` (heap, stacks,
+/// anonymous memory): where a leftover key would be.
+fn writable_memory(pid: u32) -> Vec<Vec<u8>> {
+    use std::io::{Seek, SeekFrom};
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps");
+    let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).expect("mem");
+    let mut out = Vec::new();
+    for line in maps.lines() {
+        let mut parts = line.split_whitespace();
+        let (Some(range), Some(perms)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        if !perms.starts_with("rw") {
+            continue;
+        }
+        let Some((lo, hi)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(lo), Ok(hi)) = (u64::from_str_radix(lo, 16), u64::from_str_radix(hi, 16)) else {
+            continue;
+        };
+        let mut buf = vec![0u8; (hi - lo) as usize];
+        if mem.seek(SeekFrom::Start(lo)).is_ok() && mem.read_exact(&mut buf).is_ok() {
+            out.push(buf);
+        }
+    }
+    out
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    let Some(&first) = needle.first() else {
+        return false;
+    };
+    hay.iter()
+        .enumerate()
+        .filter(|(_, b)| **b == first)
+        .any(|(i, _)| hay.get(i..i + needle.len()) == Some(needle))
+}
+
+/// The gateway makes K, sends it to both devices, and keeps no copy: after
+/// the grant, K is nowhere in its memory, raw or in base64 (needs root to
+/// read another process's memory).
+#[test]
+fn the_gateway_keeps_no_copy_of_a_session_key() {
+    if !netns::require_root("peer::the_gateway_keeps_no_copy_of_a_session_key") {
+        return;
+    }
+    use shimgate_proxy::config::{ConfigDir, DeviceConfig};
+    let web = Origin::http(V4, "bob's page");
+    let mut gw = Gateway::init(Backend::Sqlite);
+    gw.allow("bob.vpn.internal", &["--ports", &web.port().to_string()]);
+    gw.serve();
+    let alice = Device::enrolled(&gw, "alice", "alice");
+    let mut bob = Device::enrolled(&gw, "bob", "bob");
+    bob.cli(&["export", &web.port().to_string()]).expect_ok();
+    bob.up();
+    let pid = gw.pid().expect("gateway pid");
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = ConfigDir::new(alice.config_dir.clone());
+    let config = DeviceConfig::load(&dir).expect("alice's config");
+    let tls = shimgate_proxy::tls::device(&dir).expect("alice's TLS config");
+    let name = shimgate_proxy::tls::server_name(&config.server_name).unwrap();
+    let (conn, _) = rt
+        .block_on(shimgate_proxy::client::connect_device(
+            &config.gateway,
+            name,
+            tls,
+        ))
+        .expect("alice connects");
+    let grant = poll(
+        "a grant for bob",
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || {
+            rt.block_on(shimgate_proxy::peer::request_grant(
+                conn.send.clone(),
+                "bob",
+                web.port(),
+            ))
+            .ok()
+        },
+    );
+    let key = *grant.key.bytes();
+    let b64 = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(key)
+    };
+    // A few more sessions, so that buffers the first one used get reused.
+    for _ in 0..3 {
+        rt.block_on(shimgate_proxy::peer::request_grant(
+            conn.send.clone(),
+            "bob",
+            web.port(),
+        ))
+        .expect("another grant");
+    }
+    let regions = writable_memory(pid);
+    let scanned: usize = regions.iter().map(Vec::len).sum();
+    assert!(
+        scanned > 1 << 20,
+        "read only {scanned} bytes of the gateway's memory"
+    );
+    let raw = regions.iter().any(|r| contains(r, &key));
+    let text = regions.iter().any(|r| contains(r, b64.as_bytes()));
+    eprintln!(
+        "[e2e] scanned {scanned} bytes of the gateway's writable memory: raw key {raw}, base64 key {text}"
+    );
+    assert!(
+        !raw,
+        "the gateway's memory still holds a granted key (raw bytes)"
+    );
+    assert!(
+        !text,
+        "the gateway's memory still holds a granted key (base64)"
+    );
+    // the scan does find a key where one is: this process still holds the grant
+    let ours = writable_memory(std::process::id());
+    assert!(
+        ours.iter().any(|r| contains(r, grant.key.bytes())),
+        "the scanner missed the key in this process, which holds it"
+    );
 }

@@ -77,19 +77,34 @@ impl<'de> Deserialize<'de> for SessionId {
 }
 
 /// A brokered 256-bit session key. It never prints, and its memory is
-/// wiped when dropped.
-#[derive(Clone)]
-pub struct SessionKey(Zeroizing<[u8; 32]>);
+/// wiped when dropped. The bytes live on the heap and never move: a move of
+/// the struct moves a pointer, not a copy of the key that would stay behind
+/// on some stack.
+pub struct SessionKey(Box<Zeroizing<[u8; 32]>>);
 
 impl SessionKey {
-    pub fn random() -> SessionKey {
-        let mut key = Zeroizing::new([0u8; 32]);
-        rand::fill(&mut key[..]);
-        SessionKey(key)
+    /// Straight from the system's generator into place: a user-space RNG
+    /// would keep the output in its buffer.
+    pub fn random() -> Result<SessionKey, aws_lc_rs::error::Unspecified> {
+        let mut key = SessionKey::zeroed();
+        aws_lc_rs::rand::fill(&mut key.0[..])?;
+        Ok(key)
+    }
+
+    fn zeroed() -> SessionKey {
+        SessionKey(Box::new(Zeroizing::new([0u8; 32])))
     }
 
     pub fn bytes(&self) -> &[u8; 32] {
         &self.0
+    }
+}
+
+impl Clone for SessionKey {
+    fn clone(&self) -> SessionKey {
+        let mut copy = SessionKey::zeroed();
+        copy.0.copy_from_slice(&self.0[..]);
+        copy
     }
 }
 
@@ -114,12 +129,12 @@ impl<'de> Deserialize<'de> for SessionKey {
                 .decode(text.as_bytes())
                 .map_err(|_| serde::de::Error::custom("bad session key"))?,
         );
-        let mut key = Zeroizing::new([0u8; 32]);
-        if raw.len() != key.len() {
+        let mut key = SessionKey::zeroed();
+        if raw.len() != key.0.len() {
             return Err(serde::de::Error::custom("a session key is 32 bytes"));
         }
-        key.copy_from_slice(&raw);
-        Ok(SessionKey(key))
+        key.0.copy_from_slice(&raw);
+        Ok(key)
     }
 }
 
@@ -298,7 +313,7 @@ mod tests {
 
     #[test]
     fn messages_survive_any_split() {
-        let key = SessionKey::random();
+        let key = SessionKey::random().unwrap();
         let offer = GatewayMsg::Offer {
             session: SessionId([9; 16]),
             key: key.clone(),
@@ -356,7 +371,7 @@ mod tests {
 
     #[test]
     fn keys_never_print() {
-        let key = SessionKey::random();
+        let key = SessionKey::random().unwrap();
         let text = format!("{key:?}");
         assert!(!text.contains(&STANDARD.encode(key.bytes())));
         assert!(text.contains("redacted"));

@@ -227,6 +227,11 @@ impl Gateway {
         s
     }
 
+    /// The serving process's pid.
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.as_ref().map(|p| p.pid())
+    }
+
     pub fn ca_cert(&self) -> PathBuf {
         self.data_dir.join("ca.crt")
     }

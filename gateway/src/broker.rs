@@ -53,6 +53,8 @@ struct Online {
     device_id: i64,
     fingerprint: String,
     user: String,
+    /// Its owner's groups, for `group:NAME` policy destinations.
+    groups: Vec<String>,
     vpn_ip: Ipv4Addr,
     /// The address its control stream came from (what NAT shows).
     observed: IpAddr,
@@ -98,6 +100,7 @@ pub struct Broker {
 struct PeerTarget {
     name: String,
     vpn_ip: Ipv4Addr,
+    groups: Vec<String>,
 }
 
 impl Broker {
@@ -139,6 +142,7 @@ impl Broker {
                 addr: IpAddr::V4(target.vpn_ip),
                 port,
                 alias: false,
+                peer_groups: Some(&target.groups),
             };
             policy::allows(rules, who, &t, own)
         };
@@ -224,8 +228,15 @@ impl Broker {
             let suffix = format!(".{}", domain.to_ascii_lowercase());
             lower.strip_suffix(&suffix).unwrap_or(&lower).to_owned()
         };
-        let vpn_ip = self.online.get(&name)?.vpn_ip;
-        Some(PeerTarget { name, vpn_ip })
+        let (vpn_ip, groups) = {
+            let online = self.online.get(&name)?;
+            (online.vpn_ip, online.groups.clone())
+        };
+        Some(PeerTarget {
+            name,
+            vpn_ip,
+            groups,
+        })
     }
 
     /// Serves one device's control stream until it or its connection ends.
@@ -328,6 +339,7 @@ impl Broker {
                         device_id: who.device_id,
                         fingerprint: who.fingerprint.clone(),
                         user: who.user_name.clone(),
+                        groups: who.groups.clone(),
                         vpn_ip: who.vpn_ip,
                         observed: from,
                         listen_port,

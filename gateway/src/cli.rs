@@ -170,7 +170,8 @@ struct RuleArgs {
     /// allow or deny; a matching deny beats any allow.
     #[arg(value_parser = ["allow", "deny"])]
     action: String,
-    /// Destination: CIDR (10.0.0.0/8), IP, or domain suffix (intranet.example).
+    /// Destination: CIDR (10.0.0.0/8), IP, domain suffix (intranet.example), a device
+    /// (bob.vpn.internal), or group:NAME (the devices of that group's members, as peers).
     #[arg(long)]
     to: Dest,
     /// Port or range: 80, 8000-8100 (default: all).

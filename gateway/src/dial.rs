@@ -127,6 +127,7 @@ impl Dialer {
                     addr: *ip,
                     port,
                     alias: alias.is_some(),
+                    peer_groups: None,
                 };
                 policy::allows(rules, who, &target, self.own)
             })

@@ -23,6 +23,8 @@ pub struct Target<'a> {
     /// The operator mapped this name to this address in the gateway's own
     /// configuration (`--alias`), which counts as naming it explicitly.
     pub alias: bool,
+    /// For a peer device: its owner's groups (what `group:NAME` destinations match).
+    pub peer_groups: Option<&'a [String]>,
 }
 
 /// Ranges the gateway refuses unless a rule names them.
@@ -74,6 +76,7 @@ fn dest_matches(dest: &Dest, target: &Target) -> bool {
     match dest {
         Dest::Cidr(net) => net.contains(&target.addr),
         Dest::Domain(suffix) => target.name.is_some_and(|n| domain_matches(suffix, n)),
+        Dest::PeerGroup(g) => target.peer_groups.is_some_and(|groups| groups.contains(g)),
     }
 }
 
@@ -154,6 +157,7 @@ mod tests {
             addr: addr.parse().unwrap(),
             port,
             alias: false,
+            peer_groups: None,
         }
     }
 
@@ -161,6 +165,26 @@ mod tests {
 
     fn check(rules: &[Rule], t: Target) -> bool {
         allows(rules, &who(), &t, OWN.parse().unwrap())
+    }
+
+    #[test]
+    fn peer_groups_match_only_peers_of_that_group() {
+        fn peer(groups: &[String], port: u16) -> Target<'_> {
+            Target {
+                peer_groups: Some(groups),
+                ..at(Some("bob.vpn.internal"), "100.64.0.2", port)
+            }
+        }
+        let rules = [rule("user:alice", "group:lab", (8000, 8000), "allow")];
+        let (lab, sales) = (["lab".to_owned()], ["sales".to_owned()]);
+        assert!(check(&rules, peer(&lab, 8000)));
+        assert!(!check(&rules, peer(&sales, 8000)));
+        assert!(!check(&rules, peer(&lab, 8001)));
+        // not a peer: a gateway tunnel to the same name
+        assert!(!check(
+            &rules,
+            at(Some("bob.vpn.internal"), "100.64.0.2", 8000)
+        ));
     }
 
     #[test]
@@ -254,6 +278,7 @@ mod tests {
             addr: "127.0.0.1".parse().unwrap(),
             port: 80,
             alias: true,
+            peer_groups: None,
         };
         assert!(check(&rules, t));
         let t = Target {
@@ -261,6 +286,7 @@ mod tests {
             addr: "127.0.0.1".parse().unwrap(),
             port: 80,
             alias: true,
+            peer_groups: None,
         };
         assert!(!check(&[], t));
     }

@@ -54,12 +54,15 @@ pub enum Subject {
 }
 
 /// Where a rule applies. Text: a CIDR (`10.0.0.0/8`, `2001:db8::/32`), a bare IP (meaning /32
-/// or /128), or a domain suffix (`intranet.internal`, matching itself and its subdomains).
+/// or /128), a domain suffix (`intranet.internal`, matching itself and its subdomains), or
+/// `group:NAME` (the devices of that group's members, as peers).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Dest {
     Cidr(IpNet),
     /// Lowercase, no leading or trailing dot.
     Domain(String),
+    /// Peer devices whose owner is in this group.
+    PeerGroup(String),
 }
 
 /// What a matching rule does. Text: `allow`, `deny`.
@@ -218,6 +221,11 @@ impl FromStr for Dest {
         if let Ok(ip) = s.parse::<IpAddr>() {
             return Ok(Dest::Cidr(IpNet::from(ip)));
         }
+        if let Some((kind, name)) = s.split_once(':')
+            && kind.eq_ignore_ascii_case("group")
+        {
+            return check_subject_name(input, name).map(Dest::PeerGroup);
+        }
         if s.contains(':') {
             return Err(ParseError::new(what, input, "not a valid IPv6 address"));
         }
@@ -230,6 +238,7 @@ impl fmt::Display for Dest {
         match self {
             Dest::Cidr(net) => write!(f, "{net}"),
             Dest::Domain(domain) => f.write_str(domain),
+            Dest::PeerGroup(group) => write!(f, "group:{group}"),
         }
     }
 }
@@ -344,6 +353,11 @@ mod tests {
         assert_eq!(roundtrip::<Dest>("Intranet.Internal."), "intranet.internal");
         assert_eq!(roundtrip::<Dest>("localhost"), "localhost");
         assert_eq!(roundtrip::<Dest>("_srv.example.com"), "_srv.example.com");
+        assert_eq!(roundtrip::<Dest>("Group:lab"), "group:lab");
+        assert_eq!(
+            "group:lab".parse::<Dest>(),
+            Ok(Dest::PeerGroup("lab".into()))
+        );
         assert_eq!(
             "db.example.com".parse::<Dest>(),
             Ok(Dest::Domain("db.example.com".into()))
@@ -365,6 +379,8 @@ mod tests {
             "-bad.com",
             "bad-.com",
             "ünicode.de",
+            "group:",
+            "group: lab",
         ] {
             assert!(bad.parse::<Dest>().is_err(), "{bad:?} should be refused");
         }

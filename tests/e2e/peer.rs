@@ -378,10 +378,19 @@ fn refusals_replay_and_revocation() {
     let closed_port = crate::harness::env::free_port();
     let forbidden = Origin::http(V4, "forbidden");
     let sink = Origin::start(V4, Mode::Sink);
+    let lab_web = Origin::http(V4, "lab page");
+    let sales_web = Origin::http(V4, "sales page");
     let mut gw = Gateway::init(Backend::Sqlite);
     for port in [web.port(), stream.port(), sink.port(), closed_port] {
         gw.allow("bob.vpn.internal", &["--ports", &port.to_string()]);
     }
+    // rules on the peer's group rather than its name
+    gw.ok(&["user", "add", "bob", "--group", "lab"]);
+    gw.allow(
+        "group:lab",
+        &["--ports", &lab_web.port().to_string(), "--user", "alice"],
+    );
+    gw.allow("group:sales", &["--ports", &sales_web.port().to_string()]);
     gw.serve();
     let mut alice = Device::enrolled(&gw, "alice", "alice");
     let mut bob = Device::enrolled(&gw, "bob", "bob");
@@ -401,7 +410,14 @@ fn refusals_replay_and_revocation() {
         SocketAddr::from(([127, 0, 0, 1], port)),
         SocketAddr::from(([127, 0, 0, 2], port)),
     );
-    for p in [web.port(), stream.port(), sink.port(), forbidden.port()] {
+    for p in [
+        web.port(),
+        stream.port(),
+        sink.port(),
+        forbidden.port(),
+        lab_web.port(),
+        sales_web.port(),
+    ] {
         bob.cli(&["export", &p.to_string()]).expect_ok();
     }
     alice.up();
@@ -452,6 +468,19 @@ fn refusals_replay_and_revocation() {
         alice.socks,
         "bob.vpn.internal",
         forbidden.port(),
+        socks::NOT_ALLOWED,
+    );
+    // a rule for bob's group lets alice in; one for a group bob is not in does not
+    let lab_url = format!("http://bob.vpn.internal:{}/", lab_web.port());
+    let out = curl(None, Some("--socks5-hostname"), Some(alice.socks), &lab_url);
+    assert_eq!(
+        out.stdout, "lab page",
+        "{lab_url} through a group:lab rule: {out}"
+    );
+    connect_expect(
+        alice.socks,
+        "bob.vpn.internal",
+        sales_web.port(),
         socks::NOT_ALLOWED,
     );
     forbidden.expect_accepted(0, "a forbidden peer port");

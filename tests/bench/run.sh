@@ -1,25 +1,30 @@
 #!/usr/bin/env bash
 # shimgate benchmark: measures, in one run and with the same client code
-# (tests/src/bin/sgbench.rs), four paths to a local origin server:
-#   direct      client -> origin over loopback
-#   microsocks  plain SOCKS5 proxy, no encryption
-#   ssh         ssh -D to a private sshd, cipher aes256-gcm@openssh.com
-#   shimgate    shimgate SOCKS5 proxy -> mTLS/HTTP/2 -> shimgate-gateway -> origin
+# (tests/src/bin/sgbench.rs), six paths to a local origin server:
+#   direct       client -> origin over loopback
+#   microsocks   plain SOCKS5 proxy, no encryption
+#   ssh          ssh -D to a private sshd, cipher aes256-gcm@openssh.com
+#   shimgate     shimgate SOCKS5 proxy -> mTLS/HTTP/2 -> shimgate-gateway -> origin
+#   peer-direct  device alice's SOCKS5 proxy -> bob.vpn.internal:PORT, peer to
+#                peer (Noise + AES-256-GCM) -> device bob, exporting the origin
+#   peer-relay   the same, with bob's peer listener refused by an nftables
+#                rule, so every session is relayed through the gateway
 # for bulk throughput, connection setup latency, connections per second and
 # memory per idle connection, then prints a table and the targets.
 # See docs/BENCHMARKS.md. All traffic stays on 127.0.0.1.
 #
-# usage: bash tests/bench/run.sh [--quick] [--paths direct,microsocks,ssh,shimgate]
+# usage: bash tests/bench/run.sh [--quick] [--paths direct,...,peer-relay]
 #                                [--json FILE|-] [--skip-build] [--skip-install]
 # Exit status: 0 when every selected path ran (whether or not the targets are
 # met), 1 when a path failed to run, 2 for a usage error.
 set -euo pipefail
 
 usage() {
-    sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
     cat <<'EOF'
 options:
-  --paths LIST       comma-separated subset of direct,microsocks,ssh,shimgate (default: all)
+  --paths LIST       comma-separated subset of direct,microsocks,ssh,shimgate,peer-direct,peer-relay
+                     (default: all)
   --json FILE        also write all figures as JSON to FILE ("-": JSON on stdout instead of the table)
   --quick            small sizes for a smoke test (256 MiB bulk x1, 200 samples, 1 s, 200 idle)
   --bulk-bytes N     bytes per bulk transfer, suffix K/M/G binary (default 1G)
@@ -34,7 +39,8 @@ EOF
 }
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-PATHS="direct,microsocks,ssh,shimgate"
+ALL_PATHS="direct microsocks ssh shimgate peer-direct peer-relay"
+PATHS="${ALL_PATHS// /,}"
 JSON_OUT=""
 SKIP_BUILD=0
 SKIP_INSTALL=0
@@ -69,8 +75,8 @@ while (($#)); do
 done
 for p in ${PATHS//,/ }; do
     case "$p" in
-        direct | microsocks | ssh | shimgate) ;;
-        *) echo "run.sh: unknown path $p (direct, microsocks, ssh, shimgate)" >&2; exit 2 ;;
+        direct | microsocks | ssh | shimgate | peer-direct | peer-relay) ;;
+        *) echo "run.sh: unknown path $p (${ALL_PATHS// /, })" >&2; exit 2 ;;
     esac
 done
 if [[ -n "$JSON_OUT" && "$JSON_OUT" != "-" && "$JSON_OUT" != /* ]]; then
@@ -83,11 +89,14 @@ cd "$ROOT"
 
 log() { echo "== $*" >&2; }
 want() { [[ ",$PATHS," == *",$1,"* ]]; }
+want_shimgate() { want shimgate || want peer-direct || want peer-relay; }
 
 # ---------------------------------------------------------------- cleanup
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/sgbench.XXXXXX")"
 PIDS=()
 FG_PID=""
+# The nftables table of the relayed peer path, while it exists.
+NFT_TABLE=""
 
 # Children, grandchildren... of a pid (sshd forks per session).
 descendants() {
@@ -127,6 +136,7 @@ cleanup() {
     if [[ -n "$FG_PID" ]]; then rev+=("$FG_PID"); fi
     for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do rev+=("${PIDS[i]}"); done
     ((${#rev[@]} == 0)) || stop_pids "${rev[@]}"
+    if [[ -n "$NFT_TABLE" ]]; then nft delete table inet "$NFT_TABLE" 2>/dev/null || true; fi
     if [[ -n "$KEEP_LOGS" ]]; then
         mkdir -p "$KEEP_LOGS" && cp "$WORK"/*.log "$WORK"/*.json "$KEEP_LOGS"/ 2>/dev/null || true
     fi
@@ -158,12 +168,15 @@ start_bg() {
     PIDS+=("$BG_PID")
 }
 
+# The logs are colored even when they don't go to a terminal.
+nocolor() { sed 's/\x1b\[[0-9;]*m//g'; }
+
 show_log() {
     local l
     for l in "$@"; do
         if [[ -s "$WORK/$l.log" ]]; then
             echo "---- last lines of $l.log:" >&2
-            tail -n 15 "$WORK/$l.log" >&2
+            tail -n 15 "$WORK/$l.log" | nocolor >&2
         fi
     done
 }
@@ -186,6 +199,7 @@ if ((!SKIP_INSTALL)); then
         if ! command -v ssh >/dev/null || ! command -v ssh-keygen >/dev/null; then need+=(openssh-client); fi
     fi
     if ! command -v ps >/dev/null; then need+=(procps); fi
+    if want peer-relay && ! command -v nft >/dev/null; then need+=(nftables); fi
     if ((${#need[@]})); then
         SUDO=()
         if [[ "$(id -u)" != 0 ]]; then
@@ -215,11 +229,13 @@ TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 BIN="$TARGET_DIR/release"
 SGBENCH="$BIN/sgbench"
 if ((!SKIP_BUILD)); then
-    if want shimgate; then
+    if want_shimgate; then
         log "cargo build --release -p shimgate-gateway -p shimgate-proxy -p shimgate-tests"
         if ! fg_run cargo build --release \
             -p shimgate-gateway -p shimgate-proxy -p shimgate-tests; then
-            FAIL_REASON[shimgate]="cargo build of shimgate-gateway / shimgate-proxy failed"
+            for p in shimgate peer-direct peer-relay; do
+                FAIL_REASON[$p]="cargo build of shimgate-gateway / shimgate-proxy failed"
+            done
             log "build failed; measuring the other paths"
             fg_run cargo build --release -p shimgate-tests
         fi
@@ -345,39 +361,62 @@ EOF
     stop_pids "$sshd_pid"
 }
 
-run_shimgate() {
-    local gw="$BIN/shimgate-gateway" sg="$BIN/shimgate"
-    local gdir="$WORK/gateway" cdir="$WORK/device" gw_port socks_port code i
-    [[ -x "$gw" && -x "$sg" ]] || { fail "shimgate binaries not built"; return 1; }
-    { read -r gw_port; read -r socks_port; } < <("$SGBENCH" ports 2)
+# Starts a fresh gateway with its data in DIR (SQLite registry) and its log in
+# TAG.log; sets GW_PORT and GW_PID. Then `gw ARGS` runs the gateway's CLI on it.
+start_gateway() {
+    local dir="$1" tag="$2"
+    GW_DIR="$dir"
+    read -r GW_PORT < <("$SGBENCH" ports 1)
     # Explicit dirs only, and the default SQLite database.
     unset DATABASE_URL SHIMGATE_HOME SHIMGATE_GATEWAY_DIR
-    local g=("$gw" --data-dir "$gdir")
-    "${g[@]}" init --name localhost --ip 127.0.0.1 --listen "127.0.0.1:$gw_port" \
-        >"$WORK/gateway-init.log" 2>&1 || { fail "shimgate-gateway init failed" gateway-init; return 1; }
-    "${g[@]}" policy add allow --to 127.0.0.1/32 \
-        >"$WORK/gateway-policy.log" 2>&1 || { fail "shimgate-gateway policy add failed" gateway-policy; return 1; }
-    code="$("${g[@]}" token create --user bench --quiet 2>"$WORK/gateway-token.log")" ||
+    gw init --name localhost --ip 127.0.0.1 --listen "127.0.0.1:$GW_PORT" \
+        >"$WORK/$tag-init.log" 2>&1 || { fail "shimgate-gateway init failed" "$tag-init"; return 1; }
+    start_bg "$tag" "$BIN/shimgate-gateway" --data-dir "$GW_DIR" serve
+    GW_PID=$BG_PID
+    "$SGBENCH" wait-port "127.0.0.1:$GW_PORT" --pid "$GW_PID" --timeout-secs 30 ||
+        { fail "shimgate-gateway serve did not start" "$tag"; return 1; }
+}
+gw() { "$BIN/shimgate-gateway" --data-dir "$GW_DIR" "$@"; }
+
+# Prints a fresh enrollment code for user bench.
+new_code() {
+    local code
+    code="$(gw token create --user bench --quiet 2>"$WORK/gateway-token.log")" ||
         { fail "shimgate-gateway token create failed" gateway-token; return 1; }
     [[ "$code" == sg1-* ]] || { fail "token create printed ${code:-nothing}, not an sg1- code"; return 1; }
-    start_bg gateway "${g[@]}" serve
-    local gw_pid=$BG_PID
-    "$SGBENCH" wait-port "127.0.0.1:$gw_port" --pid "$gw_pid" --timeout-secs 30 ||
-        { fail "shimgate-gateway serve did not start" gateway; return 1; }
+    echo "$code"
+}
+
+# Waits until the device proxy with config dir DIR (pid PID, log TAG.log) is
+# up and connected: `shimgate status` exits 0. GWTAG: the gateway's log.
+wait_device() {
+    local dir="$1" pid="$2" tag="$3" gwtag="${4:-gateway}" i
+    for ((i = 0; ; i++)); do
+        if "$BIN/shimgate" --config-dir "$dir" status >/dev/null 2>&1; then return 0; fi
+        if ! kill -0 "$pid" 2>/dev/null; then
+            fail "shimgate up ($tag) exited" "$tag" "$gwtag"; return 1
+        fi
+        if ((i >= 300)); then
+            fail "shimgate status ($tag) did not exit 0 within 30 s" "$tag" "$gwtag"; return 1
+        fi
+        sleep 0.1
+    done
+}
+
+run_shimgate() {
+    local sg="$BIN/shimgate" cdir="$WORK/device" socks_port code
+    [[ -x "$BIN/shimgate-gateway" && -x "$sg" ]] || { fail "shimgate binaries not built"; return 1; }
+    read -r socks_port < <("$SGBENCH" ports 1)
+    start_gateway "$WORK/gateway" gateway || return 1
+    local gw_pid=$GW_PID
+    gw policy add allow --to 127.0.0.1/32 \
+        >"$WORK/gateway-policy.log" 2>&1 || { fail "shimgate-gateway policy add failed" gateway-policy; return 1; }
+    code="$(new_code)" || return 1
     "$sg" --config-dir "$cdir" enroll "$code" >"$WORK/enroll.log" 2>&1 ||
         { fail "shimgate enroll failed" enroll gateway; return 1; }
     start_bg shimgate "$sg" --config-dir "$cdir" up --listen "127.0.0.1:$socks_port"
     local sg_pid=$BG_PID
-    for ((i = 0; ; i++)); do
-        if "$sg" --config-dir "$cdir" status >/dev/null 2>&1; then break; fi
-        if ! kill -0 "$sg_pid" 2>/dev/null; then
-            fail "shimgate up exited" shimgate gateway; return 1
-        fi
-        if ((i >= 300)); then
-            fail "shimgate status did not exit 0 within 30 s" shimgate gateway; return 1
-        fi
-        sleep 0.1
-    done
+    wait_device "$cdir" "$sg_pid" shimgate || return 1
     measure shimgate "shimgate (gateway path)" --socks "127.0.0.1:$socks_port" \
         --rss "shimgate-gateway=$gw_pid" --rss "shimgate=$sg_pid" ||
         { fail "measuring failed" shimgate gateway; return 1; }
@@ -385,13 +424,143 @@ run_shimgate() {
     stop_pids "$gw_pid"
 }
 
+# The peer paths: a fresh gateway, device alice (whose SOCKS proxy the client
+# uses) and device bob, which exports the origin's port. The client asks
+# alice for bob.vpn.internal:ORIGIN_PORT; alice gets a session from the
+# gateway (policy: allow --to bob.vpn.internal --ports ORIGIN_PORT) and
+# connects to bob's peer listener; bob connects to 127.0.0.1:ORIGIN_PORT.
+# Both peer listeners are on 127.0.0.1 (the gateway offers loopback endpoints
+# only between devices that are both on loopback). For peer-relay, an
+# nftables rule answers connections to bob's peer listener with a TCP reset,
+# so the direct attempt fails at once and every session goes through the
+# gateway's relay (after a failure alice tries direct again every 5 s, and is
+# refused again).
+# Sets peer_listen in a device's config.toml (enroll writes the default).
+set_peer_listen() {
+    local file="$1" addr="$2"
+    if grep -q '^peer_listen *=' "$file"; then
+        sed -i "s/^peer_listen *=.*/peer_listen = \"$addr\"/" "$file"
+    else
+        # A top-level key must come before the first [table].
+        sed -i "1i peer_listen = \"$addr\"" "$file"
+    fi
+    grep -q "^peer_listen = \"$addr\"" "$file" || { fail "could not set peer_listen in $file"; return 1; }
+}
+
+run_peer() {
+    local mode="$1" name="peer-$1" sg="$BIN/shimgate"
+    local adir="$WORK/$name-alice" bdir="$WORK/$name-bob" code dev d i note
+    local alice_socks bob_socks bob_peer want_path=direct
+    [[ "$mode" == relay ]] && want_path=relayed
+    [[ -x "$BIN/shimgate-gateway" && -x "$sg" ]] || { fail "shimgate binaries not built"; return 1; }
+    { read -r alice_socks; read -r bob_socks; read -r bob_peer; } < <("$SGBENCH" ports 3)
+    local gwlog="$name-gateway"
+    start_gateway "$WORK/$name-gateway" "$gwlog" || return 1
+    local gw_pid=$GW_PID
+    gw policy add allow --to bob.vpn.internal --ports "$ORIGIN_PORT" \
+        >"$WORK/gateway-policy.log" 2>&1 || { fail "shimgate-gateway policy add failed" gateway-policy; return 1; }
+    for dev in alice bob; do
+        d="$adir"
+        [[ "$dev" == bob ]] && d="$bdir"
+        code="$(new_code)" || return 1
+        "$sg" --config-dir "$d" enroll "$code" --name "$dev" >"$WORK/enroll-$dev.log" 2>&1 ||
+            { fail "shimgate enroll ($dev) failed" "enroll-$dev" "$gwlog"; return 1; }
+    done
+    set_peer_listen "$adir/config.toml" 127.0.0.1:0 || return 1
+    set_peer_listen "$bdir/config.toml" "127.0.0.1:$bob_peer" || return 1
+    "$sg" --config-dir "$bdir" export "$ORIGIN_PORT" >"$WORK/export.log" 2>&1 ||
+        { fail "shimgate export failed" export; return 1; }
+    start_bg "$name-bob" "$sg" --config-dir "$bdir" up --listen "127.0.0.1:$bob_socks"
+    local bob_pid=$BG_PID
+    start_bg "$name-alice" "$sg" --config-dir "$adir" up --listen "127.0.0.1:$alice_socks"
+    local alice_pid=$BG_PID
+    wait_device "$bdir" "$bob_pid" "$name-bob" "$gwlog" || return 1
+    wait_device "$adir" "$alice_pid" "$name-alice" "$gwlog" || return 1
+    if [[ "$mode" == relay ]]; then
+        command -v nft >/dev/null || { fail "nft (nftables) is needed to refuse the direct path"; return 1; }
+        NFT_TABLE="sgbench_$$"
+        if ! nft -f - >"$WORK/nft.log" 2>&1 <<EOF
+table inet $NFT_TABLE {
+    chain out {
+        type filter hook output priority 0; policy accept;
+        ip daddr 127.0.0.0/8 tcp dport $bob_peer reject with tcp reset
+    }
+}
+EOF
+        then
+            NFT_TABLE=""
+            fail "could not add the nftables rule refusing bob's peer listener (root needed)" nft
+            return 1
+        fi
+    fi
+    # Bob's export reaches the gateway on its control stream; `shimgate ping`
+    # proves a session works and shows its path.
+    for ((i = 0; ; i++)); do
+        if "$sg" --config-dir "$adir" ping bob -c 3 >"$WORK/$name-ping.log" 2>&1; then break; fi
+        if ((i >= 100)); then
+            fail "shimgate ping bob did not succeed within 10 s" "$name-ping" "$name-alice" "$name-bob" "$gwlog"
+            return 1
+        fi
+        sleep 0.1
+    done
+    # The ping's own result line (its log lines go to the same file).
+    local ping_out
+    ping_out="$(nocolor <"$WORK/$name-ping.log" | grep -v -E '^[0-9-]+T[0-9:.]+Z +[A-Z]+ ' | tr -s ' \n' ' ')"
+    if [[ "$ping_out" != *"path $want_path"* ]]; then
+        fail "shimgate ping bob did not take the $want_path path: $ping_out" "$name-ping"; return 1
+    fi
+    log "shimgate ping bob: $ping_out"
+    # What `shimgate peers --json` shows while the sessions run (it shows the
+    # path of open links only), sampled every 0.5 s.
+    (
+        while :; do
+            "$sg" --config-dir "$adir" peers --json 2>/dev/null | grep '"path":"' || true
+            sleep 0.5
+        done
+    ) >"$WORK/$name-peers.log" &
+    local poll_pid=$!
+    PIDS+=("$poll_pid")
+    measure "$name" "${LABEL[$name]}" --socks "127.0.0.1:$alice_socks" \
+        --socks-dest "bob.vpn.internal:$ORIGIN_PORT" \
+        --rss "shimgate-gateway=$gw_pid" --rss "alice=$alice_pid" --rss "bob=$bob_pid" ||
+        { stop_pids "$poll_pid"; fail "measuring failed" "$name-alice" "$name-bob" "$gwlog"; return 1; }
+    stop_pids "$poll_pid"
+    # Which path did the sessions take? Bob logs every session it opens
+    # with its path, alice every session she relays, and `shimgate peers`
+    # showed the path of the links open when it was sampled.
+    local n_direct n_relayed n_relaying seen
+    n_direct=$(nocolor <"$WORK/$name-bob.log" | grep -c "peer session open.* port=$ORIGIN_PORT path=direct" || true)
+    n_relayed=$(nocolor <"$WORK/$name-bob.log" | grep -c "peer session open.* port=$ORIGIN_PORT path=relayed" || true)
+    n_relaying=$(nocolor <"$WORK/$name-alice.log" | grep -c "relaying through the gateway.* port=$ORIGIN_PORT" || true)
+    seen="$(grep -o '"path":"[a-z]*"' "$WORK/$name-peers.log" | sort | uniq -c | awk '{printf "%s%s x%s", (NR > 1 ? ", " : ""), $2, $1}')"
+    note="$name: bob opened $n_direct direct and $n_relayed relayed sessions; alice relayed $n_relaying; shimgate peers --json samples: ${seen:-none}"
+    log "$note"
+    NOTES+=(--note "$note")
+    if [[ "$mode" == direct ]] && ((n_relayed > 0 || n_direct == 0)); then
+        NOTES+=(--note "warning: $name: not every session took the direct path")
+    fi
+    if [[ "$mode" == relay ]] && ((n_direct > 0 || n_relayed == 0)); then
+        NOTES+=(--note "warning: $name: not every session was relayed")
+    fi
+    if [[ -n "$NFT_TABLE" ]]; then
+        nft delete table inet "$NFT_TABLE" 2>/dev/null || true
+        NFT_TABLE=""
+    fi
+    stop_pids "$alice_pid" "$bob_pid"
+    stop_pids "$gw_pid"
+}
+run_peer-direct() { run_peer direct; }
+run_peer-relay() { run_peer relay; }
+
 declare -A LABEL=()
 LABEL[direct]="direct loopback"
 LABEL[microsocks]="microsocks (SOCKS5, no crypto)"
 LABEL[ssh]="ssh -D (aes256-gcm)"
 LABEL[shimgate]="shimgate (gateway path)"
+LABEL[peer-direct]="shimgate peer, direct"
+LABEL[peer-relay]="shimgate peer, relayed"
 
-for p in direct microsocks ssh shimgate; do
+for p in $ALL_PATHS; do
     want "$p" || continue
     out="$WORK/result-$p.json"
     if [[ -z "${FAIL_REASON[$p]:-}" ]]; then

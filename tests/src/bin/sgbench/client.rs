@@ -1,5 +1,5 @@
 //! The measuring client: a minimal SOCKS5 client (no authentication, CONNECT,
-//! IPv4 address type) and the origin protocol operations.
+//! IPv4 or domain name address type) and the origin protocol operations.
 
 use std::net::{SocketAddr, SocketAddrV4};
 
@@ -14,7 +14,11 @@ use crate::origin::{CMD_BULK, CMD_PING, PONG, Pattern};
 #[derive(Clone, Copy, Debug)]
 pub struct Path {
     pub socks: Option<SocketAddr>,
+    /// The origin, for a direct connection.
     pub dest: SocketAddrV4,
+    /// The name the SOCKS CONNECT asks for instead of `dest` (address type
+    /// 3, e.g. `bob.vpn.internal:PORT` for a peer path), when given.
+    pub dest_name: Option<(&'static str, u16)>,
 }
 
 impl Path {
@@ -30,13 +34,18 @@ impl Path {
                 s.set_nodelay(true)?;
                 Ok(s)
             }
-            Some(proxy) => socks_connect(proxy, self.dest).await,
+            Some(proxy) => socks_connect(proxy, self.dest, self.dest_name).await,
         }
     }
 }
 
-/// SOCKS5 CONNECT through `proxy` to `dest`.
-pub async fn socks_connect(proxy: SocketAddr, dest: SocketAddrV4) -> Result<TcpStream> {
+/// SOCKS5 CONNECT through `proxy` to `dest`, or to the host name and port
+/// `name` when given.
+pub async fn socks_connect(
+    proxy: SocketAddr,
+    dest: SocketAddrV4,
+    name: Option<(&'static str, u16)>,
+) -> Result<TcpStream> {
     let mut s = TcpStream::connect(proxy)
         .await
         .with_context(|| format!("connecting to SOCKS proxy {proxy}"))?;
@@ -55,10 +64,20 @@ pub async fn socks_connect(proxy: SocketAddr, dest: SocketAddrV4) -> Result<TcpS
             method[1]
         );
     }
-    let mut req = [0u8; 10];
-    req[..4].copy_from_slice(&[5, 1, 0, 1]);
-    req[4..8].copy_from_slice(&dest.ip().octets());
-    req[8..10].copy_from_slice(&dest.port().to_be_bytes());
+    let mut req = Vec::with_capacity(7 + 255);
+    match name {
+        None => {
+            req.extend_from_slice(&[5, 1, 0, 1]);
+            req.extend_from_slice(&dest.ip().octets());
+            req.extend_from_slice(&dest.port().to_be_bytes());
+        }
+        Some((host, port)) => {
+            let len = u8::try_from(host.len()).context("SOCKS host name longer than 255 bytes")?;
+            req.extend_from_slice(&[5, 1, 0, 3, len]);
+            req.extend_from_slice(host.as_bytes());
+            req.extend_from_slice(&port.to_be_bytes());
+        }
+    }
     s.write_all(&req).await?;
     let mut head = [0u8; 4];
     s.read_exact(&mut head)
@@ -69,7 +88,8 @@ pub async fn socks_connect(proxy: SocketAddr, dest: SocketAddrV4) -> Result<TcpS
     }
     if head[1] != 0 {
         bail!(
-            "SOCKS CONNECT to {dest} failed: reply {:#04x} ({})",
+            "SOCKS CONNECT to {} failed: reply {:#04x} ({})",
+            name.map_or_else(|| dest.to_string(), |(h, p)| format!("{h}:{p}")),
             head[1],
             shimgate_wire::tunnel::socks_reply_name(head[1])
         );

@@ -27,7 +27,7 @@ const OP_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Args)]
 pub struct MeasureArgs {
-    /// Short name of the path (direct, microsocks, ssh, shimgate).
+    /// Short name of the path (direct, microsocks, ssh, shimgate, peer-direct, peer-relay).
     #[arg(long)]
     name: String,
     /// Human-readable label for the table.
@@ -39,6 +39,10 @@ pub struct MeasureArgs {
     /// SOCKS5 proxy to go through; without it, connect to the origin directly.
     #[arg(long)]
     socks: Option<SocketAddr>,
+    /// HOST:PORT the SOCKS CONNECT names instead of --target (domain name
+    /// address type), e.g. bob.vpn.internal:9000 for a peer path.
+    #[arg(long, requires = "socks", value_parser = parse_host_port)]
+    socks_dest: Option<(String, u16)>,
     /// Bytes per bulk transfer (suffixes K, M, G are binary: 1G = 1 GiB).
     #[arg(long, default_value = "1G", value_parser = parse_size)]
     bulk_bytes: u64,
@@ -74,6 +78,19 @@ pub struct MeasureArgs {
     out: PathBuf,
 }
 
+fn parse_host_port(s: &str) -> Result<(String, u16)> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .with_context(|| format!("{s:?} is not HOST:PORT"))?;
+    if host.is_empty() || host.len() > 255 {
+        bail!("{s:?}: the host name must be 1 to 255 bytes");
+    }
+    let port = port
+        .parse::<u16>()
+        .with_context(|| format!("{s:?}: bad port"))?;
+    Ok((host.to_owned(), port))
+}
+
 fn parse_size(s: &str) -> Result<u64> {
     let s = s.trim();
     let (num, mult) = match s.char_indices().last() {
@@ -96,15 +113,24 @@ pub async fn run(args: MeasureArgs) -> Result<()> {
     for s in &args.rss_tree {
         procs.push(ProcSpec::parse(s, true)?);
     }
+    // Path is Copy (every task gets its own); the name lives for the run.
+    let dest_name = args
+        .socks_dest
+        .as_ref()
+        .map(|(h, p)| (&*Box::leak(h.clone().into_boxed_str()), *p));
     let path = Path {
         socks: args.socks,
         dest: args.target,
+        dest_name,
     };
     let mut out = json!({
         "name": args.name,
         "label": label,
         "via_socks": args.socks.is_some(),
     });
+    if let Some((h, p)) = dest_name {
+        out["socks_dest"] = json!(format!("{h}:{p}"));
+    }
     let result = measure_all(&args, &label, path, &procs, &mut out).await;
     if let Err(e) = &result {
         out["error"] = json!(format!("{e:#}"));

@@ -2,8 +2,10 @@
 //!
 //! Targets (docs/BENCHMARKS.md): shimgate bulk >= 1.5x `ssh -D`; shimgate
 //! setup p50 <= 2x the plain proxy (microsocks); shimgate connections/s >=
-//! 0.5x the plain proxy. A missed target is reported, not an error: the exit
-//! status is 0 unless a result file can't be read.
+//! 0.5x the plain proxy; peer paths: direct peer bulk >= the gateway path's
+//! bulk, relayed peer bulk >= 0.7x the gateway path's, peer session setup
+//! p50 <= 3 ms. A missed target is reported, not an error: the exit status is
+//! 0 unless a result file can't be read.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -33,15 +35,20 @@ pub struct ReportArgs {
 const SHIMGATE: &str = "shimgate";
 const SSH: &str = "ssh";
 const PLAIN: &str = "microsocks";
+const PEER_DIRECT: &str = "peer-direct";
+const PEER_RELAY: &str = "peer-relay";
 
 struct Target {
     id: &'static str,
     what: &'static str,
     ours: &'static str,
-    theirs: &'static str,
+    /// The path compared with; None for an absolute bound.
+    theirs: Option<&'static str>,
     /// JSON pointer of the figure inside a result.
     field: &'static str,
-    /// ratio = ours / theirs; pass when ratio >= min (or <= max).
+    /// With `theirs`: ratio = ours / theirs; pass when ratio >= min (or
+    /// <= max). Without: pass when the figure itself is <= max (in the
+    /// field's unit).
     bound: Bound,
 }
 
@@ -50,12 +57,12 @@ enum Bound {
     AtMost(f64),
 }
 
-const TARGETS: [Target; 3] = [
+const TARGETS: [Target; 7] = [
     Target {
         id: "bulk",
         what: "bulk throughput",
         ours: SHIMGATE,
-        theirs: SSH,
+        theirs: Some(SSH),
         field: "/bulk/gbps_median",
         bound: Bound::AtLeast(1.5),
     },
@@ -63,7 +70,7 @@ const TARGETS: [Target; 3] = [
         id: "setup_p50",
         what: "setup latency p50",
         ours: SHIMGATE,
-        theirs: PLAIN,
+        theirs: Some(PLAIN),
         field: "/setup/p50_us",
         bound: Bound::AtMost(2.0),
     },
@@ -71,9 +78,41 @@ const TARGETS: [Target; 3] = [
         id: "cps",
         what: "connections/s",
         ours: SHIMGATE,
-        theirs: PLAIN,
+        theirs: Some(PLAIN),
         field: "/cps/per_sec",
         bound: Bound::AtLeast(0.5),
+    },
+    Target {
+        id: "peer_direct_bulk",
+        what: "bulk throughput",
+        ours: PEER_DIRECT,
+        theirs: Some(SHIMGATE),
+        field: "/bulk/gbps_median",
+        bound: Bound::AtLeast(1.0),
+    },
+    Target {
+        id: "peer_relay_bulk",
+        what: "bulk throughput",
+        ours: PEER_RELAY,
+        theirs: Some(SHIMGATE),
+        field: "/bulk/gbps_median",
+        bound: Bound::AtLeast(0.7),
+    },
+    Target {
+        id: "peer_direct_setup_p50",
+        what: "setup latency p50",
+        ours: PEER_DIRECT,
+        theirs: None,
+        field: "/setup/p50_us",
+        bound: Bound::AtMost(3000.0),
+    },
+    Target {
+        id: "peer_relay_setup_p50",
+        what: "setup latency p50",
+        ours: PEER_RELAY,
+        theirs: None,
+        field: "/setup/p50_us",
+        bound: Bound::AtMost(3000.0),
     },
 ];
 
@@ -147,19 +186,23 @@ fn find<'a>(results: &'a [Value], name: &str) -> Option<&'a Value> {
 
 fn evaluate(t: &Target, results: &[Value]) -> Value {
     let ours = find(results, t.ours).and_then(|r| r.pointer(t.field)?.as_f64());
-    let theirs = find(results, t.theirs).and_then(|r| r.pointer(t.field)?.as_f64());
+    let theirs = t
+        .theirs
+        .and_then(|th| find(results, th))
+        .and_then(|r| r.pointer(t.field)?.as_f64());
     let (bound_kind, bound) = match t.bound {
         Bound::AtLeast(b) => ("at_least", b),
         Bound::AtMost(b) => ("at_most", b),
     };
-    let (ratio, verdict) = match (ours, theirs) {
-        (Some(o), Some(th)) if th > 0.0 => {
+    let check = |v: f64| match t.bound {
+        Bound::AtLeast(b) => v >= b,
+        Bound::AtMost(b) => v <= b,
+    };
+    let (ratio, verdict) = match (t.theirs, ours, theirs) {
+        (None, Some(o), _) => (None, if check(o) { "PASS" } else { "MISS" }),
+        (Some(_), Some(o), Some(th)) if th > 0.0 => {
             let r = o / th;
-            let pass = match t.bound {
-                Bound::AtLeast(b) => r >= b,
-                Bound::AtMost(b) => r <= b,
-            };
-            (Some(r), if pass { "PASS" } else { "MISS" })
+            (Some(r), if check(r) { "PASS" } else { "MISS" })
         }
         _ => (None, "N/A"),
     };
@@ -172,6 +215,7 @@ fn evaluate(t: &Target, results: &[Value]) -> Value {
         "theirs_value": theirs,
         "ratio": ratio,
         "bound": bound_kind,
+        "absolute": t.theirs.is_none(),
         "target": bound,
         "verdict": verdict,
     })
@@ -183,6 +227,11 @@ fn fmt_us(us: Option<f64>) -> String {
         Some(us) if us >= 10_000.0 => format!("{:.1} ms", us / 1000.0),
         Some(us) => format!("{us:.0} us"),
     }
+}
+
+/// A bound in microseconds, as milliseconds.
+fn fmt_ms(us: f64) -> String {
+    format!("{} ms", us / 1000.0)
 }
 
 fn fmt_opt(v: Option<f64>, prec: usize) -> String {
@@ -377,11 +426,11 @@ fn render(
     for t in targets {
         let ours = t["ours_value"].as_f64();
         let theirs = t["theirs_value"].as_f64();
-        let is_us = t["id"] == "setup_p50";
+        let id = t["id"].as_str().unwrap_or("?");
         let f = |v: Option<f64>| {
-            if is_us {
+            if id.ends_with("setup_p50") {
                 fmt_us(v)
-            } else if t["id"] == "bulk" {
+            } else if id.ends_with("bulk") {
                 v.map_or("-".into(), |v| format!("{v:.2} GB/s"))
             } else {
                 fmt_opt(v, 0)
@@ -389,20 +438,33 @@ fn render(
         };
         let op = if t["bound"] == "at_least" { ">=" } else { "<=" };
         let target = t["target"].as_f64().unwrap_or(0.0);
-        let ratio = t["ratio"]
-            .as_f64()
-            .map_or("-".into(), |r| format!("{r:.2}x"));
-        let _ = writeln!(
-            o,
-            "  {:<18} {} {op} {target}x {:<11} {:>10} vs {:>10} = {:>6}  {}",
-            t["what"].as_str().unwrap_or("?"),
-            short(t["ours"].as_str().unwrap_or("?")),
-            short(t["theirs"].as_str().unwrap_or("?")),
-            f(ours),
-            f(theirs),
-            ratio,
-            t["verdict"].as_str().unwrap_or("?"),
-        );
+        let ours_name = short(t["ours"].as_str().unwrap_or("?"));
+        let verdict = t["verdict"].as_str().unwrap_or("?");
+        let what = t["what"].as_str().unwrap_or("?");
+        match t["theirs"].as_str() {
+            Some(th) => {
+                let ratio = t["ratio"]
+                    .as_f64()
+                    .map_or("-".into(), |r| format!("{r:.2}x"));
+                let bound = format!("{op} {target}x {}", short(th));
+                let _ = writeln!(
+                    o,
+                    "  {what:<18} {ours_name:<11} {bound:<15} {:>10} vs {:>10} = {ratio:>6}  {verdict}",
+                    f(ours),
+                    f(theirs),
+                );
+            }
+            None => {
+                // Absolute bounds are latencies, in microseconds.
+                let bound = format!("{op} {}", fmt_ms(target));
+                let _ = writeln!(
+                    o,
+                    "  {what:<18} {ours_name:<11} {bound:<15} {:>10} {:>23}  {verdict}",
+                    f(ours),
+                    "",
+                );
+            }
+        }
     }
     o
 }

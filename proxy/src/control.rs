@@ -181,18 +181,24 @@ fn on_message(
 struct ExportsWatch {
     dir: ConfigDir,
     seen: Option<SystemTime>,
+    /// An interval, not a sleep: `changed()` is raced in a `select!` that
+    /// drops it whenever another branch wins, and a fresh sleep each time
+    /// would never fire on a busy stream.
+    tick: tokio::time::Interval,
 }
 
 impl ExportsWatch {
     fn new(dir: ConfigDir) -> ExportsWatch {
         let seen = modified(&dir);
-        ExportsWatch { dir, seen }
+        let mut tick = tokio::time::interval(EXPORTS_POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ExportsWatch { dir, seen, tick }
     }
 
-    /// Resolves with the exports once config.toml has changed.
+    /// Resolves with the exports once config.toml has changed (cancel-safe).
     async fn changed(&mut self) -> Vec<u16> {
         loop {
-            tokio::time::sleep(EXPORTS_POLL).await;
+            self.tick.tick().await;
             let now = modified(&self.dir);
             if now != self.seen {
                 self.seen = now;

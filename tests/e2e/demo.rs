@@ -1,6 +1,7 @@
 //! The README's demo command, as a new user meets it: `shimgate-gateway
-//! demo` prints what to try, the printed curl returns the intranet page
-//! through the tunnel, and Ctrl-C stops everything and removes its state.
+//! demo` prints what to try, the printed curls return the intranet page
+//! through the tunnel and bob's page peer to peer, and Ctrl-C stops
+//! everything and removes its state.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -56,6 +57,22 @@ fn demo_serves_the_intranet_page_and_stops_cleanly() {
     assert!(
         !direct.ok(),
         "intranet.internal resolved without the VPN: {direct:?}"
+    );
+
+    // Bob's service, peer to peer, with the command the banner prints.
+    let peer_curl = banner
+        .lines()
+        .find(|l| l.contains("vpn.internal") && l.trim_start().starts_with("curl"))
+        .unwrap_or_else(|| panic!("the demo prints no peer-to-peer curl:\n{banner}"));
+    let url = peer_curl
+        .split_whitespace()
+        .last()
+        .expect("a URL at the end of the curl line");
+    let page = curl(None, Some("--socks5-hostname"), Some(socks), url);
+    assert!(
+        page.ok() && page.stdout.contains("Hello from bob's device"),
+        "{url}: {page:?}\n{}",
+        demo.logs()
     );
 
     let state = banner

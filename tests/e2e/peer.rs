@@ -500,6 +500,19 @@ fn refusals_replay_and_revocation() {
         socks::HOST_UNREACHABLE,
     );
 
+    // bob stops exporting a port: new requests to it are refused at once
+    bob.cli(&["export", "--remove", &sink.port().to_string()])
+        .expect_ok();
+    poll(
+        "the gateway to learn that bob stopped exporting the port",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || {
+            let (code, _) = socks::connect(alice.socks, "bob.vpn.internal", sink.port()).ok()?;
+            (code == socks::REFUSED).then_some(())
+        },
+    );
+
     // a live link, then bob is revoked: the link is cut within 1 s
     let mut live = connect_ok(alice.socks, "bob.vpn.internal", stream.port());
     live.set_read_timeout(Some(Duration::from_millis(50)))

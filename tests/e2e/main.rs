@@ -29,6 +29,7 @@ mod harness;
 
 mod cli_contract;
 mod clients;
+mod compose;
 mod demo;
 mod enrollment;
 mod multihost;

@@ -51,6 +51,11 @@ sg_ensure_tools() {
 	command -v ip >/dev/null || missing+=(iproute2)
 	command -v sysctl >/dev/null || missing+=(procps)
 	command -v runuser >/dev/null || missing+=(util-linux)
+	# docker-compose.yml: validated by docker-compose (no engine needed), its
+	# services run by tests/e2e/compose.rs with busybox and Debian's Postgres
+	command -v docker-compose >/dev/null || missing+=(docker-compose)
+	command -v busybox >/dev/null || missing+=(busybox)
+	compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 	if [ ${#missing[@]} -gt 0 ]; then
 		sg_apt_install "${missing[@]}"
 	fi

@@ -93,6 +93,21 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        // Processes a test left behind in the namespace (a daemon a script
+        // started, say) would keep it alive: kill them first.
+        if let Ok(o) = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+        {
+            for pid in String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+            {
+                // SAFETY: kill(2) on a pid the kernel just listed.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        let _ = std::fs::remove_dir_all(format!("/etc/netns/{}", self.name));
         let out = Command::new("ip")
             .args(["netns", "del", &self.name])
             .output();
@@ -123,6 +138,53 @@ pub fn veth(a: &Netns, a_addr: &str, b: &Netns, b_addr: &str) {
     ip(&["-n", &b.name, "addr", "add", b_addr, "dev", ib]);
     ip(&["-n", &a.name, "link", "set", ia, "up"]);
     ip(&["-n", &b.name, "link", "set", ib, "up"]);
+}
+
+/// A switch: a namespace holding a bridge, with one veth to each member
+/// (`addr` in CIDR form on the member's side). Returns the switch's
+/// namespace (deleted on drop like any other).
+pub fn bridge(members: &[(&Netns, &str)]) -> Netns {
+    let switch = Netns::new("sg-sw-");
+    ip(&["-n", &switch.name, "link", "add", "br0", "type", "bridge"]);
+    ip(&["-n", &switch.name, "link", "set", "br0", "up"]);
+    for (member, addr) in members {
+        let ia = unique("sgba");
+        let ib = unique("sgbb");
+        let ia = &ia[..ia.len().min(15)];
+        let ib = &ib[..ib.len().min(15)];
+        ip(&[
+            "link",
+            "add",
+            ia,
+            "netns",
+            &member.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            ib,
+            "netns",
+            &switch.name,
+        ]);
+        ip(&["-n", &switch.name, "link", "set", ib, "master", "br0", "up"]);
+        ip(&["-n", &member.name, "addr", "add", addr, "dev", ia]);
+        ip(&["-n", &member.name, "link", "set", ia, "up"]);
+    }
+    switch
+}
+
+impl Netns {
+    /// `/etc/hosts` for processes started with `ip netns exec` in this
+    /// namespace (it bind-mounts `/etc/netns/NAME/hosts`); removed on drop.
+    pub fn hosts(&self, entries: &[(String, String)]) {
+        let dir = format!("/etc/netns/{}", self.name);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {dir}: {e}"));
+        let mut text = String::from("127.0.0.1 localhost\n");
+        for (addr, name) in entries {
+            text.push_str(&format!("{addr} {name}\n"));
+        }
+        std::fs::write(format!("{dir}/hosts"), text).expect("write hosts");
+    }
 }
 
 /// The harness itself: namespaces, veth, a server bound inside one

@@ -123,7 +123,11 @@ pub async fn enroll(
     };
     let device = match gw
         .registry
-        .create_device(grant.user_id, &ask.device_name, now)
+        .create_device(
+            grant.user_id,
+            grant.device_name.as_deref().unwrap_or(&ask.device_name),
+            now,
+        )
         .await
     {
         Ok(d) => d,
@@ -156,6 +160,10 @@ pub async fn enroll(
         Err((status, msg)) => return send_error(&mut respond, status, &msg),
     };
     tracing::info!(%peer, device = %device.name, user = %grant.user_name, vpn_ip = %device.vpn_ip, "device enrolled");
+    // So the console's invitation page can show the result.
+    if let Err(e) = gw.registry.link_token_device(&grant.token_id_hex, device.id).await {
+        tracing::warn!(error = %e, "could not link the token to its device");
+    }
     audit(
         gw,
         &grant.user_name,

@@ -84,7 +84,7 @@ fn device_from_row(row: &AnyRow) -> Result<Device> {
 }
 
 /// Escapes `%`, `_` and `\` for a `LIKE ... ESCAPE '\'` pattern.
-fn like_escape(s: &str) -> String {
+pub(crate) fn like_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         if matches!(c, '%' | '_' | '\\') {
@@ -236,6 +236,44 @@ impl Registry {
         .bind(now)
         .execute(&mut *tx)
         .await?;
+        let row = sqlx::query(concat!(device_select!(), " WHERE d.id = $1"))
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let device = device_from_row(&row)?;
+        tx.commit().await?;
+        Ok(device)
+    }
+
+    /// Lifts a device's revocation and restores the certificates that were revoked with it
+    /// (those still unexpired), bumping the change sequence so gateways let it back in. Fails
+    /// with `NotFound` if there is no such device; a device that is not revoked is unchanged.
+    pub async fn reenable_device(&self, name: &str, now: i64) -> Result<Device> {
+        let mut tx = self.begin_write().await?;
+        bump(&mut tx).await?;
+        let row = sqlx::query("SELECT id, revoked_at FROM devices WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| Error::not_found("device", name))?;
+        let id: i64 = row.try_get("id")?;
+        let revoked_at: Option<i64> = row.try_get("revoked_at")?;
+        if let Some(at) = revoked_at {
+            // Only what the device revocation itself revoked comes back.
+            sqlx::query(
+                "UPDATE certificates SET revoked_at = NULL \
+                 WHERE device_id = $1 AND revoked_at = $2 AND not_after > $3",
+            )
+            .bind(id)
+            .bind(at)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("UPDATE devices SET revoked_at = NULL WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
         let row = sqlx::query(concat!(device_select!(), " WHERE d.id = $1"))
             .bind(id)
             .fetch_one(&mut *tx)

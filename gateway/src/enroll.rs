@@ -109,6 +109,7 @@ pub async fn enroll(
         Err(e) => {
             let (status, msg) = redeem_message(&e);
             tracing::info!(%peer, reason = %e, "enrollment refused");
+            metrics::counter!("shimgate_enrollments_total", "result" => "refused").increment(1);
             audit(
                 gw,
                 "anonymous",
@@ -160,8 +161,13 @@ pub async fn enroll(
         Err((status, msg)) => return send_error(&mut respond, status, &msg),
     };
     tracing::info!(%peer, device = %device.name, user = %grant.user_name, vpn_ip = %device.vpn_ip, "device enrolled");
+    metrics::counter!("shimgate_enrollments_total", "result" => "ok").increment(1);
     // So the console's invitation page can show the result.
-    if let Err(e) = gw.registry.link_token_device(&grant.token_id_hex, device.id).await {
+    if let Err(e) = gw
+        .registry
+        .link_token_device(&grant.token_id_hex, device.id)
+        .await
+    {
         tracing::warn!(error = %e, "could not link the token to its device");
     }
     audit(

@@ -10,11 +10,13 @@
 //! - [`enroll`]: enrollment and renewal handlers.
 //! - [`dial`]: aliases, name resolution, connecting.
 //! - [`policy`]: who may reach what; [`ratelimit`]: per-address token buckets.
+//! - [`console`]: the web console, the JSON API, metrics and health checks.
 //! - [`cli`]: the `shimgate-gateway` commands; [`demo`]: the one-command demo.
 
 pub mod ca;
 pub mod cache;
 pub mod cli;
+pub mod console;
 pub mod demo;
 pub mod dial;
 pub mod enroll;

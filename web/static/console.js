@@ -1,0 +1,62 @@
+// shimgate console: copy buttons, and the invitation page waiting for its device.
+// Loaded from /static (the Content-Security-Policy allows no inline script).
+'use strict';
+
+function copyButtons() {
+  for (const button of document.querySelectorAll('button[data-copy]')) {
+    button.addEventListener('click', async () => {
+      const source = document.getElementById(button.dataset.copy);
+      if (!source) return;
+      try {
+        await navigator.clipboard.writeText(source.textContent.trim());
+        button.textContent = 'Copied';
+      } catch (e) {
+        // No clipboard (plain HTTP on another host): select the text for a manual copy.
+        const range = document.createRange();
+        range.selectNodeContents(source);
+        const selection = window.getSelection();
+        selection.removeAllRanges();
+        selection.addRange(range);
+      }
+    });
+  }
+}
+
+function sleep(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+async function watchEnrollment(box) {
+  const key = box.dataset.key;
+  for (;;) {
+    try {
+      const reply = await fetch('/invite/status', {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/x-www-form-urlencoded' },
+        body: 'key=' + encodeURIComponent(key),
+        credentials: 'same-origin',
+      });
+      if (reply.status === 404) return; // the key expired: nothing more to wait for
+      if (reply.ok) {
+        const status = await reply.json();
+        if (status.enrolled) {
+          document.getElementById('enrolled-name').textContent = status.device_name;
+          document.getElementById('enrolled-vpn-name').textContent = status.vpn_name;
+          document.getElementById('enrolled-vpn-ip').textContent = status.vpn_ip;
+          document.getElementById('waiting').textContent = 'The device has enrolled.';
+          document.getElementById('enrolled').hidden = false;
+          return;
+        }
+      }
+    } catch (e) {
+      // The gateway restarted or the network blinked: keep trying.
+    }
+    await sleep(1500);
+  }
+}
+
+document.addEventListener('DOMContentLoaded', () => {
+  copyButtons();
+  const box = document.getElementById('watch');
+  if (box) watchEnrollment(box);
+});

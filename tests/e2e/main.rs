@@ -29,6 +29,7 @@ mod harness;
 
 mod cli_contract;
 mod clients;
+mod console;
 mod demo;
 mod enrollment;
 mod multihost;

@@ -1,0 +1,718 @@
+//! The web console of a real gateway process: security cases spoken in
+//! plain HTTP/1.1 (CSRF, escaping, API tokens, sign-in throttling), and the
+//! invitation flow in a real headless Chromium driven over WebDriver
+//! (fantoccini + Debian's chromium-driver), with screenshots saved under
+//! `target/test-artifacts/console/`.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::harness::env::{free_port, which};
+use crate::harness::proc::{Proc, clean_env};
+use crate::harness::socks::{self, connect, connect_ok, http_get};
+use crate::harness::*;
+
+// ----- a small HTTP/1.1 client (one request per connection) -----
+
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn set_cookies(&self) -> impl Iterator<Item = &str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case("set-cookie"))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = raw.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size = std::str::from_utf8(&raw[..eol])
+            .ok()
+            .and_then(|s| usize::from_str_radix(s.split(';').next().unwrap_or("").trim(), 16).ok())
+            .unwrap_or(0);
+        if size == 0 || raw.len() < eol + 2 + size {
+            return out;
+        }
+        out.extend_from_slice(&raw[eol + 2..eol + 2 + size]);
+        raw = &raw[(eol + 4 + size).min(raw.len())..];
+    }
+}
+
+fn request(addr: SocketAddr, head: &str, body: &[u8]) -> Resp {
+    let mut s = TcpStream::connect(addr).expect("connect to the console");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("read the response");
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a complete HTTP response head");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .expect("a status line");
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    if headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"))
+    {
+        body = dechunk(&body);
+    }
+    Resp {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn form(pairs: &[(&str, &str)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", urlencode(k), urlencode(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// A browser without JavaScript: keeps cookies, sends forms.
+struct Agent {
+    addr: SocketAddr,
+    cookies: HashMap<String, String>,
+}
+
+impl Agent {
+    fn new(addr: SocketAddr) -> Agent {
+        Agent {
+            addr,
+            cookies: HashMap::new(),
+        }
+    }
+
+    fn send(&mut self, method: &str, path: &str, extra: &[(&str, &str)], body: &str) -> Resp {
+        let cookie = self
+            .cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            self.addr,
+            body.len()
+        );
+        if !cookie.is_empty() {
+            head.push_str(&format!("Cookie: {cookie}\r\n"));
+        }
+        for (k, v) in extra {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        let resp = request(self.addr, &head, body.as_bytes());
+        for c in resp.set_cookies() {
+            if let Some((k, v)) = c.split(';').next().and_then(|kv| kv.split_once('=')) {
+                if v.is_empty() {
+                    self.cookies.remove(k);
+                } else {
+                    self.cookies.insert(k.to_owned(), v.to_owned());
+                }
+            }
+        }
+        resp
+    }
+
+    fn get(&mut self, path: &str) -> Resp {
+        self.send("GET", path, &[], "")
+    }
+
+    fn post(&mut self, path: &str, pairs: &[(&str, &str)]) -> Resp {
+        self.send(
+            "POST",
+            path,
+            &[("Content-Type", "application/x-www-form-urlencoded")],
+            &form(pairs),
+        )
+    }
+
+    fn sign_in(&mut self, name: &str, password: &str) -> Resp {
+        let page = self.get("/login");
+        let token = hidden(&page.body, "form");
+        self.post(
+            "/login",
+            &[("name", name), ("password", password), ("form", &token)],
+        )
+    }
+
+    /// The CSRF token of a signed-in page.
+    fn csrf(&mut self, path: &str) -> String {
+        let page = self.get(path);
+        assert_eq!(page.status, 200, "{path}: {page:?}");
+        hidden(&page.body, "csrf")
+    }
+}
+
+/// The value of the first hidden input called `name`.
+fn hidden(html: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = html
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no {name} field in {html}"))
+        + marker.len();
+    html[start..]
+        .split('"')
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The text of the element with this id (up to the next tag).
+fn text_of(html: &str, id: &str) -> String {
+    let marker = format!("id=\"{id}\"");
+    let start = html
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no #{id} in {html}"));
+    let rest = &html[start..];
+    let open = rest.find('>').map_or(0, |i| i + 1);
+    rest[open..]
+        .split('<')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+/// A gateway serving its console on a free loopback port, with admin `root`.
+struct Console {
+    gw: Gateway,
+    addr: SocketAddr,
+    password: String,
+}
+
+fn console(backend: Backend, allow: &[&str]) -> Console {
+    let mut gw = Gateway::init(backend);
+    for dest in allow {
+        gw.allow(dest, &[]);
+    }
+    let out = gw.ok(&["admin", "create", "root"]);
+    let password = out
+        .lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty())
+        .expect("a one-time password")
+        .to_owned();
+    let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), free_port());
+    gw.serve_args(&["--console", &addr.to_string()]);
+    poll(
+        "the console to accept connections",
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        || TcpStream::connect(addr).ok(),
+    );
+    Console { gw, addr, password }
+}
+
+impl Console {
+    fn admin(&self) -> Agent {
+        let mut a = Agent::new(self.addr);
+        let r = a.sign_in("root", &self.password);
+        assert_eq!(r.status, 303, "signing in: {r:?}\n{}", self.gw.logs());
+        a
+    }
+}
+
+// ----- security cases -----
+
+#[test]
+fn console_forms_need_a_csrf_token() {
+    let c = console(Backend::Sqlite, &[]);
+    let mut anon = Agent::new(c.addr);
+    let login = anon.get("/login");
+    let csp = login.header("content-security-policy").unwrap_or_default();
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+    // Sign-in itself needs the form's token.
+    let r = anon.post(
+        "/login",
+        &[("name", "root"), ("password", &c.password), ("form", "0")],
+    );
+    assert_eq!(r.status, 403, "sign-in without a form token: {r:?}");
+
+    let mut a = Agent::new(c.addr);
+    let r = a.sign_in("root", &c.password);
+    assert_eq!(r.status, 303);
+    let session = r
+        .set_cookies()
+        .find(|v| v.starts_with("sg_session="))
+        .expect("a session cookie")
+        .to_owned();
+    assert!(
+        session.contains("HttpOnly") && session.contains("SameSite=Strict"),
+        "{session}"
+    );
+    assert!(!session.contains("Secure"), "plain HTTP: no Secure flag");
+
+    let token = a.csrf("/users");
+    let r = a.post("/users", &[("name", "mallory")]);
+    assert_eq!(r.status, 403, "a form without its CSRF token: {r:?}");
+    let r = a.post("/users", &[("name", "mallory"), ("csrf", &"0".repeat(64))]);
+    assert_eq!(r.status, 403, "a form with a wrong CSRF token: {r:?}");
+    let r = a.post(
+        "/devices/anything/revoke",
+        &[("csrf", &token[..token.len() - 1])],
+    );
+    assert_eq!(r.status, 403, "a revoke with a wrong CSRF token: {r:?}");
+    assert!(
+        !a.get("/users").body.contains("mallory"),
+        "a rejected form changed something"
+    );
+    let r = a.post("/users", &[("name", "mallory"), ("csrf", &token)]);
+    assert_eq!(r.status, 303, "{r:?}");
+    assert!(a.get("/users").body.contains("mallory"));
+
+    // Another session's token is not this one's.
+    let mut b = c.admin();
+    let r = b.post("/users", &[("name", "eve"), ("csrf", &token)]);
+    assert_eq!(r.status, 403, "a token from another session: {r:?}");
+    // Signed out, nothing is allowed.
+    let r = Agent::new(c.addr).post("/users", &[("name", "eve"), ("csrf", &token)]);
+    assert_eq!(r.status, 303);
+    assert_eq!(r.header("location"), Some("/login"));
+}
+
+#[test]
+fn console_shows_injected_names_as_text() {
+    let c = console(Backend::Sqlite, &[]);
+    let evil = "<script>alert(1)</script>";
+    let escaped = "&#60;script&#62;alert(1)&#60;/script&#62;";
+    let mut a = c.admin();
+    let token = a.csrf("/users");
+    let r = a.post("/users", &[("name", evil), ("groups", "x\"><b>y")]);
+    assert_eq!(r.status, 403);
+    let r = a.post(
+        "/users",
+        &[("name", evil), ("groups", "x\"><b>y"), ("csrf", &token)],
+    );
+    assert_eq!(r.status, 303, "{r:?}");
+    // A device of that user: its name shows on the devices page.
+    let _dev = Device::enrolled(&c.gw, evil, "evil-laptop");
+    for page in ["/users", "/devices", "/audit"] {
+        let body = a.get(page).body;
+        assert!(!body.contains(evil), "{page} shows the raw script:\n{body}");
+        assert!(!body.contains("<b>y"), "{page} shows raw markup:\n{body}");
+        assert!(body.contains(escaped), "{page} lost the name:\n{body}");
+    }
+    // A device name with markup is refused on the invitation page, and echoed escaped.
+    let (link_path, _) = invitation(&mut a, "user", evil);
+    let mut holder = Agent::new(c.addr);
+    let page = holder.get(&link_path);
+    assert_eq!(page.status, 200, "{page:?}");
+    let id_path = link_path.split('?').next().unwrap_or_default().to_owned();
+    let r = holder.post(
+        &id_path,
+        &[
+            ("s", &hidden(&page.body, "s")),
+            ("form", &hidden(&page.body, "form")),
+            ("device", "<img src=x onerror=alert(1)>"),
+        ],
+    );
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(!r.body.contains("<img"), "{}", r.body);
+    assert!(r.body.contains("&#60;img"), "{}", r.body);
+}
+
+/// Creates an invitation in the console; returns the link's path and query.
+fn invitation(a: &mut Agent, kind: &str, name: &str) -> (String, String) {
+    let token = a.csrf("/invitations");
+    let r = a.post(
+        "/invitations",
+        &[
+            ("csrf", &token),
+            ("kind", kind),
+            ("name", name),
+            ("uses", "1"),
+            ("expires", "1h"),
+        ],
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let link = text_of(&r.body, "invite-link").replace("&#38;", "&");
+    let path = link
+        .split_once("://")
+        .and_then(|(_, rest)| rest.find('/').map(|i| rest[i..].to_owned()))
+        .expect("an absolute link");
+    (path, link)
+}
+
+#[test]
+fn api_refuses_missing_wrong_and_revoked_tokens() {
+    let c = console(Backend::Sqlite, &[]);
+    let mut anon = Agent::new(c.addr);
+    let r = anon.get("/api/v1/devices");
+    assert_eq!(r.status, 401, "{r:?}");
+    assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+    let r = anon.send(
+        "GET",
+        "/api/v1/devices",
+        &[("Authorization", "Bearer sga_00_00")],
+        "",
+    );
+    assert_eq!(r.status, 401);
+    let doc = anon.get("/api/v1/openapi.json");
+    assert_eq!(doc.status, 200);
+    assert!(doc.body.contains("\"openapi\""), "{}", doc.body);
+    assert_eq!(anon.get("/healthz").status, 200);
+    assert_eq!(anon.get("/readyz").status, 200);
+
+    let mut a = c.admin();
+    let token = a.csrf("/api-tokens");
+    let r = a.post("/api-tokens", &[("csrf", &token), ("name", "ci")]);
+    assert_eq!(r.status, 200, "{r:?}");
+    let bearer = text_of(&r.body, "api-token");
+    assert!(bearer.starts_with("sga_"), "{bearer}");
+    let auth = format!("Bearer {bearer}");
+    let r = anon.send("GET", "/api/v1/devices", &[("Authorization", &auth)], "");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body.trim(), "[]");
+    let r = anon.send(
+        "POST",
+        "/api/v1/users",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
+        r#"{"name":"from-api","groups":["staff"]}"#,
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = anon.send(
+        "POST",
+        "/api/v1/policy",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
+        r#"{"action":"allow","to":"not a destination!","ports":"80"}"#,
+    );
+    assert_eq!(r.status, 400, "a bad rule says why: {r:?}");
+    assert!(r.body.contains("error"), "{}", r.body);
+    let mut wrong = bearer.clone();
+    wrong.pop();
+    wrong.push(if bearer.ends_with('0') { '1' } else { '0' });
+    let r = anon.send(
+        "GET",
+        "/api/v1/users",
+        &[("Authorization", &format!("Bearer {wrong}"))],
+        "",
+    );
+    assert_eq!(r.status, 401, "a wrong secret: {r:?}");
+
+    // Revoked in the console: refused at once.
+    let page = a.get("/api-tokens");
+    let id = page
+        .body
+        .split("action=\"/api-tokens/")
+        .nth(1)
+        .and_then(|s| s.split('/').next())
+        .expect("a revoke form")
+        .to_owned();
+    let token = hidden(&page.body, "csrf");
+    let r = a.post(&format!("/api-tokens/{id}/revoke"), &[("csrf", &token)]);
+    assert_eq!(r.status, 303, "{r:?}");
+    let r = anon.send("GET", "/api/v1/devices", &[("Authorization", &auth)], "");
+    assert_eq!(r.status, 401, "a revoked token: {r:?}");
+
+    let audit = a.get("/audit?action=api_token").body;
+    assert!(
+        audit.contains("api_token.create") && audit.contains("api_token.revoke"),
+        "{audit}"
+    );
+    let metrics = anon.get("/metrics").body;
+    assert!(
+        metrics.contains("shimgate_console_logins_total"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn sign_in_is_throttled() {
+    let c = console(Backend::Sqlite, &[]);
+    let mut a = Agent::new(c.addr);
+    for i in 0..5 {
+        let r = a.sign_in("root", "not the password");
+        assert_eq!(r.status, 401, "wrong password #{i}: {r:?}");
+        assert!(r.body.contains("Wrong name or password"), "{}", r.body);
+    }
+    let r = a.sign_in("root", &c.password);
+    assert_eq!(
+        r.status, 429,
+        "the right password right after 5 wrong ones is throttled: {r:?}"
+    );
+    assert!(r.body.contains("Too many sign-in attempts"), "{}", r.body);
+    assert!(
+        !r.set_cookies().any(|c| c.starts_with("sg_session=")),
+        "no session while throttled"
+    );
+}
+
+// ----- the browser -----
+
+/// Where screenshots go: `<workspace>/target/test-artifacts/console`.
+fn artifacts() -> PathBuf {
+    let dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
+        .join("test-artifacts/console");
+    std::fs::create_dir_all(&dir).expect("creating the artifacts dir");
+    dir
+}
+
+struct Driver {
+    _proc: Proc,
+    url: String,
+    profile: tempfile::TempDir,
+}
+
+fn chromedriver() -> Driver {
+    let (Some(driver), Some(_)) = (which("chromedriver"), which("chromium")) else {
+        panic!(
+            "chromium and chromedriver are needed for the browser test: \
+             apt-get install chromium chromium-driver (tests/run.sh does)"
+        );
+    };
+    let profile = tempfile::Builder::new()
+        .prefix("sg-e2e-chrome-")
+        .tempdir()
+        .unwrap();
+    let port = free_port();
+    let mut cmd = Command::new(driver);
+    cmd.arg(format!("--port={port}"));
+    clean_env(&mut cmd, profile.path());
+    let proc = Proc::spawn("chromedriver", &mut cmd, profile.path());
+    let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
+    poll(
+        "chromedriver to listen",
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        || TcpStream::connect(addr).ok(),
+    );
+    Driver {
+        _proc: proc,
+        url: format!("http://{addr}"),
+        profile,
+    }
+}
+
+#[test]
+fn browser_invites_enrolls_and_revokes_a_device() {
+    let origin = Origin::http(V4, &unique_body("console"));
+    let c = console(Backend::Sqlite, &["127.0.0.1/32"]);
+    let driver = chromedriver();
+    let shots = artifacts();
+    let base = format!("http://{}", c.addr);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use fantoccini::{ClientBuilder, Locator};
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            serde_json::json!({
+                "binary": "/usr/bin/chromium",
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                         "--disable-dev-shm-usage", "--window-size=1280,1000",
+                         format!("--user-data-dir={}", driver.profile.path().join("profile").display())]
+            }),
+        );
+        let b = ClientBuilder::rustls()
+            .expect("rustls")
+            .capabilities(caps)
+            .connect(&driver.url)
+            .await
+            .expect("a WebDriver session with headless Chromium");
+        let shot = |name: &'static str| {
+            let b = b.clone();
+            let path = shots.join(format!("{name}.png"));
+            async move {
+                let png = b.screenshot().await.expect("screenshot");
+                std::fs::write(&path, png).expect("saving a screenshot");
+            }
+        };
+
+        // Sign in.
+        b.goto(&format!("{base}/login")).await.unwrap();
+        shot("01-sign-in").await;
+        b.find(Locator::Id("name")).await.unwrap().send_keys("root").await.unwrap();
+        b.find(Locator::Id("password"))
+            .await
+            .unwrap()
+            .send_keys(&c.password)
+            .await
+            .unwrap();
+        b.find(Locator::Id("signin")).await.unwrap().click().await.unwrap();
+        b.wait().for_element(Locator::Css("h1")).await.unwrap();
+        assert!(b.current_url().await.unwrap().path().ends_with("/devices"));
+        shot("02-devices-empty").await;
+
+        // A user, then an invitation for them.
+        b.goto(&format!("{base}/users")).await.unwrap();
+        b.find(Locator::Id("user-name")).await.unwrap().send_keys("alice").await.unwrap();
+        b.find(Locator::Id("add-user")).await.unwrap().click().await.unwrap();
+        let flash = b.wait().for_element(Locator::Id("flash")).await.unwrap();
+        assert!(flash.text().await.unwrap().contains("alice"));
+        shot("03-users").await;
+        b.goto(&format!("{base}/invitations")).await.unwrap();
+        b.find(Locator::Id("inv-name")).await.unwrap().send_keys("alice").await.unwrap();
+        b.find(Locator::Id("create-invitation")).await.unwrap().click().await.unwrap();
+        let link = b
+            .wait()
+            .for_element(Locator::Id("invite-link"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(link.starts_with(&format!("{base}/invite/")), "{link}");
+        shot("04-invitation-created").await;
+
+        // The invitation page: name the device, get the code.
+        b.goto(&link).await.unwrap();
+        shot("05-invitation-page").await;
+        b.find(Locator::Id("device"))
+            .await
+            .unwrap()
+            .send_keys("browser-laptop")
+            .await
+            .unwrap();
+        b.find(Locator::Id("get-code")).await.unwrap().click().await.unwrap();
+        let code = b
+            .wait()
+            .for_element(Locator::Id("code"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(code.starts_with("sg1-"), "{code}");
+        let command = b.find(Locator::Id("command")).await.unwrap().text().await.unwrap();
+        assert_eq!(command, format!("shimgate enroll {code}"));
+        assert!(b.find(Locator::Css(".qr svg")).await.is_ok(), "a QR code");
+        shot("06-enrollment-code").await;
+
+        // A real device enrolls with it; the page notices by itself.
+        let mut dev = Device::new("browser-laptop");
+        let out = dev.enroll(&code).expect_ok();
+        assert!(out.stdout.contains("browser-laptop"), "{out}");
+        dev.up();
+        let s = connect_ok(dev.socks, V4, origin.port());
+        assert!(
+            http_get(s, "127.0.0.1").contains("shimgate-e2e console"),
+            "the new device reaches the origin"
+        );
+        let ip = b
+            .wait()
+            .at_most(Duration::from_secs(20))
+            .for_element(Locator::Css("#enrolled-vpn-ip:not(:empty)"))
+            .await
+            .expect("the invitation page shows the enrolled device")
+            .text()
+            .await
+            .unwrap();
+        assert!(ip.starts_with("100.64."), "{ip}");
+        let name = b.find(Locator::Id("enrolled-vpn-name")).await.unwrap().text().await.unwrap();
+        assert_eq!(name, "browser-laptop.vpn.internal");
+        shot("07-enrolled").await;
+
+        // The devices page shows it online; revoke it there.
+        let row = "tr[data-device='browser-laptop']";
+        let mut online = false;
+        for _ in 0..50 {
+            b.goto(&format!("{base}/devices")).await.unwrap();
+            let state = b
+                .find(Locator::Css(&format!("{row} .state")))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            if state == "online" {
+                online = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(online, "the device never showed online");
+        shot("08-device-online").await;
+        b.find(Locator::Css(&format!("{row} button.revoke")))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        let flash = b.wait().for_element(Locator::Id("flash")).await.unwrap();
+        assert!(flash.text().await.unwrap().contains("revoked"));
+        let state = b
+            .find(Locator::Css(&format!("{row} .state")))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(state, "revoked");
+        shot("09-device-revoked").await;
+        b.goto(&format!("{base}/audit")).await.unwrap();
+        shot("10-audit").await;
+        b.close().await.unwrap();
+
+        // The proxy's next request is refused.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        match connect(dev.socks, V4, origin.port()) {
+            Ok((code, _)) => assert!(
+                code == socks::NOT_ALLOWED || code == socks::GENERAL_FAILURE,
+                "a revoked device got SOCKS reply {code:#04x}"
+            ),
+            Err(e) => panic!("the revoked device's request got no SOCKS reply: {e}"),
+        }
+    });
+}

@@ -705,8 +705,8 @@ fn browser_invites_enrolls_and_revokes_a_device() {
         shot("10-audit").await;
         b.close().await.unwrap();
 
-        // The proxy's next request is refused.
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // The proxy's next request is refused (the console reloaded the gateway's cache
+        // before answering, so no wait is needed).
         match connect(dev.socks, V4, origin.port()) {
             Ok((code, _)) => assert!(
                 code == socks::NOT_ALLOWED || code == socks::GENERAL_FAILURE,
@@ -715,4 +715,171 @@ fn browser_invites_enrolls_and_revokes_a_device() {
             Err(e) => panic!("the revoked device's request got no SOCKS reply: {e}"),
         }
     });
+}
+
+// ----- more of the same gateway: API actions, serving rules, the demo -----
+
+/// An API token made in the console by `admin`.
+fn api_token(admin: &mut Agent) -> String {
+    let token = admin.csrf("/api-tokens");
+    let r = admin.post("/api-tokens", &[("csrf", &token), ("name", "e2e")]);
+    assert_eq!(r.status, 200, "{r:?}");
+    format!("Bearer {}", text_of(&r.body, "api-token"))
+}
+
+fn api_revoke_and_reenable(backend: Backend) {
+    let origin = Origin::http(V4, &unique_body("api"));
+    let c = console(backend, &["127.0.0.1/32"]);
+    let dev = Device::enrolled_up(&c.gw, USER, "api-laptop");
+    let auth = api_token(&mut c.admin());
+    let mut api = Agent::new(c.addr);
+    let call = |api: &mut Agent, method: &str, path: &str| {
+        api.send(method, path, &[("Authorization", &auth)], "")
+    };
+    let works = || {
+        let s = connect_ok(dev.socks, V4, origin.port());
+        assert!(http_get(s, "127.0.0.1").contains("shimgate-e2e api"));
+    };
+    works();
+    let listed = call(&mut api, "GET", "/api/v1/devices");
+    assert!(
+        listed.body.contains("\"name\":\"api-laptop\"") && listed.body.contains("\"online\":true"),
+        "{listed:?}"
+    );
+
+    let r = call(&mut api, "POST", "/api/v1/devices/api-laptop/revoke");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.contains("\"status\":\"revoked\""), "{}", r.body);
+    match connect(dev.socks, V4, origin.port()) {
+        Ok((code, _)) => assert!(
+            code == socks::NOT_ALLOWED || code == socks::GENERAL_FAILURE,
+            "a revoked device got SOCKS reply {code:#04x}"
+        ),
+        Err(e) => panic!("no SOCKS reply for a revoked device: {e}"),
+    }
+
+    let r = call(&mut api, "POST", "/api/v1/devices/api-laptop/enable");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.contains("\"status\":\"active\""), "{}", r.body);
+    // The gateways see the change within their refresh interval.
+    poll(
+        "the re-enabled device to reach the origin again",
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        || matches!(connect(dev.socks, V4, origin.port()), Ok((0, _))).then_some(()),
+    );
+    works();
+
+    let r = call(&mut api, "POST", "/api/v1/devices/no-such-device/revoke");
+    assert_eq!(r.status, 404, "{r:?}");
+    let r = call(&mut api, "GET", "/api/v1/audit?action=device&per_page=10");
+    assert!(
+        r.body.contains("device.revoke")
+            && r.body.contains("device.reenable")
+            && r.body.contains("api:e2e"),
+        "{r:?}"
+    );
+}
+both_backends!(api_revoke_and_reenable);
+
+#[test]
+fn console_off_loopback_needs_tls_or_insecure_http() {
+    let gw = Gateway::init(Backend::Sqlite);
+    let open = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), free_port());
+    let out = gw.cli(&[
+        "serve",
+        "--listen",
+        &gw.spec.listen.to_string(),
+        "--console",
+        &open.to_string(),
+    ]);
+    assert!(!out.ok(), "plain HTTP on {open} must be refused: {out}");
+    assert!(out.stderr.contains("--insecure-http"), "{out}");
+
+    // With the operator's certificate (here: the gateway's own), it serves HTTPS with Secure cookies.
+    let mut gw = gw;
+    let cert = gw.data_dir.join("server.crt");
+    let key = gw.data_dir.join("server.key");
+    let port = free_port();
+    gw.serve_args(&[
+        "--console",
+        &format!("0.0.0.0:{port}"),
+        "--console-tls-cert",
+        cert.to_str().unwrap(),
+        "--console-tls-key",
+        key.to_str().unwrap(),
+    ]);
+    let url = format!("https://localhost:{port}/login");
+    let out = poll(
+        "the TLS console to answer",
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || {
+            let out = curl_args(
+                None,
+                &[
+                    "-si",
+                    "--cacert",
+                    gw.ca_cert().to_str().unwrap(),
+                    url.as_str(),
+                ],
+            );
+            out.ok().then_some(out)
+        },
+    );
+    assert!(out.stdout.starts_with("HTTP/1.1 200"), "{out}");
+    let cookie = out
+        .stdout
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie: sg_form="))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        cookie.contains("Secure") && cookie.contains("HttpOnly"),
+        "{cookie}"
+    );
+}
+
+#[test]
+fn demo_prints_the_console_and_its_password() {
+    let home = std::env::temp_dir().join(crate::harness::env::unique("sg-e2e-demo-console"));
+    std::fs::create_dir_all(&home).unwrap();
+    let socks = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), free_port());
+    let mut cmd = Command::new(crate::harness::env::bin("shimgate-gateway"));
+    cmd.args(["demo", "--socks", &socks.to_string()]);
+    clean_env(&mut cmd, &home);
+    let mut demo = Proc::spawn("demo", &mut cmd, &home);
+    let line = poll(
+        "the demo to print its console",
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || {
+            demo.assert_running("starting the demo");
+            std::fs::read_to_string(&demo.stdout)
+                .unwrap_or_default()
+                .lines()
+                .find(|l| l.trim_start().starts_with("console "))
+                .map(str::to_owned)
+        },
+    );
+    let url = line
+        .split_whitespace()
+        .nth(1)
+        .expect("a URL after `console`");
+    let password = line
+        .rsplit("password ")
+        .next()
+        .map(|p| p.trim_end_matches(')').trim())
+        .expect("a password");
+    let addr: SocketAddr = url
+        .trim_start_matches("http://")
+        .parse()
+        .expect("the console URL names an address");
+    let mut a = Agent::new(addr);
+    let r = a.sign_in("admin", password);
+    assert_eq!(r.status, 303, "the printed password signs in: {r:?}");
+    assert!(a.get("/devices").body.contains("demo-laptop"));
+    crate::harness::proc::signal(demo.pid(), libc::SIGINT);
+    let _ = demo.terminate(Duration::from_secs(10));
+    let _ = std::fs::remove_dir_all(&home);
 }

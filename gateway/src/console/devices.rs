@@ -51,6 +51,7 @@ impl Console {
 
     pub(crate) async fn revoke_device(&self, who: &Actor, name: &str) -> Result<Device, Failure> {
         let device = self.gw.registry.revoke_device(name, clock::now()).await?;
+        self.refresh_cache().await;
         self.audit(who, "device.revoke", &device.name, String::new())
             .await;
         Ok(device)
@@ -58,6 +59,7 @@ impl Console {
 
     pub(crate) async fn reenable_device(&self, who: &Actor, name: &str) -> Result<Device, Failure> {
         let device = self.gw.registry.reenable_device(name, clock::now()).await?;
+        self.refresh_cache().await;
         self.audit(who, "device.reenable", &device.name, String::new())
             .await;
         Ok(device)
@@ -78,6 +80,7 @@ impl Console {
         for g in groups {
             self.gw.registry.add_to_group(name, g).await?;
         }
+        self.refresh_cache().await;
         self.audit(
             who,
             "user.add",

@@ -366,6 +366,14 @@ pub struct Actor {
 }
 
 impl Console {
+    /// Reloads this gateway's cached view after a change made here, so that a revocation or
+    /// a rule takes effect before the response (other gateways follow by notification).
+    pub(crate) async fn refresh_cache(&self) {
+        if let Err(e) = self.gw.cache.reload(&self.gw.registry).await {
+            tracing::warn!(error = %e, "reloading the cache after a console change failed; the refresh task will retry");
+        }
+    }
+
     /// Appends an audit entry; a failure is logged, not fatal to the action already done.
     pub(crate) async fn audit(&self, who: &Actor, action: &str, target: &str, detail: String) {
         let entry = NewAudit {

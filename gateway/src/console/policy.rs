@@ -63,6 +63,7 @@ impl Console {
                 created_by: who.name.clone(),
             })
             .await?;
+        self.refresh_cache().await;
         self.audit(
             who,
             "policy.add",
@@ -80,6 +81,7 @@ impl Console {
         if !self.gw.registry.remove_rule(id).await? {
             return Err(Failure::new(StatusCode::NOT_FOUND, format!("no rule {id}")));
         }
+        self.refresh_cache().await;
         self.audit(who, "policy.remove", &id.to_string(), String::new())
             .await;
         Ok(())

@@ -206,6 +206,13 @@ enum DeviceCommand {
     List,
     /// Cut a device off now, live tunnels included.
     Revoke { name: String },
+    /// Let a device that enrolled while approval was required connect.
+    Approve { name: String },
+    /// Whether new devices wait for an admin's approval before they can connect.
+    RequireApproval {
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -620,10 +627,10 @@ async fn device(registry: &Registry, cmd: &DeviceCommand) -> anyhow::Result<()> 
                     dev.name,
                     dev.user_name,
                     dev.vpn_ip,
-                    if dev.status == DeviceStatus::Active {
-                        "active"
-                    } else {
-                        "revoked"
+                    match dev.status {
+                        DeviceStatus::Active => "active",
+                        DeviceStatus::Revoked => "revoked",
+                        DeviceStatus::Pending => "pending",
                     },
                     clock::show(dev.created_at),
                     dev.last_seen
@@ -639,6 +646,20 @@ async fn device(registry: &Registry, cmd: &DeviceCommand) -> anyhow::Result<()> 
             registry.revoke_device(name, clock::now()).await?;
             audit(registry, "device.revoke", name, String::new()).await?;
             println!("device {name} revoked: its connections are being closed");
+        }
+        DeviceCommand::Approve { name } => {
+            registry.approve_device(name).await?;
+            audit(registry, "device.approve", name, String::new()).await?;
+            println!("device {name} approved: it may connect");
+        }
+        DeviceCommand::RequireApproval { state } => {
+            let on = state == "on";
+            registry.set_require_approval(on).await?;
+            audit(registry, "settings.require_approval", state, String::new()).await?;
+            println!(
+                "new devices {} an admin's approval",
+                if on { "now need" } else { "no longer need" }
+            );
         }
     }
     Ok(())

@@ -154,7 +154,8 @@ pub async fn enroll(
         groups,
         vpn_ip: device.vpn_ip,
         not_after: 0,
-        revoked: false,
+        // A device awaiting approval is refused until approved, from its first handshake.
+        revoked: device.status != shimgate_registry::DeviceStatus::Active,
     };
     let cert = match issue(gw, &csr, holder).await {
         Ok(c) => c,

@@ -43,5 +43,15 @@ CREATE TABLE api_tokens (
     revoked_at    BIGINT
 );
 
+-- Gateway-wide settings, name -> text value (e.g. require_approval = 'true').
+CREATE TABLE settings (
+    name   TEXT PRIMARY KEY,
+    value  TEXT NOT NULL
+);
+
+-- Set when a device enrolled while new devices needed an administrator's approval; cleared
+-- when approved. Until then its certificates are refused like revoked ones.
+ALTER TABLE devices ADD COLUMN approval_requested_at BIGINT;
+
 CREATE INDEX audit_log_actor ON audit_log (actor);
 CREATE INDEX audit_log_action ON audit_log (action);

@@ -181,6 +181,7 @@ both_backends!(
     api_tokens,
     audit_search,
     reenable,
+    approval,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -1298,6 +1299,64 @@ async fn reenable(env: Env) {
         r.reenable_device("nope", 200).await,
         Err(Error::NotFound { .. })
     ));
+}
+
+async fn approval(env: Env) {
+    let r = &env.reg;
+    let alice = r.ensure_user("alice").await.expect("alice");
+    assert!(!r.require_approval().await.expect("setting"));
+    let before = r
+        .create_device(alice.id, "before", 1)
+        .await
+        .expect("device");
+    assert_eq!(before.status, DeviceStatus::Active);
+
+    r.set_require_approval(true).await.expect("on");
+    r.set_require_approval(true).await.expect("on again");
+    assert!(r.require_approval().await.expect("setting"));
+    let waiting = r
+        .create_device(alice.id, "waiting", 2)
+        .await
+        .expect("device");
+    assert_eq!(waiting.status, DeviceStatus::Pending);
+    r.record_certificate(cert(waiting.id, "w1", 5000))
+        .await
+        .expect("cert");
+    let refused = |states: &[shimgate_registry::CertState]| {
+        states
+            .iter()
+            .find(|c| c.fingerprint_hex == fingerprint("w1"))
+            .map(|c| c.revoked)
+    };
+    assert_eq!(
+        refused(&r.certificate_states(10).await.expect("states")),
+        Some(true),
+        "a pending device's certificate is refused"
+    );
+    let listed = r.list_devices().await.expect("list");
+    assert_eq!(
+        listed[0].device.status,
+        DeviceStatus::Active,
+        "earlier devices keep their state"
+    );
+    assert_eq!(listed[1].device.status, DeviceStatus::Pending);
+
+    let seq = r.change_seq().await.expect("seq");
+    let approved = r.approve_device("waiting").await.expect("approve");
+    assert_eq!(approved.status, DeviceStatus::Active);
+    assert!(r.change_seq().await.expect("seq") > seq);
+    assert_eq!(
+        refused(&r.certificate_states(10).await.expect("states")),
+        Some(false)
+    );
+    assert!(matches!(
+        r.approve_device("nope").await,
+        Err(Error::NotFound { .. })
+    ));
+    r.set_require_approval(false).await.expect("off");
+    assert!(!r.require_approval().await.expect("setting"));
+    let after = r.create_device(alice.id, "after", 3).await.expect("device");
+    assert_eq!(after.status, DeviceStatus::Active);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -883,3 +883,44 @@ fn demo_prints_the_console_and_its_password() {
     let _ = demo.terminate(Duration::from_secs(10));
     let _ = std::fs::remove_dir_all(&home);
 }
+
+#[test]
+fn new_devices_can_wait_for_approval() {
+    let origin = Origin::http(V4, &unique_body("approval"));
+    let c = console(Backend::Sqlite, &["127.0.0.1/32"]);
+    let auth = api_token(&mut c.admin());
+    let mut api = Agent::new(c.addr);
+    let r = api.send(
+        "PUT",
+        "/api/v1/settings",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
+        r#"{"require_approval":true}"#,
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let mut dev = Device::enrolled(&c.gw, USER, "waiting-laptop");
+    dev.up_unconnected();
+    assert!(
+        c.admin().get("/devices").body.contains("awaiting approval"),
+        "the devices page shows the device waiting"
+    );
+    if let Ok((code, _)) = connect(dev.socks, V4, origin.port()) {
+        assert_ne!(code, 0, "a device awaiting approval got through");
+    }
+    let r = api.send(
+        "POST",
+        "/api/v1/devices/waiting-laptop/approve",
+        &[("Authorization", &auth)],
+        "",
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.contains("\"status\":\"active\""), "{}", r.body);
+    poll(
+        "the approved device to reach the origin",
+        Duration::from_secs(15),
+        Duration::from_millis(200),
+        || matches!(connect(dev.socks, V4, origin.port()), Ok((0, _))).then_some(()),
+    );
+}

@@ -43,7 +43,9 @@ async function watchEnrollment(box) {
           document.getElementById('enrolled-name').textContent = status.device_name;
           document.getElementById('enrolled-vpn-name').textContent = status.vpn_name;
           document.getElementById('enrolled-vpn-ip').textContent = status.vpn_ip;
-          document.getElementById('waiting').textContent = 'The device has enrolled.';
+          document.getElementById('waiting').textContent = status.awaiting_approval
+            ? 'The device has enrolled. An administrator must approve it before it can connect.'
+            : 'The device has enrolled.';
           document.getElementById('enrolled').hidden = false;
           return;
         }

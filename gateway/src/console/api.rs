@@ -31,6 +31,8 @@ pub fn router() -> Router<Arc<Console>> {
         .route("/devices", get(devices))
         .route("/devices/{name}/revoke", post(revoke))
         .route("/devices/{name}/enable", post(enable))
+        .route("/devices/{name}/approve", post(approve))
+        .route("/settings", get(settings).put(put_settings))
         .route("/users", get(users).post(add_user))
         .route("/invitations", get(invitations).post(create_invitation))
         .route("/invitations/{id}", delete(cancel_invitation))
@@ -121,6 +123,50 @@ async fn enable(
     Path(name): Path<String>,
 ) -> Response {
     api!(c, h, a, |who| c.reenable_device(&who, &name).await)
+}
+
+async fn approve(
+    State(c): State<Arc<Console>>,
+    ConnectInfo(Peer(a)): ConnectInfo<Peer>,
+    h: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    api!(c, h, a, |who| c.approve_device(&who, &name).await)
+}
+
+/// Gateway-wide settings.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Settings {
+    /// New devices wait for an admin's approval before they can connect.
+    require_approval: bool,
+}
+
+async fn settings(
+    State(c): State<Arc<Console>>,
+    ConnectInfo(Peer(a)): ConnectInfo<Peer>,
+    h: HeaderMap,
+) -> Response {
+    api!(c, h, a, |_who| c
+        .gw
+        .registry
+        .require_approval()
+        .await
+        .map(|require_approval| Settings { require_approval })
+        .map_err(Failure::from))
+}
+
+async fn put_settings(
+    State(c): State<Arc<Console>>,
+    ConnectInfo(Peer(a)): ConnectInfo<Peer>,
+    h: HeaderMap,
+    b: Result<Json<Settings>, JsonRejection>,
+) -> Response {
+    api!(c, h, a, |who| async {
+        let s = body(b)?;
+        c.set_require_approval(&who, s.require_approval).await?;
+        Ok::<_, Failure>(s)
+    }
+    .await)
 }
 
 async fn users(
@@ -354,6 +400,11 @@ pub fn openapi_document() -> serde_json::Value {
             "/devices": { "get": op("list devices with online state, last seen and certificate expiry", json!({})) },
             "/devices/{name}/revoke": { "post": op("revoke a device now (its connections close)", json!({ "parameters": path_param("name", "string") })) },
             "/devices/{name}/enable": { "post": op("lift a device's revocation", json!({ "parameters": path_param("name", "string") })) },
+            "/devices/{name}/approve": { "post": op("let a device that awaits approval connect", json!({ "parameters": path_param("name", "string") })) },
+            "/settings": {
+                "get": op("gateway-wide settings", json!({})),
+                "put": op("change gateway-wide settings", json!({ "requestBody": body(json!({ "require_approval": { "type": "boolean", "description": "new devices wait for an admin's approval" } }), &["require_approval"]) }))
+            },
             "/users": {
                 "get": op("list users and their groups", json!({})),
                 "post": op("add a user (and put them in groups)", json!({ "requestBody": body(json!({ "name": { "type": "string" }, "groups": { "type": "array", "items": { "type": "string" } } }), &["name"]) }))
@@ -502,7 +553,7 @@ mod tests {
     fn openapi_names_every_path() {
         let doc = super::openapi_document();
         let paths = doc["paths"].as_object().map(|p| p.len()).unwrap_or(0);
-        assert_eq!(paths, 11);
+        assert_eq!(paths, 13);
         assert_eq!(doc["openapi"], "3.0.3");
     }
 }

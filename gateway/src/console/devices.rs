@@ -65,6 +65,26 @@ impl Console {
         Ok(device)
     }
 
+    pub(crate) async fn approve_device(&self, who: &Actor, name: &str) -> Result<Device, Failure> {
+        let device = self.gw.registry.approve_device(name).await?;
+        self.refresh_cache().await;
+        self.audit(who, "device.approve", &device.name, String::new())
+            .await;
+        Ok(device)
+    }
+
+    pub(crate) async fn set_require_approval(&self, who: &Actor, on: bool) -> Result<(), Failure> {
+        self.gw.registry.set_require_approval(on).await?;
+        self.audit(
+            who,
+            "settings.require_approval",
+            if on { "on" } else { "off" },
+            String::new(),
+        )
+        .await;
+        Ok(())
+    }
+
     pub(crate) async fn users(&self) -> Result<Vec<UserRow>, Failure> {
         Ok(self.gw.registry.list_users().await?)
     }
@@ -97,6 +117,7 @@ struct DeviceLine {
     last_seen: String,
     cert_expires: String,
     revoked: bool,
+    pending: bool,
 }
 
 #[derive(Template)]
@@ -105,6 +126,7 @@ struct DevicesPage {
     title: &'static str,
     nav: Option<Nav>,
     devices: Vec<DeviceLine>,
+    require_approval: bool,
 }
 
 pub async fn page(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
@@ -112,10 +134,15 @@ pub async fn page(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response
         Ok(n) => n,
         Err(r) => return r,
     };
-    let devices = match c.devices().await {
-        Ok(d) => d,
-        Err(f) => return super::error_page(f.status, &f.message),
-    };
+    let (devices, require_approval) =
+        match (c.devices().await, c.gw.registry.require_approval().await) {
+            (Ok(d), Ok(a)) => (d, a),
+            (Err(f), _) => return super::error_page(f.status, &f.message),
+            (_, Err(e)) => {
+                let f = Failure::from(e);
+                return super::error_page(f.status, &f.message);
+            }
+        };
     render(&DevicesPage {
         title: "Devices",
         nav: Some(nav),
@@ -125,9 +152,11 @@ pub async fn page(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response
                 last_seen: when(d.last_seen),
                 cert_expires: when(d.cert_not_after),
                 revoked: d.status == DeviceStatus::Revoked,
+                pending: d.status == DeviceStatus::Pending,
                 d,
             })
             .collect(),
+        require_approval,
     })
 }
 
@@ -170,6 +199,59 @@ pub async fn enable_form(
         .reenable_device(&who, &name)
         .await
         .map(|d| format!("Device {} may connect again.", d.name))
+        .map_err(|f| f.message);
+    c.done(&headers, "/devices", result)
+}
+
+pub async fn approve_form(
+    State(c): State<Arc<Console>>,
+    ConnectInfo(Peer(addr)): ConnectInfo<Peer>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    Form(f): Form<CsrfOnly>,
+) -> Response {
+    let who = match c.form_session(&headers, addr, &f.csrf) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let result = c
+        .approve_device(&who, &name)
+        .await
+        .map(|d| format!("Device {} approved: it may connect.", d.name))
+        .map_err(|f| f.message);
+    c.done(&headers, "/devices", result)
+}
+
+#[derive(serde::Deserialize)]
+pub struct ApprovalForm {
+    #[serde(default)]
+    csrf: String,
+    /// `on` or `off`.
+    #[serde(default)]
+    require: String,
+}
+
+pub async fn approval_form(
+    State(c): State<Arc<Console>>,
+    ConnectInfo(Peer(addr)): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    Form(f): Form<ApprovalForm>,
+) -> Response {
+    let who = match c.form_session(&headers, addr, &f.csrf) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let on = f.require == "on";
+    let result = c
+        .set_require_approval(&who, on)
+        .await
+        .map(|()| {
+            if on {
+                "New devices now wait for an admin's approval.".to_owned()
+            } else {
+                "New devices may connect as soon as they enroll.".to_owned()
+            }
+        })
         .map_err(|f| f.message);
     c.done(&headers, "/devices", result)
 }

@@ -710,6 +710,8 @@ pub struct StatusForm {
 #[derive(serde::Serialize)]
 pub struct EnrollStatus {
     enrolled: bool,
+    /// Enrolled, but an admin must approve the device before it can connect.
+    awaiting_approval: bool,
     device_name: Option<String>,
     vpn_name: Option<String>,
     vpn_ip: Option<String>,
@@ -726,6 +728,7 @@ pub async fn status(State(c): State<Arc<Console>>, Form(f): Form<StatusForm>) ->
     match c.gw.registry.token_device(&token).await {
         Ok(Some(d)) => Json(EnrollStatus {
             enrolled: true,
+            awaiting_approval: d.status == shimgate_registry::DeviceStatus::Pending,
             vpn_name: Some(format!("{}.{VPN_DOMAIN}", d.name)),
             vpn_ip: Some(d.vpn_ip.to_string()),
             device_name: Some(d.name),
@@ -733,6 +736,7 @@ pub async fn status(State(c): State<Arc<Console>>, Form(f): Form<StatusForm>) ->
         .into_response(),
         Ok(None) => Json(EnrollStatus {
             enrolled: false,
+            awaiting_approval: false,
             device_name: None,
             vpn_name: None,
             vpn_ip: None,

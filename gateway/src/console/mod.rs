@@ -184,6 +184,8 @@ fn router(console: Arc<Console>) -> Router {
         .route("/devices", get(devices::page))
         .route("/devices/{name}/revoke", post(devices::revoke_form))
         .route("/devices/{name}/enable", post(devices::enable_form))
+        .route("/devices/{name}/approve", post(devices::approve_form))
+        .route("/settings/approval", post(devices::approval_form))
         .route(
             "/users",
             get(devices::users_page).post(devices::add_user_form),

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::harness::env::{free_port, which};
+use crate::harness::env::{free_port, unique, which};
 use crate::harness::proc::{Proc, clean_env};
 use crate::harness::socks::{self, connect, connect_ok, http_get};
 use crate::harness::*;
@@ -542,6 +542,33 @@ fn chromedriver() -> Driver {
     }
 }
 
+/// A headless Chromium session with these extra command-line arguments.
+async fn browser(driver: &Driver, extra: &[String]) -> fantoccini::Client {
+    let mut args = vec![
+        "--headless=new".to_owned(),
+        "--no-sandbox".to_owned(),
+        "--disable-gpu".to_owned(),
+        "--disable-dev-shm-usage".to_owned(),
+        "--window-size=1280,1000".to_owned(),
+        format!(
+            "--user-data-dir={}",
+            driver.profile.path().join(unique("profile")).display()
+        ),
+    ];
+    args.extend_from_slice(extra);
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({ "binary": "/usr/bin/chromium", "args": args }),
+    );
+    fantoccini::ClientBuilder::rustls()
+        .expect("rustls")
+        .capabilities(caps)
+        .connect(&driver.url)
+        .await
+        .expect("a WebDriver session with headless Chromium")
+}
+
 #[test]
 fn browser_invites_enrolls_and_revokes_a_device() {
     let origin = Origin::http(V4, &unique_body("console"));
@@ -554,23 +581,8 @@ fn browser_invites_enrolls_and_revokes_a_device() {
         .build()
         .unwrap();
     rt.block_on(async {
-        use fantoccini::{ClientBuilder, Locator};
-        let mut caps = serde_json::Map::new();
-        caps.insert(
-            "goog:chromeOptions".into(),
-            serde_json::json!({
-                "binary": "/usr/bin/chromium",
-                "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
-                         "--disable-dev-shm-usage", "--window-size=1280,1000",
-                         format!("--user-data-dir={}", driver.profile.path().join("profile").display())]
-            }),
-        );
-        let b = ClientBuilder::rustls()
-            .expect("rustls")
-            .capabilities(caps)
-            .connect(&driver.url)
-            .await
-            .expect("a WebDriver session with headless Chromium");
+        use fantoccini::Locator;
+        let b = browser(&driver, &[]).await;
         let shot = |name: &'static str| {
             let b = b.clone();
             let path = shots.join(format!("{name}.png"));
@@ -583,28 +595,58 @@ fn browser_invites_enrolls_and_revokes_a_device() {
         // Sign in.
         b.goto(&format!("{base}/login")).await.unwrap();
         shot("01-sign-in").await;
-        b.find(Locator::Id("name")).await.unwrap().send_keys("root").await.unwrap();
+        b.find(Locator::Id("name"))
+            .await
+            .unwrap()
+            .send_keys("root")
+            .await
+            .unwrap();
         b.find(Locator::Id("password"))
             .await
             .unwrap()
             .send_keys(&c.password)
             .await
             .unwrap();
-        b.find(Locator::Id("signin")).await.unwrap().click().await.unwrap();
+        b.find(Locator::Id("signin"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
         b.wait().for_element(Locator::Css("h1")).await.unwrap();
         assert!(b.current_url().await.unwrap().path().ends_with("/devices"));
         shot("02-devices-empty").await;
 
         // A user, then an invitation for them.
         b.goto(&format!("{base}/users")).await.unwrap();
-        b.find(Locator::Id("user-name")).await.unwrap().send_keys("alice").await.unwrap();
-        b.find(Locator::Id("add-user")).await.unwrap().click().await.unwrap();
+        b.find(Locator::Id("user-name"))
+            .await
+            .unwrap()
+            .send_keys("alice")
+            .await
+            .unwrap();
+        b.find(Locator::Id("add-user"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
         let flash = b.wait().for_element(Locator::Id("flash")).await.unwrap();
         assert!(flash.text().await.unwrap().contains("alice"));
         shot("03-users").await;
         b.goto(&format!("{base}/invitations")).await.unwrap();
-        b.find(Locator::Id("inv-name")).await.unwrap().send_keys("alice").await.unwrap();
-        b.find(Locator::Id("create-invitation")).await.unwrap().click().await.unwrap();
+        b.find(Locator::Id("inv-name"))
+            .await
+            .unwrap()
+            .send_keys("alice")
+            .await
+            .unwrap();
+        b.find(Locator::Id("create-invitation"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
         let link = b
             .wait()
             .for_element(Locator::Id("invite-link"))
@@ -625,7 +667,12 @@ fn browser_invites_enrolls_and_revokes_a_device() {
             .send_keys("browser-laptop")
             .await
             .unwrap();
-        b.find(Locator::Id("get-code")).await.unwrap().click().await.unwrap();
+        b.find(Locator::Id("get-code"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
         let code = b
             .wait()
             .for_element(Locator::Id("code"))
@@ -635,7 +682,13 @@ fn browser_invites_enrolls_and_revokes_a_device() {
             .await
             .unwrap();
         assert!(code.starts_with("sg1-"), "{code}");
-        let command = b.find(Locator::Id("command")).await.unwrap().text().await.unwrap();
+        let command = b
+            .find(Locator::Id("command"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         assert_eq!(command, format!("shimgate enroll {code}"));
         assert!(b.find(Locator::Css(".qr svg")).await.is_ok(), "a QR code");
         shot("06-enrollment-code").await;
@@ -660,7 +713,13 @@ fn browser_invites_enrolls_and_revokes_a_device() {
             .await
             .unwrap();
         assert!(ip.starts_with("100.64."), "{ip}");
-        let name = b.find(Locator::Id("enrolled-vpn-name")).await.unwrap().text().await.unwrap();
+        let name = b
+            .find(Locator::Id("enrolled-vpn-name"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         assert_eq!(name, "browser-laptop.vpn.internal");
         shot("07-enrolled").await;
 
@@ -922,5 +981,46 @@ fn new_devices_can_wait_for_approval() {
         Duration::from_secs(15),
         Duration::from_millis(200),
         || matches!(connect(dev.socks, V4, origin.port()), Ok((0, _))).then_some(()),
+    );
+}
+
+#[test]
+fn chromium_reads_the_intranet_through_the_proxy() {
+    let body = unique_body("intranet page");
+    let origin = Origin::http(V4, &body);
+    let spec =
+        GatewaySpec::localhost().alias(format!("intranet.internal:80=127.0.0.1:{}", origin.port()));
+    let mut gw = Gateway::init_spec(Backend::Sqlite, spec);
+    gw.allow("intranet.internal", &["--ports", "80"]);
+    gw.serve();
+    let dev = Device::enrolled_up(&gw, USER, "chromium-laptop");
+    let driver = chromedriver();
+    let shots = artifacts();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let text = rt.block_on(async {
+        // Chromium sends the host name to a SOCKS5 proxy: only the gateway resolves it.
+        let b = browser(&driver, &[format!("--proxy-server=socks5://{}", dev.socks)]).await;
+        b.goto("http://intranet.internal/")
+            .await
+            .expect("loading the intranet page");
+        let text = b
+            .find(fantoccini::Locator::Css("body"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let png = b.screenshot().await.expect("screenshot");
+        std::fs::write(shots.join("20-intranet-through-the-proxy.png"), png).unwrap();
+        b.close().await.unwrap();
+        text
+    });
+    assert_eq!(
+        text.trim(),
+        body.trim(),
+        "the page Chromium read through shimgate"
     );
 }

@@ -697,12 +697,6 @@ fn browser_invites_enrolls_and_revokes_a_device() {
         let mut dev = Device::new("browser-laptop");
         let out = dev.enroll(&code).expect_ok();
         assert!(out.stdout.contains("browser-laptop"), "{out}");
-        dev.up();
-        let s = connect_ok(dev.socks, V4, origin.port());
-        assert!(
-            http_get(s, "127.0.0.1").contains("shimgate-e2e console"),
-            "the new device reaches the origin"
-        );
         let ip = b
             .wait()
             .at_most(Duration::from_secs(20))
@@ -723,25 +717,34 @@ fn browser_invites_enrolls_and_revokes_a_device() {
         assert_eq!(name, "browser-laptop.vpn.internal");
         shot("07-enrolled").await;
 
-        // The devices page shows it online; revoke it there.
+        // The devices page lists it offline, then, once `shimgate up` runs, online without
+        // a reload.
         let row = "tr[data-device='browser-laptop']";
-        let mut online = false;
-        for _ in 0..50 {
-            b.goto(&format!("{base}/devices")).await.unwrap();
-            let state = b
-                .find(Locator::Css(&format!("{row} .state")))
+        let state = |b: fantoccini::Client| async move {
+            b.find(Locator::Css(&format!("{row} .state")))
                 .await
                 .unwrap()
                 .text()
                 .await
-                .unwrap();
-            if state == "online" {
+                .unwrap()
+        };
+        b.goto(&format!("{base}/devices")).await.unwrap();
+        assert_eq!(state(b.clone()).await, "offline");
+        dev.up();
+        let s = connect_ok(dev.socks, V4, origin.port());
+        assert!(
+            http_get(s, "127.0.0.1").contains("shimgate-e2e console"),
+            "the new device reaches the origin"
+        );
+        let mut online = false;
+        for _ in 0..50 {
+            if state(b.clone()).await == "online" {
                 online = true;
                 break;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        assert!(online, "the device never showed online");
+        assert!(online, "the devices page never showed the device online");
         shot("08-device-online").await;
         b.find(Locator::Css(&format!("{row} button.revoke")))
             .await
@@ -751,14 +754,7 @@ fn browser_invites_enrolls_and_revokes_a_device() {
             .unwrap();
         let flash = b.wait().for_element(Locator::Id("flash")).await.unwrap();
         assert!(flash.text().await.unwrap().contains("revoked"));
-        let state = b
-            .find(Locator::Css(&format!("{row} .state")))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        assert_eq!(state, "revoked");
+        assert_eq!(state(b.clone()).await, "revoked");
         shot("09-device-revoked").await;
         b.goto(&format!("{base}/audit")).await.unwrap();
         shot("10-audit").await;
@@ -1022,5 +1018,89 @@ fn chromium_reads_the_intranet_through_the_proxy() {
         text.trim(),
         body.trim(),
         "the page Chromium read through shimgate"
+    );
+}
+
+#[test]
+fn group_invitations_name_the_user_and_count_devices() {
+    let c = console(Backend::Sqlite, &[]);
+    c.gw.ok(&["user", "add", "carol", "--group", "staff"]);
+    c.gw.ok(&["user", "add", "boss"]);
+    let mut a = c.admin();
+    let token = a.csrf("/invitations");
+    let r = a.post(
+        "/invitations",
+        &[
+            ("csrf", &token),
+            ("kind", "group"),
+            ("name", "staff"),
+            ("uses", "2"),
+            ("expires", "1h"),
+        ],
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let link = text_of(&r.body, "invite-link").replace("&#38;", "&");
+    let path = link
+        .split_once("://")
+        .and_then(|(_, rest)| rest.find('/').map(|i| rest[i..].to_owned()))
+        .expect("an absolute link");
+    let id_path = path.split('?').next().unwrap_or_default().to_owned();
+    let mut holder = Agent::new(c.addr);
+    let page = holder.get(&path);
+    assert!(
+        page.body.contains("group staff") && page.body.contains("name=\"user\""),
+        "{}",
+        page.body
+    );
+    let redeem = |holder: &mut Agent, user: &str, device: &str| {
+        let page = holder.get(&path);
+        holder.post(
+            &id_path,
+            &[
+                ("s", &hidden(&page.body, "s")),
+                ("form", &hidden(&page.body, "form")),
+                ("user", user),
+                ("device", device),
+            ],
+        )
+    };
+    let r = redeem(&mut holder, "boss", "boss-pc");
+    assert_eq!(r.status, 400, "a non-member's name is refused: {r:?}");
+    assert!(r.body.contains("is taken"), "{}", r.body);
+    let r = redeem(&mut holder, "dave", "dave-pc");
+    assert_eq!(r.status, 200, "{r:?}");
+    let code = text_of(&r.body, "code");
+    let dev = Device::new("dave-pc");
+    dev.enroll(&code).expect_ok();
+    let r = redeem(&mut holder, "carol", "carol-phone");
+    assert_eq!(r.status, 200, "a member may add a device: {r:?}");
+    let r = holder.get(&path);
+    assert_eq!(r.status, 410, "a two-device invitation after two: {r:?}");
+    let secret = path.split("s=").nth(1).unwrap_or_default().to_owned();
+    let form_token = holder.cookies.get("sg_form").cloned().unwrap_or_default();
+    let r = holder.post(
+        &id_path,
+        &[
+            ("s", &secret),
+            ("form", &form_token),
+            ("user", "erin"),
+            ("device", "erin-pc"),
+        ],
+    );
+    assert_eq!(r.status, 410, "a third redemption: {r:?}");
+    let users = c.gw.ok(&["user", "list"]);
+    assert!(
+        users
+            .lines()
+            .any(|l| l.starts_with("dave") && l.contains("staff")),
+        "{users}"
+    );
+    assert!(!users.contains("erin"), "{users}");
+    let devices = c.gw.device_list();
+    assert!(
+        devices
+            .lines()
+            .any(|l| l.starts_with("dave-pc") && l.contains("dave")),
+        "{devices}"
     );
 }

@@ -57,8 +57,36 @@ async function watchEnrollment(box) {
   }
 }
 
+// The devices page: refresh each device's state and last-seen time every few seconds.
+// (Buttons follow on the next page load; text only is written, never markup.)
+async function refreshDevices(table) {
+  for (;;) {
+    await sleep(3000);
+    try {
+      const reply = await fetch('/devices/state', { credentials: 'same-origin' });
+      if (!reply.ok) continue;
+      const states = new Map((await reply.json()).map((d) => [d.name, d]));
+      for (const row of table.querySelectorAll('tr[data-device]')) {
+        const d = states.get(row.dataset.device);
+        if (!d) continue;
+        const cell = row.querySelector('.state');
+        if (cell && cell.textContent !== d.state) {
+          cell.textContent = d.state;
+          cell.className = 'state ' + (d.state === 'online' ? 'good' : d.state === 'offline' ? '' : 'bad');
+        }
+        const seen = row.querySelector('.last-seen');
+        if (seen) seen.textContent = d.last_seen;
+      }
+    } catch (e) {
+      // Keep the page as it is until the gateway answers again.
+    }
+  }
+}
+
 document.addEventListener('DOMContentLoaded', () => {
   copyButtons();
+  const devices = document.getElementById('devices');
+  if (devices) refreshDevices(devices);
   const box = document.getElementById('watch');
   if (box) watchEnrollment(box);
 });

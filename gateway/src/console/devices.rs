@@ -4,9 +4,10 @@ use std::sync::Arc;
 
 use askama::Template;
 use axum::Form;
+use axum::Json;
 use axum::extract::{ConnectInfo, Path, State};
-use axum::http::HeaderMap;
-use axum::response::Response;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use shimgate_registry::{Device, DeviceStatus, UserRow};
 use shimgate_wire::clock;
 
@@ -158,6 +159,44 @@ pub async fn page(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response
             .collect(),
         require_approval,
     })
+}
+
+/// A device's state as the devices page shows it, for its live refresh.
+#[derive(serde::Serialize)]
+pub struct DeviceState {
+    name: String,
+    state: &'static str,
+    last_seen: String,
+}
+
+/// `GET /devices/state`: every device's state, for the signed-in devices page to poll.
+pub async fn states(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
+    if c.page_session(&headers).is_err() {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(serde_json::json!({ "error": "not signed in" })),
+        )
+            .into_response();
+    }
+    match c.devices().await {
+        Ok(devices) => Json(
+            devices
+                .into_iter()
+                .map(|d| DeviceState {
+                    state: match (d.status, d.online) {
+                        (DeviceStatus::Revoked, _) => "revoked",
+                        (DeviceStatus::Pending, _) => "awaiting approval",
+                        (DeviceStatus::Active, true) => "online",
+                        (DeviceStatus::Active, false) => "offline",
+                    },
+                    last_seen: when(d.last_seen),
+                    name: d.name,
+                })
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
+        Err(f) => (f.status, Json(serde_json::json!({ "error": f.message }))).into_response(),
+    }
 }
 
 pub async fn revoke_form(

@@ -182,6 +182,7 @@ fn router(console: Arc<Console>) -> Router {
         .route("/login", get(auth::login_page).post(auth::login))
         .route("/logout", post(auth::logout))
         .route("/devices", get(devices::page))
+        .route("/devices/state", get(devices::states))
         .route("/devices/{name}/revoke", post(devices::revoke_form))
         .route("/devices/{name}/enable", post(devices::enable_form))
         .route("/devices/{name}/approve", post(devices::approve_form))

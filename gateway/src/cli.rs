@@ -138,6 +138,22 @@ pub struct ConsoleArgs {
     /// the network unencrypted).
     #[arg(long)]
     pub insecure_http: bool,
+    /// How people reach the console, e.g. https://vpn.example.org (used in invitation links;
+    /// default: the address it listens on).
+    #[arg(long, value_parser = parse_console_url)]
+    pub console_url: Option<String>,
+}
+
+fn parse_console_url(s: &str) -> Result<String, String> {
+    let ok = (s.starts_with("http://") || s.starts_with("https://"))
+        && s.len() <= 200
+        && s.bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b'<' | b'>' | b'\\'));
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(format!("{s:?} is not an http:// or https:// URL"))
+    }
 }
 
 /// `--console`: an address, or `off` (None).
@@ -162,6 +178,7 @@ impl ConsoleArgs {
                 .clone()
                 .zip(self.console_tls_key.clone()),
             insecure_http: self.insecure_http,
+            public_url: self.console_url.clone(),
         })
     }
 }

@@ -883,6 +883,12 @@ fn console_off_loopback_needs_tls_or_insecure_http() {
         },
     );
     assert!(out.stdout.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(
+        out.stdout
+            .to_ascii_lowercase()
+            .contains("strict-transport-security: max-age="),
+        "{out}"
+    );
     let cookie = out
         .stdout
         .lines()

@@ -54,6 +54,9 @@ pub struct Options {
     pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
     /// Plain HTTP on a non-loopback address, knowingly.
     pub insecure_http: bool,
+    /// The URL people use to reach the console (for invitation links); default: the scheme
+    /// and the address it listens on.
+    pub public_url: Option<String>,
 }
 
 /// Why the console could not start.
@@ -63,7 +66,9 @@ pub enum StartError {
         "the console would serve plain HTTP on {0}, which is not a loopback address: give --console-tls-cert and --console-tls-key, or --insecure-http to accept that passwords cross the network in clear"
     )]
     NeedsTls(SocketAddr),
-    #[error("cannot listen on {addr} for the console: {source}")]
+    #[error(
+        "cannot listen on {addr} for the web console ({source}): choose another address with --console ADDR, or --console off"
+    )]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
@@ -112,7 +117,11 @@ pub async fn start(
         source,
     })?;
     let scheme = if opts.tls.is_some() { "https" } else { "http" };
-    let url = format!("{scheme}://{local}");
+    let url = opts
+        .public_url
+        .as_deref()
+        .map(|u| u.trim_end_matches('/').to_owned())
+        .unwrap_or_else(|| format!("{scheme}://{local}"));
     self::metrics::install();
     let console = Arc::new(Console {
         gw,
@@ -122,7 +131,7 @@ pub async fn start(
         secure: opts.tls.is_some(),
         base_url: url.clone(),
     });
-    let app = router(console).into_make_service_with_connect_info::<Peer>();
+    let app = router(console, opts.tls.is_some()).into_make_service_with_connect_info::<Peer>();
     let quit = stop.clone();
     match &opts.tls {
         None => {
@@ -164,6 +173,7 @@ pub async fn start_demo(
         addr: DEFAULT_ADDR.parse()?,
         tls: None,
         insecure_http: false,
+        public_url: None,
     };
     let running = match start(Arc::clone(&gw), &opts, stop.clone()).await {
         Ok(r) => r,
@@ -176,7 +186,7 @@ pub async fn start_demo(
     Ok((running.url, password))
 }
 
-fn router(console: Arc<Console>) -> Router {
+fn router(console: Arc<Console>, tls: bool) -> Router {
     Router::new()
         .route("/", get(auth::home))
         .route("/login", get(auth::login_page).post(auth::login))
@@ -222,11 +232,13 @@ fn router(console: Arc<Console>) -> Router {
         .nest("/api/v1", api::router())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .layer(axum::middleware::from_fn(security_headers))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            security_headers(tls, req, next)
+        }))
         .with_state(console)
 }
 
-async fn security_headers(req: Request, next: Next) -> Response {
+async fn security_headers(tls: bool, req: Request, next: Next) -> Response {
     let mut resp = next.run(req).await;
     let h = resp.headers_mut();
     for (name, value) in [
@@ -237,6 +249,12 @@ async fn security_headers(req: Request, next: Next) -> Response {
         (header::REFERRER_POLICY, "no-referrer"),
     ] {
         h.insert(name, HeaderValue::from_static(value));
+    }
+    if tls {
+        h.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000"),
+        );
     }
     h.entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));

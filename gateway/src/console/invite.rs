@@ -630,20 +630,26 @@ pub async fn redeem(
     let (for_group, invitee) = invitee_text(&inv.invitee);
     let device = f.device.trim().to_ascii_lowercase();
     let user = f.user.trim().to_owned();
+    // A refused form is shown again with the browser's current token (or a new one).
+    let (form, set_cookie) = c.form_token(&headers);
     let again = |status: StatusCode, error: String| {
         let page = InvitePage {
             title: "Add a device",
             nav: None,
             id: id.clone(),
             secret: f.s.clone(),
-            form: f.form.clone(),
+            form: form.clone(),
             for_group,
             invitee: invitee.clone(),
             device: device.clone(),
             user: user.clone(),
             error: Some(error),
         };
-        (status, render(&page)).into_response()
+        let mut resp = (status, render(&page)).into_response();
+        if let Some(v) = set_cookie.clone() {
+            resp.headers_mut().append(axum::http::header::SET_COOKIE, v);
+        }
+        resp
     };
     if !c.form_token_ok(&headers, &f.form) {
         return again(

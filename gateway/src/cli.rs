@@ -492,11 +492,11 @@ async fn admin(registry: &Registry, cmd: &AdminCommand) -> anyhow::Result<()> {
             password_stdin,
         } => {
             let (password, made) = password_from(*password_stdin)?;
-            registry.create_admin(name, &password).await?;
+            registry.create_admin(name, &password, made).await?;
             audit(registry, "admin.create", name, String::new()).await?;
             if made {
                 println!(
-                    "admin {name} created; one-time password (shown only now):\n\n  {password}\n"
+                    "admin {name} created; one-time password (shown only now, to be changed at the first sign-in):\n\n  {password}\n"
                 );
             } else {
                 println!("admin {name} created");
@@ -507,10 +507,12 @@ async fn admin(registry: &Registry, cmd: &AdminCommand) -> anyhow::Result<()> {
             password_stdin,
         } => {
             let (password, made) = password_from(*password_stdin)?;
-            registry.set_admin_password(name, &password).await?;
+            registry.set_admin_password(name, &password, made).await?;
             audit(registry, "admin.reset_password", name, String::new()).await?;
             if made {
-                println!("new password for {name} (shown only now):\n\n  {password}\n");
+                println!(
+                    "new one-time password for {name} (shown only now, to be changed at the next sign-in):\n\n  {password}\n"
+                );
             } else {
                 println!("password for {name} changed");
             }

@@ -1,12 +1,14 @@
 -- The web console (SQLite). Keep in step with ../postgres/0002_console.sql.
 
 -- Console administrators. password_hash is an argon2id PHC string; the password itself is
--- never stored.
+-- never stored. one_time = 1: the password was generated and shown once; it must be changed
+-- at the next sign-in.
 CREATE TABLE console_admins (
     id            INTEGER PRIMARY KEY AUTOINCREMENT,
     name          TEXT    NOT NULL UNIQUE,
     password_hash TEXT    NOT NULL,
-    created_at    BIGINT  NOT NULL
+    created_at    BIGINT  NOT NULL,
+    one_time      BIGINT  NOT NULL DEFAULT 0 CHECK (one_time IN (0, 1))
 );
 
 -- Invitations: a link carrying a one-time secret (only its SHA-256 is stored) that lets its

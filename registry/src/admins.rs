@@ -17,6 +17,18 @@ pub struct Admin {
     pub id: i64,
     pub name: String,
     pub created_at: i64,
+    /// The password was generated and shown once: it must be changed at the next sign-in.
+    pub one_time: bool,
+}
+
+fn admin_from_row(row: &sqlx::any::AnyRow) -> Result<Admin> {
+    let one_time: i64 = row.try_get("one_time")?;
+    Ok(Admin {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        created_at: row.try_get("created_at")?,
+        one_time: one_time != 0,
+    })
 }
 
 fn check_password(password: &str) -> Result<()> {
@@ -64,20 +76,22 @@ async fn verify(password: &str, stored: String) -> bool {
 const DECOY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2hpbWdhdGVkZWNveXNhbHQ$TU0+pHu1Zr7DbSRv8Xk5ZHyr4mVkn8oYAbr2Bft6yvA";
 
 impl Registry {
-    /// Adds an administrator with this password (at least [`MIN_PASSWORD_CHARS`] characters).
-    /// Fails with `Conflict` if the name is taken.
-    pub async fn create_admin(&self, name: &str, password: &str) -> Result<Admin> {
+    /// Adds an administrator with this password (at least [`MIN_PASSWORD_CHARS`] characters);
+    /// `one_time` if it must be changed at the first sign-in. Fails with `Conflict` if the name
+    /// is taken.
+    pub async fn create_admin(&self, name: &str, password: &str, one_time: bool) -> Result<Admin> {
         validate::name("admin name", name)?;
         check_password(password)?;
         let hashed = hash(password).await?;
         let created_at = unix_now();
         let inserted = sqlx::query(
-            "INSERT INTO console_admins (name, password_hash, created_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (name) DO NOTHING RETURNING id",
+            "INSERT INTO console_admins (name, password_hash, created_at, one_time) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO NOTHING RETURNING id",
         )
         .bind(name)
         .bind(&hashed)
         .bind(created_at)
+        .bind(i64::from(one_time))
         .fetch_optional(&self.pool)
         .await?;
         let Some(row) = inserted else {
@@ -87,19 +101,29 @@ impl Registry {
             id: row.try_get("id")?,
             name: name.to_owned(),
             created_at,
+            one_time,
         })
     }
 
-    /// Replaces an administrator's password. Fails with `NotFound` if there is no such admin.
-    pub async fn set_admin_password(&self, name: &str, password: &str) -> Result<()> {
+    /// Replaces an administrator's password (`one_time`: to be changed at the next sign-in).
+    /// Fails with `NotFound` if there is no such admin.
+    pub async fn set_admin_password(
+        &self,
+        name: &str,
+        password: &str,
+        one_time: bool,
+    ) -> Result<()> {
         check_password(password)?;
         let hashed = hash(password).await?;
-        let changed = sqlx::query("UPDATE console_admins SET password_hash = $2 WHERE name = $1")
-            .bind(name)
-            .bind(&hashed)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
+        let changed = sqlx::query(
+            "UPDATE console_admins SET password_hash = $2, one_time = $3 WHERE name = $1",
+        )
+        .bind(name)
+        .bind(&hashed)
+        .bind(i64::from(one_time))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
         if changed == 0 {
             return Err(Error::not_found("admin", name));
         }
@@ -113,7 +137,8 @@ impl Registry {
             return Ok(None);
         }
         let row = sqlx::query(
-            "SELECT id, name, password_hash, created_at FROM console_admins WHERE name = $1",
+            "SELECT id, name, password_hash, created_at, one_time FROM console_admins \
+             WHERE name = $1",
         )
         .bind(name)
         .fetch_optional(&self.pool)
@@ -126,27 +151,16 @@ impl Registry {
         if !verify(password, stored).await {
             return Ok(None);
         }
-        Ok(Some(Admin {
-            id: row.try_get("id")?,
-            name: row.try_get("name")?,
-            created_at: row.try_get("created_at")?,
-        }))
+        admin_from_row(&row).map(Some)
     }
 
-    /// Every administrator, by name.
+    /// Every administrator, oldest first.
     pub async fn list_admins(&self) -> Result<Vec<Admin>> {
-        let rows = sqlx::query("SELECT id, name, created_at FROM console_admins ORDER BY id")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(Admin {
-                    id: row.try_get("id")?,
-                    name: row.try_get("name")?,
-                    created_at: row.try_get("created_at")?,
-                })
-            })
-            .collect()
+        let rows =
+            sqlx::query("SELECT id, name, created_at, one_time FROM console_admins ORDER BY id")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter().map(admin_from_row).collect()
     }
 }
 

@@ -895,16 +895,17 @@ async fn audit(env: Env) {
 async fn admins(env: Env) {
     let r = &env.reg;
     assert!(matches!(
-        r.create_admin("root", "short").await,
+        r.create_admin("root", "short", false).await,
         Err(Error::Invalid { .. })
     ));
     let admin = r
-        .create_admin("root", "correct horse battery")
+        .create_admin("root", "correct horse battery", true)
         .await
         .expect("create admin");
     assert_eq!(admin.name, "root");
+    assert!(admin.one_time);
     assert!(matches!(
-        r.create_admin("root", "another long password").await,
+        r.create_admin("root", "another long password", false).await,
         Err(Error::Conflict(_))
     ));
 
@@ -941,7 +942,7 @@ async fn admins(env: Env) {
         None
     );
 
-    r.set_admin_password("root", "a brand new password")
+    r.set_admin_password("root", "a brand new password", false)
         .await
         .expect("set password");
     assert_eq!(
@@ -950,17 +951,18 @@ async fn admins(env: Env) {
             .expect("check"),
         None
     );
-    assert!(
-        r.check_admin_password("root", "a brand new password")
-            .await
-            .expect("check")
-            .is_some()
-    );
+    let changed = r
+        .check_admin_password("root", "a brand new password")
+        .await
+        .expect("check")
+        .expect("the new password works");
+    assert!(!changed.one_time, "a chosen password is not one-time");
     assert!(matches!(
-        r.set_admin_password("nobody", "a brand new password").await,
+        r.set_admin_password("nobody", "a brand new password", false)
+            .await,
         Err(Error::NotFound { .. })
     ));
-    assert_eq!(r.list_admins().await.expect("list"), [admin]);
+    assert_eq!(r.list_admins().await.expect("list"), [changed]);
 }
 
 fn redemption(device: &str, user: Option<&str>) -> Redemption {

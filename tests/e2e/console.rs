@@ -221,11 +221,39 @@ fn text_of(html: &str, id: &str) -> String {
         .to_owned()
 }
 
-/// A gateway serving its console on a free loopback port, with admin `root`.
+/// A gateway serving its console on a free loopback port, with admin `root`, who has
+/// replaced the one-time password `admin create` printed.
 struct Console {
     gw: Gateway,
     addr: SocketAddr,
     password: String,
+}
+
+const CHOSEN: &str = "a password root chose";
+
+/// Signs in with a one-time password and replaces it with `chosen`.
+fn first_sign_in(addr: SocketAddr, name: &str, one_time: &str, chosen: &str) -> Agent {
+    let mut a = Agent::new(addr);
+    let r = a.sign_in(name, one_time);
+    assert_eq!(r.status, 303, "signing in: {r:?}");
+    assert_eq!(
+        r.header("location"),
+        Some("/password"),
+        "a one-time password must be changed"
+    );
+    let token = a.csrf("/password");
+    let r = a.post(
+        "/password",
+        &[
+            ("csrf", &token),
+            ("current", one_time),
+            ("new", chosen),
+            ("repeat", chosen),
+        ],
+    );
+    assert_eq!(r.status, 303, "changing the password: {r:?}");
+    assert_eq!(r.header("location"), Some("/devices"));
+    a
 }
 
 fn console(backend: Backend, allow: &[&str]) -> Console {
@@ -234,7 +262,7 @@ fn console(backend: Backend, allow: &[&str]) -> Console {
         gw.allow(dest, &[]);
     }
     let out = gw.ok(&["admin", "create", "root"]);
-    let password = out
+    let one_time = out
         .lines()
         .map(str::trim)
         .rfind(|l| !l.is_empty())
@@ -248,7 +276,12 @@ fn console(backend: Backend, allow: &[&str]) -> Console {
         Duration::from_millis(50),
         || TcpStream::connect(addr).ok(),
     );
-    Console { gw, addr, password }
+    first_sign_in(addr, "root", &one_time, CHOSEN);
+    Console {
+        gw,
+        addr,
+        password: CHOSEN.to_owned(),
+    }
 }
 
 impl Console {
@@ -477,21 +510,109 @@ fn api_refuses_missing_wrong_and_revoked_tokens() {
 fn sign_in_is_throttled() {
     let c = console(Backend::Sqlite, &[]);
     let mut a = Agent::new(c.addr);
-    for i in 0..5 {
+    // A name gets a few attempts (the first sign-in and the password change used some).
+    let mut wrong = 0;
+    let throttled = loop {
         let r = a.sign_in("root", "not the password");
-        assert_eq!(r.status, 401, "wrong password #{i}: {r:?}");
+        if r.status == 429 {
+            break r;
+        }
+        assert_eq!(r.status, 401, "wrong password #{wrong}: {r:?}");
         assert!(r.body.contains("Wrong name or password"), "{}", r.body);
-    }
-    let r = a.sign_in("root", &c.password);
-    assert_eq!(
-        r.status, 429,
-        "the right password right after 5 wrong ones is throttled: {r:?}"
+        wrong += 1;
+        assert!(
+            wrong <= 5,
+            "still not throttled after {wrong} wrong passwords"
+        );
+    };
+    assert!(
+        throttled.body.contains("Too many sign-in attempts"),
+        "{}",
+        throttled.body
     );
-    assert!(r.body.contains("Too many sign-in attempts"), "{}", r.body);
+    let r = a.sign_in("root", &c.password);
+    assert_eq!(r.status, 429, "the right password while throttled: {r:?}");
     assert!(
         !r.set_cookies().any(|c| c.starts_with("sg_session=")),
         "no session while throttled"
     );
+}
+
+#[test]
+fn a_one_time_password_must_be_changed_first() {
+    let mut gw = Gateway::init(Backend::Sqlite);
+    let out = gw.ok(&["admin", "create", "ops"]);
+    let one_time = out
+        .lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty())
+        .unwrap()
+        .to_owned();
+    let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), free_port());
+    gw.serve_args(&["--console", &addr.to_string()]);
+    poll(
+        "the console to accept connections",
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        || TcpStream::connect(addr).ok(),
+    );
+    let mut a = Agent::new(addr);
+    let r = a.sign_in("ops", &one_time);
+    assert_eq!(r.header("location"), Some("/password"), "{r:?}");
+    // Until the password is changed, every page and form leads to the password page.
+    for page in ["/devices", "/users", "/audit"] {
+        let r = a.get(page);
+        assert_eq!(
+            (r.status, r.header("location")),
+            (303, Some("/password")),
+            "{page}"
+        );
+    }
+    let token = a.csrf("/password");
+    let r = a.post("/users", &[("csrf", &token), ("name", "sneaky")]);
+    assert_eq!(r.header("location"), Some("/password"), "{r:?}");
+    let change = |a: &mut Agent, current: &str, new: &str, repeat: &str| {
+        a.post(
+            "/password",
+            &[
+                ("csrf", &token),
+                ("current", current),
+                ("new", new),
+                ("repeat", repeat),
+            ],
+        )
+    };
+    let r = change(
+        &mut a,
+        "wrong",
+        "a fine new password",
+        "a fine new password",
+    );
+    assert_eq!(r.status, 401, "{r:?}");
+    let r = change(
+        &mut a,
+        &one_time,
+        "a fine new password",
+        "a different one!!",
+    );
+    assert_eq!(r.status, 400, "{r:?}");
+    let r = change(&mut a, &one_time, "short", "short");
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(r.body.contains("at least 12 characters"), "{}", r.body);
+    let r = change(
+        &mut a,
+        &one_time,
+        "a fine new password",
+        "a fine new password",
+    );
+    assert_eq!(r.header("location"), Some("/devices"), "{r:?}");
+    assert_eq!(a.get("/devices").status, 200);
+    assert!(!a.get("/users").body.contains("sneaky"));
+    // The one-time password is gone; the new one signs in straight to the console.
+    let r = Agent::new(addr).sign_in("ops", &one_time);
+    assert_eq!(r.status, 401, "{r:?}");
+    let r = Agent::new(addr).sign_in("ops", "a fine new password");
+    assert_eq!(r.header("location"), Some("/devices"), "{r:?}");
 }
 
 // ----- the browser -----
@@ -936,9 +1057,7 @@ fn demo_prints_the_console_and_its_password() {
         .trim_start_matches("http://")
         .parse()
         .expect("the console URL names an address");
-    let mut a = Agent::new(addr);
-    let r = a.sign_in("admin", password);
-    assert_eq!(r.status, 303, "the printed password signs in: {r:?}");
+    let mut a = first_sign_in(addr, "admin", password, "the demo admin's own password");
     assert!(a.get("/devices").body.contains("demo-laptop"));
     crate::harness::proc::signal(demo.pid(), libc::SIGINT);
     let _ = demo.terminate(Duration::from_secs(10));

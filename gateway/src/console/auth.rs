@@ -38,6 +38,9 @@ const MAX_SESSIONS: usize = 10_000;
 pub struct Session {
     pub admin: String,
     pub csrf: String,
+    /// Signed in with a one-time password: every page leads to the password form until the
+    /// admin has chosen a password.
+    must_change: bool,
     created: Instant,
     last: Instant,
     /// A message for the next page shown (the outcome of the last action).
@@ -82,7 +85,7 @@ pub(crate) fn same(a: &str, b: &str) -> bool {
 
 impl Sessions {
     /// Starts a session; returns the cookie value.
-    fn create(&self, admin: &str) -> String {
+    fn create(&self, admin: &str, must_change: bool) -> String {
         if self.by_hash.len() >= MAX_SESSIONS {
             let now = Instant::now();
             self.by_hash
@@ -95,6 +98,7 @@ impl Sessions {
             Session {
                 admin: admin.to_owned(),
                 csrf: random_hex(),
+                must_change,
                 created: now,
                 last: now,
                 flash: None,
@@ -124,6 +128,14 @@ impl Sessions {
             && let Some(mut s) = self.by_hash.get_mut(&key(c))
         {
             s.flash = Some(flash);
+        }
+    }
+
+    fn password_changed(&self, headers: &HeaderMap) {
+        if let Some(c) = cookie(headers, SESSION_COOKIE)
+            && let Some(mut s) = self.by_hash.get_mut(&key(c))
+        {
+            s.must_change = false;
         }
     }
 
@@ -162,6 +174,7 @@ impl Console {
     #[allow(clippy::result_large_err)] // the error is the response to send, on a cold path
     pub(crate) fn page_session(&self, headers: &HeaderMap) -> Result<Nav, Response> {
         match self.sessions.get(headers) {
+            Some((s, _)) if s.must_change => Err(see_other("/password")),
             Some((s, flash)) => Ok(Nav {
                 admin: s.admin,
                 csrf: s.csrf,
@@ -182,6 +195,9 @@ impl Console {
         let Some((s, _)) = self.sessions.get(headers) else {
             return Err(see_other("/login"));
         };
+        if s.must_change {
+            return Err(see_other("/password"));
+        }
         if !same(csrf, &s.csrf) {
             tracing::info!(%addr, admin = %s.admin, "form refused: CSRF token missing or wrong");
             return Err(super::error_page(
@@ -343,8 +359,12 @@ pub async fn login(
         .await;
     // A fresh session id at every sign-in (no fixation).
     c.sessions.end(&headers);
-    let value = c.sessions.create(&admin.name);
-    let mut resp = see_other("/devices");
+    let value = c.sessions.create(&admin.name, admin.one_time);
+    let mut resp = see_other(if admin.one_time {
+        "/password"
+    } else {
+        "/devices"
+    });
     if let Ok(v) = HeaderValue::from_str(&format!(
         "{SESSION_COOKIE}={value}{}; Max-Age={}",
         c.cookie_attrs(),
@@ -353,6 +373,137 @@ pub async fn login(
         resp.headers_mut().append(header::SET_COOKIE, v);
     }
     resp
+}
+
+#[derive(Template)]
+#[template(path = "password.html")]
+struct PasswordPage {
+    title: &'static str,
+    nav: Option<Nav>,
+    forced: bool,
+    error: Option<String>,
+}
+
+fn password_view(
+    s: Session,
+    flash: Option<Flash>,
+    status: StatusCode,
+    error: Option<String>,
+) -> Response {
+    let page = PasswordPage {
+        title: "Change your password",
+        forced: s.must_change,
+        nav: Some(Nav {
+            admin: s.admin,
+            csrf: s.csrf,
+            flash,
+        }),
+        error,
+    };
+    (status, render(&page)).into_response()
+}
+
+pub async fn password_page(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
+    match c.sessions.get(&headers) {
+        Some((s, flash)) => password_view(s, flash, StatusCode::OK, None),
+        None => see_other("/login"),
+    }
+}
+
+#[derive(serde::Deserialize)]
+pub struct PasswordForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    current: String,
+    #[serde(default)]
+    new: String,
+    #[serde(default)]
+    repeat: String,
+}
+
+pub async fn change_password(
+    State(c): State<Arc<Console>>,
+    ConnectInfo(Peer(addr)): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    Form(f): Form<PasswordForm>,
+) -> Response {
+    let Some((s, _)) = c.sessions.get(&headers) else {
+        return see_other("/login");
+    };
+    if !same(&f.csrf, &s.csrf) {
+        return super::error_page(
+            StatusCode::FORBIDDEN,
+            "This form was not sent from a current console page (CSRF check failed). Go back, reload the page and try again.",
+        );
+    }
+    let again = |s: Session, status: StatusCode, error: &str| {
+        password_view(s, None, status, Some(error.to_owned()))
+    };
+    if f.new != f.repeat {
+        return again(
+            s,
+            StatusCode::BAD_REQUEST,
+            "The new password and its repetition differ.",
+        );
+    }
+    if f.new.chars().count() < shimgate_registry::MIN_PASSWORD_CHARS {
+        let msg = format!(
+            "The new password must be at least {} characters.",
+            shimgate_registry::MIN_PASSWORD_CHARS
+        );
+        return again(s, StatusCode::BAD_REQUEST, &msg);
+    }
+    if f.new == f.current {
+        return again(
+            s,
+            StatusCode::BAD_REQUEST,
+            "Choose a password other than the current one.",
+        );
+    }
+    // The current password is checked next: throttled like a sign-in.
+    if !c.throttle.by_addr.allow(addr.ip()) || !c.throttle.by_name.allow(s.admin.clone()) {
+        return again(
+            s,
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many attempts: wait a minute and try again.",
+        );
+    }
+    match c
+        .gw
+        .registry
+        .check_admin_password(&s.admin, &f.current)
+        .await
+    {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            return again(
+                s,
+                StatusCode::UNAUTHORIZED,
+                "The current password is wrong.",
+            );
+        }
+        Err(e) => {
+            let fail = super::Failure::from(e);
+            return again(s, fail.status, &fail.message);
+        }
+    }
+    if let Err(e) =
+        c.gw.registry
+            .set_admin_password(&s.admin, &f.new, false)
+            .await
+    {
+        let fail = super::Failure::from(e);
+        return again(s, fail.status, &fail.message);
+    }
+    let who = Actor {
+        name: format!("admin:{}", s.admin),
+        addr,
+    };
+    c.audit(&who, "admin.password", &s.admin, String::new())
+        .await;
+    c.sessions.password_changed(&headers);
+    c.done(&headers, "/devices", Ok("Password changed.".to_owned()))
 }
 
 #[derive(serde::Deserialize)]

@@ -168,7 +168,7 @@ pub async fn start_demo(
     stop: CancellationToken,
 ) -> anyhow::Result<(String, String)> {
     let password = crate::cli::one_time_password();
-    gw.registry.create_admin("admin", &password).await?;
+    gw.registry.create_admin("admin", &password, true).await?;
     let mut opts = Options {
         addr: DEFAULT_ADDR.parse()?,
         tls: None,
@@ -191,6 +191,10 @@ fn router(console: Arc<Console>, tls: bool) -> Router {
         .route("/", get(auth::home))
         .route("/login", get(auth::login_page).post(auth::login))
         .route("/logout", post(auth::logout))
+        .route(
+            "/password",
+            get(auth::password_page).post(auth::change_password),
+        )
         .route("/devices", get(devices::page))
         .route("/devices/state", get(devices::states))
         .route("/devices/{name}/revoke", post(devices::revoke_form))

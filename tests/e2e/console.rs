@@ -879,6 +879,12 @@ fn browser_invites_enrolls_and_revokes_a_device() {
         shot("09-device-revoked").await;
         b.goto(&format!("{base}/audit")).await.unwrap();
         shot("10-audit").await;
+        // The same pages on a phone-sized window.
+        b.set_window_size(390, 844).await.unwrap();
+        b.goto(&format!("{base}/devices")).await.unwrap();
+        shot("11-devices-phone").await;
+        b.goto(&format!("{base}/invitations")).await.unwrap();
+        shot("12-invitations-phone").await;
         b.close().await.unwrap();
 
         // The proxy's next request is refused (the console reloaded the gateway's cache

@@ -457,6 +457,22 @@ fn api_refuses_missing_wrong_and_revoked_tokens() {
         r#"{"name":"from-api","groups":["staff"]}"#,
     );
     assert_eq!(r.status, 200, "{r:?}");
+    let r = anon.send("GET", "/api/v1/users", &[("Authorization", &auth)], "");
+    assert!(r.body.contains("\"groups\":[\"staff\"]"), "{r:?}");
+    let r = anon.send(
+        "DELETE",
+        "/api/v1/users/from-api/groups/staff",
+        &[("Authorization", &auth)],
+        "",
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = anon.send(
+        "DELETE",
+        "/api/v1/users/from-api/groups/staff",
+        &[("Authorization", &auth)],
+        "",
+    );
+    assert_eq!(r.status, 404, "not a member any more: {r:?}");
     let r = anon.send(
         "POST",
         "/api/v1/policy",
@@ -1284,4 +1300,48 @@ fn readyz_follows_the_registry() {
         Duration::from_millis(200),
         || (status("/readyz") == 200).then_some(()),
     );
+}
+
+#[test]
+fn audit_log_pages_and_filters() {
+    let c = console(Backend::Sqlite, &[]);
+    let mut a = c.admin();
+    let token = a.csrf("/users");
+    for i in 0..55 {
+        let name = format!("user-{i:02}");
+        let r = a.post("/users", &[("csrf", &token), ("name", &name)]);
+        assert_eq!(r.status, 303);
+    }
+    let first = a.get("/audit?action=user");
+    assert_eq!(first.status, 200);
+    assert_eq!(
+        first.body.matches("<td>user.add</td>").count(),
+        50,
+        "50 per page"
+    );
+    assert!(
+        first.body.contains("user-54") && !first.body.contains("user-04<"),
+        "newest first"
+    );
+    let next = first
+        .body
+        .split("href=\"")
+        .find(|s| s.contains("page=2"))
+        .and_then(|s| s.split('"').next())
+        .expect("a link to the next page")
+        .replace("&#38;", "&")
+        .replace("&amp;", "&");
+    let second = a.get(&next);
+    assert_eq!(
+        second.body.matches("<td>user.add</td>").count(),
+        5,
+        "{next}"
+    );
+    assert!(second.body.contains("user-00"));
+    assert!(second.body.contains("id=\"prev\""));
+    assert!(!second.body.contains("id=\"next\""));
+    let one = a.get("/audit?target=user-07");
+    assert_eq!(one.body.matches("<td>user.add</td>").count(), 1);
+    let none = a.get("/audit?actor=nobody");
+    assert_eq!(none.body.matches("<td>user.add</td>").count(), 0);
 }

@@ -34,6 +34,7 @@ pub fn router() -> Router<Arc<Console>> {
         .route("/devices/{name}/approve", post(approve))
         .route("/settings", get(settings).put(put_settings))
         .route("/users", get(users).post(add_user))
+        .route("/users/{name}/groups/{group}", delete(remove_from_group))
         .route("/invitations", get(invitations).post(create_invitation))
         .route("/invitations/{id}", delete(cancel_invitation))
         .route("/tokens", get(tokens).post(create_token))
@@ -196,6 +197,18 @@ async fn add_user(
         Ok::<_, Failure>(json!({ "name": u.name.trim(), "groups": u.groups }))
     }
     .await)
+}
+
+async fn remove_from_group(
+    State(c): State<Arc<Console>>,
+    ConnectInfo(Peer(a)): ConnectInfo<Peer>,
+    h: HeaderMap,
+    Path((name, group)): Path<(String, String)>,
+) -> Response {
+    api!(c, h, a, |who| c
+        .remove_from_group(&who, &name, &group)
+        .await
+        .map(|()| json!({ "user": name, "removed_from": group })))
 }
 
 async fn invitations(
@@ -409,6 +422,10 @@ pub fn openapi_document() -> serde_json::Value {
                 "get": op("list users and their groups", json!({})),
                 "post": op("add a user (and put them in groups)", json!({ "requestBody": body(json!({ "name": { "type": "string" }, "groups": { "type": "array", "items": { "type": "string" } } }), &["name"]) }))
             },
+            "/users/{name}/groups/{group}": { "delete": op("take a user out of a group", json!({ "parameters": [
+                { "name": "name", "in": "path", "required": true, "schema": { "type": "string" } },
+                { "name": "group", "in": "path", "required": true, "schema": { "type": "string" } }
+            ] })) },
             "/invitations": {
                 "get": op("list invitations", json!({})),
                 "post": op("create an invitation for a user or a group; returns its link once", json!({ "requestBody": body(json!({ "user": { "type": "string" }, "group": { "type": "string" }, "uses": { "type": "integer", "minimum": 1, "maximum": 1000 }, "expires": expiry }), &[]) }))
@@ -553,7 +570,7 @@ mod tests {
     fn openapi_names_every_path() {
         let doc = super::openapi_document();
         let paths = doc["paths"].as_object().map(|p| p.len()).unwrap_or(0);
-        assert_eq!(paths, 13);
+        assert_eq!(paths, 14);
         assert_eq!(doc["openapi"], "3.0.3");
     }
 }

@@ -295,6 +295,56 @@ pub async fn approval_form(
     c.done(&headers, "/devices", result)
 }
 
+impl Console {
+    /// Takes `user` out of `group`.
+    pub(crate) async fn remove_from_group(
+        &self,
+        who: &Actor,
+        user: &str,
+        group: &str,
+    ) -> Result<(), Failure> {
+        if !self.gw.registry.remove_from_group(user, group).await? {
+            return Err(Failure::new(
+                StatusCode::NOT_FOUND,
+                format!("{user} is not in group {group}"),
+            ));
+        }
+        self.refresh_cache().await;
+        self.audit(who, "user.group_remove", user, format!("group={group}"))
+            .await;
+        Ok(())
+    }
+}
+
+#[derive(serde::Deserialize)]
+pub struct MembershipForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    user: String,
+    #[serde(default)]
+    group: String,
+}
+
+pub async fn remove_from_group_form(
+    State(c): State<Arc<Console>>,
+    ConnectInfo(Peer(addr)): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    Form(f): Form<MembershipForm>,
+) -> Response {
+    let who = match c.form_session(&headers, addr, &f.csrf) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let (user, group) = (f.user.trim(), f.group.trim());
+    let result = c
+        .remove_from_group(&who, user, group)
+        .await
+        .map(|()| format!("{user} removed from {group}."))
+        .map_err(|f| f.message);
+    c.done(&headers, "/users", result)
+}
+
 struct UserLine {
     name: String,
     groups: String,

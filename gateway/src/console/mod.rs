@@ -206,6 +206,10 @@ fn router(console: Arc<Console>, tls: bool) -> Router {
             get(devices::users_page).post(devices::add_user_form),
         )
         .route(
+            "/users/remove-from-group",
+            post(devices::remove_from_group_form),
+        )
+        .route(
             "/invitations",
             get(invite::admin_page).post(invite::create_invitation_form),
         )

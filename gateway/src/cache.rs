@@ -150,6 +150,19 @@ impl Cache {
         self.live.len()
     }
 
+    /// The ids of the devices with a live connection to this gateway.
+    pub fn online_devices(&self) -> std::collections::HashSet<i64> {
+        let fingerprints: Vec<String> = self
+            .live
+            .iter()
+            .map(|c| c.value().fingerprint.clone())
+            .collect();
+        fingerprints
+            .iter()
+            .filter_map(|fp| self.certs.get(fp).map(|id| id.device_id))
+            .collect()
+    }
+
     /// Loads everything from the registry once.
     pub async fn reload(&self, registry: &Registry) -> Result<(), shimgate_registry::Error> {
         let certs = registry.certificate_states(clock::now()).await?;
@@ -181,12 +194,14 @@ pub async fn refresh(cache: Arc<Cache>, registry: Registry, stop: CancellationTo
             };
         }
         match registry.change_seq().await {
-            Ok(seq) if seq != seen => match cache.reload(&registry).await {
-                Ok(()) => seen = seq,
-                Err(e) => {
-                    tracing::warn!(error = %e, "registry reload failed; keeping the cached view")
+            Ok(seq) if seq != seen => {
+                match crate::console::metrics::timed(cache.reload(&registry)).await {
+                    Ok(()) => seen = seq,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "registry reload failed; keeping the cached view")
+                    }
                 }
-            },
+            }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "registry unreachable; keeping the cached view"),
         }

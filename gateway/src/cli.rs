@@ -79,6 +79,28 @@ enum Command {
     },
     /// Run the whole system on this machine: gateway, an intranet app, two devices.
     Demo(crate::demo::DemoArgs),
+    /// Web console administrators.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Add an administrator and print a one-time password (or read one with --password-stdin).
+    Create {
+        name: String,
+        /// Read the password from standard input instead of making one.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Give an administrator a new one-time password (or read one with --password-stdin).
+    ResetPassword {
+        name: String,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List administrators.
+    List,
 }
 
 #[derive(Args)]
@@ -111,6 +133,69 @@ pub(crate) struct ServeArgs {
     /// A name only the gateway resolves, NAME:PORT=IP:PORT (repeatable), e.g. intranet.internal:80=10.1.2.3:8080.
     #[arg(long = "alias")]
     aliases: Vec<Alias>,
+    #[command(flatten)]
+    console: ConsoleArgs,
+}
+
+/// Where and how the web console is served.
+#[derive(Args, Clone)]
+pub struct ConsoleArgs {
+    /// Web console address, or `off`.
+    #[arg(long = "console", default_value = crate::console::DEFAULT_ADDR, value_parser = parse_console_addr)]
+    pub console: ConsoleAddr,
+    /// The console's TLS certificate (PEM); needed to serve it on a non-loopback address.
+    #[arg(long, requires = "console_tls_key")]
+    pub console_tls_cert: Option<PathBuf>,
+    /// The console's TLS private key (PEM).
+    #[arg(long, requires = "console_tls_cert")]
+    pub console_tls_key: Option<PathBuf>,
+    /// Serve the console over plain HTTP on a non-loopback address anyway (passwords cross
+    /// the network unencrypted).
+    #[arg(long)]
+    pub insecure_http: bool,
+    /// How people reach the console, e.g. https://vpn.example.org (used in invitation links;
+    /// default: the address it listens on).
+    #[arg(long, value_parser = parse_console_url)]
+    pub console_url: Option<String>,
+}
+
+fn parse_console_url(s: &str) -> Result<String, String> {
+    let ok = (s.starts_with("http://") || s.starts_with("https://"))
+        && s.len() <= 200
+        && s.bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b'<' | b'>' | b'\\'));
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(format!("{s:?} is not an http:// or https:// URL"))
+    }
+}
+
+/// `--console`: an address, or `off` (None).
+#[derive(Debug, Clone, Copy)]
+pub struct ConsoleAddr(pub Option<SocketAddr>);
+
+fn parse_console_addr(s: &str) -> Result<ConsoleAddr, String> {
+    if s == "off" {
+        return Ok(ConsoleAddr(None));
+    }
+    s.parse()
+        .map(|a| ConsoleAddr(Some(a)))
+        .map_err(|e| format!("{s:?} is not ADDRESS:PORT or off: {e}"))
+}
+
+impl ConsoleArgs {
+    pub fn options(&self) -> Option<crate::console::Options> {
+        Some(crate::console::Options {
+            addr: self.console.0?,
+            tls: self
+                .console_tls_cert
+                .clone()
+                .zip(self.console_tls_key.clone()),
+            insecure_http: self.insecure_http,
+            public_url: self.console_url.clone(),
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -153,6 +238,13 @@ enum DeviceCommand {
     List,
     /// Cut a device off now, live tunnels included.
     Revoke { name: String },
+    /// Let a device that enrolled while approval was required connect.
+    Approve { name: String },
+    /// Whether new devices wait for an admin's approval before they can connect.
+    RequireApproval {
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -188,7 +280,7 @@ struct RuleArgs {
     everyone: bool,
 }
 
-fn parse_ports(s: &str) -> anyhow::Result<(u16, u16)> {
+pub(crate) fn parse_ports(s: &str) -> anyhow::Result<(u16, u16)> {
     let (lo, hi) = s.split_once('-').unwrap_or((s, s));
     let lo: u16 = lo
         .trim()
@@ -242,6 +334,11 @@ impl Cli {
                 let registry = self.registry().await?;
                 let stop = CancellationToken::new();
                 let (gw, listener) = start(&dir, registry, args.listen, &args.aliases).await?;
+                if let Some(opts) = args.console.options() {
+                    let console =
+                        crate::console::start(Arc::clone(&gw), &opts, stop.clone()).await?;
+                    println!("web console: {}", console.url);
+                }
                 tokio::spawn(stop_on_signal(stop.clone()));
                 gw.run(listener, stop).await;
                 tracing::info!("gateway stopped");
@@ -262,6 +359,7 @@ impl Cli {
                 json,
             } => show_audit(&self.registry().await?, *limit, action.as_deref(), *json).await,
             Command::Demo(args) => crate::demo::run(args).await,
+            Command::Admin(cmd) => admin(&self.registry().await?, cmd).await,
         }
     }
 }
@@ -389,6 +487,70 @@ async fn audit(
     Ok(())
 }
 
+/// A password nobody has to type twice: 20 characters from a 57-letter alphabet without
+/// look-alikes (about 116 bits).
+pub fn one_time_password() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..20)
+        .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
+        .collect()
+}
+
+fn password_from(stdin: bool) -> anyhow::Result<(String, bool)> {
+    if !stdin {
+        return Ok((one_time_password(), true));
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("reading the password from standard input")?;
+    Ok((line.trim_end_matches(['\r', '\n']).to_owned(), false))
+}
+
+async fn admin(registry: &Registry, cmd: &AdminCommand) -> anyhow::Result<()> {
+    match cmd {
+        AdminCommand::Create {
+            name,
+            password_stdin,
+        } => {
+            let (password, made) = password_from(*password_stdin)?;
+            registry.create_admin(name, &password, made).await?;
+            audit(registry, "admin.create", name, String::new()).await?;
+            if made {
+                println!(
+                    "admin {name} created; one-time password (shown only now, to be changed at the first sign-in):\n\n  {password}\n"
+                );
+            } else {
+                println!("admin {name} created");
+            }
+        }
+        AdminCommand::ResetPassword {
+            name,
+            password_stdin,
+        } => {
+            let (password, made) = password_from(*password_stdin)?;
+            registry.set_admin_password(name, &password, made).await?;
+            audit(registry, "admin.reset_password", name, String::new()).await?;
+            if made {
+                println!(
+                    "new one-time password for {name} (shown only now, to be changed at the next sign-in):\n\n  {password}\n"
+                );
+            } else {
+                println!("password for {name} changed");
+            }
+        }
+        AdminCommand::List => {
+            println!("{:<20} CREATED", "ADMIN");
+            for a in registry.list_admins().await? {
+                println!("{:<20} {}", a.name, clock::show(a.created_at));
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn user(registry: &Registry, cmd: &UserCommand) -> anyhow::Result<()> {
     match cmd {
         UserCommand::Add { name, groups } => {
@@ -508,10 +670,10 @@ async fn device(registry: &Registry, cmd: &DeviceCommand) -> anyhow::Result<()> 
                     dev.name,
                     dev.user_name,
                     dev.vpn_ip,
-                    if dev.status == DeviceStatus::Active {
-                        "active"
-                    } else {
-                        "revoked"
+                    match dev.status {
+                        DeviceStatus::Active => "active",
+                        DeviceStatus::Revoked => "revoked",
+                        DeviceStatus::Pending => "pending",
                     },
                     clock::show(dev.created_at),
                     dev.last_seen
@@ -527,6 +689,20 @@ async fn device(registry: &Registry, cmd: &DeviceCommand) -> anyhow::Result<()> 
             registry.revoke_device(name, clock::now()).await?;
             audit(registry, "device.revoke", name, String::new()).await?;
             println!("device {name} revoked: its connections are being closed");
+        }
+        DeviceCommand::Approve { name } => {
+            registry.approve_device(name).await?;
+            audit(registry, "device.approve", name, String::new()).await?;
+            println!("device {name} approved: it may connect");
+        }
+        DeviceCommand::RequireApproval { state } => {
+            let on = state == "on";
+            registry.set_require_approval(on).await?;
+            audit(registry, "settings.require_approval", state, String::new()).await?;
+            println!(
+                "new devices {} an admin's approval",
+                if on { "now need" } else { "no longer need" }
+            );
         }
     }
     Ok(())

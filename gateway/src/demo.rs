@@ -151,6 +151,8 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let no_aliases: [Alias; 0] = [];
     let (gw, listener) = crate::cli::start(&dir, registry, Some(listen), &no_aliases).await?;
     tokio::spawn(Arc::clone(&gw).run(listener, stop.clone()));
+    let (console_url, admin_password) =
+        crate::console::start_demo(Arc::clone(&gw), stop.clone()).await?;
 
     // The device: enroll over the network like any device, then run its proxy.
     let device_dir = ConfigDir::new(root.join("device"));
@@ -220,6 +222,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         "  bob       {bob_name} (VPN IP {}) exports its web service on port {bob_port}",
         bob.vpn_ip
     );
+    println!("  console   {console_url} (sign in as admin, one-time password {admin_password})");
     println!();
     println!("Try it:");
     println!("  curl --socks5-hostname {socks} http://intranet.internal/");

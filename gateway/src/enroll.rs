@@ -109,6 +109,7 @@ pub async fn enroll(
         Err(e) => {
             let (status, msg) = redeem_message(&e);
             tracing::info!(%peer, reason = %e, "enrollment refused");
+            metrics::counter!("shimgate_enrollments_total", "result" => "refused").increment(1);
             audit(
                 gw,
                 "anonymous",
@@ -123,7 +124,11 @@ pub async fn enroll(
     };
     let device = match gw
         .registry
-        .create_device(grant.user_id, &ask.device_name, now)
+        .create_device(
+            grant.user_id,
+            grant.device_name.as_deref().unwrap_or(&ask.device_name),
+            now,
+        )
         .await
     {
         Ok(d) => d,
@@ -149,13 +154,23 @@ pub async fn enroll(
         groups,
         vpn_ip: device.vpn_ip,
         not_after: 0,
-        revoked: false,
+        // A device awaiting approval is refused until approved, from its first handshake.
+        revoked: device.status != shimgate_registry::DeviceStatus::Active,
     };
     let cert = match issue(gw, &csr, holder).await {
         Ok(c) => c,
         Err((status, msg)) => return send_error(&mut respond, status, &msg),
     };
     tracing::info!(%peer, device = %device.name, user = %grant.user_name, vpn_ip = %device.vpn_ip, "device enrolled");
+    metrics::counter!("shimgate_enrollments_total", "result" => "ok").increment(1);
+    // So the console's invitation page can show the result.
+    if let Err(e) = gw
+        .registry
+        .link_token_device(&grant.token_id_hex, device.id)
+        .await
+    {
+        tracing::warn!(error = %e, "could not link the token to its device");
+    }
     audit(
         gw,
         &grant.user_name,

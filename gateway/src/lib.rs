@@ -11,12 +11,14 @@
 //! - [`broker`]: peer sessions: who is online, key brokering, the relay.
 //! - [`dial`]: aliases, name resolution, connecting.
 //! - [`policy`]: who may reach what; [`ratelimit`]: per-address token buckets.
+//! - [`console`]: the web console, the JSON API, metrics and health checks.
 //! - [`cli`]: the `shimgate-gateway` commands; [`demo`]: the one-command demo.
 
 pub mod broker;
 pub mod ca;
 pub mod cache;
 pub mod cli;
+pub mod console;
 pub mod demo;
 pub mod dial;
 pub mod enroll;

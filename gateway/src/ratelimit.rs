@@ -1,24 +1,26 @@
-//! Per-address token buckets, so that anonymous callers (enrollment needs
-//! no certificate) cannot flood the gateway and its registry: each attempt
-//! costs a CSR check, a registry query and an audit row.
+//! Per-key token buckets (by default per address), so that anonymous callers
+//! (enrollment needs no certificate) cannot flood the gateway and its
+//! registry: each attempt costs a CSR check, a registry query and an audit
+//! row. The console also limits sign-in attempts per user name.
 
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
-pub struct RateLimit {
+pub struct RateLimit<K = IpAddr> {
     burst: f64,
     per_second: f64,
-    buckets: DashMap<IpAddr, (f64, Instant)>,
+    buckets: DashMap<K, (f64, Instant)>,
 }
 
 /// Addresses remembered before idle ones are forgotten.
 const MAX_TRACKED: usize = 10_000;
 
-impl RateLimit {
+impl<K: Hash + Eq> RateLimit<K> {
     /// `burst` attempts at once, then one every `every`.
-    pub fn new(burst: u32, every: Duration) -> RateLimit {
+    pub fn new(burst: u32, every: Duration) -> RateLimit<K> {
         RateLimit {
             burst: f64::from(burst),
             per_second: 1.0 / every.as_secs_f64().max(f64::MIN_POSITIVE),
@@ -26,11 +28,11 @@ impl RateLimit {
         }
     }
 
-    pub fn allow(&self, from: IpAddr) -> bool {
+    pub fn allow(&self, from: K) -> bool {
         self.allow_at(from, Instant::now())
     }
 
-    fn allow_at(&self, from: IpAddr, now: Instant) -> bool {
+    fn allow_at(&self, from: K, now: Instant) -> bool {
         if self.buckets.len() > MAX_TRACKED {
             // Full buckets carry no information: drop them.
             let (burst, rate) = (self.burst, self.per_second);

@@ -79,6 +79,7 @@ impl Gateway {
                         tracing::warn!(%peer, limit = MAX_CONNECTIONS, "connection limit reached: refusing");
                         continue;
                     };
+                    metrics::counter!("shimgate_connections_total").increment(1);
                     let gw = Arc::clone(&self);
                     let stop = stop.clone();
                     let worker = self.workers.pick();
@@ -109,11 +110,15 @@ impl Gateway {
             Ok(Ok(tls)) => tls,
             Ok(Err((e, sock))) => {
                 tracing::info!(%peer, error = %e, "TLS handshake refused");
+                metrics::counter!("shimgate_handshake_failures_total", "reason" => "tls")
+                    .increment(1);
                 linger(sock.into_inner()).await;
                 return;
             }
             Err(_) => {
                 tracing::info!(%peer, "TLS handshake timed out");
+                metrics::counter!("shimgate_handshake_failures_total", "reason" => "timeout")
+                    .increment(1);
                 return;
             }
         };
@@ -137,6 +142,7 @@ impl Gateway {
                 CertStatus::Active(id) => Some(id),
                 _ => {
                     tracing::info!(%peer, fingerprint = %fp, "certificate not valid (revoked or unknown)");
+                    metrics::counter!("shimgate_handshake_failures_total", "reason" => "certificate").increment(1);
                     return;
                 }
             },
@@ -170,6 +176,8 @@ impl Gateway {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => {
                 tracing::info!(%peer, error = %e, "HTTP/2 handshake failed");
+                metrics::counter!("shimgate_handshake_failures_total", "reason" => "http2")
+                    .increment(1);
                 return;
             }
             Err(_) => {
@@ -316,8 +324,12 @@ impl Gateway {
             }
         };
         tracing::debug!(device = %who.device_name, dest = %authority, "tunnel open");
+        metrics::counter!("shimgate_streams_total").increment(1);
         match splice::splice(sock, send, req.into_body()).await {
             Ok(moved) => {
+                metrics::counter!("shimgate_bytes_total", "direction" => "up").increment(moved.up);
+                metrics::counter!("shimgate_bytes_total", "direction" => "down")
+                    .increment(moved.down);
                 tracing::debug!(device = %who.device_name, dest = %authority, up = moved.up, down = moved.down, "tunnel closed")
             }
             Err(e) => {

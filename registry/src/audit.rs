@@ -60,18 +60,57 @@ impl Registry {
         .bind(limit.max(0))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(AuditRow {
-                    id: row.try_get("id")?,
-                    at: row.try_get("at")?,
-                    actor: row.try_get("actor")?,
-                    action: row.try_get("action")?,
-                    target: row.try_get("target")?,
-                    source_addr: row.try_get("source_addr")?,
-                    detail: row.try_get("detail")?,
-                })
-            })
-            .collect()
+        rows.iter().map(row_to_audit).collect()
     }
+
+    /// Entries matching `q`, newest first, one page of them.
+    pub async fn search_audit(&self, q: &AuditQuery) -> Result<Vec<AuditRow>> {
+        // Fixed SQL: an empty filter matches everything.
+        let rows = sqlx::query(
+            "SELECT id, at, actor, action, target, source_addr, detail FROM audit_log \
+             WHERE ($1 = '' OR actor = $1) \
+               AND ($2 = '' OR action = $2 OR action LIKE $3 ESCAPE '\\') \
+               AND ($4 = '' OR target = $4) \
+             ORDER BY at DESC, id DESC LIMIT $5 OFFSET $6",
+        )
+        .bind(&q.actor)
+        .bind(&q.action)
+        .bind(format!("{}.%", crate::devices::like_escape(&q.action)))
+        .bind(&q.target)
+        .bind(q.limit.clamp(0, MAX_PAGE))
+        .bind(q.offset.max(0))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(row_to_audit).collect()
+    }
+}
+
+/// The most entries one [`Registry::search_audit`] call returns.
+pub const MAX_PAGE: i64 = 500;
+
+/// A filtered page of the audit log. Empty strings match anything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    /// Exactly this actor.
+    pub actor: String,
+    /// This action, or every action under it (`device` matches `device.revoke`).
+    pub action: String,
+    /// Exactly this target.
+    pub target: String,
+    /// Entries to skip (newest first).
+    pub offset: i64,
+    /// Entries to return, at most [`MAX_PAGE`].
+    pub limit: i64,
+}
+
+fn row_to_audit(row: &sqlx::any::AnyRow) -> Result<AuditRow> {
+    Ok(AuditRow {
+        id: row.try_get("id")?,
+        at: row.try_get("at")?,
+        actor: row.try_get("actor")?,
+        action: row.try_get("action")?,
+        target: row.try_get("target")?,
+        source_addr: row.try_get("source_addr")?,
+        detail: row.try_get("detail")?,
+    })
 }

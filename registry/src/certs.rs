@@ -36,7 +36,8 @@ pub struct CertState {
     pub groups: Vec<String>,
     pub vpn_ip: Ipv4Addr,
     pub not_after: i64,
-    /// The certificate or its device is revoked.
+    /// The certificate or its device is revoked, or the device still awaits approval: either
+    /// way the gateway refuses it.
     pub revoked: bool,
 }
 
@@ -89,7 +90,8 @@ impl Registry {
         let rows = sqlx::query(
             "SELECT c.fingerprint_sha256, c.serial_hex, c.not_after, c.revoked_at, \
                     d.id AS device_id, d.name AS device_name, d.vpn_ip, \
-                    d.revoked_at AS device_revoked_at, u.id AS user_id, u.name AS user_name \
+                    d.revoked_at AS device_revoked_at, d.approval_requested_at, \
+                    u.id AS user_id, u.name AS user_name \
              FROM certificates c \
              JOIN devices d ON d.id = c.device_id \
              JOIN users u ON u.id = d.user_id \
@@ -104,6 +106,7 @@ impl Registry {
                 let user_id: i64 = row.try_get("user_id")?;
                 let cert_revoked: Option<i64> = row.try_get("revoked_at")?;
                 let device_revoked: Option<i64> = row.try_get("device_revoked_at")?;
+                let pending: Option<i64> = row.try_get("approval_requested_at")?;
                 Ok(CertState {
                     fingerprint_hex: row.try_get("fingerprint_sha256")?,
                     serial_hex: row.try_get("serial_hex")?,
@@ -114,7 +117,9 @@ impl Registry {
                     groups: groups.get(&user_id).cloned().unwrap_or_default(),
                     vpn_ip: ip_from_db(row.try_get("vpn_ip")?)?,
                     not_after: row.try_get("not_after")?,
-                    revoked: cert_revoked.is_some() || device_revoked.is_some(),
+                    revoked: cert_revoked.is_some()
+                        || device_revoked.is_some()
+                        || pending.is_some(),
                 })
             })
             .collect()

@@ -13,12 +13,17 @@ use crate::{Error, Registry, Result, validate};
 /// The network device addresses come from. Its network and broadcast addresses are never used.
 pub const VPN_NET: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::new(100, 64, 0, 0), 10);
 
+/// The setting that makes new devices wait for approval.
+const REQUIRE_APPROVAL: &str = "require_approval";
+
 /// Whether a device may connect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceStatus {
     Active,
     Revoked,
+    /// Enrolled while new devices needed approval; not yet approved.
+    Pending,
 }
 
 /// An enrolled device.
@@ -46,7 +51,7 @@ pub struct DeviceRow {
 macro_rules! device_select {
     () => {
         "SELECT d.id, d.name, d.user_id, u.name AS user_name, d.vpn_ip, d.created_at, \
-                d.last_seen, d.revoked_at \
+                d.last_seen, d.revoked_at, d.approval_requested_at \
          FROM devices d JOIN users u ON u.id = d.user_id"
     };
 }
@@ -67,16 +72,17 @@ pub(crate) fn ip_from_db(v: i64) -> Result<Ipv4Addr> {
 
 fn device_from_row(row: &AnyRow) -> Result<Device> {
     let revoked_at: Option<i64> = row.try_get("revoked_at")?;
+    let pending: Option<i64> = row.try_get("approval_requested_at")?;
     Ok(Device {
         id: row.try_get("id")?,
         name: row.try_get("name")?,
         user_id: row.try_get("user_id")?,
         user_name: row.try_get("user_name")?,
         vpn_ip: ip_from_db(row.try_get("vpn_ip")?)?,
-        status: if revoked_at.is_some() {
-            DeviceStatus::Revoked
-        } else {
-            DeviceStatus::Active
+        status: match (revoked_at, pending) {
+            (Some(_), _) => DeviceStatus::Revoked,
+            (None, Some(_)) => DeviceStatus::Pending,
+            (None, None) => DeviceStatus::Active,
         },
         created_at: row.try_get("created_at")?,
         last_seen: row.try_get("last_seen")?,
@@ -84,7 +90,7 @@ fn device_from_row(row: &AnyRow) -> Result<Device> {
 }
 
 /// Escapes `%`, `_` and `\` for a `LIKE ... ESCAPE '\'` pattern.
-fn like_escape(s: &str) -> String {
+pub(crate) fn like_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         if matches!(c, '%' | '_' | '\\') {
@@ -140,7 +146,8 @@ async fn free_ip(conn: &mut AnyConnection) -> Result<i64> {
 
 impl Registry {
     /// Creates a device for `user_id` named `wanted_name`, or `wanted_name-2`, `-3`, ... if
-    /// taken, with the lowest free VPN address. Bumps the change sequence.
+    /// taken, with the lowest free VPN address. Bumps the change sequence. While the
+    /// `require_approval` setting is on, the device starts [`DeviceStatus::Pending`].
     pub async fn create_device(&self, user_id: i64, wanted_name: &str, now: i64) -> Result<Device> {
         validate::name("device name", wanted_name)?;
         let mut tx = self.begin_write().await?;
@@ -153,14 +160,22 @@ impl Registry {
             .ok_or_else(|| Error::not_found("user id", user_id.to_string()))?;
         let name = free_name(&mut tx, wanted_name).await?;
         let ip = free_ip(&mut tx).await?;
+        // Read in the same transaction, so a device never slips past a setting just turned on.
+        let approval: Option<String> =
+            sqlx::query_scalar("SELECT value FROM settings WHERE name = $1")
+                .bind(REQUIRE_APPROVAL)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let pending = (approval.as_deref() == Some("true")).then_some(now);
         let id: i64 = sqlx::query_scalar(
-            "INSERT INTO devices (name, user_id, vpn_ip, created_at) VALUES ($1, $2, $3, $4) \
-             RETURNING id",
+            "INSERT INTO devices (name, user_id, vpn_ip, created_at, approval_requested_at) \
+             VALUES ($1, $2, $3, $4, $5) RETURNING id",
         )
         .bind(&name)
         .bind(user_id)
         .bind(ip)
         .bind(now)
+        .bind(pending)
         .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -170,7 +185,11 @@ impl Registry {
             user_id,
             user_name,
             vpn_ip: ip_from_db(ip)?,
-            status: DeviceStatus::Active,
+            status: if pending.is_some() {
+                DeviceStatus::Pending
+            } else {
+                DeviceStatus::Active
+            },
             created_at: now,
             last_seen: None,
         })
@@ -198,7 +217,7 @@ impl Registry {
     pub async fn list_devices(&self) -> Result<Vec<DeviceRow>> {
         let rows = sqlx::query(
             "SELECT d.id, d.name, d.user_id, u.name AS user_name, d.vpn_ip, d.created_at, \
-                    d.last_seen, d.revoked_at, \
+                    d.last_seen, d.revoked_at, d.approval_requested_at, \
                     (SELECT MAX(c.not_after) FROM certificates c WHERE c.device_id = d.id) \
                         AS cert_not_after \
              FROM devices d JOIN users u ON u.id = d.user_id ORDER BY d.id",
@@ -243,6 +262,89 @@ impl Registry {
         let device = device_from_row(&row)?;
         tx.commit().await?;
         Ok(device)
+    }
+
+    /// Lifts a device's revocation and restores the certificates that were revoked with it
+    /// (those still unexpired), bumping the change sequence so gateways let it back in. Fails
+    /// with `NotFound` if there is no such device; a device that is not revoked is unchanged.
+    pub async fn reenable_device(&self, name: &str, now: i64) -> Result<Device> {
+        let mut tx = self.begin_write().await?;
+        bump(&mut tx).await?;
+        let row = sqlx::query("SELECT id, revoked_at FROM devices WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| Error::not_found("device", name))?;
+        let id: i64 = row.try_get("id")?;
+        let revoked_at: Option<i64> = row.try_get("revoked_at")?;
+        if let Some(at) = revoked_at {
+            // Only what the device revocation itself revoked comes back.
+            sqlx::query(
+                "UPDATE certificates SET revoked_at = NULL \
+                 WHERE device_id = $1 AND revoked_at = $2 AND not_after > $3",
+            )
+            .bind(id)
+            .bind(at)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("UPDATE devices SET revoked_at = NULL WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let row = sqlx::query(concat!(device_select!(), " WHERE d.id = $1"))
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let device = device_from_row(&row)?;
+        tx.commit().await?;
+        Ok(device)
+    }
+
+    /// Approves a device that enrolled while approval was required, and bumps the change
+    /// sequence so gateways let it in. Approving an approved device changes nothing. Fails with
+    /// `NotFound` if there is no such device.
+    pub async fn approve_device(&self, name: &str) -> Result<Device> {
+        let mut tx = self.begin_write().await?;
+        bump(&mut tx).await?;
+        let id: i64 = sqlx::query_scalar(
+            "UPDATE devices SET approval_requested_at = NULL WHERE name = $1 RETURNING id",
+        )
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| Error::not_found("device", name))?;
+        let row = sqlx::query(concat!(device_select!(), " WHERE d.id = $1"))
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let device = device_from_row(&row)?;
+        tx.commit().await?;
+        Ok(device)
+    }
+
+    /// Whether new devices wait for an administrator's approval.
+    pub async fn require_approval(&self) -> Result<bool> {
+        let v: Option<String> = sqlx::query_scalar("SELECT value FROM settings WHERE name = $1")
+            .bind(REQUIRE_APPROVAL)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(v.as_deref() == Some("true"))
+    }
+
+    /// Turns the approval requirement for new devices on or off (devices already enrolled keep
+    /// their state).
+    pub async fn set_require_approval(&self, on: bool) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO settings (name, value) VALUES ($1, $2) \
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        )
+        .bind(REQUIRE_APPROVAL)
+        .bind(if on { "true" } else { "false" })
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// Records that the device was just seen. Does not bump the change sequence.

@@ -1,5 +1,6 @@
 //! The shimgate registry: users, groups, enrollment tokens, devices and their VPN addresses,
-//! certificates, policy rules, the audit log, and change notification for gateways.
+//! certificates, policy rules, the audit log, change notification for gateways, and what the
+//! web console needs: administrators, invitations and API tokens.
 //!
 //! One [`Registry`] works over Postgres (production, several gateways sharing one database) or
 //! SQLite (the embedded default). The same runtime-checked queries run on both through the sqlx
@@ -11,12 +12,15 @@
 //! To avoid missing a change, read `change_seq` *before* loading a snapshot such as
 //! [`Registry::certificate_states`].
 
+mod admins;
+mod api_tokens;
 mod audit;
 mod certs;
 mod changes;
 mod connect;
 mod devices;
 mod error;
+mod invitations;
 mod policy;
 mod rules;
 mod tokens;
@@ -28,11 +32,14 @@ use std::sync::Arc;
 use sqlx::AnyPool;
 use sqlx::{Any, Transaction};
 
-pub use audit::{AuditRow, NewAudit};
+pub use admins::{Admin, MIN_PASSWORD_CHARS};
+pub use api_tokens::{ApiTokenRow, IssuedApiToken};
+pub use audit::{AuditQuery, AuditRow, MAX_PAGE as MAX_AUDIT_PAGE, NewAudit};
 pub use certs::{CertState, NewCertificate};
 pub use changes::{CHANGE_CHANNEL, Changes};
 pub use devices::{Device, DeviceRow, DeviceStatus, VPN_NET};
 pub use error::{Error, RedeemError, Result};
+pub use invitations::{InvitationRow, Invitee, IssuedInvitation, NewInvitation, Redemption};
 pub use policy::{Action, Dest, ParseError, Subject};
 pub use rules::{NewRule, Rule};
 pub use tokens::{IssuedToken, NewToken, TokenGrant, TokenRow};

@@ -5,7 +5,7 @@ use sha2::{Digest, Sha256};
 use sqlx::Row;
 use subtle::ConstantTimeEq;
 
-use crate::{Error, RedeemError, Registry, Result, unix_now};
+use crate::{Device, Error, RedeemError, Registry, Result, unix_now};
 
 /// A request to issue an enrollment token.
 #[derive(Debug, Clone)]
@@ -53,6 +53,9 @@ pub struct TokenGrant {
     pub user_id: i64,
     pub user_name: String,
     pub token_id_hex: String,
+    /// The device name the token fixes (tokens made by invitations), overriding the one the
+    /// device asks for.
+    pub device_name: Option<String>,
 }
 
 /// A token as listed (never its secret or hash).
@@ -69,7 +72,7 @@ pub struct TokenRow {
     pub expired: bool,
 }
 
-fn secret_hash(secret: &[u8; 32]) -> [u8; 32] {
+pub(crate) fn secret_hash(secret: &[u8; 32]) -> [u8; 32] {
     Sha256::digest(secret).into()
 }
 
@@ -119,7 +122,7 @@ impl Registry {
     ) -> Result<TokenGrant, RedeemError> {
         let id_hex = hex::encode(id);
         let row = sqlx::query(
-            "SELECT t.secret_sha256, t.user_id, u.name AS user_name \
+            "SELECT t.secret_sha256, t.user_id, u.name AS user_name, t.device_name \
              FROM enrollment_tokens t JOIN users u ON u.id = t.user_id WHERE t.id = $1",
         )
         .bind(&id_hex)
@@ -136,6 +139,7 @@ impl Registry {
             user_id: row.try_get("user_id")?,
             user_name: row.try_get("user_name")?,
             token_id_hex: id_hex,
+            device_name: row.try_get("device_name")?,
         };
 
         let consumed = sqlx::query(
@@ -222,5 +226,29 @@ impl Registry {
         .await?
         .rows_affected();
         Ok(changed > 0)
+    }
+
+    /// Records that `device_id` enrolled with this token (the latest one, for a token with
+    /// several uses), so that whoever made the code can see the result.
+    pub async fn link_token_device(&self, token_id_hex: &str, device_id: i64) -> Result<()> {
+        sqlx::query("UPDATE enrollment_tokens SET device_id = $2 WHERE id = $1")
+            .bind(token_id_hex)
+            .bind(device_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The device that enrolled with this token, if one has.
+    pub async fn token_device(&self, token_id_hex: &str) -> Result<Option<Device>> {
+        let device_id: Option<Option<i64>> =
+            sqlx::query_scalar("SELECT device_id FROM enrollment_tokens WHERE id = $1")
+                .bind(token_id_hex)
+                .fetch_optional(&self.pool)
+                .await?;
+        match device_id.flatten() {
+            Some(id) => self.device_by_id(id).await,
+            None => Ok(None),
+        }
     }
 }

@@ -12,8 +12,8 @@ use std::time::Duration;
 use futures::FutureExt;
 use sha2::{Digest, Sha256};
 use shimgate_registry::{
-    Action, Backend, Dest, DeviceStatus, Error, NewAudit, NewCertificate, NewRule, NewToken,
-    RedeemError, Registry, Subject, VPN_NET,
+    Action, AuditQuery, Backend, Dest, DeviceStatus, Error, Invitee, NewAudit, NewCertificate,
+    NewInvitation, NewRule, NewToken, RedeemError, Redemption, Registry, Subject, VPN_NET,
 };
 use sqlx::{Connection, Executor};
 
@@ -175,6 +175,13 @@ both_backends!(
     certificate_validation,
     rules,
     audit,
+    admins,
+    invitations_for_a_user,
+    invitations_for_a_group,
+    api_tokens,
+    audit_search,
+    reenable,
+    approval,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -883,6 +890,475 @@ async fn audit(env: Env) {
     assert_eq!(two, all[..2]);
     assert!(r.list_audit(0).await.expect("list").is_empty());
     assert!(r.list_audit(-5).await.expect("list").is_empty());
+}
+
+async fn admins(env: Env) {
+    let r = &env.reg;
+    assert!(matches!(
+        r.create_admin("root", "short", false).await,
+        Err(Error::Invalid { .. })
+    ));
+    let admin = r
+        .create_admin("root", "correct horse battery", true)
+        .await
+        .expect("create admin");
+    assert_eq!(admin.name, "root");
+    assert!(admin.one_time);
+    assert!(matches!(
+        r.create_admin("root", "another long password", false).await,
+        Err(Error::Conflict(_))
+    ));
+
+    // Only an argon2id hash is stored.
+    let mut raw = env.raw().await;
+    let stored: String =
+        sqlx::query_scalar("SELECT password_hash FROM console_admins WHERE name = 'root'")
+            .fetch_one(&mut raw)
+            .await
+            .expect("raw read");
+    assert!(stored.starts_with("$argon2id$"), "{stored}");
+    assert!(!stored.contains("correct horse"));
+
+    let ok = r
+        .check_admin_password("root", "correct horse battery")
+        .await
+        .expect("check");
+    assert_eq!(ok, Some(admin.clone()));
+    for (name, pw) in [
+        ("root", "correct horse batterY"),
+        ("root", ""),
+        ("nobody", "correct horse battery"),
+    ] {
+        assert_eq!(
+            r.check_admin_password(name, pw).await.expect("check"),
+            None,
+            "{name}/{pw}"
+        );
+    }
+    assert_eq!(
+        r.check_admin_password("root", &"x".repeat(5000))
+            .await
+            .expect("check"),
+        None
+    );
+
+    r.set_admin_password("root", "a brand new password", false)
+        .await
+        .expect("set password");
+    assert_eq!(
+        r.check_admin_password("root", "correct horse battery")
+            .await
+            .expect("check"),
+        None
+    );
+    let changed = r
+        .check_admin_password("root", "a brand new password")
+        .await
+        .expect("check")
+        .expect("the new password works");
+    assert!(!changed.one_time, "a chosen password is not one-time");
+    assert!(matches!(
+        r.set_admin_password("nobody", "a brand new password", false)
+            .await,
+        Err(Error::NotFound { .. })
+    ));
+    assert_eq!(r.list_admins().await.expect("list"), [changed]);
+}
+
+fn redemption(device: &str, user: Option<&str>) -> Redemption {
+    Redemption {
+        device_name: device.into(),
+        user_name: user.map(Into::into),
+        token_expires_at: 900,
+    }
+}
+
+async fn invitations_for_a_user(env: Env) {
+    let r = &env.reg;
+    let invite = |invitee: Invitee, uses: u32| NewInvitation {
+        invitee,
+        created_by: "root".into(),
+        expires_at: 1000,
+        uses,
+    };
+    assert!(matches!(
+        r.create_invitation(invite(Invitee::User("nobody".into()), 1))
+            .await,
+        Err(Error::NotFound { .. })
+    ));
+    let alice = r.ensure_user("alice").await.expect("alice");
+    assert!(matches!(
+        r.create_invitation(invite(Invitee::User("alice".into()), 0))
+            .await,
+        Err(Error::Invalid { .. })
+    ));
+    let inv = r
+        .create_invitation(invite(Invitee::User("alice".into()), 1))
+        .await
+        .expect("invite");
+    assert!(!format!("{inv:?}").contains(&inv.secret_hex()));
+
+    let mut raw = env.raw().await;
+    let stored: Vec<u8> = sqlx::query_scalar("SELECT secret_sha256 FROM invitations WHERE id = $1")
+        .bind(inv.id_hex())
+        .fetch_one(&mut raw)
+        .await
+        .expect("raw read");
+    assert_eq!(stored, Sha256::digest(inv.secret).to_vec());
+
+    let mut wrong = inv.secret;
+    wrong[5] ^= 0x40;
+    assert!(matches!(
+        r.check_invitation(&inv.id, &wrong, 10).await,
+        Err(RedeemError::Unknown)
+    ));
+    assert!(matches!(
+        r.redeem_invitation(&inv.id, &wrong, redemption("laptop", None), 10)
+            .await,
+        Err(RedeemError::Unknown)
+    ));
+    let seen = r
+        .check_invitation(&inv.id, &inv.secret, 10)
+        .await
+        .expect("check");
+    assert_eq!(seen.invitee, Invitee::User("alice".into()));
+    assert_eq!((seen.max_uses, seen.uses_left), (1, 1));
+    assert!(matches!(
+        r.check_invitation(&inv.id, &inv.secret, 1000).await,
+        Err(RedeemError::Expired)
+    ));
+    // A bad device name is refused and uses nothing up.
+    assert!(matches!(
+        r.redeem_invitation(&inv.id, &inv.secret, redemption("", None), 10)
+            .await,
+        Err(RedeemError::Db(Error::Invalid { .. }))
+    ));
+
+    let token = r
+        .redeem_invitation(&inv.id, &inv.secret, redemption("laptop", None), 10)
+        .await
+        .expect("redeem");
+    assert_eq!(token.user, "alice");
+    assert_eq!(token.expires_at, 900);
+    assert!(matches!(
+        r.redeem_invitation(&inv.id, &inv.secret, redemption("laptop", None), 11)
+            .await,
+        Err(RedeemError::UsedUp)
+    ));
+
+    // The token it made is an ordinary one that fixes the device name...
+    let grant = r
+        .redeem_token(&token.id, &token.secret, 20)
+        .await
+        .expect("redeem token");
+    assert_eq!(grant.user_id, alice.id);
+    assert_eq!(grant.device_name.as_deref(), Some("laptop"));
+    // ... and, once a device enrolled with it, leads to that device.
+    assert_eq!(r.token_device(&grant.token_id_hex).await.expect("q"), None);
+    let dev = r
+        .create_device(alice.id, "laptop", 20)
+        .await
+        .expect("device");
+    r.link_token_device(&grant.token_id_hex, dev.id)
+        .await
+        .expect("link");
+    assert_eq!(
+        r.token_device(&grant.token_id_hex).await.expect("q"),
+        Some(dev)
+    );
+
+    // Cancelling.
+    let inv2 = r
+        .create_invitation(invite(Invitee::User("alice".into()), 3))
+        .await
+        .expect("invite");
+    assert!(r.cancel_invitation(&inv2.id_hex()).await.expect("cancel"));
+    assert!(!r.cancel_invitation(&inv2.id_hex()).await.expect("again"));
+    assert!(matches!(
+        r.cancel_invitation("not hex").await,
+        Err(Error::Invalid { .. })
+    ));
+    assert!(matches!(
+        r.redeem_invitation(&inv2.id, &inv2.secret, redemption("pc", None), 10)
+            .await,
+        Err(RedeemError::Cancelled)
+    ));
+    let list = r.list_invitations(10).await.expect("list");
+    assert_eq!(list.len(), 2);
+    let row = list
+        .iter()
+        .find(|i| i.id_hex == inv2.id_hex())
+        .expect("listed");
+    assert!(row.cancelled && !row.expired);
+    assert_eq!((row.max_uses, row.uses_left), (3, 3));
+}
+
+async fn invitations_for_a_group(env: Env) {
+    let r = &env.reg;
+    r.ensure_user("boss").await.expect("boss");
+    assert!(matches!(
+        r.create_invitation(NewInvitation {
+            invitee: Invitee::Group("staff".into()),
+            created_by: "root".into(),
+            expires_at: 1000,
+            uses: 2,
+        })
+        .await,
+        Err(Error::NotFound { .. })
+    ));
+    r.ensure_user("carol").await.expect("carol");
+    r.add_to_group("carol", "staff").await.expect("group");
+    let inv = r
+        .create_invitation(NewInvitation {
+            invitee: Invitee::Group("staff".into()),
+            created_by: "root".into(),
+            expires_at: 1000,
+            uses: 2,
+        })
+        .await
+        .expect("invite");
+
+    // A group invitation needs a user name, and not that of a non-member.
+    assert!(matches!(
+        r.redeem_invitation(&inv.id, &inv.secret, redemption("pc", None), 10)
+            .await,
+        Err(RedeemError::Db(Error::Invalid { .. }))
+    ));
+    assert!(matches!(
+        r.redeem_invitation(&inv.id, &inv.secret, redemption("pc", Some("boss")), 10)
+            .await,
+        Err(RedeemError::Db(Error::Conflict(_)))
+    ));
+    let seq = r.change_seq().await.expect("seq");
+    let t1 = r
+        .redeem_invitation(&inv.id, &inv.secret, redemption("pc", Some("dave")), 10)
+        .await
+        .expect("new user");
+    assert_eq!(t1.user, "dave");
+    assert!(
+        r.change_seq().await.expect("seq") > seq,
+        "membership changed"
+    );
+    let dave = r.user_by_name("dave").await.expect("q").expect("dave");
+    assert_eq!(r.groups_of(dave.id).await.expect("groups"), ["staff"]);
+    let t2 = r
+        .redeem_invitation(&inv.id, &inv.secret, redemption("phone", Some("carol")), 11)
+        .await
+        .expect("an existing member");
+    assert_eq!(t2.user, "carol");
+    assert!(matches!(
+        r.redeem_invitation(&inv.id, &inv.secret, redemption("x", Some("erin")), 12)
+            .await,
+        Err(RedeemError::UsedUp)
+    ));
+    assert!(
+        r.user_by_name("erin").await.expect("q").is_none(),
+        "a refused redemption creates nobody"
+    );
+}
+
+async fn api_tokens(env: Env) {
+    let r = &env.reg;
+    let t = r.create_api_token("ci", "root").await.expect("create");
+    let bearer = t.bearer();
+    assert!(!format!("{t:?}").contains(&hex::encode(t.secret)));
+    let row = r
+        .check_api_token(&bearer, 50)
+        .await
+        .expect("check")
+        .expect("valid");
+    assert_eq!((row.name.as_str(), row.last_used), ("ci", Some(50)));
+
+    let mut raw = env.raw().await;
+    let stored: Vec<u8> = sqlx::query_scalar("SELECT secret_sha256 FROM api_tokens WHERE id = $1")
+        .bind(t.id_hex())
+        .fetch_one(&mut raw)
+        .await
+        .expect("raw read");
+    assert_eq!(stored, Sha256::digest(t.secret).to_vec());
+
+    let mut wrong = t.clone();
+    wrong.secret[31] ^= 1;
+    for bad in [
+        wrong.bearer(),
+        String::new(),
+        "sga_00_00".into(),
+        "garbage".into(),
+    ] {
+        assert_eq!(r.check_api_token(&bad, 51).await.expect("check"), None);
+    }
+    assert!(r.revoke_api_token(&t.id_hex()).await.expect("revoke"));
+    assert!(!r.revoke_api_token(&t.id_hex()).await.expect("again"));
+    assert_eq!(r.check_api_token(&bearer, 52).await.expect("check"), None);
+    let list = r.list_api_tokens().await.expect("list");
+    assert_eq!(list.len(), 1);
+    assert!(list[0].revoked);
+    assert_eq!(list[0].last_used, Some(50));
+}
+
+async fn audit_search(env: Env) {
+    let r = &env.reg;
+    let entry = |at: i64, actor: &str, action: &str, target: &str| NewAudit {
+        at,
+        actor: actor.into(),
+        action: action.into(),
+        target: target.into(),
+        source_addr: None,
+        detail: String::new(),
+    };
+    for i in 0..30 {
+        let (actor, action) = if i % 3 == 0 {
+            ("root", "device.revoke")
+        } else {
+            ("cli:x", "token_create")
+        };
+        r.audit(entry(i, actor, action, &format!("t{i}")))
+            .await
+            .expect("audit");
+    }
+    r.audit(entry(99, "root", "devices", "t_%"))
+        .await
+        .expect("audit");
+    let q = |actor: &str, action: &str, target: &str, offset: i64, limit: i64| AuditQuery {
+        actor: actor.into(),
+        action: action.into(),
+        target: target.into(),
+        offset,
+        limit,
+    };
+    let all = r.search_audit(&q("", "", "", 0, 100)).await.expect("all");
+    assert_eq!(all.len(), 31);
+    let page2 = r.search_audit(&q("", "", "", 10, 10)).await.expect("page");
+    assert_eq!(page2, all[10..20]);
+    let roots = r.search_audit(&q("root", "", "", 0, 100)).await.expect("q");
+    assert_eq!(roots.len(), 11);
+    let revokes = r
+        .search_audit(&q("", "device", "", 0, 100))
+        .await
+        .expect("q");
+    assert_eq!(revokes.len(), 10, "a prefix matches at a dot only");
+    assert!(revokes.iter().all(|e| e.action == "device.revoke"));
+    let exact = r
+        .search_audit(&q("", "device.revoke", "t3", 0, 100))
+        .await
+        .expect("q");
+    assert_eq!(exact.len(), 1);
+    assert_eq!(
+        r.search_audit(&q("", "token", "", 0, 100))
+            .await
+            .expect("q")
+            .len(),
+        0,
+        "wildcards in the filter are literal"
+    );
+    assert_eq!(
+        r.search_audit(&q("", "", "t_%", 0, 100))
+            .await
+            .expect("q")
+            .len(),
+        1
+    );
+    assert!(
+        r.search_audit(&q("", "", "", -3, -1))
+            .await
+            .expect("q")
+            .is_empty()
+    );
+}
+
+async fn reenable(env: Env) {
+    let r = &env.reg;
+    let alice = r.ensure_user("alice").await.expect("alice");
+    let dev = r
+        .create_device(alice.id, "laptop", 1)
+        .await
+        .expect("device");
+    r.record_certificate(cert(dev.id, "c1", 5000))
+        .await
+        .expect("cert");
+    r.revoke_device("laptop", 100).await.expect("revoke");
+    let states = r.certificate_states(150).await.expect("states");
+    assert!(states.iter().all(|c| c.revoked));
+    let seq = r.change_seq().await.expect("seq");
+    let back = r.reenable_device("laptop", 200).await.expect("reenable");
+    assert_eq!(back.status, DeviceStatus::Active);
+    assert!(r.change_seq().await.expect("seq") > seq);
+    let states = r.certificate_states(150).await.expect("states");
+    assert!(
+        states
+            .iter()
+            .any(|c| c.fingerprint_hex == fingerprint("c1") && !c.revoked),
+        "the certificate revoked with the device is valid again"
+    );
+    assert_eq!(
+        r.reenable_device("laptop", 201)
+            .await
+            .expect("again")
+            .status,
+        DeviceStatus::Active
+    );
+    assert!(matches!(
+        r.reenable_device("nope", 200).await,
+        Err(Error::NotFound { .. })
+    ));
+}
+
+async fn approval(env: Env) {
+    let r = &env.reg;
+    let alice = r.ensure_user("alice").await.expect("alice");
+    assert!(!r.require_approval().await.expect("setting"));
+    let before = r
+        .create_device(alice.id, "before", 1)
+        .await
+        .expect("device");
+    assert_eq!(before.status, DeviceStatus::Active);
+
+    r.set_require_approval(true).await.expect("on");
+    r.set_require_approval(true).await.expect("on again");
+    assert!(r.require_approval().await.expect("setting"));
+    let waiting = r
+        .create_device(alice.id, "waiting", 2)
+        .await
+        .expect("device");
+    assert_eq!(waiting.status, DeviceStatus::Pending);
+    r.record_certificate(cert(waiting.id, "w1", 5000))
+        .await
+        .expect("cert");
+    let refused = |states: &[shimgate_registry::CertState]| {
+        states
+            .iter()
+            .find(|c| c.fingerprint_hex == fingerprint("w1"))
+            .map(|c| c.revoked)
+    };
+    assert_eq!(
+        refused(&r.certificate_states(10).await.expect("states")),
+        Some(true),
+        "a pending device's certificate is refused"
+    );
+    let listed = r.list_devices().await.expect("list");
+    assert_eq!(
+        listed[0].device.status,
+        DeviceStatus::Active,
+        "earlier devices keep their state"
+    );
+    assert_eq!(listed[1].device.status, DeviceStatus::Pending);
+
+    let seq = r.change_seq().await.expect("seq");
+    let approved = r.approve_device("waiting").await.expect("approve");
+    assert_eq!(approved.status, DeviceStatus::Active);
+    assert!(r.change_seq().await.expect("seq") > seq);
+    assert_eq!(
+        refused(&r.certificate_states(10).await.expect("states")),
+        Some(false)
+    );
+    assert!(matches!(
+        r.approve_device("nope").await,
+        Err(Error::NotFound { .. })
+    ));
+    r.set_require_approval(false).await.expect("off");
+    assert!(!r.require_approval().await.expect("setting"));
+    let after = r.create_device(alice.id, "after", 3).await.expect("device");
+    assert_eq!(after.status, DeviceStatus::Active);
 }
 
 // ---------------------------------------------------------------------------------------------

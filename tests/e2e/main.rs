@@ -30,6 +30,7 @@ mod harness;
 mod cli_contract;
 mod clients;
 mod compose;
+mod console;
 mod demo;
 mod enrollment;
 mod multihost;

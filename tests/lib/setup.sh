@@ -36,7 +36,8 @@ sg_apt_install() {
 # sysctl (network namespaces), runuser (throwaway Postgres as non-root);
 # for tests/e2e/clients.rs, the other SOCKS clients: nc -X 5 (the OpenBSD
 # netcat, not the traditional one, which has no -X), ssh, git, and sshd and
-# python3 (http.server) as their servers.
+# python3 (http.server) as their servers; chromium and chromedriver for the
+# console's browser test.
 sg_ensure_tools() {
 	local missing=()
 	command -v cargo >/dev/null || sg_die "cargo is not installed (the Rust toolchain comes with the machine)"
@@ -56,6 +57,9 @@ sg_ensure_tools() {
 	command -v docker-compose >/dev/null || missing+=(docker-compose)
 	command -v busybox >/dev/null || missing+=(busybox)
 	compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
+	# the console's browser test (tests/e2e/console.rs) drives Debian's Chromium
+	command -v chromium >/dev/null || missing+=(chromium)
+	command -v chromedriver >/dev/null || missing+=(chromium-driver)
 	if [ ${#missing[@]} -gt 0 ]; then
 		sg_apt_install "${missing[@]}"
 	fi

@@ -171,13 +171,21 @@ impl Gateway {
         self.ok(&["device", "list"])
     }
 
-    /// Starts `serve` and waits until its port accepts TCP connections.
+    /// Starts `serve` (without the web console, whose default port many
+    /// gateways can't share) and waits until its port accepts TCP connections.
     pub fn serve(&mut self) {
+        self.serve_args(&["--console", "off"]);
+    }
+
+    /// Starts `serve` with extra arguments and waits until its port accepts
+    /// TCP connections.
+    pub fn serve_args(&mut self, extra: &[&str]) {
         assert!(self.proc.is_none(), "gateway already serving");
         let mut cmd = self.command(true);
         cmd.arg("serve")
             .arg("--listen")
-            .arg(self.spec.listen.to_string());
+            .arg(self.spec.listen.to_string())
+            .args(extra);
         for a in &self.spec.aliases {
             cmd.arg("--alias").arg(a);
         }

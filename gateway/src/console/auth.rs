@@ -1,0 +1,555 @@
+//! Signing in: argon2 passwords (checked by the registry), sessions kept in
+//! memory, CSRF tokens, and sign-in throttling per address and per name.
+//!
+//! A session is a random 256-bit cookie value; the map is keyed by its
+//! SHA-256, so the cookie itself is never stored. Each session has its own
+//! CSRF token that every form carries. Pages for people who are not signed
+//! in (sign-in, invitation) use a double-submit token instead: a random
+//! cookie whose value the form repeats. Both are compared in constant time.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use askama::Template;
+use axum::Form;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use dashmap::DashMap;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::Peer;
+use super::{Actor, Console, render, see_other};
+use crate::ratelimit::RateLimit;
+
+pub const SESSION_COOKIE: &str = "sg_session";
+pub const FORM_COOKIE: &str = "sg_form";
+/// A session ends after this long without a request...
+const IDLE: Duration = Duration::from_secs(30 * 60);
+/// ... and after this long in any case.
+const LIFETIME: Duration = Duration::from_secs(12 * 3600);
+/// Sessions held at once; past that the oldest idle ones go first.
+const MAX_SESSIONS: usize = 10_000;
+
+/// A signed-in administrator.
+#[derive(Clone)]
+pub struct Session {
+    pub admin: String,
+    pub csrf: String,
+    /// Signed in with a one-time password: every page leads to the password form until the
+    /// admin has chosen a password.
+    must_change: bool,
+    created: Instant,
+    last: Instant,
+    /// A message for the next page shown (the outcome of the last action).
+    flash: Option<Flash>,
+}
+
+/// The outcome of an action, shown once on the next page.
+#[derive(Clone, Debug)]
+pub struct Flash {
+    pub ok: bool,
+    pub text: String,
+}
+
+#[derive(Default)]
+pub struct Sessions {
+    by_hash: DashMap<[u8; 32], Session>,
+}
+
+fn random_hex() -> String {
+    hex::encode(rand::random::<[u8; 32]>())
+}
+
+fn key(cookie: &str) -> [u8; 32] {
+    Sha256::digest(cookie.as_bytes()).into()
+}
+
+/// The value of cookie `name` in the request, if any.
+pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+pub(crate) fn same(a: &str, b: &str) -> bool {
+    !a.is_empty() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+}
+
+impl Sessions {
+    /// Starts a session; returns the cookie value.
+    fn create(&self, admin: &str, must_change: bool) -> String {
+        if self.by_hash.len() >= MAX_SESSIONS {
+            let now = Instant::now();
+            self.by_hash
+                .retain(|_, s| now.duration_since(s.last) < IDLE / 4);
+        }
+        let value = random_hex();
+        let now = Instant::now();
+        self.by_hash.insert(
+            key(&value),
+            Session {
+                admin: admin.to_owned(),
+                csrf: random_hex(),
+                must_change,
+                created: now,
+                last: now,
+                flash: None,
+            },
+        );
+        value
+    }
+
+    /// The live session the request's cookie names, refreshed; takes its flash message.
+    fn get(&self, headers: &HeaderMap) -> Option<(Session, Option<Flash>)> {
+        let k = key(cookie(headers, SESSION_COOKIE)?);
+        let now = Instant::now();
+        let mut entry = self.by_hash.get_mut(&k)?;
+        let s = entry.value_mut();
+        if now.duration_since(s.last) > IDLE || now.duration_since(s.created) > LIFETIME {
+            drop(entry);
+            self.by_hash.remove(&k);
+            return None;
+        }
+        s.last = now;
+        let flash = s.flash.take();
+        Some((s.clone(), flash))
+    }
+
+    fn set_flash(&self, headers: &HeaderMap, flash: Flash) {
+        if let Some(c) = cookie(headers, SESSION_COOKIE)
+            && let Some(mut s) = self.by_hash.get_mut(&key(c))
+        {
+            s.flash = Some(flash);
+        }
+    }
+
+    fn password_changed(&self, headers: &HeaderMap) {
+        if let Some(c) = cookie(headers, SESSION_COOKIE)
+            && let Some(mut s) = self.by_hash.get_mut(&key(c))
+        {
+            s.must_change = false;
+        }
+    }
+
+    fn end(&self, headers: &HeaderMap) {
+        if let Some(c) = cookie(headers, SESSION_COOKIE) {
+            self.by_hash.remove(&key(c));
+        }
+    }
+}
+
+/// Sign-in attempts: per source address and per admin name.
+pub struct Throttle {
+    by_addr: RateLimit,
+    by_name: RateLimit<String>,
+}
+
+impl Default for Throttle {
+    fn default() -> Throttle {
+        Throttle {
+            // An office behind one address signs in now and then; a guesser wants thousands.
+            by_addr: RateLimit::new(20, Duration::from_secs(3)),
+            by_name: RateLimit::new(5, Duration::from_secs(30)),
+        }
+    }
+}
+
+/// What every signed-in page shows in its header.
+pub struct Nav {
+    pub admin: String,
+    pub csrf: String,
+    pub flash: Option<Flash>,
+}
+
+impl Console {
+    /// The signed-in admin of a page request, or where to send the browser instead.
+    #[allow(clippy::result_large_err)] // the error is the response to send, on a cold path
+    pub(crate) fn page_session(&self, headers: &HeaderMap) -> Result<Nav, Response> {
+        match self.sessions.get(headers) {
+            Some((s, _)) if s.must_change => Err(see_other("/password")),
+            Some((s, flash)) => Ok(Nav {
+                admin: s.admin,
+                csrf: s.csrf,
+                flash,
+            }),
+            None => Err(see_other("/login")),
+        }
+    }
+
+    /// The admin behind a form post, if signed in and the form's CSRF token is theirs.
+    #[allow(clippy::result_large_err)] // the error is the response to send, on a cold path
+    pub(crate) fn form_session(
+        &self,
+        headers: &HeaderMap,
+        addr: SocketAddr,
+        csrf: &str,
+    ) -> Result<Actor, Response> {
+        let Some((s, _)) = self.sessions.get(headers) else {
+            return Err(see_other("/login"));
+        };
+        if s.must_change {
+            return Err(see_other("/password"));
+        }
+        if !same(csrf, &s.csrf) {
+            tracing::info!(%addr, admin = %s.admin, "form refused: CSRF token missing or wrong");
+            return Err(super::error_page(
+                StatusCode::FORBIDDEN,
+                "This form was not sent from a current console page (CSRF check failed). Go back, reload the page and try again.",
+            ));
+        }
+        Ok(Actor {
+            name: format!("admin:{}", s.admin),
+            addr,
+        })
+    }
+
+    /// Shows `text` on the next page and sends the browser to `to`.
+    pub(crate) fn done(
+        &self,
+        headers: &HeaderMap,
+        to: &str,
+        result: Result<String, String>,
+    ) -> Response {
+        let flash = match result {
+            Ok(text) => Flash { ok: true, text },
+            Err(text) => Flash { ok: false, text },
+        };
+        self.sessions.set_flash(headers, flash);
+        see_other(to)
+    }
+
+    fn cookie_attrs(&self) -> &'static str {
+        if self.secure {
+            "; Path=/; HttpOnly; SameSite=Strict; Secure"
+        } else {
+            "; Path=/; HttpOnly; SameSite=Strict"
+        }
+    }
+
+    /// The double-submit token of a page for people not signed in: the one the browser
+    /// already has, or a new one (returned with the cookie to set).
+    pub(crate) fn form_token(&self, headers: &HeaderMap) -> (String, Option<HeaderValue>) {
+        if let Some(t) = cookie(headers, FORM_COOKIE)
+            .filter(|t| t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return (t.to_owned(), None);
+        }
+        let t = random_hex();
+        let set = HeaderValue::from_str(&format!("{FORM_COOKIE}={t}{}", self.cookie_attrs())).ok();
+        (t, set)
+    }
+
+    /// True if the posted double-submit token matches the browser's cookie.
+    pub(crate) fn form_token_ok(&self, headers: &HeaderMap, posted: &str) -> bool {
+        cookie(headers, FORM_COOKIE).is_some_and(|c| same(posted, c))
+    }
+}
+
+#[derive(Template)]
+#[template(path = "login.html")]
+struct LoginPage {
+    title: &'static str,
+    nav: Option<Nav>,
+    form: String,
+    name: String,
+    error: Option<String>,
+}
+
+fn with_cookie(mut resp: Response, set: Option<HeaderValue>) -> Response {
+    if let Some(v) = set {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+    resp
+}
+
+pub async fn home(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
+    match c.sessions.get(&headers) {
+        Some(_) => see_other("/devices"),
+        None => see_other("/login"),
+    }
+}
+
+pub async fn login_page(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
+    let (form, set) = c.form_token(&headers);
+    let page = LoginPage {
+        title: "Sign in",
+        nav: None,
+        form,
+        name: String::new(),
+        error: None,
+    };
+    with_cookie(render(&page), set)
+}
+
+#[derive(serde::Deserialize)]
+pub struct LoginForm {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    form: String,
+}
+
+pub async fn login(
+    State(c): State<Arc<Console>>,
+    ConnectInfo(Peer(addr)): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    Form(f): Form<LoginForm>,
+) -> Response {
+    let (form, set) = c.form_token(&headers);
+    let again = |status: StatusCode, error: &str| {
+        let page = LoginPage {
+            title: "Sign in",
+            nav: None,
+            form: form.clone(),
+            name: f.name.chars().take(64).collect(),
+            error: Some(error.to_owned()),
+        };
+        with_cookie((status, render(&page)).into_response(), set.clone())
+    };
+    if !c.form_token_ok(&headers, &f.form) {
+        return again(
+            StatusCode::FORBIDDEN,
+            "The sign-in form had expired (CSRF check failed): please try again.",
+        );
+    }
+    let name = f.name.trim();
+    let by_addr = c.throttle.by_addr.allow(addr.ip());
+    // Bounded key: a huge name must not become a huge map entry.
+    let by_name = c.throttle.by_name.allow(name.chars().take(64).collect());
+    if !by_addr || !by_name {
+        tracing::warn!(%addr, "sign-in attempts throttled");
+        metrics::counter!("shimgate_console_logins_total", "result" => "throttled").increment(1);
+        return again(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many sign-in attempts: wait a minute and try again.",
+        );
+    }
+    let admin = match c.gw.registry.check_admin_password(name, &f.password).await {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(error = %e, "checking a console password failed");
+            return again(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The registry is unavailable; try again shortly.",
+            );
+        }
+    };
+    let actor = Actor {
+        name: format!("admin:{}", name.chars().take(64).collect::<String>()),
+        addr,
+    };
+    let Some(admin) = admin else {
+        metrics::counter!("shimgate_console_logins_total", "result" => "refused").increment(1);
+        c.audit(&actor, "console.login_failed", "", String::new())
+            .await;
+        return again(StatusCode::UNAUTHORIZED, "Wrong name or password.");
+    };
+    metrics::counter!("shimgate_console_logins_total", "result" => "ok").increment(1);
+    c.audit(&actor, "console.login", &admin.name, String::new())
+        .await;
+    // A fresh session id at every sign-in (no fixation).
+    c.sessions.end(&headers);
+    let value = c.sessions.create(&admin.name, admin.one_time);
+    let mut resp = see_other(if admin.one_time {
+        "/password"
+    } else {
+        "/devices"
+    });
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "{SESSION_COOKIE}={value}{}; Max-Age={}",
+        c.cookie_attrs(),
+        LIFETIME.as_secs()
+    )) {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+    resp
+}
+
+#[derive(Template)]
+#[template(path = "password.html")]
+struct PasswordPage {
+    title: &'static str,
+    nav: Option<Nav>,
+    forced: bool,
+    error: Option<String>,
+}
+
+fn password_view(
+    s: Session,
+    flash: Option<Flash>,
+    status: StatusCode,
+    error: Option<String>,
+) -> Response {
+    let page = PasswordPage {
+        title: "Change your password",
+        forced: s.must_change,
+        nav: Some(Nav {
+            admin: s.admin,
+            csrf: s.csrf,
+            flash,
+        }),
+        error,
+    };
+    (status, render(&page)).into_response()
+}
+
+pub async fn password_page(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
+    match c.sessions.get(&headers) {
+        Some((s, flash)) => password_view(s, flash, StatusCode::OK, None),
+        None => see_other("/login"),
+    }
+}
+
+#[derive(serde::Deserialize)]
+pub struct PasswordForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    current: String,
+    #[serde(default)]
+    new: String,
+    #[serde(default)]
+    repeat: String,
+}
+
+pub async fn change_password(
+    State(c): State<Arc<Console>>,
+    ConnectInfo(Peer(addr)): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    Form(f): Form<PasswordForm>,
+) -> Response {
+    let Some((s, _)) = c.sessions.get(&headers) else {
+        return see_other("/login");
+    };
+    if !same(&f.csrf, &s.csrf) {
+        return super::error_page(
+            StatusCode::FORBIDDEN,
+            "This form was not sent from a current console page (CSRF check failed). Go back, reload the page and try again.",
+        );
+    }
+    let again = |s: Session, status: StatusCode, error: &str| {
+        password_view(s, None, status, Some(error.to_owned()))
+    };
+    if f.new != f.repeat {
+        return again(
+            s,
+            StatusCode::BAD_REQUEST,
+            "The new password and its repetition differ.",
+        );
+    }
+    if f.new.chars().count() < shimgate_registry::MIN_PASSWORD_CHARS {
+        let msg = format!(
+            "The new password must be at least {} characters.",
+            shimgate_registry::MIN_PASSWORD_CHARS
+        );
+        return again(s, StatusCode::BAD_REQUEST, &msg);
+    }
+    if f.new == f.current {
+        return again(
+            s,
+            StatusCode::BAD_REQUEST,
+            "Choose a password other than the current one.",
+        );
+    }
+    // The current password is checked next: throttled like a sign-in.
+    if !c.throttle.by_addr.allow(addr.ip()) || !c.throttle.by_name.allow(s.admin.clone()) {
+        return again(
+            s,
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many attempts: wait a minute and try again.",
+        );
+    }
+    match c
+        .gw
+        .registry
+        .check_admin_password(&s.admin, &f.current)
+        .await
+    {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            return again(
+                s,
+                StatusCode::UNAUTHORIZED,
+                "The current password is wrong.",
+            );
+        }
+        Err(e) => {
+            let fail = super::Failure::from(e);
+            return again(s, fail.status, &fail.message);
+        }
+    }
+    if let Err(e) =
+        c.gw.registry
+            .set_admin_password(&s.admin, &f.new, false)
+            .await
+    {
+        let fail = super::Failure::from(e);
+        return again(s, fail.status, &fail.message);
+    }
+    let who = Actor {
+        name: format!("admin:{}", s.admin),
+        addr,
+    };
+    c.audit(&who, "admin.password", &s.admin, String::new())
+        .await;
+    c.sessions.password_changed(&headers);
+    c.done(&headers, "/devices", Ok("Password changed.".to_owned()))
+}
+
+#[derive(serde::Deserialize)]
+pub struct CsrfOnly {
+    #[serde(default)]
+    pub csrf: String,
+}
+
+pub async fn logout(
+    State(c): State<Arc<Console>>,
+    ConnectInfo(Peer(addr)): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    Form(f): Form<CsrfOnly>,
+) -> Response {
+    let who = match c.form_session(&headers, addr, &f.csrf) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    c.audit(&who, "console.logout", "", String::new()).await;
+    c.sessions.end(&headers);
+    let mut resp = see_other("/login");
+    if let Ok(v) =
+        HeaderValue::from_str(&format!("{SESSION_COOKIE}=; Max-Age=0{}", c.cookie_attrs()))
+    {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_are_found_among_others() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; sg_session=abc; b=2"),
+        );
+        h.append(header::COOKIE, HeaderValue::from_static("sg_form=def"));
+        assert_eq!(cookie(&h, SESSION_COOKIE), Some("abc"));
+        assert_eq!(cookie(&h, FORM_COOKIE), Some("def"));
+        assert_eq!(cookie(&h, "missing"), None);
+        assert!(same("abc", "abc"));
+        assert!(!same("", ""), "an empty token never matches");
+        assert!(!same("abc", "abd"));
+    }
+}

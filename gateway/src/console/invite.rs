@@ -1,0 +1,790 @@
+//! Invitations and enrollment tokens: the admin page (create, list, cancel), and the public
+//! invitation page where the holder of a link names a device, gets the enrollment code (text,
+//! QR code, command) and sees the device appear once it has enrolled.
+//!
+//! The link carries the invitation's secret once (`/invite/ID?s=SECRET`); the page posts it
+//! back in the form body, and the page that shows the code polls with a separate random key
+//! that only maps (in memory) to the token's public id.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use askama::Template;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Form, Json};
+use dashmap::DashMap;
+use sha2::{Digest, Sha256};
+use shimgate_registry::{
+    InvitationRow, Invitee, IssuedToken, NewInvitation, NewToken, RedeemError, Redemption, TokenRow,
+};
+use shimgate_wire::code::EnrollmentCode;
+use shimgate_wire::identity::check_device_name;
+use shimgate_wire::{clock, pki};
+
+use super::Peer;
+use super::auth::{CsrfOnly, Nav};
+use super::{Actor, Console, Failure, error_page, render, when};
+use crate::enroll::VPN_DOMAIN;
+
+/// How long an enrollment code made from an invitation stays valid.
+const CODE_LIFETIME: i64 = 3600;
+/// How long an invitation page may poll for its device.
+const WATCH_LIFETIME: Duration = Duration::from_secs(2 * 3600);
+/// Watches held at once.
+const MAX_WATCHES: usize = 10_000;
+
+/// Poll keys of invitation pages → the public id of the token they wait on.
+#[derive(Default)]
+pub struct Watches {
+    by_hash: DashMap<[u8; 32], (String, Instant)>,
+}
+
+impl Watches {
+    fn add(&self, token_id_hex: String) -> String {
+        let now = Instant::now();
+        if self.by_hash.len() >= MAX_WATCHES {
+            self.by_hash
+                .retain(|_, (_, at)| now.duration_since(*at) < WATCH_LIFETIME);
+        }
+        let key = hex::encode(rand::random::<[u8; 32]>());
+        self.by_hash
+            .insert(Sha256::digest(key.as_bytes()).into(), (token_id_hex, now));
+        key
+    }
+
+    fn get(&self, key: &str) -> Option<String> {
+        let h: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        let found = self.by_hash.get(&h).map(|e| e.value().clone());
+        match found {
+            Some((token, at)) if at.elapsed() < WATCH_LIFETIME => Some(token),
+            Some(_) => {
+                self.by_hash.remove(&h);
+                None
+            }
+            None => None,
+        }
+    }
+}
+
+/// An enrollment code and how to show it.
+pub(crate) struct CodeView {
+    pub code: String,
+    pub qr_svg: String,
+    pub user: String,
+    pub expires: String,
+}
+
+/// The QR code of `text` as an inline `<svg>` element; empty if it cannot be made.
+fn qr_svg(text: &str) -> String {
+    match qrcode::QrCode::new(text.as_bytes()) {
+        Ok(q) => {
+            let svg = q
+                .render::<qrcode::render::svg::Color>()
+                .min_dimensions(240, 240)
+                .build();
+            // Drop the XML declaration: the element goes inside an HTML page.
+            svg.find("<svg")
+                .and_then(|i| svg.get(i..))
+                .unwrap_or_default()
+                .to_owned()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot make a QR code");
+            String::new()
+        }
+    }
+}
+
+/// A form's `1h`/`7d`-style duration, within reason.
+fn lifetime(s: &str) -> Result<i64, Failure> {
+    let secs = clock::parse_duration(s).map_err(|e| Failure::new(StatusCode::BAD_REQUEST, e))?;
+    if secs > 90 * 86400 {
+        return Err(Failure::new(StatusCode::BAD_REQUEST, "at most 90 days"));
+    }
+    Ok(secs)
+}
+
+fn uses(n: u32) -> Result<u32, Failure> {
+    if !(1..=1000).contains(&n) {
+        return Err(Failure::new(
+            StatusCode::BAD_REQUEST,
+            "uses must be between 1 and 1000",
+        ));
+    }
+    Ok(n)
+}
+
+/// What creating an invitation hands back, once.
+#[derive(Debug, serde::Serialize)]
+pub struct CreatedInvitation {
+    pub id: String,
+    pub link: String,
+    pub expires_at: i64,
+}
+
+/// What creating an enrollment token hands back, once.
+#[derive(Debug, serde::Serialize)]
+pub struct CreatedToken {
+    pub id: String,
+    pub user: String,
+    pub code: String,
+    pub command: String,
+    pub expires_at: i64,
+}
+
+impl Console {
+    fn code_for(&self, t: &IssuedToken) -> String {
+        EnrollmentCode {
+            gateway: self.gw.config.public_addr.clone(),
+            ca_fingerprint: self.gw.ca.fingerprint(),
+            token_id: t.id,
+            secret: t.secret,
+            expires_at: t.expires_at,
+        }
+        .to_string()
+    }
+
+    pub(crate) async fn create_invitation(
+        &self,
+        who: &Actor,
+        invitee: Invitee,
+        n: u32,
+        valid_for: &str,
+    ) -> Result<CreatedInvitation, Failure> {
+        let n = uses(n)?;
+        let expires_at = clock::now() + lifetime(valid_for)?;
+        let target = match &invitee {
+            Invitee::User(u) => format!("user:{u}"),
+            Invitee::Group(g) => format!("group:{g}"),
+        };
+        let inv = self
+            .gw
+            .registry
+            .create_invitation(NewInvitation {
+                invitee,
+                created_by: who.name.clone(),
+                expires_at,
+                uses: n,
+            })
+            .await?;
+        self.audit(
+            who,
+            "invitation.create",
+            &target,
+            format!("id={} uses={n}", inv.id_hex()),
+        )
+        .await;
+        Ok(CreatedInvitation {
+            link: format!(
+                "{}/invite/{}?s={}",
+                self.base_url,
+                inv.id_hex(),
+                inv.secret_hex()
+            ),
+            id: inv.id_hex(),
+            expires_at,
+        })
+    }
+
+    pub(crate) async fn cancel_invitation(&self, who: &Actor, id: &str) -> Result<(), Failure> {
+        if !self.gw.registry.cancel_invitation(id).await? {
+            return Err(Failure::new(
+                StatusCode::NOT_FOUND,
+                format!("no open invitation {id}"),
+            ));
+        }
+        self.audit(who, "invitation.cancel", id, String::new())
+            .await;
+        Ok(())
+    }
+
+    pub(crate) async fn invitations(&self) -> Result<Vec<InvitationRow>, Failure> {
+        Ok(self.gw.registry.list_invitations(clock::now()).await?)
+    }
+
+    pub(crate) async fn create_token(
+        &self,
+        who: &Actor,
+        user: &str,
+        n: u32,
+        valid_for: &str,
+    ) -> Result<CreatedToken, Failure> {
+        let n = uses(n)?;
+        let expires_at = clock::now() + lifetime(valid_for)?;
+        if self.gw.registry.user_by_name(user).await?.is_none() {
+            return Err(Failure::new(
+                StatusCode::NOT_FOUND,
+                format!("no user {user}: add the user first"),
+            ));
+        }
+        let t = self
+            .gw
+            .registry
+            .create_token(NewToken {
+                user: user.to_owned(),
+                created_by: who.name.clone(),
+                expires_at,
+                uses: n,
+            })
+            .await?;
+        self.audit(
+            who,
+            "token.create",
+            user,
+            format!("id={} uses={n}", t.id_hex()),
+        )
+        .await;
+        let code = self.code_for(&t);
+        Ok(CreatedToken {
+            id: t.id_hex(),
+            user: t.user.clone(),
+            command: format!("shimgate enroll {code}"),
+            code,
+            expires_at,
+        })
+    }
+
+    pub(crate) async fn cancel_token(&self, who: &Actor, id: &str) -> Result<(), Failure> {
+        if !self.gw.registry.cancel_token(id).await? {
+            return Err(Failure::new(
+                StatusCode::NOT_FOUND,
+                format!("no open token {id}"),
+            ));
+        }
+        self.audit(who, "token.cancel", id, String::new()).await;
+        Ok(())
+    }
+
+    pub(crate) async fn tokens(&self) -> Result<Vec<TokenRow>, Failure> {
+        Ok(self.gw.registry.list_tokens(clock::now()).await?)
+    }
+}
+
+fn state(cancelled: bool, expired: bool, left: u32) -> &'static str {
+    if cancelled {
+        "cancelled"
+    } else if expired {
+        "expired"
+    } else if left == 0 {
+        "used"
+    } else {
+        "open"
+    }
+}
+
+struct InvitationLine {
+    id: String,
+    invitee: String,
+    uses: String,
+    expires: String,
+    state: &'static str,
+}
+
+struct TokenLine {
+    id: String,
+    user: String,
+    uses_left: u32,
+    expires: String,
+    state: &'static str,
+}
+
+#[derive(Template)]
+#[template(path = "invitations.html")]
+struct AdminPage {
+    title: &'static str,
+    nav: Option<Nav>,
+    invitations: Vec<InvitationLine>,
+    tokens: Vec<TokenLine>,
+    new_link: Option<String>,
+    new_code: Option<CodeView>,
+}
+
+async fn admin_view(
+    c: &Console,
+    nav: Nav,
+    new_link: Option<String>,
+    new_code: Option<CodeView>,
+) -> Response {
+    let (invs, toks) = match (c.invitations().await, c.tokens().await) {
+        (Ok(i), Ok(t)) => (i, t),
+        (Err(f), _) | (_, Err(f)) => return error_page(f.status, &f.message),
+    };
+    render(&AdminPage {
+        title: "Invitations and enrollment codes",
+        nav: Some(nav),
+        invitations: invs
+            .into_iter()
+            .map(|i| InvitationLine {
+                state: state(i.cancelled, i.expired, i.uses_left),
+                invitee: match i.invitee {
+                    Invitee::User(u) => format!("user {u}"),
+                    Invitee::Group(g) => format!("group {g}"),
+                },
+                uses: format!("{} of {} left", i.uses_left, i.max_uses),
+                expires: clock::show(i.expires_at),
+                id: i.id_hex,
+            })
+            .collect(),
+        tokens: toks
+            .into_iter()
+            .map(|t| TokenLine {
+                state: state(t.cancelled, t.expired, t.uses_left),
+                user: t.user,
+                uses_left: t.uses_left,
+                expires: clock::show(t.expires_at),
+                id: t.id_hex,
+            })
+            .collect(),
+        new_link,
+        new_code,
+    })
+}
+
+pub async fn admin_page(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
+    match c.page_session(&headers) {
+        Ok(nav) => admin_view(&c, nav, None, None).await,
+        Err(r) => r,
+    }
+}
+
+#[derive(serde::Deserialize)]
+pub struct InvitationForm {
+    #[serde(default)]
+    csrf: String,
+    /// `user` or `group`.
+    #[serde(default)]
+    kind: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default = "one")]
+    uses: u32,
+    #[serde(default = "day")]
+    expires: String,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn day() -> String {
+    "24h".into()
+}
+
+pub async fn create_invitation_form(
+    State(c): State<Arc<Console>>,
+    ConnectInfo(Peer(addr)): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    Form(f): Form<InvitationForm>,
+) -> Response {
+    let who = match c.form_session(&headers, addr, &f.csrf) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let name = f.name.trim().to_owned();
+    let invitee = if f.kind == "group" {
+        Invitee::Group(name)
+    } else {
+        Invitee::User(name)
+    };
+    match c.create_invitation(&who, invitee, f.uses, &f.expires).await {
+        Ok(inv) => match c.page_session(&headers) {
+            Ok(nav) => admin_view(&c, nav, Some(inv.link), None).await,
+            Err(r) => r,
+        },
+        Err(e) => c.done(&headers, "/invitations", Err(e.message)),
+    }
+}
+
+#[derive(serde::Deserialize)]
+pub struct TokenForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    user: String,
+    #[serde(default = "one")]
+    uses: u32,
+    #[serde(default = "day")]
+    expires: String,
+}
+
+pub async fn create_token_form(
+    State(c): State<Arc<Console>>,
+    ConnectInfo(Peer(addr)): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    Form(f): Form<TokenForm>,
+) -> Response {
+    let who = match c.form_session(&headers, addr, &f.csrf) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    match c
+        .create_token(&who, f.user.trim(), f.uses, &f.expires)
+        .await
+    {
+        Ok(t) => match c.page_session(&headers) {
+            Ok(nav) => {
+                let view = CodeView {
+                    qr_svg: qr_svg(&t.code),
+                    code: t.code,
+                    user: t.user,
+                    expires: clock::show(t.expires_at),
+                };
+                admin_view(&c, nav, None, Some(view)).await
+            }
+            Err(r) => r,
+        },
+        Err(e) => c.done(&headers, "/invitations", Err(e.message)),
+    }
+}
+
+pub async fn cancel_invitation_form(
+    State(c): State<Arc<Console>>,
+    ConnectInfo(Peer(addr)): ConnectInfo<Peer>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Form(f): Form<CsrfOnly>,
+) -> Response {
+    let who = match c.form_session(&headers, addr, &f.csrf) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let result = c
+        .cancel_invitation(&who, &id)
+        .await
+        .map(|()| "Invitation cancelled.".to_owned())
+        .map_err(|f| f.message);
+    c.done(&headers, "/invitations", result)
+}
+
+pub async fn cancel_token_form(
+    State(c): State<Arc<Console>>,
+    ConnectInfo(Peer(addr)): ConnectInfo<Peer>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Form(f): Form<CsrfOnly>,
+) -> Response {
+    let who = match c.form_session(&headers, addr, &f.csrf) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let result = c
+        .cancel_token(&who, &id)
+        .await
+        .map(|()| "Enrollment code cancelled.".to_owned())
+        .map_err(|f| f.message);
+    c.done(&headers, "/invitations", result)
+}
+
+// ----- the public invitation page -----
+
+#[derive(Template)]
+#[template(path = "invite.html")]
+struct InvitePage {
+    title: &'static str,
+    nav: Option<Nav>,
+    id: String,
+    secret: String,
+    form: String,
+    for_group: bool,
+    invitee: String,
+    device: String,
+    user: String,
+    error: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "invite_code.html")]
+struct InviteCodePage {
+    title: &'static str,
+    nav: Option<Nav>,
+    code: CodeView,
+    watch: String,
+    device: String,
+}
+
+#[derive(serde::Deserialize)]
+pub struct LinkQuery {
+    #[serde(default)]
+    s: String,
+}
+
+fn parse_link(id: &str, secret: &str) -> Option<([u8; 16], [u8; 32])> {
+    let id: [u8; 16] = pki::unhex(id)?.try_into().ok()?;
+    let secret: [u8; 32] = pki::unhex(secret)?.try_into().ok()?;
+    Some((id, secret))
+}
+
+fn refused(e: &RedeemError) -> Response {
+    match e {
+        RedeemError::Unknown => error_page(
+            StatusCode::NOT_FOUND,
+            "This invitation link is not valid. Check that you copied all of it.",
+        ),
+        RedeemError::Expired => error_page(
+            StatusCode::GONE,
+            "This invitation has expired: ask your administrator for a new one.",
+        ),
+        RedeemError::UsedUp => error_page(
+            StatusCode::GONE,
+            "This invitation has been used up: ask your administrator for a new one.",
+        ),
+        RedeemError::Cancelled => error_page(
+            StatusCode::GONE,
+            "This invitation was cancelled by an administrator.",
+        ),
+        RedeemError::Db(e) => {
+            tracing::error!(error = %e, "checking an invitation failed");
+            error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The gateway's registry is unavailable; try again shortly.",
+            )
+        }
+    }
+}
+
+fn invitee_text(i: &Invitee) -> (bool, String) {
+    match i {
+        Invitee::User(u) => (false, format!("user {u}")),
+        Invitee::Group(g) => (true, format!("group {g}")),
+    }
+}
+
+pub async fn public_page(
+    State(c): State<Arc<Console>>,
+    Path(id): Path<String>,
+    Query(q): Query<LinkQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let Some((id_bytes, secret)) = parse_link(&id, &q.s) else {
+        return refused(&RedeemError::Unknown);
+    };
+    let inv = match c
+        .gw
+        .registry
+        .check_invitation(&id_bytes, &secret, clock::now())
+        .await
+    {
+        Ok(i) => i,
+        Err(e) => return refused(&e),
+    };
+    let (form, set) = c.form_token(&headers);
+    let (for_group, invitee) = invitee_text(&inv.invitee);
+    let mut resp = render(&InvitePage {
+        title: "Add a device",
+        nav: None,
+        id,
+        secret: q.s,
+        form,
+        for_group,
+        invitee,
+        device: String::new(),
+        user: String::new(),
+        error: None,
+    });
+    if let Some(v) = set {
+        resp.headers_mut().append(axum::http::header::SET_COOKIE, v);
+    }
+    resp
+}
+
+#[derive(serde::Deserialize)]
+pub struct RedeemForm {
+    #[serde(default)]
+    s: String,
+    #[serde(default)]
+    form: String,
+    #[serde(default)]
+    device: String,
+    #[serde(default)]
+    user: String,
+}
+
+pub async fn redeem(
+    State(c): State<Arc<Console>>,
+    ConnectInfo(Peer(addr)): ConnectInfo<Peer>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Form(f): Form<RedeemForm>,
+) -> Response {
+    if !c.gw.enroll_limit.allow(addr.ip()) {
+        return error_page(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many attempts from this address: wait a minute and try again.",
+        );
+    }
+    let Some((id_bytes, secret)) = parse_link(&id, &f.s) else {
+        return refused(&RedeemError::Unknown);
+    };
+    let now = clock::now();
+    let inv = match c
+        .gw
+        .registry
+        .check_invitation(&id_bytes, &secret, now)
+        .await
+    {
+        Ok(i) => i,
+        Err(e) => return refused(&e),
+    };
+    let (for_group, invitee) = invitee_text(&inv.invitee);
+    let device = f.device.trim().to_ascii_lowercase();
+    let user = f.user.trim().to_owned();
+    // A refused form is shown again with the browser's current token (or a new one).
+    let (form, set_cookie) = c.form_token(&headers);
+    let again = |status: StatusCode, error: String| {
+        let page = InvitePage {
+            title: "Add a device",
+            nav: None,
+            id: id.clone(),
+            secret: f.s.clone(),
+            form: form.clone(),
+            for_group,
+            invitee: invitee.clone(),
+            device: device.clone(),
+            user: user.clone(),
+            error: Some(error),
+        };
+        let mut resp = (status, render(&page)).into_response();
+        if let Some(v) = set_cookie.clone() {
+            resp.headers_mut().append(axum::http::header::SET_COOKIE, v);
+        }
+        resp
+    };
+    if !c.form_token_ok(&headers, &f.form) {
+        return again(
+            StatusCode::FORBIDDEN,
+            "This form had expired (CSRF check failed): reload the page and try again.".into(),
+        );
+    }
+    if let Err(e) = check_device_name(&device) {
+        return again(StatusCode::BAD_REQUEST, e.to_string());
+    }
+    let redemption = Redemption {
+        device_name: device.clone(),
+        user_name: for_group.then(|| user.clone()),
+        token_expires_at: now + CODE_LIFETIME,
+    };
+    let token = match c
+        .gw
+        .registry
+        .redeem_invitation(&id_bytes, &secret, redemption, now)
+        .await
+    {
+        Ok(t) => t,
+        Err(RedeemError::Db(
+            e @ (shimgate_registry::Error::Invalid { .. } | shimgate_registry::Error::Conflict(_)),
+        )) => {
+            return again(StatusCode::BAD_REQUEST, e.to_string());
+        }
+        Err(e) => return refused(&e),
+    };
+    let actor = Actor {
+        name: format!("invitee:{}", token.user),
+        addr,
+    };
+    c.audit(
+        &actor,
+        "invitation.redeem",
+        &id,
+        format!("device={device} token={}", token.id_hex()),
+    )
+    .await;
+    let code = c.code_for(&token);
+    let watch = c.watches.add(token.id_hex());
+    render(&InviteCodePage {
+        title: "Your enrollment code",
+        nav: None,
+        code: CodeView {
+            qr_svg: qr_svg(&code),
+            code,
+            user: token.user,
+            expires: when(Some(token.expires_at)),
+        },
+        watch,
+        device,
+    })
+}
+
+#[derive(serde::Deserialize)]
+pub struct StatusForm {
+    #[serde(default)]
+    key: String,
+}
+
+/// What the invitation page polls for.
+#[derive(serde::Serialize)]
+pub struct EnrollStatus {
+    enrolled: bool,
+    /// Enrolled, but an admin must approve the device before it can connect.
+    awaiting_approval: bool,
+    device_name: Option<String>,
+    vpn_name: Option<String>,
+    vpn_ip: Option<String>,
+}
+
+pub async fn status(State(c): State<Arc<Console>>, Form(f): Form<StatusForm>) -> Response {
+    let Some(token) = c.watches.get(&f.key) else {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({"error": "unknown or expired key"})),
+        )
+            .into_response();
+    };
+    match c.gw.registry.token_device(&token).await {
+        Ok(Some(d)) => Json(EnrollStatus {
+            enrolled: true,
+            awaiting_approval: d.status == shimgate_registry::DeviceStatus::Pending,
+            vpn_name: Some(format!("{}.{VPN_DOMAIN}", d.name)),
+            vpn_ip: Some(d.vpn_ip.to_string()),
+            device_name: Some(d.name),
+        })
+        .into_response(),
+        Ok(None) => Json(EnrollStatus {
+            enrolled: false,
+            awaiting_approval: false,
+            device_name: None,
+            vpn_name: None,
+            vpn_ip: None,
+        })
+        .into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "polling an enrollment failed");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(serde_json::json!({"error": "registry unavailable"})),
+            )
+                .into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qr_is_an_svg_element() {
+        let svg = qr_svg("sg1-AAAA");
+        assert!(svg.starts_with("<svg"), "{svg}");
+        assert!(!svg.contains("<?xml"));
+    }
+
+    #[test]
+    fn links_parse_strictly() {
+        let (id, s) = ("00".repeat(16), "11".repeat(32));
+        assert!(parse_link(&id, &s).is_some());
+        assert!(parse_link(&id, "").is_none());
+        assert!(parse_link("zz", &s).is_none());
+        assert!(parse_link(&id, &"1".repeat(63)).is_none());
+        assert!(parse_link(&"00".repeat(17), &s).is_none());
+    }
+
+    #[test]
+    fn watches_map_keys_to_tokens() {
+        let w = Watches::default();
+        let key = w.add("abc".into());
+        assert_eq!(w.get(&key).as_deref(), Some("abc"));
+        assert_eq!(w.get("other"), None);
+    }
+}

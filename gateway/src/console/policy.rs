@@ -1,0 +1,181 @@
+//! Policy rules: list, add (with the registry's validation messages), remove.
+
+use std::sync::Arc;
+
+use askama::Template;
+use axum::Form;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use shimgate_registry::{Action, Dest, NewRule, Rule, Subject};
+
+use super::Peer;
+use super::auth::{CsrfOnly, Nav};
+use super::{Actor, Console, Failure, render};
+
+/// A rule as typed into the form or sent to the API.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct RuleInput {
+    /// `allow` or `deny`.
+    #[serde(default)]
+    pub action: String,
+    /// A CIDR, an IP or a domain suffix.
+    #[serde(default)]
+    pub to: String,
+    /// `80`, `8000-8100`; empty means all.
+    #[serde(default)]
+    pub ports: String,
+    /// `*`, `user:NAME` or `group:NAME`; empty means everyone.
+    #[serde(default)]
+    pub subject: String,
+}
+
+fn bad(e: impl std::fmt::Display) -> Failure {
+    Failure::new(StatusCode::BAD_REQUEST, e.to_string())
+}
+
+impl Console {
+    pub(crate) async fn rules(&self) -> Result<Vec<Rule>, Failure> {
+        Ok(self.gw.registry.list_rules().await?)
+    }
+
+    pub(crate) async fn add_rule(&self, who: &Actor, r: &RuleInput) -> Result<Rule, Failure> {
+        let action: Action = r.action.trim().parse().map_err(bad)?;
+        let dest: Dest = r.to.trim().parse().map_err(bad)?;
+        let subject: Subject = match r.subject.trim() {
+            "" => Subject::Everyone,
+            s => s.parse().map_err(bad)?,
+        };
+        let ports = match r.ports.trim() {
+            "" => "1-65535",
+            p => p,
+        };
+        let (port_lo, port_hi) = crate::cli::parse_ports(ports).map_err(bad)?;
+        let rule = self
+            .gw
+            .registry
+            .add_rule(NewRule {
+                subject,
+                dest,
+                port_lo,
+                port_hi,
+                action,
+                created_by: who.name.clone(),
+            })
+            .await?;
+        self.refresh_cache().await;
+        self.audit(
+            who,
+            "policy.add",
+            &rule.id.to_string(),
+            format!(
+                "{} {} -> {} ports {}-{}",
+                rule.action, rule.subject, rule.dest, rule.port_lo, rule.port_hi
+            ),
+        )
+        .await;
+        Ok(rule)
+    }
+
+    pub(crate) async fn remove_rule(&self, who: &Actor, id: i64) -> Result<(), Failure> {
+        if !self.gw.registry.remove_rule(id).await? {
+            return Err(Failure::new(StatusCode::NOT_FOUND, format!("no rule {id}")));
+        }
+        self.refresh_cache().await;
+        self.audit(who, "policy.remove", &id.to_string(), String::new())
+            .await;
+        Ok(())
+    }
+}
+
+struct RuleLine {
+    id: i64,
+    action: String,
+    subject: String,
+    dest: String,
+    ports: String,
+    created_by: String,
+}
+
+#[derive(Template)]
+#[template(path = "policy.html")]
+struct PolicyPage {
+    title: &'static str,
+    nav: Option<Nav>,
+    rules: Vec<RuleLine>,
+}
+
+pub async fn page(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
+    let nav = match c.page_session(&headers) {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    let rules = match c.rules().await {
+        Ok(r) => r,
+        Err(f) => return super::error_page(f.status, &f.message),
+    };
+    render(&PolicyPage {
+        title: "Policy",
+        nav: Some(nav),
+        rules: rules
+            .into_iter()
+            .map(|r| RuleLine {
+                id: r.id,
+                action: r.action.to_string(),
+                subject: r.subject.to_string(),
+                dest: r.dest.to_string(),
+                ports: if r.port_lo == r.port_hi {
+                    r.port_lo.to_string()
+                } else {
+                    format!("{}-{}", r.port_lo, r.port_hi)
+                },
+                created_by: r.created_by,
+            })
+            .collect(),
+    })
+}
+
+#[derive(serde::Deserialize)]
+pub struct RuleForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(flatten)]
+    rule: RuleInput,
+}
+
+pub async fn add_form(
+    State(c): State<Arc<Console>>,
+    ConnectInfo(Peer(addr)): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    Form(f): Form<RuleForm>,
+) -> Response {
+    let who = match c.form_session(&headers, addr, &f.csrf) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let result = c
+        .add_rule(&who, &f.rule)
+        .await
+        .map(|r| format!("Rule {} added.", r.id))
+        .map_err(|f| f.message);
+    c.done(&headers, "/policy", result)
+}
+
+pub async fn remove_form(
+    State(c): State<Arc<Console>>,
+    ConnectInfo(Peer(addr)): ConnectInfo<Peer>,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+    Form(f): Form<CsrfOnly>,
+) -> Response {
+    let who = match c.form_session(&headers, addr, &f.csrf) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let result = c
+        .remove_rule(&who, id)
+        .await
+        .map(|()| format!("Rule {id} removed."))
+        .map_err(|f| f.message);
+    c.done(&headers, "/policy", result)
+}

@@ -62,6 +62,14 @@ pub struct Cache {
     rules: RwLock<Arc<Vec<Rule>>>,
     live: DashMap<u64, LiveConn>,
     next_conn: AtomicU64,
+    /// One reload at a time, applied in the order their snapshots were
+    /// read: an older snapshot applied last would undo a revocation.
+    reloading: tokio::sync::Mutex<()>,
+    /// Counts reloads; certificates this gateway issued are remembered with
+    /// the count at the time, so a reload whose snapshot was read before
+    /// they were committed does not drop them.
+    epoch: AtomicU64,
+    issued: DashMap<String, u64>,
 }
 
 /// Removes a live connection from the cache when the connection ends.
@@ -90,6 +98,8 @@ impl Cache {
 
     /// Adds a certificate this gateway just issued.
     pub fn insert(&self, id: Identity) {
+        self.issued
+            .insert(id.fingerprint.clone(), self.epoch.load(Ordering::SeqCst));
         self.certs.insert(id.fingerprint.clone(), Arc::new(id));
     }
 
@@ -110,13 +120,19 @@ impl Cache {
 
     /// Replaces the certificate table, then cuts connections whose
     /// certificate is no longer valid.
-    fn set_certs(&self, states: Vec<CertState>) {
+    /// Replaces the certificate table with a snapshot read during reload
+    /// `epoch`, keeping certificates issued here since that reload began.
+    fn set_certs(&self, states: Vec<CertState>, epoch: u64) {
         let fresh: std::collections::HashSet<String> =
             states.iter().map(|c| c.fingerprint_hex.clone()).collect();
         for state in states {
-            self.insert(state.into());
+            let id: Identity = state.into();
+            self.certs.insert(id.fingerprint.clone(), Arc::new(id));
         }
-        self.certs.retain(|fp, _| fresh.contains(fp));
+        let issued_since = |fp: &String| self.issued.get(fp).is_some_and(|e| *e >= epoch);
+        self.certs
+            .retain(|fp, _| fresh.contains(fp) || issued_since(fp));
+        self.issued.retain(|_, e| *e >= epoch);
         self.cut_invalid();
     }
 
@@ -165,10 +181,12 @@ impl Cache {
 
     /// Loads everything from the registry once.
     pub async fn reload(&self, registry: &Registry) -> Result<(), shimgate_registry::Error> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let epoch = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
         let certs = registry.certificate_states(clock::now()).await?;
         let rules = registry.list_rules().await?;
         self.set_rules(rules);
-        self.set_certs(certs);
+        self.set_certs(certs, epoch);
         Ok(())
     }
 }
@@ -227,5 +245,42 @@ pub async fn refresh(cache: Arc<Cache>, registry: Registry, stop: CancellationTo
             _ = tokio::time::sleep(wait) => {}
             _ = stop.cancelled() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity(fp: &str) -> Identity {
+        Identity {
+            fingerprint: fp.into(),
+            device_id: 1,
+            device_name: "d".into(),
+            user_name: "u".into(),
+            groups: vec![],
+            vpn_ip: Ipv4Addr::new(100, 64, 0, 1),
+            not_after: i64::MAX,
+            revoked: false,
+        }
+    }
+
+    #[test]
+    fn a_reload_keeps_certificates_issued_after_its_snapshot_and_drops_older_ones() {
+        let cache = Cache::default();
+        cache.insert(identity("before"));
+        // a reload begins (its snapshot has neither), then "during" is issued
+        let epoch = cache.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        cache.insert(identity("during"));
+        cache.set_certs(Vec::new(), epoch);
+        assert!(matches!(cache.status("during"), CertStatus::Active(_)));
+        assert!(
+            matches!(cache.status("before"), CertStatus::Unknown),
+            "a certificate the registry no longer lists must go"
+        );
+        // the next reload's snapshot is authoritative for it
+        let epoch = cache.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        cache.set_certs(Vec::new(), epoch);
+        assert!(matches!(cache.status("during"), CertStatus::Unknown));
     }
 }

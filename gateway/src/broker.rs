@@ -35,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cache::{Cache, CertStatus, Identity};
 use crate::policy::{self, Target};
+use crate::sessions::PeerLog;
 
 /// How long a granted session may take to start its handshake (or relay).
 pub const SESSION_TTL: Duration = Duration::from_secs(10);
@@ -94,6 +95,8 @@ pub struct Broker {
     next_stream: AtomicU64,
     /// Bytes the gateway has relayed for peer sessions (all ciphertext).
     pub relayed_bytes: AtomicU64,
+    /// Recent sessions and path counts, for the console.
+    pub log: PeerLog,
 }
 
 /// What a device asked for, resolved.
@@ -115,6 +118,7 @@ impl Broker {
             relays: DashMap::new(),
             next_stream: AtomicU64::new(0),
             relayed_bytes: AtomicU64::new(0),
+            log: PeerLog::default(),
         }
     }
 
@@ -201,6 +205,8 @@ impl Broker {
             return Err(e);
         }
         tracing::info!(from = %who.device_name, to = %target.name, port = req.port, %session, "peer session granted");
+        self.log
+            .granted(session, &who.device_name, &target.name, req.port);
         audit(
             registry,
             &who.device_name,
@@ -362,6 +368,8 @@ impl Broker {
                 received,
                 why,
             } => {
+                self.log
+                    .ended(session, &who.device_name, path, sent, received);
                 let detail = match why {
                     Some(why) => format!(
                         "session {session} ended: {path} ({why}), {sent} bytes sent, {received} received (as the device reports)"
@@ -473,10 +481,12 @@ impl Broker {
                     .send_response(ok, false)
                     .map_err(|_| TunnelError::General)?;
                 tracing::info!(from = %who.device_name, to = %responder, port, %session, "peer session relayed");
+                self.log.relaying(session);
                 let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
                 let joined = splice::join((send, req.into_body()), theirs, &up, &down).await;
                 let (up, down) = (up.into_inner(), down.into_inner());
                 self.relayed_bytes.fetch_add(up + down, Ordering::Relaxed);
+                self.log.relay_ended(session, up, down);
                 let how = match joined {
                     Ok(()) => "ended".to_owned(),
                     Err(e) => format!("ended with an error ({e})"),

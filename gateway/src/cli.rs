@@ -454,6 +454,7 @@ pub async fn start(
     let broker = Arc::new(crate::broker::Broker::new(&config.vpn_domain, own));
     let gw = Gateway {
         broker,
+        tunnels: Default::default(),
         registry,
         cache,
         ca,

@@ -9,6 +9,7 @@
 //! - [`server`]: accept loop, per-connection HTTP/2, request dispatch, tunnels.
 //! - [`enroll`]: enrollment and renewal handlers.
 //! - [`broker`]: peer sessions: who is online, key brokering, the relay.
+//! - [`sessions`]: open tunnels and recent peer sessions, for the console.
 //! - [`dial`]: aliases, name resolution, connecting.
 //! - [`policy`]: who may reach what; [`ratelimit`]: per-address token buckets.
 //! - [`console`]: the web console, the JSON API, metrics and health checks.
@@ -26,4 +27,5 @@ pub mod paths;
 pub mod policy;
 pub mod ratelimit;
 pub mod server;
+pub mod sessions;
 pub mod tls;

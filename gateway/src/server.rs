@@ -56,6 +56,8 @@ pub struct Gateway {
     pub connections: Arc<tokio::sync::Semaphore>,
     /// Who is online for peer sessions; brokers and relays them.
     pub broker: Arc<Broker>,
+    /// Tunnels open now, for the console.
+    pub tunnels: crate::sessions::Tunnels,
 }
 
 impl Gateway {
@@ -324,6 +326,7 @@ impl Gateway {
             }
         };
         tracing::debug!(device = %who.device_name, dest = %authority, "tunnel open");
+        let _open = self.tunnels.open(&who.device_name, authority.as_str());
         metrics::counter!("shimgate_streams_total").increment(1);
         match splice::splice(sock, send, req.into_body()).await {
             Ok(moved) => {

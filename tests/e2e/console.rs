@@ -1345,3 +1345,81 @@ fn audit_log_pages_and_filters() {
     let none = a.get("/audit?actor=nobody");
     assert_eq!(none.body.matches("<td>user.add</td>").count(), 0);
 }
+
+/// The sessions page and `GET /api/v1/sessions`: an open tunnel through the
+/// gateway, and a peer session with its path and bytes once it ended; the
+/// devices page counts it, `/metrics` has it by path.
+#[test]
+fn sessions_show_tunnels_and_peer_sessions() {
+    let stream = Origin::start(
+        V4,
+        Mode::Stream {
+            chunk: 64,
+            every: Duration::from_millis(50),
+        },
+    );
+    let bob_page = Origin::http(V4, "bob's page for the console");
+    let c = console(Backend::Sqlite, &["127.0.0.1/32"]);
+    c.gw.allow(
+        "bob.vpn.internal",
+        &["--ports", &bob_page.port().to_string()],
+    );
+    let alice = Device::enrolled_up(&c.gw, "alice", "alice");
+    let mut bob = Device::enrolled(&c.gw, "bob", "bob");
+    bob.cli(&["export", &bob_page.port().to_string()])
+        .expect_ok();
+    bob.up();
+    poll(
+        "bob to serve its page peer to peer",
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || {
+            let url = format!("http://bob.vpn.internal:{}/", bob_page.port());
+            let out = curl(None, Some("--socks5-hostname"), Some(alice.socks), &url);
+            out.stdout.contains("bob's page").then_some(())
+        },
+    );
+    let _tunnel = connect_ok(alice.socks, V4, stream.port());
+
+    let auth = api_token(&mut c.admin());
+    let mut api = Agent::new(c.addr);
+    let view = poll(
+        "the peer session to be reported ended, with the tunnel open",
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        || {
+            let r = api.send("GET", "/api/v1/sessions", &[("Authorization", &auth)], "");
+            let v: serde_json::Value = serde_json::from_str(&r.body).ok()?;
+            let ended = v["peers"].as_array()?.iter().any(|p| {
+                p["from"] == "alice"
+                    && p["to"] == "bob"
+                    && p["state"] == "ended"
+                    && p["path"] == "direct"
+                    && p["received"].as_u64().unwrap_or(0) > 0
+            });
+            let tunnel = v["tunnels"].as_array()?.iter().any(|t| {
+                t["device"] == "alice" && t["dest"] == format!("127.0.0.1:{}", stream.port())
+            });
+            (ended && tunnel).then_some(v)
+        },
+    );
+    assert!(view["peer_online"].as_u64().unwrap_or(0) >= 2, "{view}");
+    let r = api.send("GET", "/api/v1/sessions", &[], "");
+    assert_eq!(r.status, 401, "sessions without a token: {r:?}");
+
+    let mut admin = c.admin();
+    let page = admin.get("/sessions");
+    assert_eq!(page.status, 200, "{page:?}");
+    assert!(
+        page.body.contains("id=\"peer-sessions\"") && page.body.contains("direct"),
+        "{}",
+        page.body
+    );
+    let devices = admin.get("/devices").body;
+    assert!(devices.contains("1 direct, 0 relayed"), "{devices}");
+    let metrics = Agent::new(c.addr).get("/metrics").body;
+    assert!(
+        metrics.contains("shimgate_peer_sessions_total{path=\"direct\"}"),
+        "{metrics}"
+    );
+}

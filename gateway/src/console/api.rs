@@ -42,6 +42,7 @@ pub fn router() -> Router<Arc<Console>> {
         .route("/policy", get(rules).post(add_rule))
         .route("/policy/{id}", delete(remove_rule))
         .route("/audit", get(audit))
+        .route("/sessions", get(sessions))
         .fallback(|| async { fail(&Failure::new(StatusCode::NOT_FOUND, "no such endpoint")) })
 }
 
@@ -106,6 +107,14 @@ async fn devices(
     h: HeaderMap,
 ) -> Response {
     api!(c, h, a, |_who| c.devices().await)
+}
+
+async fn sessions(
+    State(c): State<Arc<Console>>,
+    ConnectInfo(Peer(a)): ConnectInfo<Peer>,
+    h: HeaderMap,
+) -> Response {
+    api!(c, h, a, |_who| Ok::<_, Failure>(c.sessions_view()))
 }
 
 async fn revoke(
@@ -410,7 +419,8 @@ pub fn openapi_document() -> serde_json::Value {
             }
         },
         "paths": {
-            "/devices": { "get": op("list devices with online state, last seen and certificate expiry", json!({})) },
+            "/devices": { "get": op("list devices with online state, last seen, certificate expiry and peer path counts", json!({})) },
+            "/sessions": { "get": op("tunnels open through the gateway, and recent peer sessions (path, state, bytes)", json!({})) },
             "/devices/{name}/revoke": { "post": op("revoke a device now (its connections close)", json!({ "parameters": path_param("name", "string") })) },
             "/devices/{name}/enable": { "post": op("lift a device's revocation", json!({ "parameters": path_param("name", "string") })) },
             "/devices/{name}/approve": { "post": op("let a device that awaits approval connect", json!({ "parameters": path_param("name", "string") })) },
@@ -570,7 +580,7 @@ mod tests {
     fn openapi_names_every_path() {
         let doc = super::openapi_document();
         let paths = doc["paths"].as_object().map(|p| p.len()).unwrap_or(0);
-        assert_eq!(paths, 14);
+        assert_eq!(paths, 15);
         assert_eq!(doc["openapi"], "3.0.3");
     }
 }

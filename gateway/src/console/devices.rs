@@ -26,6 +26,8 @@ pub struct DeviceView {
     pub created_at: i64,
     pub last_seen: Option<i64>,
     pub cert_not_after: Option<i64>,
+    /// Ended peer sessions this device took part in, by path.
+    pub peer_paths: crate::sessions::PathCounts,
 }
 
 impl Console {
@@ -39,6 +41,7 @@ impl Console {
             .into_iter()
             .map(|d| DeviceView {
                 online: online.contains(&d.device.id),
+                peer_paths: self.gw.broker.log.counts(&d.device.name),
                 name: d.device.name,
                 user: d.device.user_name,
                 vpn_ip: d.device.vpn_ip.to_string(),

@@ -7,6 +7,7 @@
 //!   sign-in throttling.
 //! - [`devices`]: devices and users; [`invite`]: invitations, enrollment tokens and the
 //!   public invitation page; [`policy`]: rules; [`audit`]: the audit log.
+//! - [`sessions`]: open tunnels and recent peer sessions.
 //! - [`api`]: `/api/v1` with bearer API tokens, and the API tokens page.
 //! - [`metrics`]: Prometheus metrics and health checks.
 //!
@@ -20,6 +21,7 @@ pub mod devices;
 pub mod invite;
 pub mod metrics;
 pub mod policy;
+pub mod sessions;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -197,6 +199,7 @@ fn router(console: Arc<Console>, tls: bool) -> Router {
         )
         .route("/devices", get(devices::page))
         .route("/devices/state", get(devices::states))
+        .route("/sessions", get(sessions::page))
         .route("/devices/{name}/revoke", post(devices::revoke_form))
         .route("/devices/{name}/enable", post(devices::enable_form))
         .route("/devices/{name}/approve", post(devices::approve_form))

@@ -1,8 +1,9 @@
 #!/bin/sh
 # The gateway service of docker-compose.yml (and of tests/e2e/compose.rs,
 # which runs this same file in a network namespace). First start: the CA,
-# the demo's policy, and one enrollment code per device in $SHIMGATE_SHARED.
-# Every start: migrations, then serve.
+# the demo's policy, one enrollment code per device in $SHIMGATE_SHARED, and
+# the console's first admin (its one-time password goes to this log:
+# `docker compose logs gateway`). Every start: serve, console included.
 set -eu
 umask 077
 if [ ! -f "$SHIMGATE_GATEWAY_DIR/gateway.toml" ]; then
@@ -17,5 +18,8 @@ if [ ! -f "$SHIMGATE_GATEWAY_DIR/gateway.toml" ]; then
             >"$SHIMGATE_SHARED/.$device.code"
         mv "$SHIMGATE_SHARED/.$device.code" "$SHIMGATE_SHARED/$device.code"
     done
+    shimgate-gateway admin create "$CONSOLE_ADMIN"
 fi
-exec shimgate-gateway serve
+# Plain HTTP on the container's network: docker-compose.yml publishes it on
+# the host's loopback only.
+exec shimgate-gateway serve --console "$CONSOLE_LISTEN" --console-url "$CONSOLE_URL" --insecure-http

@@ -292,7 +292,7 @@ fn docker_compose_topology_runs_for_real() {
     let _pg = Postgres::start(&nss[&"postgres".to_owned()], &tmp.join("postgres"));
     let bin_dir = bin("shimgate").parent().unwrap().to_path_buf();
     let mut procs = Vec::new();
-    let mut spawn = |name: &str| {
+    let spawn = |name: &str| -> Proc {
         let s = &services[name];
         assert_eq!(s.image, "shimgate:dev", "{name} runs our image");
         let mut cmd = Command::new("ip");
@@ -316,10 +316,10 @@ fn docker_compose_topology_runs_for_real() {
                 None => cmd.arg(part),
             };
         }
-        procs.push(Proc::spawn(name, &mut cmd, tmp));
+        Proc::spawn(name, &mut cmd, tmp)
     };
-    spawn("intranet");
-    spawn("gateway");
+    procs.push(spawn("intranet"));
+    procs.push(spawn("gateway"));
     let gw_ns = nss[&"gateway".to_owned()].name.clone();
     poll(
         "the gateway to serve",
@@ -330,8 +330,20 @@ fn docker_compose_topology_runs_for_real() {
             netns::can_connect(Some(&gw_ns), vpn_addr).then_some(())
         },
     );
-    spawn("alice");
-    spawn("bob");
+    // the console, with the first admin's one-time password in the gateway's log
+    let console = format!("http://{}:8080/login", addr_of("gateway"));
+    let login = curl_args(Some(&gw_ns), &[console.as_str()]);
+    assert!(
+        login.ok() && login.stdout.contains("Sign in"),
+        "the console at {console}: {login}"
+    );
+    let gateway_log = std::fs::read_to_string(&procs[1].stdout).unwrap_or_default();
+    assert!(
+        gateway_log.contains("one-time password"),
+        "the gateway's log shows no admin password:\n{gateway_log}"
+    );
+    procs.push(spawn("alice"));
+    procs.push(spawn("bob"));
 
     let home = |device: &str| {
         let s = &services[device];

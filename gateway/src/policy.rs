@@ -7,10 +7,12 @@
 //! listening port) are refused unless an allow rule names them explicitly:
 //! its CIDR lies inside that reserved range, e.g. `127.0.0.1/32`.
 
+use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
 use shimgate_registry::{Action, Dest, Rule, Subject};
+use shimgate_wire::enroll::Routes;
 
 use crate::cache::Identity;
 
@@ -96,6 +98,43 @@ fn is_local(addr: IpAddr) -> bool {
     addr.is_loopback()
         || addr.is_unspecified()
         || std::net::UdpSocket::bind(SocketAddr::new(addr, 0)).is_ok()
+}
+
+/// Whether deny rule `deny` refuses everything allow rule `allow` opens:
+/// every port, and a destination at least as wide.
+fn shadows(deny: &Rule, allow: &Rule) -> bool {
+    let ports = deny.port_lo <= allow.port_lo && allow.port_hi <= deny.port_hi;
+    ports
+        && match (&deny.dest, &allow.dest) {
+            (Dest::Cidr(d), Dest::Cidr(a)) => d.contains(a),
+            (Dest::Domain(d), Dest::Domain(a)) => domain_matches(d, a),
+            _ => false,
+        }
+}
+
+/// The destinations `who` may reach through the gateway, for the device's
+/// PAC file: what its allow rules name, less what a deny rule takes back
+/// entirely. Peer-group rules are left out: peers are named under the VPN
+/// domain, which devices send to the proxy anyway. A gateway alias is
+/// reached by its name, so a domain rule covers it. Ports are not listed:
+/// a PAC file routes by host, and the gateway still checks each port.
+pub(crate) fn routes(rules: &[Rule], who: &Identity) -> Routes {
+    let mine = || rules.iter().filter(|r| subject_matches(&r.subject, who));
+    let (mut domains, mut cidrs) = (BTreeSet::new(), BTreeSet::new());
+    for allow in mine().filter(|r| r.action == Action::Allow) {
+        if mine().any(|d| d.action == Action::Deny && shadows(d, allow)) {
+            continue;
+        }
+        match &allow.dest {
+            Dest::Domain(name) => domains.insert(name.clone()),
+            Dest::Cidr(net) => cidrs.insert(net.to_string()),
+            Dest::PeerGroup(_) => false,
+        };
+    }
+    Routes {
+        domains: domains.into_iter().collect(),
+        cidrs: cidrs.into_iter().collect(),
+    }
 }
 
 /// The policy decision for one target.
@@ -185,6 +224,35 @@ mod tests {
             &rules,
             at(Some("bob.vpn.internal"), "100.64.0.2", 8000)
         ));
+    }
+
+    #[test]
+    fn routes_list_what_allow_rules_open_to_this_device() {
+        let rules = [
+            rule("*", "corp.test", (80, 80), "allow"),
+            rule("group:ops", "10.20.0.0/16", (1, 65535), "allow"),
+            rule("group:ops", "10.20.0.0/16", (22, 22), "allow"),
+            rule("user:bob", "bob-only.test", (80, 80), "allow"),
+            rule("group:sales", "192.0.2.0/24", (80, 80), "allow"),
+            rule("*", "group:lab", (8000, 8000), "allow"),
+            rule("*", "2001:db8::/32", (443, 443), "allow"),
+            // taken back entirely by a wider deny
+            rule("*", "secret.corp.test", (80, 80), "allow"),
+            rule("user:alice", "corp.test", (1, 65535), "deny"),
+            // a deny on some ports only leaves the route
+            rule("*", "wiki.test", (1, 65535), "allow"),
+            rule("*", "wiki.test", (22, 22), "deny"),
+            // someone else's deny does not apply
+            rule("*", "198.51.100.0/24", (80, 80), "allow"),
+            rule("user:bob", "198.51.100.0/24", (1, 65535), "deny"),
+        ];
+        let r = routes(&rules, &who());
+        assert_eq!(r.domains, ["wiki.test"]);
+        assert_eq!(
+            r.cidrs,
+            ["10.20.0.0/16", "198.51.100.0/24", "2001:db8::/32"]
+        );
+        assert_eq!(routes(&[], &who()), Routes::default());
     }
 
     #[test]

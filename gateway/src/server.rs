@@ -13,7 +13,7 @@ use h2::server::SendResponse;
 use http::{Method, Request, Response, StatusCode};
 use shimgate_registry::Registry;
 use shimgate_wire::control::{self, CONTROL_PATH, RELAY_PATH, SESSION_PATH, SessionRequest};
-use shimgate_wire::enroll::{ENROLL_PATH, ErrorBody, RENEW_PATH, WHOAMI_PATH, WhoAmI};
+use shimgate_wire::enroll::{ENROLL_PATH, ErrorBody, RENEW_PATH, ROUTES_PATH, WHOAMI_PATH, WhoAmI};
 use shimgate_wire::tunnel::{BOUND_HEADER, ERROR_HEADER, TunnelError};
 use shimgate_wire::workers::Workers;
 use shimgate_wire::{clock, h2tuning, pki, splice};
@@ -283,6 +283,10 @@ impl Gateway {
                     vpn_ip: id.vpn_ip.to_string(),
                 };
                 send_json(&mut respond, StatusCode::OK, &me);
+            }
+            (Method::GET, ROUTES_PATH, Some(id)) => {
+                let routes = crate::policy::routes(&self.cache.rules(), &id);
+                send_json(&mut respond, StatusCode::OK, &routes);
             }
             (_, _, None) => send_error(
                 &mut respond,

@@ -203,6 +203,9 @@ fn show_status(dir: &ConfigDir, json: bool) -> ExitCode {
             s.device, s.user, s.vpn_ip
         );
         println!("  socks5:  {}", s.socks);
+        if let Ok(addr) = s.socks.parse() {
+            println!("  pac:     {}", crate::pac::url(addr));
+        }
         println!("  tunnels: {} of {} gateway connections up", s.live, s.pool);
         if let Some(e) = &s.last_error {
             println!("  last error: {e}");

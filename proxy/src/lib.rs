@@ -8,6 +8,8 @@
 //! - [`enroll`]: `shimgate enroll CODE`.
 //! - [`pool`]: the long-lived connections; opens tunnels; reconnects.
 //! - [`socks`]: the SOCKS5 server; peer destinations go to [`peer`].
+//! - [`pac`]: the PAC file served on the SOCKS port, from the routes the
+//!   gateway's policy gives this device.
 //! - [`peer`]: peer-to-peer sessions: dialling a peer (direct, else relay),
 //!   the peer listener, exported services, `peers.json`, ping.
 //! - [`control`]: the control stream to the gateway (announce, offers,
@@ -22,6 +24,7 @@ pub mod client;
 pub mod config;
 pub mod control;
 pub mod enroll;
+pub mod pac;
 pub mod peer;
 pub mod pool;
 pub mod renew;

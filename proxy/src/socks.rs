@@ -4,6 +4,7 @@
 //! by the gateway, socks5h-style, even when the client sent an address);
 //! the gateway's answer becomes the SOCKS reply code. BIND and UDP
 //! ASSOCIATE are answered "command not supported", never left hanging.
+//! An HTTP `GET` on the same port gets the PAC file ([`crate::pac`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use subtle::ConstantTimeEq;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use crate::pac::Pac;
 use crate::peer::Peers;
 use crate::pool::Pool;
 
@@ -71,6 +73,7 @@ pub async fn serve(
     peers: Arc<Peers>,
     worker: usize,
     auth: Option<Credentials>,
+    pac: Arc<Pac>,
     stop: CancellationToken,
 ) {
     loop {
@@ -84,8 +87,9 @@ pub async fn serve(
                 let auth = auth.clone();
                 let pool = Arc::clone(&pool);
                 let peers = Arc::clone(&peers);
+                let pac = Arc::clone(&pac);
                 tokio::spawn(async move {
-                    if let Err(e) = handle(sock, pool, peers, slot, auth).await {
+                    if let Err(e) = handle(sock, peer, pool, peers, slot, auth, &pac).await {
                         tracing::debug!(%peer, error = %e, "socks connection ended with an error");
                     }
                 });
@@ -108,15 +112,26 @@ enum SocksError {
     Io(#[from] std::io::Error),
 }
 
-/// Serves one SOCKS client through pool slot `slot`.
+/// Serves one SOCKS client through pool slot `slot`, or a browser asking
+/// for the PAC file.
 async fn handle(
     sock: TcpStream,
+    peer: SocketAddr,
     pool: Arc<Pool>,
     peers: Arc<Peers>,
     slot: usize,
     auth: Option<Credentials>,
+    pac: &Pac,
 ) -> Result<(), SocksError> {
     let _ = sock.set_nodelay(true);
+    // SOCKS5 starts with its version byte, 0x05; `G` is an HTTP GET.
+    let mut first = [0u8; 1];
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, sock.peek(&mut first))
+        .await
+        .map_err(|_| SocksError::Timeout)??;
+    if first == *b"G" {
+        return Ok(pac.answer(sock, peer).await?);
+    }
     let request = async {
         let proto = match &auth {
             None => Socks5ServerProtocol::accept_no_auth(sock).await?,

@@ -1,5 +1,6 @@
 //! `shimgate up`: the SOCKS5 proxy, the gateway pool that carries its
-//! tunnels, certificate renewal, and the status file, until stopped.
+//! tunnels, certificate renewal, the PAC file's routes, and the status
+//! file, until stopped.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigDir, DeviceConfig};
+use crate::pac::{self, Pac};
 use crate::peer::Peers;
 use crate::pool::{Connector, Pool};
 use crate::socks::{self, Credentials};
@@ -150,17 +152,19 @@ pub async fn start(
         Arc::clone(&pool),
         stop.clone(),
     ));
+    let pac = Pac::new(&config.vpn_domain, socks);
+    tokio::spawn(Arc::clone(&pac).keep_fresh(Arc::clone(&pool), stop.clone()));
     // One listener per worker: a SOCKS client is accepted and served on the
     // same thread as the gateway connection that carries its tunnel.
     for worker in 0..pool.workers() {
         let (ready, bound) = tokio::sync::oneshot::channel();
         let (pool2, auth, stop) = (Arc::clone(&pool), auth.clone(), stop.clone());
-        let peers = Arc::clone(&peers);
+        let (peers, pac) = (Arc::clone(&peers), Arc::clone(&pac));
         pool.spawn_on(worker, async move {
             match shared_listener(socks) {
                 Ok(listener) => {
                     let _ = ready.send(Ok(()));
-                    socks::serve(listener, pool2, peers, worker, auth, stop).await;
+                    socks::serve(listener, pool2, peers, worker, auth, pac, stop).await;
                 }
                 Err(e) => {
                     let _ = ready.send(Err(e));
@@ -172,6 +176,6 @@ pub async fn start(
             .unwrap_or_else(|_| Err(std::io::Error::other("worker thread stopped")))
             .map_err(listen_error)?;
     }
-    tracing::info!(addr = %socks, gateway = %config.gateway, device = %config.device, "socks5 listening");
+    tracing::info!(addr = %socks, pac = %pac::url(socks), gateway = %config.gateway, device = %config.device, "socks5 listening");
     Ok(Running { socks, board })
 }

@@ -27,6 +27,7 @@ macro_rules! both_backends {
 
 mod harness;
 
+mod browser;
 mod cli_contract;
 mod clients;
 mod compose;

@@ -1,5 +1,6 @@
-//! Enrollment and renewal messages (JSON over HTTP/2 on the gateway's TLS
-//! port).
+//! Enrollment and renewal messages, and the other calls a device makes about
+//! itself (who it is, where it may go): JSON over HTTP/2 on the gateway's
+//! TLS port.
 
 use serde::{Deserialize, Serialize};
 
@@ -9,6 +10,9 @@ pub const ENROLL_PATH: &str = "/v1/enroll";
 pub const RENEW_PATH: &str = "/v1/renew";
 /// `GET` here with a client certificate: who the gateway thinks you are.
 pub const WHOAMI_PATH: &str = "/v1/whoami";
+/// `GET` here with a client certificate: the destinations policy lets this
+/// device reach through the gateway ([`Routes`]).
+pub const ROUTES_PATH: &str = "/v1/routes";
 /// Largest request body the gateway reads for these calls.
 pub const MAX_BODY: usize = 64 * 1024;
 
@@ -52,6 +56,17 @@ pub struct WhoAmI {
     pub device_name: String,
     pub user: String,
     pub vpn_ip: String,
+}
+
+/// What the gateway's allow rules open to one device, for its PAC file.
+/// Peer devices are not listed: they are all under the VPN domain.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct Routes {
+    /// Domain suffixes (lowercase, no leading or trailing dot): the name
+    /// itself and every name under it.
+    pub domains: Vec<String>,
+    /// Networks, IPv4 or IPv6, e.g. `10.20.0.0/16`.
+    pub cidrs: Vec<String>,
 }
 
 /// Body of every non-2xx answer: a sentence for the user.

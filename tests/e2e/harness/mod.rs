@@ -1,6 +1,7 @@
 //! The e2e harness: real `shimgate-gateway` and `shimgate` processes, origin
 //! servers in the test process, a SOCKS5 client, network namespaces.
 
+pub mod browser;
 pub mod db;
 pub mod device;
 pub mod env;

@@ -449,7 +449,7 @@ fn render(
                 let bound = format!("{op} {target}x {}", short(th));
                 let _ = writeln!(
                     o,
-                    "  {what:<18} {ours_name:<11} {bound:<15} {:>10} vs {:>10} = {ratio:>6}  {verdict}",
+                    "  {what:<18} {ours_name:<11} {bound:<18} {:>10} vs {:>10} = {ratio:>6}  {verdict}",
                     f(ours),
                     f(theirs),
                 );
@@ -459,7 +459,7 @@ fn render(
                 let bound = format!("{op} {}", fmt_ms(target));
                 let _ = writeln!(
                     o,
-                    "  {what:<18} {ours_name:<11} {bound:<15} {:>10} {:>23}  {verdict}",
+                    "  {what:<18} {ours_name:<11} {bound:<18} {:>10} {:>23}  {verdict}",
                     f(ours),
                     "",
                 );

@@ -124,9 +124,10 @@ async fn handle(
     pac: &Pac,
 ) -> Result<(), SocksError> {
     let _ = sock.set_nodelay(true);
+    let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
     // SOCKS5 starts with its version byte, 0x05; `G` is an HTTP GET.
     let mut first = [0u8; 1];
-    tokio::time::timeout(HANDSHAKE_TIMEOUT, sock.peek(&mut first))
+    tokio::time::timeout_at(deadline, sock.peek(&mut first))
         .await
         .map_err(|_| SocksError::Timeout)??;
     if first == *b"G" {
@@ -143,7 +144,7 @@ async fn handle(
         };
         proto.read_command().await
     };
-    let (proto, command, target) = tokio::time::timeout(HANDSHAKE_TIMEOUT, request)
+    let (proto, command, target) = tokio::time::timeout_at(deadline, request)
         .await
         .map_err(|_| SocksError::Timeout)??;
     if command != Socks5Command::TCPConnect {

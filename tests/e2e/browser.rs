@@ -99,6 +99,12 @@ fn chromium_follows_the_pac_file() {
     assert!(status.ends_with("200 OK"), "{status}");
     let (status, _, _) = fetch(&format!("http://{}/other", alice.socks));
     assert!(status.ends_with("404 Not Found"), "{status}");
+    // A page that rebinds its own name to 127.0.0.1 cannot read it.
+    let rebound = curl_args(None, &["-i", "-H", "Host: rebound.example", &pac_url]).expect_ok();
+    assert!(
+        rebound.stdout.starts_with("HTTP/1.1 403") && !rebound.stdout.contains("corp.test"),
+        "{rebound}"
+    );
     // `shimgate status` tells where the file is.
     let out = alice.status(&[]).expect_ok();
     assert!(out.stdout.contains(&pac_url), "{out}");

@@ -22,7 +22,7 @@ use dashmap::DashMap;
 use h2::server::SendResponse;
 use h2::{RecvStream, SendStream};
 use http::{Request, Response, StatusCode};
-use shimgate_registry::{NewAudit, Registry, Rule};
+use shimgate_registry::{NewAudit, Rule};
 use shimgate_wire::control::{
     self, Decoder, DeviceMsg, GatewayMsg, Grant, MAX_LIST, SESSION_HEADER, SessionId, SessionKey,
     SessionRequest,
@@ -33,6 +33,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::auditlog::AuditLog;
 use crate::cache::{Cache, CertStatus, Identity};
 use crate::policy::{self, Target};
 use crate::sessions::PeerLog;
@@ -97,6 +98,8 @@ pub struct Broker {
     pub relayed_bytes: AtomicU64,
     /// Recent sessions and path counts, for the console.
     pub log: PeerLog,
+    /// Where session audit entries go.
+    pub audit: AuditLog,
 }
 
 /// What a device asked for, resolved.
@@ -107,7 +110,7 @@ struct PeerTarget {
 }
 
 impl Broker {
-    pub fn new(vpn_domain: &str, own: SocketAddr) -> Broker {
+    pub fn new(vpn_domain: &str, own: SocketAddr, audit: AuditLog) -> Broker {
         Broker {
             vpn_domain: vpn_domain.to_owned(),
             own,
@@ -119,6 +122,7 @@ impl Broker {
             next_stream: AtomicU64::new(0),
             relayed_bytes: AtomicU64::new(0),
             log: PeerLog::default(),
+            audit,
         }
     }
 
@@ -130,7 +134,6 @@ impl Broker {
         from: IpAddr,
         req: &SessionRequest,
         rules: &[Rule],
-        registry: &Registry,
     ) -> Result<Grant, TunnelError> {
         let (domain, own) = (self.vpn_domain.as_str(), self.own);
         let target = self
@@ -208,7 +211,7 @@ impl Broker {
         self.log
             .granted(session, &who.device_name, &target.name, req.port);
         audit(
-            registry,
+            &self.audit,
             &who.device_name,
             "peer.session",
             format!("{}:{}", target.name, req.port),
@@ -252,7 +255,6 @@ impl Broker {
         from: IpAddr,
         req: Request<RecvStream>,
         mut respond: SendResponse<Bytes>,
-        registry: &Registry,
     ) {
         let Ok(ok) = Response::builder().status(StatusCode::OK).body(()) else {
             return;
@@ -280,7 +282,7 @@ impl Broker {
                     loop {
                         match decoder.message::<DeviceMsg>() {
                             Ok(Some(msg)) => {
-                                if let Err(e) = self.on_message(&who, from, msg, &tx, stream, registry) {
+                                if let Err(e) = self.on_message(&who, from, msg, &tx, stream) {
                                     failed = Some(e);
                                     break;
                                 }
@@ -323,7 +325,6 @@ impl Broker {
         msg: DeviceMsg,
         tx: &mpsc::Sender<GatewayMsg>,
         stream: u64,
-        registry: &Registry,
     ) -> Result<(), String> {
         match msg {
             DeviceMsg::Announce {
@@ -379,7 +380,7 @@ impl Broker {
                     ),
                 };
                 audit(
-                    registry,
+                    &self.audit,
                     &who.device_name,
                     "peer.session.end",
                     String::new(),
@@ -412,7 +413,6 @@ impl Broker {
         who: &Identity,
         req: Request<RecvStream>,
         respond: &mut SendResponse<Bytes>,
-        registry: &Registry,
     ) -> Result<(), TunnelError> {
         let session = req
             .headers()
@@ -493,7 +493,7 @@ impl Broker {
                 };
                 tracing::info!(from = %who.device_name, to = %responder, port, %session, up, down, "peer relay {how}");
                 audit(
-                    registry,
+                    &self.audit,
                     &who.device_name,
                     "peer.relay",
                     format!("{responder}:{port}"),
@@ -564,27 +564,21 @@ fn endpoints_for(peer: &Online, from: IpAddr) -> Vec<SocketAddr> {
     out
 }
 
-/// Writes an audit entry without holding up the data path.
+/// Queues an audit entry (written in the background, see [`AuditLog`]).
 fn audit(
-    registry: &Registry,
+    log: &AuditLog,
     actor: &str,
     action: &str,
     target: String,
     source: Option<IpAddr>,
     detail: String,
 ) {
-    let registry = registry.clone();
-    let entry = NewAudit {
+    log.record(NewAudit {
         at: clock::now(),
         actor: actor.to_owned(),
         action: action.to_owned(),
         target,
         source_addr: source.map(|s| s.to_string()),
         detail,
-    };
-    tokio::spawn(async move {
-        if let Err(e) = registry.audit(entry).await {
-            tracing::warn!(error = %e, "could not write a peer audit entry");
-        }
     });
 }

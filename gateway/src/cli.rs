@@ -340,7 +340,8 @@ impl Cli {
                     println!("web console: {}", console.url);
                 }
                 tokio::spawn(stop_on_signal(stop.clone()));
-                gw.run(listener, stop).await;
+                Arc::clone(&gw).run(listener, stop).await;
+                gw.broker.audit.flush(Duration::from_secs(3)).await;
                 tracing::info!("gateway stopped");
                 Ok(())
             }
@@ -451,7 +452,8 @@ pub async fn start(
         .collect::<anyhow::Result<_>>()?;
     aliases.extend_from_slice(extra_aliases);
     tracing::info!(addr = %own, backend = ?registry.backend(), "gateway listening");
-    let broker = Arc::new(crate::broker::Broker::new(&config.vpn_domain, own));
+    let audit = crate::auditlog::AuditLog::start(registry.clone());
+    let broker = Arc::new(crate::broker::Broker::new(&config.vpn_domain, own, audit));
     let gw = Gateway {
         broker,
         tunnels: Default::default(),

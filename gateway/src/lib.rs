@@ -8,6 +8,7 @@
 //! - [`cache`]: the in-memory view of the registry that hot paths read.
 //! - [`server`]: accept loop, per-connection HTTP/2, request dispatch, tunnels.
 //! - [`enroll`]: enrollment and renewal handlers.
+//! - [`auditlog`]: audit entries from the data path, written in order in the background.
 //! - [`broker`]: peer sessions: who is online, key brokering, the relay.
 //! - [`sessions`]: open tunnels and recent peer sessions, for the console.
 //! - [`dial`]: aliases, name resolution, connecting.
@@ -15,6 +16,7 @@
 //! - [`console`]: the web console, the JSON API, metrics and health checks.
 //! - [`cli`]: the `shimgate-gateway` commands; [`demo`]: the one-command demo.
 
+pub mod auditlog;
 pub mod broker;
 pub mod ca;
 pub mod cache;

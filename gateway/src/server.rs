@@ -256,19 +256,13 @@ impl Gateway {
             }
             (Method::CONNECT, _, Some(id)) => self.tunnel(req, respond, &id).await,
             (Method::POST, CONTROL_PATH, Some(id)) => {
-                self.broker
-                    .control(id, peer.ip(), req, respond, &self.registry)
-                    .await
+                self.broker.control(id, peer.ip(), req, respond).await
             }
             (Method::POST, SESSION_PATH, Some(id)) => {
                 self.peer_session(req, respond, &id, peer).await
             }
             (Method::POST, RELAY_PATH, Some(id)) => {
-                if let Err(e) = self
-                    .broker
-                    .relay(&id, req, &mut respond, &self.registry)
-                    .await
-                {
+                if let Err(e) = self.broker.relay(&id, req, &mut respond).await {
                     tracing::info!(device = %id.device_name, reason = %e, "peer relay refused");
                     refuse(&mut respond, e);
                 }
@@ -368,10 +362,7 @@ impl Gateway {
             );
         };
         let rules = self.cache.rules();
-        let granted = self
-            .broker
-            .request(who, peer.ip(), &wanted, &rules, &self.registry)
-            .await;
+        let granted = self.broker.request(who, peer.ip(), &wanted, &rules).await;
         let grant = match granted {
             Ok(g) => g,
             Err(e) => return refuse(&mut respond, e),

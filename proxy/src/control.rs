@@ -75,7 +75,10 @@ async fn session(
     reports: &mut mpsc::Receiver<DeviceMsg>,
     exports: &mut ExportsWatch,
 ) -> Result<(), ControlEnd> {
-    let send = pool.any_connection().await.map_err(|e| match e {
+    // The relays this stream asks for run on this slot's worker, next to
+    // the connection that carries them.
+    let slot = pool.pick();
+    let send = pool.slot_connection(slot).await.map_err(|e| match e {
         ClientError::Revoked => ControlEnd::Revoked,
         other => ControlEnd::Failed(other.to_string()),
     })?;
@@ -120,7 +123,7 @@ async fn session(
                 let _ = body.flow_control().release_capacity(chunk.len());
                 decoder.push(&chunk).map_err(|e| failed(&e))?;
                 while let Some(msg) = decoder.message::<GatewayMsg>().map_err(|e| failed(&e))? {
-                    if let Some(answer) = on_message(peers, &send, msg) {
+                    if let Some(answer) = on_message(peers, pool, slot, &send, msg) {
                         write(&mut stream, &answer)?;
                     }
                 }
@@ -143,6 +146,8 @@ async fn session(
 /// Handles one message from the gateway; returns the answer to send, if any.
 fn on_message(
     peers: &Arc<Peers>,
+    pool: &Pool,
+    slot: usize,
     send: &h2::client::SendRequest<Bytes>,
     msg: GatewayMsg,
 ) -> Option<DeviceMsg> {
@@ -167,7 +172,7 @@ fn on_message(
             )
         }
         GatewayMsg::Relay { session } => {
-            tokio::spawn(Arc::clone(peers).answer_relay(send.clone(), session));
+            pool.spawn_on(slot, Arc::clone(peers).answer_relay(send.clone(), session));
             None
         }
         GatewayMsg::PeerGone { device } => {

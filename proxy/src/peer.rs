@@ -54,8 +54,6 @@ const STAGGER: Duration = Duration::from_millis(150);
 pub const RETRY_DIRECT: Duration = Duration::from_secs(5);
 /// How long a grant request may take (it includes the peer's acceptance).
 const GRANT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Buffer between a relay stream and the link running over it.
-const RELAY_BUFFER: usize = 256 * 1024;
 /// The VPN's address range (devices get their IPs from it).
 pub const VPN_RANGE: Ipv4Net = match Ipv4Net::new(Ipv4Addr::new(100, 64, 0, 0), 10) {
     Ok(n) => n,
@@ -275,14 +273,7 @@ impl Peers {
         };
         tracing::info!(peer = %grant.peer, port, reason = %why, "peer not reachable directly: relaying through the gateway");
         let (h2_send, h2_recv) = open_relay(send, grant.session).await?;
-        let (ours, theirs) = tokio::io::duplex(RELAY_BUFFER);
-        let (theirs_rd, theirs_wr) = tokio::io::split(theirs);
-        tokio::spawn(async move {
-            if let Err(e) = splice::splice_halves(theirs_rd, theirs_wr, h2_send, h2_recv).await {
-                tracing::debug!(error = %e, "relay stream ended with an error");
-            }
-        });
-        let (rd, wr) = tokio::io::split(ours);
+        let (rd, wr) = tokio::io::split(splice::H2Io::new(h2_send, h2_recv));
         let link = peerlink::initiate(boxed_rd(rd), boxed_wr(wr), grant.key.bytes(), &prologue)
             .await
             .map_err(|e| {
@@ -416,12 +407,7 @@ impl Peers {
                 return tracing::info!(%session, reason = %e, "could not open the relay stream");
             }
         };
-        let (ours, theirs) = tokio::io::duplex(RELAY_BUFFER);
-        let (theirs_rd, theirs_wr) = tokio::io::split(theirs);
-        tokio::spawn(async move {
-            let _ = splice::splice_halves(theirs_rd, theirs_wr, h2_send, h2_recv).await;
-        });
-        let (rd, wr) = tokio::io::split(ours);
+        let (rd, wr) = tokio::io::split(splice::H2Io::new(h2_send, h2_recv));
         self.answer(
             boxed_rd(rd),
             boxed_wr(wr),

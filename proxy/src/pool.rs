@@ -222,7 +222,13 @@ impl Pool {
 
     /// Any live connection, for control calls such as renewal.
     pub async fn any_connection(&self) -> Result<SendRequest<Bytes>, ClientError> {
-        self.connection(self.pick()).await.map(|(send, _)| send)
+        self.slot_connection(self.pick()).await
+    }
+
+    /// Slot `i`'s connection, connecting if it is down (work on its streams
+    /// belongs on the slot's worker: [`Pool::spawn_on`]).
+    pub async fn slot_connection(&self, i: usize) -> Result<SendRequest<Bytes>, ClientError> {
+        self.connection(i).await.map(|(send, _)| send)
     }
 
     /// Slot `i`'s connection, for a request of its own (peer sessions).

@@ -63,23 +63,32 @@ async fn start_peers(
     pool: &Arc<Pool>,
     stop: &CancellationToken,
 ) -> Result<Arc<Peers>, UpError> {
-    let listener = TcpListener::bind(config.peer_listen)
-        .await
-        .map_err(|source| UpError::PeerListen {
-            addr: config.peer_listen,
-            source,
-        })?;
-    let bound = listener
-        .local_addr()
-        .map_err(|source| UpError::PeerListen {
-            addr: config.peer_listen,
-            source,
-        })?;
+    let listen_error = |source| UpError::PeerListen {
+        addr: config.peer_listen,
+        source,
+    };
+    // One listener per worker on the same port (SO_REUSEPORT), as for SOCKS:
+    // a peer's link, and the local service it reaches, stay on one thread.
+    let first = shared_listener(config.peer_listen).map_err(listen_error)?;
+    let bound = first.local_addr().map_err(listen_error)?;
+    let mut listeners = vec![first.into_std().map_err(listen_error)?];
+    for _ in 1..pool.workers() {
+        let more = shared_listener(bound).map_err(listen_error)?;
+        listeners.push(more.into_std().map_err(listen_error)?);
+    }
     let mut addrs = crate::peer::local_endpoints(bound);
     addrs.extend(config.peer_advertise.iter().copied());
     let (peers, reports) = Peers::new(&config.device, &config.vpn_domain, config.export_ports());
     tracing::info!(addr = %bound, exports = ?config.export_ports(), "peer listener up");
-    tokio::spawn(Arc::clone(&peers).listen(listener, stop.clone()));
+    for (worker, listener) in listeners.into_iter().enumerate() {
+        let (peers, stop) = (Arc::clone(&peers), stop.clone());
+        pool.spawn_on(worker, async move {
+            match TcpListener::from_std(listener) {
+                Ok(l) => peers.listen(l, stop).await,
+                Err(e) => tracing::error!(error = %e, "peer listener lost"),
+            }
+        });
+    }
     tokio::spawn(crate::control::keep(
         Arc::clone(&peers),
         Arc::clone(pool),

@@ -382,11 +382,14 @@ pub async fn respond<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     Ok(Link::new(rd, wr, send, recv))
 }
 
-/// Bytes read from the link at once: several frames per syscall in bulk.
-const READ_BUFFER: usize = 256 * 1024;
+/// Bytes read from the link at once (about one full frame): big enough for
+/// bulk, small enough that thousands of idle links cost little.
+const READ_BUFFER: usize = 64 * 1024;
 /// Plaintext read from the local socket at once, sealed into frames and
-/// written with one syscall.
+/// written with one syscall: starts at [`FIRST_CHUNK`] and doubles while
+/// reads fill it (a bulk transfer), up to this.
 const SEND_CHUNK: usize = 256 * 1024;
+const FIRST_CHUNK: usize = 16 * 1024;
 
 impl<R, W> Link<R, W> {
     fn new(rd: BufReader<R>, wr: W, send: Direction, recv: Direction) -> Link<R, W> {
@@ -531,7 +534,7 @@ where
     } = link;
     let up = async {
         let mut plain_rd = plain_rd;
-        let mut buf = vec![0u8; SEND_CHUNK];
+        let mut buf = vec![0u8; FIRST_CHUNK];
         let mut total = 0u64;
         loop {
             let n = plain_rd.read(&mut buf).await?;
@@ -540,6 +543,9 @@ where
                 return Ok::<u64, LinkError>(total);
             }
             writer.send(buf.get(..n).unwrap_or_default()).await?;
+            if n == buf.len() && buf.len() < SEND_CHUNK {
+                buf.resize(buf.len() * 2, 0);
+            }
             total += n as u64;
             sent.fetch_add(n as u64, Relaxed);
         }

@@ -41,8 +41,7 @@ pub async fn splice(
     splice_halves(rd, wr, send, recv).await
 }
 
-/// [`splice`] for the two halves of any byte stream.
-pub async fn splice_halves<R: AsyncRead, W: AsyncWrite>(
+async fn splice_halves<R: AsyncRead, W: AsyncWrite>(
     rd: R,
     wr: W,
     send: SendStream<Bytes>,
@@ -199,6 +198,108 @@ async fn h2_to_h2(
         let _ = recv.flow_control().release_capacity(len);
     }
     send.send_data(Bytes::new(), true).map_err(h2_to_io)
+}
+
+/// One HTTP/2 stream as a byte stream (`AsyncRead` + `AsyncWrite`), for
+/// code that speaks a protocol over it (a peer link through the relay)
+/// without a copy through an in-memory pipe. Received bytes are released to
+/// the sender's flow-control window as they are read; writes wait for
+/// window; shutdown sends END_STREAM.
+pub struct H2Io {
+    send: SendStream<Bytes>,
+    recv: RecvStream,
+    pending: Bytes,
+    ended: bool,
+}
+
+impl H2Io {
+    pub fn new(send: SendStream<Bytes>, recv: RecvStream) -> H2Io {
+        H2Io {
+            send,
+            recv,
+            pending: Bytes::new(),
+            ended: false,
+        }
+    }
+}
+
+impl AsyncRead for H2Io {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        use std::task::Poll;
+        if self.pending.is_empty() {
+            match self.recv.poll_data(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(h2_to_io(e))),
+                Poll::Ready(Some(Ok(data))) => self.pending = data,
+            }
+        }
+        let n = buf.remaining().min(self.pending.len());
+        let chunk = self.pending.split_to(n);
+        buf.put_slice(&chunk);
+        // Only what was consumed: the sender can't run ahead of the reader.
+        let _ = self.recv.flow_control().release_capacity(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for H2Io {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        use std::task::Poll;
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let mut granted = self.send.capacity();
+        if granted == 0 {
+            self.send.reserve_capacity(buf.len().min(CHUNK));
+            granted = match self.send.poll_capacity(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(n))) => n,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(h2_to_io(e))),
+                Poll::Ready(None) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        "stream closed",
+                    )));
+                }
+            };
+            if granted == 0 {
+                // Woken without window after all: ask again later.
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+        }
+        let n = granted.min(buf.len());
+        let data = Bytes::copy_from_slice(buf.get(..n).unwrap_or_default());
+        self.send.send_data(data, false).map_err(h2_to_io)?;
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        if !self.ended {
+            self.ended = true;
+            self.send.send_data(Bytes::new(), true).map_err(h2_to_io)?;
+        }
+        std::task::Poll::Ready(Ok(()))
+    }
 }
 
 /// Turns an HTTP/2 stream error into the I/O error a socket user expects.

@@ -1,0 +1,121 @@
+//! Audit entries from the data path (peer sessions, relays), written in the
+//! background by one task, in order.
+//!
+//! Why not a task per entry: a burst of sessions then holds every pooled
+//! registry connection at once (the benchmark saw 4-second pool waits), and
+//! a registry outage loses the entries. Here an entry waits in a bounded
+//! buffer and is retried until the registry takes it; only when the buffer
+//! is full is an entry dropped, and that is counted and logged.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use shimgate_registry::{NewAudit, Registry};
+use tokio::sync::mpsc;
+
+/// Entries waiting for the registry, at most.
+const BUFFER: usize = 100_000;
+const RETRY_START: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+pub struct AuditLog {
+    tx: mpsc::Sender<NewAudit>,
+    dropped: AtomicU64,
+}
+
+impl AuditLog {
+    /// Starts the writer; it runs until the `AuditLog` is dropped and its
+    /// buffer is empty.
+    pub fn start(registry: Registry) -> AuditLog {
+        let (tx, rx) = mpsc::channel(BUFFER);
+        tokio::spawn(writer(registry, rx));
+        AuditLog {
+            tx,
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    /// Queues an entry; never waits.
+    pub fn record(&self, entry: NewAudit) {
+        if self.tx.try_send(entry).is_err() {
+            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            metrics::counter!("shimgate_audit_dropped_total").increment(1);
+            if n.is_power_of_two() {
+                tracing::error!(
+                    dropped = n,
+                    "audit buffer full (the registry is not keeping up or is down): entries are being lost"
+                );
+            }
+        }
+    }
+
+    /// Entries not yet written.
+    pub fn pending(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    /// Waits until the buffer is written or `limit` passes (at shutdown).
+    pub async fn flush(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.pending() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = self.pending();
+        if left > 0 {
+            tracing::warn!(
+                left,
+                "stopping with audit entries the registry has not taken"
+            );
+        }
+    }
+}
+
+async fn writer(registry: Registry, mut rx: mpsc::Receiver<NewAudit>) {
+    while let Some(entry) = rx.recv().await {
+        let mut wait = RETRY_START;
+        loop {
+            match registry.audit(entry.clone()).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "could not write an audit entry; keeping it");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(RETRY_MAX);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(i: usize) -> NewAudit {
+        NewAudit {
+            at: 1,
+            actor: "test".into(),
+            action: "peer.session".into(),
+            target: format!("t{i}"),
+            source_addr: None,
+            detail: String::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn entries_arrive_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = dir.path().join("r.db").display().to_string();
+        let registry = Registry::connect(&url).await.unwrap();
+        registry.migrate().await.unwrap();
+        let log = AuditLog::start(registry.clone());
+        for i in 0..50 {
+            log.record(entry(i));
+        }
+        log.flush(Duration::from_secs(10)).await;
+        assert_eq!(log.pending(), 0);
+        let rows = registry.list_audit(100).await.unwrap();
+        let targets: Vec<String> = rows.iter().rev().map(|r| r.target.clone()).collect();
+        let expected: Vec<String> = (0..50).map(|i| format!("t{i}")).collect();
+        assert_eq!(targets, expected);
+    }
+}

@@ -30,7 +30,9 @@ use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use snow::params::{CipherChoice, DHChoice, HashChoice};
 use snow::resolvers::{CryptoResolver, DefaultResolver, FallbackResolver};
 use snow::types::{Cipher, Dh, Hash, Random};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use std::ops::Range;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use zeroize::Zeroizing;
 
 pub const PATTERN: &str = "Noise_NNpsk0_25519_AESGCM_SHA256";
@@ -260,12 +262,11 @@ impl Direction {
 async fn finish<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     mut hs: snow::HandshakeState,
     initiator: bool,
-    rd: &mut BufReader<R>,
+    rd: &mut Inbox<R>,
     wr: &mut W,
     preface: Option<[u8; SESSION_ID_LEN]>,
 ) -> Result<(Direction, Direction), LinkError> {
     let mut msg = vec![0u8; MAX_MESSAGE];
-    let mut frame = Vec::new();
     if initiator {
         let n = hs
             .write_message(&[], &mut msg)
@@ -275,12 +276,12 @@ async fn finish<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         out.extend_from_slice(&preface.unwrap_or_default());
         push_frame(&mut out, msg.get(..n).unwrap_or_default())?;
         wr.write_all(&out).await?;
-        expect_frame(rd, &mut frame).await?;
-        hs.read_message(&frame, &mut msg)
+        let frame = rd.expect_frame().await?;
+        hs.read_message(rd.bytes(frame), &mut msg)
             .map_err(LinkError::Handshake)?;
     } else {
-        expect_frame(rd, &mut frame).await?;
-        hs.read_message(&frame, &mut msg)
+        let frame = rd.expect_frame().await?;
+        hs.read_message(rd.bytes(frame), &mut msg)
             .map_err(LinkError::Handshake)?;
         let n = hs
             .write_message(&[], &mut msg)
@@ -307,30 +308,106 @@ fn push_frame(out: &mut Vec<u8>, message: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// Reads one frame into `buf`; `Ok(false)` on a clean end of stream before it.
-async fn read_frame<S: AsyncRead + Unpin>(io: &mut S, buf: &mut Vec<u8>) -> io::Result<bool> {
-    let mut len = [0u8; 2];
-    match io.read_exact(&mut len).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(false),
-        Err(e) => return Err(e),
-    }
-    buf.resize(usize::from(u16::from_be_bytes(len)), 0);
-    io.read_exact(buf).await?;
-    Ok(true)
+/// Bytes received on a link's stream, buffered so that one read can bring
+/// in several frames. Starts small (idle links cost little) and grows while
+/// reads fill it (a bulk transfer), up to [`READ_BUFFER`].
+pub struct Inbox<R> {
+    io: R,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
 }
 
-async fn expect_frame<S: AsyncRead + Unpin>(
-    io: &mut S,
-    buf: &mut Vec<u8>,
-) -> Result<(), LinkError> {
-    if read_frame(io, buf).await? {
-        Ok(())
-    } else {
-        Err(LinkError::Io(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "peer closed during the handshake",
-        )))
+impl<R: AsyncRead + Unpin> Inbox<R> {
+    fn new(io: R) -> Inbox<R> {
+        Inbox {
+            io,
+            buf: vec![0u8; FIRST_READ],
+            start: 0,
+            end: 0,
+        }
+    }
+
+    fn buffered(&self) -> usize {
+        self.end - self.start
+    }
+
+    fn bytes(&self, r: Range<usize>) -> &[u8] {
+        self.buf.get(r).unwrap_or_default()
+    }
+
+    /// Reads once more, with room for at least `want` bytes from the first
+    /// unread one; `Ok(false)` at the end of the stream.
+    async fn fill(&mut self, want: usize) -> io::Result<bool> {
+        if self.start > 0 && (self.end == self.buf.len() || self.buf.len() - self.start < want) {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.end == self.buf.len() || self.buf.len() < want {
+            let grown = (self.buf.len() * 2).min(READ_BUFFER).max(want);
+            self.buf.resize(grown.max(self.buf.len()), 0);
+        }
+        let room = self.buf.get_mut(self.end..).unwrap_or_default();
+        let n = self.io.read(room).await?;
+        self.end += n;
+        Ok(n > 0)
+    }
+
+    /// Exactly `n` bytes, read as needed.
+    async fn take(&mut self, n: usize) -> io::Result<Range<usize>> {
+        while self.buffered() < n {
+            if !self.fill(n).await? {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        let r = self.start..self.start + n;
+        self.start += n;
+        Ok(r)
+    }
+
+    /// The length of the next frame's body, if its header is buffered.
+    fn next_len(&self) -> Option<usize> {
+        let head = self.buf.get(self.start..self.start + 2)?;
+        Some(usize::from(u16::from_be_bytes([head[0], head[1]])))
+    }
+
+    /// The next frame's body if it is wholly buffered (consumed).
+    fn ready_frame(&mut self) -> Option<Range<usize>> {
+        let len = self.next_len()?;
+        if self.buffered() < 2 + len {
+            return None;
+        }
+        let r = self.start + 2..self.start + 2 + len;
+        self.start += 2 + len;
+        Some(r)
+    }
+
+    /// The next frame's body, reading as needed; `None` at a clean end of
+    /// stream between frames.
+    async fn frame(&mut self) -> io::Result<Option<Range<usize>>> {
+        loop {
+            if let Some(r) = self.ready_frame() {
+                return Ok(Some(r));
+            }
+            let want = self.next_len().map_or(2, |len| 2 + len);
+            if !self.fill(want).await? {
+                return if self.buffered() == 0 {
+                    Ok(None)
+                } else {
+                    Err(io::ErrorKind::UnexpectedEof.into())
+                };
+            }
+        }
+    }
+
+    async fn expect_frame(&mut self) -> Result<Range<usize>, LinkError> {
+        self.frame().await?.ok_or_else(|| {
+            LinkError::Io(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "peer closed during the handshake",
+            ))
+        })
     }
 }
 
@@ -348,7 +425,7 @@ pub async fn initiate<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     prologue: &Prologue<'_>,
 ) -> Result<Link<R, W>, LinkError> {
     let hs = handshake_state(key, prologue, true)?;
-    let mut rd = BufReader::with_capacity(READ_BUFFER, rd);
+    let mut rd = Inbox::new(rd);
     let (send, recv) = finish(hs, true, &mut rd, &mut wr, Some(prologue.session_id)).await?;
     Ok(Link::new(rd, wr, send, recv))
 }
@@ -358,18 +435,19 @@ pub async fn initiate<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
 /// hands both to [`respond`].
 pub async fn read_session_id<R: AsyncRead + Unpin>(
     rd: R,
-) -> Result<([u8; SESSION_ID_LEN], BufReader<R>), LinkError> {
-    let mut rd = BufReader::with_capacity(READ_BUFFER, rd);
-    let mut id = [0u8; SESSION_ID_LEN];
-    tokio::time::timeout(HANDSHAKE_TIMEOUT, rd.read_exact(&mut id))
+) -> Result<([u8; SESSION_ID_LEN], Inbox<R>), LinkError> {
+    let mut rd = Inbox::new(rd);
+    let r = tokio::time::timeout(HANDSHAKE_TIMEOUT, rd.take(SESSION_ID_LEN))
         .await
         .map_err(|_| LinkError::Timeout)??;
+    let mut id = [0u8; SESSION_ID_LEN];
+    id.copy_from_slice(rd.bytes(r));
     Ok((id, rd))
 }
 
 /// The exporting device's side, step two: the handshake.
 pub async fn respond<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
-    mut rd: BufReader<R>,
+    mut rd: Inbox<R>,
     mut wr: W,
     key: &[u8; 32],
     prologue: &Prologue<'_>,
@@ -382,9 +460,9 @@ pub async fn respond<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     Ok(Link::new(rd, wr, send, recv))
 }
 
-/// Bytes read from the link at once (about one full frame): big enough for
-/// bulk, small enough that thousands of idle links cost little.
-const READ_BUFFER: usize = 64 * 1024;
+/// An inbox's first size, and its largest (several frames per read in bulk).
+const FIRST_READ: usize = 16 * 1024;
+const READ_BUFFER: usize = 256 * 1024;
 /// Plaintext read from the local socket at once, sealed into frames and
 /// written with one syscall: starts at [`FIRST_CHUNK`] and doubles while
 /// reads fill it (a bulk transfer), up to this.
@@ -392,12 +470,11 @@ const SEND_CHUNK: usize = 256 * 1024;
 const FIRST_CHUNK: usize = 16 * 1024;
 
 impl<R, W> Link<R, W> {
-    fn new(rd: BufReader<R>, wr: W, send: Direction, recv: Direction) -> Link<R, W> {
+    fn new(rd: Inbox<R>, wr: W, send: Direction, recv: Direction) -> Link<R, W> {
         Link {
             reader: LinkReader {
-                io: rd,
+                inbox: rd,
                 dir: recv,
-                frame: Vec::new(),
                 closed: false,
             },
             writer: LinkWriter {
@@ -411,41 +488,77 @@ impl<R, W> Link<R, W> {
 
 /// The receiving half of a link.
 pub struct LinkReader<R> {
-    io: BufReader<R>,
+    inbox: Inbox<R>,
     dir: Direction,
-    frame: Vec<u8>,
     closed: bool,
 }
 
 impl<R: AsyncRead + Unpin> LinkReader<R> {
+    /// Authenticates and decrypts the frame at `r` in place; returns its
+    /// payload's range if it carries data.
+    fn open(&mut self, r: Range<usize>) -> Result<Option<Range<usize>>, LinkError> {
+        let nonce = self.dir.next_nonce()?;
+        let body = self
+            .inbox
+            .buf
+            .get_mut(r.clone())
+            .ok_or(LinkError::Tampered)?;
+        let plain = self
+            .dir
+            .key
+            .open_in_place(nonce, Aad::empty(), body)
+            .map_err(|_| LinkError::Tampered)?;
+        let plain_len = plain.len();
+        match plain.first().copied() {
+            Some(KIND_DATA) => Ok(Some(r.start + 1..r.start + plain_len)),
+            Some(KIND_REKEY) => self.dir.rekey().map(|()| None),
+            Some(KIND_CLOSE) => {
+                self.closed = true;
+                Ok(None)
+            }
+            _ => Err(LinkError::Tampered),
+        }
+    }
+
+    /// The next frame, reading as needed; an end of stream without the
+    /// peer's close is [`LinkError::Truncated`].
+    async fn next_frame(&mut self) -> Result<Range<usize>, LinkError> {
+        self.inbox.frame().await?.ok_or(LinkError::Truncated)
+    }
+
     /// The next data payload; `None` once the peer closed the link properly.
     pub async fn recv(&mut self) -> Result<Option<&[u8]>, LinkError> {
-        loop {
-            if self.closed {
-                return Ok(None);
-            }
-            if !read_frame(&mut self.io, &mut self.frame).await? {
-                return Err(LinkError::Truncated);
-            }
-            let nonce = self.dir.next_nonce()?;
-            let plain = self
-                .dir
-                .key
-                .open_in_place(nonce, Aad::empty(), &mut self.frame)
-                .map_err(|_| LinkError::Tampered)?;
-            let Some((&kind, _)) = plain.split_first() else {
-                return Err(LinkError::Tampered);
-            };
-            match kind {
-                KIND_DATA => {
-                    let len = plain.len();
-                    return Ok(self.frame.get(1..len));
-                }
-                KIND_REKEY => self.dir.rekey()?,
-                KIND_CLOSE => self.closed = true,
-                _ => return Err(LinkError::Tampered),
+        while !self.closed {
+            let frame = self.next_frame().await?;
+            if let Some(data) = self.open(frame)? {
+                return Ok(Some(self.inbox.bytes(data)));
             }
         }
+        Ok(None)
+    }
+
+    /// Appends to `out` the payload of the next data frame and of every
+    /// further one already received (up to `limit` bytes in `out`), so a
+    /// bulk transfer writes out several frames at once. `false` once the
+    /// peer closed the link properly.
+    pub async fn recv_batch(&mut self, out: &mut Vec<u8>, limit: usize) -> Result<bool, LinkError> {
+        let mut got = false;
+        while !self.closed && !got {
+            let frame = self.next_frame().await?;
+            if let Some(data) = self.open(frame)? {
+                out.extend_from_slice(self.inbox.bytes(data));
+                got = true;
+            }
+        }
+        while !self.closed && out.len() < limit {
+            let Some(frame) = self.inbox.ready_frame() else {
+                break;
+            };
+            if let Some(data) = self.open(frame)? {
+                out.extend_from_slice(self.inbox.bytes(data));
+            }
+        }
+        Ok(got)
     }
 }
 
@@ -553,10 +666,12 @@ where
     let down = async {
         let mut plain_wr = plain_wr;
         let mut total = 0u64;
-        while let Some(data) = reader.recv().await? {
-            plain_wr.write_all(data).await?;
-            total += data.len() as u64;
-            received.fetch_add(data.len() as u64, Relaxed);
+        let mut out = Vec::new();
+        while reader.recv_batch(&mut out, SEND_CHUNK).await? {
+            plain_wr.write_all(&out).await?;
+            total += out.len() as u64;
+            received.fetch_add(out.len() as u64, Relaxed);
+            out.clear();
         }
         plain_wr.shutdown().await?;
         Ok::<u64, LinkError>(total)
@@ -704,8 +819,10 @@ mod tests {
         to: &mut DuplexStream,
         flip: Option<usize>,
     ) -> Vec<u8> {
-        let mut frame = Vec::new();
-        read_frame(from, &mut frame).await.unwrap();
+        let mut len = [0u8; 2];
+        from.read_exact(&mut len).await.unwrap();
+        let mut frame = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        from.read_exact(&mut frame).await.unwrap();
         if let Some(i) = flip {
             frame[i] ^= 1;
         }
@@ -758,6 +875,24 @@ mod tests {
             "the sender rekeyed ({} frames under the current key)",
             a.writer.dir.frames
         );
+    }
+
+    #[tokio::test]
+    async fn a_batch_holds_every_frame_already_received() {
+        let (a, b) = pair(KEY, KEY, 1, 1).await;
+        let (mut a, mut b) = (a.unwrap(), b.unwrap());
+        for i in 0..5u8 {
+            a.writer.send(&[i; 1000]).await.unwrap();
+        }
+        a.writer.close().await.unwrap();
+        // all five frames and the close are in the pipe before the first read
+        let mut out = Vec::new();
+        assert!(b.reader.recv_batch(&mut out, 1 << 20).await.unwrap());
+        assert_eq!(out.len(), 5000, "one batch, five frames");
+        assert_eq!(&out[4000..], &[4u8; 1000][..]);
+        out.clear();
+        assert!(!b.reader.recv_batch(&mut out, 1 << 20).await.unwrap());
+        assert!(out.is_empty());
     }
 
     #[tokio::test]

@@ -15,6 +15,9 @@ use tokio::sync::mpsc;
 
 /// Entries waiting for the registry, at most.
 const BUFFER: usize = 100_000;
+/// Entries written in one transaction, at most (a burst of sessions costs
+/// one commit per batch, not one per session).
+const BATCH: usize = 256;
 const RETRY_START: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
@@ -71,18 +74,20 @@ impl AuditLog {
 }
 
 async fn writer(registry: Registry, mut rx: mpsc::Receiver<NewAudit>) {
-    while let Some(entry) = rx.recv().await {
+    let mut batch = Vec::with_capacity(BATCH);
+    while rx.recv_many(&mut batch, BATCH).await > 0 {
         let mut wait = RETRY_START;
         loop {
-            match registry.audit(entry.clone()).await {
+            match registry.audit_batch(&batch).await {
                 Ok(()) => break,
                 Err(e) => {
-                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "could not write an audit entry; keeping it");
+                    tracing::warn!(error = %e, entries = batch.len(), retry_in_ms = wait.as_millis() as u64, "could not write audit entries; keeping them");
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(RETRY_MAX);
                 }
             }
         }
+        batch.clear();
     }
 }
 

@@ -34,6 +34,27 @@ pub struct AuditRow {
 }
 
 impl Registry {
+    /// Appends several audit entries in one transaction, in order (all or none).
+    pub async fn audit_batch(&self, entries: &[NewAudit]) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        for e in entries {
+            sqlx::query(
+                "INSERT INTO audit_log (at, actor, action, target, source_addr, detail) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(e.at)
+            .bind(&e.actor)
+            .bind(&e.action)
+            .bind(&e.target)
+            .bind(e.source_addr.as_deref())
+            .bind(&e.detail)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Appends an audit entry.
     pub async fn audit(&self, e: NewAudit) -> Result<()> {
         sqlx::query(

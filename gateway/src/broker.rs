@@ -308,13 +308,14 @@ impl Broker {
                 }
             }
         };
+        tracing::info!(device = %who.device_name, reason = %ended, "control stream ended");
         let removed = self
             .online
             .remove_if(&who.device_name, |_, o| o.stream == stream);
         if let Some((_, o)) = removed {
             self.by_ip
                 .remove_if(&o.vpn_ip, |_, name| *name == who.device_name);
-            tracing::info!(device = %who.device_name, reason = %ended, "device offline for peer sessions");
+            tracing::info!(device = %who.device_name, "device offline for peer sessions");
         }
     }
 

@@ -28,6 +28,7 @@ macro_rules! both_backends {
 mod harness;
 
 mod browser;
+mod abuse;
 mod cli_contract;
 mod clients;
 mod compose;

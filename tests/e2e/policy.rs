@@ -72,6 +72,24 @@ fn loopback_needs_a_rule_naming_it() {
     connect_expect(dev.socks, V6, o6.port(), socks::NOT_ALLOWED);
     // the gateway's own port, too
     connect_expect(dev.socks, V4, gw.port(), socks::NOT_ALLOWED);
+    // cloud metadata, link-local, and loopback hidden in NAT64 or
+    // IPv4-compatible IPv6, although 0.0.0.0/0 and ::/0 are allowed
+    for (addr, what) in [
+        ("169.254.169.254", "metadata"),
+        ("169.254.1.1", "link-local"),
+        ("64:ff9b::7f00:1", "NAT64 of 127.0.0.1"),
+        ("::127.0.0.1", "IPv4-compatible 127.0.0.1"),
+        ("fe80::1", "IPv6 link-local"),
+    ] {
+        let ip: std::net::IpAddr = addr.parse().unwrap();
+        let (code, _) = socks::connect(dev.socks, ip, 80)
+            .unwrap_or_else(|e| panic!("no SOCKS reply for {what}: {e}"));
+        assert_eq!(
+            code,
+            socks::NOT_ALLOWED,
+            "{what} ({addr}) was not refused by policy"
+        );
+    }
     o4.expect_accepted(0, "loopback was dialled without a rule naming it");
     o6.expect_accepted(0, "::1 was dialled without a rule naming it");
 }

@@ -34,6 +34,7 @@ mod clients;
 mod compose;
 mod console;
 mod demo;
+mod faults;
 mod enrollment;
 mod multihost;
 mod peer;

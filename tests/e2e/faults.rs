@@ -1,0 +1,168 @@
+//! Faults: the registry goes away under a running system.
+
+use std::io::{ErrorKind, Read};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use crate::harness::socks::{connect_ok, http_get};
+use crate::harness::*;
+
+fn pg(sql: &str) {
+    use sqlx::{Connection, Executor};
+    let url = std::env::var("DATABASE_URL").expect("DATABASE_URL for the Postgres tests");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
+        conn.execute(sqlx::AssertSqlSafe(sql.to_owned()))
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    });
+}
+
+/// Reads from a flowing stream until `n` more bytes came, or panics.
+fn keeps_flowing(s: &mut TcpStream, n: usize, what: &str) {
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut got = 0;
+    while got < n {
+        match s.read(&mut buf) {
+            Ok(0) => panic!("{what} ended"),
+            Ok(k) => got += k,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) => panic!("{what} broke: {e}"),
+        }
+        assert!(Instant::now() < deadline, "{what} stopped flowing");
+    }
+}
+
+/// Postgres refuses every connection for a while. Established tunnels and
+/// peer links keep flowing, a known device reconnects and opens new tunnels
+/// and peer sessions, enrollment answers "unavailable" instead of hanging;
+/// when Postgres is back, the peer sessions brokered meanwhile are in the
+/// audit log (buffered, not lost).
+#[test]
+fn a_registry_outage_stops_nothing_that_is_running_and_loses_no_audit() {
+    let stream = Origin::start(
+        V4,
+        Mode::Stream {
+            chunk: 256,
+            every: Duration::from_millis(10),
+        },
+    );
+    let web = Origin::http(V4, &unique_body("outage page"));
+    let mut gw = Gateway::init(Backend::Postgres);
+    gw.allow("127.0.0.1/32", &[]);
+    for port in [stream.port(), web.port()] {
+        gw.allow("bob.vpn.internal", &["--ports", &port.to_string()]);
+    }
+    gw.serve();
+    let spare_code = gw.token("carol");
+    let mut alice = Device::enrolled_up(&gw, "alice", "alice");
+    let mut bob = Device::enrolled(&gw, "bob", "bob");
+    for port in [stream.port(), web.port()] {
+        bob.cli(&["export", &port.to_string()]).expect_ok();
+    }
+    bob.up();
+    poll(
+        "bob's page peer to peer",
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || {
+            let s = connect_ok(alice.socks, "bob.vpn.internal", web.port());
+            http_get(s, "bob.vpn.internal")
+                .contains("outage page")
+                .then_some(())
+        },
+    );
+    let mut tunnel = connect_ok(alice.socks, V4, stream.port());
+    let mut link = connect_ok(alice.socks, "bob.vpn.internal", stream.port());
+    keeps_flowing(&mut tunnel, 4096, "the tunnel");
+    keeps_flowing(&mut link, 4096, "the peer link");
+
+    let counts = |gw: &Gateway| {
+        let a = gw.ok(&["audit", "--action", "peer.", "--limit", "500"]);
+        let grants = a.lines().filter(|l| l.contains("peer.session ")).count();
+        let ends = a.lines().filter(|l| l.contains("peer.session.end")).count();
+        (grants, ends, a)
+    };
+    // the reports of sessions that ended before the outage, written
+    poll(
+        "the audit log to settle before the outage",
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        || {
+            let (g, e, _) = counts(&gw);
+            (e + 1 == g).then_some(())
+        },
+    );
+    let (grants_before, ends_before, _) = counts(&gw);
+    eprintln!("[e2e] before the outage: {grants_before} grants, {ends_before} ends");
+    let db = gw
+        .db
+        .url
+        .as_deref()
+        .and_then(|u| u.split('?').next())
+        .and_then(|u| u.rsplit('/').next())
+        .expect("the gateway's database name")
+        .to_owned();
+    pg(&format!("ALTER DATABASE {db} ALLOW_CONNECTIONS false"));
+    pg(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'"
+    ));
+    let outage = Instant::now();
+
+    keeps_flowing(&mut tunnel, 16 * 1024, "the tunnel during the outage");
+    keeps_flowing(&mut link, 16 * 1024, "the peer link during the outage");
+    // a new tunnel, on the cached view
+    let s = connect_ok(alice.socks, V4, web.port());
+    assert!(http_get(s, "127.0.0.1").contains("outage page"));
+    // alice restarts: her certificate is in the gateway's memory (the open
+    // link goes with her first process, and so does its end-of-session report)
+    alice.stop();
+    drop(link);
+    alice.up();
+    // new peer sessions: brokered from memory, their audit entries buffered
+    for _ in 0..2 {
+        let s = connect_ok(alice.socks, "bob.vpn.internal", web.port());
+        assert!(http_get(s, "bob.vpn.internal").contains("outage page"));
+    }
+    // enrollment needs the registry: a clear refusal, not a hang
+    let carol = Device::new("carol");
+    let t = Instant::now();
+    let out = carol.enroll(&spare_code);
+    assert!(!out.ok(), "enrollment succeeded without a registry: {out}");
+    eprintln!(
+        "[e2e] enrollment during the outage refused after {:?}: {}",
+        t.elapsed(),
+        out.stderr.trim()
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(40),
+        "enrollment took {:?} to fail",
+        t.elapsed()
+    );
+    eprintln!("[e2e] outage lasted {:?}", outage.elapsed());
+
+    pg(&format!("ALTER DATABASE {db} ALLOW_CONNECTIONS true"));
+    // everything brokered during the outage reaches the audit log
+    // during the outage: two sessions granted and ended
+    let audit = poll(
+        "the outage's peer sessions to reach the audit log",
+        Duration::from_secs(30),
+        Duration::from_millis(500),
+        || {
+            let (g, e, a) = counts(&gw);
+            (g >= grants_before + 2 && e >= ends_before + 2).then_some(a)
+        },
+    );
+    eprintln!("[e2e] audit after the outage:\n{audit}");
+    // and enrollment works again
+    let carol = Device::new("carol");
+    carol.enroll(&spare_code).expect_ok();
+    assert!(gw.device_list().contains("carol"));
+}

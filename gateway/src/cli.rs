@@ -316,6 +316,13 @@ impl Cli {
             None => {
                 files::create_private_dir(dir.root())
                     .with_context(|| format!("creating {}", dir.root().display()))?;
+                // SQLite would only say "unable to open database file".
+                files::check_writable(dir.root()).with_context(|| {
+                    format!(
+                        "the SQLite registry lives in {}, which cannot be written",
+                        dir.root().display()
+                    )
+                })?;
                 dir.sqlite_registry().display().to_string()
             }
         };
@@ -417,11 +424,36 @@ pub fn initialise(dir: &DataDir, config: &GatewayConfig) -> anyhow::Result<Ca> {
     files::create_private_dir(dir.root())
         .with_context(|| format!("creating {}", dir.root().display()))?;
     let ca = Ca::generate(&config.trust_domain)?;
-    ca.save(dir)?;
-    ca.issue_server(dir, &config.names, &config.ips)?;
-    config
+    if dir.ca_key().exists() {
+        // Another gateway's CA: never touched, never removed.
+        return Err(crate::ca::CaError::Exists(dir.root().display().to_string()).into());
+    }
+    // All or nothing: a disk that fills up half way must not leave a CA
+    // without its configuration (the next `init` would refuse to overwrite it).
+    let rest = ca
         .save(dir)
-        .with_context(|| format!("writing {}", dir.config().display()))?;
+        .and_then(|()| ca.issue_server(dir, &config.names, &config.ips))
+        .map_err(anyhow::Error::from)
+        .and_then(|()| {
+            config
+                .save(dir)
+                .with_context(|| format!("writing {}", dir.config().display()))
+        });
+    if let Err(e) = rest {
+        for path in [
+            dir.config(),
+            dir.server_key(),
+            dir.server_cert(),
+            dir.ca_cert(),
+            dir.ca_key(),
+        ] {
+            let _ = std::fs::remove_file(path);
+        }
+        return Err(e.context(format!(
+            "initialising {} failed; nothing was kept",
+            dir.root().display()
+        )));
+    }
     Ok(ca)
 }
 

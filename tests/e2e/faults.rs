@@ -166,3 +166,104 @@ fn a_registry_outage_stops_nothing_that_is_running_and_loses_no_audit() {
     carol.enroll(&spare_code).expect_ok();
     assert!(gw.device_list().contains("carol"));
 }
+
+/// A tmpfs mounted for a test, unmounted on drop.
+struct Mount(std::path::PathBuf);
+
+impl Mount {
+    fn tmpfs(at: &std::path::Path, options: &str) -> Mount {
+        std::fs::create_dir_all(at).unwrap();
+        let mut cmd = std::process::Command::new("mount");
+        cmd.args(["-t", "tmpfs", "-o", options, "tmpfs"]).arg(at);
+        run(&mut cmd, Duration::from_secs(10)).expect_ok();
+        Mount(at.to_path_buf())
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .output();
+    }
+}
+
+/// Files left anywhere under `dir`.
+fn files_under(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                out.push(p.display().to_string());
+            }
+        }
+    }
+    out
+}
+
+/// `init` on a disk that fills up half way, or on a read-only one, says why
+/// and leaves no CA or key behind; `serve` on a read-only data dir says why.
+#[test]
+fn a_full_or_read_only_data_dir_fails_clearly_and_keeps_nothing() {
+    if !crate::harness::netns::require_root(
+        "faults::a_full_or_read_only_data_dir_fails_clearly_and_keeps_nothing",
+    ) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let gateway = |data: &std::path::Path, args: &[&str]| {
+        let mut cmd = std::process::Command::new(crate::harness::env::bin("shimgate-gateway"));
+        crate::harness::proc::clean_env(&mut cmd, tmp.path());
+        cmd.arg("--data-dir").arg(data).args(args);
+        run(&mut cmd, Duration::from_secs(30))
+    };
+    let init = ["init", "--name", "localhost", "--listen", "127.0.0.1:0"];
+
+    // room for two small files, not five
+    let full = tmp.path().join("full");
+    let _full = Mount::tmpfs(&full, "size=8k");
+    let out = gateway(&full.join("gw"), &init);
+    assert!(!out.ok(), "init succeeded on a full disk: {out}");
+    let said = out.stderr.to_lowercase();
+    assert!(
+        said.contains("no space left"),
+        "init did not say the disk is full: {out}"
+    );
+    assert!(
+        files_under(&full).is_empty(),
+        "a failed init left files behind: {:?}",
+        files_under(&full)
+    );
+
+    let ro = tmp.path().join("ro");
+    let _ro = Mount::tmpfs(&ro, "ro,size=1m");
+    let out = gateway(&ro.join("gw"), &init);
+    assert!(!out.ok(), "init succeeded on a read-only disk: {out}");
+    assert!(
+        out.stderr.to_lowercase().contains("read-only"),
+        "init did not say the disk is read-only: {out}"
+    );
+
+    // a working data dir that becomes read-only: serve refuses, clearly
+    let data = tmp.path().join("data");
+    gateway(&data, &init).expect_ok();
+    let mut bind = std::process::Command::new("mount");
+    bind.arg("--bind").arg(&data).arg(&data);
+    run(&mut bind, Duration::from_secs(10)).expect_ok();
+    let _bound = Mount(data.clone());
+    let mut ro_bind = std::process::Command::new("mount");
+    ro_bind.args(["-o", "remount,ro,bind"]).arg(&data);
+    run(&mut ro_bind, Duration::from_secs(10)).expect_ok();
+    let out = gateway(&data, &["serve", "--console", "off"]);
+    assert!(!out.ok(), "serve ran on a read-only data dir: {out}");
+    assert!(
+        out.stderr.to_lowercase().contains("read-only")
+            || out.stderr.to_lowercase().contains("readonly"),
+        "serve did not say the data dir is read-only: {out}"
+    );
+}

@@ -20,7 +20,8 @@ use crate::peer::Peers;
 use crate::pool::Pool;
 
 const BACKOFF_START: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Short: while this stream is down the device is offline for peers.
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// How often config.toml is checked for changed exports.
 const EXPORTS_POLL: Duration = Duration::from_secs(1);
 
@@ -55,7 +56,7 @@ pub async fn keep(
             backoff = BACKOFF_START;
         }
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(crate::pool::jitter(backoff)) => {}
             _ = stop.cancelled() => return,
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);

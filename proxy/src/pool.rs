@@ -154,7 +154,7 @@ impl Pool {
                 Err(e) => {
                     self.board.update(|s| s.last_error = Some(e.to_string()));
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(jitter(backoff)) => {}
                         _ = stop.cancelled() => return,
                     }
                     backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -172,7 +172,7 @@ impl Pool {
                 backoff = BACKOFF_START;
             } else {
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(jitter(backoff)) => {}
                     _ = stop.cancelled() => return,
                 }
                 backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -265,6 +265,12 @@ impl Pool {
         }
         Err(TunnelError::General)
     }
+}
+
+/// `d` give or take half: devices that lost the gateway together don't all
+/// come back in the same instant.
+pub fn jitter(d: Duration) -> Duration {
+    d.mul_f64(rand::random_range(0.5..1.5))
 }
 
 /// What a SOCKS client is told when the gateway can't be reached.

@@ -267,3 +267,98 @@ fn a_full_or_read_only_data_dir_fails_clearly_and_keeps_nothing() {
         "serve did not say the data dir is read-only: {out}"
     );
 }
+
+/// A direct peer link does not need the gateway once it runs: it keeps
+/// flowing while the gateway is down, and new sessions work when it is
+/// back. A peer that goes away ends the link at once for the client.
+#[test]
+fn peer_links_outlive_the_gateway_and_a_lost_peer_is_noticed() {
+    let stream = Origin::start(
+        V4,
+        Mode::Stream {
+            chunk: 256,
+            every: Duration::from_millis(10),
+        },
+    );
+    let web = Origin::http(V4, &unique_body("peer page"));
+    let mut gw = Gateway::init(Backend::Sqlite);
+    for port in [stream.port(), web.port()] {
+        gw.allow("bob.vpn.internal", &["--ports", &port.to_string()]);
+    }
+    gw.serve();
+    let alice = Device::enrolled_up(&gw, "alice", "alice");
+    let mut bob = Device::enrolled(&gw, "bob", "bob");
+    for port in [stream.port(), web.port()] {
+        bob.cli(&["export", &port.to_string()]).expect_ok();
+    }
+    bob.up();
+    let page = || connect_ok(alice.socks, "bob.vpn.internal", web.port());
+    poll(
+        "bob's page peer to peer",
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || http_get(page(), "bob").contains("peer page").then_some(()),
+    );
+    let mut link = connect_ok(alice.socks, "bob.vpn.internal", stream.port());
+    keeps_flowing(&mut link, 4096, "the peer link");
+
+    gw.stop();
+    let down = Instant::now();
+    keeps_flowing(&mut link, 64 * 1024, "the peer link with the gateway down");
+    eprintln!(
+        "[e2e] the peer link flowed for {:?} with the gateway down",
+        down.elapsed()
+    );
+    gw.serve();
+    let back = Instant::now();
+    poll(
+        "a new peer session after the gateway came back",
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || {
+            let (code, s) =
+                crate::harness::socks::connect(alice.socks, "bob.vpn.internal", web.port()).ok()?;
+            (code == 0 && http_get(s, "bob").contains("peer page")).then_some(())
+        },
+    );
+    eprintln!(
+        "[e2e] new peer sessions {:?} after the gateway came back",
+        back.elapsed()
+    );
+    keeps_flowing(&mut link, 4096, "the peer link after the gateway came back");
+
+    // bob goes away mid-stream: alice's client sees the end at once
+    bob.stop();
+    let gone = Instant::now();
+    link.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match link.read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => break,
+        }
+        assert!(
+            gone.elapsed() < Duration::from_secs(10),
+            "alice's client still reads a link to a peer that is gone"
+        );
+    }
+    eprintln!(
+        "[e2e] the link ended {:?} after bob stopped",
+        gone.elapsed()
+    );
+    // bob back: new sessions work
+    bob.up();
+    poll(
+        "a peer session after bob came back",
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || {
+            let (code, s) =
+                crate::harness::socks::connect(alice.socks, "bob.vpn.internal", web.port()).ok()?;
+            (code == 0 && http_get(s, "bob").contains("peer page")).then_some(())
+        },
+    );
+}

@@ -96,6 +96,29 @@ impl Dialer {
         }
     }
 
+    /// Alias names `who` may reach (on the alias's port): for the routes a
+    /// device's PAC file sends through the gateway.
+    pub fn allowed_aliases(&self, who: &Identity, rules: &[Rule]) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .aliases
+            .iter()
+            .filter(|((name, port), target)| {
+                let t = Target {
+                    name: Some(name),
+                    addr: target.ip(),
+                    port: *port,
+                    alias: true,
+                    peer_groups: None,
+                };
+                crate::policy::allows(rules, who, &t, self.own)
+            })
+            .map(|((name, _), _)| name.clone())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
     /// Resolves, checks policy and connects. The returned error is what the
     /// device's SOCKS client will be told.
     pub async fn dial(

@@ -279,7 +279,14 @@ impl Gateway {
                 send_json(&mut respond, StatusCode::OK, &me);
             }
             (Method::GET, ROUTES_PATH, Some(id)) => {
-                let routes = crate::policy::routes(&self.cache.rules(), &id);
+                let rules = self.cache.rules();
+                let mut routes = crate::policy::routes(&rules, &id);
+                // An alias reached through a CIDR rule is a name only the gateway knows.
+                routes
+                    .domains
+                    .extend(self.dialer.allowed_aliases(&id, &rules));
+                routes.domains.sort();
+                routes.domains.dedup();
                 send_json(&mut respond, StatusCode::OK, &routes);
             }
             (_, _, None) => send_error(

@@ -54,9 +54,12 @@ fn chromium_follows_the_pac_file() {
     let direct = Origin::http(V4, &direct_body);
     let spec = GatewaySpec::localhost()
         .alias(format!("web.corp.test:80=127.0.0.1:{}", intranet.port()))
-        .alias(format!("web.other.test:80=127.0.0.1:{}", direct.port()));
+        .alias(format!("web.other.test:80=127.0.0.1:{}", direct.port()))
+        .alias("db.hidden.test:5432=192.0.2.77:5432");
     let mut gw = Gateway::init_spec(Backend::Sqlite, spec);
     gw.allow("corp.test", &["--ports", "80"]);
+    // a name only the gateway knows, allowed through its address
+    gw.allow("192.0.2.77/32", &["--ports", "5432"]);
     gw.allow("bob.vpn.internal", &["--ports", &bob_port]);
     gw.serve();
     let alice = Device::enrolled_up(&gw, USER, "alice");
@@ -94,6 +97,10 @@ fn chromium_follows_the_pac_file() {
     assert!(
         !pac.contains("other.test"),
         "an alias no rule allows stays out of the PAC file: {pac}"
+    );
+    assert!(
+        pac.contains("\"db.hidden.test\""),
+        "an alias allowed through a CIDR rule goes to the SOCKS port: {pac}"
     );
     let (status, _, _) = fetch(&format!("http://{}/wpad.dat", alice.socks));
     assert!(status.ends_with("200 OK"), "{status}");

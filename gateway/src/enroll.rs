@@ -22,9 +22,6 @@ use crate::ca::{Csr, DEVICE_CERT_LIFETIME, DeviceCert};
 use crate::cache::Identity;
 use crate::server::{Gateway, read_body, send_error, send_json};
 
-/// The VPN domain devices are named under (`NAME.vpn.internal`).
-pub const VPN_DOMAIN: &str = "vpn.internal";
-
 async fn parse<T: serde::de::DeserializeOwned>(
     req: Request<RecvStream>,
     respond: &mut SendResponse<Bytes>,
@@ -181,7 +178,8 @@ pub async fn enroll(
     )
     .await;
     let answer = EnrollResponse {
-        vpn_name: format!("{}.{VPN_DOMAIN}", device.name),
+        awaiting_approval: device.status == shimgate_registry::DeviceStatus::Pending,
+        vpn_name: format!("{}.{}", device.name, gw.config.vpn_domain),
         device_name: device.name,
         user: grant.user_name,
         vpn_ip: device.vpn_ip.to_string(),

@@ -126,6 +126,12 @@ impl Cli {
                     clock::show(done.not_after)
                 );
                 println!("  files in {}", dir.root().display());
+                if done.awaiting_approval {
+                    println!(
+                        "This gateway requires an admin's approval for new devices: `shimgate up` connects once an admin approves {}.",
+                        done.device_name
+                    );
+                }
                 println!("Next: shimgate up");
                 Ok(ExitCode::SUCCESS)
             }

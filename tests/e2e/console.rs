@@ -1034,7 +1034,12 @@ fn new_devices_can_wait_for_approval() {
         r#"{"require_approval":true}"#,
     );
     assert_eq!(r.status, 200, "{r:?}");
-    let mut dev = Device::enrolled(&c.gw, USER, "waiting-laptop");
+    let mut dev = Device::new("waiting-laptop");
+    let out = dev.enroll(&c.gw.token(USER)).expect_ok();
+    assert!(
+        out.stdout.contains("approval"),
+        "`shimgate enroll` should say the device waits for approval: {out}"
+    );
     dev.up_unconnected();
     assert!(
         c.admin().get("/devices").body.contains("awaiting approval"),

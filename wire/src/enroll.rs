@@ -38,6 +38,9 @@ pub struct EnrollResponse {
     pub ca_pem: String,
     /// Unix seconds.
     pub not_after: i64,
+    /// The gateway requires an admin's approval before this device may connect.
+    #[serde(default)]
+    pub awaiting_approval: bool,
 }
 
 #[derive(Serialize, Deserialize)]

@@ -26,7 +26,6 @@ use shimgate_wire::{clock, pki};
 use super::Peer;
 use super::auth::{CsrfOnly, Nav};
 use super::{Actor, Console, Failure, error_page, render, when};
-use crate::enroll::VPN_DOMAIN;
 
 /// How long an enrollment code made from an invitation stays valid.
 const CODE_LIFETIME: i64 = 3600;
@@ -735,7 +734,7 @@ pub async fn status(State(c): State<Arc<Console>>, Form(f): Form<StatusForm>) ->
         Ok(Some(d)) => Json(EnrollStatus {
             enrolled: true,
             awaiting_approval: d.status == shimgate_registry::DeviceStatus::Pending,
-            vpn_name: Some(format!("{}.{VPN_DOMAIN}", d.name)),
+            vpn_name: Some(format!("{}.{}", d.name, c.gw.config.vpn_domain)),
             vpn_ip: Some(d.vpn_ip.to_string()),
             device_name: Some(d.name),
         })

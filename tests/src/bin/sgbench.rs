@@ -9,11 +9,18 @@
 //!   [`origin`] for its tiny protocol).
 //! * `measure --name N --target ADDR [--socks ADDR] --out FILE`: runs every
 //!   figure for one path and writes it as JSON.
+//! * `load --socks ADDR --target ADDR --conns N`: opens N tunneled
+//!   connections at once, checks every byte each moves, holds them at a
+//!   barrier and reports memory per connection (`tests/bench/load.sh`).
+//! * `soak --socks ADDR --target ADDR --secs S`: mixed traffic for a while,
+//!   every byte checked (`tests/bench/soak.sh`).
 //! * `report FILE...`: prints the side-by-side table and the targets.
 //! * `failed`, `ports`, `wait-port`: helpers for the script.
 
 #[path = "sgbench/client.rs"]
 mod client;
+#[path = "sgbench/load.rs"]
+mod load;
 #[path = "sgbench/measure.rs"]
 mod measure;
 #[path = "sgbench/origin.rs"]
@@ -50,6 +57,10 @@ enum Cmd {
     },
     /// Measure one path and write its figures as JSON.
     Measure(measure::MeasureArgs),
+    /// Open many tunneled connections at once, each moving checked bytes.
+    Load(load::LoadArgs),
+    /// Mixed checked traffic (bulk, short requests, peer sessions) for a while.
+    Soak(load::SoakArgs),
     /// Print the side-by-side table and the targets from `measure` outputs.
     Report(report::ReportArgs),
     /// Write a result file for a path that could not be run.
@@ -107,6 +118,20 @@ fn run(cli: Cli) -> Result<()> {
                 .enable_all()
                 .build()?;
             rt.block_on(measure::run(args))
+        }
+        Cmd::Load(args) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(args.threads.max(1))
+                .enable_all()
+                .build()?;
+            rt.block_on(load::run_load(args))
+        }
+        Cmd::Soak(args) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(args.threads.max(1))
+                .enable_all()
+                .build()?;
+            rt.block_on(load::run_soak(args))
         }
         Cmd::Report(args) => report::run(args),
         Cmd::Failed(a) => {

@@ -78,7 +78,7 @@ pub struct MeasureArgs {
     out: PathBuf,
 }
 
-fn parse_host_port(s: &str) -> Result<(String, u16)> {
+pub fn parse_host_port(s: &str) -> Result<(String, u16)> {
     let (host, port) = s
         .rsplit_once(':')
         .with_context(|| format!("{s:?} is not HOST:PORT"))?;
@@ -91,7 +91,7 @@ fn parse_host_port(s: &str) -> Result<(String, u16)> {
     Ok((host.to_owned(), port))
 }
 
-fn parse_size(s: &str) -> Result<u64> {
+pub fn parse_size(s: &str) -> Result<u64> {
     let s = s.trim();
     let (num, mult) = match s.char_indices().last() {
         Some((i, 'k' | 'K')) => (&s[..i], 1u64 << 10),

@@ -5,6 +5,9 @@
 //!   CPU), then waits for the next command.
 //! * `P`: replies with the single byte `p` (a 1-byte request/response; idle
 //!   connections send one and then stay open).
+//! * `E` + 8-byte big-endian length: echoes that many bytes back as they
+//!   arrive (the load and soak tests check them), then waits for the next
+//!   command.
 //!
 //! Anything else closes the connection.
 
@@ -18,6 +21,7 @@ use tokio::net::{TcpSocket, TcpStream};
 pub const CMD_BULK: u8 = b'B';
 pub const CMD_PING: u8 = b'P';
 pub const PONG: u8 = b'p';
+pub const CMD_ECHO: u8 = b'E';
 
 /// The bulk byte stream: byte `i` is `data[i % data.len()]`.
 pub struct Pattern {
@@ -39,6 +43,18 @@ impl Pattern {
             data.extend_from_slice(&x.to_le_bytes());
         }
         Self { data }
+    }
+
+    /// Fills `out` with the stream content starting at `offset`.
+    pub fn fill(&self, offset: u64, out: &mut [u8]) {
+        let mut pos = (offset % self.data.len() as u64) as usize;
+        let mut out = out;
+        while !out.is_empty() {
+            let n = out.len().min(self.data.len() - pos);
+            out[..n].copy_from_slice(&self.data[pos..pos + n]);
+            out = &mut out[n..];
+            pos = 0;
+        }
     }
 
     /// Whether `chunk` is the stream content starting at `offset`.
@@ -102,6 +118,21 @@ async fn handle(mut s: TcpStream, pattern: &Pattern) -> Result<()> {
                 while left > 0 {
                     let n = left.min(pattern.data.len() as u64) as usize;
                     s.write_all(&pattern.data[..n]).await?;
+                    left -= n as u64;
+                }
+            }
+            CMD_ECHO => {
+                let mut len = [0u8; 8];
+                s.read_exact(&mut len).await?;
+                let mut left = u64::from_be_bytes(len);
+                let mut buf = vec![0u8; 64 * 1024];
+                while left > 0 {
+                    let want = left.min(buf.len() as u64) as usize;
+                    let n = s.read(&mut buf[..want]).await?;
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    s.write_all(&buf[..n]).await?;
                     left -= n as u64;
                 }
             }

@@ -1,0 +1,135 @@
+# Shell helpers shared by the benchmark scripts (run.sh, load.sh, soak.sh);
+# sourced, not run. The caller defines WORK (a temp dir for logs), PIDS (an
+# array of background pids its cleanup stops), FG_PID, BIN (target/release)
+# and SGBENCH, and may set GW_SERVE_ARGS (extra `shimgate-gateway serve` flags).
+# shellcheck shell=bash
+if ! declare -p GW_SERVE_ARGS >/dev/null 2>&1; then GW_SERVE_ARGS=(); fi
+
+# Children, grandchildren... of a pid (sshd forks per session).
+descendants() {
+    local c
+    for c in $(ps -o pid= --ppid "$1" 2>/dev/null); do
+        echo "$c"
+        descendants "$c"
+    done
+}
+
+# Stops the given pids (and their descendants): TERM, up to 3 s, then KILL.
+stop_pids() {
+    local all=() pid i alive
+    for pid in "$@"; do
+        [[ -n "$pid" ]] || continue
+        all+=("$pid")
+        mapfile -t -O "${#all[@]}" all < <(descendants "$pid")
+    done
+    ((${#all[@]})) || return 0
+    kill -TERM "${all[@]}" 2>/dev/null || true
+    for ((i = 0; i < 30; i++)); do
+        alive=0
+        for pid in "${all[@]}"; do
+            if kill -0 "$pid" 2>/dev/null; then alive=1; fi
+        done
+        ((alive)) || break
+        sleep 0.1
+    done
+    kill -KILL "${all[@]}" 2>/dev/null || true
+    for pid in "$@"; do wait "$pid" 2>/dev/null || true; done
+}
+
+# Runs a command and waits for it. Bash runs traps only between commands, so
+# a long command in the foreground would delay the cleanup on SIGTERM; `wait`
+# is interrupted by the signal instead.
+fg_run() {
+    local rc=0
+    "$@" &
+    FG_PID=$!
+    wait "$FG_PID" || rc=$?
+    FG_PID=""
+    return "$rc"
+}
+
+# Starts a background process with its output in $WORK/NAME.log; sets BG_PID.
+start_bg() {
+    local name="$1"
+    shift
+    "$@" >"$WORK/$name.log" 2>&1 &
+    BG_PID=$!
+    PIDS+=("$BG_PID")
+}
+
+# The logs are colored even when they don't go to a terminal.
+nocolor() { sed 's/\x1b\[[0-9;]*m//g'; }
+
+show_log() {
+    local l
+    for l in "$@"; do
+        if [[ -s "$WORK/$l.log" ]]; then
+            echo "---- last lines of $l.log:" >&2
+            tail -n 15 "$WORK/$l.log" | nocolor >&2
+        fi
+    done
+}
+
+# Records why the current path failed and shows the given logs.
+FAIL_MSG=""
+fail() {
+    FAIL_MSG="$1"
+    echo "${0##*/}: $1" >&2
+    shift
+    show_log "$@"
+}
+
+# Starts a fresh gateway with its data in DIR (SQLite registry) and its log in
+# TAG.log; sets GW_PORT and GW_PID. Then `gw ARGS` runs the gateway's CLI on
+# it. GW_SERVE_ARGS: extra `serve` flags.
+start_gateway() {
+    local dir="$1" tag="$2"
+    GW_DIR="$dir"
+    read -r GW_PORT < <("$SGBENCH" ports 1)
+    # Explicit dirs only, and the default SQLite database.
+    unset DATABASE_URL SHIMGATE_HOME SHIMGATE_GATEWAY_DIR
+    gw init --name localhost --ip 127.0.0.1 --listen "127.0.0.1:$GW_PORT" \
+        >"$WORK/$tag-init.log" 2>&1 || { fail "shimgate-gateway init failed" "$tag-init"; return 1; }
+    start_bg "$tag" "$BIN/shimgate-gateway" --data-dir "$GW_DIR" serve "${GW_SERVE_ARGS[@]}"
+    GW_PID=$BG_PID
+    "$SGBENCH" wait-port "127.0.0.1:$GW_PORT" --pid "$GW_PID" --timeout-secs 30 ||
+        { fail "shimgate-gateway serve did not start" "$tag"; return 1; }
+}
+gw() { "$BIN/shimgate-gateway" --data-dir "$GW_DIR" "$@"; }
+
+# Prints a fresh enrollment code for user bench.
+new_code() {
+    local code
+    code="$(gw token create --user bench --quiet 2>"$WORK/gateway-token.log")" ||
+        { fail "shimgate-gateway token create failed" gateway-token; return 1; }
+    [[ "$code" == sg1-* ]] || { fail "token create printed ${code:-nothing}, not an sg1- code"; return 1; }
+    echo "$code"
+}
+
+# Waits until the device proxy with config dir DIR (pid PID, log TAG.log) is
+# up and connected: `shimgate status` exits 0. GWTAG: the gateway's log.
+wait_device() {
+    local dir="$1" pid="$2" tag="$3" gwtag="${4:-gateway}" i
+    for ((i = 0; ; i++)); do
+        if "$BIN/shimgate" --config-dir "$dir" status >/dev/null 2>&1; then return 0; fi
+        if ! kill -0 "$pid" 2>/dev/null; then
+            fail "shimgate up ($tag) exited" "$tag" "$gwtag"; return 1
+        fi
+        if ((i >= 300)); then
+            fail "shimgate status ($tag) did not exit 0 within 30 s" "$tag" "$gwtag"; return 1
+        fi
+        sleep 0.1
+    done
+}
+
+# Sets peer_listen in a device's config.toml (enroll writes the default).
+set_peer_listen() {
+    local file="$1" addr="$2"
+    if grep -q '^peer_listen *=' "$file"; then
+        sed -i "s/^peer_listen *=.*/peer_listen = \"$addr\"/" "$file"
+    else
+        # A top-level key must come before the first [table].
+        sed -i "1i peer_listen = \"$addr\"" "$file"
+    fi
+    grep -q "^peer_listen = \"$addr\"" "$file" || { fail "could not set peer_listen in $file"; return 1; }
+}

@@ -6,7 +6,8 @@
 # 1. installs what is missing (curl, iproute2, ...; apt-get, as root)
 # 2. Postgres: $DATABASE_URL if set, else 127.0.0.1:5432 if it answers, else a
 #    throwaway cluster (stopped and deleted at exit); exports DATABASE_URL
-# 3. cargo fmt --check, cargo clippy -D warnings, cargo build (all targets)
+# 3. cargo fmt --check, cargo clippy -D warnings, cargo build (all targets),
+#    a fuzz smoke run (tests/fuzz/smoke.sh)
 # 4. the tests: cargo nextest (if installed) or cargo test, whole workspace,
 #    including the end-to-end suite tests/e2e (real processes, network
 #    namespaces: run as root, or set SHIMGATE_SKIP_NETNS=1 to skip those)
@@ -59,6 +60,9 @@ phase build cargo build --workspace --all-targets || {
 	sg_log "FAILED: ${failed[*]} (the build failed: no tests run)"
 	exit 1
 }
+
+# cargo fuzz targets, a few seconds each (tests/fuzz/smoke.sh: installs cargo-fuzz if missing)
+phase fuzz bash "$ROOT/tests/fuzz/smoke.sh" || true
 
 if cargo nextest --version >/dev/null 2>&1; then
 	# nextest does not run doctests

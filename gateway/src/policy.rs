@@ -358,4 +358,261 @@ mod tests {
         };
         assert!(!check(&[], t));
     }
+
+    /// Properties over random rule sets and destinations (proptest): the
+    /// claims the module documentation makes, checked on inputs nobody
+    /// thought to write down.
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// The gateway's own port in `OWN`; targets avoid it so that every
+        /// case takes the ordinary path (`own_port_needs_the_exact_address`
+        /// covers that one).
+        const OWN_PORT: u16 = 8443;
+
+        fn subject() -> impl Strategy<Value = Subject> {
+            prop_oneof![
+                Just(Subject::Everyone),
+                Just(Subject::User("alice".into())),
+                Just(Subject::User("bob".into())),
+                Just(Subject::Group("ops".into())),
+                Just(Subject::Group("sales".into())),
+            ]
+        }
+
+        /// Subjects that apply to `who()` (alice, in ops).
+        fn my_subject() -> impl Strategy<Value = Subject> {
+            prop_oneof![
+                Just(Subject::Everyone),
+                Just(Subject::User("alice".into())),
+                Just(Subject::Group("ops".into())),
+            ]
+        }
+
+        /// A random address inside `net`.
+        fn inside(net: IpNet, bits: u128) -> IpAddr {
+            match net {
+                IpNet::V4(n) => {
+                    let host = (bits as u32) & !u32::from(n.netmask());
+                    IpAddr::V4(std::net::Ipv4Addr::from(u32::from(n.network()) | host))
+                }
+                IpNet::V6(n) => {
+                    let host = bits & !u128::from(n.netmask());
+                    IpAddr::V6(std::net::Ipv6Addr::from(u128::from(n.network()) | host))
+                }
+            }
+        }
+
+        fn reserved_addr() -> impl Strategy<Value = IpAddr> {
+            (0..RESERVED.len(), any::<u128>())
+                .prop_map(|(i, bits)| inside(RESERVED[i].parse().expect("reserved range"), bits))
+        }
+
+        /// Addresses from everywhere, weighted towards the interesting
+        /// places: reserved ranges, IPv4-mapped IPv6, a few private nets.
+        fn addr() -> impl Strategy<Value = IpAddr> {
+            let near = [
+                "10.0.0.0/24",
+                "192.0.2.0/24",
+                "2001:db8::/120",
+                "100.64.0.0/24",
+            ];
+            prop_oneof![
+                any::<u32>().prop_map(|a| IpAddr::V4(a.into())),
+                any::<u128>().prop_map(|a| IpAddr::V6(a.into())),
+                reserved_addr(),
+                reserved_addr().prop_map(|a| match a {
+                    IpAddr::V4(v4) => IpAddr::V6(v4.to_ipv6_mapped()),
+                    v6 => v6,
+                }),
+                (0..near.len(), any::<u128>())
+                    .prop_map(move |(i, bits)| inside(near[i].parse().expect("net"), bits)),
+            ]
+        }
+
+        const NAMES: [&str; 5] = [
+            "corp.test",
+            "wiki.corp.test",
+            "localhost",
+            "example.org",
+            "bob.vpn.internal",
+        ];
+
+        fn net_around(addr: IpAddr, prefix: u8) -> IpNet {
+            let max = if addr.is_ipv4() { 32 } else { 128 };
+            IpNet::new(addr, prefix % (max + 1))
+                .expect("prefix in range")
+                .trunc()
+        }
+
+        fn dest() -> impl Strategy<Value = Dest> {
+            prop_oneof![
+                (addr(), any::<u8>()).prop_map(|(a, p)| Dest::Cidr(net_around(a, p))),
+                (0..NAMES.len()).prop_map(|i| Dest::Domain(NAMES[i].into())),
+                Just(Dest::PeerGroup("lab".into())),
+            ]
+        }
+
+        fn ports() -> impl Strategy<Value = (u16, u16)> {
+            (1..=u16::MAX, 1..=u16::MAX).prop_map(|(a, b)| (a.min(b), a.max(b)))
+        }
+
+        fn make(subject: Subject, dest: Dest, (lo, hi): (u16, u16), action: Action) -> Rule {
+            Rule {
+                id: 0,
+                subject,
+                dest,
+                port_lo: lo,
+                port_hi: hi,
+                action,
+                created_by: "proptest".into(),
+                created_at: 0,
+            }
+        }
+
+        fn any_rule() -> impl Strategy<Value = Rule> {
+            let action = prop_oneof![Just(Action::Allow), Just(Action::Deny)];
+            (subject(), dest(), ports(), action).prop_map(|(s, d, p, a)| make(s, d, p, a))
+        }
+
+        fn rules() -> impl Strategy<Value = Vec<Rule>> {
+            proptest::collection::vec(any_rule(), 0..12)
+        }
+
+        /// Name (if asked by name), address, port (never the gateway's own).
+        fn target() -> impl Strategy<Value = (Option<&'static str>, IpAddr, u16)> {
+            let name = proptest::option::of((0..NAMES.len()).prop_map(|i| NAMES[i]));
+            let port = (1..=u16::MAX).prop_filter("not the gateway's port", |p| *p != OWN_PORT);
+            (name, addr(), port)
+        }
+
+        fn decide(rules: &[Rule], (name, addr, port): (Option<&str>, IpAddr, u16)) -> bool {
+            let t = Target {
+                name,
+                addr,
+                port,
+                alias: false,
+                peer_groups: None,
+            };
+            check(rules, t)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn default_deny(rules in rules(), t in target()) {
+                // Allowed only if some allow rule applies to this device,
+                // port and (canonical) address or name.
+                let canonical = Target {
+                    name: t.0,
+                    addr: t.1.to_canonical(),
+                    port: t.2,
+                    alias: false,
+                    peer_groups: None,
+                };
+                let some_allow = rules
+                    .iter()
+                    .any(|r| r.action == Action::Allow && rule_matches(r, &who(), &canonical));
+                prop_assert!(!decide(&rules, t) || some_allow);
+                let denies: Vec<Rule> =
+                    rules.into_iter().filter(|r| r.action == Action::Deny).collect();
+                prop_assert!(!decide(&denies, t));
+                prop_assert!(!decide(&[], t));
+            }
+
+            #[test]
+            fn a_matching_deny_always_wins(
+                mut rules in rules(),
+                t in target(),
+                subject in my_subject(),
+                prefix in any::<u8>(),
+                by_name in any::<bool>(),
+                (below, above) in (any::<u16>(), any::<u16>()),
+                at in any::<usize>(),
+            ) {
+                // A deny naming this device, a range or suffix holding the
+                // target and ports around its port, anywhere in the list.
+                let dest = match t.0 {
+                    Some(name) if by_name => Dest::Domain(name.into()),
+                    _ => Dest::Cidr(net_around(t.1.to_canonical(), prefix)),
+                };
+                let ports = (t.2.saturating_sub(below).max(1), t.2.saturating_add(above));
+                let deny = make(subject, dest, ports, Action::Deny);
+                let broad = [
+                    make(Subject::Everyone, Dest::Cidr("0.0.0.0/0".parse().unwrap()), (1, u16::MAX), Action::Allow),
+                    make(Subject::Everyone, Dest::Cidr("::/0".parse().unwrap()), (1, u16::MAX), Action::Allow),
+                ];
+                rules.extend(broad);
+                let at = at % (rules.len() + 1);
+                rules.insert(at, deny);
+                prop_assert!(!decide(&rules, t));
+            }
+
+            #[test]
+            fn reserved_ranges_need_an_explicit_rule(
+                allows in proptest::collection::vec(any_rule(), 0..12),
+                addr in reserved_addr(),
+                mapped in any::<bool>(),
+                name in proptest::option::of((0..NAMES.len()).prop_map(|i| NAMES[i])),
+                port in (1..=u16::MAX).prop_filter("not the gateway's port", |p| *p != OWN_PORT),
+            ) {
+                let range = reserved_range(addr).expect("generated inside a reserved range");
+                // Allow rules only, none of them a CIDR inside the range:
+                // everything, every domain, every port, but not by name.
+                let mut rules: Vec<Rule> = allows
+                    .into_iter()
+                    .filter(|r| !matches!(&r.dest, Dest::Cidr(n) if range.contains(n)))
+                    .map(|r| Rule { action: Action::Allow, ..r })
+                    .collect();
+                for (net, n) in [("0.0.0.0/0", None), ("::/0", None), ("0.0.0.0/0", name)] {
+                    let dest = match n {
+                        Some(n) => Dest::Domain(n.into()),
+                        None => Dest::Cidr(net.parse().unwrap()),
+                    };
+                    rules.push(make(Subject::Everyone, dest, (1, u16::MAX), Action::Allow));
+                }
+                // The same address, also as IPv4-mapped IPv6 when it is IPv4.
+                let asked = match (addr, mapped) {
+                    (IpAddr::V4(v4), true) => IpAddr::V6(v4.to_ipv6_mapped()),
+                    (a, _) => a,
+                };
+                prop_assert!(!decide(&rules, (name, asked, port)), "{asked} reached without a rule naming it");
+                // Naming it (its own /32 or /128) opens it.
+                rules.push(make(Subject::Everyone, Dest::Cidr(IpNet::from(addr)), (port, port), Action::Allow));
+                prop_assert!(decide(&rules, (name, asked, port)), "{asked} named explicitly but refused");
+            }
+
+            #[test]
+            fn rule_order_does_not_matter(rules in rules(), t in target(), turn in any::<usize>()) {
+                let decision = decide(&rules, t);
+                let mut reversed = rules.clone();
+                reversed.reverse();
+                prop_assert_eq!(decide(&reversed, t), decision);
+                let mut rotated = rules;
+                if !rotated.is_empty() {
+                    let n = turn % rotated.len();
+                    rotated.rotate_left(n);
+                }
+                prop_assert_eq!(decide(&rotated, t), decision);
+            }
+
+            #[test]
+            fn more_allows_never_deny_more_denies_never_allow(
+                rules in rules(),
+                extra in any_rule(),
+                t in target(),
+            ) {
+                let before = decide(&rules, t);
+                let mut more = rules;
+                more.push(extra.clone());
+                let after = decide(&more, t);
+                match extra.action {
+                    Action::Allow => prop_assert!(after || !before),
+                    Action::Deny => prop_assert!(!after || before),
+                }
+            }
+        }
+    }
 }

@@ -200,6 +200,18 @@ fn respond(head: &[u8], pac: impl FnOnce() -> String) -> Answer {
     }
 }
 
+/// The status line a loopback client that sent `received` gets: the head
+/// ends where [`Pac::answer`] would end it, then the request is judged as
+/// it is. Public only for the fuzz target `pac_head` (tests/fuzz), which
+/// cannot reach the private parser otherwise.
+#[doc(hidden)]
+pub fn status_for(received: &[u8]) -> &'static str {
+    let head = find_end(received)
+        .and_then(|end| received.get(..end))
+        .unwrap_or(received);
+    respond(head, String::new).status
+}
+
 /// A `Host` header value that is an IP literal or `localhost`, with or without a port.
 fn names_this_machine(host: &str) -> bool {
     let bare = match host.strip_prefix('[') {

@@ -221,5 +221,57 @@ mod tests {
             let code = EnrollmentCode { gateway: format!("{host}:{port}"), secret, expires_at: exp, ..sample() };
             prop_assert_eq!(code.to_string().parse::<EnrollmentCode>().unwrap(), code);
         }
+
+        /// Every field survives, IPv6 gateways and surrounding whitespace
+        /// (a paste from a chat window) included.
+        #[test]
+        fn every_field_round_trips(
+            v6 in any::<[u16; 8]>(),
+            host in "[a-z][a-z0-9-]{0,30}(\\.[a-z0-9-]{1,20}){0,4}",
+            use_v6 in any::<bool>(),
+            port in any::<u16>(),
+            ca_fingerprint in any::<[u8; 32]>(),
+            token_id in any::<[u8; 16]>(),
+            secret in any::<[u8; 32]>(),
+            expires_at in any::<i64>(),
+            pad in "[ \t\r\n]{0,3}",
+        ) {
+            let gateway = if use_v6 {
+                format!("[{}]:{port}", std::net::Ipv6Addr::from(v6))
+            } else {
+                format!("{host}:{port}")
+            };
+            let code = EnrollmentCode { gateway, ca_fingerprint, token_id, secret, expires_at };
+            let text = format!("{pad}{code}{pad}");
+            let back: EnrollmentCode = text.parse().unwrap();
+            prop_assert_eq!(back.gateway_host(), code.gateway_host());
+            prop_assert_eq!(back, code);
+        }
+
+        /// The checksum catches any one mistyped character and any
+        /// truncation: a bad code is never taken for a different valid one.
+        #[test]
+        fn any_typo_or_truncation_is_refused(
+            host in "[a-z0-9.-]{1,40}",
+            secret in any::<[u8; 32]>(),
+            at in any::<usize>(),
+            with in proptest::sample::select(
+                "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+                    .chars()
+                    .collect::<Vec<_>>(),
+            ),
+            keep in any::<usize>(),
+        ) {
+            let text = EnrollmentCode { gateway: format!("{host}:443"), secret, ..sample() }.to_string();
+            let body = PREFIX.len()..text.len();
+            let i = body.start + at % body.len();
+            let mut typo: Vec<char> = text.chars().collect();
+            prop_assume!(typo[i] != with);
+            typo[i] = with;
+            let typo: String = typo.into_iter().collect();
+            prop_assert!(typo.parse::<EnrollmentCode>().is_err(), "{} accepted", typo);
+            let cut = keep % text.len();
+            prop_assert!(text[..cut].parse::<EnrollmentCode>().is_err());
+        }
     }
 }

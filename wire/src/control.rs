@@ -384,4 +384,123 @@ mod tests {
         assert_eq!(SessionId::parse("zz"), None);
         assert_eq!(SessionId::parse(&"a".repeat(34)), None);
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn session() -> impl Strategy<Value = SessionId> {
+            any::<[u8; 16]>().prop_map(SessionId)
+        }
+
+        fn path() -> impl Strategy<Value = PeerPath> {
+            prop_oneof![Just(PeerPath::Direct), Just(PeerPath::Relayed)]
+        }
+
+        fn device_msg() -> impl Strategy<Value = DeviceMsg> {
+            let addr = (any::<[u8; 4]>(), any::<u16>())
+                .prop_map(|(ip, port)| SocketAddr::from((ip, port)));
+            prop_oneof![
+                (
+                    any::<u16>(),
+                    proptest::collection::vec(addr, 0..=MAX_LIST),
+                    proptest::collection::vec(any::<u16>(), 0..=MAX_LIST),
+                )
+                    .prop_map(|(listen_port, addrs, exports)| {
+                        DeviceMsg::Announce {
+                            listen_port,
+                            addrs,
+                            exports,
+                        }
+                    }),
+                session().prop_map(|session| DeviceMsg::Accept { session }),
+                // Any text, escapes and non-ASCII included.
+                (session(), "\\PC{0,40}")
+                    .prop_map(|(session, reason)| DeviceMsg::Decline { session, reason }),
+                (
+                    session(),
+                    path(),
+                    any::<u64>(),
+                    any::<u64>(),
+                    proptest::option::of(".{0,40}")
+                )
+                    .prop_map(|(session, path, sent, received, why)| {
+                        DeviceMsg::Ended {
+                            session,
+                            path,
+                            sent,
+                            received,
+                            why,
+                        }
+                    },),
+            ]
+        }
+
+        /// Messages have no `PartialEq` (a key inside must not be compared
+        /// by accident): compare their JSON.
+        fn json<T: Serialize>(m: &T) -> serde_json::Value {
+            serde_json::to_value(m).unwrap()
+        }
+
+        proptest! {
+            /// However TCP cuts a stream of messages, the decoder hands out
+            /// the same messages in the same order, and nothing else.
+            #[test]
+            fn any_split_decodes_to_the_same_messages(
+                msgs in proptest::collection::vec(device_msg(), 0..8),
+                cuts in proptest::collection::vec(any::<usize>(), 0..16),
+            ) {
+                let mut stream = Vec::new();
+                for m in &msgs {
+                    stream.extend_from_slice(&encode(m).unwrap());
+                }
+                let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (stream.len() + 1)).collect();
+                cuts.push(0);
+                cuts.push(stream.len());
+                cuts.sort_unstable();
+                let mut d = Decoder::default();
+                let mut got = Vec::new();
+                for piece in cuts.windows(2) {
+                    d.push(&stream[piece[0]..piece[1]]).unwrap();
+                    while let Some(m) = d.message::<DeviceMsg>().unwrap() {
+                        got.push(json(&m));
+                    }
+                }
+                let want: Vec<_> = msgs.iter().map(json).collect();
+                prop_assert_eq!(got, want);
+            }
+
+            /// An offer's key arrives intact through any split (it is the
+            /// one field whose loss would not show until the handshake).
+            #[test]
+            fn offers_keep_their_key(key in any::<[u8; 32]>(), cut in any::<usize>(), port in any::<u16>()) {
+                let mut k = SessionKey::zeroed();
+                k.0.copy_from_slice(&key);
+                let offer = GatewayMsg::Offer {
+                    session: SessionId([1; 16]),
+                    key: k,
+                    from: "alice".into(),
+                    from_user: "alice".into(),
+                    port,
+                    expires_in_ms: 1,
+                };
+                let wire = encode(&offer).unwrap();
+                let cut = cut % (wire.len() + 1);
+                let mut d = Decoder::default();
+                d.push(&wire[..cut]).unwrap();
+                let early = d.message::<GatewayMsg>().unwrap();
+                prop_assert!(early.is_none() || cut == wire.len());
+                d.push(&wire[cut..]).unwrap();
+                let got = early.or_else(|| d.message::<GatewayMsg>().unwrap());
+                match got {
+                    Some(GatewayMsg::Offer { key: k, port: p, .. }) => {
+                        prop_assert_eq!(k.bytes(), &key);
+                        prop_assert_eq!(p, port);
+                    }
+                    other => prop_assert!(false, "{:?}", other),
+                }
+                prop_assert!(d.message::<GatewayMsg>().unwrap().is_none());
+            }
+        }
+    }
 }

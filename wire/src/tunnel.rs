@@ -189,4 +189,83 @@ mod tests {
             TunnelError::NetworkUnreachable
         );
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Codes a failed tunnel may produce: never 0x00 (the client would
+        /// think it is connected) and never 0x07 (the proxy alone says that,
+        /// for BIND and UDP ASSOCIATE).
+        const FAILURE_CODES: [u8; 7] = [0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x08];
+
+        fn kind() -> impl Strategy<Value = io::ErrorKind> {
+            use io::ErrorKind::*;
+            proptest::sample::select(vec![
+                NotFound,
+                PermissionDenied,
+                ConnectionRefused,
+                ConnectionReset,
+                HostUnreachable,
+                NetworkUnreachable,
+                ConnectionAborted,
+                NotConnected,
+                AddrInUse,
+                AddrNotAvailable,
+                NetworkDown,
+                BrokenPipe,
+                WouldBlock,
+                InvalidInput,
+                InvalidData,
+                TimedOut,
+                Interrupted,
+                Unsupported,
+                UnexpectedEof,
+                OutOfMemory,
+                Other,
+            ])
+        }
+
+        proptest! {
+            /// Whatever the gateway (or something pretending to be it)
+            /// answers, the SOCKS client gets a failure code RFC 1928 assigns,
+            /// and a recognised reason header wins over the status.
+            #[test]
+            fn any_response_maps_to_an_assigned_failure(status in 100u16..1000, header in proptest::option::of(".{0,30}")) {
+                let status = StatusCode::from_u16(status).unwrap();
+                let e = TunnelError::from_response(status, header.as_deref());
+                prop_assert!(FAILURE_CODES.contains(&e.socks_reply()));
+                prop_assert_ne!(socks_reply_name(e.socks_reply()), "unassigned");
+                if let Some(named) = header.as_deref().and_then(|h| h.parse::<TunnelError>().ok()) {
+                    prop_assert_eq!(e, named);
+                }
+            }
+
+            /// A reason survives the trip through the gateway's answer
+            /// whatever the status it travels with; from the status alone
+            /// (no header) the proxy concludes this reason, one that shares
+            /// its status, or the general failure, never another reason.
+            #[test]
+            fn reasons_survive_any_status(i in 0..TunnelError::ALL.len(), status in 100u16..1000) {
+                let e = TunnelError::ALL[i];
+                let status = StatusCode::from_u16(status).unwrap();
+                prop_assert_eq!(TunnelError::from_response(status, Some(e.as_str())), e);
+                let by_status = TunnelError::from_response(e.http_status(), None);
+                prop_assert!(
+                    by_status == e
+                        || by_status == TunnelError::General
+                        || by_status.http_status() == e.http_status(),
+                    "{e:?} by status alone: {by_status:?}"
+                );
+            }
+
+            /// Every dial error the gateway sees becomes a failure code.
+            #[test]
+            fn io_errors_map_to_failures(kind in kind()) {
+                let e = TunnelError::from_io(&io::Error::from(kind));
+                prop_assert!(FAILURE_CODES.contains(&e.socks_reply()));
+                prop_assert_eq!(TunnelError::from_response(e.http_status(), Some(e.as_str())), e);
+            }
+        }
+    }
 }

@@ -1,0 +1,49 @@
+//! A peer listener's first flight: whatever a stranger sends to a device's
+//! peer port goes to `read_session_id` and then `respond` (the exporting
+//! device's side of the Noise handshake). No input may panic or hang; with
+//! a key the stranger does not know, no input may complete the handshake.
+#![no_main]
+
+use std::sync::OnceLock;
+
+use libfuzzer_sys::fuzz_target;
+use shimgate_wire::peerlink::{Prologue, read_session_id, respond};
+use tokio::io::AsyncWriteExt;
+use tokio::runtime::Runtime;
+
+fn runtime() -> &'static Runtime {
+    static RT: OnceLock<Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_current_thread()
+            // Every input ends with an end of stream, so no read waits for a
+            // timer: an input that stalls a reader would hang here, and
+            // libFuzzer's -timeout reports it.
+            .enable_all()
+            .build()
+            .expect("runtime")
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    runtime().block_on(async {
+        let (mut client, server) = tokio::io::duplex(data.len().max(1) + 64);
+        client.write_all(data).await.expect("fits the pipe");
+        // End of stream after the input: the responder must not wait for more.
+        client.shutdown().await.expect("shutdown");
+        let Ok((id, rd)) = read_session_id(server).await else {
+            return;
+        };
+        let prologue = Prologue {
+            session_id: id,
+            initiator: "alice",
+            responder: "bob",
+            port: 8000,
+        };
+        let result = respond(rd, tokio::io::sink(), &[7; 32], &prologue).await;
+        assert!(
+            result.is_err(),
+            "a handshake completed without the initiator's key"
+        );
+        drop(client);
+    });
+});

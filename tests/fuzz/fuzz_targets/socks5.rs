@@ -1,0 +1,89 @@
+//! What a program sends to the proxy's SOCKS port: fast-socks5's server
+//! protocol over an in-memory pipe, as proxy/src/socks.rs drives it (no
+//! auth, or username/password when the first input byte is odd), then the
+//! CONNECT authority the proxy builds from the target
+//! (`shimgate_proxy::socks::authority`, which refuses some), put into an HTTP/2 CONNECT request
+//! as the proxy's pool does and split as the gateway does. No input may
+//! panic or hang; a request the proxy can build reaches the gateway as the
+//! same host and port.
+#![no_main]
+
+use std::sync::OnceLock;
+
+use fast_socks5::ReplyError;
+use fast_socks5::server::Socks5ServerProtocol;
+use fast_socks5::util::target_addr::TargetAddr;
+use libfuzzer_sys::fuzz_target;
+use shimgate_gateway::dial::Host;
+use tokio::io::AsyncWriteExt;
+use tokio::runtime::Runtime;
+
+fn runtime() -> &'static Runtime {
+    static RT: OnceLock<Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_current_thread()
+            // Every input ends with an end of stream, so no read waits for a
+            // timer: an input that stalls a reader would hang here, and
+            // libFuzzer's -timeout reports it.
+            .enable_all()
+            .build()
+            .expect("runtime")
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&mode, input)) = data.split_first() else {
+        return;
+    };
+    runtime().block_on(async {
+        let (mut client, server) = tokio::io::duplex(input.len() + 4096);
+        client.write_all(input).await.expect("fits the pipe");
+        client.shutdown().await.expect("shutdown");
+        let proto = if mode & 1 == 0 {
+            Socks5ServerProtocol::accept_no_auth(server).await
+        } else {
+            Socks5ServerProtocol::accept_password_auth(server, |u, p| u == "user" && p == "pass")
+                .await
+                .map(|(proto, _)| proto)
+        };
+        let Ok(proto) = proto else {
+            return;
+        };
+        let Ok((proto, _command, target)) = proto.read_command().await else {
+            return;
+        };
+        // proxy/src/socks.rs refuses what has no authority.
+        let Some(dest) = shimgate_proxy::socks::authority(&target) else {
+            let _ = proto
+                .reply_error(&ReplyError::AddressTypeNotSupported)
+                .await;
+            return;
+        };
+        // proxy/src/pool.rs: `Request::builder().method(CONNECT).uri(dest)`.
+        if let Ok(req) = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri(dest.as_str())
+            .body(())
+        {
+            // gateway/src/server.rs `tunnel`: no authority or port refuses.
+            if let Some(a) = req.uri().authority()
+                && let (Ok(host), Some(port)) = (Host::parse(a.host()), a.port_u16())
+            {
+                let (want_host, want_port) = match &target {
+                    TargetAddr::Ip(sa) => (Host::Ip(sa.ip()), sa.port()),
+                    TargetAddr::Domain(name, port) => (
+                        Host::parse(name).unwrap_or(Host::Name(String::new())),
+                        *port,
+                    ),
+                };
+                assert_eq!(port, want_port, "{dest:?}");
+                assert_eq!(
+                    host, want_host,
+                    "{dest:?} reaches the gateway as another host"
+                );
+            }
+        }
+        let _ = proto.reply_error(&ReplyError::GeneralFailure).await;
+        drop(client);
+    });
+});

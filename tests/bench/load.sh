@@ -13,13 +13,14 @@
 #
 # usage: bash tests/bench/load.sh [--conns N] [--bytes B] [--devices D]
 #                                 [--pool P] [--ramp R] [--hold-secs S]
-#                                 [--json FILE] [--skip-build] [--keep-logs DIR]
+#                                 [--gateway-nofile N] [--json FILE]
+#                                 [--skip-build] [--keep-logs DIR]
 # Exit status: 0 when every connection moved its bytes intact, 1 otherwise,
 # 2 for a usage error.
 set -euo pipefail
 
 usage() {
-    sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
     cat <<'EOF'
 options:
   --conns N       concurrent connections (default 10000)
@@ -28,6 +29,8 @@ options:
   --pool P        `shimgate up --pool P`: TLS connections per device to the gateway (default 2)
   --ramp R        connections opening or transferring at once (default 256)
   --hold-secs S   seconds all connections stay open at the barrier (default 5)
+  --gateway-nofile N  lower the gateway's open file limit to N (prlimit) to see what a
+                  gateway started with a small `ulimit -n` does (expect failures)
   --json FILE     also write sgbench's JSON result to FILE
   --skip-build    use the binaries already in target/release
   --keep-logs DIR copy the logs to DIR before cleaning up
@@ -44,9 +47,10 @@ HOLD=5
 JSON_OUT=""
 SKIP_BUILD=0
 KEEP_LOGS=""
+GW_NOFILE=""
 while (($#)); do
     case "$1" in
-        --conns | --bytes | --devices | --pool | --ramp | --hold-secs | --json | --keep-logs)
+        --conns | --bytes | --devices | --pool | --ramp | --hold-secs | --json | --keep-logs | --gateway-nofile)
             (($# >= 2)) || { echo "load.sh: $1 needs a value" >&2; exit 2; } ;;
     esac
     case "$1" in
@@ -57,6 +61,7 @@ while (($#)); do
         --ramp) RAMP="$2"; shift 2 ;;
         --hold-secs) HOLD="$2"; shift 2 ;;
         --json) JSON_OUT="$2"; shift 2 ;;
+        --gateway-nofile) GW_NOFILE="$2"; shift 2 ;;
         --skip-build) SKIP_BUILD=1; shift ;;
         --keep-logs) KEEP_LOGS="$2"; shift 2 ;;
         -h | --help) usage; exit 0 ;;
@@ -132,6 +137,10 @@ start_bg origin "$SGBENCH" origin --listen "$ORIGIN"
 
 GW_SERVE_ARGS=(--console off)
 start_gateway "$WORK/gateway" gateway || exit 1
+if [[ -n "$GW_NOFILE" ]]; then
+    prlimit --pid "$GW_PID" --nofile="$GW_NOFILE:$GW_NOFILE" || { echo "load.sh: prlimit failed" >&2; exit 1; }
+    log "gateway open file limit lowered to $GW_NOFILE"
+fi
 gw policy add allow --to 127.0.0.1/32 >"$WORK/gateway-policy.log" 2>&1 ||
     { fail "policy add failed" gateway-policy; exit 1; }
 

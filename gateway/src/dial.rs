@@ -166,7 +166,12 @@ impl Dialer {
                     let _ = sock.set_nodelay(true);
                     return Ok(sock);
                 }
-                Ok(Err(e)) => last = TunnelError::from_io(&e),
+                Ok(Err(e)) => {
+                    if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) {
+                        tracing::warn!(dest = %to, error = %e, "out of file descriptors: raise the gateway's open-file limit (ulimit -n / LimitNOFILE)");
+                    }
+                    last = TunnelError::from_io(&e);
+                }
                 Err(_) => last = TunnelError::TimedOut,
             }
         }

@@ -27,15 +27,15 @@ macro_rules! both_backends {
 
 mod harness;
 
-mod browser;
 mod abuse;
+mod browser;
 mod cli_contract;
 mod clients;
 mod compose;
 mod console;
 mod demo;
-mod faults;
 mod enrollment;
+mod faults;
 mod multihost;
 mod peer;
 mod policy;

@@ -233,9 +233,9 @@ impl Broker {
         let name = if let Ok(ip) = peer.parse::<Ipv4Addr>() {
             self.by_ip.get(&ip).map(|n| n.value().clone())?
         } else {
-            let lower = peer.trim_end_matches('.').to_ascii_lowercase();
-            let suffix = format!(".{}", domain.to_ascii_lowercase());
-            lower.strip_suffix(&suffix).unwrap_or(&lower).to_owned()
+            // A bare device name is accepted too (`shimgate ping bob`).
+            control::device_in_domain(peer, domain)
+                .unwrap_or_else(|| peer.trim_end_matches('.').to_ascii_lowercase())
         };
         let (vpn_ip, groups) = {
             let online = self.online.get(&name)?;

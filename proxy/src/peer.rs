@@ -148,9 +148,7 @@ impl Peers {
         if let Ok(ip) = host.parse::<Ipv4Addr>() {
             return VPN_RANGE.contains(&ip).then(|| ip.to_string());
         }
-        let lower = host.trim_end_matches('.').to_ascii_lowercase();
-        let name = lower.strip_suffix(&self.vpn_domain)?.strip_suffix('.')?;
-        (!name.is_empty() && !name.contains('.')).then(|| name.to_owned())
+        shimgate_wire::control::device_in_domain(host, &self.vpn_domain)
     }
 
     pub fn exports(&self) -> Vec<u16> {

@@ -1189,40 +1189,13 @@ fn group_invitations_name_the_user_and_count_devices() {
     );
 }
 
-/// Runs one statement on the Postgres server of `DATABASE_URL`.
-fn pg(sql: &str) {
-    use sqlx::{Connection, Executor};
-    let url = std::env::var("DATABASE_URL").expect("DATABASE_URL for the Postgres tests");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
-        conn.execute(sqlx::AssertSqlSafe(sql.to_owned()))
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    });
-}
-
 #[test]
 fn readyz_follows_the_registry() {
     let c = console(Backend::Postgres, &[]);
-    let db =
-        c.gw.db
-            .url
-            .as_deref()
-            .and_then(|u| u.split('?').next())
-            .and_then(|u| u.rsplit('/').next())
-            .expect("the gateway's database name")
-            .to_owned();
     let status = |path: &str| Agent::new(c.addr).get(path).status;
     assert_eq!(status("/readyz"), 200);
     // The registry goes away: no new connections, the open ones cut.
-    pg(&format!("ALTER DATABASE {db} ALLOW_CONNECTIONS false"));
-    pg(&format!(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'"
-    ));
+    c.gw.db.refuse_connections(true);
     poll(
         "/readyz to say not ready",
         Duration::from_secs(15),
@@ -1230,7 +1203,7 @@ fn readyz_follows_the_registry() {
         || (status("/readyz") == 503).then_some(()),
     );
     assert_eq!(status("/healthz"), 200, "the process itself is fine");
-    pg(&format!("ALTER DATABASE {db} ALLOW_CONNECTIONS true"));
+    c.gw.db.refuse_connections(false);
     poll(
         "/readyz to say ready again",
         Duration::from_secs(30),

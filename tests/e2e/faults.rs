@@ -7,21 +7,6 @@ use std::time::{Duration, Instant};
 use crate::harness::socks::{connect_ok, http_get};
 use crate::harness::*;
 
-fn pg(sql: &str) {
-    use sqlx::{Connection, Executor};
-    let url = std::env::var("DATABASE_URL").expect("DATABASE_URL for the Postgres tests");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
-        conn.execute(sqlx::AssertSqlSafe(sql.to_owned()))
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    });
-}
-
 /// Reads from a flowing stream until `n` more bytes came, or panics.
 fn keeps_flowing(s: &mut TcpStream, n: usize, what: &str) {
     s.set_read_timeout(Some(Duration::from_millis(200)))
@@ -102,18 +87,7 @@ fn a_registry_outage_stops_nothing_that_is_running_and_loses_no_audit() {
     );
     let (grants_before, ends_before, _) = counts(&gw);
     eprintln!("[e2e] before the outage: {grants_before} grants, {ends_before} ends");
-    let db = gw
-        .db
-        .url
-        .as_deref()
-        .and_then(|u| u.split('?').next())
-        .and_then(|u| u.rsplit('/').next())
-        .expect("the gateway's database name")
-        .to_owned();
-    pg(&format!("ALTER DATABASE {db} ALLOW_CONNECTIONS false"));
-    pg(&format!(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'"
-    ));
+    gw.db.refuse_connections(true);
     let outage = Instant::now();
 
     keeps_flowing(&mut tunnel, 16 * 1024, "the tunnel during the outage");
@@ -148,7 +122,7 @@ fn a_registry_outage_stops_nothing_that_is_running_and_loses_no_audit() {
     );
     eprintln!("[e2e] outage lasted {:?}", outage.elapsed());
 
-    pg(&format!("ALTER DATABASE {db} ALLOW_CONNECTIONS true"));
+    gw.db.refuse_connections(false);
     // everything brokered during the outage reaches the audit log
     // during the outage: two sessions granted and ended
     let audit = poll(

@@ -35,6 +35,15 @@ pub const MAX_LIST: usize = 64;
 /// The VPN's DNS domain unless configured otherwise: bob is `bob.vpn.internal`.
 pub const DEFAULT_VPN_DOMAIN: &str = "vpn.internal";
 
+/// The device a host name under the VPN domain names (`bob.vpn.internal` →
+/// `bob`; case and a trailing dot ignored), or `None` for any other name.
+pub fn device_in_domain(host: &str, domain: &str) -> Option<String> {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+    let name = host.strip_suffix(&domain)?.strip_suffix('.')?;
+    (!name.is_empty() && !name.contains('.')).then(|| name.to_owned())
+}
+
 /// A session's single-use id: 16 random bytes, hex on the wire.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SessionId(pub [u8; 16]);

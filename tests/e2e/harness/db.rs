@@ -62,6 +62,45 @@ impl Drop for PgGuard {
     }
 }
 
+impl Database {
+    /// Makes Postgres refuse (and cut) every connection to this database,
+    /// or accept them again: a registry outage with the server still up.
+    pub fn refuse_connections(&self, refuse: bool) {
+        let db = self
+            .url
+            .as_deref()
+            .and_then(|u| u.split('?').next())
+            .and_then(|u| u.rsplit('/').next())
+            .expect("a Postgres database (Backend::Postgres)")
+            .to_owned();
+        admin_sql(&format!(
+            "ALTER DATABASE {db} ALLOW_CONNECTIONS {}",
+            !refuse
+        ));
+        if refuse {
+            admin_sql(&format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'"
+            ));
+        }
+    }
+}
+
+/// Runs one statement on the server of `DATABASE_URL`.
+fn admin_sql(sql: &str) {
+    use sqlx::Executor;
+    let url = admin_url();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
+        conn.execute(sqlx::AssertSqlSafe(sql.to_owned()))
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    });
+}
+
 fn admin_url() -> String {
     match std::env::var("DATABASE_URL") {
         Ok(url) if !url.is_empty() => url,

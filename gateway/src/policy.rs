@@ -4,8 +4,9 @@
 //! Default deny. A matching deny wins over any allow. Destinations that are
 //! dangerous to reach from inside the gateway (its own loopback, link-local
 //! and cloud metadata addresses, unspecified and multicast addresses, its own
-//! listening port) are refused unless an allow rule names them explicitly:
-//! its CIDR lies inside that reserved range, e.g. `127.0.0.1/32`.
+//! listening port, the gateway host's own addresses) are refused unless an
+//! allow rule names them explicitly: its CIDR lies inside that reserved range,
+//! e.g. `127.0.0.1/32`, or is the host address's own `/32` (`/128`).
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
@@ -152,7 +153,11 @@ pub fn allows(rules: &[Rule], who: &Identity, target: &Target, own: SocketAddr) 
         let exact = IpNet::from(addr);
         return matching().any(|r| r.action == Action::Allow && names_explicitly(r, exact, addr));
     }
-    match reserved_range(addr) {
+    // The gateway host's own addresses guard whatever else listens there
+    // (the console, a database, sshd) as loopback does: a broad rule for
+    // the network the gateway sits in does not open them.
+    let guarded = reserved_range(addr).or_else(|| is_local(addr).then(|| IpNet::from(addr)));
+    match guarded {
         Some(range) => {
             matching().any(|r| r.action == Action::Allow && names_explicitly(r, range, addr))
         }

@@ -158,22 +158,28 @@ impl Gateway {
                 }
             });
         }
+        let mut builder = h2::server::Builder::new();
+        builder
+            .max_header_list_size(h2tuning::MAX_HEADER_LIST)
+            .max_send_buffer_size(h2tuning::CHUNK * 4);
         // Without a certificate a client may only enroll: a few streams, for
-        // a short while.
-        let (streams, deadline) = match ident {
-            Some(_) => (h2tuning::MAX_STREAMS, None),
-            None => (
-                ANONYMOUS_STREAMS,
-                Some(tokio::time::Instant::now() + ANONYMOUS_LIFETIME),
-            ),
+        // a short while, with HTTP/2's default (small) frames and windows,
+        // so that what it can make the gateway buffer stays small.
+        let deadline = match ident {
+            Some(_) => {
+                builder
+                    .max_concurrent_streams(h2tuning::MAX_STREAMS)
+                    .initial_window_size(h2tuning::STREAM_WINDOW)
+                    .initial_connection_window_size(h2tuning::CONNECTION_WINDOW)
+                    .max_frame_size(h2tuning::MAX_FRAME);
+                None
+            }
+            None => {
+                builder.max_concurrent_streams(ANONYMOUS_STREAMS);
+                Some(tokio::time::Instant::now() + ANONYMOUS_LIFETIME)
+            }
         };
-        let handshake = h2::server::Builder::new()
-            .initial_window_size(h2tuning::STREAM_WINDOW)
-            .initial_connection_window_size(h2tuning::CONNECTION_WINDOW)
-            .max_frame_size(h2tuning::MAX_FRAME)
-            .max_concurrent_streams(streams)
-            .max_send_buffer_size(h2tuning::CHUNK * 4)
-            .handshake::<_, Bytes>(tls);
+        let handshake = builder.handshake::<_, Bytes>(tls);
         let mut h2 = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => {

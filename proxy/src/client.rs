@@ -116,6 +116,7 @@ pub async fn connect(
         .initial_window_size(h2tuning::STREAM_WINDOW)
         .initial_connection_window_size(h2tuning::CONNECTION_WINDOW)
         .max_frame_size(h2tuning::MAX_FRAME)
+        .max_header_list_size(h2tuning::MAX_HEADER_LIST)
         .max_send_buffer_size(h2tuning::CHUNK * 4)
         .handshake::<_, Bytes>(tls_stream)
         .await;

@@ -5,6 +5,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use crate::harness::h2raw::{self, RawH2};
 use crate::harness::socks::{connect_ok, http_get};
 use crate::harness::*;
 
@@ -176,5 +177,214 @@ fn garbage_on_a_control_stream_ends_only_that_stream() {
             "the gateway did not log ending a bad control stream ({why}):\n{logs}"
         );
     }
+    page_through(&dev, &origin);
+}
+
+/// What a raw HTTP/2 client needs to reach the gateway as `dev` would:
+/// the address, the TLS name, and TLS configs without and with its
+/// certificate.
+fn raw_h2_configs(
+    gw: &Gateway,
+    dev: &Device,
+) -> (
+    SocketAddr,
+    String,
+    std::sync::Arc<rustls::ClientConfig>,
+    std::sync::Arc<rustls::ClientConfig>,
+) {
+    use shimgate_proxy::config::{ConfigDir, DeviceConfig};
+    let dir = ConfigDir::new(dev.config_dir.clone());
+    let name = DeviceConfig::load(&dir).unwrap().server_name;
+    let ca = shimgate_wire::pki::load_certs(&gw.ca_cert()).unwrap();
+    let anonymous =
+        shimgate_proxy::tls::pinned(shimgate_wire::pki::fingerprint_bytes(&ca[0])).unwrap();
+    let device = shimgate_proxy::tls::device(&dir).unwrap();
+    let addr = SocketAddr::from(([127, 0, 0, 1], gw.port()));
+    (addr, name, anonymous, device)
+}
+
+/// Reads frames until `last` is reset; the streams reset on the way, with
+/// their error codes.
+fn resets_until(h2: &mut RawH2, last: u32) -> Vec<(u32, u32)> {
+    let mut resets = Vec::new();
+    loop {
+        let f = h2.until("RST_STREAM frames", |f| f.kind == h2raw::RST_STREAM);
+        resets.push((f.stream, f.error_code().unwrap_or(u32::MAX)));
+        if f.stream == last {
+            return resets;
+        }
+    }
+}
+
+/// A finished request on `stream` is answered: the stream was taken.
+fn answered(h2: &mut RawH2, stream: u32) {
+    h2.send(h2raw::DATA, h2raw::END_STREAM, stream, b"not json")
+        .unwrap();
+    h2.until("an answer on a stream the gateway took", |f| {
+        f.stream == stream && f.kind == h2raw::HEADERS
+    });
+}
+
+/// An HTTP/2 client that opens more streams than its connection allows
+/// (4 without a certificate, `MAX_STREAMS` with one) has exactly the
+/// streams beyond the limit refused; the ones it was given still work.
+#[test]
+fn streams_beyond_the_limit_are_refused_and_the_rest_work() {
+    use shimgate_wire::enroll::{ENROLL_PATH, RENEW_PATH};
+    use shimgate_wire::h2tuning::MAX_STREAMS;
+    let origin = Origin::http(V4, &unique_body("abuse bystander"));
+    let (gw, dev) = setup(Backend::Sqlite, &["127.0.0.1/32"], "laptop");
+    let (addr, name, anonymous, device) = raw_h2_configs(&gw, &dev);
+    let post = |path| {
+        h2raw::hpack(&[
+            (":method", "POST"),
+            (":scheme", "https"),
+            (":path", path),
+            (":authority", name.as_str()),
+        ])
+    };
+    // Requests without a body's end: each holds its stream open.
+    let mut h2 = RawH2::connect(addr, &name, anonymous);
+    let block = post(ENROLL_PATH);
+    for i in 0..6 {
+        h2.send(h2raw::HEADERS, h2raw::END_HEADERS, 1 + 2 * i, &block)
+            .unwrap();
+    }
+    let refused = resets_until(&mut h2, 11);
+    assert_eq!(
+        refused,
+        [(9, h2raw::REFUSED_STREAM), (11, h2raw::REFUSED_STREAM)],
+        "without a certificate: streams beyond the 4th"
+    );
+    answered(&mut h2, 1);
+
+    let mut h2 = RawH2::connect(addr, &name, device);
+    let block = post(RENEW_PATH);
+    let t = Instant::now();
+    for i in 0..MAX_STREAMS + 2 {
+        h2.send(h2raw::HEADERS, h2raw::END_HEADERS, 1 + 2 * i, &block)
+            .unwrap();
+    }
+    let over = 1 + 2 * MAX_STREAMS;
+    let refused = resets_until(&mut h2, over + 2);
+    eprintln!(
+        "[e2e] {} streams opened on one connection in {:?}",
+        MAX_STREAMS + 2,
+        t.elapsed()
+    );
+    assert_eq!(
+        refused,
+        [
+            (over, h2raw::REFUSED_STREAM),
+            (over + 2, h2raw::REFUSED_STREAM)
+        ],
+        "with a certificate: streams beyond MAX_STREAMS"
+    );
+    page_through(&dev, &origin);
+    answered(&mut h2, over - 2);
+}
+
+/// Header blocks beyond the limit (`MAX_HEADER_LIST`, 16 KiB): one a little
+/// over costs the abuser its stream (the connection carries tunnels after
+/// it); one far over (4×, as h2 counts) ends the connection. Without a
+/// certificate, frames beyond HTTP/2's default 16 KiB, or a header block
+/// spread over CONTINUATION frames past the limit, end the connection.
+#[test]
+fn oversized_header_blocks_are_refused() {
+    let origin = Origin::http(V4, &unique_body("abuse bystander"));
+    let (gw, dev) = setup(Backend::Sqlite, &["127.0.0.1/32"], "laptop");
+    let (addr, name, anonymous, device) = raw_h2_configs(&gw, &dev);
+    let target = format!("127.0.0.1:{}", origin.port());
+    let connect = |stream, h2: &mut RawH2, pad: &str| {
+        h2.request(
+            stream,
+            &[
+                (":method", "CONNECT"),
+                (":authority", &target),
+                ("x-pad", pad),
+            ],
+        )
+        .unwrap()
+    };
+    let pad = "a".repeat(80 * 1024);
+
+    let mut h2 = RawH2::connect(addr, &name, device);
+    connect(1, &mut h2, &pad[..20 * 1024]);
+    let f = h2.until("the oversized request's end", |f| {
+        f.stream == 1 && matches!(f.kind, h2raw::HEADERS | h2raw::RST_STREAM)
+    });
+    if f.kind == h2raw::HEADERS {
+        // h2 answers 431 first, then resets the stream
+        let f = h2.until("the oversized request's reset", |f| f.stream == 1);
+        assert_eq!(f.kind, h2raw::RST_STREAM, "a 20 KiB header block was taken");
+    }
+    // the same connection still tunnels
+    connect(3, &mut h2, "");
+    h2.until("the tunnel's answer", |f| {
+        f.stream == 3 && f.kind == h2raw::HEADERS
+    });
+    h2.send(
+        h2raw::DATA,
+        0,
+        3,
+        b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut page = Vec::new();
+    loop {
+        let f = h2.until("the page through the tunnel", |f| {
+            f.stream == 3 && f.kind == h2raw::DATA
+        });
+        page.extend_from_slice(&f.payload);
+        if String::from_utf8_lossy(&page).contains("abuse bystander") {
+            break;
+        }
+        assert_eq!(
+            f.flags & h2raw::END_STREAM,
+            0,
+            "the tunnel ended without the page"
+        );
+    }
+    connect(5, &mut h2, &pad);
+    let f = h2.until("GOAWAY after an 80 KiB header block", |f| {
+        f.kind == h2raw::GOAWAY
+    });
+    assert_ne!(f.error_code(), Some(0), "a GOAWAY without an error");
+    assert!(
+        h2.next().is_err(),
+        "the connection stayed open after GOAWAY"
+    );
+
+    // Without a certificate: one 32 KiB HEADERS frame.
+    let mut h2 = RawH2::connect(addr, &name, anonymous.clone());
+    h2.request(1, &[(":method", "POST"), ("x-pad", &pad[..32 * 1024])])
+        .unwrap();
+    let f = h2.until("GOAWAY", |f| f.kind == h2raw::GOAWAY);
+    assert_eq!(f.error_code(), Some(h2raw::FRAME_SIZE_ERROR));
+
+    // Without a certificate: a header value announced as 1 MB, sent in
+    // CONTINUATION frames of 16 KiB; 8 of them (128 KiB) must be too many.
+    let mut h2 = RawH2::connect(addr, &name, anonymous);
+    let mut start = h2raw::hpack(&[(":method", "POST")]);
+    start.extend_from_slice(&[0, 5]);
+    start.extend_from_slice(b"x-pad");
+    start.extend_from_slice(&[127, 0xc1, 0x83, 0x3d]); // 1,000,000 as an HPACK integer
+    h2.send(h2raw::HEADERS, 0, 1, &start).unwrap();
+    let chunk = [b'a'; 16 * 1024];
+    for _ in 0..8 {
+        if h2.send(h2raw::CONTINUATION, 0, 1, &chunk).is_err() {
+            break; // already closed
+        }
+    }
+    let f = h2.until("GOAWAY", |f| f.kind == h2raw::GOAWAY);
+    eprintln!(
+        "[e2e] CONTINUATION flood ended with GOAWAY code {:?}",
+        f.error_code()
+    );
+    assert_ne!(f.error_code(), Some(0), "a GOAWAY without an error");
+    assert!(
+        h2.next().is_err(),
+        "the connection stayed open after GOAWAY"
+    );
     page_through(&dev, &origin);
 }

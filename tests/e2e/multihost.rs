@@ -15,6 +15,7 @@ use crate::harness::socks;
 use crate::harness::*;
 
 const GW_DEV_SIDE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+const GW_INTRA_SIDE: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 const INTRA: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
 
 #[test]
@@ -43,6 +44,14 @@ fn intranet_only_through_the_gateway() {
         public_addr: Some(listen.to_string()),
         aliases: vec![format!("intranet.corp:80={INTRA}:8080")],
     };
+    // a service on the gateway host itself (the console, say), on its intranet side
+    let on_gw = SocketAddr::new(GW_INTRA_SIDE.into(), 8080);
+    let gw_service = Origin::from_listener(
+        netns::bind_in(Some(&gw_ns.name), on_gw),
+        Mode::Http {
+            body: unique_body("gateway host service"),
+        },
+    );
     let mut gw = Gateway::init_spec(Backend::Sqlite, spec);
     gw.allow("203.0.113.0/24", &[]);
     gw.allow("192.0.2.0/24", &[]);
@@ -100,7 +109,23 @@ fn intranet_only_through_the_gateway() {
             80,
             socks::HOST_UNREACHABLE,
         );
+        // the gateway host's own address is not opened by the rule for its network
+        socks::connect_expect(socks, GW_INTRA_SIDE, 8080, socks::NOT_ALLOWED);
     });
+    gw_service.expect_accepted(0, "a broad rule opened the gateway host's own service");
+    gw.allow(&format!("{GW_INTRA_SIDE}/32"), &["--ports", "8080"]);
+    let page = poll(
+        "a rule naming the gateway host's address to apply",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || {
+            netns::in_netns(ns, || match socks::connect(socks, GW_INTRA_SIDE, 8080) {
+                Ok((socks::SUCCEEDED, s)) => Some(socks::http_get(s, "gw")),
+                _ => None,
+            })
+        },
+    );
+    assert!(page.contains("gateway host service"), "{page}");
 }
 
 /// `up` on a non-loopback address refuses to start without SOCKS

@@ -15,6 +15,10 @@ pub const MAX_FRAME: u32 = 1024 * 1024;
 pub const CHUNK: usize = 256 * 1024;
 /// Concurrent tunnels one connection carries.
 pub const MAX_STREAMS: u32 = 20_000;
+/// Largest header block either side accepts (decoded, as HTTP/2 counts it).
+/// shimgate's requests and responses carry a few short headers; h2's default
+/// (16 MiB) would let a peer make the other end buffer that much per block.
+pub const MAX_HEADER_LIST: u32 = 16 * 1024;
 
 /// Read buffer under TLS. rustls reads the socket at most 4 KiB at a time;
 /// a buffer below it turns that into one syscall per this many bytes.

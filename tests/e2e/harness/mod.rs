@@ -6,6 +6,7 @@ pub mod db;
 pub mod device;
 pub mod env;
 pub mod gateway;
+pub mod h2raw;
 pub mod netns;
 pub mod origin;
 pub mod proc;

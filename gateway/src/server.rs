@@ -105,7 +105,7 @@ impl Gateway {
         peer: SocketAddr,
         stop: CancellationToken,
     ) {
-        let _ = sock.set_nodelay(true);
+        shimgate_wire::liveness::prepare(&sock);
         let buffered = tokio::io::BufReader::with_capacity(h2tuning::TLS_READ_BUFFER, sock);
         let accept = self.tls.accept(buffered).into_fallible();
         let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {

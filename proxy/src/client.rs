@@ -97,7 +97,7 @@ pub async fn connect(
         Ok(Err(e)) => return Err(unreachable(e.to_string())),
         Err(_) => return Err(unreachable("timed out".into())),
     };
-    let _ = sock.set_nodelay(true);
+    shimgate_wire::liveness::prepare(&sock);
     let connector = TlsConnector::from(tls);
     let tls_stream = match tokio::time::timeout(
         CONNECT_TIMEOUT,

@@ -32,7 +32,7 @@ use shimgate_wire::control::{
 };
 use shimgate_wire::peerlink::{self, Link, Prologue};
 use shimgate_wire::tunnel::{ERROR_HEADER, TunnelError};
-use shimgate_wire::{clock, files, splice};
+use shimgate_wire::{clock, files, liveness, splice};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -237,7 +237,7 @@ impl Peers {
             Some(why) => format!("direct failed recently: {why}"),
             None => match connect_direct(&grant.endpoints).await {
                 Ok(sock) => {
-                    let _ = sock.set_nodelay(true);
+                    liveness::prepare(&sock);
                     let (rd, wr) = sock.into_split();
                     match peerlink::initiate(
                         boxed_rd(rd),
@@ -306,14 +306,17 @@ impl Peers {
             opened.why.clone(),
             initiator,
         );
-        let (rd, wr) = local.into_split();
+        let (mut rd, mut wr) = local.into_split();
         let result = tokio::select! {
-            r = peerlink::splice(rd, wr, opened.link, &entry.0, &entry.1) => r,
+            r = peerlink::splice(&mut rd, &mut wr, opened.link, &entry.0, &entry.1) => r,
             _ = entry.2.cancelled() => Err(peerlink::LinkError::Io(std::io::Error::new(
                 std::io::ErrorKind::ConnectionReset,
                 "peer link cut: the peer is no longer on the VPN",
             ))),
         };
+        if result.is_err() {
+            splice::reset(rd, wr);
+        }
         self.untrack(id);
         if initiator {
             let _ = self.reports.try_send(DeviceMsg::Ended {
@@ -374,7 +377,7 @@ impl Peers {
             };
             match accepted {
                 Ok((sock, from)) => {
-                    let _ = sock.set_nodelay(true);
+                    liveness::prepare(&sock);
                     let peers = Arc::clone(&self);
                     tokio::spawn(async move {
                         let (rd, wr) = sock.into_split();

@@ -79,11 +79,38 @@ fn netns_bytes(ns: &str) -> u64 {
 ///  sg-alice 192.0.2.1 ─────────── (their LAN) ─────────────── 192.0.2.2 sg-bob
 /// ```
 /// The gateway does not forward: alice reaches bob only over the LAN.
-#[test]
-fn direct_then_relayed_then_direct_again() {
-    if !netns::require_root("peer::direct_then_relayed_then_direct_again") {
-        return;
-    }
+/// alice, the gateway and bob on three hosts, plus a LAN between the two
+/// devices (their direct path), with a route between them via the gateway
+/// too (which does not forward):
+///
+/// ```text
+///  sg-alice 198.51.100.2 ── 198.51.100.1 sg-pgw 203.0.113.1 ── 203.0.113.2 sg-bob
+///           192.0.2.1 ─────────────── LAN ─────────────────── 192.0.2.2
+/// ```
+///
+/// bob exports a web page and a 100 MiB source on its loopback; policy lets
+/// alice reach both. Both devices are up.
+struct ThreeHosts {
+    // processes first: fields drop in order, the namespaces last
+    alice: Device,
+    bob: Device,
+    gw: Gateway,
+    web: Origin,
+    source: Origin,
+    body: String,
+    socks: SocketAddr,
+    alice_ns: Netns,
+    gw_ns: Netns,
+    bob_ns: Netns,
+}
+
+fn ip_cmd(args: &[&str]) {
+    let mut cmd = std::process::Command::new("ip");
+    cmd.args(args);
+    run(&mut cmd, Duration::from_secs(10)).expect_ok();
+}
+
+fn three_hosts() -> ThreeHosts {
     let alice_ns = Netns::new("sg-alice-");
     let gw_ns = Netns::new("sg-pgw-");
     let bob_ns = Netns::new("sg-bob-");
@@ -91,11 +118,6 @@ fn direct_then_relayed_then_direct_again() {
     veth(&gw_ns, "203.0.113.1/24", &bob_ns, "203.0.113.2/24");
     veth(&alice_ns, "192.0.2.1/24", &bob_ns, "192.0.2.2/24");
     gw_ns.sysctl("net.ipv4.ip_forward=0");
-    let ip_cmd = |args: &[&str]| {
-        let mut cmd = std::process::Command::new("ip");
-        cmd.args(args);
-        run(&mut cmd, Duration::from_secs(10)).expect_ok();
-    };
     ip_cmd(&[
         "-n",
         &alice_ns.name,
@@ -162,7 +184,40 @@ fn direct_then_relayed_then_direct_again() {
     }
     alice.up();
     bob.up();
-    let ping = wait_peer_ready(&alice, "bob");
+    ThreeHosts {
+        alice,
+        bob,
+        gw,
+        web,
+        source,
+        body,
+        socks,
+        alice_ns,
+        gw_ns,
+        bob_ns,
+    }
+}
+
+#[test]
+fn direct_then_relayed_then_direct_again() {
+    if !netns::require_root("peer::direct_then_relayed_then_direct_again") {
+        return;
+    }
+    let net = three_hosts();
+    let ThreeHosts {
+        alice,
+        bob,
+        gw,
+        web,
+        source,
+        body,
+        socks,
+        alice_ns,
+        gw_ns,
+        ..
+    } = &net;
+    let socks = *socks;
+    let ping = wait_peer_ready(alice, "bob");
     assert!(
         ping.contains("path direct"),
         "ping should go direct: {ping}"
@@ -173,14 +228,14 @@ fn direct_then_relayed_then_direct_again() {
     let url = format!("http://bob.vpn.internal:{}/", web.port());
     let out = curl(ns, Some("--socks5-hostname"), Some(socks), &url);
     assert!(out.ok(), "curl {url} from alice: {out}");
-    assert_eq!(out.stdout, body);
+    assert_eq!(&out.stdout, body);
     let status: serde_json::Value =
         serde_json::from_str(&bob.status(&["--json"]).stdout).expect("bob status --json");
     let bob_ip = status["vpn_ip"].as_str().expect("bob's VPN IP").to_owned();
     let url = format!("http://{bob_ip}:{}/", web.port());
     let out = curl(ns, Some("--socks5"), Some(socks), &url);
     assert!(out.ok(), "curl {url} from alice: {out}");
-    assert_eq!(out.stdout, body);
+    assert_eq!(&out.stdout, body);
 
     // 100 MiB direct: the gateway's interfaces see almost none of it
     let before = netns_bytes(&gw_ns.name);
@@ -271,7 +326,7 @@ fn direct_then_relayed_then_direct_again() {
         Some(socks),
         &format!("http://bob.vpn.internal:{}/", web.port()),
     );
-    assert_eq!(out.stdout, body, "after restoring the LAN: {out}");
+    assert_eq!(&out.stdout, body, "after restoring the LAN: {out}");
 
     // the operator sees every session: who, to whom, port, path, bytes
     let audit = poll(
@@ -697,5 +752,128 @@ fn the_gateway_keeps_no_copy_of_a_session_key() {
     assert!(
         ours.iter().any(|r| contains(r, grant.key.bytes())),
         "the scanner missed the key in this process, which holds it"
+    );
+}
+
+/// The network interfaces of namespace `ns`, loopback aside.
+fn links_of(ns: &str) -> Vec<String> {
+    let mut cmd = std::process::Command::new("ip");
+    cmd.args(["-n", ns, "-j", "link", "show"]);
+    let out = run(&mut cmd, Duration::from_secs(10)).expect_ok();
+    let links: serde_json::Value = serde_json::from_str(&out.stdout).expect("ip -j link show");
+    links
+        .as_array()
+        .expect("a list of links")
+        .iter()
+        .filter_map(|l| l["ifname"].as_str())
+        .filter(|name| *name != "lo")
+        .map(str::to_owned)
+        .collect()
+}
+
+/// bob's host vanishes mid-transfer: its links go down, so no FIN or RST
+/// tells anyone. alice's SOCKS client sees a reset within the dead-peer
+/// timeout instead of hanging, the gateway takes bob offline (new requests
+/// answered 0x04 at once), and when bob's host is back, bob reconnects by
+/// itself and new sessions work.
+#[test]
+fn a_peer_that_vanishes_mid_transfer_is_noticed() {
+    use shimgate_wire::liveness::DEAD_PEER_TIMEOUT;
+    if !netns::require_root("peer::a_peer_that_vanishes_mid_transfer_is_noticed") {
+        return;
+    }
+    let net = three_hosts();
+    wait_peer_ready(&net.alice, "bob");
+    let ns = Some(net.alice_ns.name.as_str());
+    let bob_ns = net.bob_ns.name.as_str();
+    let links = links_of(bob_ns);
+    let (socks, source, web) = (net.socks, net.source.port(), net.web.port());
+    let (got, ended, how) = netns::in_netns(ns, || {
+        let mut s = connect_ok(socks, "bob.vpn.internal", source);
+        s.set_read_timeout(Some(Duration::from_secs(90))).unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut got = 0;
+        while got < 1024 * 1024 {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => panic!("the transfer ended after {got} bytes, before the cut"),
+                Ok(n) => got += n,
+            }
+        }
+        for link in &links {
+            ip_cmd(&["-n", bob_ns, "link", "set", link, "down"]);
+        }
+        let cut = Instant::now();
+        let how = loop {
+            match s.read(&mut buf) {
+                Ok(0) => break None,
+                Ok(n) => got += n,
+                Err(e) => break Some(e.kind()),
+            }
+        };
+        (got, cut.elapsed(), how)
+    });
+    eprintln!("[e2e] bob vanished after {got} bytes; alice's client saw {how:?} {ended:?} later");
+    assert_eq!(
+        how,
+        Some(ErrorKind::ConnectionReset),
+        "alice's client should see a reset (None: a clean end of a cut-short transfer)"
+    );
+    assert!(
+        ended <= DEAD_PEER_TIMEOUT + Duration::from_secs(10),
+        "the transfer ended only {ended:?} after bob vanished"
+    );
+
+    let offline = poll(
+        "the gateway to answer that bob is offline",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || {
+            netns::in_netns(ns, || {
+                let asked = Instant::now();
+                match socks::connect(socks, "bob.vpn.internal", web) {
+                    Ok((socks::HOST_UNREACHABLE, _)) => Some(asked.elapsed()),
+                    _ => None,
+                }
+            })
+        },
+    );
+    eprintln!("[e2e] bob offline for new sessions; the refusal took {offline:?}");
+    assert!(
+        offline < Duration::from_secs(1),
+        "offline answered in {offline:?}"
+    );
+
+    for link in &links {
+        ip_cmd(&["-n", bob_ns, "link", "set", link, "up"]);
+    }
+    // the link going down took its routes with it
+    ip_cmd(&[
+        "-n",
+        bob_ns,
+        "route",
+        "replace",
+        "198.51.100.0/24",
+        "via",
+        "203.0.113.1",
+    ]);
+    let back = Instant::now();
+    poll(
+        "a new session to bob after bob's host came back",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || {
+            netns::in_netns(ns, || {
+                match socks::connect(socks, "bob.vpn.internal", web) {
+                    Ok((socks::SUCCEEDED, s)) => {
+                        socks::http_get(s, "bob").contains(&net.body).then_some(())
+                    }
+                    _ => None,
+                }
+            })
+        },
+    );
+    eprintln!(
+        "[e2e] new sessions to bob {:?} after its host came back",
+        back.elapsed()
     );
 }

@@ -15,6 +15,7 @@
 //! - [`control`]: the peer-to-peer control plane (announcements, offers,
 //!   grants, relay requests).
 //! - [`peerlink`]: the Noise-encrypted link between two devices.
+//! - [`liveness`]: ending connections to peers that vanished without closing.
 //! - [`workers`]: thread-per-core runtimes for the data plane.
 //! - [`splice`]: moving bytes between a socket and an HTTP/2 stream, with
 //!   flow control and half-close.
@@ -26,6 +27,7 @@ pub mod enroll;
 pub mod files;
 pub mod h2tuning;
 pub mod identity;
+pub mod liveness;
 pub mod logging;
 pub mod peerlink;
 pub mod pki;

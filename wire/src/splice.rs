@@ -13,6 +13,7 @@ use bytes::{Bytes, BytesMut};
 use h2::{Reason, RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::h2tuning::CHUNK;
 
@@ -29,16 +30,30 @@ pub struct Moved {
 }
 
 /// Copies until both directions are finished. An error in either direction
-/// ends both: the stream is reset and the socket dropped, so neither end
-/// waits on a peer that is gone.
+/// ends both: the stream is reset and the socket closed with a reset
+/// ([`reset`]), so neither end waits on a peer that is gone, nor takes a
+/// cut-short stream for a whole one.
 pub async fn splice(
     sock: TcpStream,
     send: SendStream<Bytes>,
     recv: RecvStream,
 ) -> io::Result<Moved> {
     // Owned halves: no lock between the two directions.
-    let (rd, wr) = sock.into_split();
-    splice_halves(rd, wr, send, recv).await
+    let (mut rd, mut wr) = sock.into_split();
+    let moved = splice_halves(&mut rd, &mut wr, send, recv).await;
+    if moved.is_err() {
+        reset(rd, wr);
+    }
+    moved
+}
+
+/// Closes a socket with a TCP reset (SO_LINGER 0) instead of a FIN: for a
+/// connection whose other half failed, so that the program on this socket
+/// sees an error rather than what looks like a clean end of data.
+pub fn reset(rd: OwnedReadHalf, wr: OwnedWriteHalf) {
+    if let Ok(sock) = rd.reunite(wr) {
+        let _ = sock.set_zero_linger();
+    }
 }
 
 async fn splice_halves<R: AsyncRead, W: AsyncWrite>(

@@ -114,7 +114,8 @@ impl Origin {
         );
     }
 
-    /// Waits for the next recorded `(byte count, sha256 hex)` (Source/Sink).
+    /// Waits for the next recorded `(byte count, sha256 hex)` (Source/Sink;
+    /// a Sink connection cut by a reset records its count and `(cut: ...)`).
     pub fn wait_hash(&self, limit: Duration) -> (u64, String) {
         super::proc::poll(
             "the origin to record a SHA-256",
@@ -163,7 +164,8 @@ async fn serve(
         }
         Mode::ReadThenReply { extra } => {
             let mut h = Hasher::new();
-            let n = read_all_hashing(&mut sock, &mut h).await?;
+            let mut n = 0;
+            read_all_hashing(&mut sock, &mut h, &mut n).await?;
             let head = format!("received {n} sha256 {}\n", h.hex());
             sock.write_all(head.as_bytes()).await?;
             write_pattern(&mut sock, extra as u64, &mut Hasher::new()).await?;
@@ -177,9 +179,16 @@ async fn serve(
         }
         Mode::Sink => {
             let mut h = Hasher::new();
-            let n = read_all_hashing(&mut sock, &mut h).await?;
-            let hex = h.hex();
+            let mut n = 0;
+            let read = read_all_hashing(&mut sock, &mut h, &mut n).await;
+            // A connection cut by a reset is recorded too, with what arrived
+            // before it and no hash: "nothing arrived" stays checkable.
+            let hex = match &read {
+                Ok(()) => h.hex(),
+                Err(e) => format!("(cut: {e})"),
+            };
             hashes.lock().unwrap().push((n, hex.clone()));
+            read?;
             sock.write_all(format!("{hex}\n").as_bytes()).await?;
             sock.shutdown().await?;
         }
@@ -194,16 +203,20 @@ async fn serve(
     Ok(())
 }
 
-async fn read_all_hashing(sock: &mut TcpStream, h: &mut Hasher) -> std::io::Result<u64> {
+/// Reads to EOF, hashing; `total` counts what arrived, also when it fails.
+async fn read_all_hashing(
+    sock: &mut TcpStream,
+    h: &mut Hasher,
+    total: &mut u64,
+) -> std::io::Result<()> {
     let mut buf = vec![0u8; 256 * 1024];
-    let mut total = 0u64;
     loop {
         let n = sock.read(&mut buf).await?;
         if n == 0 {
-            return Ok(total);
+            return Ok(());
         }
         h.update(&buf[..n]);
-        total += n as u64;
+        *total += n as u64;
     }
 }
 

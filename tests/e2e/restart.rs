@@ -1,6 +1,7 @@
 //! The gateway goes away and comes back: the proxy fails fast meanwhile and
 //! recovers on its own.
 
+use std::io::Read;
 use std::time::{Duration, Instant};
 
 use crate::harness::socks::{self, connect, connect_ok};
@@ -12,8 +13,37 @@ fn gateway_restart(backend: Backend) {
     let (mut gw, mut dev) = setup(backend, &["127.0.0.1/32"], "laptop");
     let resp = socks::http_get(connect_ok(dev.socks, V4, origin.port()), "127.0.0.1");
     assert!(resp.ends_with(&body));
+    // a transfer under way when the gateway goes
+    let stream = Origin::start(
+        V4,
+        Mode::Stream {
+            chunk: 16 * 1024,
+            every: Duration::from_millis(10),
+        },
+    );
+    let mut open = connect_ok(dev.socks, V4, stream.port());
+    open.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut buf = [0u8; 64 * 1024];
+    assert!(open.read(&mut buf).unwrap() > 0, "the transfer did not start");
 
     gw.stop();
+    let stopped = Instant::now();
+    let ended = loop {
+        match open.read(&mut buf) {
+            Ok(0) => break None,
+            Ok(_) => {}
+            Err(e) => break Some(e.kind()),
+        }
+    };
+    eprintln!(
+        "[e2e] the open tunnel ended with {ended:?} {:?} after the gateway stopped",
+        stopped.elapsed()
+    );
+    assert_eq!(
+        ended,
+        Some(std::io::ErrorKind::ConnectionReset),
+        "an open tunnel should end with a reset when the gateway goes (None: a clean end)"
+    );
 
     // fails fast: a reply, non-zero, within 5 s
     for attempt in 0..3 {
@@ -54,6 +84,11 @@ fn gateway_restart(backend: Backend) {
         },
     );
     eprintln!("[e2e] tunnelling again {:?} after the restart", t.elapsed());
+    assert!(
+        t.elapsed() <= Duration::from_secs(2),
+        "new SOCKS connections succeeded only {:?} after the gateway was back",
+        t.elapsed()
+    );
     assert!(
         resp.ends_with(&body),
         "unexpected response after restart: {resp:?}"

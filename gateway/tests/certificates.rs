@@ -255,34 +255,81 @@ async fn without_a_certificate_a_client_may_only_enroll() {
     f.stop.cancel();
 }
 
+/// Guessing a token's secret: every guess is refused, after 10 attempts
+/// from one address the gateway answers 429 (even to the right secret, so
+/// the limit cannot be probed around), and once the bucket has refilled
+/// (one attempt per 6 s) the right secret enrolls.
 #[tokio::test]
 async fn enrollment_attempts_are_rate_limited_per_address() {
     let f = gateway_with_enrolled_device().await;
-    let ca = shimgate_wire::pki::load_certs(&f.device.ca()).unwrap();
-    let tls = shimgate_proxy::tls::pinned(shimgate_wire::pki::fingerprint_bytes(&ca[0])).unwrap();
-    let conn = client::connect(&f.addr, ServerName::try_from("127.0.0.1").unwrap(), tls)
+    let token = f
+        .registry
+        .create_token(NewToken {
+            user: "alice".into(),
+            created_by: "test".into(),
+            expires_at: clock::now() + 60,
+            uses: 1,
+        })
         .await
         .unwrap();
+    let ca = shimgate_wire::pki::load_certs(&f.device.ca()).unwrap();
+    let code = EnrollmentCode {
+        gateway: f.addr.clone(),
+        ca_fingerprint: shimgate_wire::pki::fingerprint_bytes(&ca[0]),
+        token_id: token.id,
+        secret: token.secret,
+        expires_at: token.expires_at,
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let attempt = |secret: [u8; 32]| {
+        let code = EnrollmentCode {
+            secret,
+            ..code.clone()
+        };
+        let dir = ConfigDir::new(tmp.path().join(format!("guess-{}", secret[0])));
+        async move {
+            let opts = EnrollOptions {
+                name: Some("guessed".into()),
+                listen: None,
+                force: true,
+            };
+            match enroll(&dir, &code, &opts).await {
+                Ok(_) => 200,
+                Err(shimgate_proxy::enroll::EnrollError::Gateway(ClientError::Refused {
+                    status,
+                    ..
+                })) => status.as_u16(),
+                Err(e) => panic!("unexpected enrollment error: {e}"),
+            }
+        }
+    };
     // The fixture enrolled once from this address already.
     let mut statuses = Vec::new();
-    for _ in 0..12 {
-        let answer = client::call(
-            &conn.send,
-            http::Method::POST,
-            shimgate_wire::enroll::ENROLL_PATH,
-            Some(b"{}".to_vec()),
-        )
-        .await;
-        match answer {
-            Err(ClientError::Refused { status, .. }) => statuses.push(status.as_u16()),
-            other => panic!("unexpected answer: {:?}", other.map(|b| b.len())),
+    for guess in 1..=11u8 {
+        let mut secret = token.secret;
+        secret[31] ^= guess;
+        statuses.push(attempt(secret).await);
+    }
+    assert!(statuses[..9].iter().all(|&s| s == 403), "{statuses:?}");
+    assert!(statuses[9..].iter().all(|&s| s == 429), "{statuses:?}");
+    assert_eq!(
+        attempt(token.secret).await,
+        429,
+        "the limit let the right secret through"
+    );
+    // The bucket refills at one attempt per 6 s; refused attempts take none.
+    let t = std::time::Instant::now();
+    loop {
+        match attempt(token.secret).await {
+            200 => break,
+            429 if t.elapsed() < std::time::Duration::from_secs(10) => {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await
+            }
+            other => panic!(
+                "the right secret after the guesses: {other} ({:?})",
+                t.elapsed()
+            ),
         }
     }
-    assert_eq!(
-        statuses.iter().filter(|&&s| s == 400).count(),
-        9,
-        "{statuses:?}"
-    );
-    assert!(statuses[9..].iter().all(|&s| s == 429), "{statuses:?}");
     f.stop.cancel();
 }

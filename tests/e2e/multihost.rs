@@ -10,6 +10,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use crate::harness::dns::{self, RebindingDns};
 use crate::harness::netns::{self, Netns, veth};
 use crate::harness::socks;
 use crate::harness::*;
@@ -50,6 +51,19 @@ fn intranet_only_through_the_gateway() {
         netns::bind_in(Some(&gw_ns.name), on_gw),
         Mode::Http {
             body: unique_body("gateway host service"),
+        },
+    );
+    // DNS rebinding: a name that first resolves to the intranet, then to the
+    // gateway host's loopback, where something listens too
+    let dns_sock = netns::in_netns(Some(&gw_ns.name), || {
+        std::net::UdpSocket::bind("127.0.0.1:53").expect("bind a DNS server in sg-gw")
+    });
+    let dns = RebindingDns::start(dns_sock, INTRA, Ipv4Addr::LOCALHOST);
+    dns::use_nameserver(&gw_ns.name, "127.0.0.1:53".parse().unwrap());
+    let gw_loopback = Origin::from_listener(
+        netns::bind_in(Some(&gw_ns.name), "127.0.0.1:8080".parse().unwrap()),
+        Mode::Http {
+            body: unique_body("gateway loopback"),
         },
     );
     let mut gw = Gateway::init_spec(Backend::Sqlite, spec);
@@ -113,6 +127,35 @@ fn intranet_only_through_the_gateway() {
         socks::connect_expect(socks, GW_INTRA_SIDE, 8080, socks::NOT_ALLOWED);
     });
     gw_service.expect_accepted(0, "a broad rule opened the gateway host's own service");
+
+    // the rebinding name: resolved once per request, and the address checked
+    // is the one dialled
+    let out = curl(
+        ns,
+        Some("--socks5-hostname"),
+        Some(socks),
+        "http://rebind.test:8080/",
+    );
+    assert!(
+        out.ok(),
+        "curl http://rebind.test:8080/ (resolving to the intranet): {out}"
+    );
+    assert_eq!(out.stdout, body, "wrong page through the rebinding name");
+    assert_eq!(
+        dns.a_queries(),
+        1,
+        "the gateway resolved the name more than once"
+    );
+    netns::in_netns(ns, || {
+        socks::connect_expect(socks, "rebind.test", 8080, socks::NOT_ALLOWED)
+    });
+    assert_eq!(
+        dns.a_queries(),
+        2,
+        "the second request did not resolve the name again"
+    );
+    gw_loopback.expect_accepted(0, "a rebinding name reached the gateway host's loopback");
+    web.expect_accepted(3, "origin connections");
     gw.allow(&format!("{GW_INTRA_SIDE}/32"), &["--ports", "8080"]);
     let page = poll(
         "a rule naming the gateway host's address to apply",

@@ -4,6 +4,7 @@
 pub mod browser;
 pub mod db;
 pub mod device;
+pub mod dns;
 pub mod env;
 pub mod gateway;
 pub mod h2raw;

@@ -7,7 +7,8 @@
 //! buffer and is retried until the registry takes it; only when the buffer
 //! is full is an entry dropped, and that is counted and logged.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use shimgate_registry::{NewAudit, Registry};
@@ -23,6 +24,9 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 
 pub struct AuditLog {
     tx: mpsc::Sender<NewAudit>,
+    /// Queued and not yet committed: in the buffer, or in the batch being
+    /// written (which has left the buffer).
+    unwritten: Arc<AtomicUsize>,
     dropped: AtomicU64,
 }
 
@@ -31,16 +35,21 @@ impl AuditLog {
     /// buffer is empty.
     pub fn start(registry: Registry) -> AuditLog {
         let (tx, rx) = mpsc::channel(BUFFER);
-        tokio::spawn(writer(registry, rx));
+        let unwritten = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(writer(registry, rx, Arc::clone(&unwritten)));
         AuditLog {
             tx,
+            unwritten,
             dropped: AtomicU64::new(0),
         }
     }
 
     /// Queues an entry; never waits.
     pub fn record(&self, entry: NewAudit) {
+        // Counted before it is queued, so the writer never subtracts first.
+        self.unwritten.fetch_add(1, Ordering::SeqCst);
         if self.tx.try_send(entry).is_err() {
+            self.unwritten.fetch_sub(1, Ordering::SeqCst);
             let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             metrics::counter!("shimgate_audit_dropped_total").increment(1);
             if n.is_power_of_two() {
@@ -54,7 +63,7 @@ impl AuditLog {
 
     /// Entries not yet written.
     pub fn pending(&self) -> usize {
-        self.tx.max_capacity() - self.tx.capacity()
+        self.unwritten.load(Ordering::SeqCst)
     }
 
     /// Waits until the buffer is written or `limit` passes (at shutdown).
@@ -73,7 +82,7 @@ impl AuditLog {
     }
 }
 
-async fn writer(registry: Registry, mut rx: mpsc::Receiver<NewAudit>) {
+async fn writer(registry: Registry, mut rx: mpsc::Receiver<NewAudit>, unwritten: Arc<AtomicUsize>) {
     let mut batch = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
         let mut wait = RETRY_START;
@@ -87,6 +96,7 @@ async fn writer(registry: Registry, mut rx: mpsc::Receiver<NewAudit>) {
                 }
             }
         }
+        unwritten.fetch_sub(batch.len(), Ordering::SeqCst);
         batch.clear();
     }
 }

@@ -107,6 +107,9 @@ pub async fn enroll(
             let (status, msg) = redeem_message(&e);
             tracing::info!(%peer, reason = %e, "enrollment refused");
             metrics::counter!("shimgate_enrollments_total", "result" => "refused").increment(1);
+            // Answer first: with the registry down, the audit write waits
+            // out its timeout too.
+            send_error(&mut respond, status, msg);
             audit(
                 gw,
                 "anonymous",
@@ -116,7 +119,7 @@ pub async fn enroll(
                 &e.to_string(),
             )
             .await;
-            return send_error(&mut respond, status, msg);
+            return;
         }
     };
     let device = match gw

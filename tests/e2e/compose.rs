@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use crate::harness::db::PgServer;
 use crate::harness::env::bin;
 use crate::harness::netns::{self, Netns, bridge};
 use crate::harness::proc::{Proc, run};
@@ -135,89 +136,6 @@ fn host_path(tmp: &Path, service: &str, s: &Service, path: &str) -> PathBuf {
         .join(path.trim_start_matches('/'))
 }
 
-/// A throwaway Postgres listening on 0.0.0.0:5432 inside `ns` (the
-/// `postgres` service), trusting every address (the namespaces only).
-struct Postgres {
-    bin: PathBuf,
-    data: PathBuf,
-}
-
-impl Postgres {
-    fn start(ns: &Netns, dir: &Path) -> Postgres {
-        let bin = std::fs::read_dir("/usr/lib/postgresql")
-            .expect("Debian's postgresql (tests/lib/setup.sh installs it)")
-            .filter_map(|e| e.ok())
-            .map(|e| e.path().join("bin"))
-            .find(|b| b.join("initdb").exists())
-            .expect("initdb under /usr/lib/postgresql/*/bin");
-        std::fs::create_dir_all(dir).unwrap();
-        let chown = |p: &Path| {
-            let mut c = Command::new("chown");
-            c.arg("-R").arg("postgres:").arg(p);
-            run(&mut c, Duration::from_secs(10)).expect_ok();
-        };
-        chown(dir);
-        let data = dir.join("data");
-        let as_pg = |ns: Option<&str>| {
-            let mut c = match ns {
-                Some(ns) => {
-                    let mut c = Command::new("ip");
-                    c.args(["netns", "exec", ns, "runuser", "-u", "postgres", "--"]);
-                    c
-                }
-                None => {
-                    let mut c = Command::new("runuser");
-                    c.args(["-u", "postgres", "--"]);
-                    c
-                }
-            };
-            c.current_dir("/");
-            c
-        };
-        let mut init = as_pg(None);
-        init.arg(bin.join("initdb")).arg("-D").arg(&data).args([
-            "-A",
-            "trust",
-            "-U",
-            "postgres",
-            "--no-sync",
-        ]);
-        run(&mut init, Duration::from_secs(120)).expect_ok();
-        let hba = data.join("pg_hba.conf");
-        let mut conf = std::fs::read_to_string(&hba).unwrap();
-        conf.push_str("host all all 0.0.0.0/0 trust\n");
-        std::fs::write(&hba, conf).unwrap();
-        let mut start = as_pg(Some(&ns.name));
-        start
-            .arg(bin.join("pg_ctl"))
-            .arg("-D")
-            .arg(&data)
-            .arg("-l")
-            .arg(dir.join("server.log"))
-            .args(["-w", "-t", "60", "-o"])
-            .arg(format!(
-                "-p 5432 -k {} -c listen_addresses=* -c fsync=off",
-                dir.display()
-            ))
-            .arg("start");
-        run(&mut start, Duration::from_secs(90)).expect_ok();
-        Postgres { bin, data }
-    }
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        let _ = Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(self.bin.join("pg_ctl"))
-            .arg("-D")
-            .arg(&self.data)
-            .args(["-m", "immediate", "-w", "stop"])
-            .current_dir("/")
-            .output();
-    }
-}
-
 #[test]
 fn docker_compose_topology_runs_for_real() {
     if !netns::require_root("compose::docker_compose_topology_runs_for_real") {
@@ -289,7 +207,13 @@ fn docker_compose_topology_runs_for_real() {
     };
 
     // postgres first (its own Postgres), then the rest in dependency order.
-    let _pg = Postgres::start(&nss[&"postgres".to_owned()], &tmp.join("postgres"));
+    // the `postgres` service, trusting every address (the namespaces only)
+    let _pg = PgServer::start(
+        Some(&nss[&"postgres".to_owned()].name),
+        tmp.join("postgres"),
+        "*",
+        5432,
+    );
     let bin_dir = bin("shimgate").parent().unwrap().to_path_buf();
     let mut procs = Vec::new();
     let spawn = |name: &str| -> Proc {

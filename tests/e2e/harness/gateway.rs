@@ -63,6 +63,11 @@ impl Gateway {
     }
 
     pub fn init_spec(backend: Backend, spec: GatewaySpec) -> Gateway {
+        Gateway::init_on(Database::create(backend), spec)
+    }
+
+    /// `init` (and `migrate`) a gateway whose registry is `db`.
+    pub fn init_on(db: Database, spec: GatewaySpec) -> Gateway {
         let tmp = tempfile::Builder::new()
             .prefix("sg-e2e-gw-")
             .tempdir()
@@ -73,7 +78,7 @@ impl Gateway {
         let gw = Gateway {
             proc: None,
             spec,
-            db: Database::create(backend),
+            db,
             data_dir,
             home,
             old_logs: vec![],

@@ -22,9 +22,13 @@ fn gateway_restart(backend: Backend) {
         },
     );
     let mut open = connect_ok(dev.socks, V4, stream.port());
-    open.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    open.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let mut buf = [0u8; 64 * 1024];
-    assert!(open.read(&mut buf).unwrap() > 0, "the transfer did not start");
+    assert!(
+        open.read(&mut buf).unwrap() > 0,
+        "the transfer did not start"
+    );
 
     gw.stop();
     let stopped = Instant::now();

@@ -498,6 +498,8 @@ pub async fn start(
         workers: shimgate_wire::workers::Workers::per_cpu().context("starting worker threads")?,
         // A person retrying a mistyped code is fine; a script is not.
         enroll_limit: crate::ratelimit::RateLimit::new(10, Duration::from_secs(6)),
+        unauthenticated: crate::ratelimit::Cap::new(crate::server::UNAUTHENTICATED_PER_ADDRESS),
+        refused_per_address: std::sync::atomic::AtomicU64::new(0),
         connections: Arc::new(tokio::sync::Semaphore::new(crate::server::MAX_CONNECTIONS)),
     };
     Ok((Arc::new(gw), listener))

@@ -1,13 +1,16 @@
-//! Per-key token buckets (by default per address), so that anonymous callers
-//! (enrollment needs no certificate) cannot flood the gateway and its
-//! registry: each attempt costs a CSR check, a registry query and an audit
-//! row. The console also limits sign-in attempts per user name.
+//! Limits per source address, so that anonymous callers cannot take the
+//! gateway from everybody else: per-key token buckets ([`RateLimit`]; each
+//! enrollment attempt costs a CSR check, a registry query and an audit row;
+//! the console also limits sign-in attempts per user name), and a cap on
+//! concurrent connections per address ([`Cap`]).
 
 use std::hash::Hash;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
 
 pub struct RateLimit<K = IpAddr> {
     burst: f64,
@@ -54,9 +57,70 @@ impl<K: Hash + Eq> RateLimit<K> {
     }
 }
 
+/// At most `max` things at once per key; each is held by a [`Slot`].
+pub struct Cap<K: Hash + Eq + Clone = IpAddr> {
+    max: usize,
+    held: Arc<DashMap<K, usize>>,
+}
+
+/// One of a key's places under a [`Cap`], given back on drop.
+pub struct Slot<K: Hash + Eq + Clone = IpAddr> {
+    key: K,
+    held: Arc<DashMap<K, usize>>,
+}
+
+impl<K: Hash + Eq + Clone> Cap<K> {
+    pub fn new(max: usize) -> Cap<K> {
+        Cap {
+            max,
+            held: Arc::new(DashMap::new()),
+        }
+    }
+
+    /// A place for `key`, or `None` when it holds `max` already.
+    pub fn take(&self, key: K) -> Option<Slot<K>> {
+        let mut count = self.held.entry(key.clone()).or_insert(0);
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(Slot {
+            key,
+            held: Arc::clone(&self.held),
+        })
+    }
+}
+
+impl<K: Hash + Eq + Clone> Drop for Slot<K> {
+    fn drop(&mut self) {
+        if let Entry::Occupied(mut e) = self.held.entry(self.key.clone()) {
+            *e.get_mut() -= 1;
+            // keys with nothing held are forgotten: the map stays as small as what is open
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cap_per_address_gives_places_back() {
+        let cap = Cap::new(2);
+        let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        let first = cap.take(a).expect("a first place");
+        let _second = cap.take(a).expect("a second place");
+        assert!(cap.take(a).is_none(), "a third at once is refused");
+        assert!(cap.take(b).is_some(), "another address has its own places");
+        drop(first);
+        assert!(
+            cap.take(a).is_some(),
+            "a place given back can be taken again"
+        );
+    }
 
     #[test]
     fn burst_then_refill_per_address() {

@@ -26,12 +26,18 @@ use crate::ca::Ca;
 use crate::cache::{Cache, CertStatus, Identity};
 use crate::dial::{Dialer, Host};
 use crate::paths::GatewayConfig;
-use crate::ratelimit::RateLimit;
+use crate::ratelimit::{Cap, RateLimit, Slot};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// TLS connections the gateway holds at once (each device keeps a few;
 /// tunnels are streams inside them and don't count).
 pub const MAX_CONNECTIONS: usize = 10_000;
+/// Connections one source address may have open without a device
+/// certificate (still in the TLS handshake, or enrolling). A flood from one
+/// address then cannot take [`MAX_CONNECTIONS`] from everybody; a NAT with
+/// many devices behind it is unaffected, as a device's connection leaves the
+/// count once its certificate is checked (milliseconds after it connects).
+pub const UNAUTHENTICATED_PER_ADDRESS: usize = 256;
 /// Streams a client without a certificate may have open (it may only enroll).
 const ANONYMOUS_STREAMS: u32 = 4;
 /// How long a connection without a certificate may stay.
@@ -51,6 +57,10 @@ pub struct Gateway {
     pub workers: Workers,
     /// Enrollment attempts per source address.
     pub enroll_limit: RateLimit,
+    /// Connections without a device certificate (yet), per source address.
+    pub unauthenticated: Cap,
+    /// Connections refused by `unauthenticated`, for the log.
+    pub refused_per_address: std::sync::atomic::AtomicU64,
     /// Open connections, at most [`MAX_CONNECTIONS`]: past it new ones are
     /// closed at once rather than exhausting file descriptors.
     pub connections: Arc<tokio::sync::Semaphore>,
@@ -77,6 +87,10 @@ impl Gateway {
             };
             match accepted {
                 Ok((sock, peer)) => {
+                    let Some(slot) = self.unauthenticated.take(peer.ip()) else {
+                        self.refuse_per_address(peer);
+                        continue;
+                    };
                     let Ok(permit) = Arc::clone(&self.connections).try_acquire_owned() else {
                         tracing::warn!(%peer, limit = MAX_CONNECTIONS, "connection limit reached: refusing");
                         continue;
@@ -87,7 +101,7 @@ impl Gateway {
                     let worker = self.workers.pick();
                     self.workers.spawn_on(worker, async move {
                         let _permit = permit;
-                        gw.connection(sock, peer, stop).await
+                        gw.connection(sock, peer, stop, slot).await
                     });
                 }
                 Err(e) => {
@@ -99,11 +113,29 @@ impl Gateway {
         }
     }
 
+    /// A connection over [`UNAUTHENTICATED_PER_ADDRESS`]: closed at once,
+    /// counted, and logged at doubling counts (a flood must not flood the log).
+    fn refuse_per_address(&self, peer: SocketAddr) {
+        metrics::counter!("shimgate_connections_refused_total", "reason" => "per_address")
+            .increment(1);
+        let n = self
+            .refused_per_address
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        if n.is_power_of_two() {
+            tracing::warn!(%peer, limit = UNAUTHENTICATED_PER_ADDRESS, refused_so_far = n,
+                "too many connections without a device certificate from one address: refusing");
+        }
+    }
+
+    /// One TLS connection. `unauthenticated` is its place under the
+    /// per-address cap, given back once a device certificate is checked.
     async fn connection(
         self: Arc<Self>,
         sock: TcpStream,
         peer: SocketAddr,
         stop: CancellationToken,
+        unauthenticated: Slot,
     ) {
         shimgate_wire::liveness::prepare(&sock);
         let buffered = tokio::io::BufReader::with_capacity(h2tuning::TLS_READ_BUFFER, sock);
@@ -148,6 +180,10 @@ impl Gateway {
                     return;
                 }
             },
+        };
+        let _unauthenticated = match ident {
+            Some(_) => None,
+            None => Some(unauthenticated),
         };
         if let Some(id) = &ident {
             tracing::info!(%peer, device = %id.device_name, user = %id.user_name, "device connected");

@@ -47,6 +47,20 @@ impl ConfigDir {
     pub fn ca(&self) -> PathBuf {
         self.0.join("ca.crt")
     }
+    /// Replaces the device key and certificate as one (a renewal): a crash
+    /// part way leaves the old pair or the new, never a mismatch.
+    pub fn replace_identity(&self, key_pem: &[u8], cert_pem: &[u8]) -> std::io::Result<()> {
+        let (key, cert) = (self.key(), self.cert());
+        files::replace_together(&[
+            (&key, key_pem, files::SECRET),
+            (&cert, cert_pem, files::PUBLIC),
+        ])
+    }
+    /// Completes (or abandons) a [`ConfigDir::replace_identity`] that a crash
+    /// interrupted; before the key and certificate are read.
+    pub fn finish_replacing_identity(&self) -> std::io::Result<()> {
+        files::finish_replace(&[&self.key(), &self.cert()])
+    }
     pub fn status(&self) -> PathBuf {
         self.0.join("status.json")
     }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use http::Method;
 use rcgen::{CertificateParams, KeyPair};
 use shimgate_wire::enroll::{RENEW_PATH, RenewRequest, RenewResponse};
-use shimgate_wire::{clock, files, pki};
+use shimgate_wire::{clock, pki};
 use tokio_util::sync::CancellationToken;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
@@ -62,8 +62,7 @@ pub async fn renew_once(dir: &ConfigDir, pool: &Pool) -> Result<i64, RenewError>
     let send = pool.any_connection().await?;
     let answer = crate::client::call(&send, Method::POST, RENEW_PATH, Some(body)).await?;
     let answer: RenewResponse = serde_json::from_slice(&answer).map_err(std::io::Error::other)?;
-    files::write_atomic(&dir.key(), key.serialize_pem().as_bytes(), files::SECRET)?;
-    files::write_atomic(&dir.cert(), answer.cert_pem.as_bytes(), files::PUBLIC)?;
+    dir.replace_identity(key.serialize_pem().as_bytes(), answer.cert_pem.as_bytes())?;
     pool.connector().set_tls(tls::device(dir)?);
     Ok(answer.not_after)
 }

@@ -113,6 +113,12 @@ pub fn pinned(fingerprint: [u8; 32]) -> Result<Arc<ClientConfig>, TlsError> {
 
 /// For everything after enrollment: the stored CA, the device certificate.
 pub fn device(dir: &ConfigDir) -> Result<Arc<ClientConfig>, TlsError> {
+    // a renewal a crash interrupted: finished first, so key and certificate match
+    dir.finish_replacing_identity()
+        .map_err(|source| pki::PkiError::Read {
+            path: dir.key().display().to_string(),
+            source,
+        })?;
     let mut roots = RootCertStore::empty();
     for ca in pki::load_certs(&dir.ca())? {
         roots.add(ca)?;

@@ -52,6 +52,52 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
     result
 }
 
+/// Replaces several files as one (a key and its certificate): after a crash
+/// at any point, [`finish_replace`] leaves all old or all new contents.
+/// Each file is first written in full beside its target as `NAME.next`; the
+/// last one written is the commit mark: once it exists, all are complete,
+/// and they are renamed over their targets in order, the last one last.
+pub fn replace_together(files: &[(&Path, &[u8], u32)]) -> io::Result<()> {
+    for (path, contents, mode) in files {
+        write_atomic(&next(path), contents, *mode)?;
+    }
+    let paths: Vec<&Path> = files.iter().map(|f| f.0).collect();
+    finish_replace(&paths)
+}
+
+/// Completes a [`replace_together`] of `paths` that a crash interrupted
+/// (its commit mark exists), or abandons one that had not been committed.
+/// Does nothing when none was under way.
+pub fn finish_replace(paths: &[&Path]) -> io::Result<()> {
+    let Some(last) = paths.last() else {
+        return Ok(());
+    };
+    let committed = next(last).exists();
+    for path in paths {
+        let pending = next(path);
+        let done = if committed {
+            fs::rename(&pending, path)
+        } else {
+            fs::remove_file(&pending)
+        };
+        match done {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    match last.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(dir) => File::open(dir)?.sync_all(),
+        None => Ok(()),
+    }
+}
+
+/// Where [`replace_together`] puts the new contents of `path` first.
+fn next(path: &Path) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".next");
+    name.into()
+}
+
 /// Whether this process may create files in `dir` (the error says why not:
 /// a read-only file system, a permission).
 pub fn check_writable(dir: &Path) -> io::Result<()> {
@@ -113,6 +159,67 @@ pub fn create_private_dir(path: &Path) -> io::Result<()> {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    /// A key and certificate replaced together, interrupted at each step a
+    /// crash can stop it: recovery gives the old pair or the new pair.
+    #[test]
+    fn a_pair_replaced_together_survives_a_crash_at_any_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let (key, cert) = (dir.path().join("device.key"), dir.path().join("device.crt"));
+        let pair = [key.as_path(), cert.as_path()];
+        let read = || (fs::read(&key).unwrap(), fs::read(&cert).unwrap());
+        let old = (b"old key".to_vec(), b"old cert".to_vec());
+        let new = (b"new key".to_vec(), b"new cert".to_vec());
+        let reset = || {
+            write_atomic(&key, &old.0, SECRET).unwrap();
+            write_atomic(&cert, &old.1, PUBLIC).unwrap();
+            let _ = fs::remove_file(next(&key));
+            let _ = fs::remove_file(next(&cert));
+        };
+        // the steps of replace_together, as a crash would leave them, and
+        // the pair that recovery must give after each
+        type Step<'a> = (&'a str, &'a dyn Fn(), &'a (Vec<u8>, Vec<u8>));
+        let steps: [Step; 4] = [
+            (
+                "the key's .next written",
+                &|| write_atomic(&next(&key), &new.0, SECRET).unwrap(),
+                &old,
+            ),
+            (
+                "both .next written",
+                &|| write_atomic(&next(&cert), &new.1, PUBLIC).unwrap(),
+                &new,
+            ),
+            (
+                "the key renamed",
+                &|| fs::rename(next(&key), &key).unwrap(),
+                &new,
+            ),
+            (
+                "the certificate renamed",
+                &|| fs::rename(next(&cert), &cert).unwrap(),
+                &new,
+            ),
+        ];
+        for stop_after in 0..steps.len() {
+            reset();
+            for (_, step, _) in &steps[..=stop_after] {
+                step();
+            }
+            finish_replace(&pair).unwrap();
+            let (what, _, expected) = steps[stop_after];
+            assert_eq!(&read(), expected, "a crash after: {what}");
+            assert!(
+                !next(&key).exists() && !next(&cert).exists(),
+                "{what}: .next files left"
+            );
+            let mode = fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, SECRET, "{what}: the key's mode");
+        }
+        reset();
+        replace_together(&[(&key, &new.0, SECRET), (&cert, &new.1, PUBLIC)]).unwrap();
+        assert_eq!(read(), new);
+    }
 
     #[test]
     fn secret_is_0600_and_replaced_whole() {

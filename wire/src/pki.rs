@@ -53,7 +53,9 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// Parses lowercase or uppercase hex; `None` on odd length or bad digits.
 pub fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
+    // from_str_radix alone would take a sign: "+f" as 0x0f, so one value
+    // could be written several ways
+    if !s.len().is_multiple_of(2) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     (0..s.len())
@@ -102,6 +104,7 @@ mod tests {
         );
         assert_eq!(unhex("abc"), None);
         assert_eq!(unhex("zz"), None);
+        assert_eq!(unhex("+f"), None, "a sign is not a hex digit");
         assert_eq!(unhex("é1"), None);
     }
 }

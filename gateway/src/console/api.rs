@@ -520,12 +520,14 @@ pub async fn tokens_page(State(c): State<Arc<Console>>, headers: HeaderMap) -> R
     }
 }
 
+/// The API tokens page's "new token" form (`POST /api-tokens`).
 #[derive(serde::Deserialize)]
 pub struct NewApiTokenForm {
+    /// The session's CSRF token.
     #[serde(default)]
-    csrf: String,
+    pub csrf: String,
     #[serde(default)]
-    name: String,
+    pub name: String,
 }
 
 pub async fn create_token_form(

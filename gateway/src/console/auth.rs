@@ -79,7 +79,9 @@ pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> 
         .map(|(_, v)| v)
 }
 
-pub(crate) fn same(a: &str, b: &str) -> bool {
+/// True if the token a form or cookie carries (`a`) is the expected one (`b`), compared in
+/// constant time; an empty token never matches.
+pub fn same(a: &str, b: &str) -> bool {
     !a.is_empty() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
 }
 
@@ -289,14 +291,26 @@ pub async fn login_page(State(c): State<Arc<Console>>, headers: HeaderMap) -> Re
     with_cookie(render(&page), set)
 }
 
+/// The sign-in form (`POST /login`).
 #[derive(serde::Deserialize)]
 pub struct LoginForm {
     #[serde(default)]
-    name: String,
+    pub name: String,
     #[serde(default)]
-    password: String,
+    pub password: String,
+    /// The double-submit token, compared with the `sg_form` cookie.
     #[serde(default)]
-    form: String,
+    pub form: String,
+}
+
+/// Longest part of a typed admin name that sign-in keeps (shown back, throttle key, audit).
+pub const MAX_ECHOED_NAME: usize = 64;
+
+/// The first [`MAX_ECHOED_NAME`] characters of a name typed into the sign-in form: what the
+/// page shows back, what the per-name throttle is keyed on and what the audit log names, so
+/// that a huge name never becomes a huge page, map entry or log line.
+pub fn echoed_name(name: &str) -> String {
+    name.chars().take(MAX_ECHOED_NAME).collect()
 }
 
 pub async fn login(
@@ -311,7 +325,7 @@ pub async fn login(
             title: "Sign in",
             nav: None,
             form: form.clone(),
-            name: f.name.chars().take(64).collect(),
+            name: echoed_name(&f.name),
             error: Some(error.to_owned()),
         };
         with_cookie((status, render(&page)).into_response(), set.clone())
@@ -324,8 +338,7 @@ pub async fn login(
     }
     let name = f.name.trim();
     let by_addr = c.throttle.by_addr.allow(addr.ip());
-    // Bounded key: a huge name must not become a huge map entry.
-    let by_name = c.throttle.by_name.allow(name.chars().take(64).collect());
+    let by_name = c.throttle.by_name.allow(echoed_name(name));
     if !by_addr || !by_name {
         tracing::warn!(%addr, "sign-in attempts throttled");
         metrics::counter!("shimgate_console_logins_total", "result" => "throttled").increment(1);
@@ -345,7 +358,7 @@ pub async fn login(
         }
     };
     let actor = Actor {
-        name: format!("admin:{}", name.chars().take(64).collect::<String>()),
+        name: format!("admin:{}", echoed_name(name)),
         addr,
     };
     let Some(admin) = admin else {
@@ -410,16 +423,39 @@ pub async fn password_page(State(c): State<Arc<Console>>, headers: HeaderMap) ->
     }
 }
 
+/// The change-password form (`POST /password`).
 #[derive(serde::Deserialize)]
 pub struct PasswordForm {
+    /// The session's CSRF token.
     #[serde(default)]
-    csrf: String,
+    pub csrf: String,
     #[serde(default)]
-    current: String,
+    pub current: String,
     #[serde(default)]
-    new: String,
+    pub new: String,
     #[serde(default)]
-    repeat: String,
+    pub repeat: String,
+}
+
+impl PasswordForm {
+    /// The checks on the new password made before the current one is checked (no database):
+    /// typed twice the same, at least [`shimgate_registry::MIN_PASSWORD_CHARS`] characters,
+    /// not the current one. The error is the sentence to show.
+    pub fn check_new(&self) -> Result<(), String> {
+        if self.new != self.repeat {
+            return Err("The new password and its repetition differ.".into());
+        }
+        if self.new.chars().count() < shimgate_registry::MIN_PASSWORD_CHARS {
+            return Err(format!(
+                "The new password must be at least {} characters.",
+                shimgate_registry::MIN_PASSWORD_CHARS
+            ));
+        }
+        if self.new == self.current {
+            return Err("Choose a password other than the current one.".into());
+        }
+        Ok(())
+    }
 }
 
 pub async fn change_password(
@@ -440,26 +476,8 @@ pub async fn change_password(
     let again = |s: Session, status: StatusCode, error: &str| {
         password_view(s, None, status, Some(error.to_owned()))
     };
-    if f.new != f.repeat {
-        return again(
-            s,
-            StatusCode::BAD_REQUEST,
-            "The new password and its repetition differ.",
-        );
-    }
-    if f.new.chars().count() < shimgate_registry::MIN_PASSWORD_CHARS {
-        let msg = format!(
-            "The new password must be at least {} characters.",
-            shimgate_registry::MIN_PASSWORD_CHARS
-        );
+    if let Err(msg) = f.check_new() {
         return again(s, StatusCode::BAD_REQUEST, &msg);
-    }
-    if f.new == f.current {
-        return again(
-            s,
-            StatusCode::BAD_REQUEST,
-            "Choose a password other than the current one.",
-        );
     }
     // The current password is checked next: throttled like a sign-in.
     if !c.throttle.by_addr.allow(addr.ip()) || !c.throttle.by_name.allow(s.admin.clone()) {
@@ -506,6 +524,7 @@ pub async fn change_password(
     c.done(&headers, "/devices", Ok("Password changed.".to_owned()))
 }
 
+/// The form of a button that only acts (sign out, revoke, cancel, remove): its CSRF token.
 #[derive(serde::Deserialize)]
 pub struct CsrfOnly {
     #[serde(default)]

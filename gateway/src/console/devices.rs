@@ -264,13 +264,22 @@ pub async fn approve_form(
     c.done(&headers, "/devices", result)
 }
 
+/// The devices page's approval switch (`POST /settings/approval`).
 #[derive(serde::Deserialize)]
 pub struct ApprovalForm {
+    /// The session's CSRF token.
     #[serde(default)]
-    csrf: String,
+    pub csrf: String,
     /// `on` or `off`.
     #[serde(default)]
-    require: String,
+    pub require: String,
+}
+
+impl ApprovalForm {
+    /// Whether new devices are to wait for approval: exactly `on`; anything else is off.
+    pub fn on(&self) -> bool {
+        self.require == "on"
+    }
 }
 
 pub async fn approval_form(
@@ -283,7 +292,7 @@ pub async fn approval_form(
         Ok(a) => a,
         Err(r) => return r,
     };
-    let on = f.require == "on";
+    let on = f.on();
     let result = c
         .set_require_approval(&who, on)
         .await
@@ -319,14 +328,16 @@ impl Console {
     }
 }
 
+/// The users page's "remove from group" form (`POST /users/remove-from-group`).
 #[derive(serde::Deserialize)]
 pub struct MembershipForm {
+    /// The session's CSRF token.
     #[serde(default)]
-    csrf: String,
+    pub csrf: String,
     #[serde(default)]
-    user: String,
+    pub user: String,
     #[serde(default)]
-    group: String,
+    pub group: String,
 }
 
 pub async fn remove_from_group_form(
@@ -385,19 +396,22 @@ pub async fn users_page(State(c): State<Arc<Console>>, headers: HeaderMap) -> Re
     })
 }
 
+/// The users page's "add a user" form (`POST /users`).
 #[derive(serde::Deserialize)]
 pub struct UserForm {
+    /// The session's CSRF token.
     #[serde(default)]
-    csrf: String,
+    pub csrf: String,
     #[serde(default)]
-    name: String,
+    pub name: String,
     /// Comma-separated.
     #[serde(default)]
-    groups: String,
+    pub groups: String,
 }
 
-/// `"a, b,,c"` → `["a", "b", "c"]`.
-pub(crate) fn split_groups(s: &str) -> Vec<String> {
+/// The group names of the "add a user" form's comma-separated list, trimmed, empty ones
+/// dropped: `"a, b,,c"` → `["a", "b", "c"]`.
+pub fn split_groups(s: &str) -> Vec<String> {
     s.split(',')
         .map(str::trim)
         .filter(|g| !g.is_empty())

@@ -19,9 +19,9 @@ use sha2::{Digest, Sha256};
 use shimgate_registry::{
     InvitationRow, Invitee, IssuedToken, NewInvitation, NewToken, RedeemError, Redemption, TokenRow,
 };
+use shimgate_wire::clock;
 use shimgate_wire::code::EnrollmentCode;
 use shimgate_wire::identity::check_device_name;
-use shimgate_wire::{clock, pki};
 
 use super::Peer;
 use super::auth::{CsrfOnly, Nav};
@@ -41,7 +41,8 @@ pub struct Watches {
 }
 
 impl Watches {
-    fn add(&self, token_id_hex: String) -> String {
+    /// Starts watching a token (its public id); returns the poll key to give the page.
+    pub fn add(&self, token_id_hex: String) -> String {
         let now = Instant::now();
         if self.by_hash.len() >= MAX_WATCHES {
             self.by_hash
@@ -53,7 +54,8 @@ impl Watches {
         key
     }
 
-    fn get(&self, key: &str) -> Option<String> {
+    /// The token a poll key watches, if the key was handed out and has not expired.
+    pub fn get(&self, key: &str) -> Option<String> {
         let h: [u8; 32] = Sha256::digest(key.as_bytes()).into();
         let found = self.by_hash.get(&h).map(|e| e.value().clone());
         match found {
@@ -96,23 +98,35 @@ fn qr_svg(text: &str) -> String {
     }
 }
 
+/// Longest lifetime of an invitation or enrollment token, in seconds (90 days).
+pub const MAX_LIFETIME: i64 = 90 * 86400;
+/// Most uses of an invitation or enrollment token.
+pub const MAX_USES: u32 = 1000;
+
 /// A form's `1h`/`7d`-style duration, within reason.
 fn lifetime(s: &str) -> Result<i64, Failure> {
     let secs = clock::parse_duration(s).map_err(|e| Failure::new(StatusCode::BAD_REQUEST, e))?;
-    if secs > 90 * 86400 {
+    if secs > MAX_LIFETIME {
         return Err(Failure::new(StatusCode::BAD_REQUEST, "at most 90 days"));
     }
     Ok(secs)
 }
 
 fn uses(n: u32) -> Result<u32, Failure> {
-    if !(1..=1000).contains(&n) {
+    if !(1..=MAX_USES).contains(&n) {
         return Err(Failure::new(
             StatusCode::BAD_REQUEST,
             "uses must be between 1 and 1000",
         ));
     }
     Ok(n)
+}
+
+/// The uses and the lifetime (`30m`, `24h`, `7d`) asked for an invitation or an enrollment
+/// token, checked (no database involved): uses 1 to [`MAX_USES`], lifetime 1 s to
+/// [`MAX_LIFETIME`]. Returns the uses and the lifetime in seconds.
+pub fn limits(n: u32, valid_for: &str) -> Result<(u32, i64), Failure> {
+    Ok((uses(n)?, lifetime(valid_for)?))
 }
 
 /// What creating an invitation hands back, once.
@@ -152,8 +166,8 @@ impl Console {
         n: u32,
         valid_for: &str,
     ) -> Result<CreatedInvitation, Failure> {
-        let n = uses(n)?;
-        let expires_at = clock::now() + lifetime(valid_for)?;
+        let (n, secs) = limits(n, valid_for)?;
+        let expires_at = clock::now() + secs;
         let target = match &invitee {
             Invitee::User(u) => format!("user:{u}"),
             Invitee::Group(g) => format!("group:{g}"),
@@ -210,8 +224,8 @@ impl Console {
         n: u32,
         valid_for: &str,
     ) -> Result<CreatedToken, Failure> {
-        let n = uses(n)?;
-        let expires_at = clock::now() + lifetime(valid_for)?;
+        let (n, secs) = limits(n, valid_for)?;
+        let expires_at = clock::now() + secs;
         if self.gw.registry.user_by_name(user).await?.is_none() {
             return Err(Failure::new(
                 StatusCode::NOT_FOUND,
@@ -348,19 +362,33 @@ pub async fn admin_page(State(c): State<Arc<Console>>, headers: HeaderMap) -> Re
     }
 }
 
+/// The "invite" form of the invitations page (`POST /invitations`).
 #[derive(serde::Deserialize)]
 pub struct InvitationForm {
+    /// The session's CSRF token.
     #[serde(default)]
-    csrf: String,
+    pub csrf: String,
     /// `user` or `group`.
     #[serde(default)]
-    kind: String,
+    pub kind: String,
     #[serde(default)]
-    name: String,
+    pub name: String,
     #[serde(default = "one")]
-    uses: u32,
+    pub uses: u32,
     #[serde(default = "day")]
-    expires: String,
+    pub expires: String,
+}
+
+impl InvitationForm {
+    /// Who the invitation is for: the group named if `kind` is `group`, else the user.
+    pub fn invitee(&self) -> Invitee {
+        let name = self.name.trim().to_owned();
+        if self.kind == "group" {
+            Invitee::Group(name)
+        } else {
+            Invitee::User(name)
+        }
+    }
 }
 
 fn one() -> u32 {
@@ -381,13 +409,10 @@ pub async fn create_invitation_form(
         Ok(a) => a,
         Err(r) => return r,
     };
-    let name = f.name.trim().to_owned();
-    let invitee = if f.kind == "group" {
-        Invitee::Group(name)
-    } else {
-        Invitee::User(name)
-    };
-    match c.create_invitation(&who, invitee, f.uses, &f.expires).await {
+    match c
+        .create_invitation(&who, f.invitee(), f.uses, &f.expires)
+        .await
+    {
         Ok(inv) => match c.page_session(&headers) {
             Ok(nav) => admin_view(&c, nav, Some(inv.link), None).await,
             Err(r) => r,
@@ -396,16 +421,18 @@ pub async fn create_invitation_form(
     }
 }
 
+/// The "enrollment code" form of the invitations page (`POST /tokens`).
 #[derive(serde::Deserialize)]
 pub struct TokenForm {
+    /// The session's CSRF token.
     #[serde(default)]
-    csrf: String,
+    pub csrf: String,
     #[serde(default)]
-    user: String,
+    pub user: String,
     #[serde(default = "one")]
-    uses: u32,
+    pub uses: u32,
     #[serde(default = "day")]
-    expires: String,
+    pub expires: String,
 }
 
 pub async fn create_token_form(
@@ -509,10 +536,16 @@ pub struct LinkQuery {
     s: String,
 }
 
-fn parse_link(id: &str, secret: &str) -> Option<([u8; 16], [u8; 32])> {
-    let id: [u8; 16] = pki::unhex(id)?.try_into().ok()?;
-    let secret: [u8; 32] = pki::unhex(secret)?.try_into().ok()?;
-    Some((id, secret))
+/// An invitation link's id (the path) and secret (`s`), as bytes: exactly 32 and 64 hex
+/// digits; anything else is no invitation.
+pub fn parse_link(id: &str, secret: &str) -> Option<([u8; 16], [u8; 32])> {
+    // Not `pki::unhex`: it takes `+f` for `0f` (`u8::from_str_radix` allows a sign), so
+    // one link would have many spellings.
+    let mut id_bytes = [0u8; 16];
+    let mut secret_bytes = [0u8; 32];
+    hex::decode_to_slice(id, &mut id_bytes).ok()?;
+    hex::decode_to_slice(secret, &mut secret_bytes).ok()?;
+    Some((id_bytes, secret_bytes))
 }
 
 fn refused(e: &RedeemError) -> Response {
@@ -588,16 +621,28 @@ pub async fn public_page(
     resp
 }
 
+/// The public invitation page's form (`POST /invite/{id}`), sent by someone not signed in.
 #[derive(serde::Deserialize)]
 pub struct RedeemForm {
+    /// The invitation's secret, from the link.
     #[serde(default)]
-    s: String,
+    pub s: String,
+    /// The double-submit token, compared with the `sg_form` cookie.
     #[serde(default)]
-    form: String,
+    pub form: String,
     #[serde(default)]
-    device: String,
+    pub device: String,
+    /// The user the device is for (group invitations only).
     #[serde(default)]
-    user: String,
+    pub user: String,
+}
+
+impl RedeemForm {
+    /// The device name as typed, trimmed and lowercased; still to be checked with
+    /// [`check_device_name`].
+    pub fn device_name(&self) -> String {
+        self.device.trim().to_ascii_lowercase()
+    }
 }
 
 pub async fn redeem(
@@ -627,7 +672,7 @@ pub async fn redeem(
         Err(e) => return refused(&e),
     };
     let (for_group, invitee) = invitee_text(&inv.invitee);
-    let device = f.device.trim().to_ascii_lowercase();
+    let device = f.device_name();
     let user = f.user.trim().to_owned();
     // A refused form is shown again with the browser's current token (or a new one).
     let (form, set_cookie) = c.form_token(&headers);
@@ -705,10 +750,12 @@ pub async fn redeem(
     })
 }
 
+/// What the invitation page polls with (`POST /invite/status`), not signed in.
 #[derive(serde::Deserialize)]
 pub struct StatusForm {
+    /// The poll key [`Watches::add`] handed out.
     #[serde(default)]
-    key: String,
+    pub key: String,
 }
 
 /// What the invitation page polls for.
@@ -777,6 +824,19 @@ mod tests {
         assert!(parse_link("zz", &s).is_none());
         assert!(parse_link(&id, &"1".repeat(63)).is_none());
         assert!(parse_link(&"00".repeat(17), &s).is_none());
+        assert!(parse_link(&"AB".repeat(16), &"CD".repeat(32)).is_some());
+    }
+
+    /// Found with the `console_form` fuzz target (input: tests/fuzz/corpus/console_form/
+    /// regression_plus_sign_secret): `+f` in a link was read as `0f`, so one invitation link
+    /// had many spellings. No bypass: the bytes still had to be the secret's.
+    #[test]
+    fn links_are_hex_digits_only() {
+        let (id, s) = ("00".repeat(16), "0f".repeat(32));
+        assert!(parse_link(&id, &s).is_some());
+        assert!(parse_link(&id, &"+f".repeat(32)).is_none());
+        assert!(parse_link(&"+0".repeat(16), &s).is_none());
+        assert!(parse_link(&id, &format!("{}+f", "0f".repeat(31))).is_none());
     }
 
     #[test]

@@ -34,35 +34,40 @@ fn bad(e: impl std::fmt::Display) -> Failure {
     Failure::new(StatusCode::BAD_REQUEST, e.to_string())
 }
 
+impl RuleInput {
+    /// The rule to store, with its fields parsed and checked (no database involved): what the
+    /// policy form and `POST /api/v1/policy` add. Empty `subject` means everyone, empty
+    /// `ports` all ports.
+    pub fn to_rule(&self, created_by: &str) -> Result<NewRule, Failure> {
+        let action: Action = self.action.trim().parse().map_err(bad)?;
+        let dest: Dest = self.to.trim().parse().map_err(bad)?;
+        let subject: Subject = match self.subject.trim() {
+            "" => Subject::Everyone,
+            s => s.parse().map_err(bad)?,
+        };
+        let ports = match self.ports.trim() {
+            "" => "1-65535",
+            p => p,
+        };
+        let (port_lo, port_hi) = crate::cli::parse_ports(ports).map_err(bad)?;
+        Ok(NewRule {
+            subject,
+            dest,
+            port_lo,
+            port_hi,
+            action,
+            created_by: created_by.to_owned(),
+        })
+    }
+}
+
 impl Console {
     pub(crate) async fn rules(&self) -> Result<Vec<Rule>, Failure> {
         Ok(self.gw.registry.list_rules().await?)
     }
 
     pub(crate) async fn add_rule(&self, who: &Actor, r: &RuleInput) -> Result<Rule, Failure> {
-        let action: Action = r.action.trim().parse().map_err(bad)?;
-        let dest: Dest = r.to.trim().parse().map_err(bad)?;
-        let subject: Subject = match r.subject.trim() {
-            "" => Subject::Everyone,
-            s => s.parse().map_err(bad)?,
-        };
-        let ports = match r.ports.trim() {
-            "" => "1-65535",
-            p => p,
-        };
-        let (port_lo, port_hi) = crate::cli::parse_ports(ports).map_err(bad)?;
-        let rule = self
-            .gw
-            .registry
-            .add_rule(NewRule {
-                subject,
-                dest,
-                port_lo,
-                port_hi,
-                action,
-                created_by: who.name.clone(),
-            })
-            .await?;
+        let rule = self.gw.registry.add_rule(r.to_rule(&who.name)?).await?;
         self.refresh_cache().await;
         self.audit(
             who,
@@ -85,6 +90,15 @@ impl Console {
         self.audit(who, "policy.remove", &id.to_string(), String::new())
             .await;
         Ok(())
+    }
+}
+
+/// A rule's ports as the policy page shows them and the form takes them: `443` or `8000-8100`.
+pub fn ports_text(lo: u16, hi: u16) -> String {
+    if lo == hi {
+        lo.to_string()
+    } else {
+        format!("{lo}-{hi}")
     }
 }
 
@@ -124,23 +138,21 @@ pub async fn page(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response
                 action: r.action.to_string(),
                 subject: r.subject.to_string(),
                 dest: r.dest.to_string(),
-                ports: if r.port_lo == r.port_hi {
-                    r.port_lo.to_string()
-                } else {
-                    format!("{}-{}", r.port_lo, r.port_hi)
-                },
+                ports: ports_text(r.port_lo, r.port_hi),
                 created_by: r.created_by,
             })
             .collect(),
     })
 }
 
+/// The policy page's "add a rule" form (`POST /policy`).
 #[derive(serde::Deserialize)]
 pub struct RuleForm {
+    /// The session's CSRF token.
     #[serde(default)]
-    csrf: String,
+    pub csrf: String,
     #[serde(flatten)]
-    rule: RuleInput,
+    pub rule: RuleInput,
 }
 
 pub async fn add_form(

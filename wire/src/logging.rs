@@ -70,13 +70,41 @@ fn raise_fd_limit() {
 /// glibc's adaptive thresholds each one could be an mmap, page faults and a
 /// munmap. Fixed thresholds keep them on the heap (measured: about +15%
 /// bulk throughput, docs/BENCHMARKS.md).
+///
+/// The price was resident memory that only grew (docs/RELIABILITY.md,
+/// "Soak"): with a 64 MiB trim threshold each thread's arena kept the pages
+/// of its busiest moment, and `malloc_trim` cannot release the top of a
+/// thread's arena. So one arena for all threads (the main one, which
+/// `malloc_trim` releases fully), and a thread that returns its free pages
+/// every 10 s: a few page faults per interval, not per buffer. One arena
+/// means one lock for every thread's large allocations; the data plane's are
+/// 16–256 KiB buffers, a few thousand per GB moved, and the small ones come
+/// from glibc's per-thread cache without the lock (bulk throughput measured
+/// unchanged on 2 cores; not measured on many).
 fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets allocator parameters; called before any
-    // other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
+    {
+        // SAFETY: mallopt only sets allocator parameters; called before
+        // any other thread exists.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
+            libc::mallopt(libc::M_ARENA_MAX, 1);
+        }
+        let trim = || {
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(10));
+                // SAFETY: malloc_trim takes the arena's lock; it may be
+                // called from any thread at any time.
+                unsafe { libc::malloc_trim(0) };
+            }
+        };
+        if let Err(e) = std::thread::Builder::new()
+            .name("malloc-trim".into())
+            .spawn(trim)
+        {
+            tracing::debug!(error = %e, "no malloc-trim thread; free heap pages stay resident");
+        }
     }
 }
 

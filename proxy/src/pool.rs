@@ -322,3 +322,17 @@ async fn request(send: SendRequest<Bytes>, authority: &str) -> Result<Tunnel, Fa
         .and_then(|v| v.to_str().ok());
     Err(Failure::Refused(TunnelError::from_response(status, header)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_spreads_within_half_either_way() {
+        let d = Duration::from_secs(1);
+        let samples: Vec<Duration> = (0..1000).map(|_| jitter(d)).collect();
+        assert!(samples.iter().all(|s| *s >= d / 2 && *s < d * 3 / 2));
+        let (lo, hi) = (samples.iter().min().unwrap(), samples.iter().max().unwrap());
+        assert!(*hi - *lo > d / 2, "jitter barely spreads: {lo:?}..{hi:?}");
+    }
+}

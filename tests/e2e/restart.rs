@@ -105,3 +105,49 @@ fn gateway_restart(backend: Backend) {
     );
 }
 both_backends!(gateway_restart);
+
+/// With the gateway's port answering TCP but not TLS (a gateway half up), a
+/// device retries with growing pauses, never in a tight loop, and keeps
+/// retrying.
+#[test]
+fn reconnects_back_off() {
+    let (mut gw, dev) = setup(Backend::Sqlite, &["127.0.0.1/32"], "laptop");
+    let port = gw.port();
+    gw.stop();
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("the gateway's port");
+    listener.set_nonblocking(true).unwrap();
+    let window = Duration::from_secs(8);
+    let start = Instant::now();
+    let mut attempts = Vec::new();
+    while start.elapsed() < window {
+        match listener.accept() {
+            // closed at once: the device's TLS handshake fails
+            Ok(_) => attempts.push(start.elapsed()),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+    let gaps: Vec<Duration> = attempts.windows(2).map(|w| w[1] - w[0]).collect();
+    eprintln!(
+        "[e2e] {} reconnection attempts in {window:?}, gaps {gaps:?}",
+        attempts.len()
+    );
+    assert!(
+        attempts.len() >= 3,
+        "the device stopped retrying: {attempts:?}"
+    );
+    assert!(
+        attempts.len() <= 40,
+        "reconnecting in a tight loop: {} attempts",
+        attempts.len()
+    );
+    // growing pauses: more attempts in the window's first half than in its second
+    let first_half = attempts.iter().filter(|t| **t < window / 2).count();
+    assert!(
+        first_half > attempts.len() - first_half,
+        "the pauses do not grow: {gaps:?}"
+    );
+    drop(dev);
+}

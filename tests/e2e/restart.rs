@@ -1,5 +1,5 @@
-//! The gateway goes away and comes back: the proxy fails fast meanwhile and
-//! recovers on its own.
+//! The gateway goes away (stopped, or killed) and comes back: the proxy
+//! fails fast meanwhile and recovers on its own.
 
 use std::io::Read;
 use std::time::{Duration, Instant};
@@ -7,7 +7,26 @@ use std::time::{Duration, Instant};
 use crate::harness::socks::{self, connect, connect_ok};
 use crate::harness::*;
 
+/// How the gateway goes away.
+#[derive(Clone, Copy, Debug)]
+enum Gone {
+    /// SIGTERM: it stops in order.
+    Stopped,
+    /// SIGKILL: nothing is flushed or closed by the gateway itself.
+    Killed,
+}
+
 fn gateway_restart(backend: Backend) {
+    gateway_goes_and_returns(backend, Gone::Stopped)
+}
+both_backends!(gateway_restart);
+
+fn gateway_killed(backend: Backend) {
+    gateway_goes_and_returns(backend, Gone::Killed)
+}
+both_backends!(gateway_killed);
+
+fn gateway_goes_and_returns(backend: Backend, gone: Gone) {
     let body = unique_body("restart");
     let origin = Origin::http(V4, &body);
     let (mut gw, mut dev) = setup(backend, &["127.0.0.1/32"], "laptop");
@@ -30,7 +49,10 @@ fn gateway_restart(backend: Backend) {
         "the transfer did not start"
     );
 
-    gw.stop();
+    match gone {
+        Gone::Stopped => gw.stop(),
+        Gone::Killed => gw.kill(),
+    }
     let stopped = Instant::now();
     let ended = loop {
         match open.read(&mut buf) {
@@ -46,7 +68,7 @@ fn gateway_restart(backend: Backend) {
     assert_eq!(
         ended,
         Some(std::io::ErrorKind::ConnectionReset),
-        "an open tunnel should end with a reset when the gateway goes (None: a clean end)"
+        "an open tunnel should end with a reset when the gateway is {gone:?} (None: a clean end)"
     );
 
     // fails fast: a reply, non-zero, within 5 s
@@ -103,8 +125,12 @@ fn gateway_restart(backend: Backend) {
         Duration::from_millis(200),
         || (dev.status(&[]).code() == Some(0)).then_some(()),
     );
+    // what the registry held before is all there
+    assert!(
+        gw.device_list().contains("laptop"),
+        "the registry lost the device"
+    );
 }
-both_backends!(gateway_restart);
 
 /// With the gateway's port answering TCP but not TLS (a gateway half up), a
 /// device retries with growing pauses, never in a tight loop, and keeps

@@ -231,6 +231,14 @@ impl Gateway {
         self.old_logs.push(proc.logs());
     }
 
+    /// SIGKILL and wait: a crash, or a power cut of the process.
+    pub fn kill(&mut self) {
+        let mut proc = self.proc.take().expect("gateway not serving");
+        proc.kill();
+        eprintln!("[e2e] gateway killed (SIGKILL)");
+        self.old_logs.push(proc.logs());
+    }
+
     pub fn logs(&self) -> String {
         let mut s = self.old_logs.join("\n");
         if let Some(p) = &self.proc {

@@ -1,6 +1,6 @@
 # Shell helpers shared by the benchmark scripts (run.sh, load.sh, soak.sh);
 # sourced, not run. The caller defines WORK (a temp dir for logs), PIDS (an
-# array of background pids its cleanup stops), FG_PID, BIN (target/release)
+# array of background pids finish_run stops), FG_PID, BIN (target/release)
 # and SGBENCH, and may set GW_SERVE_ARGS (extra `shimgate-gateway serve` flags).
 # shellcheck shell=bash
 if ! declare -p GW_SERVE_ARGS >/dev/null 2>&1; then GW_SERVE_ARGS=(); fi
@@ -34,6 +34,36 @@ stop_pids() {
     done
     kill -KILL "${all[@]}" 2>/dev/null || true
     for pid in "$@"; do wait "$pid" 2>/dev/null || true; done
+}
+
+# The end of every bench script, as its EXIT trap (on_exit_finish_run):
+# stops what it started, newest first (FG_PID, then PIDS), runs the caller's
+# cleanup_extra if it defines one, copies the files of $WORK matching
+# KEEP_PATTERNS (default: logs and JSON) to $KEEP_LOGS if that is set, and
+# removes $WORK. Exits with the status the script was exiting with.
+finish_run() {
+    local rc=$?
+    trap - EXIT INT TERM
+    local rev=() i p
+    if [[ -n "$FG_PID" ]]; then rev+=("$FG_PID"); fi
+    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do rev+=("${PIDS[i]}"); done
+    ((${#rev[@]} == 0)) || stop_pids "${rev[@]}"
+    if declare -F cleanup_extra >/dev/null; then cleanup_extra; fi
+    if [[ -n "${KEEP_LOGS:-}" ]]; then
+        mkdir -p "$KEEP_LOGS"
+        for p in ${KEEP_PATTERNS:-*.log *.json}; do
+            cp "$WORK"/$p "$KEEP_LOGS"/ 2>/dev/null || true
+        done
+    fi
+    rm -rf "$WORK"
+    exit "$rc"
+}
+
+# finish_run on exit; INT and TERM exit (so it runs) with 130 and 143.
+on_exit_finish_run() {
+    trap finish_run EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
 }
 
 # Runs a command and waits for it. Bash runs traps only between commands, so

@@ -83,22 +83,7 @@ source "$ROOT/tests/bench/lib.sh"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/sgload.XXXXXX")"
 PIDS=()
 FG_PID=""
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    local rev=() i
-    if [[ -n "$FG_PID" ]]; then rev+=("$FG_PID"); fi
-    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do rev+=("${PIDS[i]}"); done
-    ((${#rev[@]} == 0)) || stop_pids "${rev[@]}"
-    if [[ -n "$KEEP_LOGS" ]]; then
-        mkdir -p "$KEEP_LOGS" && cp "$WORK"/*.log "$WORK"/*.json "$KEEP_LOGS"/ 2>/dev/null || true
-    fi
-    rm -rf "$WORK"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+on_exit_finish_run
 
 # Each process holds about one descriptor per connection (sgbench: its
 # sockets; a proxy: its SOCKS sockets; the gateway and the origin: the

@@ -103,23 +103,11 @@ FG_PID=""
 NFT_TABLE=""
 
 
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    local rev=() i
-    if [[ -n "$FG_PID" ]]; then rev+=("$FG_PID"); fi
-    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do rev+=("${PIDS[i]}"); done
-    ((${#rev[@]} == 0)) || stop_pids "${rev[@]}"
+# besides what finish_run does (tests/bench/lib.sh)
+cleanup_extra() {
     if [[ -n "$NFT_TABLE" ]]; then nft delete table inet "$NFT_TABLE" 2>/dev/null || true; fi
-    if [[ -n "$KEEP_LOGS" ]]; then
-        mkdir -p "$KEEP_LOGS" && cp "$WORK"/*.log "$WORK"/*.json "$KEEP_LOGS"/ 2>/dev/null || true
-    fi
-    rm -rf "$WORK"
-    exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+on_exit_finish_run
 
 
 

@@ -83,22 +83,8 @@ source "$ROOT/tests/bench/lib.sh"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/sgsoak.XXXXXX")"
 PIDS=()
 FG_PID=""
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    local rev=() i
-    if [[ -n "$FG_PID" ]]; then rev+=("$FG_PID"); fi
-    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do rev+=("${PIDS[i]}"); done
-    ((${#rev[@]} == 0)) || stop_pids "${rev[@]}"
-    if [[ -n "$KEEP_LOGS" ]]; then
-        mkdir -p "$KEEP_LOGS" && cp "$WORK"/*.log "$WORK"/*.json "$WORK"/*.tsv "$KEEP_LOGS"/ 2>/dev/null || true
-    fi
-    rm -rf "$WORK"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+KEEP_PATTERNS="*.log *.json *.tsv"
+on_exit_finish_run
 
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 

@@ -196,24 +196,13 @@ fn silent_and_stalled_tls_clients_do_not_hold_the_gateway() {
 #[test]
 fn garbage_on_a_control_stream_ends_only_that_stream() {
     use bytes::Bytes;
-    use shimgate_proxy::config::{ConfigDir, DeviceConfig};
     let origin = Origin::http(V4, &unique_body("abuse bystander"));
     let (gw, dev) = setup(Backend::Sqlite, &["127.0.0.1/32"], "laptop");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let dir = ConfigDir::new(dev.config_dir.clone());
-    let config = DeviceConfig::load(&dir).unwrap();
-    let tls = shimgate_proxy::tls::device(&dir).unwrap();
-    let name = shimgate_proxy::tls::server_name(&config.server_name).unwrap();
-    let (conn, _) = rt
-        .block_on(shimgate_proxy::client::connect_device(
-            &config.gateway,
-            name,
-            tls,
-        ))
-        .expect("the device connects");
+    let conn = dev.connect_to_gateway(&rt);
     for garbage in [
         Bytes::from_static(&[0xff, 0xff, 0xff, 0xff, b'x']),
         Bytes::from_static(b"\0\0\0\x05{{{{{"),

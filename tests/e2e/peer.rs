@@ -675,7 +675,6 @@ fn the_gateway_keeps_no_copy_of_a_session_key() {
     if !netns::require_root("peer::the_gateway_keeps_no_copy_of_a_session_key") {
         return;
     }
-    use shimgate_proxy::config::{ConfigDir, DeviceConfig};
     let web = Origin::http(V4, "bob's page");
     let mut gw = Gateway::init(Backend::Sqlite);
     gw.allow("bob.vpn.internal", &["--ports", &web.port().to_string()]);
@@ -690,17 +689,7 @@ fn the_gateway_keeps_no_copy_of_a_session_key() {
         .enable_all()
         .build()
         .unwrap();
-    let dir = ConfigDir::new(alice.config_dir.clone());
-    let config = DeviceConfig::load(&dir).expect("alice's config");
-    let tls = shimgate_proxy::tls::device(&dir).expect("alice's TLS config");
-    let name = shimgate_proxy::tls::server_name(&config.server_name).unwrap();
-    let (conn, _) = rt
-        .block_on(shimgate_proxy::client::connect_device(
-            &config.gateway,
-            name,
-            tls,
-        ))
-        .expect("alice connects");
+    let conn = alice.connect_to_gateway(&rt);
     let grant = poll(
         "a grant for bob",
         Duration::from_secs(20),

@@ -200,6 +200,28 @@ impl Device {
         }
     }
 
+    /// An HTTP/2 connection to the gateway made as this device's proxy makes
+    /// it (its certificate, its gateway address and TLS name), on `rt`: for
+    /// tests that speak the gateway's protocol themselves.
+    pub fn connect_to_gateway(
+        &self,
+        rt: &tokio::runtime::Runtime,
+    ) -> shimgate_proxy::client::Connection {
+        use shimgate_proxy::config::{ConfigDir, DeviceConfig};
+        let dir = ConfigDir::new(self.config_dir.clone());
+        let config = DeviceConfig::load(&dir).expect("the device's config");
+        let tls = shimgate_proxy::tls::device(&dir).expect("the device's TLS config");
+        let name = shimgate_proxy::tls::server_name(&config.server_name).unwrap();
+        let (conn, _) = rt
+            .block_on(shimgate_proxy::client::connect_device(
+                &config.gateway,
+                name,
+                tls,
+            ))
+            .unwrap_or_else(|e| panic!("device {} connects to the gateway: {e}", self.name));
+        conn
+    }
+
     pub fn config_toml(&self) -> PathBuf {
         self.config_dir.join("config.toml")
     }

@@ -9,16 +9,15 @@
 #![no_main]
 
 use std::fmt::Debug;
-use std::sync::OnceLock;
 
 use axum::extract::FromRequest;
 use axum::http::{Request, header};
 use libfuzzer_sys::fuzz_target;
 use serde::de::DeserializeOwned;
+use shimgate_fuzz::runtime;
 use shimgate_gateway::console::{api, auth, devices, invite, policy};
 use shimgate_registry::{Invitee, MIN_PASSWORD_CHARS};
 use shimgate_wire::identity::check_device_name;
-use tokio::runtime::Runtime;
 
 /// The session's CSRF token (the double-submit cookie, for forms sent by
 /// people not signed in) that the forms are checked against. Some seeds
@@ -27,15 +26,6 @@ const TOKEN: &str = "5e551011c5af0e5e551011c5af0e5e551011c5af0e5e551011c5af0e5e5
 /// An invitation link's id, as its path gives it.
 const LINK_ID: &str = "0123456789abcdef0123456789abcdef";
 const VPN_DOMAIN: &str = shimgate_wire::control::DEFAULT_VPN_DOMAIN;
-
-fn runtime() -> &'static Runtime {
-    static RT: OnceLock<Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("runtime")
-    })
-}
 
 /// The body as `T`: `serde_urlencoded::from_bytes`, and the same body sent
 /// to axum's `Form<T>` extractor (what the handler gets), which must agree.

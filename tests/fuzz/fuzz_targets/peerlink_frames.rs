@@ -12,25 +12,10 @@
 //! a clean close.
 #![no_main]
 
-use std::sync::OnceLock;
-
 use libfuzzer_sys::fuzz_target;
+use shimgate_fuzz::runtime;
 use shimgate_wire::peerlink::{Prologue, initiate, read_session_id, respond};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
-use tokio::runtime::Runtime;
-
-fn runtime() -> &'static Runtime {
-    static RT: OnceLock<Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_current_thread()
-            // Every input ends with an end of stream, so no read waits for a
-            // timer: an input that stalls a reader would hang here, and
-            // libFuzzer's -timeout reports it.
-            .enable_all()
-            .build()
-            .expect("runtime")
-    })
-}
 
 const KEY: [u8; 32] = [7; 32];
 /// Session id, frame length and the first Noise message (`e` and the tag

@@ -4,25 +4,10 @@
 //! a key the stranger does not know, no input may complete the handshake.
 #![no_main]
 
-use std::sync::OnceLock;
-
 use libfuzzer_sys::fuzz_target;
+use shimgate_fuzz::runtime;
 use shimgate_wire::peerlink::{Prologue, read_session_id, respond};
 use tokio::io::AsyncWriteExt;
-use tokio::runtime::Runtime;
-
-fn runtime() -> &'static Runtime {
-    static RT: OnceLock<Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_current_thread()
-            // Every input ends with an end of stream, so no read waits for a
-            // timer: an input that stalls a reader would hang here, and
-            // libFuzzer's -timeout reports it.
-            .enable_all()
-            .build()
-            .expect("runtime")
-    })
-}
 
 fuzz_target!(|data: &[u8]| {
     runtime().block_on(async {

@@ -8,28 +8,13 @@
 //! same host and port.
 #![no_main]
 
-use std::sync::OnceLock;
-
 use fast_socks5::ReplyError;
 use fast_socks5::server::Socks5ServerProtocol;
 use fast_socks5::util::target_addr::TargetAddr;
 use libfuzzer_sys::fuzz_target;
+use shimgate_fuzz::runtime;
 use shimgate_gateway::dial::Host;
 use tokio::io::AsyncWriteExt;
-use tokio::runtime::Runtime;
-
-fn runtime() -> &'static Runtime {
-    static RT: OnceLock<Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_current_thread()
-            // Every input ends with an end of stream, so no read waits for a
-            // timer: an input that stalls a reader would hang here, and
-            // libFuzzer's -timeout reports it.
-            .enable_all()
-            .build()
-            .expect("runtime")
-    })
-}
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, input)) = data.split_first() else {

@@ -3,7 +3,7 @@
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p shimgate-gateway -p shimgate-proxy
+RUN cargo build --release --locked -p shimgate-cli
 
 FROM debian:bookworm-slim
 # curl: to try the VPN from inside a device container; busybox: the demo's web servers.

@@ -20,7 +20,8 @@ use shimgate_wire::{clock, pki};
 
 use crate::ca::{Csr, DEVICE_CERT_LIFETIME, DeviceCert};
 use crate::cache::Identity;
-use crate::server::{Gateway, read_body, send_error, send_json};
+use crate::respond::{read_body, send_error, send_json};
+use crate::setup::Gateway;
 
 async fn parse<T: serde::de::DeserializeOwned>(
     req: Request<RecvStream>,

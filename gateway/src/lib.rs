@@ -2,11 +2,13 @@
 //! that turns HTTP/2 CONNECT streams into connections to the networks it
 //! guards, and the policy that decides which.
 //!
+//! - [`setup`]: [`init`] a data directory, [`start`] a [`Gateway`] from it.
 //! - [`paths`]: the data directory and `gateway.toml`.
 //! - [`ca`]: the CA, the server certificate, signing device CSRs.
 //! - [`tls`]: TLS 1.3 server configuration and the device certificate check.
 //! - [`cache`]: the in-memory view of the registry that hot paths read.
-//! - [`server`]: accept loop, per-connection HTTP/2, request dispatch, tunnels.
+//! - [`server`]: accept loop, per-connection HTTP/2, request dispatch, tunnels;
+//!   [`respond`]: answers and request bodies on its streams.
 //! - [`enroll`]: enrollment and renewal handlers.
 //! - [`auditlog`]: audit entries from the data path, written in order in the background.
 //! - [`broker`]: peer sessions: who is online, key brokering, the relay.
@@ -14,20 +16,23 @@
 //! - [`dial`]: aliases, name resolution, connecting.
 //! - [`policy`]: who may reach what; [`ratelimit`]: per-address token buckets.
 //! - [`console`]: the web console, the JSON API, metrics and health checks.
-//! - [`cli`]: the `shimgate-gateway` commands; [`demo`]: the one-command demo.
+//!
+//! The binaries (`shimgate-gateway`, and the demo) live in `shimgate-cli`.
 
 pub mod auditlog;
 pub mod broker;
 pub mod ca;
 pub mod cache;
-pub mod cli;
 pub mod console;
-pub mod demo;
 pub mod dial;
 pub mod enroll;
 pub mod paths;
 pub mod policy;
 pub mod ratelimit;
+pub mod respond;
 pub mod server;
 pub mod sessions;
+pub mod setup;
 pub mod tls;
+
+pub use setup::{Gateway, init, start};

@@ -13,20 +13,17 @@ use h2::server::SendResponse;
 use http::{Method, Request, Response, StatusCode};
 use shimgate_registry::Registry;
 use shimgate_wire::control::{self, CONTROL_PATH, RELAY_PATH, SESSION_PATH, SessionRequest};
-use shimgate_wire::enroll::{ENROLL_PATH, ErrorBody, RENEW_PATH, ROUTES_PATH, WHOAMI_PATH, WhoAmI};
-use shimgate_wire::tunnel::{BOUND_HEADER, ERROR_HEADER, TunnelError};
-use shimgate_wire::workers::Workers;
+use shimgate_wire::enroll::{ENROLL_PATH, RENEW_PATH, ROUTES_PATH, WHOAMI_PATH, WhoAmI};
+use shimgate_wire::tunnel::{BOUND_HEADER, TunnelError};
 use shimgate_wire::{clock, h2tuning, pki, splice};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::Broker;
-use crate::ca::Ca;
-use crate::cache::{Cache, CertStatus, Identity};
-use crate::dial::{Dialer, Host};
-use crate::paths::GatewayConfig;
-use crate::ratelimit::{Cap, RateLimit, Slot};
+use crate::cache::{CertStatus, Identity};
+use crate::dial::Host;
+use crate::ratelimit::Slot;
+use crate::respond::{read_body, refuse, send_error, send_json};
+use crate::setup::Gateway;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// TLS connections the gateway holds at once (each device keeps a few;
@@ -42,37 +39,12 @@ pub const UNAUTHENTICATED_PER_ADDRESS: usize = 256;
 const ANONYMOUS_STREAMS: u32 = 4;
 /// How long a connection without a certificate may stay.
 const ANONYMOUS_LIFETIME: Duration = Duration::from_secs(30);
-/// How long a client may take to send a request body.
-const BODY_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Everything a running gateway shares between connections.
-pub struct Gateway {
-    pub registry: Registry,
-    pub cache: Arc<Cache>,
-    pub ca: Ca,
-    pub config: GatewayConfig,
-    pub dialer: Dialer,
-    pub tls: TlsAcceptor,
-    /// Where connections run: each on one worker thread, with its streams.
-    pub workers: Workers,
-    /// Enrollment attempts per source address.
-    pub enroll_limit: RateLimit,
-    /// Connections without a device certificate (yet), per source address.
-    pub unauthenticated: Cap,
-    /// Connections refused by `unauthenticated`, for the log.
-    pub refused_per_address: std::sync::atomic::AtomicU64,
-    /// Open connections, at most [`MAX_CONNECTIONS`]: past it new ones are
-    /// closed at once rather than exhausting file descriptors.
-    pub connections: Arc<tokio::sync::Semaphore>,
-    /// Who is online for peer sessions; brokers and relays them.
-    pub broker: Arc<Broker>,
-    /// Tunnels open now, for the console.
-    pub tunnels: crate::sessions::Tunnels,
-}
+/// How long a stopping gateway waits for buffered audit entries to be written.
+const AUDIT_FLUSH_AT_STOP: Duration = Duration::from_secs(3);
 
 impl Gateway {
-    /// Accepts connections until `stop` fires. Keeps the cached registry view
-    /// fresh meanwhile.
+    /// Accepts connections until `stop` fires, then writes out buffered audit
+    /// entries. Keeps the cached registry view fresh meanwhile.
     pub async fn run(self: Arc<Self>, listener: TcpListener, stop: CancellationToken) {
         tokio::spawn(crate::cache::refresh(
             Arc::clone(&self.cache),
@@ -83,7 +55,7 @@ impl Gateway {
         loop {
             let accepted = tokio::select! {
                 a = listener.accept() => a,
-                _ = stop.cancelled() => return,
+                _ = stop.cancelled() => break,
             };
             match accepted {
                 Ok((sock, peer)) => {
@@ -111,6 +83,13 @@ impl Gateway {
                 }
             }
         }
+        // Peer-session entries still buffered reach the registry before the process ends.
+        self.broker.audit.flush(AUDIT_FLUSH_AT_STOP).await;
+    }
+
+    /// The registry this gateway serves from.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// A connection over [`UNAUTHENTICATED_PER_ADDRESS`]: closed at once,
@@ -452,67 +431,4 @@ async fn linger(mut sock: TcpStream) {
         }
     };
     let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
-}
-
-fn refuse(respond: &mut SendResponse<Bytes>, e: TunnelError) {
-    if let Ok(resp) = Response::builder()
-        .status(e.http_status())
-        .header(ERROR_HEADER, e.as_str())
-        .body(())
-    {
-        let _ = respond.send_response(resp, true);
-    }
-}
-
-pub(crate) fn send_json<T: serde::Serialize>(
-    respond: &mut SendResponse<Bytes>,
-    status: StatusCode,
-    body: &T,
-) {
-    let Ok(json) = serde_json::to_vec(body) else {
-        return;
-    };
-    let Ok(resp) = Response::builder()
-        .status(status)
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .body(())
-    else {
-        return;
-    };
-    if let Ok(mut send) = respond.send_response(resp, false) {
-        let _ = send.send_data(Bytes::from(json), true);
-    }
-}
-
-pub(crate) fn send_error(respond: &mut SendResponse<Bytes>, status: StatusCode, message: &str) {
-    send_json(
-        respond,
-        status,
-        &ErrorBody {
-            error: message.to_owned(),
-        },
-    );
-}
-
-/// Reads a request body of at most `limit` bytes, within [`BODY_TIMEOUT`].
-pub(crate) async fn read_body(
-    body: &mut RecvStream,
-    limit: usize,
-) -> Result<Vec<u8>, &'static str> {
-    tokio::time::timeout(BODY_TIMEOUT, read_all(body, limit))
-        .await
-        .unwrap_or(Err("the request body took too long"))
-}
-
-async fn read_all(body: &mut RecvStream, limit: usize) -> Result<Vec<u8>, &'static str> {
-    let mut out = Vec::new();
-    while let Some(chunk) = body.data().await {
-        let chunk = chunk.map_err(|_| "the request body was cut off")?;
-        let _ = body.flow_control().release_capacity(chunk.len());
-        if out.len() + chunk.len() > limit {
-            return Err("the request body is too large");
-        }
-        out.extend_from_slice(&chunk);
-    }
-    Ok(out)
 }

@@ -72,7 +72,7 @@ async fn gateway_with_enrolled_device() -> Fixture {
     let listen = listener.local_addr().unwrap();
     drop(listener);
     let config = GatewayConfig::local(listen);
-    let ca = shimgate_gateway::cli::initialise(&dir, &config).unwrap();
+    let ca = shimgate_gateway::init(&dir, &config).unwrap();
     let registry = Registry::connect(&dir.sqlite_registry().display().to_string())
         .await
         .unwrap();
@@ -87,9 +87,16 @@ async fn gateway_with_enrolled_device() -> Fixture {
         })
         .await
         .unwrap();
-    let (gw, listener) = shimgate_gateway::cli::start(&dir, registry.clone(), Some(listen), &[])
-        .await
-        .unwrap();
+    let (gw, listener) = shimgate_gateway::start(
+        &dir,
+        registry.clone(),
+        &shimgate_gateway::setup::Options {
+            listen: Some(listen),
+            aliases: Vec::new(),
+        },
+    )
+    .await
+    .unwrap();
     let stop = CancellationToken::new();
     tokio::spawn(gw.run(listener, stop.clone()));
     let code = EnrollmentCode {

@@ -17,9 +17,9 @@
 //! - [`status`]: `status.json`, which `up` writes and `shimgate status` reads.
 //! - [`renew`]: renewing the device certificate before it expires.
 //! - [`up`]: `shimgate up`, all of the above together.
-//! - [`cli`]: the `shimgate` commands.
+//!
+//! The `shimgate` binary lives in `shimgate-cli`.
 
-pub mod cli;
 pub mod client;
 pub mod config;
 pub mod control;

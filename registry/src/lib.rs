@@ -40,7 +40,7 @@ pub use changes::{CHANGE_CHANNEL, Changes};
 pub use devices::{Device, DeviceRow, DeviceStatus, VPN_NET};
 pub use error::{Error, RedeemError, Result};
 pub use invitations::{InvitationRow, Invitee, IssuedInvitation, NewInvitation, Redemption};
-pub use policy::{Action, Dest, ParseError, Subject};
+pub use policy::{Action, Dest, ParseError, Subject, parse_ports};
 pub use rules::{NewRule, Rule};
 pub use tokens::{IssuedToken, NewToken, TokenGrant, TokenRow};
 pub use users::{User, UserRow};

@@ -45,6 +45,25 @@ impl From<ParseError> for crate::Error {
     }
 }
 
+/// A rule's ports. Text: one port (`80`) or a range (`8000-8100`), each 1–65535, the
+/// first not above the last.
+pub fn parse_ports(s: &str) -> Result<(u16, u16), ParseError> {
+    let bad = |reason: String| ParseError::new("port range", s, reason);
+    let (lo, hi) = s.split_once('-').unwrap_or((s, s));
+    let port = |p: &str| {
+        p.trim()
+            .parse::<u16>()
+            .map_err(|_| bad(format!("{:?} is not a port (1-65535)", p.trim())))
+    };
+    let (lo, hi) = (port(lo)?, port(hi)?);
+    if lo == 0 || lo > hi {
+        return Err(bad(
+            "ports are 1-65535, with the first port not above the last".into(),
+        ));
+    }
+    Ok((lo, hi))
+}
+
 /// Who a rule applies to. Text: `*`, `user:NAME`, `group:NAME`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Subject {
@@ -290,6 +309,15 @@ serde_via_text!(Subject, Dest, Action);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ports() {
+        assert_eq!(parse_ports("80").unwrap(), (80, 80));
+        assert_eq!(parse_ports("1000-2000").unwrap(), (1000, 2000));
+        assert!(parse_ports("0").is_err());
+        assert!(parse_ports("20-10").is_err());
+        assert!(parse_ports("x").is_err());
+    }
 
     fn roundtrip<T: FromStr<Err = ParseError> + fmt::Display>(s: &str) -> String {
         match s.parse::<T>() {

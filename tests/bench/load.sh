@@ -101,8 +101,8 @@ TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 BIN="$TARGET_DIR/release"
 SGBENCH="$BIN/sgbench"
 if ((!SKIP_BUILD)); then
-    log "cargo build --release -p shimgate-gateway -p shimgate-proxy -p shimgate-tests"
-    fg_run cargo build --release -p shimgate-gateway -p shimgate-proxy -p shimgate-tests
+    log "cargo build --release -p shimgate-cli -p shimgate-tests"
+    fg_run cargo build --release -p shimgate-cli -p shimgate-tests
 fi
 for b in sgbench shimgate shimgate-gateway; do
     [[ -x "$BIN/$b" ]] || { echo "load.sh: $BIN/$b not built" >&2; exit 1; }

@@ -153,11 +153,11 @@ BIN="$TARGET_DIR/release"
 SGBENCH="$BIN/sgbench"
 if ((!SKIP_BUILD)); then
     if want_shimgate; then
-        log "cargo build --release -p shimgate-gateway -p shimgate-proxy -p shimgate-tests"
+        log "cargo build --release -p shimgate-cli -p shimgate-tests"
         if ! fg_run cargo build --release \
-            -p shimgate-gateway -p shimgate-proxy -p shimgate-tests; then
+            -p shimgate-cli -p shimgate-tests; then
             for p in shimgate peer-direct peer-relay; do
-                FAIL_REASON[$p]="cargo build of shimgate-gateway / shimgate-proxy failed"
+                FAIL_REASON[$p]="cargo build of shimgate-cli failed"
             done
             log "build failed; measuring the other paths"
             fg_run cargo build --release -p shimgate-tests

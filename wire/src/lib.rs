@@ -8,8 +8,8 @@
 //! - [`identity`]: device names and the SPIFFE-style URI that names a device
 //!   in its certificate.
 //! - [`h2tuning`]: HTTP/2 settings both ends use for the tunnel.
+//! - [`body`]: reading a JSON call's body up to a limit.
 //! - [`clock`]: unix time and how it is shown.
-//! - [`logging`]: the `--log-format` flag and tracing setup.
 //! - [`files`]: writing keys and certificates safely (atomic, 0600).
 //! - [`pki`]: PEM loading, fingerprints and the one crypto provider.
 //! - [`control`]: the peer-to-peer control plane (announcements, offers,
@@ -20,6 +20,7 @@
 //! - [`splice`]: moving bytes between a socket and an HTTP/2 stream, with
 //!   flow control and half-close.
 
+pub mod body;
 pub mod clock;
 pub mod code;
 pub mod control;
@@ -28,7 +29,6 @@ pub mod files;
 pub mod h2tuning;
 pub mod identity;
 pub mod liveness;
-pub mod logging;
 pub mod peerlink;
 pub mod pki;
 pub mod splice;

@@ -552,6 +552,17 @@ pub async fn logout(
     resp
 }
 
+/// A password nobody has to type twice: 20 characters from a 57-letter alphabet without
+/// look-alikes (about 116 bits).
+pub fn one_time_password() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..20)
+        .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -38,7 +38,7 @@ use shimgate_registry::{Error as RegistryError, NewAudit};
 use shimgate_wire::clock;
 use tokio_util::sync::CancellationToken;
 
-use crate::server::Gateway;
+use crate::setup::Gateway;
 
 /// Where the console listens unless told otherwise.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:8080";
@@ -147,7 +147,7 @@ pub async fn start(
             });
         }
         Some((cert, key)) => {
-            let tls = tls::Listener::new(listener, cert, key, stop.clone())
+            let tls = tls::Listener::new(listener, local, cert, key, stop.clone())
                 .map_err(|e| StartError::Tls(e.to_string()))?;
             tokio::spawn(async move {
                 if let Err(e) = axum::serve(tls, app)
@@ -161,31 +161,6 @@ pub async fn start(
     }
     tracing::info!(%url, "console listening");
     Ok(Running { url })
-}
-
-/// The demo's console: an admin `admin` with a fresh one-time password, served on
-/// 127.0.0.1:8080 if free, else on any free port. Returns the URL and the password.
-pub async fn start_demo(
-    gw: Arc<Gateway>,
-    stop: CancellationToken,
-) -> anyhow::Result<(String, String)> {
-    let password = crate::cli::one_time_password();
-    gw.registry.create_admin("admin", &password, true).await?;
-    let mut opts = Options {
-        addr: DEFAULT_ADDR.parse()?,
-        tls: None,
-        insecure_http: false,
-        public_url: None,
-    };
-    let running = match start(Arc::clone(&gw), &opts, stop.clone()).await {
-        Ok(r) => r,
-        Err(StartError::Bind { .. }) => {
-            opts.addr.set_port(0);
-            start(gw, &opts, stop).await?
-        }
-        Err(e) => return Err(e.into()),
-    };
-    Ok((running.url, password))
 }
 
 fn router(console: Arc<Console>, tls: bool) -> Router {

@@ -49,7 +49,7 @@ impl RuleInput {
             "" => "1-65535",
             p => p,
         };
-        let (port_lo, port_hi) = crate::cli::parse_ports(ports).map_err(bad)?;
+        let (port_lo, port_hi) = shimgate_registry::parse_ports(ports).map_err(bad)?;
         Ok(NewRule {
             subject,
             dest,

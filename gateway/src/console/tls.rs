@@ -26,17 +26,17 @@ pub struct Listener {
 impl Listener {
     pub fn new(
         tcp: TcpListener,
+        local: SocketAddr,
         cert: &Path,
         key: &Path,
         stop: CancellationToken,
-    ) -> anyhow::Result<Listener> {
+    ) -> Result<Listener, pki::TlsError> {
         let mut config = rustls::ServerConfig::builder_with_provider(pki::provider())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
             .with_no_client_auth()
             .with_single_cert(pki::load_certs(cert)?, pki::load_key(key)?)?;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let acceptor = TlsAcceptor::from(Arc::new(config));
-        let local = tcp.local_addr()?;
         let (tx, ready) = mpsc::channel(BACKLOG);
         tokio::spawn(async move {
             loop {

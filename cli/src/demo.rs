@@ -25,8 +25,11 @@ use shimgate_wire::code::EnrollmentCode;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::dial::Alias;
-use crate::paths::{DataDir, GatewayConfig};
+use shimgate_gateway::Gateway;
+use shimgate_gateway::console;
+use shimgate_gateway::paths::{DataDir, GatewayConfig};
+
+use crate::process::stop_on_signal;
 
 #[derive(Args)]
 pub struct DemoArgs {
@@ -102,7 +105,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         aliases: vec![format!("intranet.internal:80={intranet_addr}")],
         ..GatewayConfig::local(listen)
     };
-    let ca = crate::cli::initialise(&dir, &config)
+    let ca = shimgate_gateway::init(&dir, &config)
         .context("creating the demo gateway (is another demo using the same --dir?)")?;
     let registry = Registry::connect(&dir.sqlite_registry().display().to_string()).await?;
     registry.migrate().await?;
@@ -148,11 +151,13 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     }
     let (code, bob_code) = (codes.remove(0), codes.remove(0));
     drop(listener);
-    let no_aliases: [Alias; 0] = [];
-    let (gw, listener) = crate::cli::start(&dir, registry, Some(listen), &no_aliases).await?;
+    let options = shimgate_gateway::setup::Options {
+        listen: Some(listen),
+        aliases: Vec::new(),
+    };
+    let (gw, listener) = shimgate_gateway::start(&dir, registry, &options).await?;
     tokio::spawn(Arc::clone(&gw).run(listener, stop.clone()));
-    let (console_url, admin_password) =
-        crate::console::start_demo(Arc::clone(&gw), stop.clone()).await?;
+    let (console_url, admin_password) = start_console(Arc::clone(&gw), stop.clone()).await?;
 
     // The device: enroll over the network like any device, then run its proxy.
     let device_dir = ConfigDir::new(root.join("device"));
@@ -232,9 +237,34 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     println!("  curl --socks5-hostname {socks} http://{bob_name}:{bob_port}/");
     println!();
     println!("Ctrl-C stops everything.");
-    crate::cli::stop_on_signal(stop.clone()).await;
+    stop_on_signal(stop.clone()).await;
     running.board.remove();
     bob_running.board.remove();
     println!("demo stopped");
     Ok(())
+}
+
+/// The demo's console: an admin `admin` with a fresh one-time password, served on
+/// 127.0.0.1:8080 if free, else on any free port. Returns the URL and the password.
+async fn start_console(
+    gw: Arc<Gateway>,
+    stop: CancellationToken,
+) -> anyhow::Result<(String, String)> {
+    let password = console::auth::one_time_password();
+    gw.registry().create_admin("admin", &password, true).await?;
+    let mut opts = console::Options {
+        addr: console::DEFAULT_ADDR.parse()?,
+        tls: None,
+        insecure_http: false,
+        public_url: None,
+    };
+    let running = match console::start(Arc::clone(&gw), &opts, stop.clone()).await {
+        Ok(r) => r,
+        Err(console::StartError::Bind { .. }) => {
+            opts.addr.set_port(0);
+            console::start(gw, &opts, stop).await?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    Ok((running.url, password))
 }

@@ -5,24 +5,22 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
+use shimgate_gateway::ca::Ca;
+use shimgate_gateway::console;
+use shimgate_gateway::dial::Alias;
+use shimgate_gateway::paths::{DataDir, GatewayConfig};
+use shimgate_registry::parse_ports;
 use shimgate_registry::{
     Action, Dest, DeviceStatus, NewAudit, NewRule, NewToken, Registry, Subject,
 };
 use shimgate_wire::code::EnrollmentCode;
-use shimgate_wire::logging::LogFormat;
 use shimgate_wire::{clock, files};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::ca::Ca;
-use crate::cache::Cache;
-use crate::dial::{Alias, Dialer};
-use crate::paths::{DataDir, GatewayConfig};
-use crate::server::Gateway;
+use crate::process::{LogFormat, stop_on_signal};
 
 #[derive(Parser)]
 #[command(
@@ -126,7 +124,7 @@ struct InitArgs {
 }
 
 #[derive(Args)]
-pub(crate) struct ServeArgs {
+struct ServeArgs {
     /// Listen address (default: from gateway.toml).
     #[arg(long)]
     listen: Option<SocketAddr>,
@@ -141,7 +139,7 @@ pub(crate) struct ServeArgs {
 #[derive(Args, Clone)]
 pub struct ConsoleArgs {
     /// Web console address, or `off`.
-    #[arg(long = "console", default_value = crate::console::DEFAULT_ADDR, value_parser = parse_console_addr)]
+    #[arg(long = "console", default_value = console::DEFAULT_ADDR, value_parser = parse_console_addr)]
     pub console: ConsoleAddr,
     /// The console's TLS certificate (PEM); needed to serve it on a non-loopback address.
     #[arg(long, requires = "console_tls_key")]
@@ -185,8 +183,8 @@ fn parse_console_addr(s: &str) -> Result<ConsoleAddr, String> {
 }
 
 impl ConsoleArgs {
-    pub fn options(&self) -> Option<crate::console::Options> {
-        Some(crate::console::Options {
+    pub fn options(&self) -> Option<console::Options> {
+        Some(console::Options {
             addr: self.console.0?,
             tls: self
                 .console_tls_cert
@@ -280,22 +278,6 @@ struct RuleArgs {
     everyone: bool,
 }
 
-pub(crate) fn parse_ports(s: &str) -> anyhow::Result<(u16, u16)> {
-    let (lo, hi) = s.split_once('-').unwrap_or((s, s));
-    let lo: u16 = lo
-        .trim()
-        .parse()
-        .with_context(|| format!("bad port {lo:?}"))?;
-    let hi: u16 = hi
-        .trim()
-        .parse()
-        .with_context(|| format!("bad port {hi:?}"))?;
-    if lo == 0 || lo > hi {
-        bail!("port range {s:?} must be 1-65535 with the first port not above the last");
-    }
-    Ok((lo, hi))
-}
-
 /// Who runs an admin command, for the audit log.
 fn operator() -> String {
     format!(
@@ -340,15 +322,17 @@ impl Cli {
             Command::Serve(args) => {
                 let registry = self.registry().await?;
                 let stop = CancellationToken::new();
-                let (gw, listener) = start(&dir, registry, args.listen, &args.aliases).await?;
+                let options = shimgate_gateway::setup::Options {
+                    listen: args.listen,
+                    aliases: args.aliases.clone(),
+                };
+                let (gw, listener) = shimgate_gateway::start(&dir, registry, &options).await?;
                 if let Some(opts) = args.console.options() {
-                    let console =
-                        crate::console::start(Arc::clone(&gw), &opts, stop.clone()).await?;
+                    let console = console::start(Arc::clone(&gw), &opts, stop.clone()).await?;
                     println!("web console: {}", console.url);
                 }
                 tokio::spawn(stop_on_signal(stop.clone()));
-                Arc::clone(&gw).run(listener, stop).await;
-                gw.broker.audit.flush(Duration::from_secs(3)).await;
+                gw.run(listener, stop).await;
                 tracing::info!("gateway stopped");
                 Ok(())
             }
@@ -372,16 +356,6 @@ impl Cli {
     }
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn stop_on_signal(stop: CancellationToken) {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-    }
-    stop.cancel();
-}
-
 fn init(dir: &DataDir, args: &InitArgs) -> anyhow::Result<()> {
     let public_addr = args
         .public_addr
@@ -396,7 +370,7 @@ fn init(dir: &DataDir, args: &InitArgs) -> anyhow::Result<()> {
         aliases: Vec::new(),
         vpn_domain: args.vpn_domain.clone(),
     };
-    let ca = initialise(dir, &config)?;
+    let ca = shimgate_gateway::init(dir, &config)?;
     println!("Gateway initialised in {}", dir.root().display());
     println!(
         "  CA fingerprint (SHA-256): {}",
@@ -405,104 +379,6 @@ fn init(dir: &DataDir, args: &InitArgs) -> anyhow::Result<()> {
     println!("  devices will dial:        {}", config.public_addr);
     println!("Next: shimgate-gateway serve");
     Ok(())
-}
-
-/// Creates the data directory, the CA, the server certificate and
-/// `gateway.toml`. Refuses to replace an existing CA.
-pub fn initialise(dir: &DataDir, config: &GatewayConfig) -> anyhow::Result<Ca> {
-    // Checked before anything is written, so a bad address leaves no CA behind.
-    let probe = EnrollmentCode {
-        gateway: config.public_addr.clone(),
-        ca_fingerprint: [0; 32],
-        token_id: [0; 16],
-        secret: [0; 32],
-        expires_at: 0,
-    };
-    if probe.to_string().parse::<EnrollmentCode>().is_err() {
-        bail!("public address {:?} is not host:port", config.public_addr);
-    }
-    files::create_private_dir(dir.root())
-        .with_context(|| format!("creating {}", dir.root().display()))?;
-    let ca = Ca::generate(&config.trust_domain)?;
-    if dir.ca_key().exists() {
-        // Another gateway's CA: never touched, never removed.
-        return Err(crate::ca::CaError::Exists(dir.root().display().to_string()).into());
-    }
-    // All or nothing: a disk that fills up half way must not leave a CA
-    // without its configuration (the next `init` would refuse to overwrite it).
-    let rest = ca
-        .save(dir)
-        .and_then(|()| ca.issue_server(dir, &config.names, &config.ips))
-        .map_err(anyhow::Error::from)
-        .and_then(|()| {
-            config
-                .save(dir)
-                .with_context(|| format!("writing {}", dir.config().display()))
-        });
-    if let Err(e) = rest {
-        for path in [
-            dir.config(),
-            dir.server_key(),
-            dir.server_cert(),
-            dir.ca_cert(),
-            dir.ca_key(),
-        ] {
-            let _ = std::fs::remove_file(path);
-        }
-        return Err(e.context(format!(
-            "initialising {} failed; nothing was kept",
-            dir.root().display()
-        )));
-    }
-    Ok(ca)
-}
-
-/// Loads everything `serve` (and the demo) needs and binds the listener.
-pub async fn start(
-    dir: &DataDir,
-    registry: Registry,
-    listen: Option<SocketAddr>,
-    extra_aliases: &[Alias],
-) -> anyhow::Result<(Arc<Gateway>, TcpListener)> {
-    let config = GatewayConfig::load(dir)?;
-    let ca = Ca::load(dir)?;
-    let cache = Arc::new(Cache::default());
-    cache
-        .reload(&registry)
-        .await
-        .context("loading the registry")?;
-    let tls = crate::tls::server_config(dir, Arc::clone(&cache))?;
-    let listen = listen.unwrap_or(config.listen);
-    let listener = TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
-    let own = listener.local_addr()?;
-    let mut aliases: Vec<Alias> = config
-        .aliases
-        .iter()
-        .map(|a| a.parse().map_err(anyhow::Error::msg))
-        .collect::<anyhow::Result<_>>()?;
-    aliases.extend_from_slice(extra_aliases);
-    tracing::info!(addr = %own, backend = ?registry.backend(), "gateway listening");
-    let audit = crate::auditlog::AuditLog::start(registry.clone());
-    let broker = Arc::new(crate::broker::Broker::new(&config.vpn_domain, own, audit));
-    let gw = Gateway {
-        broker,
-        tunnels: Default::default(),
-        registry,
-        cache,
-        ca,
-        dialer: Dialer::new(&aliases, own),
-        config,
-        tls: tokio_rustls::TlsAcceptor::from(tls),
-        workers: shimgate_wire::workers::Workers::per_cpu().context("starting worker threads")?,
-        // A person retrying a mistyped code is fine; a script is not.
-        enroll_limit: crate::ratelimit::RateLimit::new(10, Duration::from_secs(6)),
-        unauthenticated: crate::ratelimit::Cap::new(crate::server::UNAUTHENTICATED_PER_ADDRESS),
-        refused_per_address: std::sync::atomic::AtomicU64::new(0),
-        connections: Arc::new(tokio::sync::Semaphore::new(crate::server::MAX_CONNECTIONS)),
-    };
-    Ok((Arc::new(gw), listener))
 }
 
 async fn audit(
@@ -524,20 +400,9 @@ async fn audit(
     Ok(())
 }
 
-/// A password nobody has to type twice: 20 characters from a 57-letter alphabet without
-/// look-alikes (about 116 bits).
-pub fn one_time_password() -> String {
-    const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
-    use rand::Rng;
-    let mut rng = rand::rng();
-    (0..20)
-        .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
-        .collect()
-}
-
 fn password_from(stdin: bool) -> anyhow::Result<(String, bool)> {
     if !stdin {
-        return Ok((one_time_password(), true));
+        return Ok((console::auth::one_time_password(), true));
     }
     let mut line = String::new();
     std::io::stdin()
@@ -849,15 +714,6 @@ async fn policy(registry: &Registry, cmd: &PolicyCommand) -> anyhow::Result<()> 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ports() {
-        assert_eq!(parse_ports("80").unwrap(), (80, 80));
-        assert_eq!(parse_ports("1000-2000").unwrap(), (1000, 2000));
-        assert!(parse_ports("0").is_err());
-        assert!(parse_ports("20-10").is_err());
-        assert!(parse_ports("x").is_err());
-    }
 
     #[test]
     fn cli_is_consistent() {

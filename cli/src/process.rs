@@ -1,7 +1,10 @@
-//! Logging for both binaries: human-readable by default, JSON on request,
-//! filtered by `RUST_LOG` (default `info`). Logs go to stderr so that
-//! command output on stdout stays clean for scripts.
+//! What both binaries do around their command: logging (human-readable by
+//! default, JSON on request, filtered by `RUST_LOG`, default `info`; on
+//! stderr so that command output on stdout stays clean for scripts), the
+//! runtime, the allocator and open-file limits, signals, and the one-line
+//! report of a failed command.
 
+use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Clone, Copy, Debug, Default, clap::ValueEnum)]
@@ -106,6 +109,16 @@ fn tune_allocator() {
             tracing::debug!(error = %e, "no malloc-trim thread; free heap pages stay resident");
         }
     }
+}
+
+/// Cancels `stop` on SIGINT or SIGTERM, and returns then.
+pub async fn stop_on_signal(stop: CancellationToken) {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+    stop.cancel();
 }
 
 /// An error and its causes on one line, for the binaries' last word.

@@ -5,14 +5,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use shimgate_proxy::config::{ConfigDir, DeviceConfig};
+use shimgate_proxy::enroll::{EnrollOptions, enroll};
+use shimgate_proxy::status;
 use shimgate_wire::clock;
 use shimgate_wire::code::EnrollmentCode;
-use shimgate_wire::logging::LogFormat;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ConfigDir, DeviceConfig};
-use crate::enroll::{EnrollOptions, enroll};
-use crate::status;
+use crate::process::{LogFormat, stop_on_signal};
 
 #[derive(Parser)]
 #[command(
@@ -148,14 +148,13 @@ impl Cli {
                     config.socks_password = args.socks_password;
                 }
                 let stop = CancellationToken::new();
-                let running = crate::up::start(&dir, &config, stop.clone()).await?;
+                let running = shimgate_proxy::up::start(&dir, &config, stop.clone()).await?;
                 tracing::info!("running; Ctrl-C to stop");
                 eprintln!(
                     "shimgate: SOCKS5 proxy on {} (Ctrl-C to stop)",
                     running.socks
                 );
-                wait_for_signal().await;
-                stop.cancel();
+                stop_on_signal(stop.clone()).await;
                 running.board.remove();
                 Ok(ExitCode::SUCCESS)
             }
@@ -164,15 +163,6 @@ impl Cli {
             Command::Peers { json } => Ok(show_peers(&dir, json)),
             Command::Ping { peer, count } => ping(&dir, &peer, count.max(1)).await,
         }
-    }
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn wait_for_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
     }
 }
 
@@ -210,7 +200,7 @@ fn show_status(dir: &ConfigDir, json: bool) -> ExitCode {
         );
         println!("  socks5:  {}", s.socks);
         if let Ok(addr) = s.socks.parse() {
-            println!("  pac:     {}", crate::pac::url(addr));
+            println!("  pac:     {}", shimgate_proxy::pac::url(addr));
         }
         println!("  tunnels: {} of {} gateway connections up", s.live, s.pool);
         if let Some(e) = &s.last_error {
@@ -237,7 +227,7 @@ fn export(dir: &ConfigDir, add: &[u16], remove: &[u16]) -> anyhow::Result<ExitCo
         ports.dedup();
         config.exports = ports
             .iter()
-            .map(|&port| crate::config::Export { port })
+            .map(|&port| shimgate_proxy::config::Export { port })
             .collect();
         config.save(dir)?;
     }
@@ -261,7 +251,7 @@ fn export(dir: &ConfigDir, add: &[u16], remove: &[u16]) -> anyhow::Result<ExitCo
 }
 
 fn show_peers(dir: &ConfigDir, json: bool) -> ExitCode {
-    let Some(view) = crate::peer::read_view(dir) else {
+    let Some(view) = shimgate_proxy::peer::read_view(dir) else {
         println!("not running: start the proxy with `shimgate up`");
         return ExitCode::from(4);
     };
@@ -292,10 +282,11 @@ fn show_peers(dir: &ConfigDir, json: bool) -> ExitCode {
 
 async fn ping(dir: &ConfigDir, peer: &str, count: usize) -> anyhow::Result<ExitCode> {
     let config = DeviceConfig::load(dir)?;
-    let tls = crate::tls::device(dir)?;
-    let name = crate::tls::server_name(&config.server_name)?;
-    let (conn, me) = crate::client::connect_device(&config.gateway, name, tls).await?;
-    let (peers, _) = crate::peer::Peers::new(&me.device_name, &config.vpn_domain, Vec::new());
+    let tls = shimgate_proxy::tls::device(dir)?;
+    let name = shimgate_proxy::tls::server_name(&config.server_name)?;
+    let (conn, me) = shimgate_proxy::client::connect_device(&config.gateway, name, tls).await?;
+    let (peers, _) =
+        shimgate_proxy::peer::Peers::new(&me.device_name, &config.vpn_domain, Vec::new());
     let target = peers.destination(peer).unwrap_or_else(|| peer.to_owned());
     let started = std::time::Instant::now();
     let opened = match peers.dial(conn.send.clone(), &target, 0).await {
@@ -308,7 +299,7 @@ async fn ping(dir: &ConfigDir, peer: &str, count: usize) -> anyhow::Result<ExitC
     let setup = started.elapsed();
     let (who, ip, path) = (opened.peer.clone(), opened.peer_ip, opened.path);
     let why = opened.why.clone();
-    let times = crate::peer::ping(opened, count).await?;
+    let times = shimgate_proxy::peer::ping(opened, count).await?;
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
     match why {
         Some(why) => println!(

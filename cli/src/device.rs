@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use shimgate_host::clock;
 use shimgate_proxy::config::{ConfigDir, DeviceConfig};
 use shimgate_proxy::enroll::{EnrollOptions, enroll};
 use shimgate_proxy::status;
-use shimgate_wire::clock;
 use shimgate_wire::code::EnrollmentCode;
 use tokio_util::sync::CancellationToken;
 

@@ -12,12 +12,12 @@ use shimgate_gateway::ca::Ca;
 use shimgate_gateway::console;
 use shimgate_gateway::dial::Alias;
 use shimgate_gateway::paths::{DataDir, GatewayConfig};
+use shimgate_host::{clock, files};
 use shimgate_registry::parse_ports;
 use shimgate_registry::{
     Action, Dest, DeviceStatus, NewAudit, NewRule, NewToken, Registry, Subject,
 };
 use shimgate_wire::code::EnrollmentCode;
-use shimgate_wire::{clock, files};
 use tokio_util::sync::CancellationToken;
 
 use crate::process::{LogFormat, stop_on_signal};

@@ -22,13 +22,14 @@ use dashmap::DashMap;
 use h2::server::SendResponse;
 use h2::{RecvStream, SendStream};
 use http::{Request, Response, StatusCode};
+use shimgate_host::clock;
 use shimgate_registry::{NewAudit, Rule};
 use shimgate_wire::control::{
     self, Decoder, DeviceMsg, GatewayMsg, Grant, MAX_LIST, SESSION_HEADER, SessionId, SessionKey,
     SessionRequest,
 };
+use shimgate_wire::splice;
 use shimgate_wire::tunnel::TunnelError;
-use shimgate_wire::{clock, splice};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;

@@ -15,7 +15,8 @@ use rcgen::{
     DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls_pki_types::CertificateDer;
-use shimgate_wire::{files, pki};
+use shimgate_host::files;
+use shimgate_wire::pki;
 use time::OffsetDateTime;
 
 use crate::paths::DataDir;

@@ -13,8 +13,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use dashmap::DashMap;
+use shimgate_host::clock;
 use shimgate_registry::{CertState, Registry, Rule};
-use shimgate_wire::clock;
 use tokio_util::sync::CancellationToken;
 
 /// Who is on the other end of a device connection, as the registry knows it.

@@ -13,10 +13,11 @@ use bytes::Bytes;
 use h2::RecvStream;
 use h2::server::SendResponse;
 use http::{Request, StatusCode};
+use shimgate_host::clock;
 use shimgate_registry::{NewAudit, NewCertificate, RedeemError};
 use shimgate_wire::enroll::{EnrollRequest, EnrollResponse, MAX_BODY, RenewRequest, RenewResponse};
 use shimgate_wire::identity::{check_device_name, device_uri};
-use shimgate_wire::{clock, pki};
+use shimgate_wire::pki;
 
 use crate::ca::{Csr, DEVICE_CERT_LIFETIME, DeviceCert};
 use crate::cache::Identity;

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use shimgate_wire::files;
+use shimgate_host::files;
 
 #[derive(Clone, Debug)]
 pub struct DataDir(PathBuf);

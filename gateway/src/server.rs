@@ -11,11 +11,12 @@ use bytes::Bytes;
 use h2::RecvStream;
 use h2::server::SendResponse;
 use http::{Method, Request, Response, StatusCode};
+use shimgate_host::clock;
 use shimgate_registry::Registry;
 use shimgate_wire::control::{self, CONTROL_PATH, RELAY_PATH, SESSION_PATH, SessionRequest};
 use shimgate_wire::enroll::{ENROLL_PATH, RENEW_PATH, ROUTES_PATH, WHOAMI_PATH, WhoAmI};
 use shimgate_wire::tunnel::{BOUND_HEADER, TunnelError};
-use shimgate_wire::{clock, h2tuning, pki, splice};
+use shimgate_wire::{h2tuning, pki, splice};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 

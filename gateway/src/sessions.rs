@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
 use serde::Serialize;
-use shimgate_wire::clock;
+use shimgate_host::clock;
 use shimgate_wire::control::{PeerPath, SessionId};
 
 /// Peer sessions remembered for the console (oldest dropped first).

@@ -8,12 +8,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use shimgate_host::files;
 use shimgate_registry::Registry;
 use shimgate_wire::code::EnrollmentCode;
-use shimgate_wire::files;
 use tokio::net::TcpListener;
 
-use shimgate_wire::workers::Workers;
+use shimgate_host::workers::Workers;
 use tokio_rustls::TlsAcceptor;
 
 use crate::broker::Broker;

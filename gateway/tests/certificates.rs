@@ -12,11 +12,11 @@ use rustls::NamedGroup;
 use rustls::client::{ClientSessionMemoryCache, ClientSessionStore, Tls13ClientSessionValue};
 use rustls::pki_types::ServerName;
 use shimgate_gateway::paths::{DataDir, GatewayConfig};
+use shimgate_host::clock;
 use shimgate_proxy::client::{self, ClientError};
 use shimgate_proxy::config::ConfigDir;
 use shimgate_proxy::enroll::{EnrollOptions, enroll};
 use shimgate_registry::{NewToken, Registry};
-use shimgate_wire::clock;
 use shimgate_wire::code::EnrollmentCode;
 use tokio_util::sync::CancellationToken;
 
@@ -207,7 +207,7 @@ async fn renewal_issues_a_fresh_certificate_that_works() {
         ServerName::try_from("127.0.0.1").unwrap(),
         shimgate_proxy::tls::device(&f.device).unwrap(),
     ));
-    let workers = shimgate_wire::workers::Workers::start(1).unwrap();
+    let workers = shimgate_host::workers::Workers::start(1).unwrap();
     let pool = shimgate_proxy::pool::Pool::new(connector, 1, board, workers);
     let not_after = shimgate_proxy::renew::renew_once(&f.device, &pool)
         .await

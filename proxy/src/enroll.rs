@@ -9,10 +9,11 @@ use std::net::SocketAddr;
 
 use http::Method;
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
+use shimgate_host::{clock, files};
 use shimgate_wire::code::EnrollmentCode;
 use shimgate_wire::enroll::{ENROLL_PATH, EnrollRequest, EnrollResponse};
 use shimgate_wire::identity::{check_device_name, device_name_from_hostname};
-use shimgate_wire::{clock, files, pki};
+use shimgate_wire::pki;
 
 use crate::client::{self, ClientError};
 use crate::config::{ConfigDir, DEFAULT_POOL, DeviceConfig};

@@ -20,8 +20,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::peer::VPN_RANGE;
 use crate::pool::Pool;
+use shimgate_wire::identity::VPN_RANGE;
 
 /// Where the PAC file is served (`/wpad.dat` is the name WPAD clients ask for).
 pub const PATHS: [&str; 2] = ["/proxy.pac", "/wpad.dat"];

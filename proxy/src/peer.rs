@@ -24,15 +24,16 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use h2::client::SendRequest;
 use http::{Method, Request, StatusCode};
-use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
+use shimgate_host::{clock, files};
 use shimgate_wire::control::{
     DeviceMsg, Grant, PeerPath, RELAY_PATH, SESSION_HEADER, SESSION_PATH, SessionId, SessionKey,
     SessionRequest,
 };
+use shimgate_wire::identity::VPN_RANGE;
 use shimgate_wire::peerlink::{self, Link, Prologue};
 use shimgate_wire::tunnel::{ERROR_HEADER, TunnelError};
-use shimgate_wire::{clock, files, liveness, splice};
+use shimgate_wire::{liveness, splice};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -54,11 +55,6 @@ const STAGGER: Duration = Duration::from_millis(150);
 pub const RETRY_DIRECT: Duration = Duration::from_secs(5);
 /// How long a grant request may take (it includes the peer's acceptance).
 const GRANT_TIMEOUT: Duration = Duration::from_secs(5);
-/// The VPN's address range (devices get their IPs from it).
-pub const VPN_RANGE: Ipv4Net = match Ipv4Net::new(Ipv4Addr::new(100, 64, 0, 0), 10) {
-    Ok(n) => n,
-    Err(_) => panic!("100.64.0.0/10 is a valid network"),
-};
 
 /// An offer the gateway made: a requester may claim it once, before it expires.
 struct Offer {

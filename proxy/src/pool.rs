@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::{self, ClientError, Connection};
 use crate::status::Board;
-use shimgate_wire::workers::Workers;
+use shimgate_host::workers::Workers;
 
 const BACKOFF_START: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);

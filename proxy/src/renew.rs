@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use http::Method;
 use rcgen::{CertificateParams, KeyPair};
+use shimgate_host::clock;
 use shimgate_wire::enroll::{RENEW_PATH, RenewRequest, RenewResponse};
-use shimgate_wire::{clock, pki};
+use shimgate_wire::pki;
 use tokio_util::sync::CancellationToken;
 use x509_parser::prelude::{FromDer, X509Certificate};
 

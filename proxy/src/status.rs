@@ -6,7 +6,7 @@
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
-use shimgate_wire::{clock, files};
+use shimgate_host::{clock, files};
 
 use crate::config::ConfigDir;
 

@@ -15,7 +15,7 @@ use crate::pool::{Connector, Pool};
 use crate::socks::{self, Credentials};
 use crate::status::{Board, Status};
 use crate::tls;
-use shimgate_wire::workers::Workers;
+use shimgate_host::workers::Workers;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpError {
@@ -143,7 +143,7 @@ pub async fn start(
             gateway: config.gateway.clone(),
             socks: socks.to_string(),
             pool: config.pool.max(1),
-            since: shimgate_wire::clock::now(),
+            since: shimgate_host::clock::now(),
             ..Status::default()
         },
     ));

@@ -4,7 +4,8 @@
 use argon2::{Argon2, PasswordHasher, PasswordVerifier};
 use sqlx::Row;
 
-use crate::{Error, Registry, Result, unix_now, validate};
+use crate::{Error, Registry, Result, validate};
+use shimgate_host::clock;
 
 /// Shortest password accepted for an administrator.
 pub const MIN_PASSWORD_CHARS: usize = 12;
@@ -83,7 +84,7 @@ impl Registry {
         validate::name("admin name", name)?;
         check_password(password)?;
         let hashed = hash(password).await?;
-        let created_at = unix_now();
+        let created_at = clock::now();
         let inserted = sqlx::query(
             "INSERT INTO console_admins (name, password_hash, created_at, one_time) \
              VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO NOTHING RETURNING id",

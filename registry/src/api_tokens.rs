@@ -6,7 +6,8 @@ use sqlx::any::AnyRow;
 use subtle::ConstantTimeEq;
 
 use crate::tokens::secret_hash;
-use crate::{Registry, Result, unix_now, validate};
+use crate::{Registry, Result, validate};
+use shimgate_host::clock;
 
 const PREFIX: &str = "sga_";
 
@@ -89,7 +90,7 @@ impl Registry {
         .bind(secret_hash(&secret).to_vec())
         .bind(name)
         .bind(created_by)
-        .bind(unix_now())
+        .bind(clock::now())
         .execute(&self.pool)
         .await?;
         Ok(IssuedApiToken {
@@ -150,7 +151,7 @@ impl Registry {
             "UPDATE api_tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
         )
         .bind(&id_hex)
-        .bind(unix_now())
+        .bind(clock::now())
         .execute(&self.pool)
         .await?
         .rows_affected();

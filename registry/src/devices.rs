@@ -3,15 +3,12 @@
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 
-use ipnet::Ipv4Net;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
 use crate::changes::bump;
 use crate::{Error, Registry, Result, validate};
-
-/// The network device addresses come from. Its network and broadcast addresses are never used.
-pub const VPN_NET: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::new(100, 64, 0, 0), 10);
+use shimgate_wire::identity::VPN_RANGE;
 
 /// The setting that makes new devices wait for approval.
 const REQUIRE_APPROVAL: &str = "require_approval";
@@ -57,11 +54,11 @@ macro_rules! device_select {
 }
 
 fn first_host() -> i64 {
-    i64::from(u32::from(VPN_NET.network())) + 1
+    i64::from(u32::from(VPN_RANGE.network())) + 1
 }
 
 fn last_host() -> i64 {
-    i64::from(u32::from(VPN_NET.broadcast())) - 1
+    i64::from(u32::from(VPN_RANGE.broadcast())) - 1
 }
 
 pub(crate) fn ip_from_db(v: i64) -> Result<Ipv4Addr> {

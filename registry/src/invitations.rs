@@ -9,7 +9,8 @@ use subtle::ConstantTimeEq;
 
 use crate::changes::bump;
 use crate::tokens::secret_hash;
-use crate::{Error, IssuedToken, RedeemError, Registry, Result, unix_now, validate};
+use crate::{Error, IssuedToken, RedeemError, Registry, Result, validate};
+use shimgate_host::clock;
 
 /// Who an invitation is for.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -180,7 +181,7 @@ impl Registry {
         .bind(user_id)
         .bind(group)
         .bind(&n.created_by)
-        .bind(unix_now())
+        .bind(clock::now())
         .bind(n.expires_at)
         .bind(i64::from(n.uses))
         .execute(&self.pool)
@@ -346,7 +347,7 @@ impl Registry {
             "UPDATE invitations SET cancelled_at = $2 WHERE id = $1 AND cancelled_at IS NULL",
         )
         .bind(&id_hex)
-        .bind(unix_now())
+        .bind(clock::now())
         .execute(&self.pool)
         .await?
         .rows_affected();

@@ -37,11 +37,12 @@ pub use api_tokens::{ApiTokenRow, IssuedApiToken};
 pub use audit::{AuditQuery, AuditRow, MAX_PAGE as MAX_AUDIT_PAGE, NewAudit};
 pub use certs::{CertState, NewCertificate};
 pub use changes::{CHANGE_CHANNEL, Changes};
-pub use devices::{Device, DeviceRow, DeviceStatus, VPN_NET};
+pub use devices::{Device, DeviceRow, DeviceStatus};
 pub use error::{Error, RedeemError, Result};
 pub use invitations::{InvitationRow, Invitee, IssuedInvitation, NewInvitation, Redemption};
 pub use policy::{Action, Dest, ParseError, Subject, parse_ports};
 pub use rules::{NewRule, Rule};
+pub use shimgate_wire::identity::VPN_RANGE;
 pub use tokens::{IssuedToken, NewToken, TokenGrant, TokenRow};
 pub use users::{User, UserRow};
 
@@ -109,11 +110,4 @@ impl Registry {
         };
         Ok(tx)
     }
-}
-
-/// The current time as unix seconds, for the few records the API does not take a `now` for.
-pub(crate) fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }

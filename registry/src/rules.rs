@@ -4,7 +4,8 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use crate::changes::bump;
-use crate::{Action, Dest, Error, Registry, Result, Subject, unix_now};
+use crate::{Action, Dest, Error, Registry, Result, Subject};
+use shimgate_host::clock;
 
 /// A rule to add.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,7 +86,7 @@ impl Registry {
         let subject: Subject = r.subject.to_string().parse()?;
         let dest: Dest = r.dest.to_string().parse()?;
         let (kind, name) = subject_columns(&subject);
-        let created_at = unix_now();
+        let created_at = clock::now();
         let mut tx = self.begin_write().await?;
         bump(&mut tx).await?;
         let id: i64 = sqlx::query_scalar(

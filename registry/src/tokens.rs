@@ -5,7 +5,8 @@ use sha2::{Digest, Sha256};
 use sqlx::Row;
 use subtle::ConstantTimeEq;
 
-use crate::{Device, Error, RedeemError, Registry, Result, unix_now};
+use crate::{Device, Error, RedeemError, Registry, Result};
+use shimgate_host::clock;
 
 /// A request to issue an enrollment token.
 #[derive(Debug, Clone)]
@@ -93,7 +94,7 @@ impl Registry {
         .bind(hex::encode(id))
         .bind(secret_hash(&secret).to_vec())
         .bind(&t.created_by)
-        .bind(unix_now())
+        .bind(clock::now())
         .bind(t.expires_at)
         .bind(i64::from(t.uses))
         .bind(&t.user)
@@ -221,7 +222,7 @@ impl Registry {
             "UPDATE enrollment_tokens SET cancelled_at = $2 WHERE id = $1 AND cancelled_at IS NULL",
         )
         .bind(&id_hex)
-        .bind(unix_now())
+        .bind(clock::now())
         .execute(&self.pool)
         .await?
         .rows_affected();

@@ -6,7 +6,8 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use crate::changes::bump;
-use crate::{Error, Registry, Result, unix_now, validate};
+use crate::{Error, Registry, Result, validate};
+use shimgate_host::clock;
 
 /// A user.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -39,7 +40,7 @@ impl Registry {
             "INSERT INTO users (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
         )
         .bind(name)
-        .bind(unix_now())
+        .bind(clock::now())
         .execute(&self.pool)
         .await?;
         self.user_by_name(name)
@@ -79,7 +80,7 @@ impl Registry {
     /// not exist.
     pub async fn add_to_group(&self, user: &str, group: &str) -> Result<()> {
         validate::name("group name", group)?;
-        let now = unix_now();
+        let now = clock::now();
         let mut tx = self.begin_write().await?;
         bump(&mut tx).await?;
         let user_id: i64 = sqlx::query_scalar("SELECT id FROM users WHERE name = $1")

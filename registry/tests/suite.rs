@@ -13,7 +13,7 @@ use futures::FutureExt;
 use sha2::{Digest, Sha256};
 use shimgate_registry::{
     Action, AuditQuery, Backend, Dest, DeviceStatus, Error, Invitee, NewAudit, NewCertificate,
-    NewInvitation, NewRule, NewToken, RedeemError, Redemption, Registry, Subject, VPN_NET,
+    NewInvitation, NewRule, NewToken, RedeemError, Redemption, Registry, Subject, VPN_RANGE,
 };
 use sqlx::{Connection, Executor};
 
@@ -609,9 +609,9 @@ async fn many_devices_get_sequential_addresses(env: Env) {
     for (i, ip) in ips.iter().enumerate() {
         let offset = u32::try_from(i).expect("small") + 1;
         assert_eq!(u32::from(*ip), base + offset, "address #{i} is sequential");
-        assert!(VPN_NET.contains(ip));
-        assert_ne!(*ip, VPN_NET.network());
-        assert_ne!(*ip, VPN_NET.broadcast());
+        assert!(VPN_RANGE.contains(ip));
+        assert_ne!(*ip, VPN_RANGE.network());
+        assert_ne!(*ip, VPN_RANGE.broadcast());
     }
     assert!(ips.contains(&Ipv4Addr::new(100, 64, 0, 255)));
     assert!(ips.contains(&Ipv4Addr::new(100, 64, 1, 0)));
@@ -669,7 +669,7 @@ async fn address_allocation_properties(env: Env) {
                     .collect();
                 let user = r.ensure_user(&format!("u{n}")).await.expect("user");
                 let mut mine: Vec<(i64, String, Ipv4Addr)> = Vec::new();
-                let first = u32::from(VPN_NET.network()) + 1;
+                let first = u32::from(VPN_RANGE.network()) + 1;
                 for (step, op) in ops.iter().enumerate() {
                     let pick = |i: usize| (!mine.is_empty()).then(|| i % mine.len());
                     match op {
@@ -684,9 +684,9 @@ async fn address_allocation_properties(env: Env) {
                                 want,
                                 "not the lowest free address"
                             );
-                            prop_assert!(VPN_NET.contains(&d.vpn_ip));
-                            prop_assert_ne!(d.vpn_ip, VPN_NET.network());
-                            prop_assert_ne!(d.vpn_ip, VPN_NET.broadcast());
+                            prop_assert!(VPN_RANGE.contains(&d.vpn_ip));
+                            prop_assert_ne!(d.vpn_ip, VPN_RANGE.network());
+                            prop_assert_ne!(d.vpn_ip, VPN_RANGE.broadcast());
                             taken.insert(want);
                             mine.push((d.id, d.name, d.vpn_ip));
                         }

@@ -1,5 +1,15 @@
-//! Device names and the SPIFFE-style URI that names a device in its
-//! certificate: `spiffe://<trust domain>/device/<name>`.
+//! Device names, the SPIFFE-style URI that names a device in its
+//! certificate (`spiffe://<trust domain>/device/<name>`), and the range
+//! devices' VPN addresses come from.
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+
+/// The VPN's address range (RFC 6598 shared address space): the registry
+/// hands devices their VPN IPs from it (never its network or broadcast
+/// address), and a device treats an address in it as a peer.
+pub const VPN_RANGE: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::new(100, 64, 0, 0), 10);
 
 /// Why a device name was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

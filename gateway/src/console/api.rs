@@ -13,8 +13,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Form, Json, Router};
 use serde_json::json;
+use shimgate_host::clock;
 use shimgate_registry::Invitee;
-use shimgate_wire::clock;
 
 use super::Peer;
 use super::audit::Filter;

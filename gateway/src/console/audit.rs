@@ -6,8 +6,8 @@ use askama::Template;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
+use shimgate_host::clock;
 use shimgate_registry::{AuditQuery, AuditRow};
-use shimgate_wire::clock;
 
 use super::auth::Nav;
 use super::{Console, Failure, render};

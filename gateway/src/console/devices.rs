@@ -8,8 +8,8 @@ use axum::Json;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use shimgate_host::clock;
 use shimgate_registry::{Device, DeviceStatus, UserRow};
-use shimgate_wire::clock;
 
 use super::Peer;
 use super::auth::{CsrfOnly, Nav};

@@ -16,10 +16,10 @@ use axum::response::{IntoResponse, Response};
 use axum::{Form, Json};
 use dashmap::DashMap;
 use sha2::{Digest, Sha256};
+use shimgate_host::clock;
 use shimgate_registry::{
     InvitationRow, Invitee, IssuedToken, NewInvitation, NewToken, RedeemError, Redemption, TokenRow,
 };
-use shimgate_wire::clock;
 use shimgate_wire::code::EnrollmentCode;
 use shimgate_wire::identity::check_device_name;
 

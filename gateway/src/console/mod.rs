@@ -34,8 +34,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
+use shimgate_host::clock;
 use shimgate_registry::{Error as RegistryError, NewAudit};
-use shimgate_wire::clock;
 use tokio_util::sync::CancellationToken;
 
 use crate::setup::Gateway;

@@ -7,7 +7,7 @@ use askama::Template;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
-use shimgate_wire::clock;
+use shimgate_host::clock;
 
 use super::auth::Nav;
 use super::{Console, render};

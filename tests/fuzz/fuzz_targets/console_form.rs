@@ -66,7 +66,7 @@ fn check_limits(uses: u32, expires: &str) {
             assert!((1..=invite::MAX_USES).contains(&n), "{n}");
             assert!((1..=invite::MAX_LIFETIME).contains(&secs), "{expires:?}");
             // The expiry is `now + secs`: no overflow for any clock.
-            assert!(shimgate_wire::clock::now().checked_add(secs).is_some());
+            assert!(shimgate_host::clock::now().checked_add(secs).is_some());
             let again = invite::limits(n, &format!("{secs}s"))
                 .map_err(|f| f.message)
                 .expect("seconds read back");

@@ -7,7 +7,10 @@
 # 2. Postgres: $DATABASE_URL if set, else 127.0.0.1:5432 if it answers, else a
 #    throwaway cluster (stopped and deleted at exit); exports DATABASE_URL
 # 3. cargo fmt --check, cargo clippy -D warnings, cargo build (all targets),
-#    a fuzz smoke run (tests/fuzz/smoke.sh), cargo audit (tests/audit.sh)
+#    a fuzz smoke run (tests/fuzz/smoke.sh), cargo audit of Cargo.lock and
+#    tests/fuzz/Cargo.lock (tests/audit.sh: a fresh RustSec database if
+#    GitHub answers, else the snapshot in ../shared/advisory-db; a known
+#    vulnerability fails the run)
 # 4. the tests: cargo nextest (if installed) or cargo test, whole workspace,
 #    including the end-to-end suite tests/e2e (real processes, network
 #    namespaces: run as root, or set SHIMGATE_SKIP_NETNS=1 to skip those)
@@ -63,7 +66,7 @@ phase build cargo build --workspace --all-targets || {
 
 # cargo fuzz targets, a few seconds each (tests/fuzz/smoke.sh: installs cargo-fuzz if missing)
 phase fuzz bash "$ROOT/tests/fuzz/smoke.sh" || true
-# known advisories in dependencies (cargo audit; SKIPPED where GitHub is unreachable)
+# known advisories in dependencies (cargo audit; fresh database, else ../shared/advisory-db; never skipped)
 phase advisories bash "$ROOT/tests/audit.sh" || true
 
 if cargo nextest --version >/dev/null 2>&1; then

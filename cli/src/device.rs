@@ -287,7 +287,10 @@ async fn ping(dir: &ConfigDir, peer: &str, count: usize) -> anyhow::Result<ExitC
     let (conn, me) = shimgate_proxy::client::connect_device(&config.gateway, name, tls).await?;
     let (peers, _) =
         shimgate_proxy::peer::Peers::new(&me.device_name, &config.vpn_domain, Vec::new());
-    let target = peers.destination(peer).unwrap_or_else(|| peer.to_owned());
+    let target = shimgate_wire::dest::Host::parse(peer)
+        .ok()
+        .and_then(|h| peers.destination(&h))
+        .unwrap_or_else(|| peer.to_owned());
     let started = std::time::Instant::now();
     let opened = match peers.dial(conn.send.clone(), &target, 0).await {
         Ok(o) => o,

@@ -1,4 +1,4 @@
-//! Turning a tunnel request (`host:port` from a device) into a connected
+//! Turning a tunnel request (a [`Destination`] from a device) into a connected
 //! socket: aliases, name resolution on the gateway (socks5h semantics),
 //! policy for every candidate address, then connect with a timeout.
 
@@ -7,6 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use shimgate_registry::Rule;
+use shimgate_wire::dest::{Destination, Host};
 use shimgate_wire::tunnel::TunnelError;
 use tokio::net::TcpStream;
 
@@ -40,42 +41,6 @@ impl std::str::FromStr for Alias {
             port: port.parse().map_err(|_| bad())?,
             target: to.parse().map_err(|_| bad())?,
         })
-    }
-}
-
-/// What a device asked to reach.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Host {
-    Ip(IpAddr),
-    Name(String),
-}
-
-impl Host {
-    /// Parses the host part of an HTTP/2 CONNECT authority (`[v6]` in brackets).
-    pub fn parse(host: &str) -> Result<Host, TunnelError> {
-        if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-            return v6
-                .parse()
-                .map(Host::Ip)
-                .map_err(|_| TunnelError::AddressNotSupported);
-        }
-        if let Ok(ip) = host.parse() {
-            return Ok(Host::Ip(ip));
-        }
-        let name = host.trim_end_matches('.');
-        let valid = !name.is_empty()
-            && name.len() <= 253
-            && name.split('.').all(|l| {
-                !l.is_empty()
-                    && l.len() <= 63
-                    && l.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            });
-        if valid {
-            Ok(Host::Name(name.to_ascii_lowercase()))
-        } else {
-            Err(TunnelError::AddressNotSupported)
-        }
     }
 }
 
@@ -125,13 +90,10 @@ impl Dialer {
         &self,
         who: &Identity,
         rules: &[Rule],
-        host: &Host,
-        port: u16,
+        dest: &Destination,
     ) -> Result<TcpStream, TunnelError> {
-        let name = match host {
-            Host::Name(n) => Some(n.as_str()),
-            Host::Ip(_) => None,
-        };
+        let (host, port) = (dest.host(), dest.port());
+        let name = host.name();
         let alias = name.and_then(|n| self.aliases.get(&(n.to_owned(), port)).copied());
         let candidates: Vec<(IpAddr, SocketAddr)> = match (host, alias) {
             (_, Some(target)) => vec![(target.ip(), target)],
@@ -197,25 +159,6 @@ async fn resolve(name: &str, port: u16) -> Result<Vec<SocketAddr>, TunnelError> 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hosts() {
-        assert_eq!(
-            Host::parse("[::1]").unwrap(),
-            Host::Ip("::1".parse().unwrap())
-        );
-        assert_eq!(
-            Host::parse("192.0.2.1").unwrap(),
-            Host::Ip("192.0.2.1".parse().unwrap())
-        );
-        assert_eq!(
-            Host::parse("Intranet.Internal.").unwrap(),
-            Host::Name("intranet.internal".into())
-        );
-        for bad in ["", "[zz]", "a..b", "bad host", "x/y", &"a".repeat(64)] {
-            assert!(Host::parse(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn aliases() {

@@ -14,6 +14,7 @@ use http::{Method, Request, Response, StatusCode};
 use shimgate_host::clock;
 use shimgate_registry::Registry;
 use shimgate_wire::control::{self, CONTROL_PATH, RELAY_PATH, SESSION_PATH, SessionRequest};
+use shimgate_wire::dest::Destination;
 use shimgate_wire::enroll::{ENROLL_PATH, RENEW_PATH, ROUTES_PATH, WHOAMI_PATH, WhoAmI};
 use shimgate_wire::tunnel::{BOUND_HEADER, TunnelError};
 use shimgate_wire::{h2tuning, pki, splice};
@@ -21,7 +22,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::{CertStatus, Identity};
-use crate::dial::Host;
 use crate::ratelimit::Slot;
 use crate::respond::{read_body, refuse, send_error, send_json};
 use crate::setup::Gateway;
@@ -326,18 +326,15 @@ impl Gateway {
         mut respond: SendResponse<Bytes>,
         who: &Identity,
     ) {
-        let Some(authority) = req.uri().authority().cloned() else {
-            return refuse(&mut respond, TunnelError::AddressNotSupported);
-        };
-        let (host, port) = match (Host::parse(authority.host()), authority.port_u16()) {
-            (Ok(h), Some(p)) if p != 0 => (h, p),
+        let dest = match req.uri().authority().map(Destination::from_authority) {
+            Some(Ok(d)) => d,
             _ => return refuse(&mut respond, TunnelError::AddressNotSupported),
         };
         let rules = self.cache.rules();
-        let sock = match self.dialer.dial(who, &rules, &host, port).await {
+        let sock = match self.dialer.dial(who, &rules, &dest).await {
             Ok(s) => s,
             Err(e) => {
-                tracing::info!(device = %who.device_name, dest = %authority, reason = %e, "tunnel refused");
+                tracing::info!(device = %who.device_name, %dest, reason = %e, "tunnel refused");
                 return refuse(&mut respond, e);
             }
         };
@@ -352,18 +349,18 @@ impl Gateway {
                 return tracing::debug!(error = %e, "device went away before the tunnel opened");
             }
         };
-        tracing::debug!(device = %who.device_name, dest = %authority, "tunnel open");
-        let _open = self.tunnels.open(&who.device_name, authority.as_str());
+        tracing::debug!(device = %who.device_name, %dest, "tunnel open");
+        let _open = self.tunnels.open(&who.device_name, &dest.to_string());
         metrics::counter!("shimgate_streams_total").increment(1);
         match splice::splice(sock, send, req.into_body()).await {
             Ok(moved) => {
                 metrics::counter!("shimgate_bytes_total", "direction" => "up").increment(moved.up);
                 metrics::counter!("shimgate_bytes_total", "direction" => "down")
                     .increment(moved.down);
-                tracing::debug!(device = %who.device_name, dest = %authority, up = moved.up, down = moved.down, "tunnel closed")
+                tracing::debug!(device = %who.device_name, %dest, up = moved.up, down = moved.down, "tunnel closed")
             }
             Err(e) => {
-                tracing::debug!(device = %who.device_name, dest = %authority, error = %e, "tunnel ended with an error")
+                tracing::debug!(device = %who.device_name, %dest, error = %e, "tunnel ended with an error")
             }
         }
     }

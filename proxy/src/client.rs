@@ -12,11 +12,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use h2::client::SendRequest;
-use http::{Method, Request, StatusCode};
+use h2::{RecvStream, SendStream};
+use http::{Method, Request, Response, StatusCode};
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use shimgate_wire::enroll::{ErrorBody, MAX_BODY, WHOAMI_PATH, WhoAmI};
 use shimgate_wire::h2tuning;
+use shimgate_wire::tunnel::{ERROR_HEADER, TunnelError};
 use tokio::io::BufReader;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -221,18 +223,9 @@ pub async fn call(
     }
     let response = response.await.map_err(protocol)?;
     let status = response.status();
-    let mut recv = response.into_body();
-    let mut out = Vec::new();
-    while let Some(chunk) = recv.data().await {
-        let chunk = chunk.map_err(protocol)?;
-        let _ = recv.flow_control().release_capacity(chunk.len());
-        if out.len() + chunk.len() > MAX_BODY {
-            return Err(ClientError::Protocol(
-                "the gateway's answer is too large".into(),
-            ));
-        }
-        out.extend_from_slice(&chunk);
-    }
+    let out = shimgate_wire::body::read(&mut response.into_body(), MAX_BODY)
+        .await
+        .map_err(|e| ClientError::Protocol(format!("the gateway's answer: {e}")))?;
     if status.is_success() {
         return Ok(out);
     }
@@ -240,4 +233,56 @@ pub async fn call(
         .map(|e| e.error)
         .unwrap_or_else(|_| String::from_utf8_lossy(&out).into_owned());
     Err(ClientError::Refused { status, message })
+}
+
+/// Why the gateway gave no stream for a request.
+#[derive(Debug)]
+pub enum StreamError {
+    /// The gateway answered, and said no (or reset the stream).
+    Refused(TunnelError),
+    /// The connection broke under the request; another may work.
+    Broken(h2::Error),
+}
+
+impl From<StreamError> for TunnelError {
+    fn from(e: StreamError) -> TunnelError {
+        match e {
+            StreamError::Refused(e) => e,
+            StreamError::Broken(_) => TunnelError::General,
+        }
+    }
+}
+
+/// Sends `req` (and `body`, if any, as the whole request body) and waits
+/// for the answer: a tunnel, a peer grant, a relay. `200` gives the
+/// response and our half of the stream; anything else is the refusal the
+/// gateway named ([`ERROR_HEADER`], else its status).
+pub async fn open_stream(
+    send: SendRequest<Bytes>,
+    req: Request<()>,
+    body: Option<Bytes>,
+) -> Result<(Response<RecvStream>, SendStream<Bytes>), StreamError> {
+    let mut send = send.ready().await.map_err(StreamError::Broken)?;
+    let (response, mut stream) = send.send_request(req, false).map_err(StreamError::Broken)?;
+    if let Some(body) = body {
+        stream.send_data(body, true).map_err(StreamError::Broken)?;
+    }
+    let response = response.await.map_err(|e| {
+        if e.is_reset() {
+            StreamError::Refused(TunnelError::General)
+        } else {
+            StreamError::Broken(e)
+        }
+    })?;
+    let status = response.status();
+    if status == StatusCode::OK {
+        return Ok((response, stream));
+    }
+    let header = response
+        .headers()
+        .get(ERROR_HEADER)
+        .and_then(|v| v.to_str().ok());
+    Err(StreamError::Refused(TunnelError::from_response(
+        status, header,
+    )))
 }

@@ -23,16 +23,17 @@ use std::time::Duration;
 use bytes::Bytes;
 use dashmap::DashMap;
 use h2::client::SendRequest;
-use http::{Method, Request, StatusCode};
+use http::{Method, Request};
 use serde::{Deserialize, Serialize};
 use shimgate_host::{clock, files};
 use shimgate_wire::control::{
     DeviceMsg, Grant, PeerPath, RELAY_PATH, SESSION_HEADER, SESSION_PATH, SessionId, SessionKey,
     SessionRequest,
 };
+use shimgate_wire::dest::Host;
 use shimgate_wire::identity::VPN_RANGE;
 use shimgate_wire::peerlink::{self, Link, Prologue};
-use shimgate_wire::tunnel::{ERROR_HEADER, TunnelError};
+use shimgate_wire::tunnel::TunnelError;
 use shimgate_wire::{liveness, splice};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -40,6 +41,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::client;
 use crate::config::ConfigDir;
 
 /// A link over any byte stream: a TCP socket (direct) or a relay stream.
@@ -138,13 +140,14 @@ impl Peers {
         &self.me
     }
 
-    /// The peer a SOCKS destination names, if it names one: a name under
+    /// The peer a destination's host names, if it names one: a name under
     /// the VPN domain (as `NAME`), or an address in the VPN range.
-    pub fn destination(&self, host: &str) -> Option<String> {
-        if let Ok(ip) = host.parse::<Ipv4Addr>() {
-            return VPN_RANGE.contains(&ip).then(|| ip.to_string());
+    pub fn destination(&self, host: &Host) -> Option<String> {
+        match host {
+            Host::Ip(IpAddr::V4(ip)) => VPN_RANGE.contains(ip).then(|| ip.to_string()),
+            Host::Ip(IpAddr::V6(_)) => None,
+            Host::Name(name) => shimgate_wire::control::device_in_domain(name, &self.vpn_domain),
         }
-        shimgate_wire::control::device_in_domain(host, &self.vpn_domain)
     }
 
     pub fn exports(&self) -> Vec<u16> {
@@ -660,32 +663,17 @@ pub async fn request_grant(
         .uri(SESSION_PATH)
         .body(())
         .map_err(|_| TunnelError::General)?;
-    let mut send = send.ready().await.map_err(|_| TunnelError::General)?;
-    let (response, mut stream) = send
-        .send_request(req, false)
-        .map_err(|_| TunnelError::General)?;
-    stream
-        .send_data(Bytes::from(body), true)
-        .map_err(|_| TunnelError::General)?;
-    let response = response.await.map_err(|_| TunnelError::General)?;
-    let status = response.status();
-    if status != StatusCode::OK {
-        let header = response
-            .headers()
-            .get(ERROR_HEADER)
-            .and_then(|v| v.to_str().ok());
-        return Err(TunnelError::from_response(status, header));
-    }
-    let mut body = response.into_body();
+    let (response, _) = client::open_stream(send, req, Some(Bytes::from(body))).await?;
+    // The grant holds the session key: read it into a buffer that is wiped
+    // on drop and never reallocated.
     let mut json = zeroize::Zeroizing::new(Vec::with_capacity(shimgate_wire::control::MAX_MESSAGE));
-    while let Some(chunk) = body.data().await {
-        let chunk = chunk.map_err(|_| TunnelError::General)?;
-        let _ = body.flow_control().release_capacity(chunk.len());
-        if json.len() + chunk.len() > shimgate_wire::control::MAX_MESSAGE {
-            return Err(TunnelError::General);
-        }
-        json.extend_from_slice(&chunk);
-    }
+    shimgate_wire::body::read_into(
+        &mut response.into_body(),
+        shimgate_wire::control::MAX_MESSAGE,
+        &mut json,
+    )
+    .await
+    .map_err(|_| TunnelError::General)?;
     serde_json::from_slice(&json).map_err(|_| TunnelError::General)
 }
 
@@ -699,19 +687,7 @@ async fn open_relay(
         .header(SESSION_HEADER, session.to_string())
         .body(())
         .map_err(|_| TunnelError::General)?;
-    let mut send = send.ready().await.map_err(|_| TunnelError::General)?;
-    let (response, stream) = send
-        .send_request(req, false)
-        .map_err(|_| TunnelError::General)?;
-    let response = response.await.map_err(|_| TunnelError::General)?;
-    let status = response.status();
-    if status != StatusCode::OK {
-        let header = response
-            .headers()
-            .get(ERROR_HEADER)
-            .and_then(|v| v.to_str().ok());
-        return Err(TunnelError::from_response(status, header));
-    }
+    let (response, stream) = client::open_stream(send, req, None).await?;
     Ok((stream, response.into_body()))
 }
 
@@ -804,15 +780,17 @@ mod tests {
     #[test]
     fn peer_destinations() {
         let (p, _) = Peers::new("alice", "vpn.internal", vec![]);
-        assert_eq!(p.destination("bob.vpn.internal").as_deref(), Some("bob"));
-        assert_eq!(p.destination("BOB.VPN.Internal.").as_deref(), Some("bob"));
-        assert_eq!(p.destination("100.64.0.7").as_deref(), Some("100.64.0.7"));
-        assert_eq!(p.destination("vpn.internal"), None);
-        assert_eq!(p.destination("a.b.vpn.internal"), None);
-        assert_eq!(p.destination("bobvpn.internal"), None);
-        assert_eq!(p.destination("intranet.internal"), None);
-        assert_eq!(p.destination("10.0.0.1"), None);
-        assert_eq!(p.destination("100.128.0.1"), None);
+        let peer = |h: &str| p.destination(&Host::parse(h).unwrap());
+        assert_eq!(peer("bob.vpn.internal").as_deref(), Some("bob"));
+        assert_eq!(peer("BOB.VPN.Internal.").as_deref(), Some("bob"));
+        assert_eq!(peer("100.64.0.7").as_deref(), Some("100.64.0.7"));
+        assert_eq!(peer("vpn.internal"), None);
+        assert_eq!(peer("a.b.vpn.internal"), None);
+        assert_eq!(peer("bobvpn.internal"), None);
+        assert_eq!(peer("intranet.internal"), None);
+        assert_eq!(peer("10.0.0.1"), None);
+        assert_eq!(peer("100.128.0.1"), None);
+        assert_eq!(peer("::ffff:100.64.0.7"), None);
     }
 
     #[test]

@@ -15,14 +15,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use h2::client::SendRequest;
 use h2::{RecvStream, SendStream};
-use http::{Method, Request, StatusCode};
+use http::{Method, Request};
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
-use shimgate_wire::tunnel::{BOUND_HEADER, ERROR_HEADER, TunnelError};
+use shimgate_wire::dest::Destination;
+use shimgate_wire::tunnel::{BOUND_HEADER, TunnelError};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{self, ClientError, Connection};
+use crate::client::{self, ClientError, Connection, StreamError};
 use crate::status::Board;
 use shimgate_host::workers::Workers;
 
@@ -239,9 +240,9 @@ impl Pool {
         })
     }
 
-    /// Asks the gateway, on slot `i`'s connection, for a tunnel to
-    /// `authority` (`host:port`, `[v6]:port`). Call it on that slot's worker.
-    pub async fn open(&self, i: usize, authority: &str) -> Result<Tunnel, TunnelError> {
+    /// Asks the gateway, on slot `i`'s connection, for a tunnel to `dest`.
+    /// Call it on that slot's worker.
+    pub async fn open(&self, i: usize, dest: &Destination) -> Result<Tunnel, TunnelError> {
         // A pooled connection may have died since it was last used: one retry
         // on a fresh connection.
         for attempt in 0..2 {
@@ -252,10 +253,26 @@ impl Pool {
                     return Err(tunnel_error(&e));
                 }
             };
-            match request(send, authority).await {
-                Ok(t) => return Ok(t),
-                Err(Failure::Refused(e)) => return Err(e),
-                Err(Failure::Connection(e)) => {
+            let req = Request::builder()
+                .method(Method::CONNECT)
+                .uri(dest.to_string())
+                .body(())
+                .map_err(|_| TunnelError::AddressNotSupported)?;
+            match client::open_stream(send, req, None).await {
+                Ok((response, send)) => {
+                    let bound = response
+                        .headers()
+                        .get(BOUND_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse().ok());
+                    return Ok(Tunnel {
+                        send,
+                        recv: response.into_body(),
+                        bound,
+                    });
+                }
+                Err(StreamError::Refused(e)) => return Err(e),
+                Err(StreamError::Broken(e)) => {
                     tracing::debug!(error = %e, attempt, "gateway connection failed under a request");
                     // Mark *this* connection dead; if another request already
                     // replaced it in the slot, the replacement is untouched.
@@ -279,48 +296,6 @@ fn tunnel_error(e: &ClientError) -> TunnelError {
         ClientError::Revoked | ClientError::Rejected(_) => TunnelError::NotAllowed,
         _ => TunnelError::General,
     }
-}
-
-enum Failure {
-    /// The gateway answered and said no.
-    Refused(TunnelError),
-    /// The connection broke; another may work.
-    Connection(h2::Error),
-}
-
-async fn request(send: SendRequest<Bytes>, authority: &str) -> Result<Tunnel, Failure> {
-    let req = Request::builder()
-        .method(Method::CONNECT)
-        .uri(authority)
-        .body(())
-        .map_err(|_| Failure::Refused(TunnelError::AddressNotSupported))?;
-    let mut send = send.ready().await.map_err(Failure::Connection)?;
-    let (response, stream) = send.send_request(req, false).map_err(Failure::Connection)?;
-    let response = response.await.map_err(|e| {
-        if e.is_reset() {
-            Failure::Refused(TunnelError::General)
-        } else {
-            Failure::Connection(e)
-        }
-    })?;
-    let status = response.status();
-    if status == StatusCode::OK {
-        let bound = response
-            .headers()
-            .get(BOUND_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok());
-        return Ok(Tunnel {
-            send: stream,
-            recv: response.into_body(),
-            bound,
-        });
-    }
-    let header = response
-        .headers()
-        .get(ERROR_HEADER)
-        .and_then(|v| v.to_str().ok());
-    Err(Failure::Refused(TunnelError::from_response(status, header)))
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use fast_socks5::server::Socks5ServerProtocol;
 use fast_socks5::util::target_addr::TargetAddr;
 use fast_socks5::{ReplyError, Socks5Command};
 use sha2::{Digest, Sha256};
+use shimgate_wire::dest::{DestError, Destination, Host};
 use shimgate_wire::splice;
 use shimgate_wire::tunnel::TunnelError;
 use subtle::ConstantTimeEq;
@@ -44,38 +45,19 @@ impl Credentials {
     }
 }
 
+/// The reply fast-socks5 sends for `e` (the code is [`TunnelError::socks_reply`]).
 fn reply_for(e: TunnelError) -> ReplyError {
-    match e {
-        TunnelError::NotAllowed => ReplyError::ConnectionNotAllowed,
-        TunnelError::NetworkUnreachable => ReplyError::NetworkUnreachable,
-        TunnelError::HostUnreachable => ReplyError::HostUnreachable,
-        TunnelError::Refused => ReplyError::ConnectionRefused,
-        TunnelError::TimedOut => ReplyError::TtlExpired,
-        TunnelError::AddressNotSupported => ReplyError::AddressTypeNotSupported,
-        TunnelError::General => ReplyError::GeneralFailure,
-    }
+    ReplyError::from_u8(e.socks_reply())
 }
 
-/// `host:port` as an HTTP/2 CONNECT authority; `None` for a domain that is
-/// not a host name. A SOCKS domain is any 1–255 bytes: put into an
-/// authority as it is, `evil@intranet.internal` reached the gateway as
-/// `intranet.internal` (userinfo), and `/`, `?` or `#` cut it short (found
-/// by the `socks5` fuzz target). An IPv6 address sent as a domain gets its
-/// brackets.
-pub fn authority(target: &TargetAddr) -> Option<String> {
+/// Where a SOCKS request goes. A SOCKS domain is any 1–255 bytes: only a
+/// host name or an IP address in text passes (`evil@intranet.internal` once
+/// reached the gateway as `intranet.internal`, found by the `socks5` fuzz
+/// target), with the rule the gateway applies.
+pub fn destination(target: &TargetAddr) -> Result<Destination, DestError> {
     match target {
-        TargetAddr::Ip(SocketAddr::V4(a)) => Some(a.to_string()),
-        TargetAddr::Ip(SocketAddr::V6(a)) => Some(format!("[{}]:{}", a.ip(), a.port())),
-        TargetAddr::Domain(name, port) => {
-            if let Ok(v6) = name.parse::<std::net::Ipv6Addr>() {
-                return Some(format!("[{v6}]:{port}"));
-            }
-            let host_name = !name.is_empty()
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-            host_name.then(|| format!("{name}:{port}"))
-        }
+        TargetAddr::Ip(addr) => Destination::from_addr(*addr),
+        TargetAddr::Domain(name, port) => Destination::new(Host::parse(name)?, *port),
     }
 }
 
@@ -165,20 +147,16 @@ async fn handle(
         proto.reply_error(&ReplyError::CommandNotSupported).await?;
         return Ok(());
     }
-    // Checked before the peer lookup too: that one matches name suffixes.
-    let Some(dest) = authority(&target) else {
-        tracing::info!(?target, "refused: the domain is not a host name");
-        proto
-            .reply_error(&ReplyError::AddressTypeNotSupported)
-            .await?;
-        return Ok(());
+    let dest = match destination(&target) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::info!(?target, reason = %e, "refused");
+            proto.reply_error(&reply_for(e.into())).await?;
+            return Ok(());
+        }
     };
-    let (host, port) = match &target {
-        TargetAddr::Ip(a) => (a.ip().to_string(), a.port()),
-        TargetAddr::Domain(name, port) => (name.clone(), *port),
-    };
-    if let Some(peer) = peers.destination(&host) {
-        return peer_session(proto, &pool, &peers, slot, &peer, port).await;
+    if let Some(peer) = peers.destination(dest.host()) {
+        return peer_session(proto, &pool, &peers, slot, &peer, dest.port()).await;
     }
     match pool.open(slot, &dest).await {
         Ok(tunnel) => {
@@ -245,31 +223,25 @@ mod tests {
         }
     }
 
-    #[test]
-    fn authorities() {
-        assert_eq!(
-            authority(&TargetAddr::Ip("192.0.2.1:80".parse().unwrap())),
-            Some("192.0.2.1:80".into())
-        );
-        assert_eq!(
-            authority(&TargetAddr::Ip("[2001:db8::1]:443".parse().unwrap())),
-            Some("[2001:db8::1]:443".into())
-        );
-        assert_eq!(
-            authority(&TargetAddr::Domain("intranet.internal".into(), 80)),
-            Some("intranet.internal:80".into())
-        );
-        assert_eq!(
-            authority(&TargetAddr::Domain("2001:db8::1".into(), 22)),
-            Some("[2001:db8::1]:22".into())
-        );
-    }
-
     /// Regression (fuzz target `socks5`): a domain with userinfo, a path,
     /// a query, a fragment, a port, spaces or nothing at all is refused
-    /// instead of reaching the gateway as some other host.
+    /// instead of reaching the gateway as some other host; an IPv6 address
+    /// sent as a domain is an address.
     #[test]
-    fn domains_that_are_not_host_names_are_refused() {
+    fn socks_destinations() {
+        let dest = |t: TargetAddr| destination(&t).map(|d| d.to_string());
+        assert_eq!(
+            dest(TargetAddr::Ip("[2001:db8::1]:443".parse().unwrap())).unwrap(),
+            "[2001:db8::1]:443"
+        );
+        assert_eq!(
+            dest(TargetAddr::Domain("2001:db8::1".into(), 22)).unwrap(),
+            "[2001:db8::1]:22"
+        );
+        assert_eq!(
+            dest(TargetAddr::Domain("Intranet.Internal.".into(), 80)).unwrap(),
+            "intranet.internal:80"
+        );
         for bad in [
             "bo@b.avpn.intern",
             "evil@intranet.internal",
@@ -282,24 +254,9 @@ mod tests {
             "[::1]",
             "bob.vpn.internal\0",
         ] {
-            assert_eq!(
-                authority(&TargetAddr::Domain(bad.into(), 80)),
-                None,
-                "{bad:?}"
-            );
+            assert!(dest(TargetAddr::Domain(bad.into(), 80)).is_err(), "{bad:?}");
         }
-        // What the proxy sends, the gateway reads back as the same host.
-        for good in [
-            "intranet.internal",
-            "Wiki.Corp.",
-            "_srv.x-y.test",
-            "192.0.2.1",
-        ] {
-            let dest = authority(&TargetAddr::Domain(good.into(), 8080)).unwrap();
-            let uri: http::Uri = dest.parse().unwrap();
-            let a = uri.authority().unwrap();
-            assert_eq!((a.host(), a.port_u16()), (good, Some(8080)));
-        }
+        assert!(dest(TargetAddr::Ip("192.0.2.1:0".parse().unwrap())).is_err());
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! What the shimgate device side and gateway speak to each other. Process
 //! plumbing (time, files, worker threads) is in `shimgate-host`.
 //!
+//! - [`dest`]: where a flow goes ([`dest::Destination`]): what every shim
+//!   hands the tunnel layer and the gateway dials.
 //! - [`code`]: the enrollment code an admin hands to a user.
 //! - [`tunnel`]: how the gateway reports why it could not open a tunnel, and
 //!   the SOCKS5 reply each reason maps to.
@@ -20,6 +22,7 @@
 pub mod body;
 pub mod code;
 pub mod control;
+pub mod dest;
 pub mod enroll;
 pub mod h2tuning;
 pub mod identity;

@@ -1,21 +1,24 @@
-//! The HTTP/2 CONNECT authority a device sends for a tunnel, split as the
+//! The HTTP/2 CONNECT authority a device sends for a tunnel, read as the
 //! gateway's server does (`http::uri::Authority`, then
-//! `gateway::dial::Host::parse` on its host and `port_u16`). No input may
-//! panic; a name that passes is a plain lowercase DNS name; an address
-//! that passes is what the authority said.
+//! `wire::dest::Destination::from_authority`). No input may panic; a name
+//! that passes is a plain lowercase DNS name; an address that passes is what
+//! the authority said; what passes reads back the same from its own text.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use shimgate_gateway::dial::Host;
+use shimgate_wire::dest::{Destination, Host};
 
 fuzz_target!(|data: &[u8]| {
     // As h2 hands it over: bytes, not necessarily UTF-8.
     let Ok(authority) = http::uri::Authority::try_from(data) else {
         return;
     };
-    let port = authority.port_u16();
-    match Host::parse(authority.host()) {
-        Ok(Host::Name(name)) => {
+    let Ok(dest) = Destination::from_authority(&authority) else {
+        return;
+    };
+    assert_eq!(Some(dest.port()), authority.port_u16());
+    match dest.host() {
+        Host::Name(name) => {
             assert!(!name.is_empty() && name.len() <= 253, "{name:?}");
             assert!(
                 name.bytes()
@@ -24,22 +27,16 @@ fuzz_target!(|data: &[u8]| {
             );
             assert!(!name.ends_with('.') && !name.contains(".."), "{name:?}");
         }
-        Ok(Host::Ip(ip)) => {
+        Host::Ip(ip) => {
             let host = authority.host();
             let bare = host
                 .strip_prefix('[')
                 .and_then(|h| h.strip_suffix(']'))
                 .unwrap_or(host);
-            assert_eq!(bare.parse::<std::net::IpAddr>().ok(), Some(ip), "{host:?}");
+            assert_eq!(bare.parse::<std::net::IpAddr>().ok(), Some(*ip), "{host:?}");
         }
-        Err(_) => {}
     }
-    // The same text as a full CONNECT URI, as the proxy builds the request.
-    if let Ok(text) = std::str::from_utf8(data)
-        && let Ok(uri) = text.parse::<http::Uri>()
-        && let Some(a) = uri.authority()
-    {
-        let _ = (Host::parse(a.host()), a.port_u16());
-    }
-    let _ = port;
+    // As the device would send it again.
+    let again: http::uri::Authority = dest.to_string().parse().expect("a destination's text is an authority");
+    assert_eq!(Destination::from_authority(&again).as_ref(), Ok(&dest));
 });

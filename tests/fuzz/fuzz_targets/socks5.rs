@@ -1,11 +1,11 @@
 //! What a program sends to the proxy's SOCKS port: fast-socks5's server
 //! protocol over an in-memory pipe, as proxy/src/socks.rs drives it (no
 //! auth, or username/password when the first input byte is odd), then the
-//! CONNECT authority the proxy builds from the target
-//! (`shimgate_proxy::socks::authority`, which refuses some), put into an HTTP/2 CONNECT request
-//! as the proxy's pool does and split as the gateway does. No input may
-//! panic or hang; a request the proxy can build reaches the gateway as the
-//! same host and port.
+//! destination the proxy makes of the target
+//! (`shimgate_proxy::socks::destination`, which refuses some), put into an
+//! HTTP/2 CONNECT request as the proxy's pool does and read as the gateway
+//! does. No input may panic or hang; a request the proxy can build reaches
+//! the gateway as the same destination.
 #![no_main]
 
 use fast_socks5::ReplyError;
@@ -13,7 +13,7 @@ use fast_socks5::server::Socks5ServerProtocol;
 use fast_socks5::util::target_addr::TargetAddr;
 use libfuzzer_sys::fuzz_target;
 use shimgate_fuzz::runtime;
-use shimgate_gateway::dial::Host;
+use shimgate_wire::dest::{Destination, Host};
 use tokio::io::AsyncWriteExt;
 
 fuzz_target!(|data: &[u8]| {
@@ -37,37 +37,33 @@ fuzz_target!(|data: &[u8]| {
         let Ok((proto, _command, target)) = proto.read_command().await else {
             return;
         };
-        // proxy/src/socks.rs refuses what has no authority.
-        let Some(dest) = shimgate_proxy::socks::authority(&target) else {
+        // proxy/src/socks.rs refuses what is no destination.
+        let Ok(dest) = shimgate_proxy::socks::destination(&target) else {
             let _ = proto
                 .reply_error(&ReplyError::AddressTypeNotSupported)
                 .await;
             return;
         };
-        // proxy/src/pool.rs: `Request::builder().method(CONNECT).uri(dest)`.
-        if let Ok(req) = http::Request::builder()
-            .method(http::Method::CONNECT)
-            .uri(dest.as_str())
-            .body(())
-        {
-            // gateway/src/server.rs `tunnel`: no authority or port refuses.
-            if let Some(a) = req.uri().authority()
-                && let (Ok(host), Some(port)) = (Host::parse(a.host()), a.port_u16())
-            {
-                let (want_host, want_port) = match &target {
-                    TargetAddr::Ip(sa) => (Host::Ip(sa.ip()), sa.port()),
-                    TargetAddr::Domain(name, port) => (
-                        Host::parse(name).unwrap_or(Host::Name(String::new())),
-                        *port,
-                    ),
-                };
-                assert_eq!(port, want_port, "{dest:?}");
-                assert_eq!(
-                    host, want_host,
-                    "{dest:?} reaches the gateway as another host"
-                );
+        let (want_host, want_port) = match &target {
+            TargetAddr::Ip(sa) => (Host::Ip(sa.ip()), sa.port()),
+            TargetAddr::Domain(name, port) => {
+                (Host::parse(name).expect("the proxy accepted it"), *port)
             }
-        }
+        };
+        assert_eq!((dest.host(), dest.port()), (&want_host, want_port));
+        // proxy/src/pool.rs: `Request::builder().method(CONNECT).uri(dest)`.
+        let req = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri(dest.to_string())
+            .body(())
+            .expect("a destination makes a CONNECT request");
+        // gateway/src/server.rs `tunnel`.
+        let at_gateway = req.uri().authority().map(Destination::from_authority);
+        assert_eq!(
+            at_gateway,
+            Some(Ok(dest.clone())),
+            "{dest} reaches the gateway as another destination"
+        );
         let _ = proto.reply_error(&ReplyError::GeneralFailure).await;
         drop(client);
     });

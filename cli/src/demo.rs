@@ -20,7 +20,7 @@ use clap::Args;
 use shimgate_host::clock;
 use shimgate_proxy::config::{ConfigDir, DeviceConfig};
 use shimgate_proxy::enroll::{EnrollOptions, enroll};
-use shimgate_registry::{Action, Dest, NewRule, NewToken, Registry, Subject};
+use shimgate_registry::{Action, Dest, NewRule, NewToken, Proto, Registry, Subject};
 use shimgate_wire::code::EnrollmentCode;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -115,6 +115,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
             dest: Dest::Domain("intranet.internal".into()),
             port_lo: 80,
             port_hi: 80,
+            proto: Proto::Tcp,
             action: Action::Allow,
             created_by: "demo".into(),
         })
@@ -126,6 +127,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
             dest: Dest::Domain(bob_name.clone()),
             port_lo: bob_port,
             port_hi: bob_port,
+            proto: Proto::Tcp,
             action: Action::Allow,
             created_by: "demo".into(),
         })

@@ -15,7 +15,7 @@ use shimgate_gateway::paths::{DataDir, GatewayConfig};
 use shimgate_host::{clock, files};
 use shimgate_registry::parse_ports;
 use shimgate_registry::{
-    Action, Dest, DeviceStatus, NewAudit, NewRule, NewToken, Registry, Subject,
+    Action, Dest, DeviceStatus, NewAudit, NewRule, NewToken, Proto, Registry, Subject,
 };
 use shimgate_wire::code::EnrollmentCode;
 use tokio_util::sync::CancellationToken;
@@ -267,6 +267,9 @@ struct RuleArgs {
     /// Port or range: 80, 8000-8100 (default: all).
     #[arg(long, default_value = "1-65535")]
     ports: String,
+    /// Protocol the rule applies to: tcp, udp or any.
+    #[arg(long, default_value = "tcp")]
+    proto: Proto,
     /// Applies to this user's devices.
     #[arg(long, conflicts_with_all = ["group", "everyone"])]
     user: Option<String>,
@@ -664,6 +667,7 @@ async fn policy(registry: &Registry, cmd: &PolicyCommand) -> anyhow::Result<()> 
                     dest: r.to.clone(),
                     port_lo,
                     port_hi,
+                    proto: r.proto,
                     action,
                     created_by: operator(),
                 })
@@ -673,28 +677,29 @@ async fn policy(registry: &Registry, cmd: &PolicyCommand) -> anyhow::Result<()> 
                 "policy.add",
                 &rule.id.to_string(),
                 format!(
-                    "{} {} -> {} ports {}-{}",
-                    rule.action, rule.subject, rule.dest, port_lo, port_hi
+                    "{} {} -> {} ports {}-{} {}",
+                    rule.action, rule.subject, rule.dest, port_lo, port_hi, rule.proto
                 ),
             )
             .await?;
             println!(
-                "rule {} added: {} {} -> {} ports {}-{}",
-                rule.id, rule.action, rule.subject, rule.dest, port_lo, port_hi
+                "rule {} added: {} {} -> {} ports {}-{} {}",
+                rule.id, rule.action, rule.subject, rule.dest, port_lo, port_hi, rule.proto
             );
         }
         PolicyCommand::List => {
             println!(
-                "{:<5} {:<6} {:<16} {:<28} PORTS",
-                "ID", "ACTION", "WHO", "TO"
+                "{:<5} {:<6} {:<16} {:<28} {:<6} PORTS",
+                "ID", "ACTION", "WHO", "TO", "PROTO"
             );
             for r in registry.list_rules().await? {
                 println!(
-                    "{:<5} {:<6} {:<16} {:<28} {}-{}",
+                    "{:<5} {:<6} {:<16} {:<28} {:<6} {}-{}",
                     r.id,
                     r.action.to_string(),
                     r.subject.to_string(),
                     r.dest.to_string(),
+                    r.proto.to_string(),
                     r.port_lo,
                     r.port_hi
                 );

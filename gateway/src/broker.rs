@@ -23,7 +23,7 @@ use h2::server::SendResponse;
 use h2::{RecvStream, SendStream};
 use http::{Request, Response, StatusCode};
 use shimgate_host::clock;
-use shimgate_registry::{NewAudit, Rule};
+use shimgate_registry::{NewAudit, Proto, Rule};
 use shimgate_wire::control::{
     self, Decoder, DeviceMsg, GatewayMsg, Grant, MAX_LIST, SESSION_HEADER, SessionId, SessionKey,
     SessionRequest,
@@ -149,6 +149,7 @@ impl Broker {
                 name: Some(&fqdn),
                 addr: IpAddr::V4(target.vpn_ip),
                 port,
+                proto: Proto::Tcp,
                 alias: false,
                 peer_groups: Some(&target.groups),
             };

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use shimgate_registry::Rule;
+use shimgate_registry::{Proto, Rule};
 use shimgate_wire::dest::{Destination, Host};
 use shimgate_wire::tunnel::TunnelError;
 use tokio::net::TcpStream;
@@ -72,6 +72,7 @@ impl Dialer {
                     name: Some(name),
                     addr: target.ip(),
                     port: *port,
+                    proto: Proto::Tcp,
                     alias: true,
                     peer_groups: None,
                 };
@@ -84,14 +85,16 @@ impl Dialer {
         names
     }
 
-    /// Resolves, checks policy and connects. The returned error is what the
-    /// device's SOCKS client will be told.
-    pub async fn dial(
+    /// The addresses `who` may reach `dest` at over `proto`: the alias's, or
+    /// what the name resolves to (socks5h semantics), each checked against
+    /// policy. The error is what the device's program will be told.
+    pub async fn allowed(
         &self,
         who: &Identity,
         rules: &[Rule],
         dest: &Destination,
-    ) -> Result<TcpStream, TunnelError> {
+        proto: Proto,
+    ) -> Result<Vec<SocketAddr>, TunnelError> {
         let (host, port) = (dest.host(), dest.port());
         let name = host.name();
         let alias = name.and_then(|n| self.aliases.get(&(n.to_owned(), port)).copied());
@@ -111,6 +114,7 @@ impl Dialer {
                     name,
                     addr: *ip,
                     port,
+                    proto,
                     alias: alias.is_some(),
                     peer_groups: None,
                 };
@@ -121,6 +125,18 @@ impl Dialer {
         if allowed.is_empty() {
             return Err(TunnelError::NotAllowed);
         }
+        Ok(allowed)
+    }
+
+    /// Resolves, checks policy and connects over TCP. The returned error is
+    /// what the device's SOCKS client will be told.
+    pub async fn dial(
+        &self,
+        who: &Identity,
+        rules: &[Rule],
+        dest: &Destination,
+    ) -> Result<TcpStream, TunnelError> {
+        let allowed = self.allowed(who, rules, dest, Proto::Tcp).await?;
         let mut last = TunnelError::HostUnreachable;
         for to in allowed {
             match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(to)).await {

@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
-use shimgate_registry::{Action, Dest, Rule, Subject};
+use shimgate_registry::{Action, Dest, Proto, Rule, Subject};
 use shimgate_wire::enroll::Routes;
 
 use crate::cache::Identity;
@@ -23,6 +23,8 @@ pub struct Target<'a> {
     pub name: Option<&'a str>,
     pub addr: IpAddr,
     pub port: u16,
+    /// TCP or UDP.
+    pub proto: Proto,
     /// The operator mapped this name to this address in the gateway's own
     /// configuration (`--alias`), which counts as naming it explicitly.
     pub alias: bool,
@@ -85,6 +87,7 @@ fn dest_matches(dest: &Dest, target: &Target) -> bool {
 
 fn rule_matches(rule: &Rule, who: &Identity, target: &Target) -> bool {
     (rule.port_lo..=rule.port_hi).contains(&target.port)
+        && rule.proto.covers(target.proto)
         && subject_matches(&rule.subject, who)
         && dest_matches(&rule.dest, target)
 }
@@ -102,10 +105,12 @@ fn is_local(addr: IpAddr) -> bool {
 }
 
 /// Whether deny rule `deny` refuses everything allow rule `allow` opens:
-/// every port, and a destination at least as wide.
+/// every port and protocol, and a destination at least as wide.
 fn shadows(deny: &Rule, allow: &Rule) -> bool {
     let ports = deny.port_lo <= allow.port_lo && allow.port_hi <= deny.port_hi;
+    let protos = deny.proto == Proto::Any || deny.proto == allow.proto;
     ports
+        && protos
         && match (&deny.dest, &allow.dest) {
             (Dest::Cidr(d), Dest::Cidr(a)) => d.contains(a),
             (Dest::Domain(d), Dest::Domain(a)) => domain_matches(d, a),
@@ -189,6 +194,7 @@ mod tests {
             dest: dest.parse().unwrap(),
             port_lo: ports.0,
             port_hi: ports.1,
+            proto: Proto::Tcp,
             action: action.parse().unwrap(),
             created_by: "test".into(),
             created_at: 0,
@@ -200,6 +206,7 @@ mod tests {
             name,
             addr: addr.parse().unwrap(),
             port,
+            proto: Proto::Tcp,
             alias: false,
             peer_groups: None,
         }
@@ -343,6 +350,36 @@ mod tests {
         assert!(check(&exact, at(None, "127.0.0.1", 8443)));
     }
 
+    /// A rule applies to its protocol only; rules from before UDP mean TCP,
+    /// so an upgrade opens nothing.
+    #[test]
+    fn protocols_are_kept_apart() {
+        let udp = |t: Target<'static>| Target {
+            proto: Proto::Udp,
+            ..t
+        };
+        let with = |proto: Proto| {
+            [Rule {
+                proto,
+                ..rule("*", "192.0.2.0/24", (53, 53), "allow")
+            }]
+        };
+        let dns = || at(None, "192.0.2.53", 53);
+        assert!(check(&with(Proto::Tcp), dns()));
+        assert!(!check(&with(Proto::Tcp), udp(dns())));
+        assert!(check(&with(Proto::Udp), udp(dns())));
+        assert!(!check(&with(Proto::Udp), dns()));
+        assert!(check(&with(Proto::Any), dns()) && check(&with(Proto::Any), udp(dns())));
+        // A UDP-only deny takes nothing from a TCP allow, and the reverse.
+        let mut rules = with(Proto::Any).to_vec();
+        rules.push(Rule {
+            proto: Proto::Udp,
+            ..rule("*", "192.0.2.0/24", (1, 65535), "deny")
+        });
+        assert!(check(&rules, dns()) && !check(&rules, udp(dns())));
+        assert_eq!(routes(&rules, &who()).cidrs, ["192.0.2.0/24"]);
+    }
+
     #[test]
     fn aliases_are_explicit() {
         let rules = [rule("*", "intranet.internal", (80, 80), "allow")];
@@ -350,6 +387,7 @@ mod tests {
             name: Some("intranet.internal"),
             addr: "127.0.0.1".parse().unwrap(),
             port: 80,
+            proto: Proto::Tcp,
             alias: true,
             peer_groups: None,
         };
@@ -358,6 +396,7 @@ mod tests {
             name: Some("intranet.internal"),
             addr: "127.0.0.1".parse().unwrap(),
             port: 80,
+            proto: Proto::Tcp,
             alias: true,
             peer_groups: None,
         };
@@ -470,6 +509,7 @@ mod tests {
                 dest,
                 port_lo: lo,
                 port_hi: hi,
+                proto: Proto::Tcp,
                 action,
                 created_by: "proptest".into(),
                 created_at: 0,
@@ -497,6 +537,7 @@ mod tests {
                 name,
                 addr,
                 port,
+                proto: Proto::Tcp,
                 alias: false,
                 peer_groups: None,
             };
@@ -514,6 +555,7 @@ mod tests {
                     name: t.0,
                     addr: t.1.to_canonical(),
                     port: t.2,
+                    proto: Proto::Tcp,
                     alias: false,
                     peer_groups: None,
                 };

@@ -25,7 +25,8 @@ impl ParseError {
         }
     }
 
-    /// What was being parsed ("rule subject", "rule destination", "rule action").
+    /// What was being parsed ("rule subject", "rule destination", "rule action", "rule protocol",
+    /// "port range").
     pub fn what(&self) -> &'static str {
         self.what
     }
@@ -89,6 +90,51 @@ pub enum Dest {
 pub enum Action {
     Allow,
     Deny,
+}
+
+/// The protocol a rule applies to. Text: `tcp`, `udp`, `any`. A flow is TCP
+/// or UDP; `any` covers both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Proto {
+    /// What every rule meant before UDP existed, and the default.
+    #[default]
+    Tcp,
+    Udp,
+    Any,
+}
+
+impl Proto {
+    /// Whether a rule for `self` applies to a flow of protocol `flow`.
+    pub fn covers(self, flow: Proto) -> bool {
+        self == Proto::Any || self == flow
+    }
+}
+
+impl FromStr for Proto {
+    type Err = ParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "tcp" => Ok(Proto::Tcp),
+            "udp" => Ok(Proto::Udp),
+            "any" => Ok(Proto::Any),
+            _ => Err(ParseError::new(
+                "rule protocol",
+                s,
+                "expected \"tcp\", \"udp\" or \"any\"",
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+            Proto::Any => "any",
+        })
+    }
 }
 
 fn check_subject_name(input: &str, name: &str) -> Result<String, ParseError> {
@@ -304,11 +350,22 @@ macro_rules! serde_via_text {
         }
     )*};
 }
-serde_via_text!(Subject, Dest, Action);
+serde_via_text!(Subject, Dest, Action, Proto);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn protocols() {
+        assert_eq!(roundtrip::<Proto>(" UDP "), "udp");
+        assert_eq!(roundtrip::<Proto>("any"), "any");
+        assert!("icmp".parse::<Proto>().is_err());
+        assert!(Proto::Any.covers(Proto::Udp) && Proto::Any.covers(Proto::Tcp));
+        assert!(Proto::Tcp.covers(Proto::Tcp) && !Proto::Tcp.covers(Proto::Udp));
+        assert!(!Proto::Udp.covers(Proto::Tcp));
+        assert_eq!(Proto::default(), Proto::Tcp);
+    }
 
     #[test]
     fn ports() {

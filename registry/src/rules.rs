@@ -4,7 +4,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use crate::changes::bump;
-use crate::{Action, Dest, Error, Registry, Result, Subject};
+use crate::{Action, Dest, Error, Proto, Registry, Result, Subject};
 use shimgate_host::clock;
 
 /// A rule to add.
@@ -16,6 +16,7 @@ pub struct NewRule {
     pub port_lo: u16,
     /// Last port, at least `port_lo`.
     pub port_hi: u16,
+    pub proto: Proto,
     pub action: Action,
     pub created_by: String,
 }
@@ -28,6 +29,7 @@ pub struct Rule {
     pub dest: Dest,
     pub port_lo: u16,
     pub port_hi: u16,
+    pub proto: Proto,
     pub action: Action,
     pub created_by: String,
     pub created_at: i64,
@@ -54,6 +56,7 @@ fn rule_from_row(row: &AnyRow) -> Result<Rule> {
     };
     let dest: String = row.try_get("dest")?;
     let action: String = row.try_get("action")?;
+    let proto: String = row.try_get("proto")?;
     let port_lo: i64 = row.try_get("port_lo")?;
     let port_hi: i64 = row.try_get("port_hi")?;
     Ok(Rule {
@@ -62,6 +65,7 @@ fn rule_from_row(row: &AnyRow) -> Result<Rule> {
         dest: dest.parse().map_err(|_| corrupt("destination"))?,
         port_lo: u16::try_from(port_lo).map_err(|_| corrupt("port"))?,
         port_hi: u16::try_from(port_hi).map_err(|_| corrupt("port"))?,
+        proto: proto.parse().map_err(|_| corrupt("protocol"))?,
         action: action.parse().map_err(|_| corrupt("action"))?,
         created_by: row.try_get("created_by")?,
         created_at: row.try_get("created_at")?,
@@ -91,14 +95,16 @@ impl Registry {
         bump(&mut tx).await?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO policy_rules \
-             (subject_kind, subject_name, dest, port_lo, port_hi, action, created_by, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+             (subject_kind, subject_name, dest, port_lo, port_hi, proto, action, created_by, \
+              created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
         )
         .bind(kind)
         .bind(name)
         .bind(dest.to_string())
         .bind(i64::from(r.port_lo))
         .bind(i64::from(r.port_hi))
+        .bind(r.proto.to_string())
         .bind(r.action.to_string())
         .bind(&r.created_by)
         .bind(created_at)
@@ -111,6 +117,7 @@ impl Registry {
             dest,
             port_lo: r.port_lo,
             port_hi: r.port_hi,
+            proto: r.proto,
             action: r.action,
             created_by: r.created_by,
             created_at,
@@ -120,8 +127,8 @@ impl Registry {
     /// Every rule, in the order added.
     pub async fn list_rules(&self) -> Result<Vec<Rule>> {
         let rows = sqlx::query(
-            "SELECT id, subject_kind, subject_name, dest, port_lo, port_hi, action, created_by, \
-                    created_at \
+            "SELECT id, subject_kind, subject_name, dest, port_lo, port_hi, proto, action, \
+                    created_by, created_at \
              FROM policy_rules ORDER BY id",
         )
         .fetch_all(&self.pool)

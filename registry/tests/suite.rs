@@ -13,7 +13,7 @@ use futures::FutureExt;
 use sha2::{Digest, Sha256};
 use shimgate_registry::{
     Action, AuditQuery, Backend, Dest, DeviceStatus, Error, Invitee, NewAudit, NewCertificate,
-    NewInvitation, NewRule, NewToken, RedeemError, Redemption, Registry, Subject, VPN_RANGE,
+    NewInvitation, NewRule, NewToken, Proto, RedeemError, Redemption, Registry, Subject, VPN_RANGE,
 };
 use sqlx::{Connection, Executor};
 
@@ -218,6 +218,7 @@ fn rule(subject: &str, dest: &str, ports: (u16, u16), action: Action) -> NewRule
         dest: dest.parse().expect("dest"),
         port_lo: ports.0,
         port_hi: ports.1,
+        proto: Proto::Tcp,
         action,
         created_by: "admin".into(),
     }
@@ -923,12 +924,10 @@ async fn rules(env: Env) {
         .await
         .expect("b");
     let c = r
-        .add_rule(rule(
-            "user:alice",
-            "2001:db8::1/32",
-            (443, 8443),
-            Action::Allow,
-        ))
+        .add_rule(NewRule {
+            proto: Proto::Udp,
+            ..rule("user:alice", "2001:db8::1/32", (443, 8443), Action::Allow)
+        })
         .await
         .expect("c");
     assert!(r.change_seq().await.expect("seq") >= seq0 + 3);
@@ -937,6 +936,7 @@ async fn rules(env: Env) {
     assert_eq!(b.dest, Dest::Domain("intranet.internal".into()));
     assert_eq!(c.dest.to_string(), "2001:db8::/32", "host bits dropped");
     assert_eq!((c.port_lo, c.port_hi), (443, 8443));
+    assert_eq!((a.proto, c.proto), (Proto::Tcp, Proto::Udp));
     assert_eq!(a.created_by, "admin");
 
     let listed = r.list_rules().await.expect("list");
@@ -968,6 +968,19 @@ async fn rules(env: Env) {
     assert!(!r.remove_rule(b.id).await.expect("remove again"));
     assert!(!r.remove_rule(987_654).await.expect("remove unknown"));
     assert_eq!(r.list_rules().await.expect("list"), [a, c]);
+
+    // A rule stored before rules had a protocol (the column's default) still means TCP only.
+    let mut raw = env.raw().await;
+    sqlx::query(
+        "INSERT INTO policy_rules \
+         (subject_kind, subject_name, dest, port_lo, port_hi, action, created_by, created_at) \
+         VALUES ('everyone', NULL, '192.0.2.0/24', 53, 53, 'allow', 'old', 0)",
+    )
+    .execute(&mut raw)
+    .await
+    .expect("a rule as the old schema wrote it");
+    let old = r.list_rules().await.expect("list");
+    assert_eq!(old.last().map(|o| o.proto), Some(Proto::Tcp));
 }
 
 async fn audit(env: Env) {

@@ -452,6 +452,7 @@ pub fn openapi_document() -> serde_json::Value {
                     "action": { "type": "string", "enum": ["allow", "deny"] },
                     "to": { "type": "string", "description": "CIDR, IP or domain suffix" },
                     "ports": { "type": "string", "example": "80 or 8000-8100; empty: all" },
+                    "proto": { "type": "string", "enum": ["tcp", "udp", "any"], "description": "empty: tcp" },
                     "subject": { "type": "string", "example": "*, user:NAME or group:NAME" }
                 }), &["action", "to"]) }))
             },

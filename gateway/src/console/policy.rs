@@ -7,7 +7,7 @@ use axum::Form;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use shimgate_registry::{Action, Dest, NewRule, Rule, Subject};
+use shimgate_registry::{Action, Dest, NewRule, Proto, Rule, Subject};
 
 use super::Peer;
 use super::auth::{CsrfOnly, Nav};
@@ -28,6 +28,9 @@ pub struct RuleInput {
     /// `*`, `user:NAME` or `group:NAME`; empty means everyone.
     #[serde(default)]
     pub subject: String,
+    /// `tcp`, `udp` or `any`; empty means `tcp`.
+    #[serde(default)]
+    pub proto: String,
 }
 
 fn bad(e: impl std::fmt::Display) -> Failure {
@@ -37,7 +40,7 @@ fn bad(e: impl std::fmt::Display) -> Failure {
 impl RuleInput {
     /// The rule to store, with its fields parsed and checked (no database involved): what the
     /// policy form and `POST /api/v1/policy` add. Empty `subject` means everyone, empty
-    /// `ports` all ports.
+    /// `ports` all ports, empty `proto` TCP.
     pub fn to_rule(&self, created_by: &str) -> Result<NewRule, Failure> {
         let action: Action = self.action.trim().parse().map_err(bad)?;
         let dest: Dest = self.to.trim().parse().map_err(bad)?;
@@ -50,11 +53,16 @@ impl RuleInput {
             p => p,
         };
         let (port_lo, port_hi) = shimgate_registry::parse_ports(ports).map_err(bad)?;
+        let proto: Proto = match self.proto.trim() {
+            "" => Proto::Tcp,
+            p => p.parse().map_err(bad)?,
+        };
         Ok(NewRule {
             subject,
             dest,
             port_lo,
             port_hi,
+            proto,
             action,
             created_by: created_by.to_owned(),
         })
@@ -74,8 +82,8 @@ impl Console {
             "policy.add",
             &rule.id.to_string(),
             format!(
-                "{} {} -> {} ports {}-{}",
-                rule.action, rule.subject, rule.dest, rule.port_lo, rule.port_hi
+                "{} {} -> {} ports {}-{} {}",
+                rule.action, rule.subject, rule.dest, rule.port_lo, rule.port_hi, rule.proto
             ),
         )
         .await;
@@ -108,6 +116,7 @@ struct RuleLine {
     subject: String,
     dest: String,
     ports: String,
+    proto: String,
     created_by: String,
 }
 
@@ -139,6 +148,7 @@ pub async fn page(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response
                 subject: r.subject.to_string(),
                 dest: r.dest.to_string(),
                 ports: ports_text(r.port_lo, r.port_hi),
+                proto: r.proto.to_string(),
                 created_by: r.created_by,
             })
             .collect(),

@@ -141,6 +141,7 @@ fuzz_target!(|data: &[u8]| {
                     f.rule.to.clone(),
                     f.rule.ports.clone(),
                     f.rule.subject.clone(),
+                    f.rule.proto.clone(),
                 )
             }) else {
                 return;
@@ -160,6 +161,7 @@ fuzz_target!(|data: &[u8]| {
                 to: rule.dest.to_string(),
                 ports: policy::ports_text(rule.port_lo, rule.port_hi),
                 subject: rule.subject.to_string(),
+                proto: rule.proto.to_string(),
             };
             match shown.to_rule("admin:fuzz") {
                 Ok(again) => assert_eq!(again, rule, "shown as {shown:?}"),

@@ -14,6 +14,7 @@
 //! - [`broker`]: peer sessions: who is online, key brokering, the relay.
 //! - [`sessions`]: open tunnels and recent peer sessions, for the console.
 //! - [`dial`]: aliases, name resolution, connecting.
+//! - [`udp`]: UDP associations: datagrams to and from the networks it guards.
 //! - [`policy`]: who may reach what; [`ratelimit`]: per-address token buckets.
 //! - [`console`]: the web console, the JSON API, metrics and health checks.
 //!
@@ -34,5 +35,6 @@ pub mod server;
 pub mod sessions;
 pub mod setup;
 pub mod tls;
+pub mod udp;
 
 pub use setup::{Gateway, init, start};

@@ -14,6 +14,7 @@ use http::{Method, Request, Response, StatusCode};
 use shimgate_host::clock;
 use shimgate_registry::Registry;
 use shimgate_wire::control::{self, CONTROL_PATH, RELAY_PATH, SESSION_PATH, SessionRequest};
+use shimgate_wire::datagram::UDP_PATH;
 use shimgate_wire::dest::Destination;
 use shimgate_wire::enroll::{ENROLL_PATH, RENEW_PATH, ROUTES_PATH, WHOAMI_PATH, WhoAmI};
 use shimgate_wire::tunnel::{BOUND_HEADER, TunnelError};
@@ -280,6 +281,7 @@ impl Gateway {
             (Method::POST, CONTROL_PATH, Some(id)) => {
                 self.broker.control(id, peer.ip(), req, respond).await
             }
+            (Method::POST, UDP_PATH, Some(id)) => self.udp(req, respond, &id).await,
             (Method::POST, SESSION_PATH, Some(id)) => {
                 self.peer_session(req, respond, &id, peer).await
             }

@@ -8,6 +8,7 @@
 //! - [`enroll`]: `shimgate enroll CODE`.
 //! - [`pool`]: the long-lived connections; opens tunnels; reconnects.
 //! - [`socks`]: the SOCKS5 server; peer destinations go to [`peer`].
+//! - [`udp`]: SOCKS5 UDP ASSOCIATE, datagrams over one stream to the gateway.
 //! - [`pac`]: the PAC file served on the SOCKS port, from the routes the
 //!   gateway's policy gives this device.
 //! - [`peer`]: peer-to-peer sessions: dialling a peer (direct, else relay),
@@ -31,4 +32,5 @@ pub mod renew;
 pub mod socks;
 pub mod status;
 pub mod tls;
+pub mod udp;
 pub mod up;

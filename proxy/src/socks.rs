@@ -2,8 +2,9 @@
 //!
 //! Each CONNECT becomes a tunnel through the gateway (the name is resolved
 //! by the gateway, socks5h-style, even when the client sent an address);
-//! the gateway's answer becomes the SOCKS reply code. BIND and UDP
-//! ASSOCIATE are answered "command not supported", never left hanging.
+//! the gateway's answer becomes the SOCKS reply code. UDP ASSOCIATE is
+//! [`crate::udp`]'s; BIND is answered "command not supported", never left
+//! hanging.
 //! An HTTP `GET` on the same port gets the PAC file ([`crate::pac`]).
 
 use std::net::SocketAddr;
@@ -46,7 +47,7 @@ impl Credentials {
 }
 
 /// The reply fast-socks5 sends for `e` (the code is [`TunnelError::socks_reply`]).
-fn reply_for(e: TunnelError) -> ReplyError {
+pub(crate) fn reply_for(e: TunnelError) -> ReplyError {
     ReplyError::from_u8(e.socks_reply())
 }
 
@@ -99,7 +100,7 @@ pub async fn serve(
 }
 
 #[derive(Debug, thiserror::Error)]
-enum SocksError {
+pub(crate) enum SocksError {
     #[error(transparent)]
     Protocol(#[from] fast_socks5::server::SocksServerError),
     #[error("client too slow to send its request")]
@@ -120,6 +121,7 @@ async fn handle(
     pac: &Pac,
 ) -> Result<(), SocksError> {
     let _ = sock.set_nodelay(true);
+    let local = sock.local_addr()?;
     let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
     // SOCKS5 starts with its version byte, 0x05; `G` is an HTTP GET.
     let mut first = [0u8; 1];
@@ -143,9 +145,15 @@ async fn handle(
     let (proto, command, target) = tokio::time::timeout_at(deadline, request)
         .await
         .map_err(|_| SocksError::Timeout)??;
-    if command != Socks5Command::TCPConnect {
-        proto.reply_error(&ReplyError::CommandNotSupported).await?;
-        return Ok(());
+    match command {
+        Socks5Command::TCPConnect => {}
+        Socks5Command::UDPAssociate => {
+            return crate::udp::associate(proto, local, peer, &target, &pool, &peers, slot).await;
+        }
+        Socks5Command::TCPBind => {
+            proto.reply_error(&ReplyError::CommandNotSupported).await?;
+            return Ok(());
+        }
     }
     let dest = match destination(&target) {
         Ok(d) => d,

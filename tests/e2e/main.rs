@@ -44,3 +44,4 @@ mod restart;
 mod revoke;
 mod socks_protocol;
 mod status;
+mod udp;

@@ -3,6 +3,7 @@
 //!
 //! - [`dest`]: where a flow goes ([`dest::Destination`]): what every shim
 //!   hands the tunnel layer and the gateway dials.
+//! - [`datagram`]: UDP datagrams framed on an HTTP/2 stream, with their far end.
 //! - [`code`]: the enrollment code an admin hands to a user.
 //! - [`tunnel`]: how the gateway reports why it could not open a tunnel, and
 //!   the SOCKS5 reply each reason maps to.
@@ -22,6 +23,7 @@
 pub mod body;
 pub mod code;
 pub mod control;
+pub mod datagram;
 pub mod dest;
 pub mod enroll;
 pub mod h2tuning;

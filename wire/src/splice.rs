@@ -118,23 +118,29 @@ async fn socket_to_h2<R: AsyncRead>(rd: R, mut send: SendStream<Bytes>) -> io::R
         if n >= want {
             want = (want * 2).min(CHUNK);
         }
-        let mut data = buf.split().freeze();
-        while !data.is_empty() {
-            send.reserve_capacity(data.len());
-            let granted = match std::future::poll_fn(|cx| send.poll_capacity(cx)).await {
-                Some(Ok(granted)) => granted,
-                Some(Err(e)) => return Err(h2_to_io(e)),
-                None => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::BrokenPipe,
-                        "tunnel stream closed",
-                    ));
-                }
-            };
-            let chunk = data.split_to(granted.min(data.len()));
-            send.send_data(chunk, false).map_err(h2_to_io)?;
-        }
+        send_all(&mut send, buf.split().freeze()).await?;
     }
+}
+
+/// Sends all of `data` on `send` as flow control allows it, waiting for the
+/// peer's window (backpressure) rather than buffering without limit.
+pub async fn send_all(send: &mut SendStream<Bytes>, mut data: Bytes) -> io::Result<()> {
+    while !data.is_empty() {
+        send.reserve_capacity(data.len());
+        let granted = match std::future::poll_fn(|cx| send.poll_capacity(cx)).await {
+            Some(Ok(granted)) => granted,
+            Some(Err(e)) => return Err(h2_to_io(e)),
+            None => {
+                return Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "the stream was closed",
+                ));
+            }
+        };
+        let chunk = data.split_to(granted.min(data.len()));
+        send.send_data(chunk, false).map_err(h2_to_io)?;
+    }
+    Ok(())
 }
 
 async fn h2_to_socket<W: AsyncWrite>(mut recv: RecvStream, wr: W) -> io::Result<u64> {
@@ -183,7 +189,7 @@ async fn h2_to_h2(
     counter: &std::sync::atomic::AtomicU64,
 ) -> io::Result<()> {
     while let Some(chunk) = recv.data().await {
-        let mut chunk = match chunk {
+        let chunk = match chunk {
             Ok(c) => c,
             Err(e) => {
                 send.send_reset(Reason::CANCEL);
@@ -191,23 +197,7 @@ async fn h2_to_h2(
             }
         };
         let len = chunk.len();
-        while !chunk.is_empty() {
-            send.reserve_capacity(chunk.len());
-            let granted = match std::future::poll_fn(|cx| send.poll_capacity(cx)).await {
-                Some(Ok(granted)) => granted,
-                Some(Err(e)) => {
-                    return Err(h2_to_io(e));
-                }
-                None => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::BrokenPipe,
-                        "relay stream closed",
-                    ));
-                }
-            };
-            let part = chunk.split_to(granted.min(chunk.len()));
-            send.send_data(part, false).map_err(h2_to_io)?;
-        }
+        send_all(&mut send, chunk).await?;
         counter.fetch_add(len as u64, std::sync::atomic::Ordering::Relaxed);
         // Released only once passed on: the sender can't outrun the receiver.
         let _ = recv.flow_control().release_capacity(len);

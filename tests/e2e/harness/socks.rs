@@ -54,6 +54,8 @@ pub use shimgate_wire::tunnel::socks_reply_name as reply_name;
 #[derive(Debug)]
 pub struct Reply {
     pub code: u8,
+    /// BND.ADDR:BND.PORT when it is an address (for UDP ASSOCIATE: the relay).
+    pub bound: Option<SocketAddr>,
 }
 
 /// Greeting (no-auth) + request with `cmd`; returns the reply and the stream
@@ -106,14 +108,26 @@ pub fn read_reply(s: &mut TcpStream) -> io::Result<Reply> {
     if head[0] != 5 {
         return Err(io::Error::other(format!("bad reply version {head:?}")));
     }
-    // BND.ADDR and BND.PORT: read and discard
-    let rest = match head[3] {
-        1 => 4 + 2,
-        4 => 16 + 2,
+    let bound = match head[3] {
+        1 => {
+            let mut a = [0u8; 6];
+            s.read_exact(&mut a)?;
+            let ip = Ipv4Addr::new(a[0], a[1], a[2], a[3]);
+            Some(SocketAddr::new(ip.into(), u16::from_be_bytes([a[4], a[5]])))
+        }
+        4 => {
+            let mut a = [0u8; 18];
+            s.read_exact(&mut a)?;
+            let octets: [u8; 16] = a[..16].try_into().expect("16 bytes");
+            let port = u16::from_be_bytes([a[16], a[17]]);
+            Some(SocketAddr::new(Ipv6Addr::from(octets).into(), port))
+        }
         3 => {
             let mut len = [0u8; 1];
             s.read_exact(&mut len)?;
-            len[0] as usize + 2
+            let mut skip = vec![0u8; len[0] as usize + 2];
+            s.read_exact(&mut skip)?;
+            None
         }
         other => {
             return Err(io::Error::other(format!(
@@ -122,9 +136,10 @@ pub fn read_reply(s: &mut TcpStream) -> io::Result<Reply> {
             )));
         }
     };
-    let mut skip = vec![0u8; rest];
-    s.read_exact(&mut skip)?;
-    Ok(Reply { code: head[1] })
+    Ok(Reply {
+        code: head[1],
+        bound,
+    })
 }
 
 /// CONNECT; returns the reply code and the stream.

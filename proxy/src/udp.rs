@@ -1,0 +1,207 @@
+//! SOCKS5 UDP ASSOCIATE (RFC 1928 §7): a relay socket for one client,
+//! whose datagrams ride one HTTP/2 stream to the gateway
+//! (`wire::datagram`), which sends them on under policy.
+//!
+//! The relay binds the address the client's TCP connection came in on
+//! (loopback for a local client), not every interface. Only the client may
+//! use it: the source must be the TCP connection's address (and the port the
+//! request named, if it named one); the first datagram from there pins the
+//! client's port. Fragments (FRAG ≠ 0) and malformed headers are dropped.
+//! The association ends with its TCP connection, or when the gateway ends
+//! the stream (the TCP connection is then closed, so the client knows).
+
+use std::net::SocketAddr;
+
+use bytes::{Bytes, BytesMut};
+use fast_socks5::server::Socks5ServerProtocol;
+use fast_socks5::server::states::CommandRead;
+use fast_socks5::util::target_addr::TargetAddr;
+use http::{Method, Request};
+use shimgate_wire::datagram::{self, Decoder, UDP_PATH};
+use shimgate_wire::dest::Destination;
+use shimgate_wire::splice;
+use shimgate_wire::tunnel::TunnelError;
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpStream, UdpSocket};
+
+use crate::client;
+use crate::peer::Peers;
+use crate::pool::Pool;
+
+/// Who may send to the relay.
+struct Client {
+    ip: std::net::IpAddr,
+    /// The port the request named, or the one the first datagram came from.
+    port: Option<u16>,
+}
+
+impl Client {
+    /// Whether `from` is the client, pinning its port on first use.
+    fn admits(&mut self, from: SocketAddr) -> bool {
+        if from.ip().to_canonical() != self.ip {
+            return false;
+        }
+        match self.port {
+            Some(p) => p == from.port(),
+            None => {
+                self.port = Some(from.port());
+                true
+            }
+        }
+    }
+
+    fn addr(&self) -> Option<SocketAddr> {
+        self.port.map(|p| SocketAddr::new(self.ip, p))
+    }
+}
+
+/// Serves one UDP ASSOCIATE request. `local` is where the client's TCP
+/// connection arrived, `peer` where it came from, `hint` the address the
+/// client said it would send from (often all zeros).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn associate(
+    proto: Socks5ServerProtocol<TcpStream, CommandRead>,
+    local: SocketAddr,
+    peer: SocketAddr,
+    hint: &TargetAddr,
+    pool: &Pool,
+    peers: &Peers,
+    slot: usize,
+) -> Result<(), crate::socks::SocksError> {
+    let opened = async {
+        let relay = UdpSocket::bind(SocketAddr::new(local.ip(), 0))
+            .await
+            .map_err(|_| TunnelError::General)?;
+        let send = pool.sender(slot).await?;
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(UDP_PATH)
+            .body(())
+            .map_err(|_| TunnelError::General)?;
+        let (response, stream) = client::open_stream(send, req, None).await?;
+        Ok::<_, TunnelError>((relay, response.into_body(), stream))
+    };
+    let (relay, mut down, mut up) = match opened.await {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::info!(%peer, reason = %e, "udp association refused");
+            proto.reply_error(&crate::socks::reply_for(e)).await?;
+            return Ok(());
+        }
+    };
+    let bound = relay.local_addr()?;
+    let mut control = proto.reply_success(bound).await?;
+    let hinted_port = match hint {
+        TargetAddr::Ip(a) if a.port() != 0 => Some(a.port()),
+        _ => None,
+    };
+    let mut client = Client {
+        ip: peer.ip().to_canonical(),
+        port: hinted_port,
+    };
+    tracing::debug!(%peer, relay = %bound, "udp association open");
+    let mut decoder = Decoder::default();
+    let mut buf = vec![0u8; datagram::MAX_PAYLOAD + 512];
+    let mut sink = [0u8; 64];
+    let why = loop {
+        tokio::select! {
+            // The client's TCP connection: its end is the association's end.
+            n = control.read(&mut sink) => match n {
+                Ok(0) | Err(_) => break "the client closed its TCP connection",
+                Ok(_) => {}
+            },
+            got = relay.recv_from(&mut buf) => {
+                let Ok((n, from)) = got else { continue };
+                if !client.admits(from) {
+                    tracing::debug!(%from, "udp datagram from another address dropped");
+                    continue;
+                }
+                let Some((dest, payload)) = buf.get(..n).and_then(socks_datagram) else {
+                    tracing::debug!(%from, "malformed or fragmented socks datagram dropped");
+                    continue;
+                };
+                if peers.destination(dest.host()).is_some() {
+                    tracing::info!(%dest, "udp to peer devices is not carried yet: dropped");
+                    continue;
+                }
+                let Ok(frame) = datagram::encode(&dest, &payload) else { continue };
+                if splice::send_all(&mut up, frame).await.is_err() {
+                    break "the gateway's stream failed";
+                }
+            }
+            chunk = down.data() => {
+                let chunk = match chunk {
+                    None => break "the gateway ended it",
+                    Some(Err(_)) => break "the gateway's stream failed",
+                    Some(Ok(c)) => c,
+                };
+                let _ = down.flow_control().release_capacity(chunk.len());
+                decoder.push(&chunk);
+                while let Some(frame) = decoder.next_datagram() {
+                    let (Ok((from, payload)), Some(to)) = (frame, client.addr()) else { continue };
+                    let _ = relay.send_to(&socks_header(&from, &payload), to).await;
+                }
+            }
+        }
+    };
+    let _ = up.send_data(Bytes::new(), true);
+    tracing::debug!(%peer, why, "udp association closed");
+    Ok(())
+}
+
+/// A SOCKS UDP request datagram: `RSV(2) | FRAG(1) | ATYP | ADDR | PORT |
+/// DATA`. `None` for a fragment or a malformed header.
+fn socks_datagram(packet: &[u8]) -> Option<(Destination, Bytes)> {
+    let (head, rest) = packet.split_at_checked(3)?;
+    if head.get(2) != Some(&0) {
+        return None;
+    }
+    let mut rest = Bytes::copy_from_slice(rest);
+    let dest = datagram::take_address(&mut rest).ok()?;
+    Some((dest, rest))
+}
+
+/// The header a SOCKS client expects before an answer from `from`.
+fn socks_header(from: &Destination, payload: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(3 + 19 + payload.len());
+    out.extend_from_slice(&[0, 0, 0]);
+    datagram::put_address(from, &mut out);
+    out.extend_from_slice(payload);
+    out.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socks_datagrams() {
+        let packet = [0, 0, 0, 1, 192, 0, 2, 53, 0, 53, b'q'];
+        let (dest, data) = socks_datagram(&packet).unwrap();
+        assert_eq!(dest.to_string(), "192.0.2.53:53");
+        assert_eq!(&data[..], b"q");
+        // A fragment, a truncated header, a bad name, no header at all.
+        for bad in [
+            &[0, 0, 1, 1, 192, 0, 2, 53, 0, 53, b'q'][..],
+            &[0, 0, 0, 1, 192, 0],
+            &[0, 0, 0, 3, 3, b'a', b' ', b'b', 0, 53],
+            &[0, 0],
+        ] {
+            assert!(socks_datagram(bad).is_none(), "{bad:?}");
+        }
+        let back = socks_header(&dest, b"a");
+        assert_eq!(&back[..], &[0, 0, 0, 1, 192, 0, 2, 53, 0, 53, b'a']);
+    }
+
+    #[test]
+    fn only_the_client_may_send() {
+        let mut c = Client {
+            ip: "127.0.0.1".parse().unwrap(),
+            port: None,
+        };
+        assert!(!c.admits("127.0.0.2:5000".parse().unwrap()));
+        assert!(c.admits("127.0.0.1:5000".parse().unwrap()));
+        assert!(!c.admits("127.0.0.1:5001".parse().unwrap()), "pinned");
+        assert_eq!(c.addr(), Some("127.0.0.1:5000".parse().unwrap()));
+    }
+}

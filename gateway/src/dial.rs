@@ -87,7 +87,8 @@ impl Dialer {
 
     /// The addresses `who` may reach `dest` at over `proto`: the alias's, or
     /// what the name resolves to (socks5h semantics), each checked against
-    /// policy. The error is what the device's program will be told.
+    /// policy. A name no rule could allow is refused before any lookup. The
+    /// error is what the device's program will be told.
     pub async fn allowed(
         &self,
         who: &Identity,
@@ -101,6 +102,9 @@ impl Dialer {
         let candidates: Vec<(IpAddr, SocketAddr)> = match (host, alias) {
             (_, Some(target)) => vec![(target.ip(), target)],
             (Host::Ip(ip), None) => vec![(*ip, SocketAddr::new(*ip, port))],
+            (Host::Name(n), None) if !policy::could_allow(rules, who, n, port, proto) => {
+                return Err(TunnelError::NotAllowed);
+            }
             (Host::Name(n), None) => resolve(n, port)
                 .await?
                 .into_iter()

@@ -143,6 +143,27 @@ pub(crate) fn routes(rules: &[Rule], who: &Identity) -> Routes {
     }
 }
 
+/// Whether some rule could let `who` reach the name `name` on `port` over
+/// `proto`, before the name is resolved: an allow rule for the name (or a
+/// domain above it), or any allow rule by CIDR (the name might resolve into
+/// it), and no deny rule for the name. When not, the gateway refuses without
+/// a lookup, so a device learns nothing of which internal names exist and
+/// the resolver does no work for a destination that can't be reached.
+pub fn could_allow(rules: &[Rule], who: &Identity, name: &str, port: u16, proto: Proto) -> bool {
+    let mine = || {
+        rules.iter().filter(|r| {
+            (r.port_lo..=r.port_hi).contains(&port)
+                && r.proto.covers(proto)
+                && subject_matches(&r.subject, who)
+        })
+    };
+    let names = |r: &Rule| matches!(&r.dest, Dest::Domain(d) if domain_matches(d, name));
+    if mine().any(|r| r.action == Action::Deny && names(r)) {
+        return false;
+    }
+    mine().any(|r| r.action == Action::Allow && (names(r) || matches!(r.dest, Dest::Cidr(_))))
+}
+
 /// The policy decision for one target.
 pub fn allows(rules: &[Rule], who: &Identity, target: &Target, own: SocketAddr) -> bool {
     let addr = target.addr.to_canonical();
@@ -348,6 +369,29 @@ mod tests {
         assert!(!check(&rules, at(None, "127.0.0.1", 8443)));
         let exact = [rule("*", "127.0.0.1/32", (8443, 8443), "allow")];
         assert!(check(&exact, at(None, "127.0.0.1", 8443)));
+    }
+
+    #[test]
+    fn names_no_rule_could_allow_are_refused_before_resolution() {
+        let rules = [
+            rule("*", "intranet.corp", (80, 80), "allow"),
+            rule("*", "secret.intranet.corp", (1, 65535), "deny"),
+            rule("*", "203.0.113.0/24", (443, 443), "allow"),
+        ];
+        let could = |name: &str, port: u16| could_allow(&rules, &who(), name, port, Proto::Tcp);
+        assert!(could("intranet.corp", 80));
+        assert!(could("wiki.intranet.corp", 80));
+        assert!(!could("intranet.corp", 81), "no rule for that port");
+        assert!(!could("secret.corp", 80), "no rule for that name");
+        assert!(!could("secret.intranet.corp", 80), "denied by name");
+        assert!(
+            could("anything.example", 443),
+            "a CIDR rule might match its address"
+        );
+        assert!(
+            !could_allow(&rules, &who(), "intranet.corp", 80, Proto::Udp),
+            "TCP rules only"
+        );
     }
 
     /// A rule applies to its protocol only; rules from before UDP mean TCP,

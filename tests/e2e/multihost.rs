@@ -171,6 +171,83 @@ fn intranet_only_through_the_gateway() {
     assert!(page.contains("gateway host service"), "{page}");
 }
 
+/// A name no rule of the device could allow (not by name, not on that
+/// port, not by any CIDR) is refused with 0x02 before any lookup: no DNS
+/// query leaves the gateway, so the reply code tells nothing about which
+/// internal names exist. Where a CIDR rule might match, the name is
+/// resolved and its address checked, as before.
+#[test]
+fn policy_is_asked_before_the_name_is_resolved() {
+    if !netns::require_root("multihost::policy_is_asked_before_the_name_is_resolved") {
+        return;
+    }
+    let dev_ns = Netns::new("sg-dev-");
+    let gw_ns = Netns::new("sg-gw-");
+    let intra_ns = Netns::new("sg-intra-");
+    veth(&dev_ns, "198.51.100.2/24", &gw_ns, "198.51.100.1/24");
+    veth(&gw_ns, "203.0.113.1/24", &intra_ns, "203.0.113.2/24");
+    let body = unique_body("named intranet page");
+    let web = Origin::from_listener(
+        netns::bind_in(Some(&intra_ns.name), SocketAddr::new(INTRA.into(), 8080)),
+        Mode::Http { body: body.clone() },
+    );
+    let dns_sock = netns::in_netns(Some(&gw_ns.name), || {
+        std::net::UdpSocket::bind("127.0.0.1:53").expect("bind a DNS server in sg-gw")
+    });
+    // Every name's first A answer is the intranet server, later ones loopback.
+    let dns = RebindingDns::start(dns_sock, INTRA, Ipv4Addr::LOCALHOST);
+    dns::use_nameserver(&gw_ns.name, "127.0.0.1:53".parse().unwrap());
+    let listen = SocketAddr::new(GW_DEV_SIDE.into(), 8443);
+    let spec = GatewaySpec {
+        netns: Some(gw_ns.name.clone()),
+        listen,
+        names: vec!["gw.shimgate.test".into()],
+        ips: vec![GW_DEV_SIDE.to_string()],
+        public_addr: Some(listen.to_string()),
+        aliases: vec![],
+    };
+    let mut gw = Gateway::init_spec(Backend::Sqlite, spec);
+    gw.allow("intranet.corp", &["--ports", "8080"]);
+    gw.allow("203.0.113.0/24", &["--ports", "443"]);
+    gw.serve();
+    let socks = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 1080);
+    let mut dev = Device::new_in("named-laptop", Some(&dev_ns.name), socks);
+    dev.enroll(&gw.token(USER)).expect_ok();
+    dev.up();
+    let ns = Some(dev_ns.name.as_str());
+
+    netns::in_netns(ns, || {
+        // No rule names it, and no CIDR rule covers port 8080.
+        socks::connect_expect(socks, "secret.corp", 8080, socks::NOT_ALLOWED);
+        // The name is allowed, the port is not.
+        socks::connect_expect(socks, "intranet.corp", 8081, socks::NOT_ALLOWED);
+    });
+    assert_eq!(
+        dns.a_queries(),
+        0,
+        "a name no rule could allow was resolved"
+    );
+
+    let page = netns::in_netns(ns, || {
+        let s = socks::connect_ok(socks, "intranet.corp", 8080);
+        socks::http_get(s, "intranet.corp")
+    });
+    assert!(page.contains(&body), "{page}");
+    assert_eq!(dns.a_queries(), 1, "an allowed name is resolved once");
+    web.expect_accepted(1, "origin connections");
+
+    // A CIDR rule might match whatever the name resolves to: it is resolved
+    // (now to loopback, which that rule does not open) and then refused.
+    netns::in_netns(ns, || {
+        socks::connect_expect(socks, "other.corp", 443, socks::NOT_ALLOWED)
+    });
+    assert_eq!(
+        dns.a_queries(),
+        2,
+        "a name a CIDR rule could allow was not resolved"
+    );
+}
+
 /// `up` on a non-loopback address refuses to start without SOCKS
 /// credentials, and with them, enforces them for clients on the LAN.
 ///

@@ -3,11 +3,14 @@
 //! through the tunnel and bob's page peer to peer, and Ctrl-C stops
 //! everything and removes its state.
 
+use std::io::{Read, Write};
+use std::net::Shutdown;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::harness::env::{bin, free_port, unique};
 use crate::harness::proc::{Proc, clean_env, signal};
+use crate::harness::socks;
 use crate::harness::{curl, curl_args};
 
 #[test]
@@ -74,6 +77,30 @@ fn demo_serves_the_intranet_page_and_stops_cleanly() {
         "{url}: {page:?}\n{}",
         demo.logs()
     );
+
+    // Clients that half-close right after their request (`printf 'GET /
+    // HTTP/1.0\r\n\r\n' | nc -N ...`) get the whole page, every time.
+    let bob: http::Uri = url.parse().expect("bob's URL");
+    let bob_port = bob.port_u16().expect("bob's URL has a port");
+    for (host, port, text) in [
+        ("intranet.internal", 80, "Welcome to the intranet"),
+        ("bob.vpn.internal", bob_port, "Hello from bob's device"),
+    ] {
+        for i in 0..25 {
+            let mut s = socks::connect_ok(socks, host, port);
+            s.write_all(b"GET / HTTP/1.0\r\n\r\n").expect("request");
+            s.shutdown(Shutdown::Write).expect("half-close");
+            s.set_read_timeout(Some(Duration::from_secs(20)))
+                .expect("timeout");
+            let mut page = String::new();
+            let _ = s.read_to_string(&mut page);
+            assert!(
+                page.starts_with("HTTP/1.") && page.contains(" 200 ") && page.contains(text),
+                "{host}: request {i} after a half-close got {page:?}\n{}",
+                demo.logs()
+            );
+        }
+    }
 
     let state = banner
         .lines()

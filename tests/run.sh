@@ -15,6 +15,7 @@
 #    including the end-to-end suite tests/e2e (real processes, network
 #    namespaces: run as root, or set SHIMGATE_SKIP_NETNS=1 to skip those)
 #
+# Prints each phase's time at the end, then the test runner's summary again.
 # Exits non-zero if any step fails. Extra arguments go to the test runner
 # (e.g. `bash tests/run.sh -E 'test(revoke)'` with nextest).
 set -euo pipefail
@@ -43,6 +44,7 @@ sg_ensure_tools
 sg_ensure_postgres
 
 failed=()
+times=("setup $(($(date +%s) - SG_T0))s")
 phase() {
 	local name=$1
 	shift
@@ -50,11 +52,20 @@ phase() {
 	sg_log "== $name: $*"
 	if "$@"; then
 		sg_log "== $name: ok ($(($(date +%s) - t))s)"
+		times+=("$name $(($(date +%s) - t))s")
 	else
 		sg_log "== $name: FAILED ($(($(date +%s) - t))s)"
+		times+=("$name $(($(date +%s) - t))s FAILED")
 		failed+=("$name")
 		return 1
 	fi
+}
+# Each phase's time, then the test runner's summary again, so that it stays
+# the last line printed.
+summary() {
+	sg_log "== phase times: $(IFS=,; echo "${times[*]}" | sed 's/,/, /g'); total $(($(date +%s) - SG_T0))s"
+	[ -s "${tests_log:-}" ] && grep -E '^[[:space:]]*Summary \[|^test result:' "$tests_log" | tail -n 1 >&2
+	return 0
 }
 
 phase fmt cargo fmt --all -- --check || true
@@ -78,11 +89,13 @@ else
 	sg_log "tests: cargo test (cargo-nextest not installed); failed so far: ${failed[*]:-none}"
 	runner=(cargo test --workspace --no-fail-fast "$@" -- --test-threads=3)
 fi
-# The runner's own summary is the last thing printed on success.
-if ! "${runner[@]}"; then
-	failed+=(tests)
-fi
+tests_log=$(mktemp)
+trap 'rm -f "$tests_log"; sg_stop_postgres' EXIT
+run_tests() { "${runner[@]}" 2>&1 | tee "$tests_log"; }
+phase tests run_tests || true
 if [ ${#failed[@]} -gt 0 ]; then
 	sg_log "FAILED: ${failed[*]}"
+	summary
 	exit 1
 fi
+summary

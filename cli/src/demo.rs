@@ -192,6 +192,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let options = shimgate_gateway::setup::Options {
         listen: Some(listen),
         aliases: Vec::new(),
+        ..Default::default()
     };
     let (gw, listener) = shimgate_gateway::start(&dir, registry, &options).await?;
     tokio::spawn(Arc::clone(&gw).run(listener, stop.clone()));

@@ -131,6 +131,10 @@ struct ServeArgs {
     /// A name only the gateway resolves, NAME:PORT=IP:PORT (repeatable), e.g. intranet.internal:80=10.1.2.3:8080.
     #[arg(long = "alias")]
     aliases: Vec<Alias>,
+    /// TLS connections the gateway holds at once (each device keeps a few; tunnels are streams
+    /// inside them); past it new ones are closed at once. Raise the open-file limit with it.
+    #[arg(long, default_value_t = shimgate_gateway::server::MAX_CONNECTIONS, value_parser = parse_max_connections)]
+    max_connections: usize,
     #[command(flatten)]
     console: ConsoleArgs,
 }
@@ -155,6 +159,13 @@ pub struct ConsoleArgs {
     /// default: the address it listens on).
     #[arg(long, value_parser = parse_console_url)]
     pub console_url: Option<String>,
+}
+
+fn parse_max_connections(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=1_000_000).contains(&n) => Ok(n),
+        _ => Err(format!("{s:?} is not a number from 1 to 1000000")),
+    }
 }
 
 fn parse_console_url(s: &str) -> Result<String, String> {
@@ -328,6 +339,7 @@ impl Cli {
                 let options = shimgate_gateway::setup::Options {
                     listen: args.listen,
                     aliases: args.aliases.clone(),
+                    max_connections: args.max_connections,
                 };
                 let (gw, listener) = shimgate_gateway::start(&dir, registry, &options).await?;
                 if let Some(opts) = args.console.options() {

@@ -28,12 +28,13 @@ use crate::respond::{read_body, refuse, send_error, send_json};
 use crate::setup::Gateway;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// TLS connections the gateway holds at once (each device keeps a few;
-/// tunnels are streams inside them and don't count).
+/// TLS connections the gateway holds at once by default (each device keeps a
+/// few; tunnels are streams inside them and don't count): `serve
+/// --max-connections`.
 pub const MAX_CONNECTIONS: usize = 10_000;
 /// Connections one source address may have open without a device
 /// certificate (still in the TLS handshake, or enrolling). A flood from one
-/// address then cannot take [`MAX_CONNECTIONS`] from everybody; a NAT with
+/// address then cannot take the connection limit from everybody; a NAT with
 /// many devices behind it is unaffected, as a device's connection leaves the
 /// count once its certificate is checked (milliseconds after it connects).
 pub const UNAUTHENTICATED_PER_ADDRESS: usize = 256;
@@ -66,7 +67,7 @@ impl Gateway {
                         continue;
                     };
                     let Ok(permit) = Arc::clone(&self.connections).try_acquire_owned() else {
-                        tracing::warn!(%peer, limit = MAX_CONNECTIONS, "connection limit reached: refusing");
+                        tracing::warn!(%peer, limit = self.max_connections, "connection limit reached: refusing (serve --max-connections)");
                         continue;
                     };
                     metrics::counter!("shimgate_connections_total").increment(1);

@@ -69,22 +69,35 @@ pub struct Gateway {
     pub(crate) unauthenticated: Cap,
     /// Connections refused by `unauthenticated`, for the log.
     pub(crate) refused_per_address: std::sync::atomic::AtomicU64,
-    /// Open connections, at most [`MAX_CONNECTIONS`]: past it new ones are
+    /// Open connections, at most `max_connections`: past it new ones are
     /// closed at once rather than exhausting file descriptors.
     pub(crate) connections: Arc<tokio::sync::Semaphore>,
+    pub(crate) max_connections: usize,
     /// Who is online for peer sessions; brokers and relays them.
     pub(crate) broker: Arc<Broker>,
     /// Tunnels open now, for the console.
     pub(crate) tunnels: crate::sessions::Tunnels,
 }
 
-/// What `serve` may override of `gateway.toml`.
-#[derive(Debug, Default, Clone)]
+/// What `serve` may override of `gateway.toml`, and its limits.
+#[derive(Debug, Clone)]
 pub struct Options {
     /// Listen address (default: `gateway.toml`'s).
     pub listen: Option<SocketAddr>,
     /// Aliases on top of `gateway.toml`'s.
     pub aliases: Vec<Alias>,
+    /// TLS connections held at once; past it new ones are closed at once.
+    pub max_connections: usize,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            listen: None,
+            aliases: Vec::new(),
+            max_connections: crate::server::MAX_CONNECTIONS,
+        }
+    }
 }
 
 /// Creates the data directory, the CA, the server certificate and
@@ -184,7 +197,8 @@ pub async fn start(
         enroll_limit: RateLimit::new(10, Duration::from_secs(6)),
         unauthenticated: Cap::new(crate::server::UNAUTHENTICATED_PER_ADDRESS),
         refused_per_address: std::sync::atomic::AtomicU64::new(0),
-        connections: Arc::new(tokio::sync::Semaphore::new(crate::server::MAX_CONNECTIONS)),
+        connections: Arc::new(tokio::sync::Semaphore::new(options.max_connections)),
+        max_connections: options.max_connections,
     };
     Ok((Arc::new(gw), listener))
 }

@@ -93,6 +93,7 @@ async fn gateway_with_enrolled_device() -> Fixture {
         &shimgate_gateway::setup::Options {
             listen: Some(listen),
             aliases: Vec::new(),
+            ..Default::default()
         },
     )
     .await

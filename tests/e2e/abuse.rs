@@ -475,3 +475,57 @@ fn oversized_header_blocks_are_refused() {
     );
     page_through(&dev, &origin);
 }
+
+/// `serve --max-connections N`: connection N+1 is closed at once (and
+/// logged), the N before it are held, and a place freed is taken again.
+#[test]
+fn the_connection_limit_is_a_flag() {
+    let mut gw = Gateway::init(Backend::Sqlite);
+    gw.serve_args(&["--max-connections", "3"]);
+    let addr = SocketAddr::from(([127, 0, 0, 1], gw.port()));
+    // The harness's readiness probe holds a place until the gateway sees it
+    // close: take all three once it has.
+    let held = poll(
+        "three connections held",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || {
+            let held = open_from("127.0.0.2", addr, 3);
+            std::thread::sleep(Duration::from_millis(200));
+            held.iter().all(|(s, _)| !is_closed(s)).then_some(held)
+        },
+    );
+    let (mut over, _) = open_from("127.0.0.2", addr, 1).remove(0);
+    over.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert!(
+        matches!(over.read(&mut [0u8; 1]), Ok(0)),
+        "connection 4 of 3 was not closed at once"
+    );
+    assert!(
+        held.iter().all(|(s, _)| !is_closed(s)),
+        "a connection within the limit was closed"
+    );
+    assert!(
+        gw.logs().contains("connection limit reached"),
+        "{}",
+        gw.logs()
+    );
+    drop(held);
+    let again = poll(
+        "a place freed to be taken again",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || {
+            let (s, _) = open_from("127.0.0.2", addr, 1).remove(0);
+            std::thread::sleep(Duration::from_millis(200));
+            (!is_closed(&s)).then_some(s)
+        },
+    );
+    drop(again);
+    assert!(
+        gw.cli(&["serve", "--max-connections", "0"])
+            .stderr
+            .contains("is not a number from 1 to 1000000"),
+        "--max-connections 0 must be refused with a clear message"
+    );
+}

@@ -49,6 +49,7 @@ enum Command {
     Up(UpArgs),
     /// Is the proxy running and connected? Exit 0 connected, 3 not connected, 4 not running.
     Status {
+        /// Print the state as one JSON object.
         #[arg(long)]
         json: bool,
     },
@@ -65,6 +66,7 @@ enum Command {
     },
     /// Peers this device has sessions with: path (direct or relayed, and why), bytes, key age.
     Peers {
+        /// Print the sessions as JSON.
         #[arg(long)]
         json: bool,
     },

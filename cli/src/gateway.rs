@@ -86,6 +86,7 @@ enum Command {
 enum AdminCommand {
     /// Add an administrator and print a one-time password (or read one with --password-stdin).
     Create {
+        /// The administrator's sign-in name.
         name: String,
         /// Read the password from standard input instead of making one.
         #[arg(long)]
@@ -93,7 +94,9 @@ enum AdminCommand {
     },
     /// Give an administrator a new one-time password (or read one with --password-stdin).
     ResetPassword {
+        /// The administrator's sign-in name.
         name: String,
+        /// Read the new password from standard input instead of making one.
         #[arg(long)]
         password_stdin: bool,
     },
@@ -211,7 +214,9 @@ impl ConsoleArgs {
 enum UserCommand {
     /// Add a user (and put them in groups).
     Add {
+        /// The user's name (as policy rules and enrollment codes name them).
         name: String,
+        /// A group to put the user in (repeatable); rules can name groups.
         #[arg(long = "group")]
         groups: Vec<String>,
     },
@@ -223,6 +228,7 @@ enum UserCommand {
 enum TokenCommand {
     /// Make an enrollment code for a user (the user is created if missing).
     Create {
+        /// The user whose device the code enrolls.
         #[arg(long)]
         user: String,
         /// How long the code is valid: 30s, 10m, 24h, 7d.
@@ -238,7 +244,10 @@ enum TokenCommand {
     /// List tokens (never their secrets).
     List,
     /// Cancel a token by id.
-    Cancel { id: String },
+    Cancel {
+        /// The token's id, as `token list` shows it.
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -246,11 +255,18 @@ enum DeviceCommand {
     /// List devices.
     List,
     /// Cut a device off now, live tunnels included.
-    Revoke { name: String },
+    Revoke {
+        /// The device's name, as `device list` shows it.
+        name: String,
+    },
     /// Let a device that enrolled while approval was required connect.
-    Approve { name: String },
+    Approve {
+        /// The device's name, as `device list` shows it.
+        name: String,
+    },
     /// Whether new devices wait for an admin's approval before they can connect.
     RequireApproval {
+        /// on: new devices wait for approval; off: they connect at once.
         #[arg(value_parser = ["on", "off"])]
         state: String,
     },
@@ -263,7 +279,10 @@ enum PolicyCommand {
     /// List rules.
     List,
     /// Remove a rule by id.
-    Remove { id: i64 },
+    Remove {
+        /// The rule's id, as `policy list` shows it.
+        id: i64,
+    },
 }
 
 #[derive(Args)]

@@ -102,6 +102,13 @@ fn demo_serves_the_intranet_page_and_stops_cleanly() {
         }
     }
 
+    // Logs written to a file carry no colour codes.
+    assert!(
+        !demo.logs().contains('\x1b'),
+        "an escape byte in the demo's logs:\n{}",
+        demo.logs()
+    );
+
     let state = banner
         .lines()
         .find_map(|l| l.split("registry: ").nth(1))

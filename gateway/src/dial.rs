@@ -166,14 +166,29 @@ async fn resolve(name: &str, port: u16) -> Result<Vec<SocketAddr>, TunnelError> 
         Ok(Ok(addrs)) => {
             let addrs: Vec<_> = addrs.collect();
             if addrs.is_empty() {
-                Err(TunnelError::HostUnreachable)
+                Err(TunnelError::UnknownName)
             } else {
                 Ok(addrs)
             }
         }
+        Ok(Err(e)) if name_does_not_exist(&e) => Err(TunnelError::UnknownName),
         Ok(Err(_)) => Err(TunnelError::HostUnreachable),
         Err(_) => Err(TunnelError::TimedOut),
     }
+}
+
+/// Whether a failed lookup means the name does not exist (getaddrinfo's
+/// EAI_NONAME or EAI_NODATA), not that the resolver could not be asked. std
+/// keeps only getaddrinfo's message: glibc's and musl's texts for those two.
+fn name_does_not_exist(e: &std::io::Error) -> bool {
+    let text = e.to_string();
+    [
+        "Name or service not known",
+        "No address associated with hostname",
+        "Name does not resolve",
+    ]
+    .iter()
+    .any(|m| text.contains(m))
 }
 
 #[cfg(test)]

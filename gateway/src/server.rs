@@ -120,9 +120,19 @@ impl Gateway {
         unauthenticated: Slot,
     ) {
         shimgate_wire::liveness::prepare(&sock);
+        let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+        // A load balancer's TCP health check connects and closes without a
+        // byte: not worth an on-call admin's attention, only a count.
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout_at(deadline, sock.peek(&mut [0u8; 1])).await
+        {
+            tracing::debug!(%peer, "connection closed before sending anything (a health check?)");
+            metrics::counter!("shimgate_silent_connections_total").increment(1);
+            return;
+        }
         let buffered = tokio::io::BufReader::with_capacity(h2tuning::TLS_READ_BUFFER, sock);
         let accept = self.tls.accept(buffered).into_fallible();
-        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
+        let tls = match tokio::time::timeout_at(deadline, accept).await {
             Ok(Ok(tls)) => tls,
             Ok(Err((e, sock))) => {
                 tracing::info!(%peer, error = %e, "TLS handshake refused");

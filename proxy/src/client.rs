@@ -76,13 +76,83 @@ impl ClientError {
 }
 
 /// A live connection: clone `send` to open streams; `closed` fires when the
-/// connection has ended, and `ended_with` then holds the connection-level
-/// error, if any (streams only see "connection closed"; the reason, such as
-/// a TLS alert, is here).
+/// connection has ended, and [`Connection::end`] then says how (streams only
+/// see "connection closed"; the reason, such as a TLS alert, is there).
 pub struct Connection {
     pub send: SendRequest<Bytes>,
     pub closed: CancellationToken,
-    ended_with: Arc<Mutex<Option<String>>>,
+    ended_with: EndWatch,
+}
+
+/// How a connection to the gateway ended, as the task driving it saw it.
+#[derive(Debug, Clone)]
+enum Ended {
+    /// The gateway closed it cleanly.
+    ByGateway,
+    /// The gateway stopped answering keepalive pings.
+    Silent,
+    /// A connection-level error (TLS alert, I/O error, protocol error).
+    Error(String),
+}
+
+/// Where the end of one connection is recorded; cheap to clone.
+#[derive(Clone, Default)]
+pub struct EndWatch(Arc<Mutex<Option<Ended>>>);
+
+impl EndWatch {
+    fn set(&self, ended: Ended) {
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = Some(ended);
+        }
+    }
+
+    fn get(&self) -> Option<Ended> {
+        self.0.lock().ok().and_then(|e| e.clone())
+    }
+
+    /// Why the connection ended, in words that tell an admin the cases apart.
+    pub fn describe(&self) -> String {
+        match self.get() {
+            None => "closed by this device".into(),
+            Some(Ended::Silent) => {
+                "the gateway stopped answering (network lost, or the gateway hung)".into()
+            }
+            Some(Ended::ByGateway) => {
+                "the gateway closed it (shutting down or restarting, or this device was revoked)"
+                    .into()
+            }
+            Some(Ended::Error(text)) => {
+                let has = |words: &[&str]| words.iter().any(|w| text.contains(w));
+                if has(&["CertificateRevoked"]) {
+                    "this device was revoked".into()
+                } else if has(&["CertificateExpired"]) {
+                    "this device's certificate expired".into()
+                } else if has(&["timed out", "unreachable", "No route to host"]) {
+                    format!("network lost ({text})")
+                } else if has(&["reset", "broken pipe", "Broken pipe", "not connected"]) {
+                    format!("the gateway closed it (shutting down or restarting): {text}")
+                } else if has(&["close_notify", "unexpected-eof", "UnexpectedEof"]) {
+                    "the gateway went away without closing (crashed or killed, or shutting down or restarting)".into()
+                } else {
+                    format!("connection error: {text}")
+                }
+            }
+        }
+    }
+
+    fn error_text(&self) -> Option<String> {
+        match self.get() {
+            Some(Ended::Error(text)) => Some(text),
+            _ => None,
+        }
+    }
+}
+
+impl Connection {
+    /// How this connection ended (once `closed` has fired).
+    pub fn end(&self) -> EndWatch {
+        self.ended_with.clone()
+    }
 }
 
 pub async fn connect(
@@ -124,10 +194,10 @@ pub async fn connect(
         .await;
     let (send, mut conn) = handshake.map_err(|e| ClientError::classify(addr, &e))?;
     let closed = CancellationToken::new();
-    let ended_with = Arc::new(Mutex::new(None));
+    let ended_with = EndWatch::default();
     let mut pings = conn.ping_pong();
     let done = closed.clone();
-    let error_slot = Arc::clone(&ended_with);
+    let watch = ended_with.clone();
     tokio::spawn(async move {
         let keepalive = async {
             let Some(pings) = pings.as_mut() else {
@@ -137,18 +207,19 @@ pub async fn connect(
                 tokio::time::sleep(PING_EVERY).await;
                 match tokio::time::timeout(PING_TIMEOUT, pings.ping(h2::Ping::opaque())).await {
                     Ok(Ok(_)) => {}
-                    _ => return tracing::warn!("gateway stopped answering keepalive pings"),
+                    _ => return,
                 }
             }
         };
         tokio::select! {
-            r = &mut conn => if let Err(e) = r {
-                tracing::debug!(error = %e, "gateway connection ended");
-                if let Ok(mut slot) = error_slot.lock() {
-                    *slot = Some(e.to_string());
+            r = &mut conn => match r {
+                Ok(()) => watch.set(Ended::ByGateway),
+                Err(e) => {
+                    tracing::debug!(error = %e, "gateway connection ended");
+                    watch.set(Ended::Error(e.to_string()));
                 }
             },
-            _ = keepalive => {}
+            _ = keepalive => watch.set(Ended::Silent),
             _ = done.cancelled() => {}
         }
         done.cancel();
@@ -187,12 +258,7 @@ pub async fn connect_device(
             // The stream only knows the connection died; wait for the driver
             // to record why (a refused certificate arrives as a TLS alert).
             let _ = tokio::time::timeout(Duration::from_secs(1), conn.closed.cancelled()).await;
-            let reason = conn
-                .ended_with
-                .lock()
-                .ok()
-                .and_then(|e| e.clone())
-                .unwrap_or(text);
+            let reason = conn.ended_with.error_text().unwrap_or(text);
             Err(ClientError::classify(addr, &reason))
         }
         Err(e) => Err(e),

@@ -153,7 +153,12 @@ impl Pool {
             let closed = match self.connection(i).await {
                 Ok((_, closed)) => closed,
                 Err(e) => {
-                    self.board.update(|s| s.last_error = Some(e.to_string()));
+                    // Once per change: a gateway that stays away must not flood the log.
+                    let text = e.to_string();
+                    if self.board.snapshot().last_error.as_deref() != Some(text.as_str()) {
+                        tracing::warn!(gateway = %self.connector.addr, slot = i, error = %text, "cannot connect to the gateway");
+                    }
+                    self.board.update(|s| s.last_error = Some(text));
                     tokio::select! {
                         _ = tokio::time::sleep(jitter(backoff)) => {}
                         _ = stop.cancelled() => return,
@@ -206,11 +211,11 @@ impl Pool {
         tracing::info!(gateway = %self.connector.addr, device = %me.device_name, slot = i, "gateway connected");
         let handles = (conn.send.clone(), conn.closed.clone());
         let board = Arc::clone(&self.board);
-        let closed = conn.closed.clone();
+        let (closed, end) = (conn.closed.clone(), conn.end());
         let addr = self.connector.addr.clone();
         tokio::spawn(async move {
             closed.cancelled().await;
-            tracing::warn!(gateway = %addr, slot = i, "gateway connection lost");
+            tracing::warn!(gateway = %addr, slot = i, why = %end.describe(), "gateway connection ended");
         });
         *live = Some(conn);
         drop(live);

@@ -529,3 +529,54 @@ fn the_connection_limit_is_a_flag() {
         "--max-connections 0 must be refused with a clear message"
     );
 }
+
+/// A load balancer's TCP health check (connect, close without a byte) is
+/// counted in `/metrics`, not logged at INFO; a real TLS failure still is.
+#[test]
+fn health_checks_are_counted_not_logged() {
+    let mut gw = Gateway::init(Backend::Sqlite);
+    let console = SocketAddr::from(([127, 0, 0, 1], crate::harness::env::free_port()));
+    gw.serve_args(&["--console", &console.to_string()]);
+    let addr = SocketAddr::from(([127, 0, 0, 1], gw.port()));
+    let silent = || {
+        let out = curl_args(None, &["-sS", &format!("http://{console}/metrics")]);
+        out.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("shimgate_silent_connections_total "))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+    };
+    let before = poll(
+        "the console's /metrics",
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        || {
+            curl_args(None, &["-sS", &format!("http://{console}/metrics")])
+                .ok()
+                .then(|| silent().unwrap_or(0))
+        },
+    );
+    for _ in 0..3 {
+        drop(TcpStream::connect(addr).expect("connect"));
+    }
+    poll(
+        "three health checks counted",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || silent().filter(|n| *n >= before + 3),
+    );
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: gw\r\n\r\n")
+        .expect("write");
+    poll(
+        "the TLS failure logged",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || gw.logs().contains("TLS handshake refused").then_some(()),
+    );
+    assert_eq!(
+        gw.logs().matches("TLS handshake refused").count(),
+        1,
+        "health checks logged as TLS failures:\n{}",
+        gw.logs()
+    );
+}

@@ -246,6 +246,19 @@ fn policy_is_asked_before_the_name_is_resolved() {
         2,
         "a name a CIDR rule could allow was not resolved"
     );
+
+    // A name that does not exist: 0x04 (RFC 1928 has no other code), and
+    // both logs say so in words.
+    netns::in_netns(ns, || {
+        socks::connect_expect(socks, "nothere.invalid", 443, socks::HOST_UNREACHABLE)
+    });
+    for (who, logs) in [("gateway", gw.logs()), ("device", dev.logs())] {
+        assert!(
+            logs.lines()
+                .any(|l| l.contains("nothere.invalid") && l.contains("unknown name")),
+            "the {who}'s log does not say the name is unknown:\n{logs}"
+        );
+    }
 }
 
 /// `up` on a non-loopback address refuses to start without SOCKS

@@ -96,6 +96,21 @@ fn gateway_goes_and_returns(backend: Backend, gone: Gone) {
     }
     dev.assert_running("the gateway was down");
     origin.expect_accepted(1, "origin connections");
+    // The device's log says why its connection ended, in words.
+    poll(
+        "the device to log why its gateway connection ended",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || {
+            dev.logs()
+                .lines()
+                .any(|l| {
+                    l.contains("gateway connection ended")
+                        && l.contains("shutting down or restarting")
+                })
+                .then_some(())
+        },
+    );
 
     // same port, same data dir
     gw.serve();

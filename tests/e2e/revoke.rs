@@ -79,6 +79,17 @@ fn revoke_cuts_live_tunnels(backend: Backend) {
         ),
     }
     echo.expect_accepted(before, "the gateway dialled for a revoked device");
+    // and its log says so, in words
+    poll(
+        "the revoked device to log why it cannot connect",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || {
+            dev.logs()
+                .contains("the gateway revoked this device")
+                .then_some(())
+        },
+    );
 
     // the other device is untouched
     other.write_all(b"bystander").unwrap();

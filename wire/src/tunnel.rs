@@ -23,8 +23,12 @@ pub enum TunnelError {
     /// Policy forbids this device from reaching the destination.
     NotAllowed,
     NetworkUnreachable,
-    /// The name did not resolve, or the host did not answer.
+    /// The host did not answer (or the name's lookup failed for a reason
+    /// other than the name not existing).
     HostUnreachable,
+    /// The gateway's resolver says the name does not exist. SOCKS has no
+    /// code of its own for it: 0x04, as for an unreachable host.
+    UnknownName,
     Refused,
     TimedOut,
     AddressNotSupported,
@@ -33,10 +37,11 @@ pub enum TunnelError {
 }
 
 impl TunnelError {
-    pub const ALL: [TunnelError; 7] = [
+    pub const ALL: [TunnelError; 8] = [
         TunnelError::NotAllowed,
         TunnelError::NetworkUnreachable,
         TunnelError::HostUnreachable,
+        TunnelError::UnknownName,
         TunnelError::Refused,
         TunnelError::TimedOut,
         TunnelError::AddressNotSupported,
@@ -49,7 +54,7 @@ impl TunnelError {
             TunnelError::General => 0x01,
             TunnelError::NotAllowed => 0x02,
             TunnelError::NetworkUnreachable => 0x03,
-            TunnelError::HostUnreachable => 0x04,
+            TunnelError::HostUnreachable | TunnelError::UnknownName => 0x04,
             TunnelError::Refused => 0x05,
             TunnelError::TimedOut => 0x06,
             TunnelError::AddressNotSupported => 0x08,
@@ -71,6 +76,7 @@ impl TunnelError {
             TunnelError::NotAllowed => "not-allowed",
             TunnelError::NetworkUnreachable => "network-unreachable",
             TunnelError::HostUnreachable => "host-unreachable",
+            TunnelError::UnknownName => "unknown-name",
             TunnelError::Refused => "refused",
             TunnelError::TimedOut => "timed-out",
             TunnelError::AddressNotSupported => "address-not-supported",
@@ -123,8 +129,18 @@ pub fn socks_reply_name(code: u8) -> &'static str {
 }
 
 impl fmt::Display for TunnelError {
+    /// In words, for logs and messages ([`TunnelError::as_str`] is the wire form).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.write_str(match self {
+            TunnelError::NotAllowed => "not allowed by policy",
+            TunnelError::NetworkUnreachable => "network unreachable",
+            TunnelError::HostUnreachable => "host unreachable",
+            TunnelError::UnknownName => "unknown name",
+            TunnelError::Refused => "connection refused",
+            TunnelError::TimedOut => "timed out",
+            TunnelError::AddressNotSupported => "address type not supported",
+            TunnelError::General => "general failure",
+        })
     }
 }
 
@@ -146,7 +162,7 @@ mod tests {
     #[test]
     fn socks_codes_match_rfc1928() {
         let codes: Vec<u8> = TunnelError::ALL.iter().map(|e| e.socks_reply()).collect();
-        assert_eq!(codes, [0x02, 0x03, 0x04, 0x05, 0x06, 0x08, 0x01]);
+        assert_eq!(codes, [0x02, 0x03, 0x04, 0x04, 0x05, 0x06, 0x08, 0x01]);
     }
 
     #[test]

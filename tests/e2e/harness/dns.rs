@@ -36,7 +36,8 @@ impl RebindingDns {
 }
 
 /// The reply to one query: `first` to the first A query, `then` to every
-/// later one; other types get an empty answer (NOERROR, no records).
+/// later one; other types get an empty answer (NOERROR, no records). A name
+/// under `.invalid` (RFC 6761) does not exist: NXDOMAIN, whatever the type.
 fn answer(query: &[u8], count: &AtomicUsize, first: Ipv4Addr, then: Ipv4Addr) -> Option<Vec<u8>> {
     // the question: labels from offset 12 to a zero byte, then type and class
     let mut end = 12;
@@ -49,13 +50,16 @@ fn answer(query: &[u8], count: &AtomicUsize, first: Ipv4Addr, then: Ipv4Addr) ->
     }
     let qtype = u16::from_be_bytes([*query.get(end)?, *query.get(end + 1)?]);
     let question = query.get(12..end + 4)?;
-    let addr = (qtype == TYPE_A).then(|| match count.fetch_add(1, Ordering::SeqCst) {
+    // the last label: "invalid" is 7 bytes, then the terminating zero
+    let nxdomain = end >= 9 && query.get(end - 9..end)? == b"\x07invalid\0";
+    let addr = (qtype == TYPE_A && !nxdomain).then(|| match count.fetch_add(1, Ordering::SeqCst) {
         0 => first,
         _ => then,
     });
     let mut out = Vec::with_capacity(64);
     out.extend_from_slice(&query[..2]); // id
-    out.extend_from_slice(&[0x81, 0x80]); // response, recursion desired + available
+    // response, recursion desired + available; RCODE 3 (NXDOMAIN) or 0
+    out.extend_from_slice(&[0x81, if nxdomain { 0x83 } else { 0x80 }]);
     out.extend_from_slice(&[0, 1, 0, u8::from(addr.is_some()), 0, 0, 0, 0]);
     out.extend_from_slice(question);
     if let Some(a) = addr {

@@ -94,6 +94,11 @@ struct UpArgs {
     /// SOCKS5 password.
     #[arg(long, env = "SHIMGATE_SOCKS_PASSWORD", hide_env_values = true)]
     socks_password: Option<String>,
+    /// Where other devices reach this one directly, ADDR:PORT (default from config.toml:
+    /// 0.0.0.0:0, any port). Open only while this device exports a service; pin the port
+    /// for firewall and NAT rules.
+    #[arg(long)]
+    peer_listen: Option<SocketAddr>,
 }
 
 impl Cli {
@@ -144,6 +149,9 @@ impl Cli {
                 }
                 if let Some(p) = args.pool {
                     config.pool = p;
+                }
+                if let Some(a) = args.peer_listen {
+                    config.peer_listen = a;
                 }
                 if args.socks_user.is_some() {
                     config.socks_user = args.socks_user;
@@ -205,6 +213,10 @@ fn show_status(dir: &ConfigDir, json: bool) -> ExitCode {
             println!("  pac:     {}", shimgate_proxy::pac::url(addr));
         }
         println!("  tunnels: {} of {} gateway connections up", s.live, s.pool);
+        match &s.peer_listen {
+            Some(addr) => println!("  peers:   listening on {addr}"),
+            None => println!("  peers:   not listening (nothing exported)"),
+        }
         if let Some(e) = &s.last_error {
             println!("  last error: {e}");
         }

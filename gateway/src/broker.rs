@@ -338,8 +338,10 @@ impl Broker {
                 if addrs.len() > MAX_LIST || exports.len() > MAX_LIST {
                     return Err(format!("announcement lists more than {MAX_LIST} entries"));
                 }
-                if listen_port == 0 || exports.contains(&0) {
-                    return Err("announcement has port 0".into());
+                // listen_port 0: no peer listener (nothing exported, or it
+                // could not be opened); sessions to it go through the relay.
+                if exports.contains(&0) {
+                    return Err("announcement exports port 0".into());
                 }
                 tracing::info!(device = %who.device_name, ?exports, listen_port, "device online for peer sessions");
                 self.by_ip.insert(who.vpn_ip, who.device_name.clone());
@@ -556,8 +558,12 @@ enum Role {
 
 /// Where `peer` can be tried from `from`: the address its control stream
 /// came from first (that is what NAT leaves reachable), then what it
-/// announced. Loopback addresses only help a requester on the same host.
+/// announced; nowhere when it has no listener. Loopback addresses only help
+/// a requester on the same host.
 fn endpoints_for(peer: &Online, from: IpAddr) -> Vec<SocketAddr> {
+    if peer.listen_port == 0 {
+        return Vec::new();
+    }
     let mut out = vec![SocketAddr::new(peer.observed, peer.listen_port)];
     out.extend(peer.addrs.iter().copied());
     let same_host = from.is_loopback() && peer.observed.is_loopback();

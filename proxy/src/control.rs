@@ -4,7 +4,6 @@
 //! peers, and carries session reports for the audit log. Reconnects with
 //! backoff when the stream or its connection ends.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -16,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::ClientError;
 use crate::config::{ConfigDir, DeviceConfig};
+use crate::listener::PeerListener;
 use crate::peer::Peers;
 use crate::pool::Pool;
 
@@ -30,7 +30,7 @@ pub async fn keep(
     peers: Arc<Peers>,
     pool: Arc<Pool>,
     dir: ConfigDir,
-    endpoints: (u16, Vec<SocketAddr>),
+    listener: Arc<PeerListener>,
     mut reports: mpsc::Receiver<DeviceMsg>,
     stop: CancellationToken,
 ) {
@@ -39,7 +39,7 @@ pub async fn keep(
     loop {
         let started = tokio::time::Instant::now();
         let ended = tokio::select! {
-            r = session(&peers, &pool, &endpoints, &mut reports, &mut exports) => r,
+            r = session(&peers, &pool, &listener, &mut reports, &mut exports) => r,
             _ = stop.cancelled() => return,
         };
         match ended {
@@ -72,7 +72,7 @@ enum ControlEnd {
 async fn session(
     peers: &Arc<Peers>,
     pool: &Arc<Pool>,
-    endpoints: &(u16, Vec<SocketAddr>),
+    listener: &PeerListener,
     reports: &mut mpsc::Receiver<DeviceMsg>,
     exports: &mut ExportsWatch,
 ) -> Result<(), ControlEnd> {
@@ -91,10 +91,13 @@ async fn session(
         .map_err(|e| failed(&e))?;
     let mut ready = send.clone().ready().await.map_err(|e| failed(&e))?;
     let (response, mut stream) = ready.send_request(req, false).map_err(|e| failed(&e))?;
-    let announce = |peers: &Peers| DeviceMsg::Announce {
-        listen_port: endpoints.0,
-        addrs: endpoints.1.clone(),
-        exports: peers.exports(),
+    let announce = |peers: &Peers| {
+        let (listen_port, addrs) = listener.endpoints();
+        DeviceMsg::Announce {
+            listen_port,
+            addrs,
+            exports: peers.exports(),
+        }
     };
     let write = |stream: &mut h2::SendStream<Bytes>, msg: &DeviceMsg| {
         let wire = control::encode(msg).map_err(|e| failed(&e))?;
@@ -110,7 +113,7 @@ async fn session(
             response.status()
         )));
     }
-    tracing::info!(exports = ?peers.exports(), listen_port = endpoints.0, "control stream up: online for peer sessions");
+    tracing::info!(exports = ?peers.exports(), listen_port = listener.endpoints().0, "control stream up: online for peer sessions");
     let mut body = response.into_body();
     let mut decoder = Decoder::default();
     loop {
@@ -137,6 +140,9 @@ async fn session(
             changed = exports.changed() => {
                 if peers.set_exports(changed) {
                     tracing::info!(exports = ?peers.exports(), "exports changed");
+                    if let Err(e) = listener.follow_exports() {
+                        tracing::error!(error = %e, "cannot open the peer listener: peers reach this device through the gateway's relay only");
+                    }
                     write(&mut stream, &announce(peers))?;
                 }
             }

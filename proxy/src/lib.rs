@@ -13,6 +13,7 @@
 //!   gateway's policy gives this device.
 //! - [`peer`]: peer-to-peer sessions: dialling a peer (direct, else relay),
 //!   the peer listener, exported services, `peers.json`, ping.
+//! - [`listener`]: the peer listener, open while this device exports something.
 //! - [`control`]: the control stream to the gateway (announce, offers,
 //!   relay requests, revoked peers).
 //! - [`status`]: `status.json`, which `up` writes and `shimgate status` reads.
@@ -25,6 +26,7 @@ pub mod client;
 pub mod config;
 pub mod control;
 pub mod enroll;
+pub mod listener;
 pub mod pac;
 pub mod peer;
 pub mod pool;

@@ -25,6 +25,9 @@ pub struct Status {
     pub live: usize,
     pub pool: usize,
     pub last_error: Option<String>,
+    /// Where the peer listener is, while this device exports something.
+    #[serde(default)]
+    pub peer_listen: Option<String>,
 }
 
 /// The shared, written-through status of a running `up`.

@@ -5,10 +5,10 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigDir, DeviceConfig};
+use crate::listener::{PeerListener, shared_listener};
 use crate::pac::{self, Pac};
 use crate::peer::Peers;
 use crate::pool::{Connector, Pool};
@@ -41,59 +41,36 @@ pub enum UpError {
     Workers(std::io::Error),
 }
 
-/// A listener on `addr` that other listeners of this process share
-/// (SO_REUSEPORT: the kernel spreads connections over them).
-fn shared_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let sock = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    sock.set_reuseaddr(true)?;
-    sock.set_reuseport(true)?;
-    sock.bind(addr)?;
-    sock.listen(1024)
-}
-
-/// The peer side: the listener other devices connect to, the control
-/// stream that announces it, and `peers.json`.
-async fn start_peers(
+/// The peer side: the listener other devices connect to (open while this
+/// device exports something), the control stream that announces it, and
+/// `peers.json`.
+fn start_peers(
     dir: &ConfigDir,
     config: &DeviceConfig,
     pool: &Arc<Pool>,
+    board: &Arc<Board>,
     stop: &CancellationToken,
 ) -> Result<Arc<Peers>, UpError> {
-    let listen_error = |source| UpError::PeerListen {
-        addr: config.peer_listen,
-        source,
-    };
-    // One listener per worker on the same port (SO_REUSEPORT), as for SOCKS:
-    // a peer's link, and the local service it reaches, stay on one thread.
-    let first = shared_listener(config.peer_listen).map_err(listen_error)?;
-    let bound = first.local_addr().map_err(listen_error)?;
-    let mut listeners = vec![first.into_std().map_err(listen_error)?];
-    for _ in 1..pool.workers() {
-        let more = shared_listener(bound).map_err(listen_error)?;
-        listeners.push(more.into_std().map_err(listen_error)?);
-    }
-    let mut addrs = crate::peer::local_endpoints(bound);
-    addrs.extend(config.peer_advertise.iter().copied());
     let (peers, reports) = Peers::new(&config.device, &config.vpn_domain, config.export_ports());
-    tracing::info!(addr = %bound, exports = ?config.export_ports(), "peer listener up");
-    for (worker, listener) in listeners.into_iter().enumerate() {
-        let (peers, stop) = (Arc::clone(&peers), stop.clone());
-        pool.spawn_on(worker, async move {
-            match TcpListener::from_std(listener) {
-                Ok(l) => peers.listen(l, stop).await,
-                Err(e) => tracing::error!(error = %e, "peer listener lost"),
-            }
-        });
-    }
+    let listener = PeerListener::new(
+        config.peer_listen,
+        config.peer_advertise.clone(),
+        Arc::clone(&peers),
+        Arc::clone(pool),
+        Arc::clone(board),
+        stop.clone(),
+    );
+    listener
+        .follow_exports()
+        .map_err(|source| UpError::PeerListen {
+            addr: config.peer_listen,
+            source,
+        })?;
     tokio::spawn(crate::control::keep(
         Arc::clone(&peers),
         Arc::clone(pool),
         dir.clone(),
-        (bound.port(), addrs),
+        listener,
         reports,
         stop.clone(),
     ));
@@ -155,7 +132,7 @@ pub async fn start(
     let workers = Workers::per_cpu().map_err(UpError::Workers)?;
     let pool = Pool::new(connector, config.pool, Arc::clone(&board), workers);
     pool.keep_up(stop.clone());
-    let peers = start_peers(dir, config, &pool, &stop).await?;
+    let peers = start_peers(dir, config, &pool, &board, &stop)?;
     tokio::spawn(crate::renew::keep_renewed(
         dir.clone(),
         Arc::clone(&pool),

@@ -66,3 +66,51 @@ fn status_exit_codes_and_output() {
         "status after `up` stopped should exit 4: {out}"
     );
 }
+
+/// The peer listener opens only while the device exports something, on the
+/// address `up --peer-listen` pins, and `status` says where (or that it is
+/// closed).
+#[test]
+fn the_peer_listener_opens_only_with_exports() {
+    let mut gw = Gateway::init(Backend::Sqlite);
+    gw.serve();
+    let pinned = std::net::SocketAddr::from(([127, 0, 0, 1], crate::harness::env::free_port()));
+    let mut dev = Device::new("quiet-laptop");
+    dev.enroll(&gw.token(USER)).expect_ok();
+    dev.up_args = vec!["--peer-listen".into(), pinned.to_string()];
+    dev.up();
+    let listening = |want: Option<&str>| {
+        let out = dev.status(&["--json"]);
+        let s: serde_json::Value = serde_json::from_str(&out.stdout).expect("status JSON");
+        let at = s["peer_listen"].as_str().map(str::to_owned);
+        let open = std::net::TcpStream::connect(pinned).is_ok();
+        (at.as_deref() == want && open == want.is_some()).then_some(())
+    };
+    poll(
+        "a device exporting nothing to listen on no port",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || listening(None),
+    );
+    let text = dev.status(&[]).stdout;
+    assert!(text.contains("not listening (nothing exported)"), "{text}");
+
+    dev.cli(&["export", "8000"]).expect_ok();
+    let at = pinned.to_string();
+    poll(
+        "the peer listener to open on the pinned address",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || listening(Some(&at)),
+    );
+    let text = dev.status(&[]).stdout;
+    assert!(text.contains(&format!("listening on {pinned}")), "{text}");
+
+    dev.cli(&["export", "--remove", "8000"]).expect_ok();
+    poll(
+        "the peer listener to close with the last export",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || listening(None),
+    );
+}

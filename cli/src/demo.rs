@@ -149,8 +149,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         .add_rule(NewRule {
             subject: Subject::Everyone,
             dest: Dest::Domain("intranet.internal".into()),
-            port_lo: 80,
-            port_hi: 80,
+            ports: "80".parse()?,
             proto: Proto::Tcp,
             action: Action::Allow,
             created_by: "demo".into(),
@@ -161,8 +160,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         .add_rule(NewRule {
             subject: Subject::Everyone,
             dest: Dest::Domain(bob_name.clone()),
-            port_lo: bob_port,
-            port_hi: bob_port,
+            ports: bob_port.to_string().parse()?,
             proto: Proto::Tcp,
             action: Action::Allow,
             created_by: "demo".into(),

@@ -13,9 +13,8 @@ use shimgate_gateway::console;
 use shimgate_gateway::dial::Alias;
 use shimgate_gateway::paths::{DataDir, GatewayConfig};
 use shimgate_host::{clock, files};
-use shimgate_registry::parse_ports;
 use shimgate_registry::{
-    Action, Dest, DeviceStatus, NewAudit, NewRule, NewToken, Proto, Registry, Subject,
+    Action, Dest, DeviceStatus, NewAudit, NewRule, NewToken, Ports, Proto, Registry, Subject,
 };
 use shimgate_wire::code::EnrollmentCode;
 use tokio_util::sync::CancellationToken;
@@ -294,9 +293,9 @@ struct RuleArgs {
     /// (bob.vpn.internal), or group:NAME (the devices of that group's members, as peers).
     #[arg(long)]
     to: Dest,
-    /// Port or range: 80, 8000-8100 (default: all).
+    /// Ports and ranges: 443, 8000-8100, or a list: 22,53,80,443,5432,8000-8100 (default: all).
     #[arg(long, default_value = "1-65535")]
-    ports: String,
+    ports: Ports,
     /// Protocol the rule applies to: tcp, udp or any.
     #[arg(long, default_value = "tcp")]
     proto: Proto,
@@ -685,7 +684,6 @@ async fn show_audit(
 async fn policy(registry: &Registry, cmd: &PolicyCommand) -> anyhow::Result<()> {
     match cmd {
         PolicyCommand::Add(r) => {
-            let (port_lo, port_hi) = parse_ports(&r.ports)?;
             let subject = match (&r.user, &r.group) {
                 (Some(u), _) => Subject::User(u.clone()),
                 (_, Some(g)) => Subject::Group(g.clone()),
@@ -696,8 +694,7 @@ async fn policy(registry: &Registry, cmd: &PolicyCommand) -> anyhow::Result<()> 
                 .add_rule(NewRule {
                     subject,
                     dest: r.to.clone(),
-                    port_lo,
-                    port_hi,
+                    ports: r.ports.clone(),
                     proto: r.proto,
                     action,
                     created_by: operator(),
@@ -708,14 +705,14 @@ async fn policy(registry: &Registry, cmd: &PolicyCommand) -> anyhow::Result<()> 
                 "policy.add",
                 &rule.id.to_string(),
                 format!(
-                    "{} {} -> {} ports {}-{} {}",
-                    rule.action, rule.subject, rule.dest, port_lo, port_hi, rule.proto
+                    "{} {} -> {} ports {} {}",
+                    rule.action, rule.subject, rule.dest, rule.ports, rule.proto
                 ),
             )
             .await?;
             println!(
-                "rule {} added: {} {} -> {} ports {}-{} {}",
-                rule.id, rule.action, rule.subject, rule.dest, port_lo, port_hi, rule.proto
+                "rule {} added: {} {} -> {} ports {} {}",
+                rule.id, rule.action, rule.subject, rule.dest, rule.ports, rule.proto
             );
         }
         PolicyCommand::List => {
@@ -725,14 +722,13 @@ async fn policy(registry: &Registry, cmd: &PolicyCommand) -> anyhow::Result<()> 
             );
             for r in registry.list_rules().await? {
                 println!(
-                    "{:<5} {:<6} {:<16} {:<28} {:<6} {}-{}",
+                    "{:<5} {:<6} {:<16} {:<28} {:<6} {}",
                     r.id,
                     r.action.to_string(),
                     r.subject.to_string(),
                     r.dest.to_string(),
                     r.proto.to_string(),
-                    r.port_lo,
-                    r.port_hi
+                    r.ports
                 );
             }
         }

@@ -86,7 +86,7 @@ fn dest_matches(dest: &Dest, target: &Target) -> bool {
 }
 
 fn rule_matches(rule: &Rule, who: &Identity, target: &Target) -> bool {
-    (rule.port_lo..=rule.port_hi).contains(&target.port)
+    rule.ports.contains(target.port)
         && rule.proto.covers(target.proto)
         && subject_matches(&rule.subject, who)
         && dest_matches(&rule.dest, target)
@@ -107,7 +107,7 @@ fn is_local(addr: IpAddr) -> bool {
 /// Whether deny rule `deny` refuses everything allow rule `allow` opens:
 /// every port and protocol, and a destination at least as wide.
 fn shadows(deny: &Rule, allow: &Rule) -> bool {
-    let ports = deny.port_lo <= allow.port_lo && allow.port_hi <= deny.port_hi;
+    let ports = deny.ports.covers(&allow.ports);
     let protos = deny.proto == Proto::Any || deny.proto == allow.proto;
     ports
         && protos
@@ -152,9 +152,7 @@ pub(crate) fn routes(rules: &[Rule], who: &Identity) -> Routes {
 pub fn could_allow(rules: &[Rule], who: &Identity, name: &str, port: u16, proto: Proto) -> bool {
     let mine = || {
         rules.iter().filter(|r| {
-            (r.port_lo..=r.port_hi).contains(&port)
-                && r.proto.covers(proto)
-                && subject_matches(&r.subject, who)
+            r.ports.contains(port) && r.proto.covers(proto) && subject_matches(&r.subject, who)
         })
     };
     let names = |r: &Rule| matches!(&r.dest, Dest::Domain(d) if domain_matches(d, name));
@@ -194,6 +192,7 @@ pub fn allows(rules: &[Rule], who: &Identity, target: &Target, own: SocketAddr) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shimgate_registry::Ports;
 
     fn who() -> Identity {
         Identity {
@@ -213,8 +212,7 @@ mod tests {
             id: 0,
             subject: subject.parse().unwrap(),
             dest: dest.parse().unwrap(),
-            port_lo: ports.0,
-            port_hi: ports.1,
+            ports: Ports::range(ports.0, ports.1).unwrap(),
             proto: Proto::Tcp,
             action: action.parse().unwrap(),
             created_by: "test".into(),
@@ -394,6 +392,33 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_rule_applies_to_each_port_of_its_list() {
+        let rules = [Rule {
+            ports: "22,80,8000-8100".parse().unwrap(),
+            ..rule("*", "192.0.2.0/24", (1, 1), "allow")
+        }];
+        for (port, allowed) in [
+            (22, true),
+            (80, true),
+            (8050, true),
+            (23, false),
+            (8101, false),
+        ] {
+            assert_eq!(
+                check(&rules, at(None, "192.0.2.1", port)),
+                allowed,
+                "port {port}"
+            );
+        }
+        // A deny of some of those ports does not take the whole rule back.
+        let mut with_deny = rules.to_vec();
+        with_deny.push(rule("*", "192.0.2.0/24", (1, 79), "deny"));
+        assert_eq!(routes(&with_deny, &who()).cidrs, ["192.0.2.0/24"]);
+        with_deny.push(rule("*", "192.0.2.0/24", (20, 9000), "deny"));
+        assert!(routes(&with_deny, &who()).cidrs.is_empty(), "one deny covers the list");
+    }
+
     /// A rule applies to its protocol only; rules from before UDP mean TCP,
     /// so an upgrade opens nothing.
     #[test]
@@ -551,8 +576,7 @@ mod tests {
                 id: 0,
                 subject,
                 dest,
-                port_lo: lo,
-                port_hi: hi,
+                ports: Ports::range(lo, hi).unwrap(),
                 proto: Proto::Tcp,
                 action,
                 created_by: "proptest".into(),

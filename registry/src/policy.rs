@@ -46,23 +46,116 @@ impl From<ParseError> for crate::Error {
     }
 }
 
-/// A rule's ports. Text: one port (`80`) or a range (`8000-8100`), each 1–65535, the
-/// first not above the last.
-pub fn parse_ports(s: &str) -> Result<(u16, u16), ParseError> {
-    let bad = |reason: String| ParseError::new("port range", s, reason);
-    let (lo, hi) = s.split_once('-').unwrap_or((s, s));
-    let port = |p: &str| {
-        p.trim()
-            .parse::<u16>()
-            .map_err(|_| bad(format!("{:?} is not a port (1-65535)", p.trim())))
-    };
-    let (lo, hi) = (port(lo)?, port(hi)?);
-    if lo == 0 || lo > hi {
-        return Err(bad(
-            "ports are 1-65535, with the first port not above the last".into(),
-        ));
+/// A rule's ports: one or more ports and ranges. Text: a comma-separated
+/// list, `22,53,80,443,5432,8000-8100`, shown as the admin wrote it (less
+/// spaces); each port 1–65535, a range's first not above its last.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Ports(Vec<(u16, u16)>);
+
+impl Ports {
+    /// Every port.
+    pub fn all() -> Ports {
+        Ports(vec![(1, u16::MAX)])
     }
-    Ok((lo, hi))
+
+    /// One range (`lo` at least 1, not above `hi`).
+    pub fn range(lo: u16, hi: u16) -> Result<Ports, ParseError> {
+        format!("{lo}-{hi}").parse()
+    }
+
+    pub fn contains(&self, port: u16) -> bool {
+        self.0.iter().any(|(lo, hi)| (*lo..=*hi).contains(&port))
+    }
+
+    /// Whether every port of `other` is one of these.
+    pub fn covers(&self, other: &Ports) -> bool {
+        other.0.iter().all(|&(lo, hi)| {
+            // Walk `other`'s range through ours (ours may touch or overlap).
+            let mut next = u32::from(lo);
+            while next <= u32::from(hi) {
+                match self
+                    .0
+                    .iter()
+                    .filter(|(a, b)| u32::from(*a) <= next && next <= u32::from(*b))
+                    .map(|(_, b)| u32::from(*b))
+                    .max()
+                {
+                    Some(end) => next = end + 1,
+                    None => return false,
+                }
+            }
+            true
+        })
+    }
+
+    /// The lowest and highest port (what the registry's older columns hold).
+    pub fn bounds(&self) -> (u16, u16) {
+        let lo = self.0.iter().map(|r| r.0).min().unwrap_or(1);
+        let hi = self.0.iter().map(|r| r.1).max().unwrap_or(u16::MAX);
+        (lo, hi)
+    }
+}
+
+/// At most this many items in one rule's port list.
+const MAX_PORT_ITEMS: usize = 64;
+
+impl FromStr for Ports {
+    type Err = ParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let what = "port list";
+        let items: Vec<&str> = s.split(',').map(str::trim).collect();
+        if items.len() > MAX_PORT_ITEMS {
+            return Err(ParseError::new(
+                what,
+                s,
+                format!("more than {MAX_PORT_ITEMS} items"),
+            ));
+        }
+        let port = |item: &str, p: &str| {
+            p.trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| {
+                    ParseError::new(
+                        what,
+                        s,
+                        format!("{item:?} is not a port (1-65535) or a range (8000-8100)"),
+                    )
+                })
+        };
+        let mut ranges = Vec::with_capacity(items.len());
+        for item in items {
+            let (lo, hi) = item.split_once('-').unwrap_or((item, item));
+            let (lo, hi) = (port(item, lo)?, port(item, hi)?);
+            if lo > hi {
+                return Err(ParseError::new(
+                    what,
+                    s,
+                    format!("{item:?}: the first port is above the last"),
+                ));
+            }
+            ranges.push((lo, hi));
+        }
+        Ok(Ports(ranges))
+    }
+}
+
+impl fmt::Display for Ports {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (lo, hi)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            if lo == hi {
+                write!(f, "{lo}")?;
+            } else {
+                write!(f, "{lo}-{hi}")?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Who a rule applies to. Text: `*`, `user:NAME`, `group:NAME`.
@@ -350,7 +443,7 @@ macro_rules! serde_via_text {
         }
     )*};
 }
-serde_via_text!(Subject, Dest, Action, Proto);
+serde_via_text!(Subject, Dest, Action, Proto, Ports);
 
 #[cfg(test)]
 mod tests {
@@ -369,11 +462,29 @@ mod tests {
 
     #[test]
     fn ports() {
-        assert_eq!(parse_ports("80").unwrap(), (80, 80));
-        assert_eq!(parse_ports("1000-2000").unwrap(), (1000, 2000));
-        assert!(parse_ports("0").is_err());
-        assert!(parse_ports("20-10").is_err());
-        assert!(parse_ports("x").is_err());
+        let p: Ports = " 22, 53,80 ,443,5432,8000-8100".parse().unwrap();
+        assert_eq!(p.to_string(), "22,53,80,443,5432,8000-8100");
+        assert!(p.contains(53) && p.contains(8050) && !p.contains(54) && !p.contains(8101));
+        assert_eq!(p.bounds(), (22, 8100));
+        assert_eq!(roundtrip::<Ports>("1-65535"), "1-65535");
+        for (bad, names) in [
+            ("0", "\"0\""),
+            ("22,70000", "\"70000\""),
+            ("90-80", "\"90-80\""),
+            ("80,abc", "\"abc\""),
+            ("80,,443", "\"\""),
+            ("", "\"\""),
+        ] {
+            let e = bad.parse::<Ports>().unwrap_err();
+            assert!(e.reason().contains(names), "{bad:?}: {e}");
+        }
+        let many = vec!["1"; MAX_PORT_ITEMS + 1].join(",");
+        assert!(many.parse::<Ports>().is_err());
+        let all = Ports::all();
+        assert!(all.covers(&p) && !p.covers(&all));
+        let split: Ports = "1-100,101-200".parse().unwrap();
+        assert!(split.covers(&"50-150".parse().unwrap()));
+        assert!(!split.covers(&"150-250".parse().unwrap()));
     }
 
     fn roundtrip<T: FromStr<Err = ParseError> + fmt::Display>(s: &str) -> String {

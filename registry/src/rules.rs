@@ -4,7 +4,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use crate::changes::bump;
-use crate::{Action, Dest, Error, Proto, Registry, Result, Subject};
+use crate::{Action, Dest, Error, Ports, Proto, Registry, Result, Subject};
 use shimgate_host::clock;
 
 /// A rule to add.
@@ -12,10 +12,7 @@ use shimgate_host::clock;
 pub struct NewRule {
     pub subject: Subject,
     pub dest: Dest,
-    /// First port, at least 1.
-    pub port_lo: u16,
-    /// Last port, at least `port_lo`.
-    pub port_hi: u16,
+    pub ports: Ports,
     pub proto: Proto,
     pub action: Action,
     pub created_by: String,
@@ -27,8 +24,7 @@ pub struct Rule {
     pub id: i64,
     pub subject: Subject,
     pub dest: Dest,
-    pub port_lo: u16,
-    pub port_hi: u16,
+    pub ports: Ports,
     pub proto: Proto,
     pub action: Action,
     pub created_by: String,
@@ -59,12 +55,19 @@ fn rule_from_row(row: &AnyRow) -> Result<Rule> {
     let proto: String = row.try_get("proto")?;
     let port_lo: i64 = row.try_get("port_lo")?;
     let port_hi: i64 = row.try_get("port_hi")?;
+    let listed: String = row.try_get("ports")?;
+    let ports = if listed.is_empty() {
+        let port = |p: i64| u16::try_from(p).map_err(|_| corrupt("port"));
+        Ports::range(port(port_lo)?, port(port_hi)?)
+    } else {
+        listed.parse()
+    }
+    .map_err(|_| corrupt("ports"))?;
     Ok(Rule {
         id,
         subject,
         dest: dest.parse().map_err(|_| corrupt("destination"))?,
-        port_lo: u16::try_from(port_lo).map_err(|_| corrupt("port"))?,
-        port_hi: u16::try_from(port_hi).map_err(|_| corrupt("port"))?,
+        ports,
         proto: proto.parse().map_err(|_| corrupt("protocol"))?,
         action: action.parse().map_err(|_| corrupt("action"))?,
         created_by: row.try_get("created_by")?,
@@ -73,37 +76,30 @@ fn rule_from_row(row: &AnyRow) -> Result<Rule> {
 }
 
 impl Registry {
-    /// Adds a rule and bumps the change sequence. Refuses `port_lo` 0, `port_lo > port_hi`,
-    /// and subjects or destinations that would not read back (e.g. an empty user name or an
-    /// invalid domain).
+    /// Adds a rule and bumps the change sequence. Refuses subjects or destinations that would
+    /// not read back (e.g. an empty user name or an invalid domain).
     pub async fn add_rule(&self, r: NewRule) -> Result<Rule> {
-        if r.port_lo == 0 {
-            return Err(Error::invalid("port range", "ports start at 1"));
-        }
-        if r.port_lo > r.port_hi {
-            return Err(Error::invalid(
-                "port range",
-                format!("{} is greater than {}", r.port_lo, r.port_hi),
-            ));
-        }
         // Through the text forms, so a rule built in code obeys the same rules as typed input.
         let subject: Subject = r.subject.to_string().parse()?;
         let dest: Dest = r.dest.to_string().parse()?;
+        let ports: Ports = r.ports.to_string().parse()?;
+        let (port_lo, port_hi) = ports.bounds();
         let (kind, name) = subject_columns(&subject);
         let created_at = clock::now();
         let mut tx = self.begin_write().await?;
         bump(&mut tx).await?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO policy_rules \
-             (subject_kind, subject_name, dest, port_lo, port_hi, proto, action, created_by, \
-              created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+             (subject_kind, subject_name, dest, port_lo, port_hi, ports, proto, action, \
+              created_by, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
         )
         .bind(kind)
         .bind(name)
         .bind(dest.to_string())
-        .bind(i64::from(r.port_lo))
-        .bind(i64::from(r.port_hi))
+        .bind(i64::from(port_lo))
+        .bind(i64::from(port_hi))
+        .bind(ports.to_string())
         .bind(r.proto.to_string())
         .bind(r.action.to_string())
         .bind(&r.created_by)
@@ -115,8 +111,7 @@ impl Registry {
             id,
             subject,
             dest,
-            port_lo: r.port_lo,
-            port_hi: r.port_hi,
+            ports,
             proto: r.proto,
             action: r.action,
             created_by: r.created_by,
@@ -127,8 +122,8 @@ impl Registry {
     /// Every rule, in the order added.
     pub async fn list_rules(&self) -> Result<Vec<Rule>> {
         let rows = sqlx::query(
-            "SELECT id, subject_kind, subject_name, dest, port_lo, port_hi, proto, action, \
-                    created_by, created_at \
+            "SELECT id, subject_kind, subject_name, dest, port_lo, port_hi, ports, proto, \
+                    action, created_by, created_at \
              FROM policy_rules ORDER BY id",
         )
         .fetch_all(&self.pool)

@@ -13,7 +13,8 @@ use futures::FutureExt;
 use sha2::{Digest, Sha256};
 use shimgate_registry::{
     Action, AuditQuery, Backend, Dest, DeviceStatus, Error, Invitee, NewAudit, NewCertificate,
-    NewInvitation, NewRule, NewToken, Proto, RedeemError, Redemption, Registry, Subject, VPN_RANGE,
+    NewInvitation, NewRule, NewToken, Ports, Proto, RedeemError, Redemption, Registry, Subject,
+    VPN_RANGE,
 };
 use sqlx::{Connection, Executor};
 
@@ -216,8 +217,7 @@ fn rule(subject: &str, dest: &str, ports: (u16, u16), action: Action) -> NewRule
     NewRule {
         subject: subject.parse().expect("subject"),
         dest: dest.parse().expect("dest"),
-        port_lo: ports.0,
-        port_hi: ports.1,
+        ports: Ports::range(ports.0, ports.1).expect("ports"),
         proto: Proto::Tcp,
         action,
         created_by: "admin".into(),
@@ -935,17 +935,16 @@ async fn rules(env: Env) {
     assert_eq!(a.subject, Subject::Group("ops".into()));
     assert_eq!(b.dest, Dest::Domain("intranet.internal".into()));
     assert_eq!(c.dest.to_string(), "2001:db8::/32", "host bits dropped");
-    assert_eq!((c.port_lo, c.port_hi), (443, 8443));
+    assert_eq!(c.ports.to_string(), "443-8443");
     assert_eq!((a.proto, c.proto), (Proto::Tcp, Proto::Udp));
     assert_eq!(a.created_by, "admin");
 
     let listed = r.list_rules().await.expect("list");
     assert_eq!(listed, [a.clone(), b.clone(), c.clone()]);
 
-    // Validation.
+    // Validation (ports can't be made wrong: `Ports` parses or refuses).
+    assert!(Ports::range(0, 10).is_err() && Ports::range(100, 99).is_err());
     for bad in [
-        rule("*", "10.0.0.0/8", (0, 10), Action::Allow),
-        rule("*", "10.0.0.0/8", (100, 99), Action::Allow),
         NewRule {
             subject: Subject::User(String::new()),
             ..rule("*", "10.0.0.0/8", (1, 2), Action::Allow)
@@ -980,7 +979,21 @@ async fn rules(env: Env) {
     .await
     .expect("a rule as the old schema wrote it");
     let old = r.list_rules().await.expect("list");
-    assert_eq!(old.last().map(|o| o.proto), Some(Proto::Tcp));
+    let old = old.last().expect("the old rule");
+    assert_eq!(old.proto, Proto::Tcp);
+    assert_eq!(old.ports.to_string(), "53", "ports from the old columns");
+
+    // A list of ports is stored and listed as written.
+    let list = r
+        .add_rule(NewRule {
+            ports: "22, 53,80,443,5432,8000-8100".parse().expect("a port list"),
+            ..rule("*", "10.20.0.0/16", (1, 1), Action::Allow)
+        })
+        .await
+        .expect("a rule with a port list");
+    let listed = r.list_rules().await.expect("list");
+    assert_eq!(listed.last(), Some(&list));
+    assert_eq!(list.ports.to_string(), "22,53,80,443,5432,8000-8100");
 }
 
 async fn audit(env: Env) {

@@ -6,6 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use shimgate_wire::code::EnrollmentCode;
 
+use crate::harness::socks;
 use crate::harness::*;
 
 fn mode(path: &std::path::Path) -> u32 {
@@ -114,4 +115,54 @@ fn token_expiry_formats_uses_and_cancel() {
     let out = Device::new("cancelled-laptop").enroll(&code);
     assert!(!out.ok(), "a cancelled code still enrolled a device: {out}");
     assert!(!gw.device_list().contains("cancelled-laptop"));
+}
+
+/// `policy add --ports` takes a list, stored and listed as written, and
+/// applies to each port in it; a bad item is refused by name and nothing is
+/// stored.
+#[test]
+fn policy_rules_take_a_list_of_ports() {
+    let list = "22,53,80,443,5432,8000-8100";
+    let web = Origin::http(V4, &unique_body("port list"));
+    let closed = Origin::start(V4, Mode::Echo);
+    let mut gw = Gateway::init(Backend::Sqlite);
+    let web_port = web.port().to_string();
+    gw.allow("127.0.0.1/32", &["--ports", &format!("{list},{web_port}")]);
+    let listed = gw.ok(&["policy", "list"]);
+    assert!(
+        listed.contains(&format!("{list},{web_port}")),
+        "the list is not shown as written:\n{listed}"
+    );
+    for (bad, named) in [
+        ("22,0", "\"0\""),
+        ("22,70000", "\"70000\""),
+        ("90-80", "\"90-80\""),
+        ("80,abc", "\"abc\""),
+    ] {
+        let out = gw.cli(&[
+            "policy",
+            "add",
+            "allow",
+            "--to",
+            "192.0.2.0/24",
+            "--ports",
+            bad,
+        ]);
+        assert!(!out.ok(), "--ports {bad} was accepted");
+        assert!(
+            out.stderr.contains(named),
+            "--ports {bad}: the message does not name {named}: {}",
+            out.stderr
+        );
+    }
+    assert_eq!(
+        gw.ok(&["policy", "list"]),
+        listed,
+        "a refused rule changed the policy"
+    );
+    gw.serve();
+    let dev = Device::enrolled_up(&gw, USER, "list-laptop");
+    let page = socks::http_get(socks::connect_ok(dev.socks, V4, web.port()), "127.0.0.1");
+    assert!(page.contains("port list"), "{page}");
+    socks::connect_expect(dev.socks, V4, closed.port(), socks::NOT_ALLOWED);
 }

@@ -451,7 +451,7 @@ pub fn openapi_document() -> serde_json::Value {
                 "post": op("add a rule", json!({ "requestBody": body(json!({
                     "action": { "type": "string", "enum": ["allow", "deny"] },
                     "to": { "type": "string", "description": "CIDR, IP or domain suffix" },
-                    "ports": { "type": "string", "example": "80 or 8000-8100; empty: all" },
+                    "ports": { "type": "string", "example": "443, 8000-8100 or 22,53,80,8000-8100; empty: all" },
                     "proto": { "type": "string", "enum": ["tcp", "udp", "any"], "description": "empty: tcp" },
                     "subject": { "type": "string", "example": "*, user:NAME or group:NAME" }
                 }), &["action", "to"]) }))

@@ -7,7 +7,7 @@ use axum::Form;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use shimgate_registry::{Action, Dest, NewRule, Proto, Rule, Subject};
+use shimgate_registry::{Action, Dest, NewRule, Ports, Proto, Rule, Subject};
 
 use super::Peer;
 use super::auth::{CsrfOnly, Nav};
@@ -22,7 +22,7 @@ pub struct RuleInput {
     /// A CIDR, an IP or a domain suffix.
     #[serde(default)]
     pub to: String,
-    /// `80`, `8000-8100`; empty means all.
+    /// `80`, `8000-8100`, `22,53,8000-8100`; empty means all.
     #[serde(default)]
     pub ports: String,
     /// `*`, `user:NAME` or `group:NAME`; empty means everyone.
@@ -52,7 +52,7 @@ impl RuleInput {
             "" => "1-65535",
             p => p,
         };
-        let (port_lo, port_hi) = shimgate_registry::parse_ports(ports).map_err(bad)?;
+        let ports: Ports = ports.parse().map_err(bad)?;
         let proto: Proto = match self.proto.trim() {
             "" => Proto::Tcp,
             p => p.parse().map_err(bad)?,
@@ -60,8 +60,7 @@ impl RuleInput {
         Ok(NewRule {
             subject,
             dest,
-            port_lo,
-            port_hi,
+            ports,
             proto,
             action,
             created_by: created_by.to_owned(),
@@ -82,8 +81,8 @@ impl Console {
             "policy.add",
             &rule.id.to_string(),
             format!(
-                "{} {} -> {} ports {}-{} {}",
-                rule.action, rule.subject, rule.dest, rule.port_lo, rule.port_hi, rule.proto
+                "{} {} -> {} ports {} {}",
+                rule.action, rule.subject, rule.dest, rule.ports, rule.proto
             ),
         )
         .await;
@@ -98,15 +97,6 @@ impl Console {
         self.audit(who, "policy.remove", &id.to_string(), String::new())
             .await;
         Ok(())
-    }
-}
-
-/// A rule's ports as the policy page shows them and the form takes them: `443` or `8000-8100`.
-pub fn ports_text(lo: u16, hi: u16) -> String {
-    if lo == hi {
-        lo.to_string()
-    } else {
-        format!("{lo}-{hi}")
     }
 }
 
@@ -147,7 +137,7 @@ pub async fn page(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response
                 action: r.action.to_string(),
                 subject: r.subject.to_string(),
                 dest: r.dest.to_string(),
-                ports: ports_text(r.port_lo, r.port_hi),
+                ports: r.ports.to_string(),
                 proto: r.proto.to_string(),
                 created_by: r.created_by,
             })

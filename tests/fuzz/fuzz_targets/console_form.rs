@@ -150,16 +150,14 @@ fuzz_target!(|data: &[u8]| {
             let Ok(rule) = f.rule.to_rule("admin:fuzz") else {
                 return;
             };
-            assert!(
-                rule.port_lo >= 1 && rule.port_lo <= rule.port_hi,
-                "{rule:?}"
-            );
+            let (lo, hi) = rule.ports.bounds();
+            assert!(lo >= 1 && lo <= hi, "{rule:?}");
             assert_eq!(rule.created_by, "admin:fuzz");
             // The rule as the policy page shows it, typed in again.
             let shown = policy::RuleInput {
                 action: rule.action.to_string(),
                 to: rule.dest.to_string(),
-                ports: policy::ports_text(rule.port_lo, rule.port_hi),
+                ports: rule.ports.to_string(),
                 subject: rule.subject.to_string(),
                 proto: rule.proto.to_string(),
             };

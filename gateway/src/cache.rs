@@ -28,6 +28,9 @@ pub struct Identity {
     pub vpn_ip: Ipv4Addr,
     pub not_after: i64,
     pub revoked: bool,
+    /// A newer certificate of the device has been used: refused for new
+    /// connections, while connections it holds go on.
+    pub superseded: bool,
 }
 
 impl From<CertState> for Identity {
@@ -41,6 +44,7 @@ impl From<CertState> for Identity {
             vpn_ip: c.vpn_ip,
             not_after: c.not_after,
             revoked: c.revoked,
+            superseded: c.superseded,
         }
     }
 }
@@ -48,6 +52,8 @@ impl From<CertState> for Identity {
 pub enum CertStatus {
     Active(Arc<Identity>),
     Revoked,
+    /// Only from [`Cache::handshake_status`].
+    Superseded,
     Unknown,
 }
 
@@ -70,6 +76,9 @@ pub struct Cache {
     /// they were committed does not drop them.
     epoch: AtomicU64,
     issued: DashMap<String, u64>,
+    /// Devices holding more than one usable certificate (a renewal not yet
+    /// used): their next connection with the newest supersedes the others.
+    renewed: DashMap<i64, ()>,
 }
 
 /// Removes a live connection from the cache when the connection ends.
@@ -96,8 +105,31 @@ impl Cache {
         }
     }
 
+    /// The status for a new connection: a superseded certificate is refused
+    /// there, while [`Cache::status`] (streams on connections already open)
+    /// still accepts it.
+    pub fn handshake_status(&self, fingerprint: &str) -> CertStatus {
+        match self.status(fingerprint) {
+            CertStatus::Active(id) if id.superseded => CertStatus::Superseded,
+            other => other,
+        }
+    }
+
+    /// Whether the device may hold certificates that a connection with its
+    /// newest one supersedes.
+    pub fn renewed(&self, device_id: i64) -> bool {
+        self.renewed.contains_key(&device_id)
+    }
+
     /// Adds a certificate this gateway just issued.
     pub fn insert(&self, id: Identity) {
+        let usable = |c: &Identity| !c.revoked && !c.superseded;
+        let another = self.certs.iter().any(|c| {
+            c.device_id == id.device_id && c.fingerprint != id.fingerprint && usable(c.value())
+        });
+        if another {
+            self.renewed.insert(id.device_id, ());
+        }
         self.issued
             .insert(id.fingerprint.clone(), self.epoch.load(Ordering::SeqCst));
         self.certs.insert(id.fingerprint.clone(), Arc::new(id));
@@ -133,6 +165,19 @@ impl Cache {
         self.certs
             .retain(|fp, _| fresh.contains(fp) || issued_since(fp));
         self.issued.retain(|_, e| *e >= epoch);
+        let mut usable: std::collections::HashMap<i64, usize> = std::collections::HashMap::new();
+        for c in self.certs.iter() {
+            if !c.revoked && !c.superseded {
+                *usable.entry(c.device_id).or_default() += 1;
+            }
+        }
+        self.renewed
+            .retain(|d, _| usable.get(d).is_some_and(|n| *n > 1));
+        for (device, n) in usable {
+            if n > 1 {
+                self.renewed.insert(device, ());
+            }
+        }
         self.cut_invalid();
     }
 
@@ -262,6 +307,7 @@ mod tests {
             vpn_ip: Ipv4Addr::new(100, 64, 0, 1),
             not_after: i64::MAX,
             revoked: false,
+            superseded: false,
         }
     }
 

@@ -158,6 +158,7 @@ pub async fn enroll(
         not_after: 0,
         // A device awaiting approval is refused until approved, from its first handshake.
         revoked: device.status != shimgate_registry::DeviceStatus::Active,
+        superseded: false,
     };
     let cert = match issue(gw, &csr, holder).await {
         Ok(c) => c,
@@ -262,6 +263,7 @@ async fn issue(
     gw.cache.insert(Identity {
         fingerprint: cert.fingerprint_hex.clone(),
         not_after: cert.not_after,
+        superseded: false,
         ..holder
     });
     Ok(cert)

@@ -204,6 +204,7 @@ mod tests {
             vpn_ip: "100.64.0.1".parse().unwrap(),
             not_after: i64::MAX,
             revoked: false,
+            superseded: false,
         }
     }
 
@@ -416,7 +417,10 @@ mod tests {
         with_deny.push(rule("*", "192.0.2.0/24", (1, 79), "deny"));
         assert_eq!(routes(&with_deny, &who()).cidrs, ["192.0.2.0/24"]);
         with_deny.push(rule("*", "192.0.2.0/24", (20, 9000), "deny"));
-        assert!(routes(&with_deny, &who()).cidrs.is_empty(), "one deny covers the list");
+        assert!(
+            routes(&with_deny, &who()).cidrs.is_empty(),
+            "one deny covers the list"
+        );
     }
 
     /// A rule applies to its protocol only; rules from before UDP mean TCP,

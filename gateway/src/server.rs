@@ -164,7 +164,7 @@ impl Gateway {
             .map(|fp| self.cache.register(fp, cancel.clone()));
         let ident = match presented {
             None => None,
-            Some(fp) => match self.cache.status(&fp) {
+            Some(fp) => match self.cache.handshake_status(&fp) {
                 CertStatus::Active(id) => Some(id),
                 _ => {
                     tracing::info!(%peer, fingerprint = %fp, "certificate not valid (revoked or unknown)");
@@ -180,9 +180,30 @@ impl Gateway {
         if let Some(id) = &ident {
             tracing::info!(%peer, device = %id.device_name, user = %id.user_name, "device connected");
             let (registry, device_id) = (self.registry.clone(), id.device_id);
+            let supersede = self
+                .cache
+                .renewed(device_id)
+                .then(|| id.fingerprint.clone());
             tokio::spawn(async move {
                 if let Err(e) = registry.touch_device(device_id, clock::now()).await {
                     tracing::debug!(error = %e, "could not record last-seen");
+                }
+                // A renewed certificate in use: the older ones may no longer connect.
+                if let Some(fp) = supersede {
+                    match registry
+                        .supersede_older_certificates(&fp, clock::now())
+                        .await
+                    {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(
+                            device_id,
+                            superseded = n,
+                            "a renewed certificate is in use: older ones refused from now on"
+                        ),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not supersede older certificates; retried at the next connection")
+                        }
+                    }
                 }
             });
         }

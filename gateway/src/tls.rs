@@ -53,9 +53,11 @@ impl ClientCertVerifier for DeviceVerifier {
     ) -> Result<ClientCertVerified, Error> {
         self.inner
             .verify_client_cert(end_entity, intermediates, now)?;
-        match self.cache.status(&pki::fingerprint(end_entity)) {
+        match self.cache.handshake_status(&pki::fingerprint(end_entity)) {
             CertStatus::Active(_) => Ok(ClientCertVerified::assertion()),
-            CertStatus::Revoked => Err(Error::InvalidCertificate(CertificateError::Revoked)),
+            CertStatus::Revoked | CertStatus::Superseded => {
+                Err(Error::InvalidCertificate(CertificateError::Revoked))
+            }
             CertStatus::Unknown => Err(Error::InvalidCertificate(
                 CertificateError::ApplicationVerificationFailure,
             )),

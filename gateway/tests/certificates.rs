@@ -210,19 +210,49 @@ async fn renewal_issues_a_fresh_certificate_that_works() {
     ));
     let workers = shimgate_host::workers::Workers::start(1).unwrap();
     let pool = shimgate_proxy::pool::Pool::new(connector, 1, board, workers);
+    // A copy of the old key and certificate, and a connection made with them.
+    let name = || ServerName::try_from("127.0.0.1").unwrap();
+    let old_tls = shimgate_proxy::tls::device(&f.device).unwrap();
+    let (held, _) = client::connect_device(&f.addr, name(), Arc::clone(&old_tls))
+        .await
+        .unwrap();
     let not_after = shimgate_proxy::renew::renew_once(&f.device, &pool)
         .await
         .unwrap();
     assert!(not_after > clock::now() + 29 * 86400);
     let after = std::fs::read(f.device.cert()).unwrap();
     assert_ne!(before, after, "the certificate was not replaced");
+    // Until the new certificate is used, the old one still connects (a
+    // device that renewed and crashed before using it is not locked out).
+    client::connect_device(&f.addr, name(), Arc::clone(&old_tls))
+        .await
+        .expect("the old certificate before the new one is used");
     // The new certificate and key authenticate the device.
     let tls = shimgate_proxy::tls::device(&f.device).unwrap();
-    let (_conn, me) =
-        client::connect_device(&f.addr, ServerName::try_from("127.0.0.1").unwrap(), tls)
-            .await
-            .unwrap();
+    let (_conn, me) = client::connect_device(&f.addr, name(), tls).await.unwrap();
     assert_eq!(me.device_name, "laptop");
+    // Once it has been used, the old certificate is refused for new
+    // connections (SQLite: the gateway polls the registry every 200 ms).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match client::connect_device(&f.addr, name(), Arc::clone(&old_tls)).await {
+            Err(ClientError::Revoked) => break,
+            Ok(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await
+            }
+            Ok(_) => panic!("the superseded certificate still connects"),
+            Err(other) => panic!("expected a revocation refusal, got {other}"),
+        }
+    }
+    // The connection it already held goes on.
+    client::call(
+        &held.send,
+        http::Method::GET,
+        shimgate_wire::enroll::WHOAMI_PATH,
+        None,
+    )
+    .await
+    .expect("a connection made before the renewal keeps working");
     f.stop.cancel();
 }
 

@@ -39,6 +39,8 @@ pub struct CertState {
     /// The certificate or its device is revoked, or the device still awaits approval: either
     /// way the gateway refuses it.
     pub revoked: bool,
+    /// A newer certificate of the device has been used: refused for new connections.
+    pub superseded: bool,
 }
 
 impl Registry {
@@ -88,7 +90,7 @@ impl Registry {
     /// device, user and groups.
     pub async fn certificate_states(&self, now: i64) -> Result<Vec<CertState>> {
         let rows = sqlx::query(
-            "SELECT c.fingerprint_sha256, c.serial_hex, c.not_after, c.revoked_at, \
+            "SELECT c.fingerprint_sha256, c.serial_hex, c.not_after, c.revoked_at, c.superseded_at, \
                     d.id AS device_id, d.name AS device_name, d.vpn_ip, \
                     d.revoked_at AS device_revoked_at, d.approval_requested_at, \
                     u.id AS user_id, u.name AS user_name \
@@ -107,6 +109,7 @@ impl Registry {
                 let cert_revoked: Option<i64> = row.try_get("revoked_at")?;
                 let device_revoked: Option<i64> = row.try_get("device_revoked_at")?;
                 let pending: Option<i64> = row.try_get("approval_requested_at")?;
+                let superseded: Option<i64> = row.try_get("superseded_at")?;
                 Ok(CertState {
                     fingerprint_hex: row.try_get("fingerprint_sha256")?,
                     serial_hex: row.try_get("serial_hex")?,
@@ -120,9 +123,40 @@ impl Registry {
                     revoked: cert_revoked.is_some()
                         || device_revoked.is_some()
                         || pending.is_some(),
+                    superseded: superseded.is_some(),
                 })
             })
             .collect()
+    }
+
+    /// The device presenting certificate `fingerprint_hex` has used it: its certificates issued
+    /// before it are superseded (refused for new connections). Bumps the change sequence when
+    /// that changed anything; returns how many were superseded.
+    pub async fn supersede_older_certificates(
+        &self,
+        fingerprint_hex: &str,
+        now: i64,
+    ) -> Result<u64> {
+        let fingerprint = validate::hex("certificate fingerprint", fingerprint_hex, Some(64))?;
+        let mut tx = self.begin_write().await?;
+        let changed = sqlx::query(
+            "UPDATE certificates SET superseded_at = $2 \
+             WHERE superseded_at IS NULL \
+               AND device_id = (SELECT device_id FROM certificates WHERE fingerprint_sha256 = $1) \
+               AND id < (SELECT id FROM certificates WHERE fingerprint_sha256 = $1)",
+        )
+        .bind(&fingerprint)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if changed == 0 {
+            tx.rollback().await?;
+            return Ok(0);
+        }
+        bump(&mut tx).await?;
+        tx.commit().await?;
+        Ok(changed)
     }
 
     /// Revokes one certificate by fingerprint (the device stays active) and bumps the change

@@ -174,6 +174,7 @@ both_backends!(
     address_allocation_properties,
     revoke,
     certificate_expiry,
+    certificate_supersede,
     certificate_validation,
     rules,
     audit,
@@ -873,6 +874,68 @@ async fn certificate_expiry(env: Env) {
         [fingerprint("b")]
     );
     assert!(r.certificate_states(200).await.expect("states").is_empty());
+}
+
+/// A renewed certificate in use supersedes the device's older ones (not
+/// other devices', not newer ones), once, with a change notification.
+async fn certificate_supersede(env: Env) {
+    let r = &env.reg;
+    let alice = r.ensure_user("alice").await.expect("alice");
+    let d = r.create_device(alice.id, "laptop", 1).await.expect("dev");
+    let other = r.create_device(alice.id, "phone", 2).await.expect("dev");
+    for (device, name) in [(d.id, "a"), (other.id, "p"), (d.id, "b"), (d.id, "c")] {
+        r.record_certificate(cert(device, name, 5000))
+            .await
+            .expect(name);
+    }
+    let superseded = || async {
+        let mut names: Vec<String> = r
+            .certificate_states(0)
+            .await
+            .expect("states")
+            .into_iter()
+            .filter(|s| s.superseded)
+            .map(|s| s.fingerprint_hex)
+            .collect();
+        names.sort();
+        names
+    };
+    let seq0 = r.change_seq().await.expect("seq");
+    assert_eq!(
+        r.supersede_older_certificates(&fingerprint("b"), 10)
+            .await
+            .expect("b in use"),
+        1
+    );
+    assert!(r.change_seq().await.expect("seq") > seq0);
+    assert_eq!(superseded().await, [fingerprint("a")]);
+    let seq1 = r.change_seq().await.expect("seq");
+    assert_eq!(
+        r.supersede_older_certificates(&fingerprint("b"), 11)
+            .await
+            .expect("again"),
+        0
+    );
+    assert_eq!(
+        r.supersede_older_certificates(&fingerprint("a"), 11)
+            .await
+            .expect("an older one"),
+        0
+    );
+    assert_eq!(r.change_seq().await.expect("seq"), seq1, "nothing changed");
+    assert_eq!(
+        r.supersede_older_certificates(&fingerprint("c"), 12)
+            .await
+            .expect("c in use"),
+        1
+    );
+    let mut want = vec![fingerprint("a"), fingerprint("b")];
+    want.sort();
+    assert_eq!(
+        superseded().await,
+        want,
+        "the phone's certificate is untouched"
+    );
 }
 
 async fn certificate_validation(env: Env) {

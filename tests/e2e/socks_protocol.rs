@@ -95,7 +95,11 @@ fn garbage_closes_only_that_connection() {
 
     let mut random = vec![0u8; 4096];
     crate::harness::origin::pattern_chunk(7, &mut random);
-    random[0] = 0x47; // not version 5
+    // Neither SOCKS5's version byte (5) nor an HTTP GET's `G` (the PAC
+    // reader's): this noise must reach the SOCKS parser and be refused there.
+    random[0] = 0x13;
+    let mut after_greeting = vec![5, 1, 0];
+    after_greeting.extend_from_slice(&random);
     let cases: Vec<(&str, Vec<u8>)> = vec![
         (
             "HTTP request",
@@ -108,6 +112,10 @@ fn garbage_closes_only_that_connection() {
             vec![5, 1, 0, 9, 1, 0, 1, 127, 0, 0, 1, 0, 80],
         ),
         ("4 KiB of noise", random),
+        (
+            "a greeting, then 4 KiB of noise as the request",
+            after_greeting,
+        ),
         (
             "TLS ClientHello",
             vec![0x16, 3, 1, 0, 0x2f, 1, 0, 0, 0x2b, 3, 3],

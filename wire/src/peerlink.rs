@@ -941,8 +941,46 @@ mod tests {
         );
     }
 
+    /// Checked against snow's own AESGCM (RustCrypto), not against itself:
+    /// the same key, nonce and data give the same bytes, at nonces whose
+    /// big-endian layout a wrong byte order or offset would change, and our
+    /// per-direction REKEY gives the key snow's REKEY gives.
     #[test]
-    fn aws_cipher_matches_the_noise_nonce_layout() {
+    fn aws_cipher_agrees_with_snows_aesgcm() {
+        let mut theirs = DefaultResolver
+            .resolve_cipher(&CipherChoice::AESGCM)
+            .expect("snow's AESGCM");
+        theirs.set(&KEY);
+        let mut ours = AwsAesGcm::default();
+        ours.set(&KEY);
+        for nonce in [0, 1, 9, 0x0102_0304_0506_0708, (1 << 40) + 5, u64::MAX - 1] {
+            let (mut a, mut b) = ([0u8; 11 + TAG], [0u8; 11 + TAG]);
+            assert_eq!(ours.encrypt(nonce, b"ad", b"hello noise", &mut a), 11 + TAG);
+            assert_eq!(
+                theirs.encrypt(nonce, b"ad", b"hello noise", &mut b),
+                11 + TAG
+            );
+            assert_eq!(a, b, "nonce {nonce:#x}");
+            let mut back = [0u8; 11];
+            assert_eq!(theirs.decrypt(nonce, b"ad", &a, &mut back).unwrap(), 11);
+            assert_eq!(&back, b"hello noise");
+        }
+        let mut direction = Direction::new(&KEY).unwrap();
+        direction.rekey().unwrap();
+        theirs.rekey();
+        let mut body = *b"after rekey";
+        let tag = direction
+            .key
+            .seal_in_place_separate_tag(noise_nonce(3), Aad::empty(), &mut body)
+            .unwrap();
+        let mut expected = [0u8; 11 + TAG];
+        theirs.encrypt(3, &[], b"after rekey", &mut expected);
+        assert_eq!(&expected[..11], &body);
+        assert_eq!(&expected[11..], tag.as_ref());
+    }
+
+    #[test]
+    fn aws_cipher_refuses_what_it_must() {
         let mut c = AwsAesGcm::default();
         c.set(&KEY);
         let mut out = [0u8; 5 + TAG];

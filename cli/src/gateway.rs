@@ -12,6 +12,7 @@ use shimgate_gateway::ca::Ca;
 use shimgate_gateway::console;
 use shimgate_gateway::dial::Alias;
 use shimgate_gateway::paths::{DataDir, GatewayConfig};
+use shimgate_gateway::setup::Limits;
 use shimgate_host::{clock, files};
 use shimgate_registry::{
     Action, Dest, DeviceStatus, NewAudit, NewRule, NewToken, Ports, Proto, Registry, Subject,
@@ -137,6 +138,18 @@ struct ServeArgs {
     /// inside them); past it new ones are closed at once. Raise the open-file limit with it.
     #[arg(long, default_value_t = shimgate_gateway::server::MAX_CONNECTIONS, value_parser = parse_max_connections)]
     max_connections: usize,
+    /// Tunnels and UDP associations one device may have open at once.
+    #[arg(long, default_value_t = Limits::default().open_per_device, value_parser = parse_max_connections)]
+    max_tunnels_per_device: usize,
+    /// New tunnels and UDP associations one device may open per second (bursts of twice that).
+    #[arg(long, default_value_t = Limits::default().tunnels_per_second, value_parser = clap::value_parser!(u32).range(1..))]
+    tunnels_per_second: u32,
+    /// Peer session requests one device may make per second (bursts of twice that).
+    #[arg(long, default_value_t = Limits::default().peer_sessions_per_second, value_parser = clap::value_parser!(u32).range(1..))]
+    peer_sessions_per_second: u32,
+    /// Enrollment attempts with one code: this many at once, then one a minute.
+    #[arg(long, default_value_t = Limits::default().enroll_attempts_per_token, value_parser = clap::value_parser!(u32).range(1..))]
+    enroll_attempts_per_token: u32,
     #[command(flatten)]
     console: ConsoleArgs,
 }
@@ -358,6 +371,12 @@ impl Cli {
                     listen: args.listen,
                     aliases: args.aliases.clone(),
                     max_connections: args.max_connections,
+                    limits: Limits {
+                        open_per_device: args.max_tunnels_per_device,
+                        tunnels_per_second: args.tunnels_per_second,
+                        peer_sessions_per_second: args.peer_sessions_per_second,
+                        enroll_attempts_per_token: args.enroll_attempts_per_token,
+                    },
                 };
                 let (gw, listener) = shimgate_gateway::start(&dir, registry, &options).await?;
                 if let Some(opts) = args.console.options() {

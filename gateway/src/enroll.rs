@@ -95,6 +95,16 @@ pub async fn enroll(
             "malformed token id or secret",
         );
     };
+    // 256 random bits are not guessed, but each attempt costs a registry
+    // query and an audit row: a code tried from many addresses is slowed too.
+    if !gw.token_attempts.allow(token_id) {
+        tracing::info!(%peer, token = %pki::hex(&token_id), "enrollment attempts with this code are rate limited");
+        return send_error(
+            &mut respond,
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many enrollment attempts with this code: wait a minute and try again",
+        );
+    }
     if let Err(e) = check_device_name(&ask.device_name) {
         return send_error(&mut respond, StatusCode::BAD_REQUEST, &e.to_string());
     }

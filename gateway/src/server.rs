@@ -95,6 +95,39 @@ impl Gateway {
         &self.registry
     }
 
+    /// A new tunnel or UDP association of `who`, within its device's limits:
+    /// its place among the device's open ones (given back on drop), or the
+    /// refusal.
+    pub(crate) fn admit_tunnel(&self, who: &Identity) -> Result<Slot<i64>, TunnelError> {
+        if !self.device_tunnels.allow(who.device_id) {
+            self.refuse_over_limit(who, "tunnels_per_second", "serve --tunnels-per-second");
+            return Err(TunnelError::OverLimit);
+        }
+        self.device_open.take(who.device_id).ok_or_else(|| {
+            self.refuse_over_limit(who, "open_tunnels", "serve --max-tunnels-per-device");
+            TunnelError::OverLimit
+        })
+    }
+
+    /// Counts a refusal for a device limit and logs it at doubling counts (a
+    /// flood must not flood the log).
+    pub(crate) fn refuse_over_limit(
+        &self,
+        who: &Identity,
+        limit: &'static str,
+        flag: &'static str,
+    ) {
+        metrics::counter!("shimgate_device_limit_refusals_total", "limit" => limit).increment(1);
+        let n = self
+            .over_limit
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        if n.is_power_of_two() {
+            tracing::warn!(device = %who.device_name, user = %who.user_name, limit, flag, refused_so_far = n,
+                "a device is over its limit: refusing");
+        }
+    }
+
     /// A connection over [`UNAUTHENTICATED_PER_ADDRESS`]: closed at once,
     /// counted, and logged at doubling counts (a flood must not flood the log).
     fn refuse_per_address(&self, peer: SocketAddr) {
@@ -364,6 +397,10 @@ impl Gateway {
             Some(Ok(d)) => d,
             _ => return refuse(&mut respond, TunnelError::AddressNotSupported),
         };
+        let _place = match self.admit_tunnel(who) {
+            Ok(p) => p,
+            Err(e) => return refuse(&mut respond, e),
+        };
         let rules = self.cache.rules();
         let sock = match self.dialer.dial(who, &rules, &dest).await {
             Ok(s) => s,
@@ -421,6 +458,14 @@ impl Gateway {
                 "malformed peer session request",
             );
         };
+        if !self.device_peer_sessions.allow(who.device_id) {
+            self.refuse_over_limit(
+                who,
+                "peer_sessions_per_second",
+                "serve --peer-sessions-per-second",
+            );
+            return refuse(&mut respond, TunnelError::OverLimit);
+        }
         let rules = self.cache.rules();
         let granted = self.broker.request(who, peer.ip(), &wanted, &rules).await;
         let grant = match granted {

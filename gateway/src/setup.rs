@@ -73,6 +73,16 @@ pub struct Gateway {
     /// closed at once rather than exhausting file descriptors.
     pub(crate) connections: Arc<tokio::sync::Semaphore>,
     pub(crate) max_connections: usize,
+    /// Tunnels and UDP associations open per device.
+    pub(crate) device_open: Cap<i64>,
+    /// New tunnels and UDP associations per device.
+    pub(crate) device_tunnels: RateLimit<i64>,
+    /// Peer session requests per device.
+    pub(crate) device_peer_sessions: RateLimit<i64>,
+    /// Enrollment attempts per token id.
+    pub(crate) token_attempts: RateLimit<[u8; 16]>,
+    /// Requests refused for a device limit, for the log.
+    pub(crate) over_limit: std::sync::atomic::AtomicU64,
     /// Who is online for peer sessions; brokers and relays them.
     pub(crate) broker: Arc<Broker>,
     /// Tunnels open now, for the console.
@@ -88,6 +98,8 @@ pub struct Options {
     pub aliases: Vec<Alias>,
     /// TLS connections held at once; past it new ones are closed at once.
     pub max_connections: usize,
+    /// What one device may use.
+    pub limits: Limits,
 }
 
 impl Default for Options {
@@ -96,8 +108,45 @@ impl Default for Options {
             listen: None,
             aliases: Vec::new(),
             max_connections: crate::server::MAX_CONNECTIONS,
+            limits: Limits::default(),
         }
     }
+}
+
+/// What one device may use of the gateway, so that one device (a runaway
+/// script, a stolen key) cannot take it from the others. The defaults are
+/// far above what one person's programs do (and above the benchmark's
+/// figures); an admin tightens them with `serve`'s flags.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Tunnels and UDP associations open at once.
+    pub open_per_device: usize,
+    /// New tunnels and UDP associations per second (bursts of twice that).
+    pub tunnels_per_second: u32,
+    /// Peer session requests per second (bursts of twice that).
+    pub peer_sessions_per_second: u32,
+    /// Enrollment attempts with one code: this many at once, then one a minute.
+    pub enroll_attempts_per_token: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            open_per_device: 20_000,
+            tunnels_per_second: 10_000,
+            peer_sessions_per_second: 2_000,
+            enroll_attempts_per_token: 10,
+        }
+    }
+}
+
+/// A token bucket of `per_second`, bursts of twice that.
+fn per_second<K: std::hash::Hash + Eq>(per_second: u32) -> RateLimit<K> {
+    let per_second = per_second.max(1);
+    RateLimit::new(
+        per_second.saturating_mul(2),
+        Duration::from_secs_f64(1.0 / f64::from(per_second)),
+    )
 }
 
 /// Creates the data directory, the CA, the server certificate and
@@ -199,6 +248,14 @@ pub async fn start(
         refused_per_address: std::sync::atomic::AtomicU64::new(0),
         connections: Arc::new(tokio::sync::Semaphore::new(options.max_connections)),
         max_connections: options.max_connections,
+        device_open: Cap::new(options.limits.open_per_device),
+        device_tunnels: per_second(options.limits.tunnels_per_second),
+        device_peer_sessions: per_second(options.limits.peer_sessions_per_second),
+        token_attempts: RateLimit::new(
+            options.limits.enroll_attempts_per_token.max(1),
+            Duration::from_secs(60),
+        ),
+        over_limit: std::sync::atomic::AtomicU64::new(0),
     };
     Ok((Arc::new(gw), listener))
 }

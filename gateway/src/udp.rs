@@ -53,6 +53,10 @@ impl Gateway {
         mut respond: SendResponse<Bytes>,
         who: &Identity,
     ) {
+        let _place = match self.admit_tunnel(who) {
+            Ok(p) => p,
+            Err(e) => return refuse(&mut respond, e),
+        };
         let sock = match bind().await {
             Ok(s) => s,
             Err(e) => {

@@ -66,6 +66,10 @@ struct Fixture {
 }
 
 async fn gateway_with_enrolled_device() -> Fixture {
+    gateway_with_limits(Default::default()).await
+}
+
+async fn gateway_with_limits(limits: shimgate_gateway::setup::Limits) -> Fixture {
     let tmp = tempfile::tempdir().unwrap();
     let dir = DataDir::new(tmp.path().join("gw"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -93,6 +97,7 @@ async fn gateway_with_enrolled_device() -> Fixture {
         &shimgate_gateway::setup::Options {
             listen: Some(listen),
             aliases: Vec::new(),
+            limits,
             ..Default::default()
         },
     )
@@ -369,5 +374,70 @@ async fn enrollment_attempts_are_rate_limited_per_address() {
             ),
         }
     }
+    f.stop.cancel();
+}
+
+/// Enrollment attempts per code, whatever the address: with a limit of 2,
+/// the third wrong secret for one code is refused 429 (not checked), while
+/// another code from the same address is still checked.
+#[tokio::test]
+async fn enrollment_attempts_are_rate_limited_per_code() {
+    let f = gateway_with_limits(shimgate_gateway::setup::Limits {
+        enroll_attempts_per_token: 2,
+        ..Default::default()
+    })
+    .await;
+    let ca = shimgate_wire::pki::load_certs(&f.device.ca()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut codes = Vec::new();
+    for _ in 0..2 {
+        let token = f
+            .registry
+            .create_token(NewToken {
+                user: "alice".into(),
+                created_by: "test".into(),
+                expires_at: clock::now() + 60,
+                uses: 1,
+            })
+            .await
+            .unwrap();
+        codes.push(EnrollmentCode {
+            gateway: f.addr.clone(),
+            ca_fingerprint: shimgate_wire::pki::fingerprint_bytes(&ca[0]),
+            token_id: token.id,
+            // never the right secret
+            secret: [7; 32],
+            expires_at: token.expires_at,
+        });
+    }
+    let attempt = |code: &EnrollmentCode, n: usize| {
+        let dir = ConfigDir::new(tmp.path().join(format!("guess-{n}")));
+        let code = code.clone();
+        async move {
+            let opts = EnrollOptions {
+                name: Some("guessed".into()),
+                listen: None,
+                force: true,
+            };
+            match enroll(&dir, &code, &opts).await {
+                Ok(_) => (200, String::new()),
+                Err(shimgate_proxy::enroll::EnrollError::Gateway(ClientError::Refused {
+                    status,
+                    message,
+                })) => (status.as_u16(), message),
+                Err(e) => panic!("unexpected enrollment error: {e}"),
+            }
+        }
+    };
+    assert_eq!(attempt(&codes[0], 1).await.0, 403);
+    assert_eq!(attempt(&codes[0], 2).await.0, 403);
+    let (status, message) = attempt(&codes[0], 3).await;
+    assert_eq!(status, 429, "{message}");
+    assert!(message.contains("with this code"), "{message}");
+    assert_eq!(
+        attempt(&codes[1], 4).await.0,
+        403,
+        "another code is still checked"
+    );
     f.stop.cancel();
 }

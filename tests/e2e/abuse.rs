@@ -6,7 +6,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use crate::harness::h2raw::{self, RawH2};
-use crate::harness::socks::{connect_ok, http_get};
+use crate::harness::socks::{self, connect_ok, http_get};
 use crate::harness::*;
 
 /// Waits until the other end closes `s` (EOF or reset); how long it took.
@@ -578,5 +578,88 @@ fn health_checks_are_counted_not_logged() {
         1,
         "health checks logged as TLS failures:\n{}",
         gw.logs()
+    );
+}
+
+/// Per-device limits: a device over its limit of tunnels open at once, or
+/// of new tunnels per second, is refused 0x02 (and both logs say so), while
+/// another device goes on as before.
+#[test]
+fn a_device_over_its_limits_leaves_the_others_alone() {
+    let echo = Origin::start(V4, Mode::Echo);
+    let mut gw = Gateway::init(Backend::Sqlite);
+    gw.allow("127.0.0.1/32", &[]);
+    gw.serve_args(&[
+        "--console",
+        "off",
+        "--max-tunnels-per-device",
+        "30",
+        "--tunnels-per-second",
+        "25",
+    ]);
+    let flooder = Device::enrolled_up(&gw, USER, "flooder");
+    let bystander = Device::enrolled_up(&gw, USER, "bystander");
+    let sequential = |dev: &Device, n: usize| -> Vec<Duration> {
+        (0..n)
+            .map(|i| {
+                let t = Instant::now();
+                let mut s = connect_ok(dev.socks, V4, echo.port());
+                let msg = format!("bystander {i}");
+                s.write_all(msg.as_bytes()).unwrap();
+                let mut back = vec![0u8; msg.len()];
+                s.read_exact(&mut back).unwrap();
+                t.elapsed()
+            })
+            .collect()
+    };
+    let p50 = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let before = p50(sequential(&bystander, 20));
+
+    // Open at once: 30 held, the 31st refused.
+    let held: Vec<TcpStream> = (0..30)
+        .map(|_| connect_ok(flooder.socks, V4, echo.port()))
+        .collect();
+    socks::connect_expect(flooder.socks, V4, echo.port(), socks::NOT_ALLOWED);
+    drop(held);
+
+    // New per second: a flood of 300 as fast as the device can, while the
+    // bystander tunnels 20 times.
+    let flood = {
+        let proxy = flooder.socks;
+        let port = echo.port();
+        std::thread::spawn(move || {
+            let (mut ok, mut refused) = (0, 0);
+            for _ in 0..300 {
+                match socks::connect(proxy, V4, port) {
+                    Ok((socks::SUCCEEDED, _)) => ok += 1,
+                    Ok((socks::NOT_ALLOWED, _)) => refused += 1,
+                    other => panic!("flooder got {other:?}"),
+                }
+            }
+            (ok, refused)
+        })
+    };
+    let during = p50(sequential(&bystander, 20));
+    let (ok, refused) = flood.join().unwrap();
+    eprintln!(
+        "[e2e] flood: {ok} tunnels, {refused} refused; bystander p50 {before:?} before, {during:?} during"
+    );
+    assert!(
+        refused > 0,
+        "300 tunnels at once passed a limit of 25 per second"
+    );
+    assert!(
+        during < before * 10 + Duration::from_millis(50),
+        "the bystander slowed from {before:?} to {during:?} while another device flooded"
+    );
+    let logs = gw.logs();
+    assert!(logs.contains("a device is over its limit"), "{logs}");
+    assert!(
+        flooder.logs().contains("over this device's limit"),
+        "{}",
+        flooder.logs()
     );
 }

@@ -32,12 +32,16 @@ pub enum TunnelError {
     Refused,
     TimedOut,
     AddressNotSupported,
+    /// The device is over one of its limits (tunnels open at once, new
+    /// tunnels or peer sessions per second): 0x02, as the limits are part of
+    /// the gateway's rules.
+    OverLimit,
     /// Anything else (the gateway's own trouble, a malformed request).
     General,
 }
 
 impl TunnelError {
-    pub const ALL: [TunnelError; 8] = [
+    pub const ALL: [TunnelError; 9] = [
         TunnelError::NotAllowed,
         TunnelError::NetworkUnreachable,
         TunnelError::HostUnreachable,
@@ -45,6 +49,7 @@ impl TunnelError {
         TunnelError::Refused,
         TunnelError::TimedOut,
         TunnelError::AddressNotSupported,
+        TunnelError::OverLimit,
         TunnelError::General,
     ];
 
@@ -52,7 +57,7 @@ impl TunnelError {
     pub fn socks_reply(self) -> u8 {
         match self {
             TunnelError::General => 0x01,
-            TunnelError::NotAllowed => 0x02,
+            TunnelError::NotAllowed | TunnelError::OverLimit => 0x02,
             TunnelError::NetworkUnreachable => 0x03,
             TunnelError::HostUnreachable | TunnelError::UnknownName => 0x04,
             TunnelError::Refused => 0x05,
@@ -64,6 +69,7 @@ impl TunnelError {
     pub fn http_status(self) -> StatusCode {
         match self {
             TunnelError::NotAllowed => StatusCode::FORBIDDEN,
+            TunnelError::OverLimit => StatusCode::TOO_MANY_REQUESTS,
             TunnelError::AddressNotSupported => StatusCode::BAD_REQUEST,
             TunnelError::TimedOut => StatusCode::GATEWAY_TIMEOUT,
             TunnelError::General => StatusCode::INTERNAL_SERVER_ERROR,
@@ -80,6 +86,7 @@ impl TunnelError {
             TunnelError::Refused => "refused",
             TunnelError::TimedOut => "timed-out",
             TunnelError::AddressNotSupported => "address-not-supported",
+            TunnelError::OverLimit => "over-limit",
             TunnelError::General => "general",
         }
     }
@@ -92,6 +99,7 @@ impl TunnelError {
         }
         match status {
             StatusCode::FORBIDDEN => TunnelError::NotAllowed,
+            StatusCode::TOO_MANY_REQUESTS => TunnelError::OverLimit,
             StatusCode::GATEWAY_TIMEOUT => TunnelError::TimedOut,
             StatusCode::BAD_GATEWAY => TunnelError::HostUnreachable,
             _ => TunnelError::General,
@@ -139,6 +147,7 @@ impl fmt::Display for TunnelError {
             TunnelError::Refused => "connection refused",
             TunnelError::TimedOut => "timed out",
             TunnelError::AddressNotSupported => "address type not supported",
+            TunnelError::OverLimit => "over this device's limit",
             TunnelError::General => "general failure",
         })
     }
@@ -162,7 +171,10 @@ mod tests {
     #[test]
     fn socks_codes_match_rfc1928() {
         let codes: Vec<u8> = TunnelError::ALL.iter().map(|e| e.socks_reply()).collect();
-        assert_eq!(codes, [0x02, 0x03, 0x04, 0x04, 0x05, 0x06, 0x08, 0x01]);
+        assert_eq!(
+            codes,
+            [0x02, 0x03, 0x04, 0x04, 0x05, 0x06, 0x08, 0x02, 0x01]
+        );
     }
 
     #[test]

@@ -719,20 +719,8 @@ async fn policy(registry: &Registry, cmd: &PolicyCommand) -> anyhow::Result<()> 
                     created_by: operator(),
                 })
                 .await?;
-            audit(
-                registry,
-                "policy.add",
-                &rule.id.to_string(),
-                format!(
-                    "{} {} -> {} ports {} {}",
-                    rule.action, rule.subject, rule.dest, rule.ports, rule.proto
-                ),
-            )
-            .await?;
-            println!(
-                "rule {} added: {} {} -> {} ports {} {}",
-                rule.id, rule.action, rule.subject, rule.dest, rule.ports, rule.proto
-            );
+            audit(registry, "policy.add", &rule.id.to_string(), rule.summary()).await?;
+            println!("rule {} added: {}", rule.id, rule.summary());
         }
         PolicyCommand::List => {
             println!(

@@ -305,65 +305,34 @@ async fn without_a_certificate_a_client_may_only_enroll() {
 #[tokio::test]
 async fn enrollment_attempts_are_rate_limited_per_address() {
     let f = gateway_with_enrolled_device().await;
-    let token = f
-        .registry
-        .create_token(NewToken {
-            user: "alice".into(),
-            created_by: "test".into(),
-            expires_at: clock::now() + 60,
-            uses: 1,
-        })
-        .await
-        .unwrap();
-    let ca = shimgate_wire::pki::load_certs(&f.device.ca()).unwrap();
-    let code = EnrollmentCode {
-        gateway: f.addr.clone(),
-        ca_fingerprint: shimgate_wire::pki::fingerprint_bytes(&ca[0]),
-        token_id: token.id,
-        secret: token.secret,
-        expires_at: token.expires_at,
-    };
+    let (code, right) = fresh_code(&f).await;
     let tmp = tempfile::tempdir().unwrap();
     let attempt = |secret: [u8; 32]| {
         let code = EnrollmentCode {
             secret,
             ..code.clone()
         };
-        let dir = ConfigDir::new(tmp.path().join(format!("guess-{}", secret[0])));
-        async move {
-            let opts = EnrollOptions {
-                name: Some("guessed".into()),
-                listen: None,
-                force: true,
-            };
-            match enroll(&dir, &code, &opts).await {
-                Ok(_) => 200,
-                Err(shimgate_proxy::enroll::EnrollError::Gateway(ClientError::Refused {
-                    status,
-                    ..
-                })) => status.as_u16(),
-                Err(e) => panic!("unexpected enrollment error: {e}"),
-            }
-        }
+        let dir = tmp.path().to_owned();
+        async move { enroll_attempt(&dir, &code).await.0 }
     };
     // The fixture enrolled once from this address already.
     let mut statuses = Vec::new();
     for guess in 1..=11u8 {
-        let mut secret = token.secret;
+        let mut secret = right;
         secret[31] ^= guess;
         statuses.push(attempt(secret).await);
     }
     assert!(statuses[..9].iter().all(|&s| s == 403), "{statuses:?}");
     assert!(statuses[9..].iter().all(|&s| s == 429), "{statuses:?}");
     assert_eq!(
-        attempt(token.secret).await,
+        attempt(right).await,
         429,
         "the limit let the right secret through"
     );
     // The bucket refills at one attempt per 6 s; refused attempts take none.
     let t = std::time::Instant::now();
     loop {
-        match attempt(token.secret).await {
+        match attempt(right).await {
             200 => break,
             429 if t.elapsed() < std::time::Duration::from_secs(10) => {
                 tokio::time::sleep(std::time::Duration::from_millis(500)).await
@@ -387,57 +356,72 @@ async fn enrollment_attempts_are_rate_limited_per_code() {
         ..Default::default()
     })
     .await;
-    let ca = shimgate_wire::pki::load_certs(&f.device.ca()).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let mut codes = Vec::new();
     for _ in 0..2 {
-        let token = f
-            .registry
-            .create_token(NewToken {
-                user: "alice".into(),
-                created_by: "test".into(),
-                expires_at: clock::now() + 60,
-                uses: 1,
-            })
-            .await
-            .unwrap();
+        let (code, _) = fresh_code(&f).await;
+        // never the right secret
         codes.push(EnrollmentCode {
-            gateway: f.addr.clone(),
-            ca_fingerprint: shimgate_wire::pki::fingerprint_bytes(&ca[0]),
-            token_id: token.id,
-            // never the right secret
             secret: [7; 32],
-            expires_at: token.expires_at,
+            ..code
         });
     }
-    let attempt = |code: &EnrollmentCode, n: usize| {
-        let dir = ConfigDir::new(tmp.path().join(format!("guess-{n}")));
-        let code = code.clone();
-        async move {
-            let opts = EnrollOptions {
-                name: Some("guessed".into()),
-                listen: None,
-                force: true,
-            };
-            match enroll(&dir, &code, &opts).await {
-                Ok(_) => (200, String::new()),
-                Err(shimgate_proxy::enroll::EnrollError::Gateway(ClientError::Refused {
-                    status,
-                    message,
-                })) => (status.as_u16(), message),
-                Err(e) => panic!("unexpected enrollment error: {e}"),
-            }
-        }
-    };
-    assert_eq!(attempt(&codes[0], 1).await.0, 403);
-    assert_eq!(attempt(&codes[0], 2).await.0, 403);
-    let (status, message) = attempt(&codes[0], 3).await;
+    assert_eq!(enroll_attempt(tmp.path(), &codes[0]).await.0, 403);
+    assert_eq!(enroll_attempt(tmp.path(), &codes[0]).await.0, 403);
+    let (status, message) = enroll_attempt(tmp.path(), &codes[0]).await;
     assert_eq!(status, 429, "{message}");
     assert!(message.contains("with this code"), "{message}");
     assert_eq!(
-        attempt(&codes[1], 4).await.0,
+        enroll_attempt(tmp.path(), &codes[1]).await.0,
         403,
         "another code is still checked"
     );
     f.stop.cancel();
+}
+
+/// A fresh one-use token of alice's on the fixture's gateway, as a code.
+async fn fresh_code(f: &Fixture) -> (EnrollmentCode, [u8; 32]) {
+    let token = f
+        .registry
+        .create_token(NewToken {
+            user: "alice".into(),
+            created_by: "test".into(),
+            expires_at: clock::now() + 60,
+            uses: 1,
+        })
+        .await
+        .unwrap();
+    let ca = shimgate_wire::pki::load_certs(&f.device.ca()).unwrap();
+    let code = EnrollmentCode {
+        gateway: f.addr.clone(),
+        ca_fingerprint: shimgate_wire::pki::fingerprint_bytes(&ca[0]),
+        token_id: token.id,
+        secret: token.secret,
+        expires_at: token.expires_at,
+    };
+    (code, token.secret)
+}
+
+/// One enrollment with `code` into a fresh config dir under `dir`: the
+/// gateway's HTTP status and message.
+async fn enroll_attempt(dir: &std::path::Path, code: &EnrollmentCode) -> (u16, String) {
+    let dir = ConfigDir::new(dir.join(format!("attempt-{}", rand_suffix())));
+    let opts = EnrollOptions {
+        name: Some("guessed".into()),
+        listen: None,
+        force: true,
+    };
+    match enroll(&dir, code, &opts).await {
+        Ok(_) => (200, String::new()),
+        Err(shimgate_proxy::enroll::EnrollError::Gateway(ClientError::Refused {
+            status,
+            message,
+        })) => (status.as_u16(), message),
+        Err(e) => panic!("unexpected enrollment error: {e}"),
+    }
+}
+
+fn rand_suffix() -> u64 {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    NEXT.fetch_add(1, Ordering::SeqCst) as u64
 }

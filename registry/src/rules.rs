@@ -31,6 +31,16 @@ pub struct Rule {
     pub created_at: i64,
 }
 
+impl Rule {
+    /// One line for logs and the audit log: `allow group:ops -> 10.0.0.0/8 ports 22 tcp`.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} {} -> {} ports {} {}",
+            self.action, self.subject, self.dest, self.ports, self.proto
+        )
+    }
+}
+
 fn subject_columns(s: &Subject) -> (&'static str, Option<&str>) {
     match s {
         Subject::Everyone => ("everyone", None),

@@ -19,32 +19,69 @@ const GW_DEV_SIDE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 const GW_INTRA_SIDE: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 const INTRA: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
 
-#[test]
-fn intranet_only_through_the_gateway() {
-    if !netns::require_root("multihost::intranet_only_through_the_gateway") {
-        return;
-    }
-    // namespaces are dropped (deleted) last, after every process in them
+/// The three hosts of this file, with an HTTP server at INTRA:8080 serving
+/// `body` and a DNS server in sg-gw that answers every name's first A query
+/// with INTRA and later ones with loopback (`.invalid` names: NXDOMAIN).
+/// Fields drop in order: the namespaces last, after what runs in them.
+struct ThreeHosts {
+    web: Origin,
+    dns: RebindingDns,
+    body: String,
+    dev_ns: Netns,
+    gw_ns: Netns,
+    /// Held only to be deleted last.
+    _intra_ns: Netns,
+}
+
+fn three_hosts(what: &str) -> ThreeHosts {
     let dev_ns = Netns::new("sg-dev-");
     let gw_ns = Netns::new("sg-gw-");
     let intra_ns = Netns::new("sg-intra-");
     veth(&dev_ns, "198.51.100.2/24", &gw_ns, "198.51.100.1/24");
     veth(&gw_ns, "203.0.113.1/24", &intra_ns, "203.0.113.2/24");
     gw_ns.sysctl("net.ipv4.ip_forward=0");
+    let body = unique_body(what);
+    let web = Origin::from_listener(
+        netns::bind_in(Some(&intra_ns.name), SocketAddr::new(INTRA.into(), 8080)),
+        Mode::Http { body: body.clone() },
+    );
+    let dns_sock = netns::in_netns(Some(&gw_ns.name), || {
+        std::net::UdpSocket::bind("127.0.0.1:53").expect("bind a DNS server in sg-gw")
+    });
+    let dns = RebindingDns::start(dns_sock, INTRA, Ipv4Addr::LOCALHOST);
+    dns::use_nameserver(&gw_ns.name, "127.0.0.1:53".parse().unwrap());
+    ThreeHosts {
+        web,
+        dns,
+        body,
+        dev_ns,
+        gw_ns,
+        _intra_ns: intra_ns,
+    }
+}
 
-    let body = unique_body("intranet page");
-    let listener = netns::bind_in(Some(&intra_ns.name), SocketAddr::new(INTRA.into(), 8080));
-    let web = Origin::from_listener(listener, Mode::Http { body: body.clone() });
-
+/// A gateway in sg-gw listening on its device side, with `aliases`.
+fn gateway_in(gw_ns: &Netns, aliases: Vec<String>) -> GatewaySpec {
     let listen = SocketAddr::new(GW_DEV_SIDE.into(), 8443);
-    let spec = GatewaySpec {
+    GatewaySpec {
         netns: Some(gw_ns.name.clone()),
         listen,
         names: vec!["gw.shimgate.test".into()],
         ips: vec![GW_DEV_SIDE.to_string()],
         public_addr: Some(listen.to_string()),
-        aliases: vec![format!("intranet.corp:80={INTRA}:8080")],
-    };
+        aliases,
+    }
+}
+
+#[test]
+fn intranet_only_through_the_gateway() {
+    if !netns::require_root("multihost::intranet_only_through_the_gateway") {
+        return;
+    }
+    let hosts = three_hosts("intranet page");
+    let (web, dns, body) = (&hosts.web, &hosts.dns, hosts.body.clone());
+    let (dev_ns, gw_ns) = (&hosts.dev_ns, &hosts.gw_ns);
+    let spec = gateway_in(gw_ns, vec![format!("intranet.corp:80={INTRA}:8080")]);
     // a service on the gateway host itself (the console, say), on its intranet side
     let on_gw = SocketAddr::new(GW_INTRA_SIDE.into(), 8080);
     let gw_service = Origin::from_listener(
@@ -53,13 +90,8 @@ fn intranet_only_through_the_gateway() {
             body: unique_body("gateway host service"),
         },
     );
-    // DNS rebinding: a name that first resolves to the intranet, then to the
+    // DNS rebinding: the name first resolves to the intranet, then to the
     // gateway host's loopback, where something listens too
-    let dns_sock = netns::in_netns(Some(&gw_ns.name), || {
-        std::net::UdpSocket::bind("127.0.0.1:53").expect("bind a DNS server in sg-gw")
-    });
-    let dns = RebindingDns::start(dns_sock, INTRA, Ipv4Addr::LOCALHOST);
-    dns::use_nameserver(&gw_ns.name, "127.0.0.1:53".parse().unwrap());
     let gw_loopback = Origin::from_listener(
         netns::bind_in(Some(&gw_ns.name), "127.0.0.1:8080".parse().unwrap()),
         Mode::Http {
@@ -181,31 +213,10 @@ fn policy_is_asked_before_the_name_is_resolved() {
     if !netns::require_root("multihost::policy_is_asked_before_the_name_is_resolved") {
         return;
     }
-    let dev_ns = Netns::new("sg-dev-");
-    let gw_ns = Netns::new("sg-gw-");
-    let intra_ns = Netns::new("sg-intra-");
-    veth(&dev_ns, "198.51.100.2/24", &gw_ns, "198.51.100.1/24");
-    veth(&gw_ns, "203.0.113.1/24", &intra_ns, "203.0.113.2/24");
-    let body = unique_body("named intranet page");
-    let web = Origin::from_listener(
-        netns::bind_in(Some(&intra_ns.name), SocketAddr::new(INTRA.into(), 8080)),
-        Mode::Http { body: body.clone() },
-    );
-    let dns_sock = netns::in_netns(Some(&gw_ns.name), || {
-        std::net::UdpSocket::bind("127.0.0.1:53").expect("bind a DNS server in sg-gw")
-    });
-    // Every name's first A answer is the intranet server, later ones loopback.
-    let dns = RebindingDns::start(dns_sock, INTRA, Ipv4Addr::LOCALHOST);
-    dns::use_nameserver(&gw_ns.name, "127.0.0.1:53".parse().unwrap());
-    let listen = SocketAddr::new(GW_DEV_SIDE.into(), 8443);
-    let spec = GatewaySpec {
-        netns: Some(gw_ns.name.clone()),
-        listen,
-        names: vec!["gw.shimgate.test".into()],
-        ips: vec![GW_DEV_SIDE.to_string()],
-        public_addr: Some(listen.to_string()),
-        aliases: vec![],
-    };
+    let hosts = three_hosts("named intranet page");
+    let (web, dns, body) = (&hosts.web, &hosts.dns, hosts.body.clone());
+    let (dev_ns, gw_ns) = (&hosts.dev_ns, &hosts.gw_ns);
+    let spec = gateway_in(gw_ns, vec![]);
     let mut gw = Gateway::init_spec(Backend::Sqlite, spec);
     gw.allow("intranet.corp", &["--ports", "8080"]);
     gw.allow("203.0.113.0/24", &["--ports", "443"]);

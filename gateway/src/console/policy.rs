@@ -76,16 +76,8 @@ impl Console {
     pub(crate) async fn add_rule(&self, who: &Actor, r: &RuleInput) -> Result<Rule, Failure> {
         let rule = self.gw.registry.add_rule(r.to_rule(&who.name)?).await?;
         self.refresh_cache().await;
-        self.audit(
-            who,
-            "policy.add",
-            &rule.id.to_string(),
-            format!(
-                "{} {} -> {} ports {} {}",
-                rule.action, rule.subject, rule.dest, rule.ports, rule.proto
-            ),
-        )
-        .await;
+        self.audit(who, "policy.add", &rule.id.to_string(), rule.summary())
+            .await;
         Ok(rule)
     }
 

@@ -34,6 +34,10 @@ pub enum ClientError {
     Unreachable { addr: String, reason: String },
     #[error("the gateway revoked this device's certificate: ask an admin, or enroll again")]
     Revoked,
+    #[error(
+        "this device's certificate has expired (it renews itself while `shimgate up` runs): check this machine's clock, or enroll again"
+    )]
+    Expired,
     #[error("the gateway refused this device's certificate ({0}): enroll again with a new code")]
     Rejected(String),
     #[error("TLS with the gateway failed: {0}")]
@@ -51,6 +55,8 @@ impl ClientError {
         let text = e.to_string();
         if text.contains("CertificateRevoked") {
             ClientError::Revoked
+        } else if text.contains("CertificateExpired") {
+            ClientError::Expired
         } else if [
             "AccessDenied",
             "UnknownCA",
@@ -351,4 +357,31 @@ pub async fn open_stream(
     Err(StreamError::Refused(TunnelError::from_response(
         status, header,
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The reasons an admin must tell apart come out as their own errors.
+    #[test]
+    fn alerts_are_classified() {
+        let classify = |text: &str| ClientError::classify("gw:8443", &text);
+        assert!(matches!(
+            classify("received fatal alert: CertificateRevoked"),
+            ClientError::Revoked
+        ));
+        assert!(matches!(
+            classify("received fatal alert: CertificateExpired"),
+            ClientError::Expired
+        ));
+        assert!(matches!(
+            classify("received fatal alert: UnknownCA"),
+            ClientError::Rejected(_)
+        ));
+        assert!(matches!(
+            classify("Connection refused (os error 111)"),
+            ClientError::Unreachable { .. }
+        ));
+    }
 }

@@ -298,7 +298,9 @@ pub fn jitter(d: Duration) -> Duration {
 /// What a SOCKS client is told when the gateway can't be reached.
 fn tunnel_error(e: &ClientError) -> TunnelError {
     match e {
-        ClientError::Revoked | ClientError::Rejected(_) => TunnelError::NotAllowed,
+        ClientError::Revoked | ClientError::Expired | ClientError::Rejected(_) => {
+            TunnelError::NotAllowed
+        }
         _ => TunnelError::General,
     }
 }

@@ -34,10 +34,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::activity::PeerLog;
 use crate::auditlog::AuditLog;
 use crate::cache::{Cache, CertStatus, Identity};
 use crate::policy::{self, Target};
-use crate::sessions::PeerLog;
 
 /// How long a granted session may take to start its handshake (or relay).
 pub const SESSION_TTL: Duration = Duration::from_secs(10);

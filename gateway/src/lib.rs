@@ -12,7 +12,7 @@
 //! - [`enroll`]: enrollment and renewal handlers.
 //! - [`auditlog`]: audit entries from the data path, written in order in the background.
 //! - [`broker`]: peer sessions: who is online, key brokering, the relay.
-//! - [`sessions`]: open tunnels and recent peer sessions, for the console.
+//! - [`activity`]: open tunnels and recent peer sessions, for the console.
 //! - [`dial`]: aliases, name resolution, connecting.
 //! - [`udp`]: UDP associations: datagrams to and from the networks it guards.
 //! - [`policy`]: who may reach what; [`ratelimit`]: per-address token buckets.
@@ -20,6 +20,7 @@
 //!
 //! The binaries (`shimgate-gateway`, and the demo) live in `shimgate-cli`.
 
+pub mod activity;
 pub mod auditlog;
 pub mod broker;
 pub mod ca;
@@ -32,7 +33,6 @@ pub mod policy;
 pub mod ratelimit;
 pub mod respond;
 pub mod server;
-pub mod sessions;
 pub mod setup;
 pub mod tls;
 pub mod udp;

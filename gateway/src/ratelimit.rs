@@ -57,14 +57,14 @@ impl<K: Hash + Eq> RateLimit<K> {
     }
 }
 
-/// At most `max` things at once per key; each is held by a [`Slot`].
+/// At most `max` things at once per key; each is held by a [`Place`].
 pub struct Cap<K: Hash + Eq + Clone = IpAddr> {
     max: usize,
     held: Arc<DashMap<K, usize>>,
 }
 
 /// One of a key's places under a [`Cap`], given back on drop.
-pub struct Slot<K: Hash + Eq + Clone = IpAddr> {
+pub struct Place<K: Hash + Eq + Clone = IpAddr> {
     key: K,
     held: Arc<DashMap<K, usize>>,
 }
@@ -78,20 +78,20 @@ impl<K: Hash + Eq + Clone> Cap<K> {
     }
 
     /// A place for `key`, or `None` when it holds `max` already.
-    pub fn take(&self, key: K) -> Option<Slot<K>> {
+    pub fn take(&self, key: K) -> Option<Place<K>> {
         let mut count = self.held.entry(key.clone()).or_insert(0);
         if *count >= self.max {
             return None;
         }
         *count += 1;
-        Some(Slot {
+        Some(Place {
             key,
             held: Arc::clone(&self.held),
         })
     }
 }
 
-impl<K: Hash + Eq + Clone> Drop for Slot<K> {
+impl<K: Hash + Eq + Clone> Drop for Place<K> {
     fn drop(&mut self) {
         if let Entry::Occupied(mut e) = self.held.entry(self.key.clone()) {
             *e.get_mut() -= 1;

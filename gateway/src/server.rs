@@ -23,7 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::{CertStatus, Identity};
-use crate::ratelimit::Slot;
+use crate::ratelimit::Place;
 use crate::respond::{read_body, refuse, send_error, send_json};
 use crate::setup::Gateway;
 
@@ -98,7 +98,7 @@ impl Gateway {
     /// A new tunnel or UDP association of `who`, within its device's limits:
     /// its place among the device's open ones (given back on drop), or the
     /// refusal.
-    pub(crate) fn admit_tunnel(&self, who: &Identity) -> Result<Slot<i64>, TunnelError> {
+    pub(crate) fn admit_tunnel(&self, who: &Identity) -> Result<Place<i64>, TunnelError> {
         if !self.device_tunnels.allow(who.device_id) {
             self.refuse_over_limit(who, "tunnels_per_second", "serve --tunnels-per-second");
             return Err(TunnelError::OverLimit);
@@ -150,7 +150,7 @@ impl Gateway {
         sock: TcpStream,
         peer: SocketAddr,
         stop: CancellationToken,
-        unauthenticated: Slot,
+        unauthenticated: Place,
     ) {
         shimgate_wire::liveness::prepare(&sock);
         let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;

@@ -86,7 +86,7 @@ pub struct Gateway {
     /// Who is online for peer sessions; brokers and relays them.
     pub(crate) broker: Arc<Broker>,
     /// Tunnels open now, for the console.
-    pub(crate) tunnels: crate::sessions::Tunnels,
+    pub(crate) tunnels: crate::activity::Tunnels,
 }
 
 /// What `serve` may override of `gateway.toml`, and its limits.

@@ -136,15 +136,15 @@ pub fn url(socks: SocketAddr) -> String {
 
 /// An HTTP answer: status line, content type, body.
 #[derive(Debug, PartialEq, Eq)]
-struct Answer {
+struct HttpReply {
     status: &'static str,
     content_type: &'static str,
     body: String,
 }
 
-impl Answer {
-    fn error(status: &'static str, body: &str) -> Answer {
-        Answer {
+impl HttpReply {
+    fn error(status: &'static str, body: &str) -> HttpReply {
+        HttpReply {
             status,
             content_type: "text/plain; charset=utf-8",
             body: format!("{body}\n"),
@@ -153,9 +153,9 @@ impl Answer {
 }
 
 /// What to answer to request head `head`; `pac` makes the file.
-fn respond(head: &[u8], pac: impl FnOnce() -> String) -> Answer {
+fn respond(head: &[u8], pac: impl FnOnce() -> String) -> HttpReply {
     let Ok(head) = std::str::from_utf8(head) else {
-        return Answer::error("400 Bad Request", "not an HTTP request");
+        return HttpReply::error("400 Bad Request", "not an HTTP request");
     };
     let mut lines = head.split("\r\n").flat_map(|l| l.split('\n'));
     let mut request = lines.next().unwrap_or_default().split(' ');
@@ -165,13 +165,13 @@ fn respond(head: &[u8], pac: impl FnOnce() -> String) -> Answer {
         request.next(),
         request.next(),
     ) else {
-        return Answer::error("400 Bad Request", "not an HTTP request");
+        return HttpReply::error("400 Bad Request", "not an HTTP request");
     };
     if !version.starts_with("HTTP/1.") {
-        return Answer::error("400 Bad Request", "not an HTTP/1 request");
+        return HttpReply::error("400 Bad Request", "not an HTTP/1 request");
     }
     if method != "GET" {
-        return Answer::error("405 Method Not Allowed", "only GET is served here");
+        return HttpReply::error("405 Method Not Allowed", "only GET is served here");
     }
     // A web page can make a browser send requests here, but it can only read
     // the answer under its own origin's name (DNS rebinding): answer only
@@ -181,19 +181,19 @@ fn respond(head: &[u8], pac: impl FnOnce() -> String) -> Answer {
         .find(|(name, _)| name.trim().eq_ignore_ascii_case("host"))
         .map(|(_, value)| value.trim());
     if !host.is_some_and(names_this_machine) {
-        return Answer::error(
+        return HttpReply::error(
             "403 Forbidden",
             "ask for the PAC file by address (http://127.0.0.1:PORT/proxy.pac) or as localhost",
         );
     }
     let path = target.split('?').next().unwrap_or_default();
     if !PATHS.contains(&path) {
-        return Answer::error(
+        return HttpReply::error(
             "404 Not Found",
             "this is a SOCKS5 proxy; its PAC file is /proxy.pac",
         );
     }
-    Answer {
+    HttpReply {
         status: "200 OK",
         content_type: CONTENT_TYPE,
         body: pac(),
@@ -288,7 +288,7 @@ impl Pac {
             .await
             .unwrap_or(Ok(Head::TooSlow))?;
         let answer = match head {
-            _ if !peer.ip().to_canonical().is_loopback() => Answer::error(
+            _ if !peer.ip().to_canonical().is_loopback() => HttpReply::error(
                 "403 Forbidden",
                 "the PAC file is served to this machine only",
             ),
@@ -297,11 +297,11 @@ impl Pac {
                 let socks = sock.local_addr().unwrap_or(self.listen);
                 generate(socks, &self.vpn_domain, &self.routes())
             }),
-            Head::NotHttp => Answer::error("400 Bad Request", "not an HTTP request"),
+            Head::NotHttp => HttpReply::error("400 Bad Request", "not an HTTP request"),
             Head::TooLarge => {
-                Answer::error("431 Request Header Fields Too Large", "request too large")
+                HttpReply::error("431 Request Header Fields Too Large", "request too large")
             }
-            Head::TooSlow => Answer::error("408 Request Timeout", "request too slow"),
+            Head::TooSlow => HttpReply::error("408 Request Timeout", "request too slow"),
         };
         let head = format!(
             "HTTP/1.1 {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n",
@@ -504,7 +504,7 @@ mod tests {
         );
     }
 
-    fn answer(head: &str) -> Answer {
+    fn answer(head: &str) -> HttpReply {
         respond(head.as_bytes(), || "PAC".into())
     }
 

@@ -66,13 +66,22 @@ struct Offer {
     expires: Instant,
 }
 
+/// Which end of a peer session this device is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// This device asked for the session (a local program connected).
+    Requester,
+    /// This device exports the service the other one asked for.
+    Exporter,
+}
+
 /// One live link, for `shimgate peers` and for cutting.
 struct LinkEntry {
     peer: String,
     port: u16,
     path: PeerPath,
     why: Option<String>,
-    initiator: bool,
+    side: Side,
     started: i64,
     sent: Arc<AtomicU64>,
     received: Arc<AtomicU64>,
@@ -295,16 +304,10 @@ impl Peers {
         &self,
         local: TcpStream,
         opened: Opened,
-        initiator: bool,
+        side: Side,
         port: u16,
     ) -> Result<peerlink::Moved, peerlink::LinkError> {
-        let (id, entry) = self.track(
-            &opened.peer,
-            port,
-            opened.path,
-            opened.why.clone(),
-            initiator,
-        );
+        let (id, entry) = self.track(&opened.peer, port, opened.path, opened.why.clone(), side);
         let (mut rd, mut wr) = local.into_split();
         let result = tokio::select! {
             r = peerlink::splice(&mut rd, &mut wr, opened.link, &entry.0, &entry.1) => r,
@@ -317,7 +320,7 @@ impl Peers {
             splice::reset(rd, wr);
         }
         self.untrack(id);
-        if initiator {
+        if side == Side::Requester {
             let _ = self.reports.try_send(DeviceMsg::Ended {
                 session: opened.session,
                 path: opened.path,
@@ -336,7 +339,7 @@ impl Peers {
         port: u16,
         path: PeerPath,
         why: Option<String>,
-        initiator: bool,
+        side: Side,
     ) -> (u64, (Arc<AtomicU64>, Arc<AtomicU64>, CancellationToken)) {
         let id = self.next_link.fetch_add(1, Ordering::Relaxed);
         let (sent, received) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
@@ -348,7 +351,7 @@ impl Peers {
                 port,
                 path,
                 why,
-                initiator,
+                side,
                 started: clock::now(),
                 sent: Arc::clone(&sent),
                 received: Arc::clone(&received),
@@ -453,7 +456,7 @@ impl Peers {
         };
         tracing::info!(peer = %offer.from, port = offer.port, %path, %session, "peer session open");
         if offer.port == 0 {
-            let (id, entry) = self.track(&offer.from, 0, path, None, false);
+            let (id, entry) = self.track(&offer.from, 0, path, None, Side::Exporter);
             tokio::select! {
                 _ = echo(link) => {}
                 _ = entry.2.cancelled() => {}
@@ -479,7 +482,7 @@ impl Peers {
             why: None,
             asked: Instant::now(),
         };
-        match self.run(local, opened, false, offer.port).await {
+        match self.run(local, opened, Side::Exporter, offer.port).await {
             Ok(m) => {
                 tracing::debug!(peer = %offer.from, sent = m.sent, received = m.received, "peer session closed")
             }
@@ -507,7 +510,7 @@ impl Peers {
                 v.key_age_secs
                     .map_or(now - link.started, |a| a.min(now - link.started)),
             );
-            v.started_here |= link.initiator;
+            v.started_here |= link.side == Side::Requester;
         }
         for t in self.ended.iter() {
             let v = out

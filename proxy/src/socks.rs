@@ -209,7 +209,10 @@ async fn peer_session(
         .await?;
     tracing::debug!(peer = %opened.peer, port, path = %opened.path, setup_us = opened.asked.elapsed().as_micros() as u64, "peer session open");
     let name = opened.peer.clone();
-    match peers.run(sock, opened, true, port).await {
+    match peers
+        .run(sock, opened, crate::peer::Side::Requester, port)
+        .await
+    {
         Ok(m) => {
             tracing::debug!(peer = %name, port, sent = m.sent, received = m.received, "peer session closed")
         }

@@ -27,7 +27,7 @@ pub struct DeviceView {
     pub last_seen: Option<i64>,
     pub cert_not_after: Option<i64>,
     /// Ended peer sessions this device took part in, by path.
-    pub peer_paths: crate::sessions::PathCounts,
+    pub peer_paths: crate::activity::PathCounts,
 }
 
 impl Console {

@@ -11,7 +11,7 @@ use shimgate_host::clock;
 
 use super::auth::Nav;
 use super::{Console, render};
-use crate::sessions::{PeerView, TunnelView};
+use crate::activity::{PeerView, TunnelView};
 
 /// What `/sessions` and `GET /api/v1/sessions` show.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -77,9 +77,9 @@ pub async fn page(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response
                     None => "—",
                 },
                 state: match p.state {
-                    crate::sessions::PeerState::Granted => "granted",
-                    crate::sessions::PeerState::Relaying => "relaying",
-                    crate::sessions::PeerState::Ended => "ended",
+                    crate::activity::PeerState::Granted => "granted",
+                    crate::activity::PeerState::Relaying => "relaying",
+                    crate::activity::PeerState::Ended => "ended",
                 },
                 p,
             })

@@ -21,6 +21,7 @@ pub mod devices;
 pub mod invite;
 pub mod metrics;
 pub mod policy;
+pub mod redeem;
 pub mod sessions;
 pub mod tls;
 
@@ -197,10 +198,10 @@ fn router(console: Arc<Console>, tls: bool) -> Router {
         )
         .route("/tokens", post(invite::create_token_form))
         .route("/tokens/{id}/cancel", post(invite::cancel_token_form))
-        .route("/invite/status", post(invite::status))
+        .route("/invite/status", post(redeem::status))
         .route(
             "/invite/{id}",
-            get(invite::public_page).post(invite::redeem),
+            get(redeem::public_page).post(redeem::redeem),
         )
         .route("/policy", get(policy::page).post(policy::add_form))
         .route("/policy/{id}/remove", post(policy::remove_form))

@@ -15,7 +15,7 @@ use axum::http::{Request, header};
 use libfuzzer_sys::fuzz_target;
 use serde::de::DeserializeOwned;
 use shimgate_fuzz::runtime;
-use shimgate_gateway::console::{api, auth, devices, invite, policy};
+use shimgate_gateway::console::{api, auth, devices, invite, policy, redeem};
 use shimgate_registry::{Invitee, MIN_PASSWORD_CHARS};
 use shimgate_wire::identity::check_device_name;
 
@@ -247,7 +247,7 @@ fuzz_target!(|data: &[u8]| {
         }
         // POST /invite/{id}: the public page, nobody signed in
         10 => {
-            let Some(f) = decode(body, |f: &invite::RedeemForm| {
+            let Some(f) = decode(body, |f: &redeem::RedeemForm| {
                 (
                     f.s.clone(),
                     f.form.clone(),
@@ -258,7 +258,7 @@ fuzz_target!(|data: &[u8]| {
                 return;
             };
             check_token(&f.form);
-            if let Some((id, secret)) = invite::parse_link(LINK_ID, &f.s) {
+            if let Some((id, secret)) = redeem::parse_link(LINK_ID, &f.s) {
                 assert_eq!(hex::encode(id), LINK_ID);
                 // Only the one spelling of the secret opens the invitation.
                 assert_eq!(hex::encode(secret), f.s.to_ascii_lowercase(), "{:?}", f.s);
@@ -267,7 +267,7 @@ fuzz_target!(|data: &[u8]| {
             if check_device_name(&device).is_ok() {
                 assert!(trimmed(&device) && device == device.to_ascii_lowercase());
                 assert_eq!(
-                    invite::RedeemForm {
+                    redeem::RedeemForm {
                         s: String::new(),
                         form: String::new(),
                         device: device.clone(),
@@ -286,7 +286,7 @@ fuzz_target!(|data: &[u8]| {
         }
         // POST /invite/status: the invitation page polling, nobody signed in
         _ => {
-            let Some(f) = decode(body, |f: &invite::StatusForm| f.key.clone()) else {
+            let Some(f) = decode(body, |f: &redeem::StatusForm| f.key.clone()) else {
                 return;
             };
             let watches = invite::Watches::default();

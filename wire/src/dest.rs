@@ -32,10 +32,13 @@ impl Host {
     /// A host as a program names it (a SOCKS domain, a name it looked up):
     /// an IP address in its usual text form, or a host name.
     pub fn parse(text: &str) -> Result<Host, DestError> {
-        if let Ok(ip) = text.parse() {
+        // An address, also with a trailing dot (`10.0.0.1.`): what the
+        // device sends must read back as the same kind of host (found by the
+        // connect_authority fuzz target).
+        let name = text.strip_suffix('.').unwrap_or(text);
+        if let Ok(ip) = text.parse().or_else(|_| name.parse()) {
             return Ok(Host::Ip(ip));
         }
-        let name = text.strip_suffix('.').unwrap_or(text);
         let valid = !name.is_empty()
             && name.len() <= 253
             && name.split('.').all(|l| {
@@ -157,6 +160,11 @@ mod tests {
             Host::parse("_srv.x-y.test").unwrap(),
             Host::Name("_srv.x-y.test".into())
         );
+        assert_eq!(
+            Host::parse("10.0.0.110.").unwrap(),
+            Host::Ip("10.0.0.110".parse().unwrap()),
+            "an address with a trailing dot is the address"
+        );
         for bad in [
             "",
             ".",
@@ -200,6 +208,7 @@ mod tests {
             Destination::new(Host::Ip("2001:db8::1".parse().unwrap()), 443),
             Destination::new(Host::Ip("192.0.2.1".parse().unwrap()), 8080),
             Destination::new(Host::parse("_srv.x-y.test").unwrap(), 65535),
+            Destination::new(Host::parse("10.0.0.110.").unwrap(), 80),
         ] {
             let d = d.unwrap();
             let uri: http::Uri = d.to_string().parse().unwrap();

@@ -364,6 +364,29 @@ mod tests {
     use super::*;
 
     /// The reasons an admin must tell apart come out as their own errors.
+    /// How a connection ended, in the words the device logs.
+    #[test]
+    fn ends_are_described_apart() {
+        let said = |ended: Option<Ended>| {
+            let w = EndWatch::default();
+            if let Some(e) = ended {
+                w.set(e);
+            }
+            w.describe()
+        };
+        let error = |t: &str| said(Some(Ended::Error(t.into())));
+        assert!(error("received fatal alert: CertificateRevoked").contains("revoked"));
+        assert!(error("received fatal alert: CertificateExpired").contains("expired"));
+        assert!(error("Connection timed out (os error 110)").starts_with("network lost"));
+        assert!(said(Some(Ended::Silent)).contains("stopped answering"));
+        assert!(said(Some(Ended::ByGateway)).contains("shutting down or restarting"));
+        assert!(
+            error("peer closed connection without sending TLS close_notify")
+                .contains("without closing")
+        );
+        assert_eq!(said(None), "closed by this device");
+    }
+
     #[test]
     fn alerts_are_classified() {
         let classify = |text: &str| ClientError::classify("gw:8443", &text);

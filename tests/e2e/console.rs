@@ -488,6 +488,33 @@ fn api_refuses_missing_wrong_and_revoked_tokens() {
     );
     assert_eq!(r.status, 400, "a bad rule says why: {r:?}");
     assert!(r.body.contains("error"), "{}", r.body);
+    // A list of ports, stored and shown as written; a bad item is named.
+    let json = ("Content-Type", "application/json");
+    let r = anon.send(
+        "POST",
+        "/api/v1/policy",
+        &[("Authorization", &auth), json],
+        r#"{"action":"allow","to":"192.0.2.0/24","ports":"22,53,8000-8100","proto":"udp"}"#,
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        r.body.contains(r#""ports":"22,53,8000-8100""#),
+        "{}",
+        r.body
+    );
+    assert!(r.body.contains(r#""proto":"udp""#), "{}", r.body);
+    let r = anon.send(
+        "POST",
+        "/api/v1/policy",
+        &[("Authorization", &auth), json],
+        r#"{"action":"allow","to":"192.0.2.0/24","ports":"22,70000"}"#,
+    );
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(
+        r.body.contains("70000"),
+        "the refusal names the item: {}",
+        r.body
+    );
     let mut wrong = bearer.clone();
     wrong.pop();
     wrong.push(if bearer.ends_with('0') { '1' } else { '0' });

@@ -36,7 +36,7 @@ impl Host {
         // device sends must read back as the same kind of host (found by the
         // connect_authority fuzz target).
         let name = text.strip_suffix('.').unwrap_or(text);
-        if let Ok(ip) = text.parse().or_else(|_| name.parse()) {
+        if let Ok(ip) = name.parse() {
             return Ok(Host::Ip(ip));
         }
         let valid = !name.is_empty()

@@ -64,6 +64,8 @@ impl Gateway {
                 return refuse(&mut respond, TunnelError::General);
             }
         };
+        // Read once: the family decides how every IPv4 destination is written.
+        let dual_stack = sock.local_addr().is_ok_and(|a| a.is_ipv6());
         let Ok(ok) = Response::builder().status(StatusCode::OK).body(()) else {
             return;
         };
@@ -115,7 +117,7 @@ impl Gateway {
                         }
                         match decided.get(&dest) {
                             Some(Ok(to)) => {
-                                if sock.send_to(&payload, mapped(&sock, *to)).await.is_ok() {
+                                if sock.send_to(&payload, mapped(dual_stack, *to)).await.is_ok() {
                                     sent_to.insert(*to);
                                     counts.sent += 1;
                                 }
@@ -163,11 +165,11 @@ async fn bind() -> io::Result<UdpSocket> {
     }
 }
 
-/// `to` in the socket's family: an IPv4 address as IPv4-mapped IPv6 on a
+/// `to` as a socket of that family takes it: an IPv4 address as IPv4-mapped IPv6 on a
 /// dual-stack socket.
-fn mapped(sock: &UdpSocket, to: SocketAddr) -> SocketAddr {
-    match (sock.local_addr().map(|a| a.is_ipv6()), to.ip()) {
-        (Ok(true), IpAddr::V4(v4)) => SocketAddr::new(IpAddr::V6(v4.to_ipv6_mapped()), to.port()),
+fn mapped(dual_stack: bool, to: SocketAddr) -> SocketAddr {
+    match (dual_stack, to.ip()) {
+        (true, IpAddr::V4(v4)) => SocketAddr::new(IpAddr::V6(v4.to_ipv6_mapped()), to.port()),
         _ => to,
     }
 }

@@ -1,5 +1,6 @@
-//! The `shimgate` command line: `enroll`, `up`, `status`, `export`, `peers`, `ping`.
+//! The `shimgate` command line: `enroll`, `up`, `run`, `status`, `export`, `peers`, `ping`.
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,6 +48,27 @@ enum Command {
     },
     /// Run the SOCKS5 proxy and stay connected to the gateway.
     Up(UpArgs),
+    /// Run a program with its connections to VPN destinations going through the running
+    /// `shimgate up`, with no proxy settings: the socket shim (a preloaded library).
+    #[command(
+        after_help = "Examples:\n  shimgate run -- psql -h db.corp.internal -U app\n  shimgate run -- bash             a shell whose programs (and their children) are on the VPN\n  shimgate run --all -- curl https://example.org/   everything through the gateway\nVPN destinations are those the PAC file sends to the proxy: names under the VPN domain, the VPN\nrange, and the names and networks policy routes to this device; everything else goes out\ndirectly. VPN names are resolved by the gateway, never by this machine's DNS. Statically\nlinked and Go programs cannot be intercepted this way and are refused (--force runs them\nanyway). TCP is carried; UDP to VPN destinations is refused for now (the SOCKS port carries it)."
+    )]
+    Run {
+        /// Send every connection and name through the gateway, not only VPN destinations.
+        #[arg(long)]
+        all: bool,
+        /// Run a program the shim cannot see into (static, Go) anyway, with a warning.
+        #[arg(long)]
+        force: bool,
+        /// The program and its arguments (after `--`).
+        #[arg(
+            required = true,
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "COMMAND"
+        )]
+        command: Vec<OsString>,
+    },
     /// Is the proxy running and connected? Exit 0 connected, 3 not connected, 4 not running.
     Status {
         /// Print the state as one JSON object.
@@ -168,12 +190,57 @@ impl Cli {
                 running.board.remove();
                 Ok(ExitCode::SUCCESS)
             }
+            Command::Run {
+                all,
+                force,
+                command,
+            } => run_program(&dir, all, force, &command),
             Command::Status { json } => Ok(show_status(&dir, json)),
             Command::Export { ports, remove } => export(&dir, &ports, &remove),
             Command::Peers { json } => Ok(show_peers(&dir, json)),
             Command::Ping { peer, count } => ping(&dir, &peer, count.max(1)).await,
         }
     }
+}
+
+/// `shimgate run`: checks, then replaces this process with the program.
+fn run_program(
+    dir: &ConfigDir,
+    all: bool,
+    force: bool,
+    command: &[OsString],
+) -> anyhow::Result<ExitCode> {
+    use shimgate_proxy::launch::{self, LaunchError};
+    use shimgate_wire::shimsock::{Reply, SOCKET_ENV, SPLIT_ENV};
+    use std::os::unix::process::CommandExt;
+
+    let Some((name, args)) = command.split_first() else {
+        anyhow::bail!("give the program to run after `--`");
+    };
+    let path = launch::find_program(name)?;
+    match launch::check_program(&path) {
+        Ok(()) => {}
+        Err(e @ (LaunchError::Static(_) | LaunchError::Go(_))) if force => {
+            eprintln!("shimgate: warning (--force): {e}");
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let library = launch::library(&std::env::current_exe()?)?;
+    let split = launch::split(dir, all)?;
+    let mut preload = library.into_os_string();
+    if let Some(old) = std::env::var_os("LD_PRELOAD").filter(|o| !o.is_empty()) {
+        preload.push(":");
+        preload.push(old);
+    }
+    let split_line = Reply::Split(split).encode();
+    let err = std::process::Command::new(&path)
+        .arg0(name)
+        .args(args)
+        .env("LD_PRELOAD", preload)
+        .env(SOCKET_ENV, dir.shim_socket())
+        .env(SPLIT_ENV, split_line.trim_end())
+        .exec();
+    anyhow::bail!("cannot run {}: {err}", path.display())
 }
 
 fn show_status(dir: &ConfigDir, json: bool) -> ExitCode {

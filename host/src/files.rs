@@ -147,6 +147,15 @@ pub fn write_toml<T: serde::Serialize>(path: &Path, value: &T, mode: u32) -> io:
     write_atomic(path, text.as_bytes(), mode)
 }
 
+/// Opens `path` for appending, creating it readable only by its owner.
+pub fn append_private(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)
+}
+
 /// Creates a directory (and parents) readable only by its owner.
 pub fn create_private_dir(path: &Path) -> io::Result<()> {
     fs::DirBuilder::new()

@@ -67,6 +67,14 @@ impl ConfigDir {
     pub fn peers(&self) -> PathBuf {
         self.0.join("peers.json")
     }
+    /// Where `up` listens for the socket shim (`shimgate run`).
+    pub fn shim_socket(&self) -> PathBuf {
+        self.0.join(shimgate_wire::shimsock::SOCKET_FILE)
+    }
+    /// The names the socket shim handed out fake addresses for.
+    pub fn fake_addresses(&self) -> PathBuf {
+        self.0.join("fake-addresses")
+    }
 }
 
 pub const DEFAULT_POOL: usize = 2;

@@ -7,7 +7,15 @@
 //! - [`client`]: one HTTP/2 connection to the gateway, and JSON calls on it.
 //! - [`enroll`]: `shimgate enroll CODE`.
 //! - [`pool`]: the long-lived connections; opens tunnels; reconnects.
-//! - [`socks`]: the SOCKS5 server; peer destinations go to [`peer`].
+//! - [`socks`]: the SOCKS5 server.
+//! - [`shim`]: the shim socket, `up`'s side of the socket shim (`shimgate
+//!   run`): the split, fake addresses, carrying a program's own socket.
+//! - [`hold`]: the hold address where a shimmed socket waits, and the
+//!   simultaneous open that completes it.
+//! - [`fakeaddr`]: the persistent map of VPN names to fake addresses.
+//! - [`flow`]: where a TCP flow goes (peer session or tunnel), for every shim.
+//! - [`launch`]: `shimgate run`'s checks before it starts a program (static
+//!   and Go programs refused, the library's ownership, the split).
 //! - [`udp`]: SOCKS5 UDP ASSOCIATE, datagrams over one stream to the gateway.
 //! - [`pac`]: the PAC file served on the SOCKS port, from the routes the
 //!   gateway's policy gives this device.
@@ -26,11 +34,16 @@ pub mod client;
 pub mod config;
 pub mod control;
 pub mod enroll;
+pub mod fakeaddr;
+pub mod flow;
+pub mod hold;
+pub mod launch;
 pub mod listener;
 pub mod pac;
 pub mod peer;
 pub mod pool;
 pub mod renew;
+pub mod shim;
 pub mod socks;
 pub mod status;
 pub mod tls;

@@ -239,11 +239,16 @@ impl Pac {
         })
     }
 
-    fn routes(&self) -> Arc<Routes> {
+    /// What the gateway's policy routes to this device, as last fetched.
+    pub fn routes(&self) -> Arc<Routes> {
         match self.routes.read() {
             Ok(r) => Arc::clone(&r),
             Err(poisoned) => Arc::clone(&poisoned.into_inner()),
         }
+    }
+
+    pub fn vpn_domain(&self) -> &str {
+        &self.vpn_domain
     }
 
     fn set(&self, routes: Routes) {

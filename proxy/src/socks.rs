@@ -16,7 +16,6 @@ use fast_socks5::util::target_addr::TargetAddr;
 use fast_socks5::{ReplyError, Socks5Command};
 use sha2::{Digest, Sha256};
 use shimgate_wire::dest::{DestError, Destination, Host};
-use shimgate_wire::splice;
 use shimgate_wire::tunnel::TunnelError;
 use subtle::ConstantTimeEq;
 use tokio::net::{TcpListener, TcpStream};
@@ -163,62 +162,14 @@ async fn handle(
             return Ok(());
         }
     };
-    if let Some(peer) = peers.destination(dest.host()) {
-        return peer_session(proto, &pool, &peers, slot, &peer, dest.port()).await;
-    }
-    match pool.open(slot, &dest).await {
-        Ok(tunnel) => {
-            let bound = tunnel.bound.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+    match crate::flow::open(&pool, &peers, slot, &dest).await {
+        Ok(way) => {
             // The reply is at most 22 bytes on a fresh socket, so the single
             // write() fast-socks5 does cannot come up short.
-            let sock = proto.reply_success(bound).await?;
-            let moved = splice::splice(sock, tunnel.send, tunnel.recv).await?;
-            tracing::debug!(%dest, up = moved.up, down = moved.down, "tunnel closed");
+            let sock = proto.reply_success(way.bound()).await?;
+            way.carry(sock, &peers).await?;
         }
-        Err(e) => {
-            tracing::info!(%dest, reason = %e, "tunnel refused");
-            proto.reply_error(&reply_for(e)).await?;
-        }
-    }
-    Ok(())
-}
-
-/// A destination on another device: a peer session instead of a tunnel.
-async fn peer_session(
-    proto: Socks5ServerProtocol<TcpStream, fast_socks5::server::states::CommandRead>,
-    pool: &Pool,
-    peers: &Peers,
-    slot: usize,
-    peer: &str,
-    port: u16,
-) -> Result<(), SocksError> {
-    let opened = match pool.sender(slot).await {
-        Ok(send) => peers.dial(send, peer, port).await,
-        Err(e) => Err(e),
-    };
-    let opened = match opened {
-        Ok(o) => o,
-        Err(e) => {
-            tracing::info!(%peer, port, reason = %e, "peer session refused");
-            proto.reply_error(&reply_for(e)).await?;
-            return Ok(());
-        }
-    };
-    let sock = proto
-        .reply_success(SocketAddr::new(opened.peer_ip, port))
-        .await?;
-    tracing::debug!(peer = %opened.peer, port, path = %opened.path, setup_us = opened.asked.elapsed().as_micros() as u64, "peer session open");
-    let name = opened.peer.clone();
-    match peers
-        .run(sock, opened, crate::peer::Side::Requester, port)
-        .await
-    {
-        Ok(m) => {
-            tracing::debug!(peer = %name, port, sent = m.sent, received = m.received, "peer session closed")
-        }
-        Err(e) => {
-            tracing::info!(peer = %name, port, error = %e, "peer session ended with an error")
-        }
+        Err(e) => proto.reply_error(&reply_for(e)).await?,
     }
     Ok(())
 }

@@ -1,6 +1,6 @@
-//! `shimgate up`: the SOCKS5 proxy, the gateway pool that carries its
-//! tunnels, certificate renewal, the PAC file's routes, and the status
-//! file, until stopped.
+//! `shimgate up`: the SOCKS5 proxy and the socket shim's socket, the
+//! gateway pool that carries their tunnels, certificate renewal, the PAC
+//! file's routes, and the status file, until stopped.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,6 +37,8 @@ pub enum UpError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Shim(#[from] crate::shim::ShimError),
     #[error("starting worker threads: {0}")]
     Workers(std::io::Error),
 }
@@ -140,6 +142,15 @@ pub async fn start(
     ));
     let pac = Pac::new(&config.vpn_domain, socks);
     tokio::spawn(Arc::clone(&pac).keep_fresh(Arc::clone(&pool), stop.clone()));
+    let shim = Arc::new(crate::shim::Shim {
+        pool: Arc::clone(&pool),
+        peers: Arc::clone(&peers),
+        pac: Arc::clone(&pac),
+        fake: crate::fakeaddr::FakeMap::load(&dir.fake_addresses())
+            .map_err(crate::shim::ShimError::from)?,
+        hold: crate::hold::Hold::open().map_err(crate::shim::ShimError::from)?,
+    });
+    crate::shim::start(dir.shim_socket(), shim, stop.clone())?;
     // One listener per worker: a SOCKS client is accepted and served on the
     // same thread as the gateway connection that carries its tunnel.
     for worker in 0..pool.workers() {

@@ -42,6 +42,7 @@ mod policy;
 mod proxy;
 mod restart;
 mod revoke;
+mod shim;
 mod socks_protocol;
 mod status;
 mod udp;

@@ -55,7 +55,10 @@ sg_ensure_tools() {
 	# docker-compose.yml: validated by docker-compose (no engine needed), its
 	# services run by tests/e2e/compose.rs with busybox and Debian's Postgres
 	command -v docker-compose >/dev/null || missing+=(docker-compose)
-	command -v busybox >/dev/null || missing+=(busybox)
+	# busybox-static: also the statically linked program `shimgate run` must
+	# refuse (tests/e2e/shim.rs); age: a Go program it must refuse
+	dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
+	command -v age >/dev/null || missing+=(age)
 	compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 	# the console's browser test (tests/e2e/console.rs) drives Debian's Chromium
 	command -v chromium >/dev/null || missing+=(chromium)

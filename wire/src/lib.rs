@@ -19,6 +19,9 @@
 //! - [`liveness`]: ending connections to peers that vanished without closing.
 //! - [`splice`]: moving bytes between a socket and an HTTP/2 stream, with
 //!   flow control and half-close.
+//! - [`shimsock`]: the lines the socket shim (preload library) and
+//!   `shimgate up` exchange on the shim socket (`std` only: the preload
+//!   crate compiles this file by path).
 
 pub mod body;
 pub mod code;
@@ -31,5 +34,6 @@ pub mod identity;
 pub mod liveness;
 pub mod peerlink;
 pub mod pki;
+pub mod shimsock;
 pub mod splice;
 pub mod tunnel;

@@ -91,6 +91,21 @@ impl TunnelError {
         }
     }
 
+    /// The `errno` a program's `connect()` reports for this reason (the
+    /// socket shim hands it over as the kernel would).
+    pub fn errno(self) -> i32 {
+        match self {
+            TunnelError::NotAllowed => libc::EACCES,
+            TunnelError::NetworkUnreachable => libc::ENETUNREACH,
+            TunnelError::HostUnreachable | TunnelError::UnknownName => libc::EHOSTUNREACH,
+            TunnelError::Refused => libc::ECONNREFUSED,
+            TunnelError::TimedOut => libc::ETIMEDOUT,
+            TunnelError::AddressNotSupported => libc::EAFNOSUPPORT,
+            TunnelError::OverLimit => libc::EAGAIN,
+            TunnelError::General => libc::ECONNABORTED,
+        }
+    }
+
     /// What the proxy concludes from a gateway response: the header when the
     /// gateway sent one, otherwise the status alone.
     pub fn from_response(status: StatusCode, header: Option<&str>) -> TunnelError {

@@ -8,6 +8,7 @@ pub mod dns;
 pub mod env;
 pub mod gateway;
 pub mod h2raw;
+pub mod hosts;
 pub mod netns;
 pub mod origin;
 pub mod proc;

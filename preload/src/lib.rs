@@ -1,0 +1,344 @@
+//! The socket shim: `shimgate run` preloads this library (`LD_PRELOAD`)
+//! into a program and its children, and it sends the program's connections
+//! to VPN destinations through the running `shimgate up`, with no proxy
+//! setting in the program. The patent's socket-level shim (US 6,061,796).
+//!
+//! - [`config`]: what `run` put in the environment (shim socket, split).
+//! - [`tcp`]: `connect()` to a VPN destination, with the far end's answer.
+//! - [`names`]: `getaddrinfo` for VPN names (fake addresses from `up`).
+//! - [`state`]: per-descriptor state, through close/dup/close_range.
+//! - [`control`]: one request to `up` on its shim socket.
+//! - [`real`]: the C library's own functions behind the ones exported here.
+//! - [`sockaddr`]: reading and writing a program's socket addresses.
+//! - [`say`]: refusals on the program's terminal.
+//!
+//! Everything exported is a C function the program calls with arguments
+//! this library does not trust; none may unwind into the program, so each
+//! body runs under [`guard`]. No async runtime, no threads: the library
+//! only makes blocking calls the program asked for, or none.
+
+mod config;
+mod control;
+mod names;
+#[path = "../../wire/src/shimsock.rs"]
+#[allow(dead_code)]
+mod proto;
+mod real;
+mod say;
+mod sockaddr;
+mod state;
+mod tcp;
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use libc::{
+    addrinfo, c_char, c_int, c_uint, c_void, size_t, sockaddr as Sockaddr, socklen_t, ssize_t,
+};
+
+use control::set_errno;
+
+/// Runs a hook's body; a panic becomes `fail` with errno `EIO` instead of
+/// unwinding into C.
+fn guard<T>(fail: T, body: impl FnOnce() -> T) -> T {
+    catch_unwind(AssertUnwindSafe(body)).unwrap_or_else(|_| {
+        set_errno(libc::EIO);
+        fail
+    })
+}
+
+/// `Err(errno)` as C's `-1` with errno set.
+fn c_result(r: Result<(), c_int>) -> c_int {
+    match r {
+        Ok(()) => 0,
+        Err(e) => {
+            set_errno(e);
+            -1
+        }
+    }
+}
+
+/// The real function, or `ENOSYS` if the C library lacks it.
+macro_rules! real_or {
+    ($f:expr, $fail:expr) => {
+        match $f.get() {
+            Some(f) => f,
+            None => {
+                set_errno(libc::ENOSYS);
+                return $fail;
+            }
+        }
+    };
+}
+
+/// A datagram to a VPN destination: not carried by this shim yet, so it is
+/// refused rather than sent out by the default route.
+fn udp_refused(fd: c_int, to: std::net::SocketAddr) -> bool {
+    let Some(config) = config::get() else {
+        return false;
+    };
+    if !config.split.covers(to.ip()) || tcp::int_option(fd, libc::SO_TYPE) != Ok(libc::SOCK_DGRAM) {
+        return false;
+    }
+    say::refused(
+        &to.to_string(),
+        "UDP to VPN destinations is not carried by `shimgate run` yet (use the SOCKS port's UDP ASSOCIATE)",
+    );
+    true
+}
+
+/// # Safety
+/// As `connect(2)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn connect(fd: c_int, addr: *const Sockaddr, len: socklen_t) -> c_int {
+    guard(-1, || {
+        let real = real_or!(real::CONNECT, -1);
+        // SAFETY: the program's (addr, len).
+        let to = unsafe { sockaddr::read(addr, len) };
+        let (Some(config), Some(to)) = (config::get(), to) else {
+            // SAFETY: passing the program's arguments through.
+            return unsafe { real(fd, addr, len) };
+        };
+        if !config.split.covers(to.ip()) {
+            // SAFETY: as above.
+            return unsafe { real(fd, addr, len) };
+        }
+        match tcp::int_option(fd, libc::SO_TYPE) {
+            Ok(libc::SOCK_STREAM) => c_result(tcp::connect(config, fd, to)),
+            Ok(_) if udp_refused(fd, to) => c_result(Err(libc::ENETUNREACH)),
+            // SAFETY: as above.
+            _ => unsafe { real(fd, addr, len) },
+        }
+    })
+}
+
+/// # Safety
+/// As `getpeername(2)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn getpeername(fd: c_int, addr: *mut Sockaddr, len: *mut socklen_t) -> c_int {
+    guard(-1, || {
+        let real = real_or!(real::GETPEERNAME, -1);
+        let to = state::on(fd, |flow| flow.to);
+        match (to, addr.is_null() || len.is_null()) {
+            (Some(to), false) => {
+                // The program sees the address it connected to, not `up`'s.
+                let family = tcp::int_option(fd, libc::SO_DOMAIN).unwrap_or(libc::AF_INET);
+                // SAFETY: the program's buffer of *len bytes.
+                unsafe { sockaddr::write(to, family, addr, len) };
+                0
+            }
+            // SAFETY: passing the program's arguments through.
+            _ => unsafe { real(fd, addr, len) },
+        }
+    })
+}
+
+/// # Safety
+/// As `getsockopt(2)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn getsockopt(
+    fd: c_int,
+    level: c_int,
+    name: c_int,
+    value: *mut c_void,
+    len: *mut socklen_t,
+) -> c_int {
+    guard(-1, || {
+        let real = real_or!(real::GETSOCKOPT, -1);
+        // SAFETY: passing the program's arguments through.
+        let rc = unsafe { real(fd, level, name, value, len) };
+        let so_error = rc == 0 && level == libc::SOL_SOCKET && name == libc::SO_ERROR;
+        if so_error
+            && !value.is_null()
+            && let Some(errno) = tcp::pending_error(fd)
+        {
+            // SAFETY: the real call succeeded, so value holds an int.
+            unsafe { std::ptr::write_unaligned(value.cast::<c_int>(), errno) };
+        }
+        rc
+    })
+}
+
+/// # Safety
+/// As `close(2)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn close(fd: c_int) -> c_int {
+    guard(-1, || {
+        let real = real_or!(real::CLOSE, -1);
+        state::remove(fd);
+        // SAFETY: passing the program's argument through.
+        unsafe { real(fd) }
+    })
+}
+
+/// # Safety
+/// As `close_range(2)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int {
+    guard(-1, || {
+        let real = real_or!(real::CLOSE_RANGE, -1);
+        // SAFETY: passing the program's arguments through.
+        let rc = unsafe { real(first, last, flags) };
+        if rc == 0 && flags & libc::CLOSE_RANGE_CLOEXEC as c_int == 0 {
+            let clamp = |v: c_uint| c_int::try_from(v).unwrap_or(c_int::MAX);
+            state::remove_range(clamp(first), clamp(last));
+        }
+        rc
+    })
+}
+
+/// # Safety
+/// As `dup(2)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn dup(fd: c_int) -> c_int {
+    guard(-1, || {
+        let real = real_or!(real::DUP, -1);
+        // SAFETY: passing the program's argument through.
+        let new = unsafe { real(fd) };
+        if new >= 0 {
+            state::duplicate(fd, new);
+        }
+        new
+    })
+}
+
+/// # Safety
+/// As `dup2(2)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn dup2(fd: c_int, to: c_int) -> c_int {
+    guard(-1, || {
+        let real = real_or!(real::DUP2, -1);
+        // SAFETY: passing the program's arguments through.
+        let new = unsafe { real(fd, to) };
+        if new >= 0 && new != fd {
+            state::duplicate(fd, new);
+        }
+        new
+    })
+}
+
+/// # Safety
+/// As `dup3(2)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn dup3(fd: c_int, to: c_int, flags: c_int) -> c_int {
+    guard(-1, || {
+        let real = real_or!(real::DUP3, -1);
+        // SAFETY: passing the program's arguments through.
+        let new = unsafe { real(fd, to, flags) };
+        if new >= 0 {
+            state::duplicate(fd, new);
+        }
+        new
+    })
+}
+
+/// # Safety
+/// As `getaddrinfo(3)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn getaddrinfo(
+    node: *const c_char,
+    service: *const c_char,
+    hints: *const addrinfo,
+    res: *mut *mut addrinfo,
+) -> c_int {
+    guard(libc::EAI_SYSTEM, || {
+        let real = match real::GETADDRINFO.get() {
+            Some(f) => f,
+            None => return libc::EAI_SYSTEM,
+        };
+        if let Some(config) = config::get() {
+            // SAFETY: the program's arguments, as getaddrinfo(3) takes them.
+            if let Some(rc) = unsafe { names::getaddrinfo(config, node, service, hints, res) } {
+                return rc;
+            }
+        }
+        // SAFETY: passing the program's arguments through.
+        unsafe { real(node, service, hints, res) }
+    })
+}
+
+/// # Safety
+/// As `freeaddrinfo(3)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn freeaddrinfo(ai: *mut addrinfo) {
+    guard((), || {
+        // SAFETY: what a getaddrinfo returned.
+        if unsafe { names::free(ai) } {
+            return;
+        }
+        if let Some(real) = real::FREEADDRINFO.get() {
+            // SAFETY: passing the program's argument through.
+            unsafe { real(ai) };
+        }
+    })
+}
+
+/// # Safety
+/// As `sendto(2)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sendto(
+    fd: c_int,
+    buf: *const c_void,
+    n: size_t,
+    flags: c_int,
+    addr: *const Sockaddr,
+    len: socklen_t,
+) -> ssize_t {
+    guard(-1, || {
+        let real = real_or!(real::SENDTO, -1);
+        // SAFETY: the program's (addr, len).
+        if unsafe { sockaddr::read(addr, len) }.is_some_and(|to| udp_refused(fd, to)) {
+            set_errno(libc::ENETUNREACH);
+            return -1;
+        }
+        // SAFETY: passing the program's arguments through.
+        unsafe { real(fd, buf, n, flags, addr, len) }
+    })
+}
+
+/// # Safety
+/// As `sendmsg(2)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const libc::msghdr, flags: c_int) -> ssize_t {
+    guard(-1, || {
+        let real = real_or!(real::SENDMSG, -1);
+        // SAFETY: msg is null or the program's msghdr.
+        if let Some(m) = unsafe { msg.as_ref() } {
+            // SAFETY: its (msg_name, msg_namelen).
+            let to = unsafe { sockaddr::read(m.msg_name.cast(), m.msg_namelen) };
+            if to.is_some_and(|to| udp_refused(fd, to)) {
+                set_errno(libc::ENETUNREACH);
+                return -1;
+            }
+        }
+        // SAFETY: passing the program's arguments through.
+        unsafe { real(fd, msg, flags) }
+    })
+}
+
+/// # Safety
+/// As `sendmmsg(2)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sendmmsg(
+    fd: c_int,
+    msgs: *mut libc::mmsghdr,
+    count: c_uint,
+    flags: c_int,
+) -> c_int {
+    guard(-1, || {
+        let real = real_or!(real::SENDMMSG, -1);
+        if !msgs.is_null() {
+            for i in 0..count as usize {
+                // SAFETY: the program's array of `count` mmsghdrs.
+                let m = unsafe { &(*msgs.add(i)).msg_hdr };
+                // SAFETY: its (msg_name, msg_namelen).
+                let to = unsafe { sockaddr::read(m.msg_name.cast(), m.msg_namelen) };
+                if to.is_some_and(|to| udp_refused(fd, to)) {
+                    set_errno(libc::ENETUNREACH);
+                    return -1;
+                }
+            }
+        }
+        // SAFETY: passing the program's arguments through.
+        unsafe { real(fd, msgs, count, flags) }
+    })
+}

@@ -1,0 +1,249 @@
+//! TCP `connect()` to a VPN destination, with the far end's true answer.
+//!
+//! The program's own socket is what ends up connected, to `up`: first it
+//! is pointed at `up`'s hold address, where a socket filter drops every SYN
+//! (so it sits in SYN_SENT: not writable, no error, as while a real far end
+//! is being reached); `up` dials through the gateway and, once the far end
+//! has answered, connects to the program's socket from the hold address (a
+//! TCP simultaneous open), which completes its handshake. Readiness
+//! (poll, select, epoll in either mode) is the kernel's own. A refusal is
+//! written on the request's connection before `up` ends the socket, and
+//! `getsockopt(SO_ERROR)` or a second `connect()` hands the program that
+//! errno. See ARCHITECTURE.md, "The socket shim".
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use libc::c_int;
+
+use crate::config::Config;
+use crate::control::{Control, errno};
+use crate::proto::{Reply, Request};
+use crate::state::{self, Flow, Outcome};
+use crate::{real, say, sockaddr};
+
+/// How long a blocking `connect()` waits for `up` (which gives up on the
+/// far end sooner).
+const BLOCKING_WAIT: Duration = Duration::from_secs(120);
+/// From `up`'s "ok" to the handshake it then makes on loopback.
+const HANDSHAKE_WAIT: Duration = Duration::from_secs(10);
+
+/// The result of `connect()`: `Err(errno)` includes `EINPROGRESS`.
+pub fn connect(config: &Config, fd: c_int, to: SocketAddr) -> Result<(), c_int> {
+    if let Some(again) = again(fd) {
+        return again;
+    }
+    let domain = int_option(fd, libc::SO_DOMAIN)?;
+    let hold = hold_for(config, domain).ok_or(libc::ENETUNREACH)?;
+    // SAFETY: fcntl on the program's descriptor.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(errno());
+    }
+    let blocking = flags & libc::O_NONBLOCK == 0;
+    let restore = || {
+        if blocking {
+            // SAFETY: as above, putting back the program's own flags.
+            unsafe { libc::fcntl(fd, libc::F_SETFL, flags) };
+        }
+    };
+    if blocking {
+        // SAFETY: as above.
+        unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) };
+    }
+    let started = real_connect(fd, hold, domain);
+    if started != Err(libc::EINPROGRESS) {
+        restore();
+        // Already connected, already connecting, a bad descriptor: what
+        // the kernel said is the program's answer.
+        return Err(started.err().unwrap_or(libc::ECONNABORTED));
+    }
+    let from = local_addr(fd)?;
+    let request = Request::Connect {
+        to: sockaddr::unmapped(to),
+        from: sockaddr::unmapped(from),
+    };
+    let control = match Control::send(&config.socket, &request) {
+        Ok(c) => c,
+        Err(_) => {
+            disconnect(fd);
+            restore();
+            say::refused(
+                &to.to_string(),
+                "shimgate up is not running (start it with `shimgate up`)",
+            );
+            return Err(libc::ECONNREFUSED);
+        }
+    };
+    if !blocking {
+        state::insert(
+            fd,
+            Flow {
+                to,
+                outcome: Outcome::Waiting(control),
+            },
+        );
+        return Err(libc::EINPROGRESS);
+    }
+    restore();
+    let answer = control.answer(BLOCKING_WAIT);
+    drop(control);
+    match answer {
+        Ok(Some(Reply::Ok)) => {
+            state::insert(
+                fd,
+                Flow {
+                    to,
+                    outcome: Outcome::Settled,
+                },
+            );
+            wait_connected(fd)
+        }
+        Ok(Some(Reply::Refused { errno, reason })) => {
+            disconnect(fd);
+            say::refused(&to.to_string(), &reason);
+            Err(errno)
+        }
+        _ => {
+            disconnect(fd);
+            Err(libc::ECONNABORTED)
+        }
+    }
+}
+
+/// `connect()` again on a socket being carried: what the kernel would say
+/// (`EALREADY` while connecting, `EISCONN` once connected, or the error).
+fn again(fd: c_int) -> Option<Result<(), c_int>> {
+    state::on(fd, |flow| match settle(flow) {
+        Some(errno) => Err(errno),
+        None => match flow.outcome {
+            Outcome::Waiting(_) => Err(libc::EALREADY),
+            _ => Err(libc::EISCONN),
+        },
+    })
+}
+
+/// The error `getsockopt(SO_ERROR)` reports for a carried socket, in place
+/// of the kernel's, if `up` has refused it.
+pub fn pending_error(fd: c_int) -> Option<c_int> {
+    state::on(fd, settle).flatten()
+}
+
+/// Takes `up`'s answer if it has come; returns a refusal's errno once.
+fn settle(flow: &mut Flow) -> Option<c_int> {
+    if let Outcome::Waiting(control) = &flow.outcome {
+        flow.outcome = match control.answer(Duration::ZERO) {
+            Ok(None) => return None,
+            Ok(Some(Reply::Ok)) => Outcome::Settled,
+            Ok(Some(Reply::Refused { errno, reason })) => {
+                say::refused(&flow.to.to_string(), &reason);
+                Outcome::Failed(errno)
+            }
+            _ => Outcome::Failed(libc::ECONNABORTED),
+        };
+    }
+    match flow.outcome {
+        Outcome::Failed(errno) => {
+            flow.outcome = Outcome::Settled;
+            Some(errno)
+        }
+        _ => None,
+    }
+}
+
+/// Where the program's socket waits: the hold address of its family (an
+/// IPv6 socket without an IPv6 one uses the IPv4 one, v4-mapped).
+fn hold_for(config: &Config, domain: c_int) -> Option<SocketAddr> {
+    let holds = &config.split.hold;
+    match domain {
+        libc::AF_INET => holds.iter().find(|h| h.is_ipv4()).copied(),
+        libc::AF_INET6 => holds
+            .iter()
+            .find(|h| h.is_ipv6())
+            .or_else(|| holds.first())
+            .copied(),
+        _ => None,
+    }
+}
+
+fn real_connect(fd: c_int, to: SocketAddr, domain: c_int) -> Result<(), c_int> {
+    let connect = real::CONNECT.get().ok_or(libc::ENOSYS)?;
+    let (storage, len) = sockaddr::raw(to, domain);
+    // SAFETY: a valid sockaddr of `len` bytes.
+    let rc = unsafe { connect(fd, (&raw const storage).cast(), len) };
+    if rc == 0 { Ok(()) } else { Err(errno()) }
+}
+
+/// Ends a connection attempt (connect to AF_UNSPEC), leaving the socket
+/// as a fresh one, as after a failed connect.
+fn disconnect(fd: c_int) {
+    // SAFETY: all-zero is a valid sockaddr; AF_UNSPEC is 0.
+    let unspec: libc::sockaddr = unsafe { std::mem::zeroed() };
+    if let Some(connect) = real::CONNECT.get() {
+        // SAFETY: a valid sockaddr of its own size.
+        unsafe {
+            connect(
+                fd,
+                &unspec,
+                std::mem::size_of::<libc::sockaddr>() as libc::socklen_t,
+            )
+        };
+    }
+}
+
+fn local_addr(fd: c_int) -> Result<SocketAddr, c_int> {
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: a buffer of `len` bytes (getsockname is not one we export).
+    let rc = unsafe { libc::getsockname(fd, (&raw mut storage).cast(), &mut len) };
+    if rc != 0 {
+        return Err(errno());
+    }
+    // SAFETY: the kernel wrote `len` bytes of a sockaddr of this family.
+    unsafe { sockaddr::read((&raw const storage).cast(), len) }.ok_or(libc::EINVAL)
+}
+
+/// An int socket option, read with the real getsockopt.
+pub fn int_option(fd: c_int, name: c_int) -> Result<c_int, c_int> {
+    let getsockopt = real::GETSOCKOPT.get().ok_or(libc::ENOSYS)?;
+    let mut value: c_int = 0;
+    let mut len = std::mem::size_of::<c_int>() as libc::socklen_t;
+    // SAFETY: an int-sized buffer.
+    let rc = unsafe {
+        getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            name,
+            (&raw mut value).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 { Ok(value) } else { Err(errno()) }
+}
+
+/// A blocking connect returns once the handshake `up` makes is done.
+fn wait_connected(fd: c_int) -> Result<(), c_int> {
+    let deadline = std::time::Instant::now() + HANDSHAKE_WAIT;
+    loop {
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let ms = c_int::try_from(left.as_millis()).unwrap_or(c_int::MAX);
+        // SAFETY: one valid pollfd.
+        let ready = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if ready < 0 && errno() == libc::EINTR {
+            continue;
+        }
+        if ready <= 0 {
+            return Err(libc::ETIMEDOUT);
+        }
+        return match int_option(fd, libc::SO_ERROR)? {
+            0 => Ok(()),
+            e => Err(e),
+        };
+    }
+}

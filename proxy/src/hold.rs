@@ -1,0 +1,139 @@
+//! The hold address: where the socket shim points a program's socket while
+//! `up` opens the way to its destination, and from where `up` then
+//! completes it.
+//!
+//! The hold listener has a socket filter that drops every packet, so a
+//! program's SYN to it is never answered: its socket waits in SYN_SENT,
+//! neither writable nor failed, as while a real far end is being reached.
+//! Once the far end has answered, `up` binds another socket to the hold
+//! address (SO_REUSEPORT, as the listener) and connects to the program's
+//! socket: the two SYNs cross (a TCP simultaneous open, RFC 9293 §3.5), the
+//! program's socket becomes connected to `up`, and the program's event loop
+//! sees it turn writable as for any connection. A refusal ends it with a
+//! reset instead.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+/// The program's side answers our SYN at once (it is on this host).
+const COMPLETE_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct Hold {
+    /// Held open for their addresses; nothing is ever accepted.
+    _listeners: Vec<TcpListener>,
+    addrs: Vec<SocketAddr>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HoldError {
+    #[error("cannot open the socket shim's hold address: {0}")]
+    Open(std::io::Error),
+    #[error("{0} is not a loopback address: refusing to connect there from the hold address")]
+    NotLoopback(SocketAddr),
+    #[error("completing the program's connection from the hold address: {0}")]
+    Complete(std::io::Error),
+}
+
+impl Hold {
+    /// Listens on 127.0.0.1 and, where the host has it, [::1].
+    pub fn open() -> Result<Hold, HoldError> {
+        let v4 = listen(IpAddr::V4(Ipv4Addr::LOCALHOST)).map_err(HoldError::Open)?;
+        let mut listeners = vec![v4];
+        if let Ok(v6) = listen(IpAddr::V6(Ipv6Addr::LOCALHOST)) {
+            listeners.push(v6);
+        }
+        let addrs = listeners
+            .iter()
+            .map(TcpListener::local_addr)
+            .collect::<Result<_, _>>()
+            .map_err(HoldError::Open)?;
+        Ok(Hold {
+            _listeners: listeners,
+            addrs,
+        })
+    }
+
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// Connects to the program's socket at `program` (waiting in SYN_SENT to
+    /// the hold address of its family) and returns `up`'s end of it.
+    pub async fn complete(&self, program: SocketAddr) -> Result<TcpStream, HoldError> {
+        if !program.ip().is_loopback() {
+            return Err(HoldError::NotLoopback(program));
+        }
+        let hold = self
+            .addrs
+            .iter()
+            .find(|a| a.is_ipv4() == program.is_ipv4())
+            .ok_or(HoldError::NotLoopback(program))?;
+        let sock = match hold {
+            SocketAddr::V4(_) => TcpSocket::new_v4(),
+            SocketAddr::V6(_) => TcpSocket::new_v6(),
+        }
+        .map_err(HoldError::Complete)?;
+        sock.set_reuseport(true).map_err(HoldError::Complete)?;
+        sock.bind(*hold).map_err(HoldError::Complete)?;
+        let stream = tokio::time::timeout(COMPLETE_TIMEOUT, sock.connect(program))
+            .await
+            .map_err(|_| HoldError::Complete(std::io::ErrorKind::TimedOut.into()))?
+            .map_err(HoldError::Complete)?;
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    /// Ends the program's connection attempt with a reset (it has already
+    /// been told why on the shim socket).
+    pub async fn reset(&self, program: SocketAddr) {
+        if let Ok(stream) = self.complete(program).await {
+            let _ = stream.set_zero_linger();
+        }
+    }
+}
+
+/// A listener on `ip` whose filter drops every packet.
+fn listen(ip: IpAddr) -> std::io::Result<TcpListener> {
+    let sock = match ip {
+        IpAddr::V4(_) => TcpSocket::new_v4()?,
+        IpAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    sock.set_reuseport(true)?;
+    drop_all_packets(&sock)?;
+    sock.bind(SocketAddr::new(ip, 0))?;
+    sock.listen(16)
+}
+
+/// Attaches a classic BPF program of one instruction, `ret #0`: keep no
+/// byte of any packet. Needs no privilege.
+pub fn drop_all_packets(sock: &impl AsRawFd) -> std::io::Result<()> {
+    let mut filter = [libc::sock_filter {
+        code: (libc::BPF_RET | libc::BPF_K) as u16,
+        jt: 0,
+        jf: 0,
+        k: 0,
+    }];
+    let prog = libc::sock_fprog {
+        len: 1,
+        filter: filter.as_mut_ptr(),
+    };
+    // SAFETY: setsockopt with a valid sock_fprog that outlives the call
+    // (the kernel copies the program).
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&raw const prog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}

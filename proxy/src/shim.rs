@@ -1,0 +1,255 @@
+//! The shim socket: `up`'s side of the socket shim (`shimgate run`). The
+//! preload library in a program asks here, one request per connection, for
+//! the split, for a VPN name's fake addresses, and to carry a connection.
+//!
+//! A connection is carried as [`crate::hold`] describes: the program's
+//! socket waits at the hold address while the way to the destination opens
+//! ([`crate::flow`], the same as for a SOCKS client); the answer goes back
+//! on the request's connection, then the program's socket is completed (or
+//! reset) from the hold address and spliced to the tunnel.
+//!
+//! Who asks is known from the socket (SO_PEERCRED: uid and pid, and the
+//! program from `/proc`), and logged with every flow. The socket is in the
+//! config directory (0700), created 0600: only the device's user can use it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shimgate_wire::dest::{Destination, Host};
+use shimgate_wire::identity::VPN_RANGE;
+use shimgate_wire::shimsock::{MAX_LINE, Reply, Request, Split};
+use shimgate_wire::tunnel::TunnelError;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::fakeaddr::{FAKE_V4, FAKE_V6, FakeMap};
+use crate::hold::Hold;
+use crate::pac::Pac;
+use crate::peer::Peers;
+use crate::pool::Pool;
+
+/// A program has this long to send its request line.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the shim socket's requests need.
+pub struct Shim {
+    pub pool: Arc<Pool>,
+    pub peers: Arc<Peers>,
+    pub pac: Arc<Pac>,
+    pub fake: FakeMap,
+    pub hold: Hold,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShimError {
+    #[error("cannot listen on the shim socket {path}: {source}")]
+    Listen {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Hold(#[from] crate::hold::HoldError),
+    #[error(transparent)]
+    Fake(#[from] crate::fakeaddr::FakeError),
+}
+
+/// Who is on the other end of a shim socket connection.
+struct Asker {
+    uid: u32,
+    pid: Option<i32>,
+    program: String,
+}
+
+impl Asker {
+    fn of(stream: &UnixStream) -> Asker {
+        let cred = stream.peer_cred().ok();
+        let pid = cred.as_ref().and_then(|c| c.pid());
+        let program = pid
+            .and_then(|p| std::fs::read_link(format!("/proc/{p}/exe")).ok())
+            .map_or_else(|| "?".into(), |p| p.display().to_string());
+        Asker {
+            uid: cred.map_or(u32::MAX, |c| c.uid()),
+            pid,
+            program,
+        }
+    }
+}
+
+/// Binds the shim socket at `path` (replacing a stale one: a live `up`
+/// holding it was refused earlier, at the SOCKS port) and serves it until
+/// `stop`.
+pub fn start(path: PathBuf, shim: Arc<Shim>, stop: CancellationToken) -> Result<(), ShimError> {
+    let listen_error = |source| ShimError::Listen {
+        path: path.clone(),
+        source,
+    };
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(listen_error(e)),
+    }
+    let listener = UnixListener::bind(&path).map_err(listen_error)?;
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .map_err(listen_error)?;
+    tracing::info!(socket = %path.display(), hold = ?shim.hold.addrs(), "socket shim listening");
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = stop.cancelled() => break,
+            };
+            match accepted {
+                Ok((stream, _)) => {
+                    tokio::spawn(Arc::clone(&shim).handle(stream));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "shim socket accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        let _ = std::fs::remove_file(&path);
+    });
+    Ok(())
+}
+
+impl Shim {
+    async fn handle(self: Arc<Self>, stream: UnixStream) {
+        let asker = Asker::of(&stream);
+        let mut limited = BufReader::new(stream).take(MAX_LINE as u64);
+        let mut line = String::new();
+        let read = limited.read_line(&mut line);
+        let request = match tokio::time::timeout(REQUEST_TIMEOUT, read).await {
+            Ok(Ok(_)) if line.ends_with('\n') => Request::parse(&line),
+            _ => {
+                tracing::debug!(pid = ?asker.pid, "shim request incomplete");
+                return;
+            }
+        };
+        let request = match request {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::info!(pid = ?asker.pid, program = %asker.program, error = %e, "shim request refused");
+                return;
+            }
+        };
+        let mut stream = limited.into_inner().into_inner();
+        match request {
+            Request::Split => {
+                let _ = answer(&mut stream, &Reply::Split(self.split())).await;
+            }
+            Request::Resolve { name } => {
+                let reply = self.resolve(&name, &asker);
+                let _ = answer(&mut stream, &reply).await;
+            }
+            Request::Connect { to, from } => self.connect(stream, to, from, &asker).await,
+        }
+    }
+
+    /// The split the PAC file makes: the VPN range, the fake ranges and
+    /// the networks policy routes here; names under the VPN domain and the
+    /// domains policy routes here.
+    fn split(&self) -> Split {
+        let routes = self.pac.routes();
+        let nets = [
+            VPN_RANGE.to_string(),
+            FAKE_V4.to_string(),
+            FAKE_V6.to_string(),
+        ]
+        .into_iter()
+        .chain(routes.cidrs.iter().cloned())
+        .collect();
+        let domains = std::iter::once(self.pac.vpn_domain().to_owned())
+            .chain(routes.domains.iter().cloned())
+            .filter(|d| Host::parse(d).is_ok_and(|h| h.name().is_some()))
+            .collect();
+        Split {
+            nets,
+            domains,
+            hold: self.hold.addrs().to_vec(),
+        }
+    }
+
+    fn resolve(&self, name: &str, asker: &Asker) -> Reply {
+        match self.fake.addrs_for(name) {
+            Ok((v4, v6)) => {
+                tracing::debug!(name, %v4, %v6, pid = ?asker.pid, program = %asker.program, "fake addresses");
+                Reply::Addrs { v4, v6 }
+            }
+            Err(crate::fakeaddr::FakeError::NotAName(_)) => Reply::NoName,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot hand out a fake address");
+                Reply::Refused {
+                    errno: libc::EAGAIN,
+                    reason: e.to_string(),
+                }
+            }
+        }
+    }
+
+    /// The destination a program's address stands for: the name behind a
+    /// fake address, or the address itself.
+    fn destination(&self, to: SocketAddr) -> Result<Destination, TunnelError> {
+        if crate::fakeaddr::is_fake(to.ip()) {
+            let name = self
+                .fake
+                .name_of(to.ip())
+                .ok_or(TunnelError::HostUnreachable)?;
+            return Host::parse(&name)
+                .and_then(|h| Destination::new(h, to.port()))
+                .map_err(TunnelError::from);
+        }
+        Destination::from_addr(to).map_err(TunnelError::from)
+    }
+
+    async fn connect(
+        &self,
+        mut stream: UnixStream,
+        to: SocketAddr,
+        from: SocketAddr,
+        asker: &Asker,
+    ) {
+        let opened = match self.destination(to) {
+            Ok(dest) => {
+                tracing::info!(%dest, uid = asker.uid, pid = ?asker.pid, program = %asker.program, shim = "socket", "flow");
+                let slot = self.pool.pick();
+                crate::flow::open(&self.pool, &self.peers, slot, &dest).await
+            }
+            Err(e) => Err(e),
+        };
+        let way = match opened {
+            Ok(way) => way,
+            Err(e) => {
+                tracing::info!(%to, reason = %e, pid = ?asker.pid, program = %asker.program, "socket shim connection refused");
+                let reply = Reply::Refused {
+                    errno: e.errno(),
+                    reason: e.to_string(),
+                };
+                // Told first, so whatever wakes the program finds the answer.
+                let _ = answer(&mut stream, &reply).await;
+                self.hold.reset(from).await;
+                return;
+            }
+        };
+        if answer(&mut stream, &Reply::Ok).await.is_err() {
+            // The program gave up (it closed the socket, or exited).
+            return;
+        }
+        drop(stream);
+        match self.hold.complete(from).await {
+            Ok(sock) => {
+                if let Err(e) = way.carry(sock, &self.peers).await {
+                    tracing::debug!(%to, error = %e, "socket shim flow ended with an error");
+                }
+            }
+            Err(e) => tracing::info!(%to, error = %e, "the program's socket went away"),
+        }
+    }
+}
+
+async fn answer(stream: &mut UnixStream, reply: &Reply) -> std::io::Result<()> {
+    stream.write_all(reply.encode().as_bytes()).await
+}

@@ -1,0 +1,293 @@
+//! The socket shim: unmodified programs with no proxy setting, started with
+//! `shimgate run`, reach the intranet through the gateway (needs root:
+//! the three hosts of [`crate::harness::hosts`]). The device's namespace
+//! has no route to the intranet, so anything that arrives went through the
+//! gateway.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use crate::harness::dns::{self, RebindingDns};
+use crate::harness::hosts::{INTRA, gateway_in, three_hosts};
+use crate::harness::netns;
+use crate::harness::*;
+
+const PYTHON: &str = "/usr/bin/python3";
+
+/// An asyncio program: connects to HOST PORT while a 10 ms timer runs in
+/// the same event loop; prints the outcome (`connected` or the errno's
+/// name), the seconds it took, and how often the timer fired meanwhile.
+const ASYNCIO_CONNECT: &str = r#"
+import asyncio, errno, sys, time
+async def main(host, port):
+    ticks = 0
+    async def timer():
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+    t = asyncio.create_task(timer())
+    start = time.monotonic()
+    try:
+        r, w = await asyncio.open_connection(host, port)
+        peer = w.get_extra_info("peername")
+        result = "connected %s:%d" % (peer[0], peer[1])
+        w.close()
+    except OSError as e:
+        result = errno.errorcode.get(e.errno, str(e.errno))
+    took = time.monotonic() - start
+    t.cancel()
+    print(result, "%.3f" % took, ticks)
+asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+"#;
+
+/// A blocking connect; prints `connected` or the errno's name.
+const BLOCKING_CONNECT: &str = r#"
+import errno, socket, sys
+try:
+    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=20)
+    print("connected", s.getpeername()[0])
+except OSError as e:
+    print(errno.errorcode.get(e.errno, str(e.errno)))
+"#;
+
+/// A far end that lets a SYN go unanswered for about a second (a socket
+/// filter drops it, so the dialler's retransmission is what gets through),
+/// then either accepts (the filter is taken off) or refuses (the listener
+/// closes, so the retransmitted SYN meets a reset).
+struct SlowFarEnd {
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SlowFarEnd {
+    fn start(ns: &str, addr: SocketAddr, accept: bool) -> SlowFarEnd {
+        let listener = netns::bind_in(Some(ns), addr);
+        set_filter(&listener, true);
+        let thread = std::thread::spawn(move || {
+            // The far end's own behaviour, not synchronisation: it is slow.
+            std::thread::sleep(Duration::from_secs(1));
+            if accept {
+                set_filter(&listener, false);
+                listener.set_nonblocking(false).expect("blocking listener");
+                let _ = listener.accept();
+            }
+        });
+        SlowFarEnd {
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for SlowFarEnd {
+    fn drop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Attaches a drop-everything socket filter (the one `up`'s hold address
+/// uses), or takes it off.
+fn set_filter(listener: &TcpListener, drop_all: bool) {
+    if drop_all {
+        shimgate_proxy::hold::drop_all_packets(listener).expect("attach the socket filter");
+        return;
+    }
+    let zero: libc::c_int = 0;
+    // SAFETY: an int option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_DETACH_FILTER,
+            (&raw const zero).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "socket filter: {}", std::io::Error::last_os_error());
+}
+
+/// `shimgate run -- ARGS...` on `dev`, in its namespace.
+fn run_shimmed(dev: &Device, args: &[&str]) -> Out {
+    let mut all = vec!["run", "--"];
+    all.extend_from_slice(args);
+    dev.cli(&all)
+}
+
+/// `outcome seconds ticks` from [`ASYNCIO_CONNECT`].
+fn asyncio_connect(dev: &Device, host: &str, port: u16) -> (String, f64, u32) {
+    let port = port.to_string();
+    let out = run_shimmed(dev, &[PYTHON, "-c", ASYNCIO_CONNECT, host, &port]);
+    assert!(out.ok(), "asyncio connect to {host}:{port}: {out}");
+    let words: Vec<&str> = out.stdout.split_whitespace().collect();
+    let [outcome @ .., took, ticks] = &words[..] else {
+        panic!("unexpected output: {out}");
+    };
+    (
+        outcome.join(" "),
+        took.parse().expect("seconds"),
+        ticks.parse().expect("ticks"),
+    )
+}
+
+/// curl, a shell's child, Python blocking and asyncio, names and
+/// addresses, policy refusals, slow far ends, and what must not go
+/// through the gateway (nor the device's DNS).
+#[test]
+fn unmodified_programs_reach_the_intranet() {
+    if !netns::require_root("shim::unmodified_programs_reach_the_intranet") {
+        return;
+    }
+    let hosts = three_hosts("page through the socket shim");
+    let (dev_ns, gw_ns) = (&hosts.dev_ns, &hosts.gw_ns);
+    // A DNS server of the device's own, counting what it is asked.
+    let local_dns = RebindingDns::start(
+        netns::in_netns(Some(&dev_ns.name), || {
+            std::net::UdpSocket::bind("127.0.0.1:53").expect("bind the device's DNS server")
+        }),
+        Ipv4Addr::new(198, 51, 100, 2),
+        Ipv4Addr::new(198, 51, 100, 2),
+    );
+    dns::use_nameserver(&dev_ns.name, "127.0.0.1:53".parse().unwrap());
+    let spec = gateway_in(gw_ns, vec![format!("intranet.corp:80={INTRA}:8080")]);
+    let mut gw = Gateway::init_spec(Backend::Sqlite, spec);
+    gw.allow("203.0.113.0/24", &["--ports", "80,8080-8090"]);
+    gw.serve();
+    let socks = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 1080);
+    let mut dev = Device::new_in("shim-laptop", Some(&dev_ns.name), socks);
+    dev.enroll(&gw.token(USER)).expect_ok();
+    dev.up();
+
+    // By address, by a name only the gateway knows, and from a child.
+    let url = format!("http://{INTRA}:8080/");
+    let out = run_shimmed(&dev, &[&env::curl().to_string_lossy(), "-sS", &url]);
+    assert_eq!(out.stdout, hosts.body, "curl by address under `run`: {out}");
+    let out = run_shimmed(&dev, &["curl", "-sS", "http://intranet.corp/"]);
+    assert_eq!(out.stdout, hosts.body, "curl by name under `run`: {out}");
+    let out = run_shimmed(&dev, &["bash", "-c", "curl -sS http://intranet.corp/"]);
+    assert_eq!(
+        out.stdout, hosts.body,
+        "curl started by bash under `run`: {out}"
+    );
+    hosts.web.expect_accepted(3, "origin connections");
+    assert_eq!(
+        local_dns.a_queries(),
+        0,
+        "a VPN name reached the device's own DNS server"
+    );
+    // The counter counts: a name outside the VPN does go to it.
+    run_shimmed(&dev, &["getent", "hosts", "www.example"]);
+    assert!(
+        local_dns.a_queries() > 0,
+        "the device's DNS server saw no query for a name outside the VPN"
+    );
+
+    // Without `run` there is no way in.
+    let direct = curl(Some(&dev_ns.name), None, None, &url);
+    assert!(
+        !direct.ok(),
+        "sg-dev reached the intranet directly: {direct}"
+    );
+
+    // Blocking connect: allowed, and refused by policy (port 22 is not in
+    // the rule) with EACCES.
+    let host = INTRA.to_string();
+    let out = run_shimmed(&dev, &[PYTHON, "-c", BLOCKING_CONNECT, &host, "8080"]);
+    assert_eq!(out.stdout.trim(), format!("connected {INTRA}"), "{out}");
+    let out = run_shimmed(&dev, &[PYTHON, "-c", BLOCKING_CONNECT, &host, "22"]);
+    assert_eq!(out.stdout.trim(), "EACCES", "a policy refusal: {out}");
+    let out = run_shimmed(
+        &dev,
+        &[
+            PYTHON,
+            "-c",
+            BLOCKING_CONNECT,
+            "nosuch.corp.invalid",
+            "8080",
+        ],
+    );
+    assert!(!out.stdout.contains("connected"), "{out}");
+
+    // Non-blocking connect: the event loop runs on while the far end takes
+    // a second, and the result is the far end's.
+    let intra = &hosts.intra_ns.name;
+    let slow = SlowFarEnd::start(intra, SocketAddr::new(INTRA.into(), 8081), true);
+    let (outcome, took, ticks) = asyncio_connect(&dev, &host, 8081);
+    assert_eq!(outcome, format!("connected {INTRA}:8081"));
+    assert!(
+        took >= 0.9,
+        "connected after {took} s: before the far end answered"
+    );
+    assert!(
+        ticks >= 40,
+        "the timer fired {ticks} times in {took} s: the loop was blocked"
+    );
+    drop(slow);
+    let refusing = SlowFarEnd::start(intra, SocketAddr::new(INTRA.into(), 8082), false);
+    let (outcome, took, ticks) = asyncio_connect(&dev, &host, 8082);
+    assert_eq!(outcome, "ECONNREFUSED", "after {took} s");
+    assert!(
+        took >= 0.9,
+        "refused after {took} s: before the far end answered"
+    );
+    assert!(
+        ticks >= 40,
+        "the timer fired {ticks} times in {took} s: the loop was blocked"
+    );
+    drop(refusing);
+    let (outcome, _, _) = asyncio_connect(&dev, "intranet.corp", 80);
+    assert_eq!(
+        outcome, "connected 198.18.0.1:80",
+        "the name's fake address is the peer"
+    );
+
+    // Not a VPN destination: straight out, not through the gateway (whose
+    // policy has no rule for it, so it would have been refused there).
+    let own = Origin::from_listener(
+        netns::bind_in(Some(&dev_ns.name), "198.51.100.2:0".parse().unwrap()),
+        Mode::Http {
+            body: unique_body("not through the VPN"),
+        },
+    );
+    let url = format!("http://198.51.100.2:{}/", own.port());
+    let out = run_shimmed(&dev, &["curl", "-sS", &url]);
+    assert!(out.ok(), "a destination outside the VPN under `run`: {out}");
+    own.expect_accepted(1, "the local server");
+    let logs = dev.logs();
+    assert!(
+        !logs
+            .lines()
+            .any(|l| l.contains(" flow") && l.contains("198.51.100.2")),
+        "`up` carried a destination outside the VPN:\n{logs}"
+    );
+    assert!(
+        logs.contains("program=/usr/bin/python3"),
+        "`up` did not log which program made a flow:\n{logs}"
+    );
+}
+
+/// What a preloaded library cannot see into is refused before it starts,
+/// with a message naming the way; `--force` runs it anyway.
+#[test]
+fn static_and_go_programs_are_refused() {
+    let dev = Device::new("shim-refusals");
+    let busybox = env::which("busybox").expect("busybox-static (tests/lib/setup.sh installs it)");
+    let out = dev.cli(&["run", "--", &busybox.to_string_lossy(), "true"]);
+    assert!(!out.ok(), "a static program ran under `run`: {out}");
+    assert!(out.stderr.contains("statically linked"), "{out}");
+    assert!(
+        out.stderr.contains("TUN"),
+        "the message names TUN mode: {out}"
+    );
+    let age = env::which("age").expect("age, a Go program (tests/lib/setup.sh installs it)");
+    let out = dev.cli(&["run", "--", &age.to_string_lossy(), "--version"]);
+    assert!(!out.ok(), "a Go program ran under `run`: {out}");
+    assert!(out.stderr.contains("Go program"), "{out}");
+    // Dynamic programs pass the check and then need a running `up`.
+    let out = dev.cli(&["run", "--", "true"]);
+    assert!(!out.ok());
+    assert!(out.stderr.contains("shimgate up is not running"), "{out}");
+    let out = dev.cli(&["run", "--force", "--", &busybox.to_string_lossy(), "true"]);
+    assert!(out.stderr.contains("warning (--force)"), "{out}");
+}

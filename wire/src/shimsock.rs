@@ -1,0 +1,365 @@
+//! What the socket shim (the preload library inside a program) and
+//! `shimgate up` say on the shim socket: one request line, one answer line,
+//! one connection each.
+//!
+//! This file uses `std` only: the preload crate compiles it by path (it links
+//! nothing but libc into the programs it is loaded into), so it must not
+//! reach into the rest of this crate.
+//!
+//! ```text
+//! connect 10.20.0.5:5432 127.0.0.1:40112   the program's socket is in SYN_SENT
+//! ok                                         to the hold address, from 127.0.0.1:40112
+//! refused 13 policy refuses db:5432          errno, then why
+//! resolve db.corp.internal
+//! addrs 198.18.0.7 2001:2::7                 its addresses from the fake range
+//! noname                                     the gateway says it does not exist
+//! split
+//! split 10.77.0.0/16,198.18.0.0/15 corp.internal,vpn.internal 127.0.0.1:39021 [::1]:39021
+//! ```
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+/// Longest line either side sends or reads, newline included.
+pub const MAX_LINE: usize = 4096;
+
+/// The shim socket's file name in the device's config directory.
+pub const SOCKET_FILE: &str = "shim.sock";
+
+/// Environment `shimgate run` gives the program: the shim socket's path,
+/// and the split as a `split` answer line.
+pub const SOCKET_ENV: &str = "SHIMGATE_SHIM_SOCKET";
+pub const SPLIT_ENV: &str = "SHIMGATE_SPLIT";
+
+/// What the shim asks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Carry the program's TCP socket, now connecting from `from` to the
+    /// hold address, to `to` (an address the program holds: a VPN one, or
+    /// one from the fake range standing for a name).
+    Connect { to: SocketAddr, from: SocketAddr },
+    /// The fake addresses standing for a VPN name.
+    Resolve { name: String },
+    /// Which destinations go through the VPN, and the hold addresses.
+    Split,
+}
+
+/// What `up` answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// The far end answered; the program's socket is about to be connected.
+    Ok,
+    /// The far end, the gateway or policy refused: `errno` is what the
+    /// program's `connect` reports, `reason` goes to its log.
+    Refused {
+        errno: i32,
+        reason: String,
+    },
+    Addrs {
+        v4: Ipv4Addr,
+        v6: Ipv6Addr,
+    },
+    /// No such name (`EAI_NONAME`).
+    NoName,
+    Split(Split),
+}
+
+/// The split the PAC file makes too, as the shim applies it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Split {
+    /// Networks (`10.77.0.0/16`) whose addresses go through the VPN.
+    pub nets: Vec<String>,
+    /// Name suffixes under which names go through the VPN; `.` is every name.
+    pub domains: Vec<String>,
+    /// Where the shim points a socket while its connection is being made.
+    pub hold: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseError(pub String);
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "bad shim socket line: {}", self.0)
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+/// Items of a list field; `-` is the empty list.
+fn list(field: &str) -> Vec<String> {
+    match field {
+        "-" => Vec::new(),
+        f => f.split(',').map(str::to_owned).collect(),
+    }
+}
+
+fn unlist(items: &[impl AsRef<str>]) -> String {
+    if items.is_empty() {
+        return "-".into();
+    }
+    items
+        .iter()
+        .map(AsRef::as_ref)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// No field may hold a space or a line break: they are the separators.
+fn field_ok(s: &str) -> bool {
+    !s.is_empty() && !s.bytes().any(|b| b.is_ascii_whitespace())
+}
+
+impl Request {
+    /// The line, newline included.
+    pub fn encode(&self) -> String {
+        match self {
+            Request::Connect { to, from } => format!("connect {to} {from}\n"),
+            Request::Resolve { name } => format!("resolve {name}\n"),
+            Request::Split => "split\n".into(),
+        }
+    }
+
+    pub fn parse(line: &str) -> Result<Request, ParseError> {
+        let bad = || ParseError(line.chars().take(80).collect());
+        let mut words = line.trim_end_matches('\n').split(' ');
+        let request = match (words.next(), words.next(), words.next()) {
+            (Some("connect"), Some(to), Some(from)) => Request::Connect {
+                to: to.parse().map_err(|_| bad())?,
+                from: from.parse().map_err(|_| bad())?,
+            },
+            (Some("resolve"), Some(name), None) if field_ok(name) => Request::Resolve {
+                name: name.to_owned(),
+            },
+            (Some("split"), None, None) => Request::Split,
+            _ => return Err(bad()),
+        };
+        match words.next() {
+            None => Ok(request),
+            Some(_) => Err(bad()),
+        }
+    }
+}
+
+impl Reply {
+    /// The line, newline included. A reason's spaces stay (it is the last
+    /// field); its line breaks do not.
+    pub fn encode(&self) -> String {
+        match self {
+            Reply::Ok => "ok\n".into(),
+            Reply::Refused { errno, reason } => {
+                let reason: String = reason
+                    .chars()
+                    .map(|c| if c.is_control() { ' ' } else { c })
+                    .take(512)
+                    .collect();
+                format!("refused {errno} {reason}\n")
+            }
+            Reply::Addrs { v4, v6 } => format!("addrs {v4} {v6}\n"),
+            Reply::NoName => "noname\n".into(),
+            Reply::Split(s) => {
+                let hold: Vec<String> = s.hold.iter().map(ToString::to_string).collect();
+                format!(
+                    "split {} {} {}\n",
+                    unlist(&s.nets),
+                    unlist(&s.domains),
+                    unlist(&hold)
+                )
+            }
+        }
+    }
+
+    pub fn parse(line: &str) -> Result<Reply, ParseError> {
+        let bad = || ParseError(line.chars().take(80).collect());
+        let line = line.trim_end_matches('\n');
+        let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
+        match (word, rest) {
+            ("ok", "") => Ok(Reply::Ok),
+            ("noname", "") => Ok(Reply::NoName),
+            ("refused", rest) => {
+                let (errno, reason) = rest.split_once(' ').unwrap_or((rest, ""));
+                Ok(Reply::Refused {
+                    errno: errno.parse().map_err(|_| bad())?,
+                    reason: reason.to_owned(),
+                })
+            }
+            ("addrs", rest) => {
+                let (v4, v6) = rest.split_once(' ').ok_or_else(bad)?;
+                Ok(Reply::Addrs {
+                    v4: v4.parse().map_err(|_| bad())?,
+                    v6: v6.parse().map_err(|_| bad())?,
+                })
+            }
+            ("split", rest) => {
+                let fields: Vec<&str> = rest.split(' ').collect();
+                let [nets, domains, hold] = fields[..] else {
+                    return Err(bad());
+                };
+                let hold = list(hold)
+                    .iter()
+                    .map(|h| h.parse().map_err(|_| bad()))
+                    .collect::<Result<_, _>>()?;
+                Ok(Reply::Split(Split {
+                    nets: list(nets),
+                    domains: list(domains),
+                    hold,
+                }))
+            }
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl Split {
+    /// Whether `name` (lowercase, no trailing dot) goes through the VPN.
+    pub fn covers_name(&self, name: &str) -> bool {
+        let name = name.trim_end_matches('.');
+        if name.eq_ignore_ascii_case("localhost") || name.parse::<IpAddr>().is_ok() {
+            return false;
+        }
+        self.domains.iter().any(|d| {
+            d == "."
+                || name.eq_ignore_ascii_case(d)
+                || (name.len() > d.len()
+                    && name
+                        .get(name.len() - d.len()..)
+                        .is_some_and(|tail| tail.eq_ignore_ascii_case(d))
+                    && name.as_bytes().get(name.len() - d.len() - 1) == Some(&b'.'))
+        })
+    }
+
+    /// Whether an address goes through the VPN (never a loopback one).
+    pub fn covers(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        if ip.is_loopback() || ip.is_unspecified() {
+            return false;
+        }
+        self.nets.iter().any(|n| net_contains(n, ip))
+    }
+}
+
+/// `10.0.0.0/8` contains `ip` (families must match; a bad network contains nothing).
+fn net_contains(net: &str, ip: IpAddr) -> bool {
+    let Some((base, len)) = net.split_once('/') else {
+        return false;
+    };
+    let (Ok(base), Ok(len)) = (base.parse::<IpAddr>(), len.parse::<u32>()) else {
+        return false;
+    };
+    match (base, ip) {
+        (IpAddr::V4(b), IpAddr::V4(a)) if len <= 32 => {
+            let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
+            u32::from(b) & mask == u32::from(a) & mask
+        }
+        (IpAddr::V6(b), IpAddr::V6(a)) if len <= 128 => {
+            let mask = u128::MAX.checked_shl(128 - len).unwrap_or(0);
+            u128::from(b) & mask == u128::from(a) & mask
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_round_trip() {
+        let requests = [
+            Request::Connect {
+                to: "[2001:2::5]:443".parse().unwrap(),
+                from: "127.0.0.1:40000".parse().unwrap(),
+            },
+            Request::Resolve {
+                name: "db.corp.internal".into(),
+            },
+            Request::Split,
+        ];
+        for r in requests {
+            assert_eq!(Request::parse(&r.encode()), Ok(r.clone()), "{r:?}");
+        }
+        let replies = [
+            Reply::Ok,
+            Reply::NoName,
+            Reply::Refused {
+                errno: 13,
+                reason: "policy refuses db:5432".into(),
+            },
+            Reply::Addrs {
+                v4: "198.18.0.7".parse().unwrap(),
+                v6: "2001:2::7".parse().unwrap(),
+            },
+            Reply::Split(Split {
+                nets: vec!["10.77.0.0/16".into()],
+                domains: vec![],
+                hold: vec!["[::1]:4".parse().unwrap()],
+            }),
+        ];
+        for r in replies {
+            assert_eq!(Reply::parse(&r.encode()), Ok(r.clone()), "{r:?}");
+        }
+    }
+
+    #[test]
+    fn hostile_lines_are_errors() {
+        for bad in [
+            "",
+            "connect",
+            "connect 1.2.3.4:5",
+            "connect a b",
+            "connect 1.2.3.4:5 1.2.3.4:6 x",
+            "resolve",
+            "resolve a b",
+            "split x",
+            "\u{0}",
+        ] {
+            assert!(Request::parse(bad).is_err(), "{bad:?}");
+        }
+        for bad in [
+            "",
+            "refused x y",
+            "addrs 1.2.3.4",
+            "split a b",
+            "split - - x",
+            "ok x",
+        ] {
+            assert!(Reply::parse(bad).is_err(), "{bad:?}");
+        }
+        let r = Reply::Refused {
+            errno: 1,
+            reason: "a\nb".into(),
+        };
+        assert_eq!(r.encode().matches('\n').count(), 1);
+    }
+
+    #[test]
+    fn what_the_split_covers() {
+        let s = Split {
+            nets: vec!["10.77.0.0/16".into(), "2001:2::/48".into(), "bad".into()],
+            domains: vec!["corp.internal".into()],
+            hold: vec![],
+        };
+        assert!(s.covers("10.77.3.4".parse().unwrap()));
+        assert!(s.covers("::ffff:10.77.3.4".parse().unwrap()));
+        assert!(s.covers("2001:2::9".parse().unwrap()));
+        assert!(!s.covers("10.78.0.1".parse().unwrap()));
+        assert!(s.covers_name("db.corp.internal"));
+        assert!(s.covers_name("DB.Corp.Internal."));
+        assert!(s.covers_name("corp.internal"));
+        assert!(!s.covers_name("xcorp.internal"));
+        assert!(!s.covers_name("example.org"));
+        let all = Split {
+            nets: vec!["0.0.0.0/0".into(), "::/0".into()],
+            domains: vec![".".into()],
+            hold: vec![],
+        };
+        assert!(all.covers_name("example.org"));
+        assert!(!all.covers_name("localhost"));
+        assert!(!all.covers("127.0.0.1".parse().unwrap()));
+        assert!(!all.covers("::1".parse().unwrap()));
+        assert!(all.covers("192.0.2.1".parse().unwrap()));
+    }
+}

@@ -8,6 +8,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
+use crate::harness::db;
 use crate::harness::dns::{self, RebindingDns};
 use crate::harness::hosts::{INTRA, gateway_in, three_hosts};
 use crate::harness::netns;
@@ -150,9 +151,15 @@ fn unmodified_programs_reach_the_intranet() {
         Ipv4Addr::new(198, 51, 100, 2),
     );
     dns::use_nameserver(&dev_ns.name, "127.0.0.1:53".parse().unwrap());
-    let spec = gateway_in(gw_ns, vec![format!("intranet.corp:80={INTRA}:8080")]);
+    let spec = gateway_in(
+        gw_ns,
+        vec![
+            format!("intranet.corp:80={INTRA}:8080"),
+            format!("db.corp:5432={INTRA}:5432"),
+        ],
+    );
     let mut gw = Gateway::init_spec(Backend::Sqlite, spec);
-    gw.allow("203.0.113.0/24", &["--ports", "80,8080-8090"]);
+    gw.allow("203.0.113.0/24", &["--ports", "80,5432,8080-8090"]);
     gw.serve();
     let socks = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 1080);
     let mut dev = Device::new_in("shim-laptop", Some(&dev_ns.name), socks);
@@ -183,6 +190,38 @@ fn unmodified_programs_reach_the_intranet() {
         "the device's DNS server saw no query for a name outside the VPN"
     );
 
+    // IPv6: the name's IPv6 fake address, an IPv6 socket.
+    let out = run_shimmed(&dev, &["curl", "-6", "-sS", "http://intranet.corp/"]);
+    assert_eq!(out.stdout, hosts.body, "curl -6 by name under `run`: {out}");
+
+    // psql (libpq: getaddrinfo, non-blocking connect, TCP_NODELAY) to a
+    // real Postgres in the intranet, by a name only the gateway knows.
+    let pg_dir = tempfile::Builder::new()
+        .prefix("sg-e2e-shim-pg-")
+        .tempdir()
+        .expect("tempdir");
+    let _pg = db::PgServer::start(
+        Some(&hosts.intra_ns.name),
+        pg_dir.path().join("pg"),
+        &INTRA.to_string(),
+        5432,
+    );
+    let out = run_shimmed(
+        &dev,
+        &[
+            "psql",
+            "-h",
+            "db.corp",
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-Atc",
+            "select 40 + 2",
+        ],
+    );
+    assert_eq!(out.stdout.trim(), "42", "psql under `run`: {out}");
+
     // Without `run` there is no way in.
     let direct = curl(Some(&dev_ns.name), None, None, &url);
     assert!(
@@ -197,6 +236,32 @@ fn unmodified_programs_reach_the_intranet() {
     assert_eq!(out.stdout.trim(), format!("connected {INTRA}"), "{out}");
     let out = run_shimmed(&dev, &[PYTHON, "-c", BLOCKING_CONNECT, &host, "22"]);
     assert_eq!(out.stdout.trim(), "EACCES", "a policy refusal: {out}");
+    assert!(
+        !out.stderr.contains("shimgate:"),
+        "a refusal was written to a stderr that is not a terminal: {out}"
+    );
+    // On a terminal, the program's user is told why.
+    let line = format!(
+        "{} --config-dir {} run -- curl -sS http://{INTRA}:22/",
+        env::bin(env::DEVICE_BIN).display(),
+        dev.config_dir.display()
+    );
+    let mut script = std::process::Command::new("ip");
+    script.args([
+        "netns",
+        "exec",
+        &dev_ns.name,
+        "script",
+        "-qec",
+        &line,
+        "/dev/null",
+    ]);
+    let out = run(&mut script, Duration::from_secs(30));
+    assert!(
+        out.stdout
+            .contains(&format!("shimgate: {INTRA}:22: not allowed by policy")),
+        "no refusal message on the terminal: {out}"
+    );
     let out = run_shimmed(
         &dev,
         &[

@@ -12,6 +12,7 @@ pub mod hosts;
 pub mod netns;
 pub mod origin;
 pub mod proc;
+pub mod servers;
 pub mod socks;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};

@@ -1,5 +1,5 @@
-//! Audit entries from the data path (peer sessions, relays), written in the
-//! background by one task, in order.
+//! Audit entries from the data path (tunnels, UDP associations, peer
+//! sessions, relays), written in the background by one task, in order.
 //!
 //! Why not a task per entry: a burst of sessions then holds every pooled
 //! registry connection at once (the benchmark saw 4-second pool waits), and
@@ -11,7 +11,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use shimgate_host::clock;
 use shimgate_registry::{NewAudit, Registry};
+use shimgate_wire::origin::{ORIGIN_HEADER, Origin};
+
+use crate::cache::Identity;
 use tokio::sync::mpsc;
 
 /// Entries waiting for the registry, at most.
@@ -80,6 +84,51 @@ impl AuditLog {
             );
         }
     }
+}
+
+/// What one flow (a tunnel or a UDP association) was, for its audit entry.
+pub struct Flow<'a> {
+    pub who: &'a Identity,
+    /// `tunnel` or `udp.association`.
+    pub action: &'static str,
+    pub target: String,
+    /// The program that made it, as its device says (unknown if it did not).
+    pub origin: Option<Origin>,
+    /// Bytes (tunnel) or datagrams (association) each way, in words.
+    pub moved: String,
+    pub started: std::time::Instant,
+}
+
+impl Flow<'_> {
+    /// The entry, as the flow ends: the device acts; the detail says whose
+    /// it is, which program made it, what it moved and for how long.
+    pub fn entry(&self) -> NewAudit {
+        let origin = self
+            .origin
+            .as_ref()
+            .map_or_else(|| "origin=unknown".to_owned(), Origin::encode);
+        NewAudit {
+            at: clock::now(),
+            actor: self.who.device_name.clone(),
+            action: self.action.to_owned(),
+            target: self.target.clone(),
+            source_addr: None,
+            detail: format!(
+                "user={} {origin} {} secs={:.3}",
+                self.who.user_name,
+                self.moved,
+                self.started.elapsed().as_secs_f64()
+            ),
+        }
+    }
+}
+
+/// The origin a request's [`ORIGIN_HEADER`] gives, if well formed.
+pub fn origin_of<B>(req: &http::Request<B>) -> Option<Origin> {
+    req.headers()
+        .get(ORIGIN_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(Origin::parse)
 }
 
 async fn writer(registry: Registry, mut rx: mpsc::Receiver<NewAudit>, unwritten: Arc<AtomicUsize>) {

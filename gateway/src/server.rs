@@ -401,6 +401,8 @@ impl Gateway {
             Ok(p) => p,
             Err(e) => return refuse(&mut respond, e),
         };
+        let origin = crate::auditlog::origin_of(&req);
+        let started = std::time::Instant::now();
         let rules = self.cache.rules();
         let sock = match self.dialer.dial(who, &rules, &dest).await {
             Ok(s) => s,
@@ -423,17 +425,28 @@ impl Gateway {
         tracing::debug!(device = %who.device_name, %dest, "tunnel open");
         let _open = self.tunnels.open(&who.device_name, &dest.to_string());
         metrics::counter!("shimgate_streams_total").increment(1);
-        match splice::splice(sock, send, req.into_body()).await {
+        let moved = match splice::splice(sock, send, req.into_body()).await {
             Ok(moved) => {
                 metrics::counter!("shimgate_bytes_total", "direction" => "up").increment(moved.up);
                 metrics::counter!("shimgate_bytes_total", "direction" => "down")
                     .increment(moved.down);
-                tracing::debug!(device = %who.device_name, %dest, up = moved.up, down = moved.down, "tunnel closed")
+                tracing::debug!(device = %who.device_name, %dest, up = moved.up, down = moved.down, "tunnel closed");
+                format!("proto=tcp up={} down={}", moved.up, moved.down)
             }
             Err(e) => {
-                tracing::debug!(device = %who.device_name, %dest, error = %e, "tunnel ended with an error")
+                tracing::debug!(device = %who.device_name, %dest, error = %e, "tunnel ended with an error");
+                format!("proto=tcp error={e}")
             }
-        }
+        };
+        let flow = crate::auditlog::Flow {
+            who,
+            action: "tunnel",
+            target: dest.to_string(),
+            origin,
+            moved,
+            started,
+        };
+        self.broker.audit.record(flow.entry());
     }
 }
 

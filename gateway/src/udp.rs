@@ -66,6 +66,8 @@ impl Gateway {
         };
         // Read once: the family decides how every IPv4 destination is written.
         let dual_stack = sock.local_addr().is_ok_and(|a| a.is_ipv6());
+        let origin = crate::auditlog::origin_of(&req);
+        let started = std::time::Instant::now();
         let Ok(ok) = Response::builder().status(StatusCode::OK).body(()) else {
             return;
         };
@@ -154,6 +156,20 @@ impl Gateway {
             .increment(counts.received);
         tracing::debug!(device = %who.device_name, why, sent = counts.sent, received = counts.received,
             refused = counts.refused, "udp association closed");
+        let mut dests: Vec<String> = decided.keys().map(ToString::to_string).collect();
+        dests.sort();
+        let flow = crate::auditlog::Flow {
+            who,
+            action: "udp.association",
+            target: dests.join(","),
+            origin,
+            moved: format!(
+                "proto=udp sent={} received={} refused={}",
+                counts.sent, counts.received, counts.refused
+            ),
+            started,
+        };
+        self.broker.audit.record(flow.entry());
     }
 }
 

@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 
 use shimgate_wire::dest::Destination;
+use shimgate_wire::origin::Origin;
 use shimgate_wire::splice;
 use shimgate_wire::tunnel::TunnelError;
 use tokio::net::TcpStream;
@@ -25,12 +26,14 @@ pub enum Way {
     },
 }
 
-/// Opens the way to `dest` on pool slot `slot`.
+/// Opens the way to `dest` on pool slot `slot`, for the program `origin`
+/// describes (sent with a tunnel, for the gateway's audit log).
 pub async fn open(
     pool: &Pool,
     peers: &Peers,
     slot: usize,
     dest: &Destination,
+    origin: &Origin,
 ) -> Result<Way, TunnelError> {
     if let Some(peer) = peers.destination(dest.host()) {
         let port = dest.port();
@@ -52,7 +55,7 @@ pub async fn open(
             }
         };
     }
-    match pool.open(slot, dest).await {
+    match pool.open(slot, dest, origin).await {
         Ok(tunnel) => Ok(Way::Tunnel {
             tunnel,
             dest: dest.clone(),

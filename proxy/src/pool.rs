@@ -19,6 +19,7 @@ use http::{Method, Request};
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use shimgate_wire::dest::Destination;
+use shimgate_wire::origin::{ORIGIN_HEADER, Origin};
 use shimgate_wire::tunnel::{BOUND_HEADER, TunnelError};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
@@ -245,9 +246,14 @@ impl Pool {
         })
     }
 
-    /// Asks the gateway, on slot `i`'s connection, for a tunnel to `dest`.
-    /// Call it on that slot's worker.
-    pub async fn open(&self, i: usize, dest: &Destination) -> Result<Tunnel, TunnelError> {
+    /// Asks the gateway, on slot `i`'s connection, for a tunnel to `dest`
+    /// for a program `origin` describes. Call it on that slot's worker.
+    pub async fn open(
+        &self,
+        i: usize,
+        dest: &Destination,
+        origin: &Origin,
+    ) -> Result<Tunnel, TunnelError> {
         // A pooled connection may have died since it was last used: one retry
         // on a fresh connection.
         for attempt in 0..2 {
@@ -261,6 +267,7 @@ impl Pool {
             let req = Request::builder()
                 .method(Method::CONNECT)
                 .uri(dest.to_string())
+                .header(ORIGIN_HEADER, origin.encode())
                 .body(())
                 .map_err(|_| TunnelError::AddressNotSupported)?;
             match client::open_stream(send, req, None).await {

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use shimgate_wire::dest::{Destination, Host};
 use shimgate_wire::identity::VPN_RANGE;
+use shimgate_wire::origin::{self, Origin};
 use shimgate_wire::shimsock::{MAX_LINE, Reply, Request, Split};
 use shimgate_wire::tunnel::TunnelError;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -58,9 +59,9 @@ pub enum ShimError {
 
 /// Who is on the other end of a shim socket connection.
 struct Asker {
-    uid: u32,
+    uid: Option<u32>,
     pid: Option<i32>,
-    program: String,
+    program: Option<String>,
 }
 
 impl Asker {
@@ -69,11 +70,19 @@ impl Asker {
         let pid = cred.as_ref().and_then(|c| c.pid());
         let program = pid
             .and_then(|p| std::fs::read_link(format!("/proc/{p}/exe")).ok())
-            .map_or_else(|| "?".into(), |p| p.display().to_string());
+            .map(|p| p.display().to_string());
         Asker {
-            uid: cred.map_or(u32::MAX, |c| c.uid()),
+            uid: cred.map(|c| c.uid()),
             pid,
             program,
+        }
+    }
+
+    fn origin(&self) -> Origin {
+        Origin {
+            shim: origin::Shim::Socket,
+            uid: self.uid,
+            program: self.program.clone(),
         }
     }
 }
@@ -132,7 +141,7 @@ impl Shim {
         let request = match request {
             Ok(r) => r,
             Err(e) => {
-                tracing::info!(pid = ?asker.pid, program = %asker.program, error = %e, "shim request refused");
+                tracing::info!(pid = ?asker.pid, program = ?asker.program, error = %e, "shim request refused");
                 return;
             }
         };
@@ -176,7 +185,7 @@ impl Shim {
     fn resolve(&self, name: &str, asker: &Asker) -> Reply {
         match self.fake.addrs_for(name) {
             Ok((v4, v6)) => {
-                tracing::debug!(name, %v4, %v6, pid = ?asker.pid, program = %asker.program, "fake addresses");
+                tracing::debug!(name, %v4, %v6, pid = ?asker.pid, program = ?asker.program, "fake addresses");
                 Reply::Addrs { v4, v6 }
             }
             Err(crate::fakeaddr::FakeError::NotAName(_)) => Reply::NoName,
@@ -214,16 +223,17 @@ impl Shim {
     ) {
         let opened = match self.destination(to) {
             Ok(dest) => {
-                tracing::info!(%dest, uid = asker.uid, pid = ?asker.pid, program = %asker.program, shim = "socket", "flow");
+                let origin = asker.origin();
+                tracing::info!(%dest, %origin, pid = ?asker.pid, "flow");
                 let slot = self.pool.pick();
-                crate::flow::open(&self.pool, &self.peers, slot, &dest).await
+                crate::flow::open(&self.pool, &self.peers, slot, &dest, &origin).await
             }
             Err(e) => Err(e),
         };
         let way = match opened {
             Ok(way) => way,
             Err(e) => {
-                tracing::info!(%to, reason = %e, pid = ?asker.pid, program = %asker.program, "socket shim connection refused");
+                tracing::info!(%to, reason = %e, pid = ?asker.pid, program = ?asker.program, "socket shim connection refused");
                 let reply = Reply::Refused {
                     errno: e.errno(),
                     reason: e.to_string(),

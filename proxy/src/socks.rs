@@ -16,6 +16,7 @@ use fast_socks5::util::target_addr::TargetAddr;
 use fast_socks5::{ReplyError, Socks5Command};
 use sha2::{Digest, Sha256};
 use shimgate_wire::dest::{DestError, Destination, Host};
+use shimgate_wire::origin::Origin;
 use shimgate_wire::tunnel::TunnelError;
 use subtle::ConstantTimeEq;
 use tokio::net::{TcpListener, TcpStream};
@@ -162,7 +163,7 @@ async fn handle(
             return Ok(());
         }
     };
-    match crate::flow::open(&pool, &peers, slot, &dest).await {
+    match crate::flow::open(&pool, &peers, slot, &dest, &Origin::SOCKS).await {
         Ok(way) => {
             // The reply is at most 22 bytes on a fresh socket, so the single
             // write() fast-socks5 does cannot come up short.

@@ -19,6 +19,7 @@ use fast_socks5::util::target_addr::TargetAddr;
 use http::{Method, Request};
 use shimgate_wire::datagram::{self, Decoder, UDP_PATH};
 use shimgate_wire::dest::Destination;
+use shimgate_wire::origin::{ORIGIN_HEADER, Origin};
 use shimgate_wire::splice;
 use shimgate_wire::tunnel::TunnelError;
 use tokio::io::AsyncReadExt;
@@ -76,6 +77,7 @@ pub(crate) async fn associate(
         let req = Request::builder()
             .method(Method::POST)
             .uri(UDP_PATH)
+            .header(ORIGIN_HEADER, Origin::SOCKS.encode())
             .body(())
             .map_err(|_| TunnelError::General)?;
         let (response, stream) = client::open_stream(send, req, None).await?;

@@ -330,6 +330,41 @@ fn unmodified_programs_reach_the_intranet() {
         logs.contains("program=/usr/bin/python3"),
         "`up` did not log which program made a flow:\n{logs}"
     );
+
+    // One audit entry per tunnel, naming the program that made it.
+    let audit = poll(
+        "the tunnels' entries to reach the audit log",
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        || {
+            let a = gw.ok(&["audit", "--action", "tunnel", "--limit", "500"]);
+            // Debian's /usr/bin/psql is a wrapper that runs the version's own.
+            a.contains("/bin/psql proto=tcp").then_some(a)
+        },
+    );
+    let psql = audit
+        .lines()
+        .find(|l| l.contains("/bin/psql proto=tcp"))
+        .unwrap_or_default();
+    for want in [
+        "shim-laptop",
+        "db.corp:5432",
+        "user=alice",
+        "shim=socket",
+        "uid=0",
+        "proto=tcp",
+    ] {
+        assert!(
+            psql.contains(want),
+            "no {want:?} in psql's entry: {psql}\n{audit}"
+        );
+    }
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("program=/usr/bin/curl") && l.contains(&format!("{INTRA}:8080"))),
+        "no entry for curl's tunnel:\n{audit}"
+    );
 }
 
 /// What a preloaded library cannot see into is refused before it starts,

@@ -4,6 +4,7 @@
 //! - [`dest`]: where a flow goes ([`dest::Destination`]): what every shim
 //!   hands the tunnel layer and the gateway dials.
 //! - [`datagram`]: UDP datagrams framed on an HTTP/2 stream, with their far end.
+//! - [`origin`]: which program on a device made a flow (for the audit log).
 //! - [`code`]: the enrollment code an admin hands to a user.
 //! - [`tunnel`]: how the gateway reports why it could not open a tunnel, and
 //!   the SOCKS5 reply each reason maps to.
@@ -32,6 +33,7 @@ pub mod enroll;
 pub mod h2tuning;
 pub mod identity;
 pub mod liveness;
+pub mod origin;
 pub mod peerlink;
 pub mod pki;
 pub mod shimsock;

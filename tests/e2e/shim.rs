@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use crate::harness::db;
 use crate::harness::dns::{self, RebindingDns};
-use crate::harness::hosts::{INTRA, gateway_in, three_hosts};
+use crate::harness::hosts::{GW_INTRA_SIDE, INTRA, gateway_in, three_hosts};
 use crate::harness::netns;
+use crate::harness::servers;
 use crate::harness::*;
 
 const PYTHON: &str = "/usr/bin/python3";
@@ -159,7 +160,7 @@ fn unmodified_programs_reach_the_intranet() {
         ],
     );
     let mut gw = Gateway::init_spec(Backend::Sqlite, spec);
-    gw.allow("203.0.113.0/24", &["--ports", "80,5432,8080-8090"]);
+    gw.allow("203.0.113.0/24", &["--ports", "80,2222,5432,8080-8090"]);
     gw.serve();
     let socks = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 1080);
     let mut dev = Device::new_in("shim-laptop", Some(&dev_ns.name), socks);
@@ -222,6 +223,33 @@ fn unmodified_programs_reach_the_intranet() {
     );
     assert_eq!(out.stdout.trim(), "42", "psql under `run`: {out}");
 
+    // ssh to a real sshd, and git clone over HTTP, with no proxy settings.
+    let host = INTRA.to_string();
+    let intra = Some(hosts.intra_ns.name.as_str());
+    let sshd = servers::Sshd::start(intra, SocketAddr::new(INTRA.into(), 2222));
+    let mut ssh = vec!["ssh".to_owned()];
+    ssh.extend(sshd.ssh_args(&[]));
+    let ssh: Vec<&str> = ssh.iter().map(String::as_str).collect();
+    let out = run_shimmed(&dev, &ssh);
+    assert_eq!(
+        out.stdout.trim(),
+        servers::Sshd::MARKER,
+        "ssh under `run`: {out}"
+    );
+    assert!(
+        sshd.log()
+            .contains(&format!("Accepted publickey for root from {GW_INTRA_SIDE}")),
+        "sshd did not see the login come from the gateway: {}",
+        sshd.log()
+    );
+    let git = servers::GitServer::start(intra, SocketAddr::new(INTRA.into(), 8090));
+    let clone = git.dir().join("shim-clone");
+    let clone_path = clone.to_str().expect("UTF-8 temp path");
+    let out = run_shimmed(&dev, &["git", "clone", "-q", &git.url(&host), clone_path]);
+    assert!(out.ok(), "git clone under `run`: {out}");
+    let got = std::fs::read_to_string(clone.join("README")).unwrap_or_default();
+    assert_eq!(got, git.content(), "the cloned README");
+
     // Without `run` there is no way in.
     let direct = curl(Some(&dev_ns.name), None, None, &url);
     assert!(
@@ -231,7 +259,6 @@ fn unmodified_programs_reach_the_intranet() {
 
     // Blocking connect: allowed, and refused by policy (port 22 is not in
     // the rule) with EACCES.
-    let host = INTRA.to_string();
     let out = run_shimmed(&dev, &[PYTHON, "-c", BLOCKING_CONNECT, &host, "8080"]);
     assert_eq!(out.stdout.trim(), format!("connected {INTRA}"), "{out}");
     let out = run_shimmed(&dev, &[PYTHON, "-c", BLOCKING_CONNECT, &host, "22"]);

@@ -24,6 +24,18 @@ impl Drop for Control {
     }
 }
 
+impl Control {
+    pub fn fd(&self) -> c_int {
+        self.fd
+    }
+
+    /// Lets go of the descriptor without closing it: the program closed it
+    /// behind our back and its number may already be the program's again.
+    pub fn disown(self) {
+        std::mem::forget(self);
+    }
+}
+
 /// Why `up` could not be asked.
 pub struct Unreachable;
 

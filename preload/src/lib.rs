@@ -37,6 +37,9 @@ use libc::{
 
 use control::set_errno;
 
+/// Multipath TCP's protocol number (Linux 5.6+), a TCP for this purpose.
+const IPPROTO_MPTCP: c_int = 262;
+
 /// Runs a hook's body; a panic becomes `fail` with errno `EIO` instead of
 /// unwinding into C.
 fn guard<T>(fail: T, body: impl FnOnce() -> T) -> T {
@@ -76,7 +79,10 @@ fn udp_refused(fd: c_int, to: std::net::SocketAddr) -> bool {
     let Some(config) = config::get() else {
         return false;
     };
-    if !config.split.covers(to.ip()) || tcp::int_option(fd, libc::SO_TYPE) != Ok(libc::SOCK_DGRAM) {
+    if !config.split.covers(to.ip()) {
+        return false;
+    }
+    if tcp::int_option(fd, libc::SO_TYPE) != Ok(libc::SOCK_DGRAM) {
         return false;
     }
     say::refused(
@@ -84,6 +90,15 @@ fn udp_refused(fd: c_int, to: std::net::SocketAddr) -> bool {
         "UDP to VPN destinations is not carried by `shimgate run` yet (use the SOCKS port's UDP ASSOCIATE)",
     );
     true
+}
+
+/// A TCP Fast Open send (`MSG_FASTOPEN`) to a VPN destination: it would
+/// connect past the shim, so it fails as on a kernel without Fast Open and
+/// the program falls back to `connect`.
+fn fast_open_refused(fd: c_int, flags: c_int, to: std::net::SocketAddr) -> bool {
+    flags & libc::MSG_FASTOPEN != 0
+        && config::get().is_some_and(|c| c.split.covers(to.ip()))
+        && tcp::int_option(fd, libc::SO_TYPE) == Ok(libc::SOCK_STREAM)
 }
 
 /// # Safety
@@ -102,9 +117,19 @@ pub unsafe extern "C" fn connect(fd: c_int, addr: *const Sockaddr, len: socklen_
             // SAFETY: as above.
             return unsafe { real(fd, addr, len) };
         }
-        match tcp::int_option(fd, libc::SO_TYPE) {
-            Ok(libc::SOCK_STREAM) => c_result(tcp::connect(config, fd, to)),
-            Ok(_) if udp_refused(fd, to) => c_result(Err(libc::ENETUNREACH)),
+        let ty = tcp::int_option(fd, libc::SO_TYPE);
+        let protocol = tcp::int_option(fd, libc::SO_PROTOCOL);
+        let domain = tcp::int_option(fd, libc::SO_DOMAIN);
+        // An address of the wrong family is the kernel's to refuse.
+        let family_fits = matches!(
+            (domain, to),
+            (Ok(libc::AF_INET), std::net::SocketAddr::V4(_)) | (Ok(libc::AF_INET6), _)
+        );
+        match (ty, protocol) {
+            (Ok(libc::SOCK_STREAM), Ok(libc::IPPROTO_TCP | IPPROTO_MPTCP)) if family_fits => {
+                c_result(tcp::connect(config, fd, to))
+            }
+            _ if udp_refused(fd, to) => c_result(Err(libc::ENETUNREACH)),
             // SAFETY: as above.
             _ => unsafe { real(fd, addr, len) },
         }
@@ -117,18 +142,18 @@ pub unsafe extern "C" fn connect(fd: c_int, addr: *const Sockaddr, len: socklen_
 pub unsafe extern "C" fn getpeername(fd: c_int, addr: *mut Sockaddr, len: *mut socklen_t) -> c_int {
     guard(-1, || {
         let real = real_or!(real::GETPEERNAME, -1);
-        let to = state::on(fd, |flow| flow.to);
-        match (to, addr.is_null() || len.is_null()) {
-            (Some(to), false) => {
-                // The program sees the address it connected to, not `up`'s.
-                let family = tcp::int_option(fd, libc::SO_DOMAIN).unwrap_or(libc::AF_INET);
-                // SAFETY: the program's buffer of *len bytes.
-                unsafe { sockaddr::write(to, family, addr, len) };
-                0
-            }
-            // SAFETY: passing the program's arguments through.
-            _ => unsafe { real(fd, addr, len) },
+        // SAFETY: passing the program's arguments through; the kernel says
+        // whether the socket is connected (ENOTCONN while `up` dials).
+        let rc = unsafe { real(fd, addr, len) };
+        if rc == 0
+            && let Some(to) = state::on(fd, |flow| flow.to)
+        {
+            // The program sees the address it connected to, not `up`'s.
+            let family = tcp::int_option(fd, libc::SO_DOMAIN).unwrap_or(libc::AF_INET);
+            // SAFETY: the real call succeeded, so the buffer and length are valid.
+            unsafe { sockaddr::write(to, family, addr, len) };
         }
+        rc
     })
 }
 
@@ -147,8 +172,11 @@ pub unsafe extern "C" fn getsockopt(
         // SAFETY: passing the program's arguments through.
         let rc = unsafe { real(fd, level, name, value, len) };
         let so_error = rc == 0 && level == libc::SOL_SOCKET && name == libc::SO_ERROR;
+        // SAFETY: len is null or the program's length.
+        let room = unsafe { len.as_ref() }.copied().unwrap_or(0) as usize;
         if so_error
             && !value.is_null()
+            && room >= std::mem::size_of::<c_int>()
             && let Some(errno) = tcp::pending_error(fd)
         {
             // SAFETY: the real call succeeded, so value holds an int.
@@ -164,6 +192,7 @@ pub unsafe extern "C" fn getsockopt(
 pub unsafe extern "C" fn close(fd: c_int) -> c_int {
     guard(-1, || {
         let real = real_or!(real::CLOSE, -1);
+        state::release_controls(fd, fd);
         state::remove(fd);
         // SAFETY: passing the program's argument through.
         unsafe { real(fd) }
@@ -176,10 +205,13 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
 pub unsafe extern "C" fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int {
     guard(-1, || {
         let real = real_or!(real::CLOSE_RANGE, -1);
+        let clamp = |v: c_uint| c_int::try_from(v).unwrap_or(c_int::MAX);
+        if flags & libc::CLOSE_RANGE_CLOEXEC as c_int == 0 {
+            state::release_controls(clamp(first), clamp(last));
+        }
         // SAFETY: passing the program's arguments through.
         let rc = unsafe { real(first, last, flags) };
         if rc == 0 && flags & libc::CLOSE_RANGE_CLOEXEC as c_int == 0 {
-            let clamp = |v: c_uint| c_int::try_from(v).unwrap_or(c_int::MAX);
             state::remove_range(clamp(first), clamp(last));
         }
         rc
@@ -207,6 +239,9 @@ pub unsafe extern "C" fn dup(fd: c_int) -> c_int {
 pub unsafe extern "C" fn dup2(fd: c_int, to: c_int) -> c_int {
     guard(-1, || {
         let real = real_or!(real::DUP2, -1);
+        if fd != to {
+            state::release_controls(to, to);
+        }
         // SAFETY: passing the program's arguments through.
         let new = unsafe { real(fd, to) };
         if new >= 0 && new != fd {
@@ -222,6 +257,7 @@ pub unsafe extern "C" fn dup2(fd: c_int, to: c_int) -> c_int {
 pub unsafe extern "C" fn dup3(fd: c_int, to: c_int, flags: c_int) -> c_int {
     guard(-1, || {
         let real = real_or!(real::DUP3, -1);
+        state::release_controls(to, to);
         // SAFETY: passing the program's arguments through.
         let new = unsafe { real(fd, to, flags) };
         if new >= 0 {
@@ -286,9 +322,15 @@ pub unsafe extern "C" fn sendto(
     guard(-1, || {
         let real = real_or!(real::SENDTO, -1);
         // SAFETY: the program's (addr, len).
-        if unsafe { sockaddr::read(addr, len) }.is_some_and(|to| udp_refused(fd, to)) {
-            set_errno(libc::ENETUNREACH);
-            return -1;
+        if let Some(to) = unsafe { sockaddr::read(addr, len) } {
+            if fast_open_refused(fd, flags, to) {
+                set_errno(libc::EOPNOTSUPP);
+                return -1;
+            }
+            if udp_refused(fd, to) {
+                set_errno(libc::ENETUNREACH);
+                return -1;
+            }
         }
         // SAFETY: passing the program's arguments through.
         unsafe { real(fd, buf, n, flags, addr, len) }
@@ -305,6 +347,10 @@ pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const libc::msghdr, flags: c_i
         if let Some(m) = unsafe { msg.as_ref() } {
             // SAFETY: its (msg_name, msg_namelen).
             let to = unsafe { sockaddr::read(m.msg_name.cast(), m.msg_namelen) };
+            if to.is_some_and(|to| fast_open_refused(fd, flags, to)) {
+                set_errno(libc::EOPNOTSUPP);
+                return -1;
+            }
             if to.is_some_and(|to| udp_refused(fd, to)) {
                 set_errno(libc::ENETUNREACH);
                 return -1;
@@ -327,7 +373,8 @@ pub unsafe extern "C" fn sendmmsg(
     guard(-1, || {
         let real = real_or!(real::SENDMMSG, -1);
         if !msgs.is_null() {
-            for i in 0..count as usize {
+            // The kernel reads at most UIO_MAXIOV (1024) of them.
+            for i in 0..(count as usize).min(1024) {
                 // SAFETY: the program's array of `count` mmsghdrs.
                 let m = unsafe { &(*msgs.add(i)).msg_hdr };
                 // SAFETY: its (msg_name, msg_namelen).

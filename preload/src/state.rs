@@ -25,6 +25,19 @@ pub struct Flow {
     /// The address the program connected to (a fake one for a VPN name).
     pub to: SocketAddr,
     pub outcome: Outcome,
+    /// The socket's (device, inode): a descriptor closed in a way we did
+    /// not see (`fclose`, `closefrom`) and reused for another file is not
+    /// this flow.
+    pub file: (u64, u64),
+}
+
+/// The (device, inode) of what `fd` refers to.
+pub fn file_of(fd: c_int) -> Option<(u64, u64)> {
+    // SAFETY: all-zero is a valid stat buffer; fstat fills it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid buffer.
+    let rc = unsafe { libc::fstat(fd, &mut st) };
+    (rc == 0).then_some((st.st_dev, st.st_ino))
 }
 
 static FLOWS: Mutex<BTreeMap<c_int, Flow>> = Mutex::new(BTreeMap::new());
@@ -45,12 +58,39 @@ pub fn insert(fd: c_int, flow: Flow) {
     let _old = with(|f| f.insert(fd, flow));
 }
 
-/// Runs `f` on `fd`'s flow, if it has one.
+/// Runs `f` on `fd`'s flow, if it has one (and it is still that socket).
 pub fn on<T>(fd: c_int, f: impl FnOnce(&mut Flow) -> T) -> Option<T> {
     if COUNT.load(Ordering::Relaxed) == 0 {
         return None;
     }
-    with(|flows| flows.get_mut(&fd).map(f))
+    let file = file_of(fd);
+    let (out, _stale) = with(|flows| match flows.get_mut(&fd) {
+        Some(flow) if Some(flow.file) == file => (Some(f(flow)), None),
+        Some(_) => (None, flows.remove(&fd)),
+        None => (None, None),
+    });
+    out
+}
+
+/// The program is closing descriptors `first..=last`: any of them that is
+/// one of our connections to `up` is let go of (not closed twice), its flow
+/// failed.
+pub fn release_controls(first: c_int, last: c_int) {
+    if COUNT.load(Ordering::Relaxed) == 0 {
+        return;
+    }
+    with(|flows| {
+        for flow in flows.values_mut() {
+            let ours =
+                matches!(&flow.outcome, Outcome::Waiting(c) if (first..=last).contains(&c.fd()));
+            if ours
+                && let Outcome::Waiting(c) =
+                    std::mem::replace(&mut flow.outcome, Outcome::Failed(libc::ECONNABORTED))
+            {
+                c.disown();
+            }
+        }
+    });
 }
 
 pub fn remove(fd: c_int) {
@@ -78,13 +118,14 @@ pub fn duplicate(from: c_int, to: c_int) {
         return;
     }
     let _old = with(|f| {
-        let dest = f.get(&from).map(|flow| flow.to);
+        let dest = f.get(&from).map(|flow| (flow.to, flow.file));
         match dest {
-            Some(dest) => f.insert(
+            Some((dest, file)) => f.insert(
                 to,
                 Flow {
                     to: dest,
                     outcome: Outcome::Settled,
+                    file,
                 },
             ),
             None => f.remove(&to),

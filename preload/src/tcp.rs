@@ -34,6 +34,7 @@ pub fn connect(config: &Config, fd: c_int, to: SocketAddr) -> Result<(), c_int> 
         return again;
     }
     let domain = int_option(fd, libc::SO_DOMAIN)?;
+    let file = state::file_of(fd).ok_or(libc::EBADF)?;
     let hold = hold_for(config, domain).ok_or(libc::ENETUNREACH)?;
     // SAFETY: fcntl on the program's descriptor.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
@@ -58,7 +59,14 @@ pub fn connect(config: &Config, fd: c_int, to: SocketAddr) -> Result<(), c_int> 
         // the kernel said is the program's answer.
         return Err(started.err().unwrap_or(libc::ECONNABORTED));
     }
-    let from = local_addr(fd)?;
+    let from = match local_addr(fd) {
+        Ok(a) => a,
+        Err(e) => {
+            disconnect(fd);
+            restore();
+            return Err(e);
+        }
+    };
     let request = Request::Connect {
         to: sockaddr::unmapped(to),
         from: sockaddr::unmapped(from),
@@ -81,6 +89,7 @@ pub fn connect(config: &Config, fd: c_int, to: SocketAddr) -> Result<(), c_int> 
             Flow {
                 to,
                 outcome: Outcome::Waiting(control),
+                file,
             },
         );
         return Err(libc::EINPROGRESS);
@@ -95,6 +104,7 @@ pub fn connect(config: &Config, fd: c_int, to: SocketAddr) -> Result<(), c_int> 
                 Flow {
                     to,
                     outcome: Outcome::Settled,
+                    file,
                 },
             );
             wait_connected(fd)
@@ -102,7 +112,7 @@ pub fn connect(config: &Config, fd: c_int, to: SocketAddr) -> Result<(), c_int> 
         Ok(Some(Reply::Refused { errno, reason })) => {
             disconnect(fd);
             say::refused(&to.to_string(), &reason);
-            Err(errno)
+            Err(refusal(errno))
         }
         _ => {
             disconnect(fd);
@@ -137,7 +147,7 @@ fn settle(flow: &mut Flow) -> Option<c_int> {
             Ok(Some(Reply::Ok)) => Outcome::Settled,
             Ok(Some(Reply::Refused { errno, reason })) => {
                 say::refused(&flow.to.to_string(), &reason);
-                Outcome::Failed(errno)
+                Outcome::Failed(refusal(errno))
             }
             _ => Outcome::Failed(libc::ECONNABORTED),
         };
@@ -148,6 +158,16 @@ fn settle(flow: &mut Flow) -> Option<c_int> {
             Some(errno)
         }
         _ => None,
+    }
+}
+
+/// A refusal's errno as `up` sent it, if it is one (`0` would read as
+/// success); otherwise `ECONNREFUSED`.
+fn refusal(errno: c_int) -> c_int {
+    if (1..4096).contains(&errno) {
+        errno
+    } else {
+        libc::ECONNREFUSED
     }
 }
 

@@ -51,8 +51,15 @@ pub enum LaunchError {
     BadAnswer(String),
 }
 
+/// How deep `#!` interpreters may nest (the kernel's own limit).
+const MAX_SCRIPT_DEPTH: usize = 4;
+
 /// Why a program cannot be intercepted, if it cannot.
 pub fn check_program(program: &Path) -> Result<(), LaunchError> {
+    check_at_depth(program, 0)
+}
+
+fn check_at_depth(program: &Path, depth: usize) -> Result<(), LaunchError> {
     let read_error = |source| LaunchError::Read {
         path: program.to_owned(),
         source,
@@ -69,13 +76,17 @@ pub fn check_program(program: &Path) -> Result<(), LaunchError> {
         let Some(interp) = words.next() else {
             return Ok(());
         };
-        let interp = match (Path::new(interp).file_name(), words.next()) {
-            (Some(env), Some(name)) if env == "env" => {
+        let is_env = Path::new(interp).file_name() == Some(OsStr::new("env"));
+        let interp = match words.find(|w| !w.starts_with('-')) {
+            Some(name) if is_env => {
                 find_program(OsStr::new(name)).unwrap_or_else(|_| PathBuf::from(interp))
             }
             _ => PathBuf::from(interp),
         };
-        return check_program(&interp);
+        if depth >= MAX_SCRIPT_DEPTH {
+            return Ok(());
+        }
+        return check_at_depth(&interp, depth + 1);
     }
     let data = std::fs::read(program).map_err(read_error)?;
     match elf::inspect(&data) {
@@ -103,23 +114,35 @@ pub fn find_program(name: &OsStr) -> Result<PathBuf, LaunchError> {
 }
 
 /// The preload library next to `exe`, if only its owner (this user or
-/// root) can change it or the directory it is in.
+/// root) can change it or any directory above it (a sticky directory such
+/// as /tmp excepted: no one else can replace what is in it).
 pub fn library(exe: &Path) -> Result<PathBuf, LaunchError> {
     let dir = exe.parent().unwrap_or(Path::new("/"));
     let path = dir.join(LIBRARY);
     if !path.exists() {
         return Err(LaunchError::NoLibrary(path));
     }
+    let path = std::fs::canonicalize(&path).map_err(|source| LaunchError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    // ld.so splits LD_PRELOAD at spaces and colons.
+    if path.to_string_lossy().contains([' ', ':']) {
+        return Err(LaunchError::UnsafeLibrary {
+            why: "its path has a space or a colon, which LD_PRELOAD would split".into(),
+            path,
+        });
+    }
     // SAFETY: getuid cannot fail.
     let me = unsafe { libc::getuid() };
-    for p in [path.clone(), dir.to_path_buf()] {
+    for p in path.ancestors().map(Path::to_path_buf) {
         let meta = std::fs::metadata(&p).map_err(|source| LaunchError::Read {
             path: p.clone(),
             source,
         })?;
         let why = if meta.uid() != me && meta.uid() != 0 {
             Some(format!("{} belongs to uid {}", p.display(), meta.uid()))
-        } else if meta.mode() & 0o022 != 0 && meta.mode() & 0o1000 == 0 {
+        } else if meta.mode() & 0o022 != 0 && !(meta.is_dir() && meta.mode() & 0o1000 != 0) {
             Some(format!(
                 "{} is writable by others (mode {:o})",
                 p.display(),

@@ -128,6 +128,14 @@ pub fn start(path: PathBuf, shim: Arc<Shim>, stop: CancellationToken) -> Result<
 impl Shim {
     async fn handle(self: Arc<Self>, stream: UnixStream) {
         let asker = Asker::of(&stream);
+        // SAFETY: geteuid cannot fail.
+        let me = unsafe { libc::geteuid() };
+        if asker.uid != Some(me) {
+            // The socket is the device user's (0600 in its config directory);
+            // another user's program gets nothing, whatever the file mode.
+            tracing::warn!(uid = ?asker.uid, pid = ?asker.pid, "shim socket request from another user refused");
+            return;
+        }
         let mut limited = BufReader::new(stream).take(MAX_LINE as u64);
         let mut line = String::new();
         let read = limited.read_line(&mut line);

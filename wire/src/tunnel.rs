@@ -101,7 +101,7 @@ impl TunnelError {
             TunnelError::Refused => libc::ECONNREFUSED,
             TunnelError::TimedOut => libc::ETIMEDOUT,
             TunnelError::AddressNotSupported => libc::EAFNOSUPPORT,
-            TunnelError::OverLimit => libc::EAGAIN,
+            TunnelError::OverLimit => libc::ECONNREFUSED,
             TunnelError::General => libc::ECONNABORTED,
         }
     }

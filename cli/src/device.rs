@@ -51,7 +51,7 @@ enum Command {
     /// Run a program with its connections to VPN destinations going through the running
     /// `shimgate up`, with no proxy settings: the socket shim (a preloaded library).
     #[command(
-        after_help = "Examples:\n  shimgate run -- psql -h db.corp.internal -U app\n  shimgate run -- bash             a shell whose programs (and their children) are on the VPN\n  shimgate run --all -- curl https://example.org/   everything through the gateway\nVPN destinations are those the PAC file sends to the proxy: names under the VPN domain, the VPN\nrange, and the names and networks policy routes to this device; everything else goes out\ndirectly. VPN names are resolved by the gateway, never by this machine's DNS. Statically\nlinked and Go programs cannot be intercepted this way and are refused (--force runs them\nanyway). TCP is carried; UDP to VPN destinations is refused for now (the SOCKS port carries it)."
+        after_help = "Examples:\n  shimgate run -- psql -h db.corp.internal -U app\n  shimgate run -- bash             a shell whose programs (and their children) are on the VPN\n  shimgate run --all -- curl https://example.org/   everything through the gateway\nVPN destinations are those the PAC file sends to the proxy: names under the VPN domain, the VPN\nrange, and the names and networks policy routes to this device; everything else goes out\ndirectly. VPN names are resolved by the gateway, never by this machine's DNS. Statically\nlinked and Go programs cannot be intercepted this way and are refused (--force runs them\nanyway). TCP and UDP are carried (UDP to other devices not yet)."
     )]
     Run {
         /// Send every connection and name through the gateway, not only VPN destinations.

@@ -5,6 +5,7 @@
 //!
 //! - [`config`]: what `run` put in the environment (shim socket, split).
 //! - [`tcp`]: `connect()` to a VPN destination, with the far end's answer.
+//! - [`udp`]: UDP to VPN destinations, through a relay per destination.
 //! - [`names`]: `getaddrinfo` for VPN names (fake addresses from `up`).
 //! - [`state`]: per-descriptor state, through close/dup/close_range.
 //! - [`control`]: one request to `up` on its shim socket.
@@ -28,6 +29,7 @@ mod say;
 mod sockaddr;
 mod state;
 mod tcp;
+mod udp;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
@@ -73,25 +75,6 @@ macro_rules! real_or {
     };
 }
 
-/// A datagram to a VPN destination: not carried by this shim yet, so it is
-/// refused rather than sent out by the default route.
-fn udp_refused(fd: c_int, to: std::net::SocketAddr) -> bool {
-    let Some(config) = config::get() else {
-        return false;
-    };
-    if !config.split.covers(to.ip()) {
-        return false;
-    }
-    if tcp::int_option(fd, libc::SO_TYPE) != Ok(libc::SOCK_DGRAM) {
-        return false;
-    }
-    say::refused(
-        &to.to_string(),
-        "UDP to VPN destinations is not carried by `shimgate run` yet (use the SOCKS port's UDP ASSOCIATE)",
-    );
-    true
-}
-
 /// A TCP Fast Open send (`MSG_FASTOPEN`) to a VPN destination: it would
 /// connect past the shim, so it fails as on a kernel without Fast Open and
 /// the program falls back to `connect`.
@@ -129,7 +112,7 @@ pub unsafe extern "C" fn connect(fd: c_int, addr: *const Sockaddr, len: socklen_
             (Ok(libc::SOCK_STREAM), Ok(libc::IPPROTO_TCP | IPPROTO_MPTCP)) if family_fits => {
                 c_result(tcp::connect(config, fd, to))
             }
-            _ if udp_refused(fd, to) => c_result(Err(libc::ENETUNREACH)),
+            (Ok(libc::SOCK_DGRAM), _) if family_fits => c_result(udp::connect(config, fd, to)),
             // SAFETY: as above.
             _ => unsafe { real(fd, addr, len) },
         }
@@ -146,7 +129,7 @@ pub unsafe extern "C" fn getpeername(fd: c_int, addr: *mut Sockaddr, len: *mut s
         // whether the socket is connected (ENOTCONN while `up` dials).
         let rc = unsafe { real(fd, addr, len) };
         if rc == 0
-            && let Some(to) = state::on(fd, |flow| flow.to)
+            && let Some(to) = tcp::FLOWS.on(fd, |flow| flow.to).or_else(|| udp::peer(fd))
         {
             // The program sees the address it connected to, not `up`'s.
             let family = tcp::int_option(fd, libc::SO_DOMAIN).unwrap_or(libc::AF_INET);
@@ -192,8 +175,8 @@ pub unsafe extern "C" fn getsockopt(
 pub unsafe extern "C" fn close(fd: c_int) -> c_int {
     guard(-1, || {
         let real = real_or!(real::CLOSE, -1);
-        state::release_controls(fd, fd);
-        state::remove(fd);
+        state::closing(fd, fd);
+        state::closed(fd, fd);
         // SAFETY: passing the program's argument through.
         unsafe { real(fd) }
     })
@@ -207,12 +190,12 @@ pub unsafe extern "C" fn close_range(first: c_uint, last: c_uint, flags: c_int) 
         let real = real_or!(real::CLOSE_RANGE, -1);
         let clamp = |v: c_uint| c_int::try_from(v).unwrap_or(c_int::MAX);
         if flags & libc::CLOSE_RANGE_CLOEXEC as c_int == 0 {
-            state::release_controls(clamp(first), clamp(last));
+            state::closing(clamp(first), clamp(last));
         }
         // SAFETY: passing the program's arguments through.
         let rc = unsafe { real(first, last, flags) };
         if rc == 0 && flags & libc::CLOSE_RANGE_CLOEXEC as c_int == 0 {
-            state::remove_range(clamp(first), clamp(last));
+            state::closed(clamp(first), clamp(last));
         }
         rc
     })
@@ -227,7 +210,7 @@ pub unsafe extern "C" fn dup(fd: c_int) -> c_int {
         // SAFETY: passing the program's argument through.
         let new = unsafe { real(fd) };
         if new >= 0 {
-            state::duplicate(fd, new);
+            state::duplicated(fd, new);
         }
         new
     })
@@ -240,12 +223,12 @@ pub unsafe extern "C" fn dup2(fd: c_int, to: c_int) -> c_int {
     guard(-1, || {
         let real = real_or!(real::DUP2, -1);
         if fd != to {
-            state::release_controls(to, to);
+            state::closing(to, to);
         }
         // SAFETY: passing the program's arguments through.
         let new = unsafe { real(fd, to) };
         if new >= 0 && new != fd {
-            state::duplicate(fd, new);
+            state::duplicated(fd, new);
         }
         new
     })
@@ -257,11 +240,11 @@ pub unsafe extern "C" fn dup2(fd: c_int, to: c_int) -> c_int {
 pub unsafe extern "C" fn dup3(fd: c_int, to: c_int, flags: c_int) -> c_int {
     guard(-1, || {
         let real = real_or!(real::DUP3, -1);
-        state::release_controls(to, to);
+        state::closing(to, to);
         // SAFETY: passing the program's arguments through.
         let new = unsafe { real(fd, to, flags) };
         if new >= 0 {
-            state::duplicate(fd, new);
+            state::duplicated(fd, new);
         }
         new
     })
@@ -322,18 +305,27 @@ pub unsafe extern "C" fn sendto(
     guard(-1, || {
         let real = real_or!(real::SENDTO, -1);
         // SAFETY: the program's (addr, len).
-        if let Some(to) = unsafe { sockaddr::read(addr, len) } {
-            if fast_open_refused(fd, flags, to) {
-                set_errno(libc::EOPNOTSUPP);
-                return -1;
-            }
-            if udp_refused(fd, to) {
-                set_errno(libc::ENETUNREACH);
-                return -1;
-            }
+        let to = unsafe { sockaddr::read(addr, len) };
+        if to.is_some_and(|to| fast_open_refused(fd, flags, to)) {
+            set_errno(libc::EOPNOTSUPP);
+            return -1;
         }
-        // SAFETY: passing the program's arguments through.
-        unsafe { real(fd, buf, n, flags, addr, len) }
+        match (config::get(), to) {
+            (Some(config), Some(to)) => match udp::redirect(config, fd, to) {
+                // SAFETY: the program's buffer, and a valid relay address.
+                Some(Ok((relay, rlen))) => unsafe {
+                    real(fd, buf, n, flags, (&raw const relay).cast(), rlen)
+                },
+                Some(Err(e)) => {
+                    set_errno(e);
+                    -1
+                }
+                // SAFETY: passing the program's arguments through.
+                None => unsafe { real(fd, buf, n, flags, addr, len) },
+            },
+            // SAFETY: passing the program's arguments through.
+            _ => unsafe { real(fd, buf, n, flags, addr, len) },
+        }
     })
 }
 
@@ -344,21 +336,50 @@ pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const libc::msghdr, flags: c_i
     guard(-1, || {
         let real = real_or!(real::SENDMSG, -1);
         // SAFETY: msg is null or the program's msghdr.
-        if let Some(m) = unsafe { msg.as_ref() } {
-            // SAFETY: its (msg_name, msg_namelen).
-            let to = unsafe { sockaddr::read(m.msg_name.cast(), m.msg_namelen) };
-            if to.is_some_and(|to| fast_open_refused(fd, flags, to)) {
-                set_errno(libc::EOPNOTSUPP);
-                return -1;
-            }
-            if to.is_some_and(|to| udp_refused(fd, to)) {
-                set_errno(libc::ENETUNREACH);
-                return -1;
+        let Some(m) = (unsafe { msg.as_ref() }) else {
+            // SAFETY: passing the program's arguments through.
+            return unsafe { real(fd, msg, flags) };
+        };
+        match redirected(fd, flags, m) {
+            // SAFETY: the program's message, its name replaced by the relay's.
+            Ok(Some((mut copy, relay))) => unsafe {
+                copy.msg_name = (&raw const relay.0).cast_mut().cast();
+                copy.msg_namelen = relay.1;
+                real(fd, &copy, flags)
+            },
+            // SAFETY: passing the program's arguments through.
+            Ok(None) => unsafe { real(fd, msg, flags) },
+            Err(e) => {
+                set_errno(e);
+                -1
             }
         }
-        // SAFETY: passing the program's arguments through.
-        unsafe { real(fd, msg, flags) }
     })
+}
+
+/// A message's destination, if it is a VPN one for a UDP socket: a copy of
+/// the header and the relay to put in it (`Err`: refused with errno).
+#[allow(clippy::type_complexity)]
+fn redirected(
+    fd: c_int,
+    flags: c_int,
+    m: &libc::msghdr,
+) -> Result<Option<(libc::msghdr, (libc::sockaddr_storage, socklen_t))>, c_int> {
+    // SAFETY: the program's (msg_name, msg_namelen).
+    let Some(to) = (unsafe { sockaddr::read(m.msg_name.cast(), m.msg_namelen) }) else {
+        return Ok(None);
+    };
+    if fast_open_refused(fd, flags, to) {
+        return Err(libc::EOPNOTSUPP);
+    }
+    let Some(config) = config::get() else {
+        return Ok(None);
+    };
+    match udp::redirect(config, fd, to) {
+        Some(Ok(relay)) => Ok(Some((*m, relay))),
+        Some(Err(e)) => Err(e),
+        None => Ok(None),
+    }
 }
 
 /// # Safety
@@ -372,20 +393,110 @@ pub unsafe extern "C" fn sendmmsg(
 ) -> c_int {
     guard(-1, || {
         let real = real_or!(real::SENDMMSG, -1);
-        if !msgs.is_null() {
-            // The kernel reads at most UIO_MAXIOV (1024) of them.
-            for i in 0..(count as usize).min(1024) {
-                // SAFETY: the program's array of `count` mmsghdrs.
-                let m = unsafe { &(*msgs.add(i)).msg_hdr };
-                // SAFETY: its (msg_name, msg_namelen).
-                let to = unsafe { sockaddr::read(m.msg_name.cast(), m.msg_namelen) };
-                if to.is_some_and(|to| udp_refused(fd, to)) {
-                    set_errno(libc::ENETUNREACH);
+        if msgs.is_null() {
+            // SAFETY: passing the program's arguments through.
+            return unsafe { real(fd, msgs, count, flags) };
+        }
+        // The kernel reads at most UIO_MAXIOV (1024) of them.
+        let n = (count as usize).min(1024);
+        // SAFETY: the program's array of at least `n` headers.
+        let given = unsafe { std::slice::from_raw_parts_mut(msgs, n) };
+        let mut relays = Vec::new();
+        for (i, m) in given.iter().enumerate() {
+            match redirected(fd, flags, &m.msg_hdr) {
+                Ok(Some((_, relay))) => relays.push((i, relay)),
+                Ok(None) => {}
+                Err(e) => {
+                    set_errno(e);
                     return -1;
                 }
             }
         }
+        if relays.is_empty() {
+            // SAFETY: passing the program's arguments through.
+            return unsafe { real(fd, msgs, count, flags) };
+        }
+        let mut copy: Vec<libc::mmsghdr> = given.to_vec();
+        for (i, relay) in &relays {
+            if let Some(m) = copy.get_mut(*i) {
+                m.msg_hdr.msg_name = (&raw const relay.0).cast_mut().cast();
+                m.msg_hdr.msg_namelen = relay.1;
+            }
+        }
+        // SAFETY: copies of the program's headers (same buffers), with
+        // relays' addresses that outlive the call.
+        let rc = unsafe { real(fd, copy.as_mut_ptr(), n as c_uint, flags) };
+        for (mine, theirs) in copy.iter().zip(given.iter_mut()).take(rc.max(0) as usize) {
+            theirs.msg_len = mine.msg_len;
+        }
+        rc
+    })
+}
+
+/// # Safety
+/// As `recvfrom(2)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn recvfrom(
+    fd: c_int,
+    buf: *mut c_void,
+    n: size_t,
+    flags: c_int,
+    addr: *mut Sockaddr,
+    len: *mut socklen_t,
+) -> ssize_t {
+    guard(-1, || {
+        let real = real_or!(real::RECVFROM, -1);
         // SAFETY: passing the program's arguments through.
-        unsafe { real(fd, msgs, count, flags) }
+        let rc = unsafe { real(fd, buf, n, flags, addr, len) };
+        if rc >= 0 {
+            // SAFETY: the kernel filled (addr, len) if they were given.
+            unsafe { udp::show_source(fd, addr, len) };
+        }
+        rc
+    })
+}
+
+/// # Safety
+/// As `recvmsg(2)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut libc::msghdr, flags: c_int) -> ssize_t {
+    guard(-1, || {
+        let real = real_or!(real::RECVMSG, -1);
+        // SAFETY: passing the program's arguments through.
+        let rc = unsafe { real(fd, msg, flags) };
+        // SAFETY: msg is the program's header, filled by the kernel.
+        if rc >= 0
+            && let Some(m) = unsafe { msg.as_mut() }
+        {
+            // SAFETY: its name buffer and length, as the kernel left them.
+            unsafe { udp::show_source(fd, m.msg_name.cast(), &mut m.msg_namelen) };
+        }
+        rc
+    })
+}
+
+/// # Safety
+/// As `recvmmsg(2)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn recvmmsg(
+    fd: c_int,
+    msgs: *mut libc::mmsghdr,
+    count: c_uint,
+    flags: c_int,
+    timeout: *mut libc::timespec,
+) -> c_int {
+    guard(-1, || {
+        let real = real_or!(real::RECVMMSG, -1);
+        // SAFETY: passing the program's arguments through.
+        let rc = unsafe { real(fd, msgs, count, flags, timeout) };
+        if rc > 0 && !msgs.is_null() {
+            for i in 0..rc as usize {
+                // SAFETY: the kernel filled the first `rc` headers.
+                let m = unsafe { &mut (*msgs.add(i)).msg_hdr };
+                // SAFETY: each header's name buffer and length.
+                unsafe { udp::show_source(fd, m.msg_name.cast(), &mut m.msg_namelen) };
+            }
+        }
+        rc
     })
 }

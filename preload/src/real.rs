@@ -68,6 +68,18 @@ pub type SendtoFn = unsafe extern "C" fn(
 pub type SendmsgFn = unsafe extern "C" fn(c_int, *const libc::msghdr, c_int) -> ssize_t;
 pub type SendmmsgFn = unsafe extern "C" fn(c_int, *mut libc::mmsghdr, c_uint, c_int) -> c_int;
 
+pub type RecvfromFn = unsafe extern "C" fn(
+    c_int,
+    *mut c_void,
+    size_t,
+    c_int,
+    *mut sockaddr,
+    *mut socklen_t,
+) -> ssize_t;
+pub type RecvmsgFn = unsafe extern "C" fn(c_int, *mut libc::msghdr, c_int) -> ssize_t;
+pub type RecvmmsgFn =
+    unsafe extern "C" fn(c_int, *mut libc::mmsghdr, c_uint, c_int, *mut libc::timespec) -> c_int;
+
 pub static CONNECT: Real<ConnectFn> = Real::new(c"connect");
 pub static GETPEERNAME: Real<NameFn> = Real::new(c"getpeername");
 pub static GETSOCKOPT: Real<GetsockoptFn> = Real::new(c"getsockopt");
@@ -81,3 +93,6 @@ pub static FREEADDRINFO: Real<FreeaddrinfoFn> = Real::new(c"freeaddrinfo");
 pub static SENDTO: Real<SendtoFn> = Real::new(c"sendto");
 pub static SENDMSG: Real<SendmsgFn> = Real::new(c"sendmsg");
 pub static SENDMMSG: Real<SendmmsgFn> = Real::new(c"sendmmsg");
+pub static RECVFROM: Real<RecvfromFn> = Real::new(c"recvfrom");
+pub static RECVMSG: Real<RecvmsgFn> = Real::new(c"recvmsg");
+pub static RECVMMSG: Real<RecvmmsgFn> = Real::new(c"recvmmsg");

@@ -1,34 +1,34 @@
-//! What this library knows about the program's descriptors: for each TCP
-//! socket it is carrying to the VPN, where the program thinks it goes and
-//! whether `up` has answered yet. The state follows the descriptor through
-//! `dup`/`dup2`/`dup3` and ends with `close`/`close_range`.
+//! What this library knows about the program's descriptors: for each
+//! socket it carries to the VPN (a TCP flow in [`crate::tcp`], UDP relays in
+//! [`crate::udp`]), where the program thinks it goes. The state follows
+//! the descriptor through `dup`/`dup2`/`dup3` and ends with
+//! `close`/`close_range`; a descriptor closed in a way we did not see
+//! (`fclose`, `closefrom`) and reused for another file is recognised by
+//! its (device, inode).
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use libc::c_int;
 
-use crate::control::Control;
-
-pub enum Outcome {
-    /// `up` is still dialling; its answer will come on this connection.
-    Waiting(Control),
-    /// Connected (or the error was handed over): nothing more to tell.
-    Settled,
-    /// Refused with this errno, not yet handed to the program.
-    Failed(c_int),
+/// A socket's state, kept per descriptor.
+pub trait Tracked: Sized {
+    /// The socket's (device, inode).
+    fn file(&self) -> (u64, u64);
+    /// The state a duplicate of the descriptor gets.
+    fn duplicate(&self) -> Self;
+    /// The program closed descriptors `first..=last`: let go of any of our
+    /// connections to `up` among them (their numbers are the program's now).
+    fn release(&mut self, first: c_int, last: c_int);
 }
 
-pub struct Flow {
-    /// The address the program connected to (a fake one for a VPN name).
-    pub to: SocketAddr,
-    pub outcome: Outcome,
-    /// The socket's (device, inode): a descriptor closed in a way we did
-    /// not see (`fclose`, `closefrom`) and reused for another file is not
-    /// this flow.
-    pub file: (u64, u64),
+/// The state of each descriptor that has some.
+pub struct Table<T> {
+    map: Mutex<BTreeMap<c_int, T>>,
+    /// How many entries there are, so that the program's every `close` does
+    /// not take the lock when there are none.
+    count: AtomicUsize,
 }
 
 /// The (device, inode) of what `fd` refers to.
@@ -40,95 +40,89 @@ pub fn file_of(fd: c_int) -> Option<(u64, u64)> {
     (rc == 0).then_some((st.st_dev, st.st_ino))
 }
 
-static FLOWS: Mutex<BTreeMap<c_int, Flow>> = Mutex::new(BTreeMap::new());
-/// How many flows there are, so that the program's every `close` does not
-/// take the lock when there are none.
-static COUNT: AtomicUsize = AtomicUsize::new(0);
-
-fn with<T>(f: impl FnOnce(&mut BTreeMap<c_int, Flow>) -> T) -> T {
-    let mut flows = FLOWS.lock().unwrap_or_else(|p| p.into_inner());
-    let out = f(&mut flows);
-    COUNT.store(flows.len(), Ordering::Relaxed);
-    out
-}
-
-pub fn insert(fd: c_int, flow: Flow) {
-    // The replaced flow (a stale one from a descriptor closed behind our
-    // back) drops after the lock: its Control closes with the real close.
-    let _old = with(|f| f.insert(fd, flow));
-}
-
-/// Runs `f` on `fd`'s flow, if it has one (and it is still that socket).
-pub fn on<T>(fd: c_int, f: impl FnOnce(&mut Flow) -> T) -> Option<T> {
-    if COUNT.load(Ordering::Relaxed) == 0 {
-        return None;
-    }
-    let file = file_of(fd);
-    let (out, _stale) = with(|flows| match flows.get_mut(&fd) {
-        Some(flow) if Some(flow.file) == file => (Some(f(flow)), None),
-        Some(_) => (None, flows.remove(&fd)),
-        None => (None, None),
-    });
-    out
-}
-
-/// The program is closing descriptors `first..=last`: any of them that is
-/// one of our connections to `up` is let go of (not closed twice), its flow
-/// failed.
-pub fn release_controls(first: c_int, last: c_int) {
-    if COUNT.load(Ordering::Relaxed) == 0 {
-        return;
-    }
-    with(|flows| {
-        for flow in flows.values_mut() {
-            let ours =
-                matches!(&flow.outcome, Outcome::Waiting(c) if (first..=last).contains(&c.fd()));
-            if ours
-                && let Outcome::Waiting(c) =
-                    std::mem::replace(&mut flow.outcome, Outcome::Failed(libc::ECONNABORTED))
-            {
-                c.disown();
-            }
+impl<T: Tracked> Table<T> {
+    pub const fn new() -> Table<T> {
+        Table {
+            map: Mutex::new(BTreeMap::new()),
+            count: AtomicUsize::new(0),
         }
-    });
-}
-
-pub fn remove(fd: c_int) {
-    if COUNT.load(Ordering::Relaxed) == 0 {
-        return;
     }
-    let _gone = with(|f| f.remove(&fd));
-}
 
-/// Descriptors `first..=last` are closed.
-pub fn remove_range(first: c_int, last: c_int) {
-    if COUNT.load(Ordering::Relaxed) == 0 {
-        return;
+    /// Runs `f` under the lock. What `f` returns for dropping is dropped
+    /// after it: a dropped connection to `up` closes with the real close.
+    fn with<R>(&self, f: impl FnOnce(&mut BTreeMap<c_int, T>) -> R) -> R {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let out = f(&mut map);
+        self.count.store(map.len(), Ordering::Relaxed);
+        out
     }
-    let _gone: Vec<Flow> = with(|f| {
-        let fds: Vec<c_int> = f.range(first..=last).map(|(fd, _)| *fd).collect();
-        fds.into_iter().filter_map(|fd| f.remove(&fd)).collect()
-    });
-}
 
-/// `to` is now a duplicate of `from`: same destination, already settled
-/// (the answer, if any, stays with the original).
-pub fn duplicate(from: c_int, to: c_int) {
-    if COUNT.load(Ordering::Relaxed) == 0 {
-        return;
+    fn empty(&self) -> bool {
+        self.count.load(Ordering::Relaxed) == 0
     }
-    let _old = with(|f| {
-        let dest = f.get(&from).map(|flow| (flow.to, flow.file));
-        match dest {
-            Some((dest, file)) => f.insert(
-                to,
-                Flow {
-                    to: dest,
-                    outcome: Outcome::Settled,
-                    file,
-                },
-            ),
-            None => f.remove(&to),
+
+    pub fn insert(&self, fd: c_int, state: T) {
+        let _old = self.with(|m| m.insert(fd, state));
+    }
+
+    /// Runs `f` on `fd`'s state, if it has some (and it is still that socket).
+    pub fn on<R>(&self, fd: c_int, f: impl FnOnce(&mut T) -> R) -> Option<R> {
+        if self.empty() {
+            return None;
         }
-    });
+        let file = file_of(fd);
+        let (out, _stale) = self.with(|m| match m.get_mut(&fd) {
+            Some(state) if Some(state.file()) == file => (Some(f(state)), None),
+            Some(_) => (None, m.remove(&fd)),
+            None => (None, None),
+        });
+        out
+    }
+
+    /// Descriptors `first..=last` are closed.
+    pub fn remove(&self, first: c_int, last: c_int) {
+        if self.empty() {
+            return;
+        }
+        let _gone: Vec<T> = self.with(|m| {
+            let fds: Vec<c_int> = m.range(first..=last).map(|(fd, _)| *fd).collect();
+            fds.into_iter().filter_map(|fd| m.remove(&fd)).collect()
+        });
+    }
+
+    /// `to` is now a duplicate of `from`.
+    pub fn duplicate(&self, from: c_int, to: c_int) {
+        if self.empty() {
+            return;
+        }
+        let _old = self.with(|m| match m.get(&from).map(T::duplicate) {
+            Some(copy) => m.insert(to, copy),
+            None => m.remove(&to),
+        });
+    }
+
+    pub fn release(&self, first: c_int, last: c_int) {
+        if self.empty() {
+            return;
+        }
+        self.with(|m| m.values_mut().for_each(|s| s.release(first, last)));
+    }
+}
+
+/// The program is closing descriptors `first..=last` (before it does).
+pub fn closing(first: c_int, last: c_int) {
+    crate::tcp::FLOWS.release(first, last);
+    crate::udp::SOCKETS.release(first, last);
+}
+
+/// The program closed descriptors `first..=last`.
+pub fn closed(first: c_int, last: c_int) {
+    crate::tcp::FLOWS.remove(first, last);
+    crate::udp::SOCKETS.remove(first, last);
+}
+
+/// `to` is now a duplicate of `from`.
+pub fn duplicated(from: c_int, to: c_int) {
+    crate::tcp::FLOWS.duplicate(from, to);
+    crate::udp::SOCKETS.duplicate(from, to);
 }

@@ -19,8 +19,53 @@ use libc::c_int;
 use crate::config::Config;
 use crate::control::{Control, errno};
 use crate::proto::{Reply, Request};
-use crate::state::{self, Flow, Outcome};
+use crate::state::{self, Table, Tracked};
 use crate::{real, say, sockaddr};
+
+/// The TCP sockets being carried.
+pub static FLOWS: Table<Flow> = Table::new();
+
+pub enum Outcome {
+    /// `up` is still dialling; its answer will come on this connection.
+    Waiting(Control),
+    /// Connected (or the error was handed over): nothing more to tell.
+    Settled,
+    /// Refused with this errno, not yet handed to the program.
+    Failed(c_int),
+}
+
+pub struct Flow {
+    /// The address the program connected to (a fake one for a VPN name).
+    pub to: SocketAddr,
+    pub outcome: Outcome,
+    file: (u64, u64),
+}
+
+impl Tracked for Flow {
+    fn file(&self) -> (u64, u64) {
+        self.file
+    }
+
+    /// Same destination, already settled (the answer, if any, stays with
+    /// the original).
+    fn duplicate(&self) -> Flow {
+        Flow {
+            to: self.to,
+            outcome: Outcome::Settled,
+            file: self.file,
+        }
+    }
+
+    fn release(&mut self, first: c_int, last: c_int) {
+        let ours = matches!(&self.outcome, Outcome::Waiting(c) if (first..=last).contains(&c.fd()));
+        if ours
+            && let Outcome::Waiting(c) =
+                std::mem::replace(&mut self.outcome, Outcome::Failed(libc::ECONNABORTED))
+        {
+            c.disown();
+        }
+    }
+}
 
 /// How long a blocking `connect()` waits for `up` (which gives up on the
 /// far end sooner).
@@ -84,7 +129,7 @@ pub fn connect(config: &Config, fd: c_int, to: SocketAddr) -> Result<(), c_int> 
         }
     };
     if !blocking {
-        state::insert(
+        FLOWS.insert(
             fd,
             Flow {
                 to,
@@ -99,7 +144,7 @@ pub fn connect(config: &Config, fd: c_int, to: SocketAddr) -> Result<(), c_int> 
     drop(control);
     match answer {
         Ok(Some(Reply::Ok)) => {
-            state::insert(
+            FLOWS.insert(
                 fd,
                 Flow {
                     to,
@@ -124,7 +169,7 @@ pub fn connect(config: &Config, fd: c_int, to: SocketAddr) -> Result<(), c_int> 
 /// `connect()` again on a socket being carried: what the kernel would say
 /// (`EALREADY` while connecting, `EISCONN` once connected, or the error).
 fn again(fd: c_int) -> Option<Result<(), c_int>> {
-    state::on(fd, |flow| match settle(flow) {
+    FLOWS.on(fd, |flow| match settle(flow) {
         Some(errno) => Err(errno),
         None => match flow.outcome {
             Outcome::Waiting(_) => Err(libc::EALREADY),
@@ -136,7 +181,7 @@ fn again(fd: c_int) -> Option<Result<(), c_int>> {
 /// The error `getsockopt(SO_ERROR)` reports for a carried socket, in place
 /// of the kernel's, if `up` has refused it.
 pub fn pending_error(fd: c_int) -> Option<c_int> {
-    state::on(fd, settle).flatten()
+    FLOWS.on(fd, settle).flatten()
 }
 
 /// Takes `up`'s answer if it has come; returns a refusal's errno once.
@@ -211,7 +256,8 @@ fn disconnect(fd: c_int) {
     }
 }
 
-fn local_addr(fd: c_int) -> Result<SocketAddr, c_int> {
+/// The socket's local address.
+pub fn local_addr(fd: c_int) -> Result<SocketAddr, c_int> {
     // SAFETY: all-zero is a valid sockaddr_storage.
     let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;

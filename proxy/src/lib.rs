@@ -10,6 +10,8 @@
 //! - [`socks`]: the SOCKS5 server.
 //! - [`shim`]: the shim socket, `up`'s side of the socket shim (`shimgate
 //!   run`): the split, fake addresses, carrying a program's own socket.
+//! - [`shimudp`]: the socket shim's UDP relays, one per program socket and
+//!   destination.
 //! - [`hold`]: the hold address where a shimmed socket waits, and the
 //!   simultaneous open that completes it.
 //! - [`fakeaddr`]: the persistent map of VPN names to fake addresses.
@@ -44,6 +46,7 @@ pub mod peer;
 pub mod pool;
 pub mod renew;
 pub mod shim;
+pub mod shimudp;
 pub mod socks;
 pub mod status;
 pub mod tls;

@@ -163,6 +163,7 @@ impl Shim {
                 let _ = answer(&mut stream, &reply).await;
             }
             Request::Connect { to, from } => self.connect(stream, to, from, &asker).await,
+            Request::Udp { to, from } => self.udp(stream, to, from, &asker).await,
         }
     }
 
@@ -265,6 +266,46 @@ impl Shim {
             }
             Err(e) => tracing::info!(%to, error = %e, "the program's socket went away"),
         }
+    }
+}
+
+impl Shim {
+    /// A UDP relay for the program's socket at `from` and `to`, until the
+    /// program closes its socket.
+    async fn udp(&self, mut stream: UnixStream, to: SocketAddr, from: SocketAddr, asker: &Asker) {
+        let bound = match self.destination(to) {
+            Ok(dest) if self.peers.destination(dest.host()).is_some() => Err((
+                TunnelError::NetworkUnreachable,
+                "UDP to peer devices is not carried yet".to_owned(),
+            )),
+            Ok(dest) => match crate::shimudp::bind(from).await {
+                Ok(relay) => Ok((dest, relay)),
+                Err(e) => Err((e, e.to_string())),
+            },
+            Err(e) => Err((e, e.to_string())),
+        };
+        let (dest, relay) = match bound {
+            Ok(b) => b,
+            Err((e, reason)) => {
+                tracing::info!(%to, %reason, pid = ?asker.pid, program = ?asker.program, "socket shim udp refused");
+                let _ = answer(
+                    &mut stream,
+                    &Reply::Refused {
+                        errno: e.errno(),
+                        reason,
+                    },
+                )
+                .await;
+                return;
+            }
+        };
+        let Ok(addr) = relay.local_addr() else { return };
+        if answer(&mut stream, &Reply::Relay(addr)).await.is_err() {
+            return;
+        }
+        let origin = asker.origin();
+        tracing::info!(%dest, %origin, pid = ?asker.pid, proto = "udp", "flow");
+        crate::shimudp::run(relay, stream, dest, &self.pool, &origin).await;
     }
 }
 

@@ -16,6 +16,7 @@ use bytes::{Bytes, BytesMut};
 use fast_socks5::server::Socks5ServerProtocol;
 use fast_socks5::server::states::CommandRead;
 use fast_socks5::util::target_addr::TargetAddr;
+use h2::{RecvStream, SendStream};
 use http::{Method, Request};
 use shimgate_wire::datagram::{self, Decoder, UDP_PATH};
 use shimgate_wire::dest::Destination;
@@ -73,15 +74,8 @@ pub(crate) async fn associate(
         let relay = UdpSocket::bind(SocketAddr::new(local.ip(), 0))
             .await
             .map_err(|_| TunnelError::General)?;
-        let send = pool.sender(slot).await?;
-        let req = Request::builder()
-            .method(Method::POST)
-            .uri(UDP_PATH)
-            .header(ORIGIN_HEADER, Origin::SOCKS.encode())
-            .body(())
-            .map_err(|_| TunnelError::General)?;
-        let (response, stream) = client::open_stream(send, req, None).await?;
-        Ok::<_, TunnelError>((relay, response.into_body(), stream))
+        let (down, up) = open_association(pool, slot, &Origin::SOCKS).await?;
+        Ok::<_, TunnelError>((relay, down, up))
     };
     let (relay, mut down, mut up) = match opened.await {
         Ok(o) => o,
@@ -149,6 +143,24 @@ pub(crate) async fn associate(
     let _ = up.send_data(Bytes::new(), true);
     tracing::debug!(%peer, why, "udp association closed");
     Ok(())
+}
+
+/// Opens a UDP association with the gateway on pool slot `slot`: the
+/// stream datagrams come down on, and the one they go up on.
+pub(crate) async fn open_association(
+    pool: &Pool,
+    slot: usize,
+    origin: &Origin,
+) -> Result<(RecvStream, SendStream<Bytes>), TunnelError> {
+    let send = pool.sender(slot).await?;
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(UDP_PATH)
+        .header(ORIGIN_HEADER, origin.encode())
+        .body(())
+        .map_err(|_| TunnelError::General)?;
+    let (response, stream) = client::open_stream(send, req, None).await?;
+    Ok((response.into_body(), stream))
 }
 
 /// A SOCKS UDP request datagram: `RSV(2) | FRAG(1) | ATYP | ADDR | PORT |

@@ -45,4 +45,4 @@ mod revoke;
 mod shim;
 mod socks_protocol;
 mod status;
-mod udp;
+pub(crate) mod udp;

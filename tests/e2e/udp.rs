@@ -17,8 +17,8 @@ use crate::harness::*;
 /// A UDP server on 127.0.0.1 that echoes every datagram to its sender, and
 /// sends a copy from a second socket too: an answer from an address the
 /// association never sent to, which the gateway must not pass on.
-struct UdpEcho {
-    addr: SocketAddr,
+pub(crate) struct UdpEcho {
+    pub(crate) addr: SocketAddr,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -27,6 +27,11 @@ impl UdpEcho {
     fn start() -> UdpEcho {
         let sock = UdpSocket::bind("127.0.0.1:0").expect("echo socket");
         let spoofer = UdpSocket::bind("127.0.0.1:0").expect("spoofer socket");
+        UdpEcho::on(sock, spoofer)
+    }
+
+    /// Echoes on `sock`, with copies from `spoofer`.
+    pub(crate) fn on(sock: UdpSocket, spoofer: UdpSocket) -> UdpEcho {
         sock.set_read_timeout(Some(Duration::from_millis(100)))
             .expect("timeout");
         let addr = sock.local_addr().expect("echo address");

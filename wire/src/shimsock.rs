@@ -10,6 +10,8 @@
 //! connect 10.20.0.5:5432 127.0.0.1:40112   the program's socket is in SYN_SENT
 //! ok                                         to the hold address, from 127.0.0.1:40112
 //! refused 13 policy refuses db:5432          errno, then why
+//! udp 10.20.0.53:53 127.0.0.1:40113        datagrams from the program's socket at
+//! relay 127.0.0.1:51234                      40113 to 10.20.0.53:53 go to this relay
 //! resolve db.corp.internal
 //! addrs 198.18.0.7 2001:2::7                 its addresses from the fake range
 //! noname                                     the gateway says it does not exist
@@ -38,6 +40,10 @@ pub enum Request {
     /// hold address, to `to` (an address the program holds: a VPN one, or
     /// one from the fake range standing for a name).
     Connect { to: SocketAddr, from: SocketAddr },
+    /// A relay for the program's UDP socket at `from` and destination `to`:
+    /// what the socket sends the relay goes to `to`, what `to` answers comes
+    /// from the relay. It lasts as long as this request's connection.
+    Udp { to: SocketAddr, from: SocketAddr },
     /// The fake addresses standing for a VPN name.
     Resolve { name: String },
     /// Which destinations go through the VPN, and the hold addresses.
@@ -59,6 +65,8 @@ pub enum Reply {
         v4: Ipv4Addr,
         v6: Ipv6Addr,
     },
+    /// The relay for a [`Request::Udp`].
+    Relay(SocketAddr),
     /// No such name (`EAI_NONAME`).
     NoName,
     Split(Split),
@@ -115,6 +123,7 @@ impl Request {
     pub fn encode(&self) -> String {
         match self {
             Request::Connect { to, from } => format!("connect {to} {from}\n"),
+            Request::Udp { to, from } => format!("udp {to} {from}\n"),
             Request::Resolve { name } => format!("resolve {name}\n"),
             Request::Split => "split\n".into(),
         }
@@ -125,6 +134,10 @@ impl Request {
         let mut words = line.trim_end_matches('\n').split(' ');
         let request = match (words.next(), words.next(), words.next()) {
             (Some("connect"), Some(to), Some(from)) => Request::Connect {
+                to: to.parse().map_err(|_| bad())?,
+                from: from.parse().map_err(|_| bad())?,
+            },
+            (Some("udp"), Some(to), Some(from)) => Request::Udp {
                 to: to.parse().map_err(|_| bad())?,
                 from: from.parse().map_err(|_| bad())?,
             },
@@ -156,6 +169,7 @@ impl Reply {
                 format!("refused {errno} {reason}\n")
             }
             Reply::Addrs { v4, v6 } => format!("addrs {v4} {v6}\n"),
+            Reply::Relay(addr) => format!("relay {addr}\n"),
             Reply::NoName => "noname\n".into(),
             Reply::Split(s) => {
                 let hold: Vec<String> = s.hold.iter().map(ToString::to_string).collect();
@@ -183,6 +197,7 @@ impl Reply {
                     reason: reason.to_owned(),
                 })
             }
+            ("relay", rest) => Ok(Reply::Relay(rest.parse().map_err(|_| bad())?)),
             ("addrs", rest) => {
                 let (v4, v6) = rest.split_once(' ').ok_or_else(bad)?;
                 Ok(Reply::Addrs {
@@ -276,6 +291,10 @@ mod tests {
             Request::Resolve {
                 name: "db.corp.internal".into(),
             },
+            Request::Udp {
+                to: "10.20.0.53:53".parse().unwrap(),
+                from: "[::1]:40113".parse().unwrap(),
+            },
             Request::Split,
         ];
         for r in requests {
@@ -288,6 +307,7 @@ mod tests {
                 errno: 13,
                 reason: "policy refuses db:5432".into(),
             },
+            Reply::Relay("127.0.0.1:51234".parse().unwrap()),
             Reply::Addrs {
                 v4: "198.18.0.7".parse().unwrap(),
                 v6: "2001:2::7".parse().unwrap(),

@@ -1,0 +1,240 @@
+//! UDP to VPN destinations: each (program socket, destination) gets a relay
+//! from `up` on loopback; what the program sends to the destination is sent
+//! to the relay instead, and what comes from the relay is shown to the
+//! program as coming from the destination. A connected UDP socket is
+//! connected to its relay, so `send`/`recv`/`read`/`write` on it need no
+//! interception. See `proxy/src/shimudp.rs` for the other side.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use libc::{c_int, sockaddr as Sockaddr, socklen_t};
+
+use crate::config::Config;
+use crate::control::{Control, errno};
+use crate::proto::{Reply, Request};
+use crate::state::{Table, Tracked, file_of};
+use crate::tcp::{int_option, local_addr};
+use crate::{say, sockaddr};
+
+/// The UDP sockets with relays.
+pub static SOCKETS: Table<Datagrams> = Table::new();
+
+/// `up` binds a socket and answers at once.
+const ANSWER_WAIT: Duration = Duration::from_secs(10);
+/// Destinations one socket may have relays for.
+const MAX_RELAYS: usize = 64;
+
+struct Relay {
+    /// The destination as the program names it.
+    to: SocketAddr,
+    relay: SocketAddr,
+    /// Held open: the relay lasts as long as this connection. A duplicate
+    /// descriptor's state has none (the original holds it).
+    control: Option<Control>,
+}
+
+pub struct Datagrams {
+    file: (u64, u64),
+    relays: Vec<Relay>,
+    /// Where `connect` pointed the socket, as the program named it.
+    connected: Option<SocketAddr>,
+}
+
+impl Tracked for Datagrams {
+    fn file(&self) -> (u64, u64) {
+        self.file
+    }
+
+    fn duplicate(&self) -> Datagrams {
+        Datagrams {
+            file: self.file,
+            relays: self
+                .relays
+                .iter()
+                .map(|r| Relay {
+                    to: r.to,
+                    relay: r.relay,
+                    control: None,
+                })
+                .collect(),
+            connected: self.connected,
+        }
+    }
+
+    fn release(&mut self, first: c_int, last: c_int) {
+        for r in &mut self.relays {
+            let ours = r
+                .control
+                .as_ref()
+                .is_some_and(|c| (first..=last).contains(&c.fd()));
+            if ours && let Some(c) = r.control.take() {
+                c.disown();
+            }
+        }
+    }
+}
+
+/// Whether `fd` is a UDP socket.
+pub fn is_udp(fd: c_int) -> bool {
+    int_option(fd, libc::SO_TYPE) == Ok(libc::SOCK_DGRAM)
+}
+
+/// The relay for datagrams from `fd` to `to`, asked of `up` on first use
+/// (binding the socket first if it is not bound yet).
+pub fn relay_for(config: &Config, fd: c_int, to: SocketAddr) -> Result<SocketAddr, c_int> {
+    if let Some(Some(r)) = SOCKETS.on(fd, |d| {
+        d.relays.iter().find(|r| r.to == to).map(|r| r.relay)
+    }) {
+        return Ok(r);
+    }
+    let domain = int_option(fd, libc::SO_DOMAIN)?;
+    let file = file_of(fd).ok_or(libc::EBADF)?;
+    let local = bound(fd, domain)?;
+    let from = match local.ip() {
+        ip if ip.is_unspecified() => SocketAddr::new(loopback(config, domain), local.port()),
+        _ => local,
+    };
+    let request = Request::Udp {
+        to: sockaddr::unmapped(to),
+        from: sockaddr::unmapped(from),
+    };
+    let Ok(control) = Control::send(&config.socket, &request) else {
+        say::refused(
+            &to.to_string(),
+            "shimgate up is not running (start it with `shimgate up`)",
+        );
+        return Err(libc::ENETUNREACH);
+    };
+    let relay = match control.answer(ANSWER_WAIT) {
+        Ok(Some(Reply::Relay(r))) => r,
+        Ok(Some(Reply::Refused { errno, reason })) => {
+            say::refused(&to.to_string(), &reason);
+            return Err(if (1..4096).contains(&errno) {
+                errno
+            } else {
+                libc::ENETUNREACH
+            });
+        }
+        _ => return Err(libc::ENETUNREACH),
+    };
+    let mut added = Some(Relay {
+        to,
+        relay,
+        control: Some(control),
+    });
+    let outcome = SOCKETS.on(fd, |d| {
+        if d.relays.len() >= MAX_RELAYS {
+            return Err(libc::ENOBUFS);
+        }
+        d.relays.extend(added.take());
+        Ok(())
+    });
+    match outcome {
+        Some(result) => result?,
+        None => SOCKETS.insert(
+            fd,
+            Datagrams {
+                file,
+                relays: added.into_iter().collect(),
+                connected: None,
+            },
+        ),
+    }
+    Ok(relay)
+}
+
+/// `connect()` of a UDP socket to a VPN destination: to its relay.
+pub fn connect(config: &Config, fd: c_int, to: SocketAddr) -> Result<(), c_int> {
+    let relay = relay_for(config, fd, to)?;
+    send_to(fd, relay)?;
+    SOCKETS.on(fd, |d| d.connected = Some(to));
+    Ok(())
+}
+
+/// Points `fd` at `relay` with the real connect.
+fn send_to(fd: c_int, relay: SocketAddr) -> Result<(), c_int> {
+    let connect = crate::real::CONNECT.get().ok_or(libc::ENOSYS)?;
+    let domain = int_option(fd, libc::SO_DOMAIN)?;
+    let (storage, len) = sockaddr::raw(relay, domain);
+    // SAFETY: a valid sockaddr of `len` bytes.
+    let rc = unsafe { connect(fd, (&raw const storage).cast(), len) };
+    if rc == 0 { Ok(()) } else { Err(errno()) }
+}
+
+/// Where `connect` pointed a UDP socket, as the program named it.
+pub fn peer(fd: c_int) -> Option<SocketAddr> {
+    SOCKETS.on(fd, |d| d.connected).flatten()
+}
+
+/// After a receive on `fd` that wrote its source to `addr`: a relay's
+/// address becomes the destination it stands for.
+///
+/// # Safety
+/// `addr` is null or holds `*len` bytes; `len` is null or valid.
+pub unsafe fn show_source(fd: c_int, addr: *mut Sockaddr, len: *mut socklen_t) {
+    if addr.is_null() || len.is_null() {
+        return;
+    }
+    // SAFETY: the kernel just wrote a source address of *len bytes here
+    // (no more than the buffer, which we then rewrite within).
+    let Some(from) = (unsafe { sockaddr::read(addr, *len) }) else {
+        return;
+    };
+    let from = sockaddr::unmapped(from);
+    let Some(Some(to)) = SOCKETS.on(fd, |d| {
+        d.relays.iter().find(|r| r.relay == from).map(|r| r.to)
+    }) else {
+        return;
+    };
+    let family = int_option(fd, libc::SO_DOMAIN).unwrap_or(libc::AF_INET);
+    // SAFETY: the buffer held the kernel's address; write() truncates to
+    // the room the program gave.
+    unsafe { sockaddr::write(to, family, addr, len) };
+}
+
+/// The address to send to in place of `to`, if `to` is a VPN destination
+/// and `fd` a UDP socket: its relay, as a sockaddr of the socket's family.
+pub fn redirect(
+    config: &Config,
+    fd: c_int,
+    to: SocketAddr,
+) -> Option<Result<(libc::sockaddr_storage, socklen_t), c_int>> {
+    if !config.split.covers(to.ip()) || !is_udp(fd) {
+        return None;
+    }
+    Some(relay_for(config, fd, to).and_then(|relay| {
+        let domain = int_option(fd, libc::SO_DOMAIN)?;
+        Ok(sockaddr::raw(relay, domain))
+    }))
+}
+
+/// The socket's local address, binding it to the wildcard first if it is
+/// not bound (as its first send would).
+fn bound(fd: c_int, domain: c_int) -> Result<SocketAddr, c_int> {
+    let local = local_addr(fd)?;
+    if local.port() != 0 {
+        return Ok(local);
+    }
+    let any = match domain {
+        libc::AF_INET6 => SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
+        _ => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+    };
+    let (storage, len) = sockaddr::raw(any, domain);
+    // SAFETY: bind with a valid sockaddr (bind is not one we export).
+    if unsafe { libc::bind(fd, (&raw const storage).cast(), len) } != 0 {
+        return Err(errno());
+    }
+    local_addr(fd)
+}
+
+/// Where up's relay will see the socket's datagrams come from: loopback
+/// of the family the socket sends to the relay in (IPv6 sockets use ::1
+/// where `up`'s host has it).
+fn loopback(config: &Config, domain: c_int) -> IpAddr {
+    let v6 = config.split.hold.iter().any(SocketAddr::is_ipv6);
+    match domain {
+        libc::AF_INET6 if v6 => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        _ => IpAddr::V4(Ipv4Addr::LOCALHOST),
+    }
+}

@@ -1,0 +1,124 @@
+//! The socket shim's UDP: one relay per program socket and destination.
+//!
+//! A relay is a UDP socket on loopback connected to the program's socket
+//! (so the kernel takes datagrams from that socket only). What the program
+//! sends it goes, as it is, to the one destination the relay stands for,
+//! over a UDP association with the gateway (`wire::datagram` framing, the
+//! same as the SOCKS port's UDP ASSOCIATE); what comes back goes to the
+//! program from the relay, whose address the preload library turns back
+//! into the destination's. No header is added on the program's side, so
+//! a connected UDP socket is simply connected to its relay, and reads and
+//! writes need no interception.
+//!
+//! A relay lasts as long as the shim socket connection that asked for it
+//! (the library closes it with the program's socket). The gateway forgets
+//! an idle association; the next datagram opens a new one.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use bytes::Bytes;
+use shimgate_wire::datagram::{self, Decoder};
+use shimgate_wire::dest::Destination;
+use shimgate_wire::origin::Origin;
+use shimgate_wire::splice;
+use shimgate_wire::tunnel::TunnelError;
+use tokio::io::AsyncReadExt;
+use tokio::net::{UdpSocket, UnixStream};
+
+use crate::pool::Pool;
+
+/// Binds a relay for the program's socket at `program` (a loopback address).
+pub async fn bind(program: SocketAddr) -> Result<UdpSocket, TunnelError> {
+    if !program.ip().is_loopback() {
+        return Err(TunnelError::AddressNotSupported);
+    }
+    let ip = match program.ip() {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+    };
+    let relay = UdpSocket::bind(SocketAddr::new(ip, 0))
+        .await
+        .map_err(|_| TunnelError::General)?;
+    relay
+        .connect(program)
+        .await
+        .map_err(|_| TunnelError::General)?;
+    Ok(relay)
+}
+
+/// Carries datagrams between `relay` and `dest` until `control` (the shim
+/// socket connection) closes.
+pub async fn run(
+    relay: UdpSocket,
+    mut control: UnixStream,
+    dest: Destination,
+    pool: &Pool,
+    origin: &Origin,
+) {
+    let mut association: Option<(h2::RecvStream, h2::SendStream<Bytes>)> = None;
+    let mut decoder = Decoder::default();
+    let mut buf = vec![0u8; datagram::MAX_PAYLOAD + 1];
+    let mut sink = [0u8; 64];
+    let (mut sent, mut received) = (0u64, 0u64);
+    let why = loop {
+        tokio::select! {
+            n = control.read(&mut sink) => match n {
+                Ok(0) | Err(_) => break "the program closed its socket",
+                Ok(_) => {}
+            },
+            got = relay.recv(&mut buf) => {
+                // ECONNREFUSED: an earlier answer met a closed program socket.
+                let Ok(n) = got else { continue };
+                let Some(payload) = buf.get(..n) else { continue };
+                let Ok(frame) = datagram::encode(&dest, payload) else { continue };
+                if association.is_none() {
+                    match crate::udp::open_association(pool, pool.pick(), origin).await {
+                        Ok(a) => association = Some(a),
+                        Err(e) => {
+                            tracing::info!(%dest, reason = %e, "udp association refused; datagram dropped");
+                            continue;
+                        }
+                    }
+                }
+                if let Some((_, up)) = association.as_mut() {
+                    if splice::send_all(up, frame).await.is_err() {
+                        association = None;
+                        continue;
+                    }
+                    sent += 1;
+                }
+            }
+            chunk = async {
+                match association.as_mut() {
+                    Some((down, _)) => down.data().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let chunk = match chunk {
+                    Some(Ok(c)) => c,
+                    // The gateway forgot it (idle) or it failed: the next
+                    // datagram opens another.
+                    _ => {
+                        decoder = Decoder::default();
+                        association = None;
+                        continue;
+                    }
+                };
+                if let Some((down, _)) = association.as_mut() {
+                    let _ = down.flow_control().release_capacity(chunk.len());
+                }
+                decoder.push(&chunk);
+                while let Some(frame) = decoder.next_datagram() {
+                    let Ok((_, payload)) = frame else { continue };
+                    if relay.send(&payload).await.is_ok() {
+                        received += 1;
+                    }
+                }
+            }
+        }
+    };
+    if let Some((_, mut up)) = association {
+        let _ = up.send_data(Bytes::new(), true);
+    }
+    tracing::debug!(%dest, why, sent, received, "socket shim udp relay closed");
+}

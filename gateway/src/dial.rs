@@ -132,6 +132,24 @@ impl Dialer {
         Ok(allowed)
     }
 
+    /// Whether `name` exists, for `who`: an alias, or a name the resolver
+    /// knows; asked only when policy could let `who` reach it (else
+    /// `NotAllowed`, and no lookup).
+    pub async fn exists(
+        &self,
+        who: &Identity,
+        rules: &[Rule],
+        name: &str,
+    ) -> Result<(), TunnelError> {
+        if self.aliases.keys().any(|(n, _)| n == name) {
+            return Ok(());
+        }
+        if !policy::could_reach_name(rules, who, name) {
+            return Err(TunnelError::NotAllowed);
+        }
+        resolve(name, 0).await.map(|_| ())
+    }
+
     /// Resolves, checks policy and connects over TCP. The returned error is
     /// what the device's SOCKS client will be told.
     pub async fn dial(

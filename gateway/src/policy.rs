@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
-use shimgate_registry::{Action, Dest, Proto, Rule, Subject};
+use shimgate_registry::{Action, Dest, Ports, Proto, Rule, Subject};
 use shimgate_wire::enroll::Routes;
 
 use crate::cache::Identity;
@@ -162,6 +162,20 @@ pub fn could_allow(rules: &[Rule], who: &Identity, name: &str, port: u16, proto:
     mine().any(|r| r.action == Action::Allow && (names(r) || matches!(r.dest, Dest::Cidr(_))))
 }
 
+/// Whether some flow to `name` (any port, either protocol) could be
+/// allowed: an allow rule for the name or a domain above it, or any allow
+/// rule by CIDR, and no deny rule for the name on every port and both
+/// protocols. Asked before the socket shim hands out a fake address.
+pub fn could_reach_name(rules: &[Rule], who: &Identity, name: &str) -> bool {
+    let mine = || rules.iter().filter(|r| subject_matches(&r.subject, who));
+    let names = |r: &Rule| matches!(&r.dest, Dest::Domain(d) if domain_matches(d, name));
+    let whole = |r: &Rule| r.proto == Proto::Any && r.ports.covers(&Ports::all());
+    if mine().any(|r| r.action == Action::Deny && names(r) && whole(r)) {
+        return false;
+    }
+    mine().any(|r| r.action == Action::Allow && (names(r) || matches!(r.dest, Dest::Cidr(_))))
+}
+
 /// The policy decision for one target.
 pub fn allows(rules: &[Rule], who: &Identity, target: &Target, own: SocketAddr) -> bool {
     let addr = target.addr.to_canonical();
@@ -192,7 +206,6 @@ pub fn allows(rules: &[Rule], who: &Identity, target: &Target, own: SocketAddr) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shimgate_registry::Ports;
 
     fn who() -> Identity {
         Identity {

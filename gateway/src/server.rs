@@ -15,8 +15,11 @@ use shimgate_host::clock;
 use shimgate_registry::Registry;
 use shimgate_wire::control::{self, CONTROL_PATH, RELAY_PATH, SESSION_PATH, SessionRequest};
 use shimgate_wire::datagram::UDP_PATH;
-use shimgate_wire::dest::Destination;
-use shimgate_wire::enroll::{ENROLL_PATH, RENEW_PATH, ROUTES_PATH, WHOAMI_PATH, WhoAmI};
+use shimgate_wire::dest::{Destination, Host};
+use shimgate_wire::enroll::{
+    ENROLL_PATH, RENEW_PATH, RESOLVE_PATH, ROUTES_PATH, ResolveRequest, Resolved, WHOAMI_PATH,
+    WhoAmI,
+};
 use shimgate_wire::tunnel::{BOUND_HEADER, TunnelError};
 use shimgate_wire::{h2tuning, pki, splice};
 use tokio::net::{TcpListener, TcpStream};
@@ -367,6 +370,7 @@ impl Gateway {
                 };
                 send_json(&mut respond, StatusCode::OK, &me);
             }
+            (Method::POST, RESOLVE_PATH, Some(id)) => self.resolve(req, respond, &id).await,
             (Method::GET, ROUTES_PATH, Some(id)) => {
                 let rules = self.cache.rules();
                 let mut routes = crate::policy::routes(&rules, &id);
@@ -451,6 +455,40 @@ impl Gateway {
 }
 
 impl Gateway {
+    /// `POST /v1/resolve`: whether a name exists, under policy.
+    async fn resolve(
+        &self,
+        req: Request<RecvStream>,
+        mut respond: SendResponse<Bytes>,
+        who: &Identity,
+    ) {
+        let mut body = req.into_body();
+        let asked = match read_body(&mut body, shimgate_wire::enroll::MAX_BODY).await {
+            Ok(b) => serde_json::from_slice::<ResolveRequest>(&b).ok(),
+            Err(_) => None,
+        };
+        let name = asked.and_then(|a| match Host::parse(&a.name) {
+            Ok(Host::Name(n)) => Some(n),
+            _ => None,
+        });
+        let Some(name) = name else {
+            return send_error(
+                &mut respond,
+                StatusCode::BAD_REQUEST,
+                "give a host name to resolve",
+            );
+        };
+        let rules = self.cache.rules();
+        let answer = match self.dialer.exists(who, &rules, &name).await {
+            Ok(()) => "exists".to_owned(),
+            Err(e) => {
+                tracing::debug!(device = %who.device_name, %name, reason = %e, "name not handed a fake address");
+                e.as_str().to_owned()
+            }
+        };
+        send_json(&mut respond, StatusCode::OK, &Resolved { answer });
+    }
+
     /// `POST /v1/peer/session`: broker a session, answer with the grant.
     async fn peer_session(
         &self,

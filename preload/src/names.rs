@@ -67,9 +67,13 @@ pub unsafe fn getaddrinfo(
     ) {
         Ok(Reply::Addrs { v4, v6 }) => (v4, v6),
         Ok(Reply::NoName) => return Some(libc::EAI_NONAME),
-        Ok(Reply::Refused { reason, .. }) => {
+        Ok(Reply::Refused { errno, reason }) => {
             say::refused(name, &reason);
-            return Some(libc::EAI_FAIL);
+            return Some(if errno == libc::EAGAIN {
+                libc::EAI_AGAIN
+            } else {
+                libc::EAI_FAIL
+            });
         }
         // Never the local resolver instead: that would leak the name.
         _ => {

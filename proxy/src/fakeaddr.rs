@@ -94,6 +94,15 @@ impl FakeMap {
         })
     }
 
+    /// The addresses standing for `name`, if it has some already.
+    pub fn get(&self, name: &str) -> Option<(Ipv4Addr, Ipv6Addr)> {
+        let Ok(Host::Name(name)) = Host::parse(name) else {
+            return None;
+        };
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.index.get(&name).map(|i| addrs(*i))
+    }
+
     /// The addresses standing for `name`, handed out now if it has none.
     pub fn addrs_for(&self, name: &str) -> Result<(Ipv4Addr, Ipv6Addr), FakeError> {
         let Ok(Host::Name(name)) = Host::parse(name) else {

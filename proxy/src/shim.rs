@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shimgate_wire::dest::{Destination, Host};
+use shimgate_wire::enroll::{RESOLVE_PATH, ResolveRequest, Resolved};
 use shimgate_wire::identity::VPN_RANGE;
 use shimgate_wire::origin::{self, Origin};
 use shimgate_wire::shimsock::{MAX_LINE, Reply, Request, Split};
@@ -34,6 +35,8 @@ use crate::pool::Pool;
 
 /// A program has this long to send its request line.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The gateway has this long to say whether a name exists.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the shim socket's requests need.
 pub struct Shim {
@@ -159,7 +162,7 @@ impl Shim {
                 let _ = answer(&mut stream, &Reply::Split(self.split())).await;
             }
             Request::Resolve { name } => {
-                let reply = self.resolve(&name, &asker);
+                let reply = self.resolve(&name, &asker).await;
                 let _ = answer(&mut stream, &reply).await;
             }
             Request::Connect { to, from } => self.connect(stream, to, from, &asker).await,
@@ -191,7 +194,33 @@ impl Shim {
         }
     }
 
-    fn resolve(&self, name: &str, asker: &Asker) -> Reply {
+    /// A VPN name's fake addresses: handed out once the gateway says, under
+    /// policy, that the name exists (a name already in the map keeps its
+    /// addresses; a device's name is checked when it is connected to).
+    async fn resolve(&self, name: &str, asker: &Asker) -> Reply {
+        if let Some((v4, v6)) = self.fake.get(name) {
+            return Reply::Addrs { v4, v6 };
+        }
+        let Ok(host) = Host::parse(name) else {
+            return Reply::NoName;
+        };
+        if self.peers.destination(&host).is_none() {
+            match self.ask_gateway(name).await {
+                Ok(()) => {}
+                Err(TunnelError::UnknownName) => return Reply::NoName,
+                Err(e) => {
+                    tracing::info!(name, reason = %e, pid = ?asker.pid, program = ?asker.program, "no fake address");
+                    let errno = match e {
+                        TunnelError::NotAllowed => libc::EACCES,
+                        _ => libc::EAGAIN,
+                    };
+                    return Reply::Refused {
+                        errno,
+                        reason: e.to_string(),
+                    };
+                }
+            }
+        }
         match self.fake.addrs_for(name) {
             Ok((v4, v6)) => {
                 tracing::debug!(name, %v4, %v6, pid = ?asker.pid, program = ?asker.program, "fake addresses");
@@ -205,6 +234,33 @@ impl Shim {
                     reason: e.to_string(),
                 }
             }
+        }
+    }
+
+    /// Whether the gateway says `name` exists and policy could let this
+    /// device reach it.
+    async fn ask_gateway(&self, name: &str) -> Result<(), TunnelError> {
+        let body = serde_json::to_vec(&ResolveRequest {
+            name: name.to_owned(),
+        })
+        .map_err(|_| TunnelError::General)?;
+        let call = async {
+            let send = self
+                .pool
+                .any_connection()
+                .await
+                .map_err(|_| TunnelError::NetworkUnreachable)?;
+            let answer = crate::client::call(&send, http::Method::POST, RESOLVE_PATH, Some(body))
+                .await
+                .map_err(|_| TunnelError::General)?;
+            serde_json::from_slice::<Resolved>(&answer).map_err(|_| TunnelError::General)
+        };
+        let resolved = tokio::time::timeout(RESOLVE_TIMEOUT, call)
+            .await
+            .map_err(|_| TunnelError::TimedOut)??;
+        match resolved.answer.as_str() {
+            "exists" => Ok(()),
+            other => Err(other.parse().unwrap_or(TunnelError::General)),
         }
     }
 

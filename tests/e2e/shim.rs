@@ -44,6 +44,15 @@ async def main(host, port):
 asyncio.run(main(sys.argv[1], int(sys.argv[2])))
 "#;
 
+/// getaddrinfo(NAME): its first address, or the error's name.
+const GETADDRINFO: &str = r#"
+import socket, sys
+try:
+    print(socket.getaddrinfo(sys.argv[1], 80, socket.AF_INET)[0][4][0])
+except socket.gaierror as e:
+    print({socket.EAI_NONAME: "EAI_NONAME", socket.EAI_FAIL: "EAI_FAIL", socket.EAI_AGAIN: "EAI_AGAIN"}.get(e.errno, e.errno))
+"#;
+
 /// A blocking connect; prints `connected` or the errno's name.
 const BLOCKING_CONNECT: &str = r#"
 import errno, socket, sys
@@ -157,6 +166,9 @@ fn unmodified_programs_reach_the_intranet() {
         vec![
             format!("intranet.corp:80={INTRA}:8080"),
             format!("db.corp:5432={INTRA}:5432"),
+            // Routes the suffix svc.corp.invalid to the device, where the
+            // gateway's resolver says no name exists (RFC 6761).
+            format!("svc.corp.invalid:80={INTRA}:8080"),
         ],
     );
     let mut gw = Gateway::init_spec(Backend::Sqlite, spec);
@@ -179,6 +191,18 @@ fn unmodified_programs_reach_the_intranet() {
         "curl started by bash under `run`: {out}"
     );
     hosts.web.expect_accepted(3, "origin connections");
+    // A VPN name the gateway says does not exist: EAI_NONAME, no address.
+    let out = run_shimmed(
+        &dev,
+        &[PYTHON, "-c", GETADDRINFO, "nothing.svc.corp.invalid"],
+    );
+    assert_eq!(out.stdout.trim(), "EAI_NONAME", "{out}");
+    let out = run_shimmed(&dev, &[PYTHON, "-c", GETADDRINFO, "svc.corp.invalid"]);
+    assert_eq!(
+        out.stdout.trim(),
+        "198.18.0.2",
+        "an alias's name has an address: {out}"
+    );
     assert_eq!(
         local_dns.a_queries(),
         0,

@@ -13,6 +13,9 @@ pub const WHOAMI_PATH: &str = "/v1/whoami";
 /// `GET` here with a client certificate: the destinations policy lets this
 /// device reach through the gateway ([`Routes`]).
 pub const ROUTES_PATH: &str = "/v1/routes";
+/// Whether a name exists, asked under policy before the socket shim hands
+/// a program a fake address for it (`POST`, a [`ResolveRequest`]).
+pub const RESOLVE_PATH: &str = "/v1/resolve";
 /// Largest request body the gateway reads for these calls.
 pub const MAX_BODY: usize = 64 * 1024;
 
@@ -59,6 +62,18 @@ pub struct WhoAmI {
     pub device_name: String,
     pub user: String,
     pub vpn_ip: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ResolveRequest {
+    pub name: String,
+}
+
+/// The gateway's answer: `exists`, or why not as a
+/// [`crate::tunnel::TunnelError`] wire name (`unknown-name`, `not-allowed`, ...).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resolved {
+    pub answer: String,
 }
 
 /// What the gateway's allow rules open to one device, for its PAC file.

@@ -1,0 +1,542 @@
+#!/usr/bin/env bash
+# Socket shim benchmark: what `shimgate run -- CMD` costs against a SOCKS5
+# client on the same path, and what UDP through the shim does.
+#
+# The shim leaves loopback destinations alone, so this runs on three network
+# namespaces (needs root), like tests/e2e/harness/hosts.rs:
+#
+#   dev    198.51.100.2 --veth-- 198.51.100.1  gw  203.0.113.1 --veth-- 203.0.113.2  intra
+#   shimgate up, clients        shimgate-gateway (no forwarding)          HTTP origin :8080
+#                                                                         UDP echo :5353
+#
+# The device namespace has no route to the intranet: whatever reaches it went
+# through `shimgate up` and the gateway.
+#
+#  1. Connection setup: N sequential HTTP requests from the device namespace,
+#     alternating  (a) shimgate run -- curl URL
+#                  (b) curl --socks5-hostname 127.0.0.1:1080 URL
+#     time to first byte (curl's time_starttransfer: includes the tunnel
+#     setup in both), and the wall time of the whole command (for (a) also
+#     shimgate run's own start and exec). Context: plain curl from the
+#     gateway namespace (no VPN).
+#  2. UDP: a Python client under `shimgate run` in the device namespace
+#     against a UDP echo in the intranet: sequential round trips (64 B), then
+#     datagrams/s and loss with a window of datagrams in flight (64 B and
+#     1200 B). Baseline: the same client, directly from the gateway namespace.
+#
+# usage: sudo bash tests/bench/shim.sh [--samples N] [--skip-build] ...
+# Exit status: 0 when everything was measured (whether or not the target is
+# met), 1 when something could not be run, 2 for a usage error.
+set -euo pipefail
+
+SELF="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")"
+ROOT="$(cd "$(dirname "$SELF")/../.." && pwd)"
+
+usage() {
+    sed -n '2,29p' "$SELF" | sed 's/^# \{0,1\}//'
+    cat <<'EOF'
+options:
+  --samples N      sequential curl runs per variant (default 300)
+  --udp-rtt N      sequential UDP round trips (default 2000)
+  --udp-secs S     seconds per UDP throughput run (default 3)
+  --inflight N     UDP datagrams in flight in the throughput runs (default 64)
+  --skip-build     use the binaries already in target/release
+  --keep-logs DIR  copy the logs and raw samples to DIR before cleaning up
+EOF
+}
+
+# ------------------------------------------------------------ the curl loop
+# Runs inside a namespace (`ip netns exec NS bash shim.sh __curl_loop ...`),
+# so that what is timed is the command itself, not `ip netns exec`.
+# Arguments: samples, warm-up runs, output dir, then variant names. Each
+# sample runs every variant once; the order flips every sample so drift and
+# any "second one is warmer" effect hit all variants alike. Appends
+# "http_code time_connect time_starttransfer wall_us" per run to DIR/NAME.txt
+# (a run that printed nothing has no code: counted as failed). curl writes
+# its figures straight to the file: no command substitution (a fork of this
+# shell) inside the timed span. Uses SG, CDIR, CURL, URL, SOCKS from the
+# environment.
+curl_variant() {
+    local fmt='%{http_code} %{time_connect} %{time_starttransfer} '
+    case "$1" in
+        shim) "$SG" --config-dir "$CDIR" run -- "$CURL" -so /dev/null -w "$fmt" "$URL" ;;
+        socks) "$CURL" --socks5-hostname "$SOCKS" -so /dev/null -w "$fmt" "$URL" ;;
+        direct) "$CURL" -so /dev/null -w "$fmt" "$URL" ;;
+    esac
+}
+
+curl_loop() {
+    local samples="$1" warmup="$2" dir="$3" i v t0 t1
+    shift 3
+    local variants=("$@") order
+    for ((i = 0; i < warmup; i++)); do
+        for v in "${variants[@]}"; do curl_variant "$v" >/dev/null 2>&1 || true; done
+    done
+    for ((i = 0; i < samples; i++)); do
+        order=("${variants[@]}")
+        if ((i % 2)); then
+            # reversed
+            order=()
+            for v in "${variants[@]}"; do order=("$v" "${order[@]}"); done
+        fi
+        for v in "${order[@]}"; do
+            # $EPOCHREALTIME: no fork for the clock; "s.uuuuuu" -> µs.
+            t0=${EPOCHREALTIME/./}
+            curl_variant "$v" >>"$dir/$v.txt" 2>/dev/null || true
+            t1=${EPOCHREALTIME/./}
+            echo "$((t1 - t0))" >>"$dir/$v.txt"
+        done
+    done
+}
+
+if [[ "${1:-}" == __curl_loop ]]; then
+    shift
+    curl_loop "$@"
+    exit 0
+fi
+
+# ------------------------------------------------------------ arguments
+SAMPLES=300
+UDP_RTT=2000
+UDP_SECS=3
+INFLIGHT=64
+SKIP_BUILD=0
+KEEP_LOGS=""
+while (($#)); do
+    case "$1" in
+        --samples | --udp-rtt | --udp-secs | --inflight | --keep-logs)
+            (($# >= 2)) || { echo "shim.sh: $1 needs a value" >&2; exit 2; } ;;
+    esac
+    case "$1" in
+        --samples) SAMPLES="$2"; shift 2 ;;
+        --udp-rtt) UDP_RTT="$2"; shift 2 ;;
+        --udp-secs) UDP_SECS="$2"; shift 2 ;;
+        --inflight) INFLIGHT="$2"; shift 2 ;;
+        --skip-build) SKIP_BUILD=1; shift ;;
+        --keep-logs) KEEP_LOGS="$2"; shift 2 ;;
+        -h | --help) usage; exit 0 ;;
+        *) echo "shim.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
+    esac
+done
+for n in "$SAMPLES" "$UDP_RTT" "$UDP_SECS" "$INFLIGHT"; do
+    [[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "shim.sh: $n is not a positive integer" >&2; exit 2; }
+done
+if [[ -n "$KEEP_LOGS" && "$KEEP_LOGS" != /* ]]; then KEEP_LOGS="$PWD/$KEEP_LOGS"; fi
+[[ "$(id -u)" == 0 ]] || { echo "shim.sh: needs root (network namespaces)" >&2; exit 1; }
+for tool in ip curl; do
+    command -v "$tool" >/dev/null || { echo "shim.sh: needs $tool" >&2; exit 1; }
+done
+# One interpreter for every side, a real ELF file (a pyenv shim script in
+# PATH would make `shimgate run` start bash first).
+PYTHON=/usr/bin/python3
+[[ -x "$PYTHON" ]] || { echo "shim.sh: needs $PYTHON" >&2; exit 1; }
+cd "$ROOT"
+
+log() { echo "== $*" >&2; }
+# stop_pids, finish_run, start_bg, show_log, fail, gw, new_code, nocolor
+# shellcheck source=tests/bench/lib.sh
+source "$ROOT/tests/bench/lib.sh"
+
+# Only the directories and proxies this script names.
+unset DATABASE_URL SHIMGATE_HOME SHIMGATE_GATEWAY_DIR LD_PRELOAD
+unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY no_proxy NO_PROXY
+
+# ------------------------------------------------------------ cleanup
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/sgshim.XXXXXX")"
+PIDS=()
+FG_PID=""
+KEEP_PATTERNS="*.log *.txt"
+DEV_NS="sgb-dev-$$"
+GW_NS="sgb-gw-$$"
+INTRA_NS="sgb-intra-$$"
+MADE_NS=()
+
+# besides what finish_run does: kill what is left in our namespaces (a
+# namespace with a process in it outlives `ip netns del`), then delete them.
+# shellcheck disable=SC2317 # called by finish_run (tests/bench/lib.sh)
+cleanup_extra() {
+    local ns pid
+    for ns in "${MADE_NS[@]}"; do
+        for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
+        ip netns del "$ns" 2>/dev/null || true
+    done
+}
+on_exit_finish_run
+
+# ------------------------------------------------------------ build
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+[[ "$TARGET_DIR" == /* ]] || TARGET_DIR="$ROOT/$TARGET_DIR"
+BIN="$TARGET_DIR/release"
+if ((!SKIP_BUILD)); then
+    # The whole workspace: the binaries and the preload library.
+    log "cargo build --release --workspace"
+    fg_run cargo build --release --workspace
+fi
+SG="$BIN/shimgate"
+for f in "$SG" "$BIN/shimgate-gateway" "$BIN/libshimgate_preload.so"; do
+    [[ -e "$f" ]] || { echo "shim.sh: $f is missing (build, or drop --skip-build)" >&2; exit 1; }
+done
+CURL="$(command -v curl)"
+
+# A build or test elsewhere on the machine skews every figure; say so.
+NOTES=()
+busy_note() {
+    local others
+    others="$(pgrep -c -x 'cargo|rustc|cc1|ld|cargo-nextest' || true)"
+    if ((others > 0)); then
+        NOTES+=("warning: $others cargo/rustc/compiler processes were running $1; the figures are skewed")
+    fi
+}
+busy_note "before the measurements"
+
+# ------------------------------------------------------------ namespaces
+DEV_IP=198.51.100.2
+GW_DEV_IP=198.51.100.1
+GW_INTRA_IP=203.0.113.1
+INTRA_IP=203.0.113.2
+GW_PORT=8443
+SOCKS=127.0.0.1:1080
+HTTP_PORT=8080
+ECHO_PORT=5353
+
+new_ns() {
+    ip netns add "$1"
+    MADE_NS+=("$1")
+    ip -n "$1" link set lo up
+}
+
+# A veth pair made directly inside the two namespaces, so nothing is ever
+# left in ours. Interface names: at most 15 bytes.
+veth() {
+    local a="$1" a_addr="$2" b="$3" b_addr="$4" ia="$5" ib="$6"
+    ip link add "$ia" netns "$a" type veth peer name "$ib" netns "$b"
+    ip -n "$a" addr add "$a_addr" dev "$ia"
+    ip -n "$b" addr add "$b_addr" dev "$ib"
+    ip -n "$a" link set "$ia" up
+    ip -n "$b" link set "$ib" up
+}
+
+make_hosts() {
+    new_ns "$DEV_NS"
+    new_ns "$GW_NS"
+    new_ns "$INTRA_NS"
+    veth "$DEV_NS" "$DEV_IP/24" "$GW_NS" "$GW_DEV_IP/24" "sgbd$$" "sgbg$$"
+    veth "$GW_NS" "$GW_INTRA_IP/24" "$INTRA_NS" "$INTRA_IP/24" "sgbh$$" "sgbi$$"
+    # The gateway host does not route: the device reaches the intranet only
+    # through the gateway process.
+    ip netns exec "$GW_NS" sysctl -qw net.ipv4.ip_forward=0
+}
+
+# Waits (up to 30 s) until LOG matches PATTERN, failing early if PID exited.
+wait_line() {
+    local tag="$1" pattern="$2" pid="$3" i
+    for ((i = 0; i < 300; i++)); do
+        if nocolor <"$WORK/$tag.log" | grep -q -- "$pattern"; then return 0; fi
+        kill -0 "$pid" 2>/dev/null || { fail "$tag exited" "$tag"; return 1; }
+        sleep 0.1
+    done
+    fail "$tag did not log \"$pattern\" within 30 s" "$tag"
+    return 1
+}
+
+# ------------------------------------------------------------ servers
+# The HTTP origin: one thread, accept, read the request head, answer a tiny
+# fixed response, close. Cheaper per request than http.server or a forking
+# server, so the origin adds as little as possible to the time to first byte.
+cat >"$WORK/origin.py" <<'EOF'
+import socket, sys
+RESP = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n"
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.listen(256)
+print("ready", flush=True)
+while True:
+    c, _ = s.accept()
+    c.settimeout(5)
+    try:
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            d = c.recv(4096)
+            if not d:
+                break
+            buf += d
+        c.sendall(RESP)
+    except OSError:
+        pass
+    c.close()
+EOF
+
+# The UDP echo: sends every datagram back to where it came from.
+cat >"$WORK/echo.py" <<'EOF'
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+s.bind((sys.argv[1], int(sys.argv[2])))
+print("ready", flush=True)
+while True:
+    data, src = s.recvfrom(65536)
+    s.sendto(data, src)
+EOF
+
+# The UDP client, the same program on both paths (unconnected socket,
+# sendto/recvfrom, as most UDP programs do). Every datagram starts with its
+# 8-byte sequence number; an answer that is not the one awaited (late, or
+# from another address) is not counted as an answer.
+#   rtt HOST PORT COUNT SIZE: COUNT sequential round trips after 20 warm-up
+#     ones (the first of which includes the shim's relay setup: reported).
+#     Prints: first_us answered lost p50_us p99_us mean_us
+#   flood HOST PORT SECS SIZE INFLIGHT: keeps INFLIGHT datagrams outstanding
+#     for SECS (after 0.5 s of warm-up); one unanswered for 0.5 s is lost.
+#     Prints: sent answered lost late answered_per_s
+cat >"$WORK/udp_client.py" <<'EOF'
+import math, socket, sys, time
+mode, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+dest = (host, port)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+now = time.perf_counter
+
+def packet(seq, size):
+    return seq.to_bytes(8, "big") + bytes(size - 8)
+
+def rank(sorted_xs, p):
+    return sorted_xs[max(0, math.ceil(p / 100 * len(sorted_xs)) - 1)]
+
+def round_trip(seq, size):
+    """Seconds for one answered datagram, or None when lost (1 s)."""
+    s.settimeout(1)
+    t0 = now()
+    s.sendto(packet(seq, size), dest)
+    while True:
+        try:
+            data, src = s.recvfrom(65536)
+        except socket.timeout:
+            return None
+        if src == dest and int.from_bytes(data[:8], "big") == seq:
+            return now() - t0
+
+if mode == "rtt":
+    count, size = int(sys.argv[4]), int(sys.argv[5])
+    first = round_trip(0, size)
+    for i in range(1, 20):
+        round_trip(i, size)
+    times = [round_trip(20 + i, size) for i in range(count)]
+    ok = sorted(t for t in times if t is not None)
+    us = lambda t: "%.0f" % (t * 1e6) if t is not None else "nan"
+    print(us(first), len(ok), count - len(ok),
+          us(rank(ok, 50)) if ok else "nan", us(rank(ok, 99)) if ok else "nan",
+          us(sum(ok) / len(ok)) if ok else "nan")
+elif mode == "flood":
+    secs, size, inflight = float(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+    s.settimeout(0.05)
+    out = {}  # seq -> time sent, for the datagrams not yet answered
+    seq = sent = lost = late = per_sec = 0
+    start = now()
+    measure_from = start + 0.5
+    end = measure_from + secs
+    next_expiry = start + 0.1
+    while True:
+        t = now()
+        if t < end:
+            while len(out) < inflight:
+                s.sendto(packet(seq, size), dest)
+                out[seq] = t
+                sent += t >= measure_from
+                seq += 1
+        elif not out or t > end + 1:
+            break
+        if t >= next_expiry:
+            # Unanswered for 0.5 s: lost, and its place in the window freed.
+            next_expiry = t + 0.1
+            for k in [k for k, ts in out.items() if t - ts > 0.5]:
+                lost += out.pop(k) >= measure_from
+        try:
+            data, src = s.recvfrom(65536)
+        except socket.timeout:
+            continue
+        got = now()
+        ts = out.pop(int.from_bytes(data[:8], "big"), None) if src == dest else None
+        if ts is None:
+            late += 1
+        elif measure_from <= got <= end:
+            per_sec += 1
+    lost += sum(ts >= measure_from for ts in out.values())
+    # sent in the window, of them answered, lost, late answers, answers/s
+    print(sent, sent - lost, lost, late, "%.0f" % (per_sec / secs))
+EOF
+
+start_origins() {
+    start_bg origin ip netns exec "$INTRA_NS" "$PYTHON" -u "$WORK/origin.py" "$INTRA_IP" "$HTTP_PORT"
+    wait_line origin ready "$BG_PID" || return 1
+    start_bg echo ip netns exec "$INTRA_NS" "$PYTHON" -u "$WORK/echo.py" "$INTRA_IP" "$ECHO_PORT"
+    wait_line echo ready "$BG_PID" || return 1
+}
+
+# The gateway in the gateway namespace, listening on its device side; the
+# intranet allowed for the origin's TCP port and the echo's UDP port.
+# Admin commands run outside the namespace: they only need the data dir.
+start_gateway_ns() {
+    GW_DIR="$WORK/gateway"
+    gw init --name gw.shimgate.test --ip "$GW_DEV_IP" --listen "$GW_DEV_IP:$GW_PORT" \
+        --public-addr "$GW_DEV_IP:$GW_PORT" >"$WORK/gateway-init.log" 2>&1 ||
+        { fail "shimgate-gateway init failed" gateway-init; return 1; }
+    {
+        gw policy add allow --to 203.0.113.0/24 --ports "$HTTP_PORT" &&
+            gw policy add allow --to 203.0.113.0/24 --proto udp --ports "$ECHO_PORT"
+    } >"$WORK/gateway-policy.log" 2>&1 || { fail "shimgate-gateway policy add failed" gateway-policy; return 1; }
+    start_bg gateway ip netns exec "$GW_NS" "$BIN/shimgate-gateway" --data-dir "$GW_DIR" serve --console off
+    GW_PID=$BG_PID
+    wait_line gateway "gateway listening" "$GW_PID"
+}
+
+# Enrolls a device in the device namespace and starts `shimgate up` there;
+# waits until `shimgate status` (run there too) exits 0.
+start_device_ns() {
+    local code i
+    CDIR="$WORK/device"
+    code="$(new_code)" || return 1
+    ip netns exec "$DEV_NS" "$SG" --config-dir "$CDIR" enroll "$code" --name bench-shim \
+        >"$WORK/enroll.log" 2>&1 || { fail "shimgate enroll failed" enroll gateway; return 1; }
+    start_bg device ip netns exec "$DEV_NS" "$SG" --config-dir "$CDIR" up --listen "$SOCKS"
+    DEV_PID=$BG_PID
+    for ((i = 0; i < 300; i++)); do
+        if ip netns exec "$DEV_NS" "$SG" --config-dir "$CDIR" status >/dev/null 2>&1; then return 0; fi
+        kill -0 "$DEV_PID" 2>/dev/null || { fail "shimgate up exited" device gateway; return 1; }
+        sleep 0.1
+    done
+    fail "shimgate status did not exit 0 within 30 s" device gateway
+    return 1
+}
+
+# Proves the setup before measuring: each variant fetches the page, and the
+# device namespace cannot reach the intranet on its own.
+check_paths() {
+    local v out
+    for v in shim socks; do
+        out="$(ip netns exec "$DEV_NS" env SG="$SG" CDIR="$CDIR" CURL="$CURL" URL="$URL" SOCKS="$SOCKS" \
+            bash "$SELF" __curl_loop 1 0 "$WORK/check" "$v" 2>&1; cat "$WORK/check/$v.txt" 2>/dev/null)" || true
+        [[ "$out" == 200\ * ]] || { fail "curl ($v) from the device namespace did not get 200: $out" device gateway; return 1; }
+    done
+    if ip netns exec "$DEV_NS" "$CURL" -s -m 2 -o /dev/null "$URL"; then
+        fail "the device namespace reaches the intranet without the VPN: the measurement would be meaningless"
+        return 1
+    fi
+}
+
+# ------------------------------------------------------------ figures
+# Nearest-rank percentile P of column COL of FILE (rows with code 200 only),
+# times SCALE, rounded.
+pct() {
+    local file="$1" col="$2" p="$3" scale="${4:-1}"
+    awk -v c="$col" '$1 == 200 { print $c }' "$file" | sort -g |
+        awk -v p="$p" -v s="$scale" '{ v[NR] = $1 } END {
+            if (NR == 0) { print "nan"; exit }
+            r = int(p / 100 * NR); if (r < p / 100 * NR) r++; if (r < 1) r = 1
+            printf "%.0f\n", v[r] * s }'
+}
+failed_runs() { awk '$1 != 200' "$1" | wc -l; }
+# A / B with two decimals ("n/a" if either is missing).
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) printf "%.2f", a / b; else printf "n/a" }'; }
+
+run_udp() {
+    # $1: namespace, then client arguments. Under `shimgate run` when $1 is the device's.
+    local ns="$1"
+    shift
+    if [[ "$ns" == "$DEV_NS" ]]; then
+        ip netns exec "$ns" "$SG" --config-dir "$CDIR" run -- "$PYTHON" "$WORK/udp_client.py" "$@"
+    else
+        ip netns exec "$ns" "$PYTHON" "$WORK/udp_client.py" "$@"
+    fi
+}
+
+# ------------------------------------------------------------ run
+log "namespaces $DEV_NS, $GW_NS, $INTRA_NS"
+make_hosts
+start_origins || exit 1
+start_gateway_ns || exit 1
+start_device_ns || exit 1
+URL="http://$INTRA_IP:$HTTP_PORT/"
+mkdir -p "$WORK/check" "$WORK/setup"
+check_paths || exit 1
+
+log "connection setup: $SAMPLES x (shimgate run -- curl, curl --socks5-hostname), alternating"
+fg_run ip netns exec "$DEV_NS" env SG="$SG" CDIR="$CDIR" CURL="$CURL" URL="$URL" SOCKS="$SOCKS" \
+    bash "$SELF" __curl_loop "$SAMPLES" 10 "$WORK/setup" shim socks
+log "connection setup: $SAMPLES x curl from the gateway namespace (no VPN)"
+fg_run ip netns exec "$GW_NS" env CURL="$CURL" URL="$URL" \
+    bash "$SELF" __curl_loop "$SAMPLES" 10 "$WORK/setup" direct
+
+log "UDP: $UDP_RTT sequential round trips, then ${UDP_SECS} s x 64 B and 1200 B with $INFLIGHT in flight"
+declare -A UDP=()
+for side in shim direct; do
+    ns="$DEV_NS"
+    [[ "$side" == direct ]] && ns="$GW_NS"
+    UDP[$side-rtt]="$(run_udp "$ns" rtt "$INTRA_IP" "$ECHO_PORT" "$UDP_RTT" 64 2>>"$WORK/udp-$side.log")" ||
+        { fail "UDP round trips ($side) failed" "udp-$side" device gateway; exit 1; }
+    for size in 64 1200; do
+        UDP[$side-$size]="$(run_udp "$ns" flood "$INTRA_IP" "$ECHO_PORT" "$UDP_SECS" "$size" "$INFLIGHT" \
+            2>>"$WORK/udp-$side.log")" || { fail "UDP flood $size B ($side) failed" "udp-$side" device gateway; exit 1; }
+    done
+    printf '%s\n' "$side rtt ${UDP[$side-rtt]}" "$side 64 ${UDP[$side-64]}" "$side 1200 ${UDP[$side-1200]}" \
+        >>"$WORK/udp.txt"
+done
+busy_note "during the measurements"
+
+# ------------------------------------------------------------ report
+S="$WORK/setup"
+declare -A F=()
+for v in shim socks direct; do
+    F[$v-ttfb50]="$(pct "$S/$v.txt" 3 50 1e6)"
+    F[$v-ttfb99]="$(pct "$S/$v.txt" 3 99 1e6)"
+    F[$v-conn50]="$(pct "$S/$v.txt" 2 50 1e6)"
+    F[$v-wall50]="$(pct "$S/$v.txt" 4 50)"
+    F[$v-wall99]="$(pct "$S/$v.txt" 4 99)"
+    F[$v-failed]="$(failed_runs "$S/$v.txt")"
+done
+TTFB_RATIO="$(ratio "${F[shim-ttfb50]}" "${F[socks-ttfb50]}")"
+VERDICT=MISS
+if awk -v r="$TTFB_RATIO" 'BEGIN { exit !(r ~ /^[0-9.]+$/ && r <= 1.2) }'; then VERDICT=PASS; fi
+
+echo
+echo "Connection setup: $SAMPLES sequential HTTP GETs per variant to $URL (µs, nearest-rank)"
+printf '%-42s %9s %9s %12s %9s %9s %6s\n' variant "ttfb p50" "ttfb p99" "connect p50" "wall p50" "wall p99" failed
+row() {
+    printf '%-42s %9s %9s %12s %9s %9s %6s\n' "$2" "${F[$1-ttfb50]}" "${F[$1-ttfb99]}" \
+        "${F[$1-conn50]}" "${F[$1-wall50]}" "${F[$1-wall99]}" "${F[$1-failed]}"
+}
+row shim "(a) shimgate run -- curl (device ns)"
+row socks "(b) curl --socks5-hostname (device ns)"
+row direct "curl, gateway ns -> intranet (no VPN)"
+echo "ratio (a)/(b): ttfb p50 $TTFB_RATIO, ttfb p99 $(ratio "${F[shim-ttfb99]}" "${F[socks-ttfb99]}"), wall p50 $(ratio "${F[shim-wall50]}" "${F[socks-wall50]}")"
+echo "target: shimgate run curl setup p50 <= 1.2 x curl --socks5-hostname (time to first byte): $TTFB_RATIO -> $VERDICT"
+echo "(ttfb = curl's time_starttransfer, the tunnel setup included in both; connect = time_connect, which for"
+echo " (a) is the whole tunnel setup (connect() completes when the far end answered) and for (b) only the"
+echo " loopback connect to the SOCKS port; wall = the whole command, for (a) with shimgate run's own start)"
+
+echo
+echo "UDP to the echo at $INTRA_IP:$ECHO_PORT, one Python client (µs; datagrams/s answered)"
+read -r s_first s_ok s_lost s_p50 s_p99 _ <<<"${UDP[shim-rtt]}"
+read -r d_first d_ok d_lost d_p50 d_p99 _ <<<"${UDP[direct-rtt]}"
+printf '%-44s %16s %20s %7s\n' "" "shimgate run" "direct (gateway ns)" ratio
+printf '%-44s %16s %20s %7s\n' "first datagram's round trip (shim: + relay)" "$s_first" "$d_first" "$(ratio "$s_first" "$d_first")"
+printf '%-44s %16s %20s %7s\n' "round trip p50 (64 B, $UDP_RTT sequential)" "$s_p50" "$d_p50" "$(ratio "$s_p50" "$d_p50")"
+printf '%-44s %16s %20s %7s\n' "round trip p99" "$s_p99" "$d_p99" "$(ratio "$s_p99" "$d_p99")"
+printf '%-44s %16s %20s %7s\n' "  unanswered of $UDP_RTT" "$s_lost" "$d_lost" ""
+: "$s_ok" "$d_ok"
+loss() { awk -v l="$1" -v s="$2" 'BEGIN { printf "%d (%.2f%%)", l, s > 0 ? 100 * l / s : 0 }'; }
+for size in 64 1200; do
+    read -r s_sent s_ans s_lost s_late s_rate <<<"${UDP[shim-$size]}"
+    read -r d_sent d_ans d_lost d_late d_rate <<<"${UDP[direct-$size]}"
+    printf '%-44s %16s %20s %7s\n' "$size B, $INFLIGHT in flight, ${UDP_SECS} s: datagrams/s" "$s_rate" "$d_rate" "$(ratio "$s_rate" "$d_rate")"
+    printf '%-44s %16s %20s %7s\n' "  lost of sent (late answers: $s_late / $d_late)" \
+        "$(loss "$s_lost" "$s_sent")" "$(loss "$d_lost" "$d_sent")" ""
+    printf '%-44s %16s %20s %7s\n' "  payload Mbit/s each way" \
+        "$(awk -v r="$s_rate" -v z="$size" 'BEGIN { printf "%.1f", r * z * 8 / 1e6 }')" \
+        "$(awk -v r="$d_rate" -v z="$size" 'BEGIN { printf "%.1f", r * z * 8 / 1e6 }')" ""
+    : "$s_ans" "$d_ans"
+done
+echo
+echo "machine: $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+for n in "${NOTES[@]}"; do echo "$n"; done
+exit 0

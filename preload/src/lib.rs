@@ -276,6 +276,100 @@ pub unsafe extern "C" fn getaddrinfo(
 }
 
 /// # Safety
+/// As `gethostbyname2_r(3)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn gethostbyname2_r(
+    name: *const c_char,
+    af: c_int,
+    ret: *mut libc::hostent,
+    buf: *mut c_char,
+    buflen: size_t,
+    result: *mut *mut libc::hostent,
+    h_errnop: *mut c_int,
+) -> c_int {
+    guard(libc::EIO, || {
+        if let Some(config) = config::get() {
+            // SAFETY: the program's arguments, as gethostbyname2_r(3) takes them.
+            let ours = unsafe {
+                names::gethostbyname2_r(config, name, af, ret, buf, buflen, result, h_errnop)
+            };
+            if let Some(rc) = ours {
+                return rc;
+            }
+        }
+        let real = real_or!(real::GETHOSTBYNAME2_R, libc::ENOSYS);
+        // SAFETY: passing the program's arguments through.
+        unsafe { real(name, af, ret, buf, buflen, result, h_errnop) }
+    })
+}
+
+/// # Safety
+/// As `gethostbyname_r(3)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn gethostbyname_r(
+    name: *const c_char,
+    ret: *mut libc::hostent,
+    buf: *mut c_char,
+    buflen: size_t,
+    result: *mut *mut libc::hostent,
+    h_errnop: *mut c_int,
+) -> c_int {
+    // SAFETY: the same arguments, for IPv4.
+    unsafe { gethostbyname2_r(name, libc::AF_INET, ret, buf, buflen, result, h_errnop) }
+}
+
+/// # Safety
+/// As `gethostbyname2(3)`: a VPN name's answer lives in this thread's
+/// buffer until its next call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn gethostbyname2(name: *const c_char, af: c_int) -> *mut libc::hostent {
+    guard(std::ptr::null_mut(), || {
+        // SAFETY: the program's argument.
+        match unsafe { vpn_name(name) } {
+            // SAFETY: the program's argument, checked by vpn_name.
+            Some(config) => unsafe { names::gethostbyname_here(config, name, af) },
+            None => {
+                let real = real_or!(real::GETHOSTBYNAME2, std::ptr::null_mut());
+                // SAFETY: passing the program's arguments through.
+                unsafe { real(name, af) }
+            }
+        }
+    })
+}
+
+/// # Safety
+/// As `gethostbyname(3)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn gethostbyname(name: *const c_char) -> *mut libc::hostent {
+    guard(std::ptr::null_mut(), || {
+        // SAFETY: the program's argument.
+        match unsafe { vpn_name(name) } {
+            // SAFETY: as above.
+            Some(config) => unsafe { names::gethostbyname_here(config, name, libc::AF_INET) },
+            None => {
+                let real = real_or!(real::GETHOSTBYNAME, std::ptr::null_mut());
+                // SAFETY: passing the program's argument through.
+                unsafe { real(name) }
+            }
+        }
+    })
+}
+
+/// The config, if `name` is a VPN name.
+///
+/// # Safety
+/// `name` is null or NUL-terminated.
+unsafe fn vpn_name(name: *const c_char) -> Option<&'static config::Config> {
+    let config = config::get()?;
+    // SAFETY: as the caller promises.
+    let name = unsafe { name.as_ref().map(|n| std::ffi::CStr::from_ptr(n)) }?;
+    config
+        .split
+        .covers_name(name.to_str().ok()?)
+        .then_some(config)
+}
+
+/// # Safety
 /// As `freeaddrinfo(3)`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn freeaddrinfo(ai: *mut addrinfo) {

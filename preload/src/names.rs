@@ -3,10 +3,11 @@
 //! program connects), or `EAI_NONAME`; such a name never reaches the
 //! device's DNS. Every other name goes to the C library.
 
+use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::ffi::CStr;
 use std::mem::size_of;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -58,31 +59,11 @@ pub unsafe fn getaddrinfo(
         Ok(p) => p,
         Err(e) => return Some(e),
     };
-    let (v4, v6) = match control::ask(
-        &config.socket,
-        &Request::Resolve {
-            name: name.to_owned(),
-        },
-        RESOLVE_WAIT,
-    ) {
-        Ok(Reply::Addrs { v4, v6 }) => (v4, v6),
-        Ok(Reply::NoName) => return Some(libc::EAI_NONAME),
-        Ok(Reply::Refused { errno, reason }) => {
-            say::refused(name, &reason);
-            return Some(if errno == libc::EAGAIN {
-                libc::EAI_AGAIN
-            } else {
-                libc::EAI_FAIL
-            });
-        }
-        // Never the local resolver instead: that would leak the name.
-        _ => {
-            say::refused(
-                name,
-                "shimgate up is not running (start it with `shimgate up`)",
-            );
-            return Some(libc::EAI_AGAIN);
-        }
+    let (v4, v6) = match lookup(config, name) {
+        Ok(a) => a,
+        Err(Missing::NoName) => return Some(libc::EAI_NONAME),
+        Err(Missing::Refused) => return Some(libc::EAI_FAIL),
+        Err(Missing::Later) => return Some(libc::EAI_AGAIN),
     };
     let addrs: Vec<IpAddr> = match family {
         libc::AF_INET => vec![v4.into()],
@@ -108,6 +89,187 @@ pub unsafe fn getaddrinfo(
         }
         None => Some(libc::EAI_MEMORY),
     }
+}
+
+/// Why a VPN name has no address.
+enum Missing {
+    /// It does not exist.
+    NoName,
+    /// Policy cannot reach it (told on the terminal).
+    Refused,
+    /// `up` or the gateway cannot say now.
+    Later,
+}
+
+/// A VPN name's fake addresses, from `up`. Never the local resolver
+/// instead: that would leak the name.
+fn lookup(config: &Config, name: &str) -> Result<(Ipv4Addr, Ipv6Addr), Missing> {
+    let request = Request::Resolve {
+        name: name.to_owned(),
+    };
+    match control::ask(&config.socket, &request, RESOLVE_WAIT) {
+        Ok(Reply::Addrs { v4, v6 }) => Ok((v4, v6)),
+        Ok(Reply::NoName) => Err(Missing::NoName),
+        Ok(Reply::Refused { errno, reason }) => {
+            say::refused(name, &reason);
+            Err(if errno == libc::EAGAIN {
+                Missing::Later
+            } else {
+                Missing::Refused
+            })
+        }
+        _ => {
+            say::refused(
+                name,
+                "shimgate up is not running (start it with `shimgate up`)",
+            );
+            Err(Missing::Later)
+        }
+    }
+}
+
+/// `h_errno` values (netdb.h).
+const HOST_NOT_FOUND: c_int = 1;
+const TRY_AGAIN: c_int = 2;
+const NO_RECOVERY: c_int = 3;
+
+unsafe extern "C" {
+    fn __h_errno_location() -> *mut c_int;
+}
+
+/// `gethostbyname2_r` for `name` if it is a VPN name (`None`: not ours):
+/// the fake address of family `af`, laid out in the caller's buffer.
+///
+/// # Safety
+/// Arguments as for `gethostbyname2_r(3)`.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gethostbyname2_r(
+    config: &Config,
+    name: *const c_char,
+    af: c_int,
+    ret: *mut libc::hostent,
+    buf: *mut c_char,
+    buflen: libc::size_t,
+    result: *mut *mut libc::hostent,
+    h_errnop: *mut c_int,
+) -> Option<c_int> {
+    if name.is_null() || ret.is_null() || result.is_null() {
+        return None;
+    }
+    // SAFETY: a NUL-terminated string from the program.
+    let text = unsafe { CStr::from_ptr(name) };
+    if !config.split.covers_name(text.to_str().ok()?) {
+        return None;
+    }
+    // SAFETY: out pointers from the program (checked non-null above; h_errnop may be null).
+    let fail = |errno: c_int, herr: c_int| unsafe {
+        *result = std::ptr::null_mut();
+        if let Some(h) = h_errnop.as_mut() {
+            *h = herr;
+        }
+        Some(errno)
+    };
+    let (v4, v6) = match lookup(config, text.to_str().ok()?) {
+        Ok(a) => a,
+        Err(Missing::NoName) => return fail(libc::ENOENT, HOST_NOT_FOUND),
+        Err(Missing::Refused) => return fail(libc::ENOENT, NO_RECOVERY),
+        Err(Missing::Later) => return fail(libc::EAGAIN, TRY_AGAIN),
+    };
+    let addr: Vec<u8> = match af {
+        libc::AF_INET => v4.octets().to_vec(),
+        libc::AF_INET6 => v6.octets().to_vec(),
+        _ => return fail(libc::EAFNOSUPPORT, NO_RECOVERY),
+    };
+    // The buffer: four pointers (aliases: [NULL]; addresses: [addr, NULL]),
+    // then the address, then the name.
+    let ptr = size_of::<*mut c_char>();
+    let align = (buf as usize).wrapping_neg() % ptr;
+    let name_bytes = text.to_bytes_with_nul();
+    let need = align + 4 * ptr + addr.len() + name_bytes.len();
+    if buf.is_null() || buflen < need {
+        return fail(libc::ERANGE, NETDB_INTERNAL);
+    }
+    // SAFETY: `need` bytes of the caller's buffer, pointers aligned.
+    unsafe {
+        let base = buf.add(align);
+        let table = base.cast::<*mut c_char>();
+        let addr_at = base.add(4 * ptr);
+        let name_at = addr_at.add(addr.len());
+        std::ptr::copy_nonoverlapping(addr.as_ptr(), addr_at.cast::<u8>(), addr.len());
+        std::ptr::copy_nonoverlapping(name_bytes.as_ptr(), name_at.cast::<u8>(), name_bytes.len());
+        *table = std::ptr::null_mut();
+        *table.add(1) = addr_at;
+        *table.add(2) = std::ptr::null_mut();
+        *table.add(3) = std::ptr::null_mut();
+        *ret = libc::hostent {
+            h_name: name_at,
+            h_aliases: table,
+            h_addrtype: af,
+            h_length: addr.len() as c_int,
+            h_addr_list: table.add(1),
+        };
+        *result = ret;
+    }
+    Some(0)
+}
+
+/// `gethostbyname2` for a VPN name, the answer in this thread's buffer.
+///
+/// # Safety
+/// `name` is NUL-terminated.
+pub unsafe fn gethostbyname_here(
+    config: &Config,
+    name: *const c_char,
+    af: c_int,
+) -> *mut libc::hostent {
+    thread_local! {
+        static ANSWER: RefCell<(libc::hostent, [u64; 128])> = const {
+            RefCell::new((
+                libc::hostent {
+                    h_name: std::ptr::null_mut(),
+                    h_aliases: std::ptr::null_mut(),
+                    h_addrtype: 0,
+                    h_length: 0,
+                    h_addr_list: std::ptr::null_mut(),
+                },
+                [0; 128],
+            ))
+        };
+    }
+    ANSWER.with(|cell| {
+        let Ok(mut answer) = cell.try_borrow_mut() else {
+            return std::ptr::null_mut();
+        };
+        let (ret, buf) = &mut *answer;
+        let mut result: *mut libc::hostent = std::ptr::null_mut();
+        let mut herr: c_int = 0;
+        // SAFETY: this thread's buffers, valid for the call and after it.
+        unsafe {
+            gethostbyname2_r(
+                config,
+                name,
+                af,
+                ret,
+                buf.as_mut_ptr().cast(),
+                std::mem::size_of_val(buf),
+                &mut result,
+                &mut herr,
+            )
+        };
+        if result.is_null() {
+            set_h_errno(herr);
+        }
+        result
+    })
+}
+
+/// `netdb.h`'s "see errno".
+const NETDB_INTERNAL: c_int = -1;
+
+/// Sets `h_errno`.
+pub fn set_h_errno(value: c_int) {
+    // SAFETY: the thread's h_errno location is always valid.
+    unsafe { *__h_errno_location() = value };
 }
 
 /// Frees `ai` if this library made it (`false`: the C library's).

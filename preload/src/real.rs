@@ -80,6 +80,19 @@ pub type RecvmsgFn = unsafe extern "C" fn(c_int, *mut libc::msghdr, c_int) -> ss
 pub type RecvmmsgFn =
     unsafe extern "C" fn(c_int, *mut libc::mmsghdr, c_uint, c_int, *mut libc::timespec) -> c_int;
 
+pub type Gethostbyname2RFn = unsafe extern "C" fn(
+    *const c_char,
+    c_int,
+    *mut libc::hostent,
+    *mut c_char,
+    size_t,
+    *mut *mut libc::hostent,
+    *mut c_int,
+) -> c_int;
+
+pub type Gethostbyname2Fn = unsafe extern "C" fn(*const c_char, c_int) -> *mut libc::hostent;
+pub type GethostbynameFn = unsafe extern "C" fn(*const c_char) -> *mut libc::hostent;
+
 pub static CONNECT: Real<ConnectFn> = Real::new(c"connect");
 pub static GETPEERNAME: Real<NameFn> = Real::new(c"getpeername");
 pub static GETSOCKOPT: Real<GetsockoptFn> = Real::new(c"getsockopt");
@@ -93,6 +106,9 @@ pub static FREEADDRINFO: Real<FreeaddrinfoFn> = Real::new(c"freeaddrinfo");
 pub static SENDTO: Real<SendtoFn> = Real::new(c"sendto");
 pub static SENDMSG: Real<SendmsgFn> = Real::new(c"sendmsg");
 pub static SENDMMSG: Real<SendmmsgFn> = Real::new(c"sendmmsg");
+pub static GETHOSTBYNAME2_R: Real<Gethostbyname2RFn> = Real::new(c"gethostbyname2_r");
+pub static GETHOSTBYNAME2: Real<Gethostbyname2Fn> = Real::new(c"gethostbyname2");
+pub static GETHOSTBYNAME: Real<GethostbynameFn> = Real::new(c"gethostbyname");
 pub static RECVFROM: Real<RecvfromFn> = Real::new(c"recvfrom");
 pub static RECVMSG: Real<RecvmsgFn> = Real::new(c"recvmsg");
 pub static RECVMMSG: Real<RecvmmsgFn> = Real::new(c"recvmmsg");

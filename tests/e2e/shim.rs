@@ -203,6 +203,13 @@ fn unmodified_programs_reach_the_intranet() {
         "198.18.0.2",
         "an alias's name has an address: {out}"
     );
+    // gethostbyname2 (getent hosts asks for IPv6 first): the fake address.
+    let out = run_shimmed(&dev, &["getent", "hosts", "intranet.corp"]);
+    assert_eq!(
+        out.stdout.trim(),
+        "2001:2::1       intranet.corp",
+        "getent hosts under `run`: {out}"
+    );
     assert_eq!(
         local_dns.a_queries(),
         0,

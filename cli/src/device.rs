@@ -284,6 +284,11 @@ fn show_status(dir: &ConfigDir, json: bool) -> ExitCode {
             Some(addr) => println!("  peers:   listening on {addr}"),
             None => println!("  peers:   not listening (nothing exported)"),
         }
+        let shim = s.shim;
+        println!(
+            "  shim:    {} TCP, {} UDP open for `shimgate run` programs ({} and {} since start)",
+            shim.tcp_open, shim.udp_open, shim.tcp_total, shim.udp_total
+        );
         if let Some(e) = &s.last_error {
             println!("  last error: {e}");
         }

@@ -43,6 +43,8 @@ struct Counts {
     sent: u64,
     received: u64,
     refused: u64,
+    bytes_sent: u64,
+    bytes_received: u64,
 }
 
 impl Gateway {
@@ -122,6 +124,7 @@ impl Gateway {
                                 if sock.send_to(&payload, mapped(dual_stack, *to)).await.is_ok() {
                                     sent_to.insert(*to);
                                     counts.sent += 1;
+                                    counts.bytes_sent += payload.len() as u64;
                                 }
                             }
                             _ => counts.refused += 1,
@@ -145,6 +148,7 @@ impl Gateway {
                         break "the device's stream failed";
                     }
                     counts.received += 1;
+                    counts.bytes_received += n as u64;
                 }
                 _ = tokio::time::sleep(IDLE) => break "idle",
             }
@@ -154,6 +158,10 @@ impl Gateway {
             .increment(counts.sent);
         metrics::counter!("shimgate_udp_datagrams_total", "direction" => "down")
             .increment(counts.received);
+        metrics::counter!("shimgate_udp_bytes_total", "direction" => "up")
+            .increment(counts.bytes_sent);
+        metrics::counter!("shimgate_udp_bytes_total", "direction" => "down")
+            .increment(counts.bytes_received);
         tracing::debug!(device = %who.device_name, why, sent = counts.sent, received = counts.received,
             refused = counts.refused, "udp association closed");
         let mut dests: Vec<String> = decided.keys().map(ToString::to_string).collect();
@@ -164,8 +172,12 @@ impl Gateway {
             target: dests.join(","),
             origin,
             moved: format!(
-                "proto=udp sent={} received={} refused={}",
-                counts.sent, counts.received, counts.refused
+                "proto=udp sent={} received={} refused={} up={} down={}",
+                counts.sent,
+                counts.received,
+                counts.refused,
+                counts.bytes_sent,
+                counts.bytes_received
             ),
             started,
         };

@@ -15,6 +15,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use shimgate_wire::dest::{Destination, Host};
@@ -32,6 +33,7 @@ use crate::hold::Hold;
 use crate::pac::Pac;
 use crate::peer::Peers;
 use crate::pool::Pool;
+use crate::status::{Board, ShimCounts};
 
 /// A program has this long to send its request line.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -45,7 +47,49 @@ pub struct Shim {
     pub pac: Arc<Pac>,
     pub fake: FakeMap,
     pub hold: Hold,
+    pub board: Arc<Board>,
+    pub counts: Counts,
 }
+
+/// Flows carried for `shimgate run` programs, for `shimgate status`.
+#[derive(Default)]
+pub struct Counts {
+    tcp_open: AtomicU64,
+    udp_open: AtomicU64,
+    tcp_total: AtomicU64,
+    udp_total: AtomicU64,
+}
+
+/// One open flow, counted until dropped.
+struct Counted<'a>(&'a AtomicU64);
+
+impl Counts {
+    fn open<'a>(open: &'a AtomicU64, total: &AtomicU64) -> Counted<'a> {
+        open.fetch_add(1, Ordering::Relaxed);
+        total.fetch_add(1, Ordering::Relaxed);
+        Counted(open)
+    }
+
+    fn snapshot(&self) -> ShimCounts {
+        let read = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ShimCounts {
+            tcp_open: read(&self.tcp_open),
+            udp_open: read(&self.udp_open),
+            tcp_total: read(&self.tcp_total),
+            udp_total: read(&self.udp_total),
+        }
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How often the counts reach `status.json` (only when they changed):
+/// not once per flow, which would write the file twice per connection.
+const STATUS_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShimError {
@@ -107,6 +151,7 @@ pub fn start(path: PathBuf, shim: Arc<Shim>, stop: CancellationToken) -> Result<
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
         .map_err(listen_error)?;
     tracing::info!(socket = %path.display(), hold = ?shim.hold.addrs(), "socket shim listening");
+    tokio::spawn(publish_counts(Arc::clone(&shim), stop.clone()));
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -126,6 +171,22 @@ pub fn start(path: PathBuf, shim: Arc<Shim>, stop: CancellationToken) -> Result<
         let _ = std::fs::remove_file(&path);
     });
     Ok(())
+}
+
+/// Keeps `status.json`'s shim counts current until `stop`.
+async fn publish_counts(shim: Arc<Shim>, stop: CancellationToken) {
+    let mut shown = ShimCounts::default();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(STATUS_EVERY) => {}
+            _ = stop.cancelled() => return,
+        }
+        let now = shim.counts.snapshot();
+        if now != shown {
+            shim.board.update(|s| s.shim = now);
+            shown = now;
+        }
+    }
 }
 
 impl Shim {
@@ -316,6 +377,7 @@ impl Shim {
         drop(stream);
         match self.hold.complete(from).await {
             Ok(sock) => {
+                let _counted = Counts::open(&self.counts.tcp_open, &self.counts.tcp_total);
                 if let Err(e) = way.carry(sock, &self.peers).await {
                     tracing::debug!(%to, error = %e, "socket shim flow ended with an error");
                 }
@@ -361,6 +423,7 @@ impl Shim {
         }
         let origin = asker.origin();
         tracing::info!(%dest, %origin, pid = ?asker.pid, proto = "udp", "flow");
+        let _counted = Counts::open(&self.counts.udp_open, &self.counts.udp_total);
         crate::shimudp::run(relay, stream, dest, &self.pool, &origin).await;
     }
 }

@@ -28,6 +28,18 @@ pub struct Status {
     /// Where the peer listener is, while this device exports something.
     #[serde(default)]
     pub peer_listen: Option<String>,
+    /// What `shimgate run` programs have open through the socket shim.
+    #[serde(default)]
+    pub shim: ShimCounts,
+}
+
+/// The socket shim's flows: open now, and since `up` started.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShimCounts {
+    pub tcp_open: u64,
+    pub udp_open: u64,
+    pub tcp_total: u64,
+    pub udp_total: u64,
 }
 
 /// The shared, written-through status of a running `up`.

@@ -149,6 +149,8 @@ pub async fn start(
         fake: crate::fakeaddr::FakeMap::load(&dir.fake_addresses())
             .map_err(crate::shim::ShimError::from)?,
         hold: crate::hold::Hold::open().map_err(crate::shim::ShimError::from)?,
+        board: Arc::clone(&board),
+        counts: crate::shim::Counts::default(),
     });
     crate::shim::start(dir.shim_socket(), shim, stop.clone())?;
     // One listener per worker: a SOCKS client is accepted and served on the

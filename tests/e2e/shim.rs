@@ -526,9 +526,19 @@ fn udp_programs_reach_the_intranet() {
 
     let host = INTRA.to_string();
     let port = echo.addr.port().to_string();
-    let out = run_shimmed(
-        &dev,
-        &[PYTHON, "-c", UDP_ECHO_CLIENT, &host, &port, "100000"],
+    // A few thousand datagrams a second in a debug build beside other tests.
+    let out = dev.cli_within(
+        &[
+            "run",
+            "--",
+            PYTHON,
+            "-c",
+            UDP_ECHO_CLIENT,
+            &host,
+            &port,
+            "100000",
+        ],
+        Duration::from_secs(180),
     );
     assert!(out.ok(), "the UDP client under `run`: {out}");
     eprintln!("udp through the socket shim: {}", out.stdout.trim());
@@ -537,6 +547,41 @@ fn udp_programs_reach_the_intranet() {
         words.get(..6),
         Some(&["100000", "0", "0", "0", "connected", host.as_str()][..]),
         "answered, lost, corrupted, from elsewhere, the connected socket's answer, its peer: {out}"
+    );
+
+    // `status` counts the relays; the audit log has each association, its
+    // program, and what it moved.
+    let status = poll(
+        "`shimgate status` to count the UDP relays",
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        || {
+            let out = dev.status(&["--json"]);
+            let v: serde_json::Value = serde_json::from_str(&out.stdout).ok()?;
+            (v["shim"]["udp_total"].as_u64()? >= 2).then_some(v)
+        },
+    );
+    assert_eq!(
+        status["shim"]["udp_open"], 0,
+        "relays left open after the program exited: {status}"
+    );
+    let audit = poll(
+        "the associations' entries to reach the audit log",
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        || {
+            let a = gw.ok(&["audit", "--action", "udp.association", "--limit", "50"]);
+            a.contains("sent=100000 received=100000").then_some(a)
+        },
+    );
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("sent=100000 received=100000")
+                && l.contains("shim=socket")
+                && l.contains("program=/usr/bin/python3")
+                && l.contains(&format!("{INTRA}:5353"))),
+        "{audit}"
     );
 
     let dig = env::which("dig").expect("dig (tests/lib/setup.sh installs bind9-dnsutils)");

@@ -101,9 +101,14 @@ impl Device {
 
     /// `shimgate ARGS...` with this device's config dir (in its namespace).
     pub fn cli(&self, args: &[&str]) -> Out {
+        self.cli_within(args, Duration::from_secs(30))
+    }
+
+    /// [`Device::cli`] for a command that may take up to `limit`.
+    pub fn cli_within(&self, args: &[&str], limit: Duration) -> Out {
         let mut cmd = self.command(true);
         cmd.args(args);
-        run(&mut cmd, Duration::from_secs(30))
+        run(&mut cmd, limit)
     }
 
     /// `shimgate status [args]`.

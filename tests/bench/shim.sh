@@ -145,7 +145,7 @@ unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY no_proxy
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/sgshim.XXXXXX")"
 PIDS=()
 FG_PID=""
-KEEP_PATTERNS="*.log *.txt"
+KEEP_PATTERNS="*.log *.txt setup/*.txt"
 DEV_NS="sgb-dev-$$"
 GW_NS="sgb-gw-$$"
 INTRA_NS="sgb-intra-$$"
@@ -524,7 +524,7 @@ printf '%-44s %16s %20s %7s\n' "round trip p50 (64 B, $UDP_RTT sequential)" "$s_
 printf '%-44s %16s %20s %7s\n' "round trip p99" "$s_p99" "$d_p99" "$(ratio "$s_p99" "$d_p99")"
 printf '%-44s %16s %20s %7s\n' "  unanswered of $UDP_RTT" "$s_lost" "$d_lost" ""
 : "$s_ok" "$d_ok"
-loss() { awk -v l="$1" -v s="$2" 'BEGIN { printf "%d (%.2f%%)", l, s > 0 ? 100 * l / s : 0 }'; }
+loss() { awk -v l="$1" -v s="$2" 'BEGIN { printf "%d (%.2f%%)", l, (s > 0 ? 100 * l / s : 0) }'; }
 for size in 64 1200; do
     read -r s_sent s_ans s_lost s_late s_rate <<<"${UDP[shim-$size]}"
     read -r d_sent d_ans d_lost d_late d_rate <<<"${UDP[direct-$size]}"

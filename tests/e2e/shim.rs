@@ -179,6 +179,39 @@ fn unmodified_programs_reach_the_intranet() {
     dev.enroll(&gw.token(USER)).expect_ok();
     dev.up();
 
+    // A default route out of the device, and a counter on it for the fake
+    // ranges: a fake address must never leave by it.
+    let ns_cmd = |args: &[&str]| {
+        let mut c = std::process::Command::new("ip");
+        c.args(["netns", "exec", &dev_ns.name]).args(args);
+        run(&mut c, Duration::from_secs(20))
+    };
+    ns_cmd(&["ip", "route", "add", "default", "via", "198.51.100.1"]).expect_ok();
+    ns_cmd(&["nft", "add table inet sgleak"]).expect_ok();
+    ns_cmd(&[
+        "nft",
+        "add chain inet sgleak out { type filter hook output priority 0 ; }",
+    ])
+    .expect_ok();
+    ns_cmd(&[
+        "nft",
+        "add rule inet sgleak out ip daddr 198.18.0.0/15 counter drop",
+    ])
+    .expect_ok();
+    ns_cmd(&[
+        "nft",
+        "add rule inet sgleak out ip6 daddr 2001:2::/48 counter drop",
+    ])
+    .expect_ok();
+    let leaked = || {
+        let out = ns_cmd(&["nft", "list chain inet sgleak out"]).expect_ok();
+        out.stdout
+            .split("packets ")
+            .skip(1)
+            .filter_map(|p| p.split_whitespace().next()?.parse::<u64>().ok())
+            .sum::<u64>()
+    };
+
     // By address, by a name only the gateway knows, and from a child.
     let url = format!("http://{INTRA}:8080/");
     let out = run_shimmed(&dev, &[&env::curl().to_string_lossy(), "-sS", &url]);
@@ -281,8 +314,18 @@ fn unmodified_programs_reach_the_intranet() {
     let got = std::fs::read_to_string(clone.join("README")).unwrap_or_default();
     assert_eq!(got, git.content(), "the cloned README");
 
+    assert_eq!(leaked(), 0, "a fake address left by the default route");
+    // The counter counts: without `run`, a fake address does go there.
+    let direct = curl_args(
+        Some(&dev_ns.name),
+        &["--connect-timeout", "1", "http://198.18.0.1/"],
+    );
+    assert!(!direct.ok());
+    assert!(leaked() > 0, "the leak counter saw nothing");
+
     // Without `run` there is no way in.
-    let direct = curl(Some(&dev_ns.name), None, None, &url);
+    // (The SYN goes to the default route, where nothing forwards it.)
+    let direct = curl_args(Some(&dev_ns.name), &["--connect-timeout", "1", &url]);
     assert!(
         !direct.ok(),
         "sg-dev reached the intranet directly: {direct}"

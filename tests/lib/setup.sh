@@ -59,8 +59,10 @@ sg_ensure_tools() {
 	# refuse (tests/e2e/shim.rs); age: a Go program it must refuse
 	dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
 	command -v age >/dev/null || missing+=(age)
-	# dig: a real DNS client under `shimgate run` (tests/e2e/shim.rs)
+	# dig: a real DNS client under `shimgate run`; nft: counting what leaves
+	# by the default route (tests/e2e/shim.rs)
 	command -v dig >/dev/null || missing+=(bind9-dnsutils)
+	command -v nft >/dev/null || missing+=(nftables)
 	compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 	# the console's browser test (tests/e2e/console.rs) drives Debian's Chromium
 	command -v chromium >/dev/null || missing+=(chromium)

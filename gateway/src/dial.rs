@@ -142,7 +142,14 @@ impl Dialer {
         name: &str,
     ) -> Result<(), TunnelError> {
         if self.aliases.keys().any(|(n, _)| n == name) {
-            return Ok(());
+            // An alias exists for whoever may use it; to anyone else it is
+            // as any name policy keeps them from.
+            let mine = self.allowed_aliases(who, rules).iter().any(|n| n == name);
+            return if mine {
+                Ok(())
+            } else {
+                Err(TunnelError::NotAllowed)
+            };
         }
         if !policy::could_reach_name(rules, who, name) {
             return Err(TunnelError::NotAllowed);

@@ -462,6 +462,11 @@ impl Gateway {
         mut respond: SendResponse<Bytes>,
         who: &Identity,
     ) {
+        // A lookup costs the resolver as a tunnel does: the same limits.
+        let _place = match self.admit_tunnel(who) {
+            Ok(p) => p,
+            Err(e) => return refuse(&mut respond, e),
+        };
         let mut body = req.into_body();
         let asked = match read_body(&mut body, shimgate_wire::enroll::MAX_BODY).await {
             Ok(b) => serde_json::from_slice::<ResolveRequest>(&b).ok(),

@@ -29,6 +29,19 @@ impl Control {
         self.fd
     }
 
+    /// Whether `up` still holds the other end (it never writes after its
+    /// answer, so anything readable is the end).
+    pub fn alive(&self) -> bool {
+        let mut pfd = libc::pollfd {
+            fd: self.fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, no wait.
+        let ready = unsafe { libc::poll(&mut pfd, 1, 0) };
+        ready == 0
+    }
+
     /// Lets go of the descriptor without closing it: the program closed it
     /// behind our back and its number may already be the program's again.
     pub fn disown(self) {

@@ -93,10 +93,13 @@ pub unsafe extern "C" fn connect(fd: c_int, addr: *const Sockaddr, len: socklen_
         // SAFETY: the program's (addr, len).
         let to = unsafe { sockaddr::read(addr, len) };
         let (Some(config), Some(to)) = (config::get(), to) else {
+            // AF_UNSPEC (disconnect) and the like: no longer at a relay.
+            udp::connected_elsewhere(fd);
             // SAFETY: passing the program's arguments through.
             return unsafe { real(fd, addr, len) };
         };
         if !config.split.covers(to.ip()) {
+            udp::connected_elsewhere(fd);
             // SAFETY: as above.
             return unsafe { real(fd, addr, len) };
         }
@@ -112,7 +115,11 @@ pub unsafe extern "C" fn connect(fd: c_int, addr: *const Sockaddr, len: socklen_
             (Ok(libc::SOCK_STREAM), Ok(libc::IPPROTO_TCP | IPPROTO_MPTCP)) if family_fits => {
                 c_result(tcp::connect(config, fd, to))
             }
-            (Ok(libc::SOCK_DGRAM), _) if family_fits => c_result(udp::connect(config, fd, to)),
+            (Ok(libc::SOCK_DGRAM), Ok(libc::IPPROTO_UDP | libc::IPPROTO_UDPLITE))
+                if family_fits =>
+            {
+                c_result(udp::connect(config, fd, to))
+            }
             // SAFETY: as above.
             _ => unsafe { real(fd, addr, len) },
         }
@@ -540,11 +547,13 @@ pub unsafe extern "C" fn recvfrom(
 ) -> ssize_t {
     guard(-1, || {
         let real = real_or!(real::RECVFROM, -1);
+        // SAFETY: len is null or the program's length.
+        let room = unsafe { len.as_ref() }.copied().unwrap_or(0);
         // SAFETY: passing the program's arguments through.
         let rc = unsafe { real(fd, buf, n, flags, addr, len) };
         if rc >= 0 {
             // SAFETY: the kernel filled (addr, len) if they were given.
-            unsafe { udp::show_source(fd, addr, len) };
+            unsafe { udp::show_source(fd, addr, len, room) };
         }
         rc
     })
@@ -556,14 +565,16 @@ pub unsafe extern "C" fn recvfrom(
 pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut libc::msghdr, flags: c_int) -> ssize_t {
     guard(-1, || {
         let real = real_or!(real::RECVMSG, -1);
+        // SAFETY: msg is null or the program's header.
+        let room = unsafe { msg.as_ref() }.map_or(0, |m| m.msg_namelen);
         // SAFETY: passing the program's arguments through.
         let rc = unsafe { real(fd, msg, flags) };
         // SAFETY: msg is the program's header, filled by the kernel.
         if rc >= 0
             && let Some(m) = unsafe { msg.as_mut() }
         {
-            // SAFETY: its name buffer and length, as the kernel left them.
-            unsafe { udp::show_source(fd, m.msg_name.cast(), &mut m.msg_namelen) };
+            // SAFETY: its name buffer of `room` bytes and the kernel's length.
+            unsafe { udp::show_source(fd, m.msg_name.cast(), &mut m.msg_namelen, room) };
         }
         rc
     })
@@ -581,15 +592,23 @@ pub unsafe extern "C" fn recvmmsg(
 ) -> c_int {
     guard(-1, || {
         let real = real_or!(real::RECVMMSG, -1);
+        // The kernel fills at most UIO_MAXIOV (1024) headers.
+        let n = (count as usize).min(1024);
+        let rooms: Vec<socklen_t> = if msgs.is_null() {
+            Vec::new()
+        } else {
+            // SAFETY: the program's array of at least `n` headers.
+            (0..n)
+                .map(|i| unsafe { (*msgs.add(i)).msg_hdr.msg_namelen })
+                .collect()
+        };
         // SAFETY: passing the program's arguments through.
         let rc = unsafe { real(fd, msgs, count, flags, timeout) };
-        if rc > 0 && !msgs.is_null() {
-            for i in 0..rc as usize {
-                // SAFETY: the kernel filled the first `rc` headers.
-                let m = unsafe { &mut (*msgs.add(i)).msg_hdr };
-                // SAFETY: each header's name buffer and length.
-                unsafe { udp::show_source(fd, m.msg_name.cast(), &mut m.msg_namelen) };
-            }
+        for (i, room) in rooms.iter().enumerate().take(rc.max(0) as usize) {
+            // SAFETY: the kernel filled the first `rc` headers.
+            let m = unsafe { &mut (*msgs.add(i)).msg_hdr };
+            // SAFETY: each header's name buffer of `room` bytes.
+            unsafe { udp::show_source(fd, m.msg_name.cast(), &mut m.msg_namelen, *room) };
         }
         rc
     })

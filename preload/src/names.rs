@@ -169,26 +169,32 @@ pub unsafe fn gethostbyname2_r(
         }
         Some(errno)
     };
+    // The buffer: four pointers (aliases: [NULL]; addresses: [addr, NULL]),
+    // then the address, then the name. Checked before `up` is asked, so a
+    // caller growing its buffer on ERANGE hands out nothing meanwhile.
+    let addr_len = match af {
+        libc::AF_INET => 4,
+        libc::AF_INET6 => 16,
+        _ => return fail(libc::EAFNOSUPPORT, NO_RECOVERY),
+    };
+    let ptr = size_of::<*mut c_char>();
+    let align = (buf as usize).wrapping_neg() % ptr;
+    let name_bytes = text.to_bytes_with_nul();
+    let need = align + 4 * ptr + addr_len + name_bytes.len();
+    if buf.is_null() || buflen < need {
+        return fail(libc::ERANGE, NETDB_INTERNAL);
+    }
+    // Not found is a success with no result, as glibc answers it.
     let (v4, v6) = match lookup(config, text.to_str().ok()?) {
         Ok(a) => a,
-        Err(Missing::NoName) => return fail(libc::ENOENT, HOST_NOT_FOUND),
-        Err(Missing::Refused) => return fail(libc::ENOENT, NO_RECOVERY),
+        Err(Missing::NoName) => return fail(0, HOST_NOT_FOUND),
+        Err(Missing::Refused) => return fail(0, NO_RECOVERY),
         Err(Missing::Later) => return fail(libc::EAGAIN, TRY_AGAIN),
     };
     let addr: Vec<u8> = match af {
         libc::AF_INET => v4.octets().to_vec(),
-        libc::AF_INET6 => v6.octets().to_vec(),
-        _ => return fail(libc::EAFNOSUPPORT, NO_RECOVERY),
+        _ => v6.octets().to_vec(),
     };
-    // The buffer: four pointers (aliases: [NULL]; addresses: [addr, NULL]),
-    // then the address, then the name.
-    let ptr = size_of::<*mut c_char>();
-    let align = (buf as usize).wrapping_neg() % ptr;
-    let name_bytes = text.to_bytes_with_nul();
-    let need = align + 4 * ptr + addr.len() + name_bytes.len();
-    if buf.is_null() || buflen < need {
-        return fail(libc::ERANGE, NETDB_INTERNAL);
-    }
     // SAFETY: `need` bytes of the caller's buffer, pointers aligned.
     unsafe {
         let base = buf.add(align);

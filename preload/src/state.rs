@@ -57,7 +57,7 @@ impl<T: Tracked> Table<T> {
         out
     }
 
-    fn empty(&self) -> bool {
+    pub fn is_empty(&self) -> bool {
         self.count.load(Ordering::Relaxed) == 0
     }
 
@@ -67,7 +67,7 @@ impl<T: Tracked> Table<T> {
 
     /// Runs `f` on `fd`'s state, if it has some (and it is still that socket).
     pub fn on<R>(&self, fd: c_int, f: impl FnOnce(&mut T) -> R) -> Option<R> {
-        if self.empty() {
+        if self.is_empty() {
             return None;
         }
         let file = file_of(fd);
@@ -81,7 +81,7 @@ impl<T: Tracked> Table<T> {
 
     /// Descriptors `first..=last` are closed.
     pub fn remove(&self, first: c_int, last: c_int) {
-        if self.empty() {
+        if self.is_empty() {
             return;
         }
         let _gone: Vec<T> = self.with(|m| {
@@ -92,7 +92,7 @@ impl<T: Tracked> Table<T> {
 
     /// `to` is now a duplicate of `from`.
     pub fn duplicate(&self, from: c_int, to: c_int) {
-        if self.empty() {
+        if self.is_empty() {
             return;
         }
         let _old = self.with(|m| match m.get(&from).map(T::duplicate) {
@@ -102,7 +102,7 @@ impl<T: Tracked> Table<T> {
     }
 
     pub fn release(&self, first: c_int, last: c_int) {
-        if self.empty() {
+        if self.is_empty() {
             return;
         }
         self.with(|m| m.values_mut().for_each(|s| s.release(first, last)));

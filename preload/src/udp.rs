@@ -75,18 +75,37 @@ impl Tracked for Datagrams {
     }
 }
 
-/// Whether `fd` is a UDP socket.
+/// Whether `fd` is a UDP socket (not, say, an ICMP "ping" socket).
 pub fn is_udp(fd: c_int) -> bool {
     int_option(fd, libc::SO_TYPE) == Ok(libc::SOCK_DGRAM)
+        && matches!(
+            int_option(fd, libc::SO_PROTOCOL),
+            Ok(libc::IPPROTO_UDP | libc::IPPROTO_UDPLITE)
+        )
+}
+
+/// A UDP `connect` the kernel makes (not to a VPN destination): the socket
+/// is no longer connected to a relay.
+pub fn connected_elsewhere(fd: c_int) {
+    SOCKETS.on(fd, |d| d.connected = None);
 }
 
 /// The relay for datagrams from `fd` to `to`, asked of `up` on first use
 /// (binding the socket first if it is not bound yet).
 pub fn relay_for(config: &Config, fd: c_int, to: SocketAddr) -> Result<SocketAddr, c_int> {
-    if let Some(Some(r)) = SOCKETS.on(fd, |d| {
-        d.relays.iter().find(|r| r.to == to).map(|r| r.relay)
-    }) {
-        return Ok(r);
+    // A cached relay whose connection to `up` is gone (`up` restarted, or
+    // this descriptor is a duplicate whose original was closed) is asked
+    // for again: its port may be anyone's now.
+    let cached = SOCKETS.on(fd, |d| {
+        d.relays
+            .retain(|r| r.control.as_ref().is_some_and(Control::alive));
+        let full = d.relays.len() >= MAX_RELAYS;
+        (d.relays.iter().find(|r| r.to == to).map(|r| r.relay), full)
+    });
+    match cached {
+        Some((Some(relay), _)) => return Ok(relay),
+        Some((None, true)) => return Err(libc::ENOBUFS),
+        _ => {}
     }
     let domain = int_option(fd, libc::SO_DOMAIN)?;
     let file = file_of(fd).ok_or(libc::EBADF)?;
@@ -123,15 +142,18 @@ pub fn relay_for(config: &Config, fd: c_int, to: SocketAddr) -> Result<SocketAdd
         relay,
         control: Some(control),
     });
-    let outcome = SOCKETS.on(fd, |d| {
-        if d.relays.len() >= MAX_RELAYS {
-            return Err(libc::ENOBUFS);
+    // Another thread may have asked for the same one meanwhile: the first
+    // stays, ours closes.
+    let outcome = SOCKETS.on(fd, |d| match d.relays.iter().find(|r| r.to == to) {
+        Some(r) => Ok(r.relay),
+        None if d.relays.len() >= MAX_RELAYS => Err(libc::ENOBUFS),
+        None => {
+            d.relays.extend(added.take());
+            Ok(relay)
         }
-        d.relays.extend(added.take());
-        Ok(())
     });
     match outcome {
-        Some(result) => result?,
+        Some(result) => return result,
         None => SOCKETS.insert(
             fd,
             Datagrams {
@@ -172,13 +194,14 @@ pub fn peer(fd: c_int) -> Option<SocketAddr> {
 ///
 /// # Safety
 /// `addr` is null or holds `*len` bytes; `len` is null or valid.
-pub unsafe fn show_source(fd: c_int, addr: *mut Sockaddr, len: *mut socklen_t) {
-    if addr.is_null() || len.is_null() {
+/// `room` is the buffer's size as the program gave it (the kernel may have
+/// set `*len` larger: the address's full size, truncated to `room`).
+pub unsafe fn show_source(fd: c_int, addr: *mut Sockaddr, len: *mut socklen_t, room: socklen_t) {
+    if addr.is_null() || len.is_null() || SOCKETS.is_empty() {
         return;
     }
-    // SAFETY: the kernel just wrote a source address of *len bytes here
-    // (no more than the buffer, which we then rewrite within).
-    let Some(from) = (unsafe { sockaddr::read(addr, *len) }) else {
+    // SAFETY: the kernel wrote min(room, *len) bytes of the source there.
+    let Some(from) = (unsafe { sockaddr::read(addr, room.min(*len)) }) else {
         return;
     };
     let from = sockaddr::unmapped(from);
@@ -188,9 +211,12 @@ pub unsafe fn show_source(fd: c_int, addr: *mut Sockaddr, len: *mut socklen_t) {
         return;
     };
     let family = int_option(fd, libc::SO_DOMAIN).unwrap_or(libc::AF_INET);
-    // SAFETY: the buffer held the kernel's address; write() truncates to
-    // the room the program gave.
-    unsafe { sockaddr::write(to, family, addr, len) };
+    // SAFETY: the program's buffer of `room` bytes; write() copies no more
+    // than *len says on entry, and sets it to the full size.
+    unsafe {
+        *len = room;
+        sockaddr::write(to, family, addr, len);
+    }
 }
 
 /// The address to send to in place of `to`, if `to` is a VPN destination
@@ -201,6 +227,10 @@ pub fn redirect(
     to: SocketAddr,
 ) -> Option<Result<(libc::sockaddr_storage, socklen_t), c_int>> {
     if !config.split.covers(to.ip()) || !is_udp(fd) {
+        return None;
+    }
+    // An IPv6 destination from an IPv4 socket is the kernel's to refuse.
+    if to.is_ipv6() && int_option(fd, libc::SO_DOMAIN) == Ok(libc::AF_INET) {
         return None;
     }
     Some(relay_for(config, fd, to).and_then(|relay| {

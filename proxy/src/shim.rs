@@ -49,6 +49,32 @@ pub struct Shim {
     pub hold: Hold,
     pub board: Arc<Board>,
     pub counts: Counts,
+    pub new_names: NewNames,
+}
+
+/// New names handed fake addresses in a minute, at most: the map never
+/// reuses an address, so a program spraying names could otherwise use it up.
+const NEW_NAMES_PER_MINUTE: u32 = 1000;
+
+/// Counts new names per minute.
+#[derive(Default)]
+pub struct NewNames(std::sync::Mutex<Option<(std::time::Instant, u32)>>);
+
+impl NewNames {
+    fn allow(&self) -> bool {
+        let mut window = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        match window.as_mut() {
+            Some((start, n)) if now.duration_since(*start) < Duration::from_secs(60) => {
+                *n += 1;
+                *n <= NEW_NAMES_PER_MINUTE
+            }
+            _ => {
+                *window = Some((now, 1));
+                true
+            }
+        }
+    }
 }
 
 /// Flows carried for `shimgate run` programs, for `shimgate status`.
@@ -258,7 +284,7 @@ impl Shim {
     /// A VPN name's fake addresses: handed out once the gateway says, under
     /// policy, that the name exists (a name already in the map keeps its
     /// addresses; a device's name is checked when it is connected to).
-    async fn resolve(&self, name: &str, asker: &Asker) -> Reply {
+    async fn resolve(self: &Arc<Self>, name: &str, asker: &Asker) -> Reply {
         if let Some((v4, v6)) = self.fake.get(name) {
             return Reply::Addrs { v4, v6 };
         }
@@ -282,7 +308,19 @@ impl Shim {
                 }
             }
         }
-        match self.fake.addrs_for(name) {
+        if !self.new_names.allow() {
+            tracing::warn!(name, pid = ?asker.pid, program = ?asker.program, "too many new VPN names at once; refusing for now");
+            return Reply::Refused {
+                errno: libc::EAGAIN,
+                reason: format!("more than {NEW_NAMES_PER_MINUTE} new VPN names in a minute"),
+            };
+        }
+        // The map is written and synced before the answer: off the runtime.
+        let (shim, owned) = (Arc::clone(self), name.to_owned());
+        let assigned = tokio::task::spawn_blocking(move || shim.fake.addrs_for(&owned))
+            .await
+            .unwrap_or_else(|_| Err(crate::fakeaddr::FakeError::NotAName(name.to_owned())));
+        match assigned {
             Ok((v4, v6)) => {
                 tracing::debug!(name, %v4, %v6, pid = ?asker.pid, program = ?asker.program, "fake addresses");
                 Reply::Addrs { v4, v6 }

@@ -151,6 +151,7 @@ pub async fn start(
         hold: crate::hold::Hold::open().map_err(crate::shim::ShimError::from)?,
         board: Arc::clone(&board),
         counts: crate::shim::Counts::default(),
+        new_names: crate::shim::NewNames::default(),
     });
     crate::shim::start(dir.shim_socket(), shim, stop.clone())?;
     // One listener per worker: a SOCKS client is accepted and served on the

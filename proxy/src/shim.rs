@@ -388,7 +388,7 @@ impl Shim {
         let opened = match self.destination(to) {
             Ok(dest) => {
                 let origin = asker.origin();
-                tracing::info!(%dest, %origin, pid = ?asker.pid, "flow");
+                tracing::info!(%dest, shim = "socket", uid = ?asker.uid, pid = ?asker.pid, program = %asker.program.as_deref().unwrap_or("?"), proto = "tcp", "flow");
                 let slot = self.pool.pick();
                 crate::flow::open(&self.pool, &self.peers, slot, &dest, &origin).await
             }
@@ -460,7 +460,7 @@ impl Shim {
             return;
         }
         let origin = asker.origin();
-        tracing::info!(%dest, %origin, pid = ?asker.pid, proto = "udp", "flow");
+        tracing::info!(%dest, shim = "socket", uid = ?asker.uid, pid = ?asker.pid, program = %asker.program.as_deref().unwrap_or("?"), proto = "udp", "flow");
         let _counted = Counts::open(&self.counts.udp_open, &self.counts.udp_total);
         crate::shimudp::run(relay, stream, dest, &self.pool, &origin).await;
     }

@@ -231,7 +231,8 @@ make_hosts() {
 wait_line() {
     local tag="$1" pattern="$2" pid="$3" i
     for ((i = 0; i < 300; i++)); do
-        if nocolor <"$WORK/$tag.log" | grep -q -- "$pattern"; then return 0; fi
+        # (the log appears once the background shell has opened it)
+        if [[ -f "$WORK/$tag.log" ]] && nocolor <"$WORK/$tag.log" | grep -q -- "$pattern"; then return 0; fi
         kill -0 "$pid" 2>/dev/null || { fail "$tag exited" "$tag"; return 1; }
         sleep 0.1
     done

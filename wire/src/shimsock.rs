@@ -113,6 +113,18 @@ fn unlist(items: &[impl AsRef<str>]) -> String {
         .join(",")
 }
 
+/// A refusal's reason as it may travel and be shown on a terminal: no
+/// control characters (a line break would end the line, an escape sequence
+/// would drive the terminal), at most 512 characters. Applied both ways, so
+/// what parses encodes to the same line.
+fn clean_reason(reason: &str) -> String {
+    reason
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(512)
+        .collect()
+}
+
 /// No field may hold a space or a line break: they are the separators.
 fn field_ok(s: &str) -> bool {
     !s.is_empty() && !s.bytes().any(|b| b.is_ascii_whitespace())
@@ -131,7 +143,11 @@ impl Request {
 
     pub fn parse(line: &str) -> Result<Request, ParseError> {
         let bad = || ParseError(line.chars().take(80).collect());
-        let mut words = line.trim_end_matches('\n').split(' ');
+        let line = line.trim_end_matches('\n');
+        if line.contains('\n') {
+            return Err(bad());
+        }
+        let mut words = line.split(' ');
         let request = match (words.next(), words.next(), words.next()) {
             (Some("connect"), Some(to), Some(from)) => Request::Connect {
                 to: to.parse().map_err(|_| bad())?,
@@ -161,12 +177,7 @@ impl Reply {
         match self {
             Reply::Ok => "ok\n".into(),
             Reply::Refused { errno, reason } => {
-                let reason: String = reason
-                    .chars()
-                    .map(|c| if c.is_control() { ' ' } else { c })
-                    .take(512)
-                    .collect();
-                format!("refused {errno} {reason}\n")
+                format!("refused {errno} {}\n", clean_reason(reason))
             }
             Reply::Addrs { v4, v6 } => format!("addrs {v4} {v6}\n"),
             Reply::Relay(addr) => format!("relay {addr}\n"),
@@ -186,6 +197,10 @@ impl Reply {
     pub fn parse(line: &str) -> Result<Reply, ParseError> {
         let bad = || ParseError(line.chars().take(80).collect());
         let line = line.trim_end_matches('\n');
+        // One line: a line break inside would make two when sent on.
+        if line.contains('\n') {
+            return Err(bad());
+        }
         let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
         match (word, rest) {
             ("ok", "") => Ok(Reply::Ok),
@@ -194,7 +209,7 @@ impl Reply {
                 let (errno, reason) = rest.split_once(' ').unwrap_or((rest, ""));
                 Ok(Reply::Refused {
                     errno: errno.parse().map_err(|_| bad())?,
-                    reason: reason.to_owned(),
+                    reason: clean_reason(reason),
                 })
             }
             ("relay", rest) => Ok(Reply::Relay(rest.parse().map_err(|_| bad())?)),
@@ -353,6 +368,23 @@ mod tests {
             reason: "a\nb".into(),
         };
         assert_eq!(r.encode().matches('\n').count(), 1);
+        // Found by the shim_lines fuzz target: control characters in a
+        // parsed reason (a terminal would obey them) read as spaces, so
+        // what parses encodes to the same line.
+        assert!(Reply::parse("refused 13 a\nb\n").is_err());
+        assert!(Reply::parse("split - a\nb -\n").is_err());
+        assert!(Request::parse("resolve a\nb").is_err());
+        for line in [
+            "refused 13 not allowed by polic\0\0\0y\n",
+            "refused 1 \u{1b}[2J",
+        ] {
+            let parsed = Reply::parse(line).unwrap();
+            let Reply::Refused { reason, .. } = &parsed else {
+                panic!("{parsed:?}")
+            };
+            assert!(!reason.chars().any(char::is_control), "{reason:?}");
+            assert_eq!(Reply::parse(&parsed.encode()), Ok(parsed.clone()));
+        }
     }
 
     #[test]

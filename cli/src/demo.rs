@@ -151,6 +151,8 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
             dest: Dest::Domain("intranet.internal".into()),
             ports: "80".parse()?,
             proto: Proto::Tcp,
+            program: None,
+            local_user: None,
             action: Action::Allow,
             created_by: "demo".into(),
         })
@@ -162,6 +164,8 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
             dest: Dest::Domain(bob_name.clone()),
             ports: bob_port.to_string().parse()?,
             proto: Proto::Tcp,
+            program: None,
+            local_user: None,
             action: Action::Allow,
             created_by: "demo".into(),
         })

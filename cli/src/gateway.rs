@@ -15,7 +15,8 @@ use shimgate_gateway::paths::{DataDir, GatewayConfig};
 use shimgate_gateway::setup::Limits;
 use shimgate_host::{clock, files};
 use shimgate_registry::{
-    Action, Dest, DeviceStatus, NewAudit, NewRule, NewToken, Ports, Proto, Registry, Subject,
+    Action, Dest, DeviceStatus, LocalUser, NewAudit, NewRule, NewToken, Ports, Program, Proto,
+    Registry, Subject,
 };
 use shimgate_wire::code::EnrollmentCode;
 use tokio_util::sync::CancellationToken;
@@ -321,6 +322,15 @@ struct RuleArgs {
     /// Applies to everyone (the default).
     #[arg(long)]
     everyone: bool,
+    /// Only flows from this program on the device, as `shimgate run` reports it: a path
+    /// (/usr/bin/psql) or a name (psql, in any directory). Flows from the SOCKS port have no
+    /// program and match no such rule.
+    #[arg(long)]
+    program: Option<Program>,
+    /// Only flows from this local user on the device (a name or a uid), as `shimgate run`
+    /// reports it.
+    #[arg(long)]
+    local_user: Option<LocalUser>,
 }
 
 /// Who runs an admin command, for the audit log.
@@ -715,6 +725,8 @@ async fn policy(registry: &Registry, cmd: &PolicyCommand) -> anyhow::Result<()> 
                     dest: r.to.clone(),
                     ports: r.ports.clone(),
                     proto: r.proto,
+                    program: r.program.clone(),
+                    local_user: r.local_user.clone(),
                     action,
                     created_by: operator(),
                 })
@@ -729,13 +741,14 @@ async fn policy(registry: &Registry, cmd: &PolicyCommand) -> anyhow::Result<()> 
             );
             for r in registry.list_rules().await? {
                 println!(
-                    "{:<5} {:<6} {:<16} {:<28} {:<6} {}",
+                    "{:<5} {:<6} {:<16} {:<28} {:<6} {}{}",
                     r.id,
                     r.action.to_string(),
                     r.subject.to_string(),
                     r.dest.to_string(),
                     r.proto.to_string(),
-                    r.ports
+                    r.ports,
+                    r.local_limits()
                 );
             }
         }

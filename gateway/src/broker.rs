@@ -152,6 +152,7 @@ impl Broker {
                 proto: Proto::Tcp,
                 alias: false,
                 peer_groups: Some(&target.groups),
+                origin: None,
             };
             policy::allows(rules, who, &t, own)
         };

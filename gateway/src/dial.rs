@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use shimgate_registry::{Proto, Rule};
 use shimgate_wire::dest::{Destination, Host};
+use shimgate_wire::origin::Origin;
 use shimgate_wire::tunnel::TunnelError;
 use tokio::net::TcpStream;
 
@@ -61,9 +62,14 @@ impl Dialer {
         }
     }
 
-    /// Alias names `who` may reach (on the alias's port): for the routes a
-    /// device's PAC file sends through the gateway.
-    pub fn allowed_aliases(&self, who: &Identity, rules: &[Rule]) -> Vec<String> {
+    /// Alias names `who`, asking from `origin`, may reach (on the alias's
+    /// port): for the routes a device's PAC file sends through the gateway.
+    pub fn allowed_aliases(
+        &self,
+        who: &Identity,
+        origin: Option<&Origin>,
+        rules: &[Rule],
+    ) -> Vec<String> {
         let mut names: Vec<String> = self
             .aliases
             .iter()
@@ -75,6 +81,7 @@ impl Dialer {
                     proto: Proto::Tcp,
                     alias: true,
                     peer_groups: None,
+                    origin,
                 };
                 crate::policy::allows(rules, who, &t, self.own)
             })
@@ -85,13 +92,15 @@ impl Dialer {
         names
     }
 
-    /// The addresses `who` may reach `dest` at over `proto`: the alias's, or
-    /// what the name resolves to (socks5h semantics), each checked against
-    /// policy. A name no rule could allow is refused before any lookup. The
-    /// error is what the device's program will be told.
+    /// The addresses `who`, asking from `origin`, may reach `dest` at over
+    /// `proto`: the alias's, or what the name resolves to (socks5h
+    /// semantics), each checked against policy. A name no rule could allow is
+    /// refused before any lookup. The error is what the device's program will
+    /// be told.
     pub async fn allowed(
         &self,
         who: &Identity,
+        origin: Option<&Origin>,
         rules: &[Rule],
         dest: &Destination,
         proto: Proto,
@@ -102,7 +111,7 @@ impl Dialer {
         let candidates: Vec<(IpAddr, SocketAddr)> = match (host, alias) {
             (_, Some(target)) => vec![(target.ip(), target)],
             (Host::Ip(ip), None) => vec![(*ip, SocketAddr::new(*ip, port))],
-            (Host::Name(n), None) if !policy::could_allow(rules, who, n, port, proto) => {
+            (Host::Name(n), None) if !policy::could_allow(rules, who, origin, n, port, proto) => {
                 return Err(TunnelError::NotAllowed);
             }
             (Host::Name(n), None) => resolve(n, port)
@@ -121,6 +130,7 @@ impl Dialer {
                     proto,
                     alias: alias.is_some(),
                     peer_groups: None,
+                    origin,
                 };
                 policy::allows(rules, who, &target, self.own)
             })
@@ -138,20 +148,24 @@ impl Dialer {
     pub async fn exists(
         &self,
         who: &Identity,
+        origin: Option<&Origin>,
         rules: &[Rule],
         name: &str,
     ) -> Result<(), TunnelError> {
         if self.aliases.keys().any(|(n, _)| n == name) {
             // An alias exists for whoever may use it; to anyone else it is
             // as any name policy keeps them from.
-            let mine = self.allowed_aliases(who, rules).iter().any(|n| n == name);
+            let mine = self
+                .allowed_aliases(who, origin, rules)
+                .iter()
+                .any(|n| n == name);
             return if mine {
                 Ok(())
             } else {
                 Err(TunnelError::NotAllowed)
             };
         }
-        if !policy::could_reach_name(rules, who, name) {
+        if !policy::could_reach_name(rules, who, origin, name) {
             return Err(TunnelError::NotAllowed);
         }
         resolve(name, 0).await.map(|_| ())
@@ -162,10 +176,11 @@ impl Dialer {
     pub async fn dial(
         &self,
         who: &Identity,
+        origin: Option<&Origin>,
         rules: &[Rule],
         dest: &Destination,
     ) -> Result<TcpStream, TunnelError> {
-        let allowed = self.allowed(who, rules, dest, Proto::Tcp).await?;
+        let allowed = self.allowed(who, origin, rules, dest, Proto::Tcp).await?;
         let mut last = TunnelError::HostUnreachable;
         for to in allowed {
             match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(to)).await {

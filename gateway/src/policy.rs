@@ -7,6 +7,13 @@
 //! listening port, the gateway host's own addresses) are refused unless an
 //! allow rule names them explicitly: its CIDR lies inside that reserved range,
 //! e.g. `127.0.0.1/32`, or is the host address's own `/32` (`/128`).
+//!
+//! A rule limited to a program or local user on the device (`--program`,
+//! `--local-user`) matches only flows whose [`Origin`] (the socket shim's
+//! report, the device's word) names them; a flow with no program known (the
+//! SOCKS port, peer sessions) matches no such rule. Such rules narrow what an
+//! allow opens; a deny limited to a program is no barrier against a user who
+//! can use the SOCKS port instead.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
@@ -14,6 +21,7 @@ use std::net::{IpAddr, SocketAddr};
 use ipnet::IpNet;
 use shimgate_registry::{Action, Dest, Ports, Proto, Rule, Subject};
 use shimgate_wire::enroll::Routes;
+use shimgate_wire::origin::Origin;
 
 use crate::cache::Identity;
 
@@ -30,6 +38,8 @@ pub struct Target<'a> {
     pub alias: bool,
     /// For a peer device: its owner's groups (what `group:NAME` destinations match).
     pub peer_groups: Option<&'a [String]>,
+    /// Which program on the device asks, when the device said.
+    pub origin: Option<&'a Origin>,
 }
 
 /// Ranges the gateway refuses unless a rule names them.
@@ -85,10 +95,33 @@ fn dest_matches(dest: &Dest, target: &Target) -> bool {
     }
 }
 
+/// Whether the rule's limits to a program or local user (if any) hold for
+/// a flow from `origin`.
+fn local_matches(rule: &Rule, origin: Option<&Origin>) -> bool {
+    if rule.program.is_none() && rule.local_user.is_none() {
+        return true;
+    }
+    let Some(o) = origin else { return false };
+    let program = rule
+        .program
+        .as_ref()
+        .is_none_or(|p| o.program.as_deref().is_some_and(|exe| p.matches(exe)));
+    let user = rule
+        .local_user
+        .as_ref()
+        .is_none_or(|u| u.matches(o.uid, o.user.as_deref()));
+    program && user
+}
+
+/// The rules that apply to `who` asking from `origin`.
+fn applies(rule: &Rule, who: &Identity, origin: Option<&Origin>) -> bool {
+    subject_matches(&rule.subject, who) && local_matches(rule, origin)
+}
+
 fn rule_matches(rule: &Rule, who: &Identity, target: &Target) -> bool {
     rule.ports.contains(target.port)
         && rule.proto.covers(target.proto)
-        && subject_matches(&rule.subject, who)
+        && applies(rule, who, target.origin)
         && dest_matches(&rule.dest, target)
 }
 
@@ -105,12 +138,17 @@ fn is_local(addr: IpAddr) -> bool {
 }
 
 /// Whether deny rule `deny` refuses everything allow rule `allow` opens:
-/// every port and protocol, and a destination at least as wide.
+/// every port and protocol, a destination at least as wide, and every
+/// program and local user the allow is for.
 fn shadows(deny: &Rule, allow: &Rule) -> bool {
     let ports = deny.ports.covers(&allow.ports);
     let protos = deny.proto == Proto::Any || deny.proto == allow.proto;
+    let program = deny.program.is_none() || deny.program == allow.program;
+    let user = deny.local_user.is_none() || deny.local_user == allow.local_user;
     ports
         && protos
+        && program
+        && user
         && match (&deny.dest, &allow.dest) {
             (Dest::Cidr(d), Dest::Cidr(a)) => d.contains(a),
             (Dest::Domain(d), Dest::Domain(a)) => domain_matches(d, a),
@@ -123,7 +161,10 @@ fn shadows(deny: &Rule, allow: &Rule) -> bool {
 /// entirely. Peer-group rules are left out: peers are named under the VPN
 /// domain, which devices send to the proxy anyway. A gateway alias is
 /// reached by its name, so a domain rule covers it. Ports are not listed:
-/// a PAC file routes by host, and the gateway still checks each port.
+/// a PAC file routes by host, and the gateway still checks each port. An
+/// allow limited to a program is a route for every program (its
+/// destination is the VPN's; going direct would leak or fail), and the
+/// gateway refuses the others.
 pub(crate) fn routes(rules: &[Rule], who: &Identity) -> Routes {
     let mine = || rules.iter().filter(|r| subject_matches(&r.subject, who));
     let (mut domains, mut cidrs) = (BTreeSet::new(), BTreeSet::new());
@@ -143,17 +184,40 @@ pub(crate) fn routes(rules: &[Rule], who: &Identity) -> Routes {
     }
 }
 
+/// The rules as they stand for some program of the device, whichever:
+/// allows lose their limits to a program or local user, and limited denies
+/// (which may not apply) are left out. For routes, which every program
+/// shares.
+pub fn for_any_program(rules: &[Rule]) -> Vec<Rule> {
+    rules
+        .iter()
+        .filter(|r| r.action == Action::Allow || (r.program.is_none() && r.local_user.is_none()))
+        .map(|r| Rule {
+            program: None,
+            local_user: None,
+            ..r.clone()
+        })
+        .collect()
+}
+
 /// Whether some rule could let `who` reach the name `name` on `port` over
 /// `proto`, before the name is resolved: an allow rule for the name (or a
 /// domain above it), or any allow rule by CIDR (the name might resolve into
 /// it), and no deny rule for the name. When not, the gateway refuses without
 /// a lookup, so a device learns nothing of which internal names exist and
 /// the resolver does no work for a destination that can't be reached.
-pub fn could_allow(rules: &[Rule], who: &Identity, name: &str, port: u16, proto: Proto) -> bool {
+pub fn could_allow(
+    rules: &[Rule],
+    who: &Identity,
+    origin: Option<&Origin>,
+    name: &str,
+    port: u16,
+    proto: Proto,
+) -> bool {
     let mine = || {
-        rules.iter().filter(|r| {
-            r.ports.contains(port) && r.proto.covers(proto) && subject_matches(&r.subject, who)
-        })
+        rules
+            .iter()
+            .filter(|r| r.ports.contains(port) && r.proto.covers(proto) && applies(r, who, origin))
     };
     let names = |r: &Rule| matches!(&r.dest, Dest::Domain(d) if domain_matches(d, name));
     if mine().any(|r| r.action == Action::Deny && names(r)) {
@@ -166,8 +230,13 @@ pub fn could_allow(rules: &[Rule], who: &Identity, name: &str, port: u16, proto:
 /// allowed: an allow rule for the name or a domain above it, or any allow
 /// rule by CIDR, and no deny rule for the name on every port and both
 /// protocols. Asked before the socket shim hands out a fake address.
-pub fn could_reach_name(rules: &[Rule], who: &Identity, name: &str) -> bool {
-    let mine = || rules.iter().filter(|r| subject_matches(&r.subject, who));
+pub fn could_reach_name(
+    rules: &[Rule],
+    who: &Identity,
+    origin: Option<&Origin>,
+    name: &str,
+) -> bool {
+    let mine = || rules.iter().filter(|r| applies(r, who, origin));
     let names = |r: &Rule| matches!(&r.dest, Dest::Domain(d) if domain_matches(d, name));
     let whole = |r: &Rule| r.proto == Proto::Any && r.ports.covers(&Ports::all());
     if mine().any(|r| r.action == Action::Deny && names(r) && whole(r)) {
@@ -228,6 +297,8 @@ mod tests {
             dest: dest.parse().unwrap(),
             ports: Ports::range(ports.0, ports.1).unwrap(),
             proto: Proto::Tcp,
+            program: None,
+            local_user: None,
             action: action.parse().unwrap(),
             created_by: "test".into(),
             created_at: 0,
@@ -242,6 +313,7 @@ mod tests {
             proto: Proto::Tcp,
             alias: false,
             peer_groups: None,
+            origin: None,
         }
     }
 
@@ -390,7 +462,8 @@ mod tests {
             rule("*", "secret.intranet.corp", (1, 65535), "deny"),
             rule("*", "203.0.113.0/24", (443, 443), "allow"),
         ];
-        let could = |name: &str, port: u16| could_allow(&rules, &who(), name, port, Proto::Tcp);
+        let could =
+            |name: &str, port: u16| could_allow(&rules, &who(), None, name, port, Proto::Tcp);
         assert!(could("intranet.corp", 80));
         assert!(could("wiki.intranet.corp", 80));
         assert!(!could("intranet.corp", 81), "no rule for that port");
@@ -401,9 +474,70 @@ mod tests {
             "a CIDR rule might match its address"
         );
         assert!(
-            !could_allow(&rules, &who(), "intranet.corp", 80, Proto::Udp),
+            !could_allow(&rules, &who(), None, "intranet.corp", 80, Proto::Udp),
             "TCP rules only"
         );
+    }
+
+    #[test]
+    fn program_and_local_user_limits() {
+        use shimgate_wire::origin::Shim;
+        let from = |program: &str, uid: u32, user: &str| Origin {
+            shim: Shim::Socket,
+            uid: Some(uid),
+            user: Some(user.into()),
+            program: Some(program.into()),
+        };
+        let (psql, curl) = (
+            from("/usr/bin/psql", 1000, "alice"),
+            from("/usr/bin/curl", 1000, "alice"),
+        );
+        let root_psql = from("/usr/bin/psql", 0, "root");
+        let rules = [
+            Rule {
+                program: Some("psql".parse().unwrap()),
+                ..rule("*", "192.0.2.0/24", (5432, 5432), "allow")
+            },
+            Rule {
+                local_user: Some("root".parse().unwrap()),
+                ..rule("*", "192.0.2.0/24", (1, 65535), "deny")
+            },
+        ];
+        let asks = |origin: Option<&Origin>| {
+            check(
+                &rules,
+                Target {
+                    origin,
+                    ..at(None, "192.0.2.7", 5432)
+                },
+            )
+        };
+        assert!(asks(Some(&psql)));
+        assert!(!asks(Some(&curl)), "another program");
+        assert!(!asks(Some(&root_psql)), "a deny for that local user");
+        assert!(!asks(None), "no program known (the SOCKS port)");
+        assert!(!asks(Some(&Origin::SOCKS)));
+        // Before resolution: the same limits.
+        let name = |origin: Option<&Origin>| {
+            let by_name = [Rule {
+                program: Some("/usr/bin/psql".parse().unwrap()),
+                ..rule("*", "db.corp", (5432, 5432), "allow")
+            }];
+            (
+                could_allow(&by_name, &who(), origin, "db.corp", 5432, Proto::Tcp),
+                could_reach_name(&by_name, &who(), origin, "db.corp"),
+            )
+        };
+        assert_eq!(name(Some(&psql)), (true, true));
+        assert_eq!(name(Some(&curl)), (false, false));
+        assert_eq!(name(None), (false, false));
+        // A deny for one program does not take the route from the others.
+        let mut rules = rules.to_vec();
+        rules.push(Rule {
+            program: Some("curl".parse().unwrap()),
+            ..rule("*", "192.0.2.0/24", (1, 65535), "deny")
+        });
+        assert_eq!(routes(&rules, &who()).cidrs, ["192.0.2.0/24"]);
     }
 
     #[test]
@@ -476,6 +610,7 @@ mod tests {
             proto: Proto::Tcp,
             alias: true,
             peer_groups: None,
+            origin: None,
         };
         assert!(check(&rules, t));
         let t = Target {
@@ -485,6 +620,7 @@ mod tests {
             proto: Proto::Tcp,
             alias: true,
             peer_groups: None,
+            origin: None,
         };
         assert!(!check(&[], t));
     }
@@ -595,6 +731,8 @@ mod tests {
                 dest,
                 ports: Ports::range(lo, hi).unwrap(),
                 proto: Proto::Tcp,
+                program: None,
+                local_user: None,
                 action,
                 created_by: "proptest".into(),
                 created_at: 0,
@@ -625,6 +763,7 @@ mod tests {
                 proto: Proto::Tcp,
                 alias: false,
                 peer_groups: None,
+                origin: None,
             };
             check(rules, t)
         }
@@ -643,6 +782,7 @@ mod tests {
                     proto: Proto::Tcp,
                     alias: false,
                     peer_groups: None,
+                    origin: None,
                 };
                 let some_allow = rules
                     .iter()

@@ -374,10 +374,12 @@ impl Gateway {
             (Method::GET, ROUTES_PATH, Some(id)) => {
                 let rules = self.cache.rules();
                 let mut routes = crate::policy::routes(&rules, &id);
-                // An alias reached through a CIDR rule is a name only the gateway knows.
+                // An alias reached through a CIDR rule is a name only the
+                // gateway knows; one any program may reach is a route.
+                let any_program = crate::policy::for_any_program(&rules);
                 routes
                     .domains
-                    .extend(self.dialer.allowed_aliases(&id, &rules));
+                    .extend(self.dialer.allowed_aliases(&id, None, &any_program));
                 routes.domains.sort();
                 routes.domains.dedup();
                 send_json(&mut respond, StatusCode::OK, &routes);
@@ -408,7 +410,7 @@ impl Gateway {
         let origin = crate::auditlog::origin_of(&req);
         let started = std::time::Instant::now();
         let rules = self.cache.rules();
-        let sock = match self.dialer.dial(who, &rules, &dest).await {
+        let sock = match self.dialer.dial(who, origin.as_ref(), &rules, &dest).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::info!(device = %who.device_name, %dest, reason = %e, "tunnel refused");
@@ -467,6 +469,7 @@ impl Gateway {
             Ok(p) => p,
             Err(e) => return refuse(&mut respond, e),
         };
+        let origin = crate::auditlog::origin_of(&req);
         let mut body = req.into_body();
         let asked = match read_body(&mut body, shimgate_wire::enroll::MAX_BODY).await {
             Ok(b) => serde_json::from_slice::<ResolveRequest>(&b).ok(),
@@ -484,7 +487,11 @@ impl Gateway {
             );
         };
         let rules = self.cache.rules();
-        let answer = match self.dialer.exists(who, &rules, &name).await {
+        let answer = match self
+            .dialer
+            .exists(who, origin.as_ref(), &rules, &name)
+            .await
+        {
             Ok(()) => "exists".to_owned(),
             Err(e) => {
                 tracing::debug!(device = %who.device_name, %name, reason = %e, "name not handed a fake address");

@@ -111,7 +111,7 @@ impl Gateway {
                             }
                             let to = self
                                 .dialer
-                                .allowed(who, &rules, &dest, Proto::Udp)
+                                .allowed(who, origin.as_ref(), &rules, &dest, Proto::Udp)
                                 .await
                                 .and_then(|addrs| addrs.first().copied().ok_or(TunnelError::NotAllowed));
                             if let Err(e) = &to {

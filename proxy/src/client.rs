@@ -18,6 +18,7 @@ use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use shimgate_wire::enroll::{ErrorBody, MAX_BODY, WHOAMI_PATH, WhoAmI};
 use shimgate_wire::h2tuning;
+use shimgate_wire::origin::{ORIGIN_HEADER, Origin};
 use shimgate_wire::tunnel::{ERROR_HEADER, TunnelError};
 use tokio::io::BufReader;
 use tokio::net::TcpStream;
@@ -279,11 +280,27 @@ pub async fn call(
     path: &str,
     body: Option<Vec<u8>>,
 ) -> Result<Vec<u8>, ClientError> {
+    call_from(send, method, path, body, None).await
+}
+
+/// [`call`] on behalf of a program on this device, whose [`Origin`] the
+/// gateway's policy may ask about.
+pub async fn call_from(
+    send: &SendRequest<Bytes>,
+    method: Method,
+    path: &str,
+    body: Option<Vec<u8>>,
+    origin: Option<&Origin>,
+) -> Result<Vec<u8>, ClientError> {
     let protocol = |e: h2::Error| ClientError::Protocol(e.to_string());
-    let req = Request::builder()
+    let mut req = Request::builder()
         .method(method)
         .uri(format!("https://gateway{path}"))
-        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(http::header::CONTENT_TYPE, "application/json");
+    if let Some(origin) = origin {
+        req = req.header(ORIGIN_HEADER, origin.encode());
+    }
+    let req = req
         .body(())
         .map_err(|e| ClientError::Protocol(e.to_string()))?;
     let mut send = send.clone().ready().await.map_err(protocol)?;

@@ -133,8 +133,40 @@ pub enum ShimError {
 /// Who is on the other end of a shim socket connection.
 struct Asker {
     uid: Option<u32>,
+    /// The uid's name in this machine's accounts.
+    user: Option<String>,
     pid: Option<i32>,
     program: Option<String>,
+}
+
+/// The name of local user `uid` (files, LDAP: whatever NSS the machine
+/// has), remembered: a shim connection is opened per connect, and a
+/// directory lookup may be slow.
+fn user_name(uid: u32) -> Option<String> {
+    static KNOWN: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<u32, Option<String>>>,
+    > = std::sync::OnceLock::new();
+    let known = KNOWN.get_or_init(Default::default);
+    if let Some(name) = known.lock().ok().and_then(|k| k.get(&uid).cloned()) {
+        return name;
+    }
+    let mut buf = vec![0u8; 16 * 1024];
+    // SAFETY: every pointer is to a live local of the right type, and `buf`
+    // outlives the `pw_name` read from it.
+    let name = unsafe {
+        let mut pw: libc::passwd = std::mem::zeroed();
+        let mut found: *mut libc::passwd = std::ptr::null_mut();
+        let rc = libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr().cast(), buf.len(), &mut found);
+        (rc == 0 && !found.is_null() && !pw.pw_name.is_null()).then(|| {
+            std::ffi::CStr::from_ptr(pw.pw_name)
+                .to_string_lossy()
+                .into_owned()
+        })
+    };
+    if let Ok(mut k) = known.lock() {
+        k.insert(uid, name.clone());
+    }
+    name
 }
 
 impl Asker {
@@ -144,8 +176,10 @@ impl Asker {
         let program = pid
             .and_then(|p| std::fs::read_link(format!("/proc/{p}/exe")).ok())
             .map(|p| p.display().to_string());
+        let uid = cred.map(|c| c.uid());
         Asker {
-            uid: cred.map(|c| c.uid()),
+            uid,
+            user: uid.and_then(user_name),
             pid,
             program,
         }
@@ -155,6 +189,7 @@ impl Asker {
         Origin {
             shim: origin::Shim::Socket,
             uid: self.uid,
+            user: self.user.clone(),
             program: self.program.clone(),
         }
     }
@@ -292,7 +327,7 @@ impl Shim {
             return Reply::NoName;
         };
         if self.peers.destination(&host).is_none() {
-            match self.ask_gateway(name).await {
+            match self.ask_gateway(name, &asker.origin()).await {
                 Ok(()) => {}
                 Err(TunnelError::UnknownName) => return Reply::NoName,
                 Err(e) => {
@@ -337,8 +372,8 @@ impl Shim {
     }
 
     /// Whether the gateway says `name` exists and policy could let this
-    /// device reach it.
-    async fn ask_gateway(&self, name: &str) -> Result<(), TunnelError> {
+    /// device's program `origin` reach it.
+    async fn ask_gateway(&self, name: &str, origin: &Origin) -> Result<(), TunnelError> {
         let body = serde_json::to_vec(&ResolveRequest {
             name: name.to_owned(),
         })
@@ -349,9 +384,15 @@ impl Shim {
                 .any_connection()
                 .await
                 .map_err(|_| TunnelError::NetworkUnreachable)?;
-            let answer = crate::client::call(&send, http::Method::POST, RESOLVE_PATH, Some(body))
-                .await
-                .map_err(|_| TunnelError::General)?;
+            let answer = crate::client::call_from(
+                &send,
+                http::Method::POST,
+                RESOLVE_PATH,
+                Some(body),
+                Some(origin),
+            )
+            .await
+            .map_err(|_| TunnelError::General)?;
             serde_json::from_slice::<Resolved>(&answer).map_err(|_| TunnelError::General)
         };
         let resolved = tokio::time::timeout(RESOLVE_TIMEOUT, call)

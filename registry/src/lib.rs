@@ -40,7 +40,7 @@ pub use changes::{CHANGE_CHANNEL, Changes};
 pub use devices::{Device, DeviceRow, DeviceStatus};
 pub use error::{Error, RedeemError, Result};
 pub use invitations::{InvitationRow, Invitee, IssuedInvitation, NewInvitation, Redemption};
-pub use policy::{Action, Dest, ParseError, Ports, Proto, Subject};
+pub use policy::{Action, Dest, LocalUser, ParseError, Ports, Program, Proto, Subject};
 pub use rules::{NewRule, Rule};
 pub use shimgate_wire::identity::VPN_RANGE;
 pub use tokens::{IssuedToken, NewToken, TokenGrant, TokenRow};

@@ -230,6 +230,109 @@ impl fmt::Display for Proto {
     }
 }
 
+/// A program a rule is limited to (`--program`): an absolute path
+/// (`/usr/bin/psql`, matching that executable only) or a bare name (`psql`,
+/// matching any executable of that name). Matched against the executable the
+/// socket shim reports for a flow, which is the device's word.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Program(String);
+
+/// Longest program a rule may name: what a device's origin keeps of a path.
+const MAX_PROGRAM: usize = 256;
+
+impl Program {
+    /// Whether a flow made by the executable `exe` (a full path) matches.
+    pub fn matches(&self, exe: &str) -> bool {
+        if self.0.contains('/') {
+            self.0 == exe
+        } else {
+            exe.rsplit('/').next() == Some(self.0.as_str())
+        }
+    }
+}
+
+impl FromStr for Program {
+    type Err = ParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let what = "rule program";
+        let p = s.trim();
+        if p.is_empty() || p.len() > MAX_PROGRAM || !p.chars().all(|c| c.is_ascii_graphic()) {
+            return Err(ParseError::new(
+                what,
+                s,
+                format!(
+                    "expected a path or a program name of at most {MAX_PROGRAM} printable characters, without spaces"
+                ),
+            ));
+        }
+        if p.contains('/') && !p.starts_with('/') {
+            return Err(ParseError::new(
+                what,
+                s,
+                "a path must be absolute (\"/usr/bin/psql\"); a bare name (\"psql\") matches any directory",
+            ));
+        }
+        Ok(Program(p.to_owned()))
+    }
+}
+
+impl fmt::Display for Program {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A local user on the device a rule is limited to (`--local-user`): a
+/// numeric uid or a user name, as the device's own accounts know them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum LocalUser {
+    Uid(u32),
+    Name(String),
+}
+
+impl LocalUser {
+    /// Whether a flow made by `uid` (named `name` on the device) matches.
+    pub fn matches(&self, uid: Option<u32>, name: Option<&str>) -> bool {
+        match self {
+            LocalUser::Uid(want) => uid == Some(*want),
+            LocalUser::Name(want) => name == Some(want.as_str()),
+        }
+    }
+}
+
+impl FromStr for LocalUser {
+    type Err = ParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let u = s.trim();
+        if let Ok(uid) = u.parse::<u32>() {
+            return Ok(LocalUser::Uid(uid));
+        }
+        let first_ok = u.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_');
+        let rest_ok = u
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        if !first_ok || !rest_ok || u.len() > 32 {
+            return Err(ParseError::new(
+                "rule local user",
+                s,
+                "expected a uid (1000) or a user name of the device (letters, digits, '_', '-', '.'; at most 32)",
+            ));
+        }
+        Ok(LocalUser::Name(u.to_owned()))
+    }
+}
+
+impl fmt::Display for LocalUser {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LocalUser::Uid(uid) => write!(f, "{uid}"),
+            LocalUser::Name(name) => f.write_str(name),
+        }
+    }
+}
+
 fn check_subject_name(input: &str, name: &str) -> Result<String, ParseError> {
     let what = "rule subject";
     if name.is_empty() {
@@ -443,11 +546,31 @@ macro_rules! serde_via_text {
         }
     )*};
 }
-serde_via_text!(Subject, Dest, Action, Proto, Ports);
+serde_via_text!(Subject, Dest, Action, Proto, Ports, Program, LocalUser);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn programs_and_local_users() {
+        let by_path: Program = " /usr/bin/psql ".parse().unwrap();
+        assert_eq!(by_path.to_string(), "/usr/bin/psql");
+        assert!(by_path.matches("/usr/bin/psql") && !by_path.matches("/opt/psql"));
+        let by_name: Program = "psql".parse().unwrap();
+        assert!(by_name.matches("/usr/bin/psql") && by_name.matches("/opt/pg/bin/psql"));
+        assert!(!by_name.matches("/usr/bin/psql2") && !by_name.matches("/usr/bin/xpsql"));
+        for bad in ["", "bin/psql", "my app", "a\tb", &"x".repeat(300)] {
+            assert!(bad.parse::<Program>().is_err(), "{bad:?}");
+        }
+        assert_eq!("1000".parse::<LocalUser>().unwrap(), LocalUser::Uid(1000));
+        let alice: LocalUser = "alice".parse().unwrap();
+        assert!(alice.matches(Some(1000), Some("alice")) && !alice.matches(Some(1000), None));
+        assert!(LocalUser::Uid(0).matches(Some(0), None) && !LocalUser::Uid(0).matches(None, None));
+        for bad in ["", "-1", "1x y", "ali ce", "9user", &"a".repeat(40)] {
+            assert!(bad.parse::<LocalUser>().is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn protocols() {

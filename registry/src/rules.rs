@@ -4,7 +4,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use crate::changes::bump;
-use crate::{Action, Dest, Error, Ports, Proto, Registry, Result, Subject};
+use crate::{Action, Dest, Error, LocalUser, Ports, Program, Proto, Registry, Result, Subject};
 use shimgate_host::clock;
 
 /// A rule to add.
@@ -14,6 +14,10 @@ pub struct NewRule {
     pub dest: Dest,
     pub ports: Ports,
     pub proto: Proto,
+    /// Only flows from this program on the device; `None`: any.
+    pub program: Option<Program>,
+    /// Only flows from this local user on the device; `None`: any.
+    pub local_user: Option<LocalUser>,
     pub action: Action,
     pub created_by: String,
 }
@@ -26,18 +30,40 @@ pub struct Rule {
     pub dest: Dest,
     pub ports: Ports,
     pub proto: Proto,
+    /// Only flows from this program on the device; `None`: any.
+    pub program: Option<Program>,
+    /// Only flows from this local user on the device; `None`: any.
+    pub local_user: Option<LocalUser>,
     pub action: Action,
     pub created_by: String,
     pub created_at: i64,
 }
 
 impl Rule {
-    /// One line for logs and the audit log: `allow group:ops -> 10.0.0.0/8 ports 22 tcp`.
+    /// One line for logs and the audit log: `allow group:ops -> 10.0.0.0/8 ports 22 tcp`,
+    /// then ` program=psql local-user=alice` when the rule is limited to them.
     pub fn summary(&self) -> String {
         format!(
-            "{} {} -> {} ports {} {}",
-            self.action, self.subject, self.dest, self.ports, self.proto
+            "{} {} -> {} ports {} {}{}",
+            self.action,
+            self.subject,
+            self.dest,
+            self.ports,
+            self.proto,
+            self.local_limits()
         )
+    }
+
+    /// ` program=P local-user=U` for what the rule is limited to on the device, or "".
+    pub fn local_limits(&self) -> String {
+        let mut out = String::new();
+        if let Some(p) = &self.program {
+            out.push_str(&format!(" program={p}"));
+        }
+        if let Some(u) = &self.local_user {
+            out.push_str(&format!(" local-user={u}"));
+        }
+        out
     }
 }
 
@@ -66,6 +92,8 @@ fn rule_from_row(row: &AnyRow) -> Result<Rule> {
     let port_lo: i64 = row.try_get("port_lo")?;
     let port_hi: i64 = row.try_get("port_hi")?;
     let listed: String = row.try_get("ports")?;
+    let program: Option<String> = row.try_get("program")?;
+    let local_user: Option<String> = row.try_get("local_user")?;
     let ports = if listed.is_empty() {
         let port = |p: i64| u16::try_from(p).map_err(|_| corrupt("port"));
         Ports::range(port(port_lo)?, port(port_hi)?)
@@ -79,6 +107,14 @@ fn rule_from_row(row: &AnyRow) -> Result<Rule> {
         dest: dest.parse().map_err(|_| corrupt("destination"))?,
         ports,
         proto: proto.parse().map_err(|_| corrupt("protocol"))?,
+        program: program
+            .map(|p| p.parse())
+            .transpose()
+            .map_err(|_| corrupt("program"))?,
+        local_user: local_user
+            .map(|u| u.parse())
+            .transpose()
+            .map_err(|_| corrupt("local user"))?,
         action: action.parse().map_err(|_| corrupt("action"))?,
         created_by: row.try_get("created_by")?,
         created_at: row.try_get("created_at")?,
@@ -100,9 +136,9 @@ impl Registry {
         bump(&mut tx).await?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO policy_rules \
-             (subject_kind, subject_name, dest, port_lo, port_hi, ports, proto, action, \
-              created_by, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+             (subject_kind, subject_name, dest, port_lo, port_hi, ports, proto, program, \
+              local_user, action, created_by, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
         )
         .bind(kind)
         .bind(name)
@@ -111,6 +147,8 @@ impl Registry {
         .bind(i64::from(port_hi))
         .bind(ports.to_string())
         .bind(r.proto.to_string())
+        .bind(r.program.as_ref().map(Program::to_string))
+        .bind(r.local_user.as_ref().map(LocalUser::to_string))
         .bind(r.action.to_string())
         .bind(&r.created_by)
         .bind(created_at)
@@ -123,6 +161,8 @@ impl Registry {
             dest,
             ports,
             proto: r.proto,
+            program: r.program,
+            local_user: r.local_user,
             action: r.action,
             created_by: r.created_by,
             created_at,
@@ -133,7 +173,7 @@ impl Registry {
     pub async fn list_rules(&self) -> Result<Vec<Rule>> {
         let rows = sqlx::query(
             "SELECT id, subject_kind, subject_name, dest, port_lo, port_hi, ports, proto, \
-                    action, created_by, created_at \
+                    program, local_user, action, created_by, created_at \
              FROM policy_rules ORDER BY id",
         )
         .fetch_all(&self.pool)

@@ -220,6 +220,8 @@ fn rule(subject: &str, dest: &str, ports: (u16, u16), action: Action) -> NewRule
         dest: dest.parse().expect("dest"),
         ports: Ports::range(ports.0, ports.1).expect("ports"),
         proto: Proto::Tcp,
+        program: None,
+        local_user: None,
         action,
         created_by: "admin".into(),
     }
@@ -1057,6 +1059,23 @@ async fn rules(env: Env) {
     let listed = r.list_rules().await.expect("list");
     assert_eq!(listed.last(), Some(&list));
     assert_eq!(list.ports.to_string(), "22,53,80,443,5432,8000-8100");
+
+    // Limits to a program and a local user on the device read back; the old rule has none.
+    assert_eq!((&old.program, &old.local_user), (&None, &None));
+    let limited = r
+        .add_rule(NewRule {
+            program: Some("/usr/bin/psql".parse().expect("a program")),
+            local_user: Some("1000".parse().expect("a uid")),
+            ..rule("*", "10.20.0.0/16", (5432, 5432), Action::Allow)
+        })
+        .await
+        .expect("a rule limited to a program");
+    let listed = r.list_rules().await.expect("list");
+    assert_eq!(listed.last(), Some(&limited));
+    assert_eq!(
+        limited.summary(),
+        "allow * -> 10.20.0.0/16 ports 5432 tcp program=/usr/bin/psql local-user=1000"
+    );
 }
 
 async fn audit(env: Env) {

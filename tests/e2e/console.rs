@@ -503,6 +503,27 @@ fn api_refuses_missing_wrong_and_revoked_tokens() {
         r.body
     );
     assert!(r.body.contains(r#""proto":"udp""#), "{}", r.body);
+    // Limited to a program and a local user on the device; a bad program says why.
+    let r = anon.send(
+        "POST",
+        "/api/v1/policy",
+        &[("Authorization", &auth), json],
+        r#"{"action":"allow","to":"192.0.2.0/24","ports":"5432","program":"psql","local_user":"1000"}"#,
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        r.body.contains(r#""program":"psql""#) && r.body.contains(r#""local_user":"1000""#),
+        "{}",
+        r.body
+    );
+    let r = anon.send(
+        "POST",
+        "/api/v1/policy",
+        &[("Authorization", &auth), json],
+        r#"{"action":"allow","to":"192.0.2.0/24","program":"bin/psql"}"#,
+    );
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(r.body.contains("absolute"), "{}", r.body);
     let r = anon.send(
         "POST",
         "/api/v1/policy",

@@ -173,6 +173,11 @@ fn unmodified_programs_reach_the_intranet() {
     );
     let mut gw = Gateway::init_spec(Backend::Sqlite, spec);
     gw.allow("203.0.113.0/24", &["--ports", "80,2222,5432,8080-8090"]);
+    // One port for one program only.
+    gw.allow(
+        &format!("{INTRA}/32"),
+        &["--ports", "9090", "--program", "curl"],
+    );
     gw.serve();
     let socks = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 1080);
     let mut dev = Device::new_in("shim-laptop", Some(&dev_ns.name), socks);
@@ -375,6 +380,22 @@ fn unmodified_programs_reach_the_intranet() {
     );
     assert!(!out.stdout.contains("connected"), "{out}");
 
+    // A rule for one program: curl passes, Python is refused by policy.
+    let curl_only = Origin::from_listener(
+        netns::bind_in(
+            Some(&hosts.intra_ns.name),
+            SocketAddr::new(INTRA.into(), 9090),
+        ),
+        Mode::Http {
+            body: unique_body("curl only"),
+        },
+    );
+    let out = run_shimmed(&dev, &["curl", "-sS", &format!("http://{INTRA}:9090/")]);
+    assert!(out.ok(), "curl, which the rule names: {out}");
+    let out = run_shimmed(&dev, &[PYTHON, "-c", BLOCKING_CONNECT, &host, "9090"]);
+    assert_eq!(out.stdout.trim(), "EACCES", "another program: {out}");
+    curl_only.expect_accepted(1, "the server only curl may reach");
+
     // Non-blocking connect: the event loop runs on while the far end takes
     // a second, and the result is the far end's.
     let intra = &hosts.intra_ns.name;
@@ -453,6 +474,7 @@ fn unmodified_programs_reach_the_intranet() {
         "user=alice",
         "shim=socket",
         "uid=0",
+        "local-user=root",
         "proto=tcp",
     ] {
         assert!(

@@ -11,6 +11,8 @@ use std::fmt;
 pub const ORIGIN_HEADER: &str = "shimgate-origin";
 /// Longest program path kept; a longer one is cut.
 const MAX_PROGRAM: usize = 256;
+/// Longest local user name kept.
+const MAX_USER: usize = 32;
 
 /// The shim a flow came through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +35,8 @@ pub struct Origin {
     pub shim: Shim,
     /// The local user id, when known.
     pub uid: Option<u32>,
+    /// The local user's name on the device, when known.
+    pub user: Option<String>,
     /// The program's executable, when known.
     pub program: Option<String>,
 }
@@ -41,24 +45,35 @@ impl Origin {
     pub const SOCKS: Origin = Origin {
         shim: Shim::Socks,
         uid: None,
+        user: None,
         program: None,
     };
 
-    /// The header value: `shim=socket uid=1000 program=/usr/bin/psql`. A
-    /// program path is cut to [`MAX_PROGRAM`] bytes and loses anything but
-    /// printable ASCII other than space (so it stays one header field).
+    /// The header value: `shim=socket uid=1000 local-user=alice
+    /// program=/usr/bin/psql`. A user name and a program path are cut to
+    /// [`MAX_USER`] and [`MAX_PROGRAM`] bytes and lose anything but printable
+    /// ASCII other than space (so they stay one header field); an empty one
+    /// is left out.
     pub fn encode(&self) -> String {
         let mut out = format!("shim={}", self.shim.as_str());
         if let Some(uid) = self.uid {
             out.push_str(&format!(" uid={uid}"));
         }
-        if let Some(program) = &self.program {
-            let clean: String = program
-                .chars()
+        let clean = |text: &str, max: usize| -> String {
+            text.chars()
                 .filter(|c| c.is_ascii_graphic())
-                .take(MAX_PROGRAM)
-                .collect();
-            out.push_str(&format!(" program={clean}"));
+                .take(max)
+                .collect()
+        };
+        for (key, value, max) in [
+            ("local-user", &self.user, MAX_USER),
+            ("program", &self.program, MAX_PROGRAM),
+        ] {
+            if let Some(value) = value.as_deref().map(|v| clean(v, max))
+                && !value.is_empty()
+            {
+                out.push_str(&format!(" {key}={value}"));
+            }
         }
         out
     }
@@ -66,30 +81,26 @@ impl Origin {
     /// What a device sent; `None` for anything malformed (the flow is then
     /// audited with its origin unknown, not refused).
     pub fn parse(text: &str) -> Option<Origin> {
-        let mut origin = Origin {
-            shim: Shim::Socks,
-            uid: None,
-            program: None,
-        };
+        let mut origin = Origin::SOCKS;
         let mut shim = None;
         for field in text.split(' ') {
             match field.split_once('=')? {
                 ("shim", "socks") => shim = Some(Shim::Socks),
                 ("shim", "socket") => shim = Some(Shim::Socket),
                 ("uid", uid) => origin.uid = Some(uid.parse().ok()?),
-                ("program", p)
-                    if !p.is_empty()
-                        && p.len() <= MAX_PROGRAM
-                        && p.chars().all(|c| c.is_ascii_graphic()) =>
-                {
-                    origin.program = Some(p.to_owned());
-                }
+                ("local-user", u) if printable(u, MAX_USER) => origin.user = Some(u.to_owned()),
+                ("program", p) if printable(p, MAX_PROGRAM) => origin.program = Some(p.to_owned()),
                 _ => return None,
             }
         }
         origin.shim = shim?;
         Some(origin)
     }
+}
+
+/// A field value as [`Origin::encode`] writes it: 1 to `max` printable ASCII characters.
+fn printable(value: &str, max: usize) -> bool {
+    !value.is_empty() && value.len() <= max && value.chars().all(|c| c.is_ascii_graphic())
 }
 
 impl fmt::Display for Origin {
@@ -108,16 +119,25 @@ mod tests {
         let o = Origin {
             shim: Shim::Socket,
             uid: Some(1000),
+            user: Some("alice".into()),
             program: Some("/usr/bin/psql".into()),
         };
-        assert_eq!(o.encode(), "shim=socket uid=1000 program=/usr/bin/psql");
+        assert_eq!(
+            o.encode(),
+            "shim=socket uid=1000 local-user=alice program=/usr/bin/psql"
+        );
         assert_eq!(Origin::parse(&o.encode()), Some(o));
         assert_eq!(Origin::parse("shim=socks"), Some(Origin::SOCKS));
         let spaced = Origin {
             shim: Shim::Socket,
             uid: None,
+            user: Some(" \n".into()),
             program: Some("/opt/my app/bin\nx".into()),
         };
+        assert!(
+            !spaced.encode().contains("local-user="),
+            "nothing left of the name"
+        );
         assert_eq!(
             Origin::parse(&spaced.encode()).and_then(|o| o.program),
             Some("/opt/myapp/binx".into())
@@ -129,6 +149,7 @@ mod tests {
             "shim=socket uid=-1",
             "shim=socket x=y",
             "shim=socket program=",
+            "shim=socket local-user=",
             "shim=socket  uid=1",
         ] {
             assert_eq!(Origin::parse(bad), None, "{bad:?}");

@@ -8,6 +8,7 @@ use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use shimgate_registry::{Action, Dest, NewRule, Ports, Proto, Rule, Subject};
+use std::str::FromStr;
 
 use super::Peer;
 use super::auth::{CsrfOnly, Nav};
@@ -31,6 +32,23 @@ pub struct RuleInput {
     /// `tcp`, `udp` or `any`; empty means `tcp`.
     #[serde(default)]
     pub proto: String,
+    /// Only flows from this program on the device (`psql`, `/usr/bin/psql`); empty means any.
+    #[serde(default)]
+    pub program: String,
+    /// Only flows from this local user on the device (a name or uid); empty means any.
+    #[serde(default)]
+    pub local_user: String,
+}
+
+/// An optional field: empty means `None`.
+fn optional<T: FromStr>(text: &str) -> Result<Option<T>, Failure>
+where
+    T::Err: std::fmt::Display,
+{
+    match text.trim() {
+        "" => Ok(None),
+        t => t.parse().map(Some).map_err(bad),
+    }
 }
 
 fn bad(e: impl std::fmt::Display) -> Failure {
@@ -62,6 +80,8 @@ impl RuleInput {
             dest,
             ports,
             proto,
+            program: optional(&self.program)?,
+            local_user: optional(&self.local_user)?,
             action,
             created_by: created_by.to_owned(),
         })
@@ -99,6 +119,8 @@ struct RuleLine {
     dest: String,
     ports: String,
     proto: String,
+    /// The rule's limits on the device, or "any".
+    local: String,
     created_by: String,
 }
 
@@ -131,6 +153,10 @@ pub async fn page(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response
                 dest: r.dest.to_string(),
                 ports: r.ports.to_string(),
                 proto: r.proto.to_string(),
+                local: match r.local_limits().trim() {
+                    "" => "any".to_owned(),
+                    limits => limits.to_owned(),
+                },
                 created_by: r.created_by,
             })
             .collect(),

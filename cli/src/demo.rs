@@ -236,7 +236,10 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     )
     .await?;
     let mut bob = DeviceConfig::load(&bob_dir)?;
-    bob.exports = vec![shimgate_proxy::config::Export { port: bob_port }];
+    bob.exports = vec![shimgate_proxy::config::Export {
+        port: bob_port,
+        proto: Default::default(),
+    }];
     bob.save(&bob_dir)?;
     let bob_running = shimgate_proxy::up::start(&bob_dir, &bob, stop.clone()).await?;
     for (who, board) in [("device", &running.board), ("bob", &bob_running.board)] {

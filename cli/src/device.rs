@@ -7,10 +7,11 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use shimgate_host::clock;
-use shimgate_proxy::config::{ConfigDir, DeviceConfig};
+use shimgate_proxy::config::{ConfigDir, DeviceConfig, Export};
 use shimgate_proxy::enroll::{EnrollOptions, enroll};
 use shimgate_proxy::status;
 use shimgate_wire::code::EnrollmentCode;
+use shimgate_wire::control::PeerProto;
 use tokio_util::sync::CancellationToken;
 
 use crate::process::{LogFormat, stop_on_signal};
@@ -77,14 +78,15 @@ enum Command {
     },
     /// Offer a local service (127.0.0.1:PORT) to other devices; with no port, list what is offered.
     #[command(
-        after_help = "Examples:\n  shimgate export 8000            offer 127.0.0.1:8000 as NAME.vpn.internal:8000\n  shimgate export --remove 8000\n  shimgate export                 list\nA running `shimgate up` picks the change up within a second. Policy on the gateway decides who may connect."
+        after_help = "Examples:\n  shimgate export 8000            offer 127.0.0.1:8000 as NAME.vpn.internal:8000\n  shimgate export 5353/udp        offer a UDP service on 127.0.0.1:5353\n  shimgate export --remove 8000\n  shimgate export                 list\nA running `shimgate up` picks the change up within a second. Policy on the gateway decides who may connect (a UDP export needs a rule with --proto udp or any)."
     )]
     Export {
-        /// Ports to offer.
-        ports: Vec<u16>,
-        /// Stop offering these ports.
-        #[arg(long = "remove", value_name = "PORT")]
-        remove: Vec<u16>,
+        /// Ports to offer: PORT (TCP) or PORT/udp.
+        #[arg(value_name = "PORT[/udp]")]
+        ports: Vec<Export>,
+        /// Stop offering these ports (PORT or PORT/udp).
+        #[arg(long = "remove", value_name = "PORT[/udp]")]
+        remove: Vec<Export>,
     },
     /// Peers this device has sessions with: path (direct or relayed, and why), bytes, key age.
     Peers {
@@ -300,30 +302,31 @@ fn show_status(dir: &ConfigDir, json: bool) -> ExitCode {
     }
 }
 
-fn export(dir: &ConfigDir, add: &[u16], remove: &[u16]) -> anyhow::Result<ExitCode> {
+fn export(dir: &ConfigDir, add: &[Export], remove: &[Export]) -> anyhow::Result<ExitCode> {
     let mut config = DeviceConfig::load(dir)?;
-    if add.contains(&0) {
-        anyhow::bail!("port 0 cannot be exported: give the port your service listens on");
-    }
     if !add.is_empty() || !remove.is_empty() {
-        let mut ports = config.export_ports();
-        ports.extend_from_slice(add);
-        ports.retain(|p| !remove.contains(p));
-        ports.sort_unstable();
-        ports.dedup();
-        config.exports = ports
-            .iter()
-            .map(|&port| shimgate_proxy::config::Export { port })
-            .collect();
+        let mut exports = config.exports.clone();
+        exports.extend_from_slice(add);
+        exports.retain(|e| e.port != 0 && !remove.contains(e));
+        exports.sort_unstable_by_key(|e| (e.proto.as_str(), e.port));
+        exports.dedup();
+        config.exports = exports;
         config.save(dir)?;
     }
-    let ports = config.export_ports();
-    if ports.is_empty() {
+    let exports = config.export_ports();
+    if exports.is_empty() {
         println!("This device offers nothing to other devices.");
     } else {
-        for p in &ports {
+        let all = (exports.tcp.iter().map(|p| (*p, PeerProto::Tcp)))
+            .chain(exports.udp.iter().map(|p| (*p, PeerProto::Udp)));
+        for (p, proto) in all {
+            let udp = if proto == PeerProto::Udp {
+                " (UDP)"
+            } else {
+                ""
+            };
             println!(
-                "offering 127.0.0.1:{p} as {}.{}:{p}",
+                "offering 127.0.0.1:{p}{udp} as {}.{}:{p}",
                 config.device, config.vpn_domain
             );
         }
@@ -372,13 +375,16 @@ async fn ping(dir: &ConfigDir, peer: &str, count: usize) -> anyhow::Result<ExitC
     let name = shimgate_proxy::tls::server_name(&config.server_name)?;
     let (conn, me) = shimgate_proxy::client::connect_device(&config.gateway, name, tls).await?;
     let (peers, _) =
-        shimgate_proxy::peer::Peers::new(&me.device_name, &config.vpn_domain, Vec::new());
+        shimgate_proxy::peer::Peers::new(&me.device_name, &config.vpn_domain, Default::default());
     let target = shimgate_wire::dest::Host::parse(peer)
         .ok()
         .and_then(|h| peers.destination(&h))
         .unwrap_or_else(|| peer.to_owned());
     let started = std::time::Instant::now();
-    let opened = match peers.dial(conn.send.clone(), &target, 0).await {
+    let opened = match peers
+        .dial(conn.send.clone(), &target, 0, PeerProto::Tcp)
+        .await
+    {
         Ok(o) => o,
         Err(e) => {
             println!("ping {peer}: {e}");

@@ -25,8 +25,8 @@ use http::{Request, Response, StatusCode};
 use shimgate_host::clock;
 use shimgate_registry::{NewAudit, Proto, Rule};
 use shimgate_wire::control::{
-    self, Decoder, DeviceMsg, GatewayMsg, Grant, MAX_LIST, SESSION_HEADER, SessionId, SessionKey,
-    SessionRequest,
+    self, Decoder, DeviceMsg, Exports, GatewayMsg, Grant, MAX_LIST, PeerProto, SESSION_HEADER,
+    SessionId, SessionKey, SessionRequest,
 };
 use shimgate_wire::splice;
 use shimgate_wire::tunnel::TunnelError;
@@ -63,7 +63,7 @@ struct Online {
     observed: IpAddr,
     listen_port: u16,
     addrs: Vec<SocketAddr>,
-    exports: Vec<u16>,
+    exports: Exports,
     tx: mpsc::Sender<GatewayMsg>,
     /// Which control stream this entry belongs to (a reconnect replaces it).
     stream: u64,
@@ -144,12 +144,16 @@ impl Broker {
             return Err(TunnelError::Refused);
         }
         let fqdn = format!("{}.{domain}", target.name);
+        let proto = match req.proto {
+            PeerProto::Tcp => Proto::Tcp,
+            PeerProto::Udp => Proto::Udp,
+        };
         let allowed = |port: u16| {
             let t = Target {
                 name: Some(&fqdn),
                 addr: IpAddr::V4(target.vpn_ip),
                 port,
-                proto: Proto::Tcp,
+                proto,
                 alias: false,
                 peer_groups: Some(&target.groups),
                 origin: None,
@@ -161,15 +165,16 @@ impl Broker {
             let Some(peer) = self.online.get(&target.name) else {
                 return Err(TunnelError::HostUnreachable);
             };
-            let permitted = if req.port == 0 {
-                peer.exports.iter().any(|p| allowed(*p))
-            } else {
-                allowed(req.port)
+            let permitted = match (req.port, req.proto) {
+                (0, PeerProto::Tcp) => peer.exports.tcp.iter().any(|p| allowed(*p)),
+                // A ping is TCP's; a UDP session names a port.
+                (0, PeerProto::Udp) => false,
+                (port, _) => allowed(port),
             };
             if !permitted {
                 return Err(TunnelError::NotAllowed);
             }
-            if req.port != 0 && !peer.exports.contains(&req.port) {
+            if req.port != 0 && !peer.exports.contains(req.proto, req.port) {
                 return Err(TunnelError::Refused);
             }
             (peer.tx.clone(), endpoints_for(&peer, from))
@@ -194,6 +199,7 @@ impl Broker {
             from: who.device_name.clone(),
             from_user: who.user_name.clone(),
             port: req.port,
+            proto: req.proto,
             expires_in_ms: SESSION_TTL.as_millis() as u64,
         };
         let outcome = match tx.try_send(offer) {
@@ -219,7 +225,10 @@ impl Broker {
             "peer.session",
             format!("{}:{}", target.name, req.port),
             Some(from),
-            format!("granted session {session} (user {})", who.user_name),
+            format!(
+                "granted session {session} (user {}) proto={}",
+                who.user_name, req.proto
+            ),
         );
         Ok(Grant {
             session,
@@ -335,16 +344,24 @@ impl Broker {
                 listen_port,
                 addrs,
                 exports,
+                udp_exports,
             } => {
-                if addrs.len() > MAX_LIST || exports.len() > MAX_LIST {
+                if addrs.len() > MAX_LIST
+                    || exports.len() > MAX_LIST
+                    || udp_exports.len() > MAX_LIST
+                {
                     return Err(format!("announcement lists more than {MAX_LIST} entries"));
                 }
                 // listen_port 0: no peer listener (nothing exported, or it
                 // could not be opened); sessions to it go through the relay.
-                if exports.contains(&0) {
+                if exports.contains(&0) || udp_exports.contains(&0) {
                     return Err("announcement exports port 0".into());
                 }
-                tracing::info!(device = %who.device_name, ?exports, listen_port, "device online for peer sessions");
+                let exports = Exports {
+                    tcp: exports,
+                    udp: udp_exports,
+                };
+                tracing::info!(device = %who.device_name, %exports, listen_port, "device online for peer sessions");
                 self.by_ip.insert(who.vpn_ip, who.device_name.clone());
                 self.online.insert(
                     who.device_name.clone(),

@@ -6,7 +6,8 @@
 //! - [`config`]: what `run` put in the environment (shim socket, split).
 //! - [`tcp`]: `connect()` to a VPN destination, with the far end's answer.
 //! - [`udp`]: UDP to VPN destinations, through a relay per destination.
-//! - [`names`]: `getaddrinfo` for VPN names (fake addresses from `up`).
+//! - [`names`]: `getaddrinfo` for VPN names (fake addresses from `up`),
+//!   and reverse lookups of those addresses (the name back).
 //! - [`state`]: per-descriptor state, through close/dup/close_range.
 //! - [`control`]: one request to `up` on its shim socket.
 //! - [`real`]: the C library's own functions behind the ones exported here.
@@ -279,6 +280,85 @@ pub unsafe extern "C" fn getaddrinfo(
         }
         // SAFETY: passing the program's arguments through.
         unsafe { real(node, service, hints, res) }
+    })
+}
+
+/// # Safety
+/// As `getnameinfo(3)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn getnameinfo(
+    sa: *const Sockaddr,
+    salen: socklen_t,
+    host: *mut c_char,
+    hostlen: socklen_t,
+    serv: *mut c_char,
+    servlen: socklen_t,
+    flags: c_int,
+) -> c_int {
+    guard(libc::EAI_SYSTEM, || {
+        if let Some(config) = config::get() {
+            // SAFETY: the program's arguments, as getnameinfo(3) takes them.
+            let ours = unsafe {
+                names::getnameinfo(config, sa, salen, host, hostlen, serv, servlen, flags)
+            };
+            if let Some(rc) = ours {
+                return rc;
+            }
+        }
+        let real = real_or!(real::GETNAMEINFO, libc::EAI_SYSTEM);
+        // SAFETY: passing the program's arguments through.
+        unsafe { real(sa, salen, host, hostlen, serv, servlen, flags) }
+    })
+}
+
+/// # Safety
+/// As `gethostbyaddr_r(3)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn gethostbyaddr_r(
+    addr: *const c_void,
+    len: socklen_t,
+    af: c_int,
+    ret: *mut libc::hostent,
+    buf: *mut c_char,
+    buflen: size_t,
+    result: *mut *mut libc::hostent,
+    h_errnop: *mut c_int,
+) -> c_int {
+    guard(libc::EIO, || {
+        if let Some(config) = config::get() {
+            // SAFETY: the program's arguments, as gethostbyaddr_r(3) takes them.
+            let ours = unsafe {
+                names::gethostbyaddr_r(config, addr, len, af, ret, buf, buflen, result, h_errnop)
+            };
+            if let Some(rc) = ours {
+                return rc;
+            }
+        }
+        let real = real_or!(real::GETHOSTBYADDR_R, libc::ENOSYS);
+        // SAFETY: passing the program's arguments through.
+        unsafe { real(addr, len, af, ret, buf, buflen, result, h_errnop) }
+    })
+}
+
+/// # Safety
+/// As `gethostbyaddr(3)`: a fake address's answer lives in this thread's
+/// buffer until its next call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn gethostbyaddr(
+    addr: *const c_void,
+    len: socklen_t,
+    af: c_int,
+) -> *mut libc::hostent {
+    guard(std::ptr::null_mut(), || {
+        if let Some(config) = config::get() {
+            // SAFETY: the program's arguments, as gethostbyaddr(3) takes them.
+            if let Some(answer) = unsafe { names::gethostbyaddr(config, addr, len, af) } {
+                return answer;
+            }
+        }
+        let real = real_or!(real::GETHOSTBYADDR, std::ptr::null_mut());
+        // SAFETY: passing the program's arguments through.
+        unsafe { real(addr, len, af) }
     })
 }
 

@@ -93,6 +93,28 @@ pub type Gethostbyname2RFn = unsafe extern "C" fn(
 pub type Gethostbyname2Fn = unsafe extern "C" fn(*const c_char, c_int) -> *mut libc::hostent;
 pub type GethostbynameFn = unsafe extern "C" fn(*const c_char) -> *mut libc::hostent;
 
+pub type GetnameinfoFn = unsafe extern "C" fn(
+    *const sockaddr,
+    socklen_t,
+    *mut c_char,
+    socklen_t,
+    *mut c_char,
+    socklen_t,
+    c_int,
+) -> c_int;
+pub type GethostbyaddrRFn = unsafe extern "C" fn(
+    *const c_void,
+    socklen_t,
+    c_int,
+    *mut libc::hostent,
+    *mut c_char,
+    size_t,
+    *mut *mut libc::hostent,
+    *mut c_int,
+) -> c_int;
+pub type GethostbyaddrFn =
+    unsafe extern "C" fn(*const c_void, socklen_t, c_int) -> *mut libc::hostent;
+
 pub static CONNECT: Real<ConnectFn> = Real::new(c"connect");
 pub static GETPEERNAME: Real<NameFn> = Real::new(c"getpeername");
 pub static GETSOCKOPT: Real<GetsockoptFn> = Real::new(c"getsockopt");
@@ -112,3 +134,6 @@ pub static GETHOSTBYNAME: Real<GethostbynameFn> = Real::new(c"gethostbyname");
 pub static RECVFROM: Real<RecvfromFn> = Real::new(c"recvfrom");
 pub static RECVMSG: Real<RecvmsgFn> = Real::new(c"recvmsg");
 pub static RECVMMSG: Real<RecvmmsgFn> = Real::new(c"recvmmsg");
+pub static GETNAMEINFO: Real<GetnameinfoFn> = Real::new(c"getnameinfo");
+pub static GETHOSTBYADDR_R: Real<GethostbyaddrRFn> = Real::new(c"gethostbyaddr_r");
+pub static GETHOSTBYADDR: Real<GethostbyaddrFn> = Real::new(c"gethostbyaddr");

@@ -8,6 +8,9 @@ use std::sync::Mutex;
 
 static TOLD: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 
+/// Why, when `up` did not answer the shim socket.
+pub const NOT_RUNNING: &str = "shimgate up is not running (start it with `shimgate up`)";
+
 pub fn refused(what: &str, why: &str) {
     // SAFETY: isatty on a descriptor number.
     if unsafe { libc::isatty(2) } != 1 {

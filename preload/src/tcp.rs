@@ -121,10 +121,7 @@ pub fn connect(config: &Config, fd: c_int, to: SocketAddr) -> Result<(), c_int> 
         Err(_) => {
             disconnect(fd);
             restore();
-            say::refused(
-                &to.to_string(),
-                "shimgate up is not running (start it with `shimgate up`)",
-            );
+            say::refused(&to.to_string(), say::NOT_RUNNING);
             return Err(libc::ECONNREFUSED);
         }
     };
@@ -209,10 +206,15 @@ fn settle(flow: &mut Flow) -> Option<c_int> {
 /// A refusal's errno as `up` sent it, if it is one (`0` would read as
 /// success); otherwise `ECONNREFUSED`.
 fn refusal(errno: c_int) -> c_int {
+    refusal_or(errno, libc::ECONNREFUSED)
+}
+
+/// `errno` as `up` sent it, if it is one; otherwise `fallback`.
+pub fn refusal_or(errno: c_int, fallback: c_int) -> c_int {
     if (1..4096).contains(&errno) {
         errno
     } else {
-        libc::ECONNREFUSED
+        fallback
     }
 }
 

@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::control::{Control, errno};
 use crate::proto::{Reply, Request};
 use crate::state::{Table, Tracked, file_of};
-use crate::tcp::{int_option, local_addr};
+use crate::tcp::{int_option, local_addr, refusal_or};
 use crate::{say, sockaddr};
 
 /// The UDP sockets with relays.
@@ -119,21 +119,14 @@ pub fn relay_for(config: &Config, fd: c_int, to: SocketAddr) -> Result<SocketAdd
         from: sockaddr::unmapped(from),
     };
     let Ok(control) = Control::send(&config.socket, &request) else {
-        say::refused(
-            &to.to_string(),
-            "shimgate up is not running (start it with `shimgate up`)",
-        );
+        say::refused(&to.to_string(), say::NOT_RUNNING);
         return Err(libc::ENETUNREACH);
     };
     let relay = match control.answer(ANSWER_WAIT) {
         Ok(Some(Reply::Relay(r))) => r,
         Ok(Some(Reply::Refused { errno, reason })) => {
             say::refused(&to.to_string(), &reason);
-            return Err(if (1..4096).contains(&errno) {
-                errno
-            } else {
-                libc::ENETUNREACH
-            });
+            return Err(refusal_or(errno, libc::ENETUNREACH));
         }
         _ => return Err(libc::ENETUNREACH),
     };

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use shimgate_host::files;
+use shimgate_wire::control::{Exports, PeerProto};
 
 #[derive(Clone, Debug)]
 pub struct ConfigDir(PathBuf);
@@ -126,10 +127,40 @@ pub struct DeviceConfig {
     pub exports: Vec<Export>,
 }
 
-/// One `[[export]]` entry.
+/// One `[[export]]` entry: `port = 8000`, and `proto = "udp"` for a UDP
+/// service (TCP when absent).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Export {
     pub port: u16,
+    #[serde(default, skip_serializing_if = "PeerProto::is_tcp")]
+    pub proto: PeerProto,
+}
+
+impl std::str::FromStr for Export {
+    type Err = String;
+
+    /// `8000` (TCP), `8000/tcp` or `5353/udp`.
+    fn from_str(s: &str) -> Result<Export, String> {
+        let (port, proto) = match s.split_once('/') {
+            None => (s, PeerProto::Tcp),
+            Some((port, "tcp")) => (port, PeerProto::Tcp),
+            Some((port, "udp")) => (port, PeerProto::Udp),
+            Some(_) => return Err(format!("{s:?}: the protocol after '/' is tcp or udp")),
+        };
+        match port.parse::<u16>() {
+            Ok(0) => Err("port 0 cannot be exported: give the port your service listens on".into()),
+            Ok(port) => Ok(Export { port, proto }),
+            Err(_) => Err(format!(
+                "{s:?} is not PORT or PORT/udp (e.g. 8000, 5353/udp)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Export {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.port, self.proto)
+    }
 }
 
 pub fn default_peer_listen() -> SocketAddr {
@@ -158,17 +189,23 @@ impl DeviceConfig {
         })
     }
 
-    /// The exported ports, sorted, without duplicates or 0.
-    pub fn export_ports(&self) -> Vec<u16> {
-        let mut ports: Vec<u16> = self
-            .exports
-            .iter()
-            .map(|e| e.port)
-            .filter(|p| *p != 0)
-            .collect();
-        ports.sort_unstable();
-        ports.dedup();
-        ports
+    /// The exported ports by transport, sorted, without duplicates or 0.
+    pub fn export_ports(&self) -> Exports {
+        let of = |proto: PeerProto| {
+            let mut ports: Vec<u16> = self
+                .exports
+                .iter()
+                .filter(|e| e.proto == proto && e.port != 0)
+                .map(|e| e.port)
+                .collect();
+            ports.sort_unstable();
+            ports.dedup();
+            ports
+        };
+        Exports {
+            tcp: of(PeerProto::Tcp),
+            udp: of(PeerProto::Udp),
+        }
     }
 
     /// Written 0600: it may hold the SOCKS password.

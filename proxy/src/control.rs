@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
-use shimgate_wire::control::{self, CONTROL_PATH, Decoder, DeviceMsg, GatewayMsg};
+use shimgate_wire::control::{self, CONTROL_PATH, Decoder, DeviceMsg, Exports, GatewayMsg};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -93,10 +93,12 @@ async fn session(
     let (response, mut stream) = ready.send_request(req, false).map_err(|e| failed(&e))?;
     let announce = |peers: &Peers| {
         let (listen_port, addrs) = listener.endpoints();
+        let exports = peers.exports();
         DeviceMsg::Announce {
             listen_port,
             addrs,
-            exports: peers.exports(),
+            exports: exports.tcp,
+            udp_exports: exports.udp,
         }
     };
     let write = |stream: &mut h2::SendStream<Bytes>, msg: &DeviceMsg| {
@@ -113,7 +115,7 @@ async fn session(
             response.status()
         )));
     }
-    tracing::info!(exports = ?peers.exports(), listen_port = listener.endpoints().0, "control stream up: online for peer sessions");
+    tracing::info!(exports = %peers.exports(), listen_port = listener.endpoints().0, "control stream up: online for peer sessions");
     let mut body = response.into_body();
     let mut decoder = Decoder::default();
     loop {
@@ -139,7 +141,7 @@ async fn session(
             }
             changed = exports.changed() => {
                 if peers.set_exports(changed) {
-                    tracing::info!(exports = ?peers.exports(), "exports changed");
+                    tracing::info!(exports = %peers.exports(), "exports changed");
                     if let Err(e) = listener.follow_exports() {
                         tracing::error!(error = %e, "cannot open the peer listener: peers reach this device through the gateway's relay only");
                     }
@@ -165,11 +167,12 @@ fn on_message(
             from,
             from_user,
             port,
+            proto,
             expires_in_ms,
         } => {
-            tracing::info!(%from, user = %from_user, port, %session, "peer session offered");
+            tracing::info!(%from, user = %from_user, port, %proto, %session, "peer session offered");
             Some(
-                match peers.offered(session, key, from, port, expires_in_ms) {
+                match peers.offered(session, key, from, (port, proto), expires_in_ms) {
                     Ok(()) => DeviceMsg::Accept { session },
                     Err(e) => DeviceMsg::Decline {
                         session,
@@ -208,7 +211,7 @@ impl ExportsWatch {
     }
 
     /// Resolves with the exports once config.toml has changed (cancel-safe).
-    async fn changed(&mut self) -> Vec<u16> {
+    async fn changed(&mut self) -> Exports {
         loop {
             self.tick.tick().await;
             let now = modified(&self.dir);

@@ -19,12 +19,13 @@ use std::sync::Mutex;
 
 use ipnet::{Ipv4Net, Ipv6Net};
 use shimgate_wire::dest::Host;
+use shimgate_wire::shimsock;
 
-pub const FAKE_V4: Ipv4Net = match Ipv4Net::new(Ipv4Addr::new(198, 18, 0, 0), 15) {
+pub const FAKE_V4: Ipv4Net = match Ipv4Net::new(shimsock::FAKE_V4.0, shimsock::FAKE_V4.1) {
     Ok(n) => n,
     Err(_) => panic!("a /15 is a valid prefix"),
 };
-pub const FAKE_V6: Ipv6Net = match Ipv6Net::new(Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 0), 48) {
+pub const FAKE_V6: Ipv6Net = match Ipv6Net::new(shimsock::FAKE_V6.0, shimsock::FAKE_V6.1) {
     Ok(n) => n,
     Err(_) => panic!("a /48 is a valid prefix"),
 };
@@ -149,13 +150,7 @@ fn addrs(i: usize) -> (Ipv4Addr, Ipv6Addr) {
     (v4, v6)
 }
 
-/// Whether `ip` is in a fake range (IPv4-mapped IPv6 read as IPv4).
-pub fn is_fake(ip: IpAddr) -> bool {
-    match unmapped(ip) {
-        IpAddr::V4(v4) => FAKE_V4.contains(&v4),
-        IpAddr::V6(v6) => FAKE_V6.contains(&v6),
-    }
-}
+pub use shimgate_wire::shimsock::is_fake;
 
 fn unmapped(ip: IpAddr) -> IpAddr {
     match ip {

@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 
+use shimgate_wire::control::PeerProto;
 use shimgate_wire::dest::Destination;
 use shimgate_wire::origin::Origin;
 use shimgate_wire::splice;
@@ -38,7 +39,7 @@ pub async fn open(
     if let Some(peer) = peers.destination(dest.host()) {
         let port = dest.port();
         let opened = match pool.sender(slot).await {
-            Ok(send) => peers.dial(send, &peer, port).await,
+            Ok(send) => peers.dial(send, &peer, port, PeerProto::Tcp).await,
             Err(e) => Err(e),
         };
         return match opened {

@@ -10,7 +10,10 @@
 //! ([`crate::control`]) and wait in [`Peers::offers`] until the
 //! requester's handshake claims them (once: the entry is removed on first
 //! use) or they expire. A claimed session is spliced to `127.0.0.1:PORT`,
-//! and only for ports this device exports.
+//! and only for ports this device exports. A UDP session (`export
+//! 5353/udp`) carries one datagram per link frame between the requester's
+//! program and a UDP socket connected to `127.0.0.1:PORT`
+//! ([`Peers::run_datagrams`]).
 //!
 //! Every live link is in [`Peers::links`], so `shimgate peers` can show it
 //! and a revocation can cut it.
@@ -27,8 +30,8 @@ use http::{Method, Request};
 use serde::{Deserialize, Serialize};
 use shimgate_host::{clock, files};
 use shimgate_wire::control::{
-    DeviceMsg, Grant, PeerPath, RELAY_PATH, SESSION_HEADER, SESSION_PATH, SessionId, SessionKey,
-    SessionRequest,
+    DeviceMsg, Exports, Grant, PeerPath, PeerProto, RELAY_PATH, SESSION_HEADER, SESSION_PATH,
+    SessionId, SessionKey, SessionRequest,
 };
 use shimgate_wire::dest::Host;
 use shimgate_wire::identity::VPN_RANGE;
@@ -36,7 +39,7 @@ use shimgate_wire::peerlink::{self, Link, Prologue};
 use shimgate_wire::tunnel::TunnelError;
 use shimgate_wire::{liveness, splice};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -55,6 +58,8 @@ const STAGGER: Duration = Duration::from_millis(150);
 /// After a direct attempt to a peer failed, new sessions to it go straight
 /// to the relay for this long, then try direct again.
 pub const RETRY_DIRECT: Duration = Duration::from_secs(5);
+/// A UDP session with no datagram from the local side for this long ends.
+pub const UDP_IDLE: Duration = Duration::from_secs(120);
 /// How long a grant request may take (it includes the peer's acceptance).
 const GRANT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -63,6 +68,7 @@ struct Offer {
     key: SessionKey,
     from: String,
     port: u16,
+    proto: PeerProto,
     expires: Instant,
 }
 
@@ -116,7 +122,7 @@ pub struct Peers {
     links: DashMap<u64, LinkEntry>,
     ended: DashMap<String, Totals>,
     next_link: AtomicU64,
-    exports: RwLock<Vec<u16>>,
+    exports: RwLock<Exports>,
     direct_failed: DashMap<String, (Instant, String)>,
     /// Reports for the gateway's audit log, sent on the control stream.
     reports: mpsc::Sender<DeviceMsg>,
@@ -128,7 +134,7 @@ impl Peers {
     pub fn new(
         me: &str,
         vpn_domain: &str,
-        exports: Vec<u16>,
+        exports: Exports,
     ) -> (Arc<Peers>, mpsc::Receiver<DeviceMsg>) {
         let (reports, rx) = mpsc::channel(1024);
         let peers = Peers {
@@ -159,7 +165,7 @@ impl Peers {
         }
     }
 
-    pub fn exports(&self) -> Vec<u16> {
+    pub fn exports(&self) -> Exports {
         match self.exports.read() {
             Ok(e) => e.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
@@ -167,7 +173,7 @@ impl Peers {
     }
 
     /// Replaces the exported ports; true if they changed.
-    pub fn set_exports(&self, ports: Vec<u16>) -> bool {
+    pub fn set_exports(&self, ports: Exports) -> bool {
         let mut guard = match self.exports.write() {
             Ok(e) => e,
             Err(poisoned) => poisoned.into_inner(),
@@ -177,17 +183,19 @@ impl Peers {
         changed
     }
 
-    /// The gateway offered a session: keep it if the port is exported (or
-    /// is 0, a ping). Returns the reason to decline otherwise.
+    /// The gateway offered a session: keep it if the port is exported over
+    /// `proto` (or is 0, a ping, over TCP). Returns the reason to decline
+    /// otherwise.
     pub fn offered(
         &self,
         session: SessionId,
         key: SessionKey,
         from: String,
-        port: u16,
+        (port, proto): (u16, PeerProto),
         expires_in_ms: u64,
     ) -> Result<(), TunnelError> {
-        if port != 0 && !self.exports().contains(&port) {
+        let ping = port == 0 && proto == PeerProto::Tcp;
+        if !ping && !self.exports().contains(proto, port) {
             return Err(TunnelError::Refused);
         }
         let now = Instant::now();
@@ -199,6 +207,7 @@ impl Peers {
                 key,
                 from,
                 port,
+                proto,
                 expires: now + ttl,
             },
         );
@@ -218,16 +227,18 @@ impl Peers {
         }
     }
 
-    /// Asks the gateway for a session with `peer` on `port`, then connects
-    /// directly or through the relay and runs the handshake.
+    /// Asks the gateway for a session with `peer` on `port` over `proto`,
+    /// then connects directly or through the relay and runs the handshake.
     pub async fn dial(
         &self,
         send: SendRequest<Bytes>,
         peer: &str,
         port: u16,
+        proto: PeerProto,
     ) -> Result<Opened, TunnelError> {
         let asked = Instant::now();
-        let grant = tokio::time::timeout(GRANT_TIMEOUT, request_grant(send.clone(), peer, port))
+        let grant = request_grant(send.clone(), peer, port, proto);
+        let grant = tokio::time::timeout(GRANT_TIMEOUT, grant)
             .await
             .map_err(|_| TunnelError::TimedOut)??;
         let prologue = Prologue {
@@ -235,6 +246,7 @@ impl Peers {
             initiator: &self.me,
             responder: &grant.peer,
             port,
+            proto,
         };
         let recent_failure = self
             .direct_failed
@@ -320,16 +332,94 @@ impl Peers {
             splice::reset(rd, wr);
         }
         self.untrack(id);
+        self.report_end(side, opened.session, opened.path, opened.why, &entry);
+        result
+    }
+
+    /// Carries datagrams between `sock` (a UDP socket connected to the one
+    /// program socket or service it serves) and an opened UDP session, one
+    /// link frame per datagram, until the peer closes the link, `until`
+    /// resolves (the requester's program closed its socket), nothing moves
+    /// for [`UDP_IDLE`], or the peer is cut.
+    pub async fn run_datagrams(
+        &self,
+        sock: &UdpSocket,
+        opened: Opened,
+        side: Side,
+        port: u16,
+        until: impl std::future::Future<Output = ()>,
+    ) -> Result<(), peerlink::LinkError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let Opened {
+            link,
+            session,
+            peer,
+            path,
+            why,
+            ..
+        } = opened;
+        let (id, entry) = self.track(&peer, port, path, why.clone(), side);
+        let Link {
+            mut reader,
+            mut writer,
+        } = link;
+        let mut buf = vec![0u8; shimgate_wire::datagram::MAX_PAYLOAD];
+        let (sent, received, cut) = (&entry.0, &entry.1, &entry.2);
+        tokio::pin!(until);
+        let result = loop {
+            tokio::select! {
+                got = tokio::time::timeout(UDP_IDLE, sock.recv(&mut buf)) => match got {
+                    Err(_) => break writer.close().await,
+                    // ECONNREFUSED: an earlier datagram met a closed port.
+                    Ok(Err(_)) => {}
+                    Ok(Ok(n)) => {
+                        let Some(datagram) = buf.get(..n) else { continue };
+                        if let Err(e) = writer.send(datagram).await {
+                            break Err(e);
+                        }
+                        sent.fetch_add(n as u64, Relaxed);
+                    }
+                },
+                frame = reader.recv() => match frame {
+                    Ok(Some(datagram)) => {
+                        if sock.send(datagram).await.is_ok() {
+                            received.fetch_add(datagram.len() as u64, Relaxed);
+                        }
+                    }
+                    Ok(None) => break Ok(()),
+                    Err(e) => break Err(e),
+                },
+                () = &mut until => break writer.close().await,
+                () = cut.cancelled() => break Err(peerlink::LinkError::Io(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "peer link cut: the peer is no longer on the VPN",
+                ))),
+            }
+        };
+        self.untrack(id);
+        self.report_end(side, session, path, why, &entry);
+        result
+    }
+
+    /// Reports an ended link for the gateway's audit log, when this side
+    /// started it.
+    fn report_end(
+        &self,
+        side: Side,
+        session: SessionId,
+        path: PeerPath,
+        why: Option<String>,
+        (sent, received, _): &(Arc<AtomicU64>, Arc<AtomicU64>, CancellationToken),
+    ) {
         if side == Side::Requester {
             let _ = self.reports.try_send(DeviceMsg::Ended {
-                session: opened.session,
-                path: opened.path,
-                sent: entry.0.load(Ordering::Relaxed),
-                received: entry.1.load(Ordering::Relaxed),
-                why: opened.why,
+                session,
+                path,
+                sent: sent.load(Ordering::Relaxed),
+                received: received.load(Ordering::Relaxed),
+                why,
             });
         }
-        result
     }
 
     /// Registers a live link; returns its id, counters and cut switch.
@@ -447,6 +537,7 @@ impl Peers {
             initiator: &offer.from,
             responder: &self.me,
             port: offer.port,
+            proto: offer.proto,
         };
         let link = match peerlink::respond(rd, wr, offer.key.bytes(), &prologue).await {
             Ok(l) => l,
@@ -463,17 +554,10 @@ impl Peers {
             }
             return self.untrack(id);
         }
-        if !self.exports().contains(&offer.port) {
-            return tracing::info!(peer = %offer.from, port = offer.port, "port no longer exported: closing");
+        if !self.exports().contains(offer.proto, offer.port) {
+            return tracing::info!(peer = %offer.from, port = offer.port, proto = %offer.proto, "port no longer exported: closing");
         }
-        let local = match TcpStream::connect((Ipv4Addr::LOCALHOST, offer.port)).await {
-            Ok(s) => s,
-            Err(e) => {
-                return tracing::warn!(port = offer.port, error = %e, "exported service not reachable on 127.0.0.1");
-            }
-        };
-        let _ = local.set_nodelay(true);
-        let opened = Opened {
+        let opened = |link| Opened {
             link,
             session,
             peer: offer.from.clone(),
@@ -482,7 +566,37 @@ impl Peers {
             why: None,
             asked: Instant::now(),
         };
-        match self.run(local, opened, Side::Exporter, offer.port).await {
+        if offer.proto == PeerProto::Udp {
+            let service = SocketAddr::from((Ipv4Addr::LOCALHOST, offer.port));
+            let sock = match UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await {
+                Ok(s) if s.connect(service).await.is_ok() => s,
+                _ => {
+                    return tracing::warn!(
+                        port = offer.port,
+                        "no UDP socket for an exported service"
+                    );
+                }
+            };
+            let never = std::future::pending();
+            let ended = self
+                .run_datagrams(&sock, opened(link), Side::Exporter, offer.port, never)
+                .await;
+            if let Err(e) = ended {
+                tracing::info!(peer = %offer.from, error = %e, "peer udp session ended with an error");
+            }
+            return;
+        }
+        let local = match TcpStream::connect((Ipv4Addr::LOCALHOST, offer.port)).await {
+            Ok(s) => s,
+            Err(e) => {
+                return tracing::warn!(port = offer.port, error = %e, "exported service not reachable on 127.0.0.1");
+            }
+        };
+        let _ = local.set_nodelay(true);
+        match self
+            .run(local, opened(link), Side::Exporter, offer.port)
+            .await
+        {
             Ok(m) => {
                 tracing::debug!(peer = %offer.from, sent = m.sent, received = m.received, "peer session closed")
             }
@@ -650,15 +764,17 @@ async fn connect_direct(endpoints: &[SocketAddr]) -> Result<TcpStream, String> {
 }
 
 /// `POST /v1/peer/session`: the gateway's grant for a session with `peer`
-/// on `port`, or why not.
+/// on `port` over `proto`, or why not.
 pub async fn request_grant(
     send: SendRequest<Bytes>,
     peer: &str,
     port: u16,
+    proto: PeerProto,
 ) -> Result<Grant, TunnelError> {
     let body = serde_json::to_vec(&SessionRequest {
         peer: peer.to_owned(),
         port,
+        proto,
     })
     .map_err(|_| TunnelError::General)?;
     let req = Request::builder()
@@ -782,7 +898,7 @@ mod tests {
 
     #[test]
     fn peer_destinations() {
-        let (p, _) = Peers::new("alice", "vpn.internal", vec![]);
+        let (p, _) = Peers::new("alice", "vpn.internal", Exports::default());
         let peer = |h: &str| p.destination(&Host::parse(h).unwrap());
         assert_eq!(peer("bob.vpn.internal").as_deref(), Some("bob"));
         assert_eq!(peer("BOB.VPN.Internal.").as_deref(), Some("bob"));
@@ -798,26 +914,31 @@ mod tests {
 
     #[test]
     fn offers_only_for_exported_ports() {
-        let (p, _) = Peers::new("bob", "vpn.internal", vec![8000]);
+        let exports = Exports {
+            tcp: vec![8000],
+            udp: vec![5353],
+        };
+        let (p, _) = Peers::new("bob", "vpn.internal", exports);
         let id = SessionId([1; 16]);
-        assert!(
-            p.offered(
-                id,
-                SessionKey::random().unwrap(),
-                "alice".into(),
-                8000,
-                1000
-            )
-            .is_ok()
-        );
-        assert!(
-            p.offered(id, SessionKey::random().unwrap(), "alice".into(), 0, 1000)
-                .is_ok()
-        );
-        assert_eq!(
-            p.offered(id, SessionKey::random().unwrap(), "alice".into(), 22, 1000),
-            Err(TunnelError::Refused)
-        );
+        let offer = |port: u16, proto: PeerProto| {
+            let key = SessionKey::random().unwrap();
+            p.offered(id, key, "alice".into(), (port, proto), 1000)
+        };
+        assert!(offer(8000, PeerProto::Tcp).is_ok());
+        assert!(offer(0, PeerProto::Tcp).is_ok(), "a ping");
+        assert!(offer(5353, PeerProto::Udp).is_ok());
+        for (port, proto) in [
+            (22, PeerProto::Tcp),
+            (5353, PeerProto::Tcp),
+            (8000, PeerProto::Udp),
+            (0, PeerProto::Udp),
+        ] {
+            assert_eq!(
+                offer(port, proto),
+                Err(TunnelError::Refused),
+                "{port}/{proto}"
+            );
+        }
     }
 
     #[test]

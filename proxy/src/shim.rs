@@ -12,7 +12,7 @@
 //! program from `/proc`), and logged with every flow. The socket is in the
 //! config directory (0700), created 0600: only the device's user can use it.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -287,6 +287,9 @@ impl Shim {
                 let reply = self.resolve(&name, &asker).await;
                 let _ = answer(&mut stream, &reply).await;
             }
+            Request::Name { addr } => {
+                let _ = answer(&mut stream, &self.name(addr, &asker)).await;
+            }
             Request::Connect { to, from } => self.connect(stream, to, from, &asker).await,
             Request::Udp { to, from } => self.udp(stream, to, from, &asker).await,
         }
@@ -367,6 +370,19 @@ impl Shim {
                     errno: libc::EAGAIN,
                     reason: e.to_string(),
                 }
+            }
+        }
+    }
+
+    /// A reverse lookup: the VPN name a fake address stands for, from the
+    /// map alone (this user's programs were handed it already), or
+    /// `noname` for any other address.
+    fn name(&self, addr: IpAddr, asker: &Asker) -> Reply {
+        match self.fake.name_of(addr) {
+            Some(name) => Reply::Name(name),
+            None => {
+                tracing::debug!(%addr, pid = ?asker.pid, program = ?asker.program, "no name for the address");
+                Reply::NoName
             }
         }
     }
@@ -471,10 +487,6 @@ impl Shim {
     /// program closes its socket.
     async fn udp(&self, mut stream: UnixStream, to: SocketAddr, from: SocketAddr, asker: &Asker) {
         let bound = match self.destination(to) {
-            Ok(dest) if self.peers.destination(dest.host()).is_some() => Err((
-                TunnelError::NetworkUnreachable,
-                "UDP to peer devices is not carried yet".to_owned(),
-            )),
             Ok(dest) => match crate::shimudp::bind(from).await {
                 Ok(relay) => Ok((dest, relay)),
                 Err(e) => Err((e, e.to_string())),
@@ -503,7 +515,7 @@ impl Shim {
         let origin = asker.origin();
         tracing::info!(%dest, shim = "socket", uid = ?asker.uid, pid = ?asker.pid, program = %asker.program.as_deref().unwrap_or("?"), proto = "udp", "flow");
         let _counted = Counts::open(&self.counts.udp_open, &self.counts.udp_total);
-        crate::shimudp::run(relay, stream, dest, &self.pool, &origin).await;
+        crate::shimudp::run(relay, stream, dest, &self.pool, &self.peers, &origin).await;
     }
 }
 

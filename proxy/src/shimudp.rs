@@ -10,13 +10,19 @@
 //! a connected UDP socket is simply connected to its relay, and reads and
 //! writes need no interception.
 //!
+//! A destination on another device (`bob.vpn.internal:5353`, a VPN IP)
+//! goes over a UDP peer session instead ([`crate::peer::Peers::run_datagrams`],
+//! one link frame per datagram), direct or relayed as TCP sessions are.
+//!
 //! A relay lasts as long as the shim socket connection that asked for it
 //! (the library closes it with the program's socket). The gateway forgets
-//! an idle association; the next datagram opens a new one.
+//! an idle association, and a peer session ends when idle; the next
+//! datagram opens a new one.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use bytes::Bytes;
+use shimgate_wire::control::PeerProto;
 use shimgate_wire::datagram::{self, Decoder};
 use shimgate_wire::dest::Destination;
 use shimgate_wire::origin::Origin;
@@ -24,8 +30,13 @@ use shimgate_wire::splice;
 use shimgate_wire::tunnel::TunnelError;
 use tokio::io::AsyncReadExt;
 use tokio::net::{UdpSocket, UnixStream};
+use tokio_util::sync::CancellationToken;
 
+use crate::peer::{Peers, Side};
 use crate::pool::Pool;
+
+/// Between two failed attempts to open a peer session, at least this.
+const PEER_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Binds a relay for the program's socket at `program` (a loopback address).
 pub async fn bind(program: SocketAddr) -> Result<UdpSocket, TunnelError> {
@@ -53,8 +64,19 @@ pub async fn run(
     mut control: UnixStream,
     dest: Destination,
     pool: &Pool,
+    peers: &Peers,
     origin: &Origin,
 ) {
+    if let Some(peer) = peers.destination(dest.host()) {
+        let stop = CancellationToken::new();
+        let carry = to_peer(relay, dest, peer, pool, peers, stop.clone());
+        tokio::pin!(carry);
+        tokio::select! {
+            () = &mut carry => return,
+            () = closed(&mut control) => stop.cancel(),
+        }
+        return carry.await;
+    }
     let mut association: Option<(h2::RecvStream, h2::SendStream<Bytes>)> = None;
     let mut decoder = Decoder::default();
     let mut buf = vec![0u8; datagram::MAX_PAYLOAD + 1];
@@ -121,4 +143,53 @@ pub async fn run(
         let _ = up.send_data(Bytes::new(), true);
     }
     tracing::debug!(%dest, why, sent, received, "socket shim udp relay closed");
+}
+
+/// Resolves once `control` (the shim socket connection) closes.
+async fn closed(control: &mut UnixStream) {
+    let mut sink = [0u8; 64];
+    while let Ok(1..) = control.read(&mut sink).await {}
+}
+
+/// Carries datagrams between `relay` and a UDP service `peer` exports, over
+/// a peer session opened now and again whenever the last one ended (idle,
+/// or the peer went away) and the program sends again, until `stop`.
+pub(crate) async fn to_peer(
+    relay: UdpSocket,
+    dest: Destination,
+    peer: String,
+    pool: &Pool,
+    peers: &Peers,
+    stop: CancellationToken,
+) {
+    let port = dest.port();
+    loop {
+        let opened = match pool.sender(pool.pick()).await {
+            Ok(send) => peers.dial(send, &peer, port, PeerProto::Udp).await,
+            Err(e) => Err(e),
+        };
+        match opened {
+            Ok(opened) => {
+                tracing::debug!(peer = %opened.peer, port, path = %opened.path, "peer udp session open");
+                let ended = peers
+                    .run_datagrams(&relay, opened, Side::Requester, port, stop.cancelled())
+                    .await;
+                if let Err(e) = ended {
+                    tracing::info!(%dest, error = %e, "peer udp session ended");
+                }
+            }
+            Err(e) => {
+                tracing::info!(%dest, reason = %e, "no peer udp session; datagrams dropped until the next try");
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(PEER_RETRY) => {}
+                }
+            }
+        }
+        // Open the next session when the program sends again.
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = relay.readable() => {}
+        }
+    }
 }

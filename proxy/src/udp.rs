@@ -9,8 +9,14 @@
 //! client's port. Fragments (FRAG ≠ 0) and malformed headers are dropped.
 //! The association ends with its TCP connection, or when the gateway ends
 //! the stream (the TCP connection is then closed, so the client knows).
+//!
+//! Datagrams to another device's UDP export go over peer sessions instead:
+//! each such destination gets a loopback relay socket, as a program's
+//! socket does under the socket shim ([`crate::shimudp::to_peer`]), which
+//! the association reaches from one inner loopback socket.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
 
 use bytes::{Bytes, BytesMut};
 use fast_socks5::server::Socks5ServerProtocol;
@@ -25,10 +31,56 @@ use shimgate_wire::splice;
 use shimgate_wire::tunnel::TunnelError;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpStream, UdpSocket};
+use tokio_util::sync::CancellationToken;
 
 use crate::client;
 use crate::peer::Peers;
 use crate::pool::Pool;
+
+/// Most peer destinations one association may have at once.
+const MAX_PEER_DESTINATIONS: usize = 64;
+
+/// An association's peer destinations: a relay per destination (each
+/// carried by [`crate::shimudp::to_peer`]), reached from `inner`.
+struct PeerRelays {
+    inner: Option<UdpSocket>,
+    relay_of: HashMap<Destination, SocketAddr>,
+    dest_of: HashMap<SocketAddr, Destination>,
+    stop: CancellationToken,
+}
+
+impl PeerRelays {
+    /// Where datagrams for `dest` go; a new relay (and the work that
+    /// carries it, to add to the association's) for a destination seen
+    /// first.
+    async fn relay_for(&mut self, dest: &Destination) -> Option<(SocketAddr, Option<UdpSocket>)> {
+        if let Some(relay) = self.relay_of.get(dest) {
+            return Some((*relay, None));
+        }
+        if self.relay_of.len() >= MAX_PEER_DESTINATIONS {
+            return None;
+        }
+        if self.inner.is_none() {
+            self.inner = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await.ok();
+        }
+        let inner = self.inner.as_ref()?.local_addr().ok()?;
+        let relay = crate::shimudp::bind(inner).await.ok()?;
+        let addr = relay.local_addr().ok()?;
+        self.relay_of.insert(dest.clone(), addr);
+        self.dest_of.insert(addr, dest.clone());
+        Some((addr, Some(relay)))
+    }
+
+    /// The next answer from a peer: its destination and payload.
+    async fn recv<'b>(&self, buf: &'b mut [u8]) -> Option<(Destination, &'b [u8])> {
+        let Some(inner) = &self.inner else {
+            return std::future::pending().await;
+        };
+        let (n, from) = inner.recv_from(buf).await.ok()?;
+        let dest = self.dest_of.get(&from)?.clone();
+        Some((dest, buf.get(..n)?))
+    }
+}
 
 /// Who may send to the relay.
 struct Client {
@@ -98,7 +150,15 @@ pub(crate) async fn associate(
     tracing::debug!(%peer, relay = %bound, "udp association open");
     let mut decoder = Decoder::default();
     let mut buf = vec![0u8; datagram::MAX_PAYLOAD + 512];
+    let mut from_peer = vec![0u8; datagram::MAX_PAYLOAD];
     let mut sink = [0u8; 64];
+    let mut to_peers = PeerRelays {
+        inner: None,
+        relay_of: HashMap::new(),
+        dest_of: HashMap::new(),
+        stop: CancellationToken::new(),
+    };
+    let mut carriers = futures::stream::FuturesUnordered::new();
     let why = loop {
         tokio::select! {
             // The client's TCP connection: its end is the association's end.
@@ -116,8 +176,18 @@ pub(crate) async fn associate(
                     tracing::debug!(%from, "malformed or fragmented socks datagram dropped");
                     continue;
                 };
-                if peers.destination(dest.host()).is_some() {
-                    tracing::info!(%dest, "udp to peer devices is not carried yet: dropped");
+                if let Some(device) = peers.destination(dest.host()) {
+                    let Some((relay, new)) = to_peers.relay_for(&dest).await else {
+                        tracing::info!(%dest, "no relay for another peer destination: dropped");
+                        continue;
+                    };
+                    if let Some(new) = new {
+                        let stop = to_peers.stop.clone();
+                        carriers.push(crate::shimudp::to_peer(new, dest.clone(), device, pool, peers, stop));
+                    }
+                    if let Some(inner) = &to_peers.inner {
+                        let _ = inner.send_to(&payload, relay).await;
+                    }
                     continue;
                 }
                 let Ok(frame) = datagram::encode(&dest, &payload) else { continue };
@@ -125,6 +195,12 @@ pub(crate) async fn associate(
                     break "the gateway's stream failed";
                 }
             }
+            Some((from, payload)) = to_peers.recv(&mut from_peer) => {
+                if let Some(to) = client.addr() {
+                    let _ = relay.send_to(&socks_header(&from, payload), to).await;
+                }
+            }
+            _ = futures::StreamExt::next(&mut carriers), if !carriers.is_empty() => {}
             chunk = down.data() => {
                 let chunk = match chunk {
                     None => break "the gateway ended it",
@@ -141,6 +217,9 @@ pub(crate) async fn associate(
         }
     };
     let _ = up.send_data(Bytes::new(), true);
+    // The peer sessions close their links on the way out.
+    to_peers.stop.cancel();
+    while futures::StreamExt::next(&mut carriers).await.is_some() {}
     tracing::debug!(%peer, why, "udp association closed");
     Ok(())
 }

@@ -699,6 +699,7 @@ fn the_gateway_keeps_no_copy_of_a_session_key() {
                 conn.send.clone(),
                 "bob",
                 web.port(),
+                Default::default(),
             ))
             .ok()
         },
@@ -714,6 +715,7 @@ fn the_gateway_keeps_no_copy_of_a_session_key() {
             conn.send.clone(),
             "bob",
             web.port(),
+            Default::default(),
         ))
         .expect("another grant");
     }
@@ -865,4 +867,114 @@ fn a_peer_that_vanishes_mid_transfer_is_noticed() {
         "[e2e] new sessions to bob {:?} after its host came back",
         back.elapsed()
     );
+}
+
+/// UDP to another device: bob exports a UDP echo (`export PORT/udp`), and a
+/// program of alice's started with `shimgate run` exchanges checksummed
+/// datagrams with `bob.vpn.internal` over a peer session, none lost or
+/// altered; the gateway grants it as UDP, and a UDP port bob does not
+/// export is refused.
+#[test]
+fn udp_to_a_peer_export() {
+    let echo = crate::udp::UdpEcho::start();
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("a UDP port bob won't export");
+    let silent_port = silent.local_addr().expect("its address").port();
+    let web = Origin::http(V4, &unique_body("bob's page, for readiness"));
+    let mut gw = Gateway::init(Backend::Sqlite);
+    for port in [echo.addr.port(), silent_port] {
+        gw.allow(
+            "bob.vpn.internal",
+            &["--ports", &port.to_string(), "--proto", "udp"],
+        );
+    }
+    gw.allow("bob.vpn.internal", &["--ports", &web.port().to_string()]);
+    gw.serve();
+    let mut alice = Device::enrolled(&gw, "alice", "alice");
+    let mut bob = Device::enrolled(&gw, "bob", "bob");
+    bob.cli(&["export", &format!("{}/udp", echo.addr.port())])
+        .expect_ok();
+    let out = bob.cli(&["export", &web.port().to_string()]).expect_ok();
+    assert!(
+        out.stdout
+            .contains(&format!("offering 127.0.0.1:{} (UDP)", echo.addr.port())),
+        "{out}"
+    );
+    alice.up();
+    bob.up();
+    wait_peer_ready(&alice, "bob");
+
+    let run = |args: &[&str]| {
+        let mut all = vec!["run", "--", "/usr/bin/python3", "-c"];
+        all.extend_from_slice(args);
+        alice.cli_within(&all, Duration::from_secs(120))
+    };
+    let fake = run(&[crate::shim::GETADDRINFO, "bob.vpn.internal"]);
+    let fake = fake.stdout.trim().to_owned();
+    assert!(
+        fake.starts_with("198.18."),
+        "bob's name under `run`: {fake}"
+    );
+    let port = echo.addr.port().to_string();
+    let out = run(&[crate::shim::UDP_ECHO_CLIENT, &fake, &port, "20000"]);
+    assert!(out.ok(), "the UDP client under `run`: {out}");
+    let words: Vec<&str> = out.stdout.split_whitespace().collect();
+    assert_eq!(
+        words.get(..6),
+        Some(&["20000", "0", "0", "0", "connected", fake.as_str()][..]),
+        "answered, lost, corrupted, from elsewhere, the connected socket's answer, its peer: {out}"
+    );
+    eprintln!(
+        "udp to a peer through the socket shim: {}",
+        out.stdout.trim()
+    );
+    // The same exchange with a port bob does not export: no session, and
+    // so no answer (as a host with nothing on that port would give).
+    const ONE_DATAGRAM: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(2)
+s.sendto(b"anyone?", (sys.argv[1], int(sys.argv[2])))
+try:
+    print("answered", s.recvfrom(100)[0])
+except socket.timeout:
+    print("no answer")
+"#;
+    let out = run(&[ONE_DATAGRAM, &fake, &silent_port.to_string()]);
+    assert_eq!(out.stdout.trim(), "no answer", "{out}");
+    let out = run(&[ONE_DATAGRAM, &fake, &port]);
+    assert!(out.stdout.starts_with("answered"), "{out}");
+
+    // A SOCKS client's UDP ASSOCIATE to the same export, by name: the
+    // answers name bob as their source.
+    use crate::udp::{Association, To};
+    let a = Association::open(alice.socks);
+    for i in 0..200u32 {
+        let payload = format!("datagram {i}");
+        a.send(
+            To::Name("bob.vpn.internal", echo.addr.port()),
+            payload.as_bytes(),
+        );
+        let got = a.recv_named(Duration::from_secs(10));
+        assert_eq!(
+            got,
+            Some((
+                "bob.vpn.internal".to_owned(),
+                echo.addr.port(),
+                payload.into_bytes()
+            )),
+            "answer {i} through UDP ASSOCIATE"
+        );
+    }
+    let audit = poll(
+        "the UDP peer session in the audit log",
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        || {
+            let a = gw.ok(&["audit", "--action", "peer.session", "--limit", "50"]);
+            a.lines()
+                .any(|l| l.contains(&format!("bob:{port}")) && l.contains("proto=udp"))
+                .then_some(a)
+        },
+    );
+    assert!(!audit.is_empty());
 }

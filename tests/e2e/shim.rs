@@ -45,12 +45,57 @@ asyncio.run(main(sys.argv[1], int(sys.argv[2])))
 "#;
 
 /// getaddrinfo(NAME): its first address, or the error's name.
-const GETADDRINFO: &str = r#"
+pub(crate) const GETADDRINFO: &str = r#"
 import socket, sys
 try:
     print(socket.getaddrinfo(sys.argv[1], 80, socket.AF_INET)[0][4][0])
 except socket.gaierror as e:
     print({socket.EAI_NONAME: "EAI_NONAME", socket.EAI_FAIL: "EAI_FAIL", socket.EAI_AGAIN: "EAI_AGAIN"}.get(e.errno, e.errno))
+"#;
+
+/// getnameinfo((ADDR, 80), FLAGS...): `host service`, or the error's name.
+const GETNAMEINFO: &str = r#"
+import socket, sys
+flags = 0
+for f in sys.argv[2:]:
+    flags |= getattr(socket, f)
+try:
+    print(*socket.getnameinfo((sys.argv[1], 80), flags))
+except socket.gaierror as e:
+    print({socket.EAI_NONAME: "EAI_NONAME", socket.EAI_AGAIN: "EAI_AGAIN"}.get(e.errno, e.errno))
+"#;
+
+/// gethostbyaddr(ADDR) (Python calls gethostbyaddr_r): `name aliases
+/// addresses`, or `HOST_NOT_FOUND`.
+const GETHOSTBYADDR: &str = r#"
+import socket, sys
+try:
+    print(*socket.gethostbyaddr(sys.argv[1]))
+except socket.herror as e:
+    print({1: "HOST_NOT_FOUND", 2: "TRY_AGAIN"}.get(e.errno, e.errno))
+"#;
+
+/// The C calls with the program's own buffers (ctypes), for 198.18.0.1:
+/// getnameinfo(NI_NAMEREQD) with a 5-byte and a 64-byte host buffer, then
+/// gethostbyaddr_r with a 16-byte and a 1024-byte buffer (return value,
+/// then h_errno on failure or the name).
+const SMALL_BUFFERS: &str = r#"
+import ctypes, socket, struct
+libc = ctypes.CDLL(None, use_errno=True)
+sa = struct.pack("=H", socket.AF_INET) + struct.pack("!H", 80) + socket.inet_aton("198.18.0.1") + bytes(8)
+out = []
+for room in (5, 64):
+    host, serv = ctypes.create_string_buffer(room), ctypes.create_string_buffer(32)
+    rc = libc.getnameinfo(sa, len(sa), host, room, serv, 32, socket.NI_NAMEREQD)
+    out.append("%d:%s" % (rc, host.value.decode() if rc == 0 else "-"))
+addr = socket.inet_aton("198.18.0.1")
+for room in (16, 1024):
+    ret, buf = ctypes.create_string_buffer(64), ctypes.create_string_buffer(room)
+    result, herr = ctypes.c_void_p(), ctypes.c_int(0)
+    rc = libc.gethostbyaddr_r(addr, 4, socket.AF_INET, ret, buf, ctypes.c_size_t(room), ctypes.byref(result), ctypes.byref(herr))
+    name = ctypes.cast(ctypes.c_void_p.from_buffer(ret).value, ctypes.c_char_p).value.decode() if result.value else "-"
+    out.append("%d:%s" % (rc, name) if result.value else "%d:%d" % (rc, herr.value))
+print(" ".join(out))
 "#;
 
 /// A blocking connect; prints `connected` or the errno's name.
@@ -247,6 +292,88 @@ fn unmodified_programs_reach_the_intranet() {
         out.stdout.trim(),
         "2001:2::1       intranet.corp",
         "getent hosts under `run`: {out}"
+    );
+    // Reverse lookups of a fake address give the name back (from `up`'s
+    // map, not the device's resolver); the service is the C library's.
+    let out = run_shimmed(&dev, &["getent", "hosts", "198.18.0.1"]);
+    assert_eq!(
+        out.stdout.trim(),
+        "198.18.0.1      intranet.corp",
+        "getent hosts of a fake address (gethostbyaddr): {out}"
+    );
+    let out = run_shimmed(&dev, &["getent", "hosts", "2001:2::1"]);
+    assert_eq!(
+        out.stdout.trim(),
+        "2001:2::1       intranet.corp",
+        "getent hosts of a fake IPv6 address: {out}"
+    );
+    let out = run_shimmed(&dev, &["getent", "hosts", "198.18.0.200"]);
+    assert_eq!(
+        (out.code(), out.stdout.trim()),
+        (Some(2), ""),
+        "a fake address `up` never handed out has no name: {out}"
+    );
+    // What the C library calls port 80 (`http`, or `80` without
+    // /etc/services), asked for an address that is not a fake one.
+    let out = run_shimmed(
+        &dev,
+        &[PYTHON, "-c", GETNAMEINFO, "127.0.0.1", "NI_NUMERICHOST"],
+    );
+    let service = out
+        .stdout
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("getnameinfo of 127.0.0.1: {out}"))
+        .to_owned();
+    for (addr, flags, want) in [
+        (
+            "198.18.0.1",
+            &["NI_NAMEREQD"][..],
+            format!("intranet.corp {service}"),
+        ),
+        (
+            "2001:2::1",
+            &["NI_NAMEREQD"][..],
+            format!("intranet.corp {service}"),
+        ),
+        ("198.18.0.1", &[][..], format!("intranet.corp {service}")),
+        (
+            "198.18.0.1",
+            &["NI_NAMEREQD", "NI_NUMERICSERV"][..],
+            "intranet.corp 80".into(),
+        ),
+        (
+            "198.18.0.1",
+            &["NI_NUMERICHOST"][..],
+            format!("198.18.0.1 {service}"),
+        ),
+        ("198.18.0.200", &["NI_NAMEREQD"][..], "EAI_NONAME".into()),
+        ("198.18.0.200", &[][..], format!("198.18.0.200 {service}")),
+    ] {
+        let mut args = vec![PYTHON, "-c", GETNAMEINFO, addr];
+        args.extend_from_slice(flags);
+        let out = run_shimmed(&dev, &args);
+        assert_eq!(
+            out.stdout.trim(),
+            want,
+            "getnameinfo {addr} {flags:?}: {out}"
+        );
+    }
+    let out = run_shimmed(&dev, &[PYTHON, "-c", GETHOSTBYADDR, "198.18.0.1"]);
+    assert_eq!(
+        out.stdout.trim(),
+        "intranet.corp [] ['198.18.0.1']",
+        "gethostbyaddr_r of a fake address: {out}"
+    );
+    let out = run_shimmed(&dev, &[PYTHON, "-c", GETHOSTBYADDR, "198.18.0.200"]);
+    assert_eq!(out.stdout.trim(), "HOST_NOT_FOUND", "{out}");
+    // Too small a buffer: EAI_OVERFLOW (-12); ERANGE (34) with h_errno
+    // NETDB_INTERNAL (-1), then the answer in a big enough one.
+    let out = run_shimmed(&dev, &[PYTHON, "-c", SMALL_BUFFERS]);
+    assert_eq!(
+        out.stdout.trim(),
+        "-12:- 0:intranet.corp 34:-1 0:intranet.corp",
+        "the program's own buffers: {out}"
     );
     assert_eq!(
         local_dns.a_queries(),
@@ -519,7 +646,7 @@ fn static_and_go_programs_are_refused() {
 /// HOST PORT with sendto/recvfrom, then one on a connected socket. Prints
 /// answered, lost, corrupted, answers from elsewhere, the connected
 /// socket's answer and peer, and datagrams/s.
-const UDP_ECHO_CLIENT: &str = r#"
+pub(crate) const UDP_ECHO_CLIENT: &str = r#"
 import hashlib, socket, sys, time
 host, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 def payload(i):

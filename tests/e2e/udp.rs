@@ -24,7 +24,7 @@ pub(crate) struct UdpEcho {
 }
 
 impl UdpEcho {
-    fn start() -> UdpEcho {
+    pub(crate) fn start() -> UdpEcho {
         let sock = UdpSocket::bind("127.0.0.1:0").expect("echo socket");
         let spoofer = UdpSocket::bind("127.0.0.1:0").expect("spoofer socket");
         UdpEcho::on(sock, spoofer)
@@ -65,19 +65,19 @@ impl Drop for UdpEcho {
 }
 
 /// One UDP ASSOCIATE: the TCP control connection and the client's socket.
-struct Association {
+pub(crate) struct Association {
     control: TcpStream,
     sock: UdpSocket,
     relay: SocketAddr,
 }
 
-enum To<'a> {
+pub(crate) enum To<'a> {
     Addr(SocketAddr),
     Name(&'a str, u16),
 }
 
 impl Association {
-    fn open(proxy: SocketAddr) -> Association {
+    pub(crate) fn open(proxy: SocketAddr) -> Association {
         let (reply, control) = request(proxy, socks::UDP_ASSOCIATE, Ipv4Addr::UNSPECIFIED, 0)
             .expect("an answer to UDP ASSOCIATE");
         assert_eq!(
@@ -124,7 +124,7 @@ impl Association {
         p
     }
 
-    fn send(&self, to: To, payload: &[u8]) {
+    pub(crate) fn send(&self, to: To, payload: &[u8]) {
         self.send_raw(&Self::packet(&to, 0, payload));
     }
 
@@ -132,6 +132,21 @@ impl Association {
         self.sock
             .send_to(packet, self.relay)
             .expect("send to the relay");
+    }
+
+    /// The next answer from a source named by name (a peer device): the
+    /// name, port and payload, or `None` after `wait`.
+    pub(crate) fn recv_named(&self, wait: Duration) -> Option<(String, u16, Vec<u8>)> {
+        self.sock.set_read_timeout(Some(wait)).expect("timeout");
+        let mut buf = [0u8; 65536];
+        let (n, from) = self.sock.recv_from(&mut buf).ok()?;
+        assert_eq!(from, self.relay, "an answer from somewhere but the relay");
+        let p = &buf[..n];
+        assert_eq!(&p[..4], &[0, 0, 0, 3], "RSV, FRAG and a name's ATYP");
+        let len = usize::from(p[4]);
+        let name = String::from_utf8(p[5..5 + len].to_vec()).expect("a name");
+        let port = u16::from_be_bytes([p[5 + len], p[6 + len]]);
+        Some((name, port, p[7 + len..].to_vec()))
     }
 
     /// The next answer (its source and payload), or `None` after `wait`.

@@ -44,6 +44,75 @@ pub fn device_in_domain(host: &str, domain: &str) -> Option<String> {
     (!name.is_empty() && !name.contains('.')).then(|| name.to_owned())
 }
 
+/// The transport a peer session carries: a TCP byte stream, or UDP
+/// datagrams (one link frame per datagram). Absent on the wire means TCP,
+/// so a device or gateway that predates UDP reads every message it knew.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerProto {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl PeerProto {
+    pub fn is_tcp(&self) -> bool {
+        *self == PeerProto::Tcp
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerProto::Tcp => "tcp",
+            PeerProto::Udp => "udp",
+        }
+    }
+}
+
+impl fmt::Display for PeerProto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The local ports a device offers other devices, by transport (sorted,
+/// without duplicates or 0).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Exports {
+    pub tcp: Vec<u16>,
+    pub udp: Vec<u16>,
+}
+
+impl Exports {
+    pub fn contains(&self, proto: PeerProto, port: u16) -> bool {
+        match proto {
+            PeerProto::Tcp => self.tcp.contains(&port),
+            PeerProto::Udp => self.udp.contains(&port),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tcp.is_empty() && self.udp.is_empty()
+    }
+}
+
+impl fmt::Display for Exports {
+    /// `8000/tcp 5353/udp`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let all = self
+            .tcp
+            .iter()
+            .map(|p| (p, PeerProto::Tcp))
+            .chain(self.udp.iter().map(|p| (p, PeerProto::Udp)));
+        for (i, (port, proto)) in all.enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            write!(f, "{port}/{proto}")?;
+        }
+        Ok(())
+    }
+}
+
 /// A session's single-use id: 16 random bytes, hex on the wire.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SessionId(pub [u8; 16]);
@@ -174,7 +243,10 @@ pub enum DeviceMsg {
     Announce {
         listen_port: u16,
         addrs: Vec<SocketAddr>,
+        /// TCP ports.
         exports: Vec<u16>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        udp_exports: Vec<u16>,
     },
     /// The device holds the session's key and will answer its handshake.
     Accept { session: SessionId },
@@ -203,6 +275,8 @@ pub enum GatewayMsg {
         from: String,
         from_user: String,
         port: u16,
+        #[serde(default, skip_serializing_if = "PeerProto::is_tcp")]
+        proto: PeerProto,
         expires_in_ms: u64,
     },
     /// Open a relay stream for `session`: the requester could not reach
@@ -219,6 +293,8 @@ pub struct SessionRequest {
     /// A device name, `NAME.<vpn domain>`, or a VPN IP.
     pub peer: String,
     pub port: u16,
+    #[serde(default, skip_serializing_if = "PeerProto::is_tcp")]
+    pub proto: PeerProto,
 }
 
 /// The gateway's answer to a session request.
@@ -329,6 +405,7 @@ mod tests {
             from: "alice".into(),
             from_user: "alice".into(),
             port: 8000,
+            proto: PeerProto::Tcp,
             expires_in_ms: 10_000,
         };
         let wire = encode(&offer).unwrap();
@@ -353,6 +430,35 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn tcp_is_what_a_message_without_a_protocol_means() {
+        let old = r#"{"peer":"bob","port":53}"#;
+        let req: SessionRequest = serde_json::from_str(old).unwrap();
+        assert_eq!(req.proto, PeerProto::Tcp);
+        assert_eq!(
+            serde_json::to_string(&req).unwrap(),
+            old,
+            "TCP is not written"
+        );
+        let udp = SessionRequest {
+            proto: PeerProto::Udp,
+            ..req
+        };
+        let text = serde_json::to_string(&udp).unwrap();
+        assert_eq!(text, r#"{"peer":"bob","port":53,"proto":"udp"}"#);
+        let announce = r#"{"type":"announce","listen_port":1,"addrs":[],"exports":[80]}"#;
+        match serde_json::from_str::<DeviceMsg>(announce).unwrap() {
+            DeviceMsg::Announce { udp_exports, .. } => assert!(udp_exports.is_empty()),
+            other => panic!("{other:?}"),
+        }
+        let both = Exports {
+            tcp: vec![80],
+            udp: vec![53],
+        };
+        assert_eq!(both.to_string(), "80/tcp 53/udp");
+        assert!(both.contains(PeerProto::Udp, 53) && !both.contains(PeerProto::Tcp, 53));
     }
 
     #[test]
@@ -414,12 +520,14 @@ mod tests {
                     any::<u16>(),
                     proptest::collection::vec(addr, 0..=MAX_LIST),
                     proptest::collection::vec(any::<u16>(), 0..=MAX_LIST),
+                    proptest::collection::vec(any::<u16>(), 0..=MAX_LIST),
                 )
-                    .prop_map(|(listen_port, addrs, exports)| {
+                    .prop_map(|(listen_port, addrs, exports, udp_exports)| {
                         DeviceMsg::Announce {
                             listen_port,
                             addrs,
                             exports,
+                            udp_exports,
                         }
                     }),
                 session().prop_map(|session| DeviceMsg::Accept { session }),
@@ -491,6 +599,7 @@ mod tests {
                     from: "alice".into(),
                     from_user: "alice".into(),
                     port,
+                    proto: PeerProto::Udp,
                     expires_in_ms: 1,
                 };
                 let wire = encode(&offer).unwrap();

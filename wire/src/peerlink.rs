@@ -35,8 +35,12 @@ use std::ops::Range;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use zeroize::Zeroizing;
 
+use crate::control::PeerProto;
+
 pub const PATTERN: &str = "Noise_NNpsk0_25519_AESGCM_SHA256";
 const PROLOGUE_TAG: &[u8] = b"shimgate-peer-v1";
+/// A UDP session's tag: a handshake for one transport can't open the other.
+const PROLOGUE_TAG_UDP: &[u8] = b"shimgate-peer-udp-v1";
 /// Length of the session id the initiator sends first.
 pub const SESSION_ID_LEN: usize = 16;
 /// Largest Noise message, and so largest frame body.
@@ -86,12 +90,16 @@ pub struct Prologue<'a> {
     pub initiator: &'a str,
     pub responder: &'a str,
     pub port: u16,
+    pub proto: PeerProto,
 }
 
 impl Prologue<'_> {
     fn bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(64);
-        out.extend_from_slice(PROLOGUE_TAG);
+        out.extend_from_slice(match self.proto {
+            PeerProto::Tcp => PROLOGUE_TAG,
+            PeerProto::Udp => PROLOGUE_TAG_UDP,
+        });
         out.extend_from_slice(&self.session_id);
         for name in [self.initiator, self.responder] {
             // Device names are at most 63 bytes; the length keeps "a"+"bc" and "ab"+"c" apart.
@@ -707,6 +715,7 @@ mod tests {
             initiator: "alice",
             responder: "bob",
             port: 8000,
+            proto: PeerProto::Tcp,
         }
     }
 
@@ -783,6 +792,23 @@ mod tests {
             "responder accepted a wrong key"
         );
         assert!(a.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_tcp_session_cannot_be_opened_as_udp() {
+        let (a, b) = duplex(1 << 16);
+        let (ar, aw) = split(a);
+        let (br, bw) = split(b);
+        let udp = Prologue {
+            proto: PeerProto::Udp,
+            ..prologue(1)
+        };
+        let responder = async {
+            let (_, br) = read_session_id(br).await?;
+            respond(br, bw, &KEY, &prologue(1)).await
+        };
+        let (_, b) = tokio::join!(initiate(ar, aw, &KEY, &udp), responder);
+        assert!(matches!(b, Err(LinkError::Handshake(_))));
     }
 
     #[tokio::test]

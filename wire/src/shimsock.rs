@@ -15,12 +15,32 @@
 //! resolve db.corp.internal
 //! addrs 198.18.0.7 2001:2::7                 its addresses from the fake range
 //! noname                                     the gateway says it does not exist
+//! name 198.18.0.7                            which name a fake address stands for
+//! name db.corp.internal                      that name (or noname: not handed out)
 //! split
 //! split 10.77.0.0/16,198.18.0.0/15 corp.internal,vpn.internal 127.0.0.1:39021 [::1]:39021
 //! ```
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+/// The fake ranges `up` hands VPN names addresses from: 198.18.0.0/15
+/// (RFC 2544's benchmarking range) and 2001:2::/48 (RFC 5180's).
+pub const FAKE_V4: (Ipv4Addr, u8) = (Ipv4Addr::new(198, 18, 0, 0), 15);
+pub const FAKE_V6: (Ipv6Addr, u8) = (Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 0), 48);
+
+/// Whether `ip` is in a fake range (IPv4-mapped IPv6 read as IPv4).
+pub fn is_fake(ip: IpAddr) -> bool {
+    let v4_shift = 32 - u32::from(FAKE_V4.1);
+    let v6_shift = 128 - u32::from(FAKE_V6.1);
+    match ip {
+        IpAddr::V4(v4) => u32::from(v4) >> v4_shift == u32::from(FAKE_V4.0) >> v4_shift,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => is_fake(IpAddr::V4(v4)),
+            None => u128::from(v6) >> v6_shift == u128::from(FAKE_V6.0) >> v6_shift,
+        },
+    }
+}
 
 /// Longest line either side sends or reads, newline included.
 pub const MAX_LINE: usize = 4096;
@@ -46,6 +66,8 @@ pub enum Request {
     Udp { to: SocketAddr, from: SocketAddr },
     /// The fake addresses standing for a VPN name.
     Resolve { name: String },
+    /// The VPN name a fake address stands for (a reverse lookup).
+    Name { addr: IpAddr },
     /// Which destinations go through the VPN, and the hold addresses.
     Split,
 }
@@ -67,8 +89,11 @@ pub enum Reply {
     },
     /// The relay for a [`Request::Udp`].
     Relay(SocketAddr),
-    /// No such name (`EAI_NONAME`).
+    /// No such name (`EAI_NONAME`), or no name for an address.
     NoName,
+    /// The name a fake address stands for ([`Request::Name`]): a host
+    /// name ([`host_name_ok`]); one that is not is sent as `noname`.
+    Name(String),
     Split(Split),
 }
 
@@ -130,6 +155,18 @@ fn field_ok(s: &str) -> bool {
     !s.is_empty() && !s.bytes().any(|b| b.is_ascii_whitespace())
 }
 
+/// Whether `s` may travel as a [`Reply::Name`]: a host name's characters
+/// only (letters, digits, `-`, `_`, `.`), at most 253 of them, and not an
+/// address. The program gets it in its own buffer and may print it, so
+/// neither end sends nor takes anything else.
+pub fn host_name_ok(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && s.parse::<IpAddr>().is_err()
+}
+
 impl Request {
     /// The line, newline included.
     pub fn encode(&self) -> String {
@@ -137,6 +174,7 @@ impl Request {
             Request::Connect { to, from } => format!("connect {to} {from}\n"),
             Request::Udp { to, from } => format!("udp {to} {from}\n"),
             Request::Resolve { name } => format!("resolve {name}\n"),
+            Request::Name { addr } => format!("name {addr}\n"),
             Request::Split => "split\n".into(),
         }
     }
@@ -160,6 +198,9 @@ impl Request {
             (Some("resolve"), Some(name), None) if field_ok(name) => Request::Resolve {
                 name: name.to_owned(),
             },
+            (Some("name"), Some(addr), None) => Request::Name {
+                addr: addr.parse().map_err(|_| bad())?,
+            },
             (Some("split"), None, None) => Request::Split,
             _ => return Err(bad()),
         };
@@ -182,6 +223,8 @@ impl Reply {
             Reply::Addrs { v4, v6 } => format!("addrs {v4} {v6}\n"),
             Reply::Relay(addr) => format!("relay {addr}\n"),
             Reply::NoName => "noname\n".into(),
+            Reply::Name(name) if host_name_ok(name) => format!("name {name}\n"),
+            Reply::Name(_) => "noname\n".into(),
             Reply::Split(s) => {
                 let hold: Vec<String> = s.hold.iter().map(ToString::to_string).collect();
                 format!(
@@ -213,6 +256,7 @@ impl Reply {
                 })
             }
             ("relay", rest) => Ok(Reply::Relay(rest.parse().map_err(|_| bad())?)),
+            ("name", rest) if host_name_ok(rest) => Ok(Reply::Name(rest.to_owned())),
             ("addrs", rest) => {
                 let (v4, v6) = rest.split_once(' ').ok_or_else(bad)?;
                 Ok(Reply::Addrs {
@@ -311,6 +355,12 @@ mod tests {
                 from: "[::1]:40113".parse().unwrap(),
             },
             Request::Split,
+            Request::Name {
+                addr: "198.18.0.7".parse().unwrap(),
+            },
+            Request::Name {
+                addr: "2001:2::7".parse().unwrap(),
+            },
         ];
         for r in requests {
             assert_eq!(Request::parse(&r.encode()), Ok(r.clone()), "{r:?}");
@@ -323,6 +373,7 @@ mod tests {
                 reason: "policy refuses db:5432".into(),
             },
             Reply::Relay("127.0.0.1:51234".parse().unwrap()),
+            Reply::Name("db.corp.internal".into()),
             Reply::Addrs {
                 v4: "198.18.0.7".parse().unwrap(),
                 v6: "2001:2::7".parse().unwrap(),
@@ -350,6 +401,11 @@ mod tests {
             "resolve a b",
             "split x",
             "\u{0}",
+            "name",
+            "name db.corp.internal",
+            "name 198.18.0.7 x",
+            "name 198.18.0.7:80",
+            "name fe80::1%eth0",
         ] {
             assert!(Request::parse(bad).is_err(), "{bad:?}");
         }
@@ -360,6 +416,13 @@ mod tests {
             "split a b",
             "split - - x",
             "ok x",
+            "name",
+            "name ",
+            "name a b",
+            "name a\tb",
+            "name 198.18.0.7",
+            "name caf\u{e9}.corp",
+            "name a\u{1b}[2J",
         ] {
             assert!(Reply::parse(bad).is_err(), "{bad:?}");
         }
@@ -385,6 +448,27 @@ mod tests {
             assert!(!reason.chars().any(char::is_control), "{reason:?}");
             assert_eq!(Reply::parse(&parsed.encode()), Ok(parsed.clone()));
         }
+    }
+
+    #[test]
+    fn a_name_reply_is_a_host_name_or_noname() {
+        assert_eq!(
+            Reply::parse("name DB.corp-1.internal\n"),
+            Ok(Reply::Name("DB.corp-1.internal".into()))
+        );
+        assert!(Reply::parse("name a\nb\n").is_err());
+        assert!(Reply::parse(&format!("name {}\n", "a".repeat(254))).is_err());
+        assert!(Reply::parse(&format!("name {}\n", "a".repeat(253))).is_ok());
+        // What cannot travel as a name is sent as no name, on one line.
+        for name in ["", "a b", "a\nname b", "a\u{1b}[2J", "10.0.0.1", "x\0y"] {
+            let line = Reply::Name(name.into()).encode();
+            assert_eq!(line, "noname\n", "{name:?}");
+        }
+        let r = Request::Name {
+            addr: "::ffff:198.18.0.7".parse().unwrap(),
+        };
+        assert_eq!(r.encode(), "name ::ffff:198.18.0.7\n");
+        assert_eq!(Request::parse(&r.encode()), Ok(r));
     }
 
     #[test]

@@ -14,6 +14,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use shimgate_fuzz::runtime;
+use shimgate_wire::control::PeerProto;
 use shimgate_wire::peerlink::{Prologue, initiate, read_session_id, respond};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
 
@@ -27,6 +28,7 @@ const PROLOGUE: Prologue<'static> = Prologue {
     initiator: "alice",
     responder: "bob",
     port: 8000,
+    proto: PeerProto::Tcp,
 };
 
 fuzz_target!(|data: &[u8]| {

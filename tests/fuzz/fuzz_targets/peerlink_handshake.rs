@@ -6,6 +6,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use shimgate_fuzz::runtime;
+use shimgate_wire::control::PeerProto;
 use shimgate_wire::peerlink::{Prologue, read_session_id, respond};
 use tokio::io::AsyncWriteExt;
 
@@ -23,6 +24,7 @@ fuzz_target!(|data: &[u8]| {
             initiator: "alice",
             responder: "bob",
             port: 8000,
+            proto: PeerProto::Tcp,
         };
         let result = respond(rd, tokio::io::sink(), &[7; 32], &prologue).await;
         assert!(

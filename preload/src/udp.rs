@@ -6,7 +6,7 @@
 //! interception. See `proxy/src/shimudp.rs` for the other side.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use libc::{c_int, sockaddr as Sockaddr, socklen_t};
 
@@ -24,6 +24,10 @@ pub static SOCKETS: Table<Datagrams> = Table::new();
 const ANSWER_WAIT: Duration = Duration::from_secs(10);
 /// Destinations one socket may have relays for.
 const MAX_RELAYS: usize = 64;
+/// A relay's connection to `up` is checked at most this often: a send
+/// would otherwise pay a `poll` for it. Within it, a restarted `up`'s
+/// relay port is not yet anyone else's.
+const ALIVE_EVERY: Duration = Duration::from_millis(100);
 
 struct Relay {
     /// The destination as the program names it.
@@ -32,10 +36,32 @@ struct Relay {
     /// Held open: the relay lasts as long as this connection. A duplicate
     /// descriptor's state has none (the original holds it).
     control: Option<Control>,
+    /// When `control` was last seen alive.
+    seen: Instant,
+}
+
+impl Relay {
+    /// Whether `up` still serves it, asked of the kernel now and then.
+    fn alive(&mut self) -> bool {
+        let Some(control) = &self.control else {
+            return false;
+        };
+        if self.seen.elapsed() < ALIVE_EVERY {
+            return true;
+        }
+        let alive = control.alive();
+        if alive {
+            self.seen = Instant::now();
+        }
+        alive
+    }
 }
 
 pub struct Datagrams {
     file: (u64, u64),
+    /// The socket's family (`SO_DOMAIN`), read once: sends and receives
+    /// need it for every relay address they write.
+    family: c_int,
     relays: Vec<Relay>,
     /// Where `connect` pointed the socket, as the program named it.
     connected: Option<SocketAddr>,
@@ -49,6 +75,7 @@ impl Tracked for Datagrams {
     fn duplicate(&self) -> Datagrams {
         Datagrams {
             file: self.file,
+            family: self.family,
             relays: self
                 .relays
                 .iter()
@@ -56,6 +83,7 @@ impl Tracked for Datagrams {
                     to: r.to,
                     relay: r.relay,
                     control: None,
+                    seen: r.seen,
                 })
                 .collect(),
             connected: self.connected,
@@ -90,21 +118,49 @@ pub fn connected_elsewhere(fd: c_int) {
     SOCKETS.on(fd, |d| d.connected = None);
 }
 
+/// What a socket with state knows of `to`: its relay if it has a live one,
+/// whether it has room for another, and the socket's family.
+struct Cached {
+    relay: Option<SocketAddr>,
+    full: bool,
+    family: c_int,
+}
+
+/// `fd`'s relay for `to` if it has a live one. A cached relay whose
+/// connection to `up` is gone (`up` restarted, or this descriptor is a
+/// duplicate whose original was closed) is dropped, to be asked for again:
+/// its port may be anyone's now.
+fn cached(fd: c_int, to: SocketAddr) -> Option<Cached> {
+    SOCKETS.on(fd, |d| {
+        let relay = match d.relays.iter().position(|r| r.to == to) {
+            Some(i) if d.relays.get_mut(i).is_some_and(Relay::alive) => {
+                d.relays.get(i).map(|r| r.relay)
+            }
+            Some(i) => {
+                d.relays.remove(i);
+                None
+            }
+            None => None,
+        };
+        if relay.is_none() {
+            d.relays.retain_mut(Relay::alive);
+        }
+        Cached {
+            relay,
+            full: d.relays.len() >= MAX_RELAYS,
+            family: d.family,
+        }
+    })
+}
+
 /// The relay for datagrams from `fd` to `to`, asked of `up` on first use
 /// (binding the socket first if it is not bound yet).
 pub fn relay_for(config: &Config, fd: c_int, to: SocketAddr) -> Result<SocketAddr, c_int> {
-    // A cached relay whose connection to `up` is gone (`up` restarted, or
-    // this descriptor is a duplicate whose original was closed) is asked
-    // for again: its port may be anyone's now.
-    let cached = SOCKETS.on(fd, |d| {
-        d.relays
-            .retain(|r| r.control.as_ref().is_some_and(Control::alive));
-        let full = d.relays.len() >= MAX_RELAYS;
-        (d.relays.iter().find(|r| r.to == to).map(|r| r.relay), full)
-    });
-    match cached {
-        Some((Some(relay), _)) => return Ok(relay),
-        Some((None, true)) => return Err(libc::ENOBUFS),
+    match cached(fd, to) {
+        Some(Cached {
+            relay: Some(relay), ..
+        }) => return Ok(relay),
+        Some(Cached { full: true, .. }) => return Err(libc::ENOBUFS),
         _ => {}
     }
     let domain = int_option(fd, libc::SO_DOMAIN)?;
@@ -134,6 +190,7 @@ pub fn relay_for(config: &Config, fd: c_int, to: SocketAddr) -> Result<SocketAdd
         to,
         relay,
         control: Some(control),
+        seen: Instant::now(),
     });
     // Another thread may have asked for the same one meanwhile: the first
     // stays, ours closes.
@@ -151,6 +208,7 @@ pub fn relay_for(config: &Config, fd: c_int, to: SocketAddr) -> Result<SocketAdd
             fd,
             Datagrams {
                 file,
+                family: domain,
                 relays: added.into_iter().collect(),
                 connected: None,
             },
@@ -198,12 +256,12 @@ pub unsafe fn show_source(fd: c_int, addr: *mut Sockaddr, len: *mut socklen_t, r
         return;
     };
     let from = sockaddr::unmapped(from);
-    let Some(Some(to)) = SOCKETS.on(fd, |d| {
-        d.relays.iter().find(|r| r.relay == from).map(|r| r.to)
+    let Some((Some(to), family)) = SOCKETS.on(fd, |d| {
+        let to = d.relays.iter().find(|r| r.relay == from).map(|r| r.to);
+        (to, d.family)
     }) else {
         return;
     };
-    let family = int_option(fd, libc::SO_DOMAIN).unwrap_or(libc::AF_INET);
     // SAFETY: the program's buffer of `room` bytes; write() copies no more
     // than *len says on entry, and sets it to the full size.
     unsafe {
@@ -219,17 +277,31 @@ pub fn redirect(
     fd: c_int,
     to: SocketAddr,
 ) -> Option<Result<(libc::sockaddr_storage, socklen_t), c_int>> {
-    if !config.split.covers(to.ip()) || !is_udp(fd) {
+    if !config.split.covers(to.ip()) {
         return None;
     }
+    // The common case, a destination this socket sent to before: only UDP
+    // sockets have state, and it holds the family.
+    if let Some(Cached {
+        relay: Some(relay),
+        family,
+        ..
+    }) = cached(fd, to)
+    {
+        return Some(Ok(sockaddr::raw(relay, family)));
+    }
+    if !is_udp(fd) {
+        return None;
+    }
+    let family = match int_option(fd, libc::SO_DOMAIN) {
+        Ok(f) => f,
+        Err(e) => return Some(Err(e)),
+    };
     // An IPv6 destination from an IPv4 socket is the kernel's to refuse.
-    if to.is_ipv6() && int_option(fd, libc::SO_DOMAIN) == Ok(libc::AF_INET) {
+    if to.is_ipv6() && family == libc::AF_INET {
         return None;
     }
-    Some(relay_for(config, fd, to).and_then(|relay| {
-        let domain = int_option(fd, libc::SO_DOMAIN)?;
-        Ok(sockaddr::raw(relay, domain))
-    }))
+    Some(relay_for(config, fd, to).map(|relay| sockaddr::raw(relay, family)))
 }
 
 /// The socket's local address, binding it to the wildcard first if it is

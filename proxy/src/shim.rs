@@ -221,7 +221,19 @@ pub fn start(path: PathBuf, shim: Arc<Shim>, stop: CancellationToken) -> Result<
             };
             match accepted {
                 Ok((stream, _)) => {
-                    tokio::spawn(Arc::clone(&shim).handle(stream));
+                    // Served on the worker thread of the gateway connection
+                    // that will carry the flow, as a SOCKS client is: the
+                    // stream re-registers there.
+                    let Ok(stream) = stream.into_std() else {
+                        continue;
+                    };
+                    let slot = shim.pool.pick();
+                    let (pool, shim) = (Arc::clone(&shim.pool), Arc::clone(&shim));
+                    pool.spawn_on(slot, async move {
+                        if let Ok(stream) = UnixStream::from_std(stream) {
+                            shim.handle(stream, slot).await;
+                        }
+                    });
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "shim socket accept failed");
@@ -251,7 +263,9 @@ async fn publish_counts(shim: Arc<Shim>, stop: CancellationToken) {
 }
 
 impl Shim {
-    async fn handle(self: Arc<Self>, stream: UnixStream) {
+    /// Serves one request; a flow goes on pool slot `slot`, whose worker
+    /// this runs on.
+    async fn handle(self: Arc<Self>, stream: UnixStream, slot: usize) {
         let asker = Asker::of(&stream);
         // SAFETY: geteuid cannot fail.
         let me = unsafe { libc::geteuid() };
@@ -290,7 +304,7 @@ impl Shim {
             Request::Name { addr } => {
                 let _ = answer(&mut stream, &self.name(addr, &asker)).await;
             }
-            Request::Connect { to, from } => self.connect(stream, to, from, &asker).await,
+            Request::Connect { to, from } => self.connect(stream, to, from, &asker, slot).await,
             Request::Udp { to, from } => self.udp(stream, to, from, &asker).await,
         }
     }
@@ -441,12 +455,12 @@ impl Shim {
         to: SocketAddr,
         from: SocketAddr,
         asker: &Asker,
+        slot: usize,
     ) {
         let opened = match self.destination(to) {
             Ok(dest) => {
                 let origin = asker.origin();
                 tracing::info!(%dest, shim = "socket", uid = ?asker.uid, pid = ?asker.pid, program = %asker.program.as_deref().unwrap_or("?"), proto = "tcp", "flow");
-                let slot = self.pool.pick();
                 crate::flow::open(&self.pool, &self.peers, slot, &dest, &origin).await
             }
             Err(e) => Err(e),

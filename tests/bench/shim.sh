@@ -7,7 +7,7 @@
 #
 #   dev    198.51.100.2 --veth-- 198.51.100.1  gw  203.0.113.1 --veth-- 203.0.113.2  intra
 #   shimgate up, clients        shimgate-gateway (no forwarding)          HTTP origin :8080
-#                                                                         UDP echo :5353
+#   sslocal (127.0.0.1)         ssserver (198.51.100.1)                   UDP echo :5353
 #
 # The device namespace has no route to the intranet: whatever reaches it went
 # through `shimgate up` and the gateway.
@@ -23,25 +23,38 @@
 #     against a UDP echo in the intranet: sequential round trips (64 B), then
 #     datagrams/s and loss with a window of datagrams in flight (64 B and
 #     1200 B). Baseline: the same client, directly from the gateway namespace.
+#  3. UDP against shadowsocks-rust: one Rust client (sgbench udp-rtt and
+#     udp-flood), the same figures, through SOCKS5 UDP ASSOCIATE to
+#     (a) shimgate up's SOCKS port and (b) sslocal in the device namespace,
+#     whose ssserver (aes-256-gcm, tcp_and_udp) runs in the gateway namespace
+#     where shimgate-gateway runs; context: the same client directly from the
+#     gateway namespace. Ratios (a)/(b) against the targets. shadowsocks-rust
+#     is taken from $SS_ROOT/bin (default ~/.cache/shimgate-bench/
+#     shadowsocks-rust), installed there with cargo install when missing;
+#     if that fails, that path is skipped.
 #
 # usage: sudo bash tests/bench/shim.sh [--samples N] [--skip-build] ...
-# Exit status: 0 when everything was measured (whether or not the target is
-# met), 1 when something could not be run, 2 for a usage error.
+# Exit status: 0 when everything was measured (whether or not the targets
+# are met; also when shadowsocks-rust could not be installed and its path was
+# skipped), 1 when something could not be run, 2 for a usage error.
 set -euo pipefail
 
 SELF="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")"
 ROOT="$(cd "$(dirname "$SELF")/../.." && pwd)"
 
 usage() {
-    sed -n '2,29p' "$SELF" | sed 's/^# \{0,1\}//'
+    sed -n '2,39p' "$SELF" | sed 's/^# \{0,1\}//'
     cat <<'EOF'
 options:
   --samples N      sequential curl runs per variant (default 300)
-  --udp-rtt N      sequential UDP round trips (default 2000)
+  --udp-rtt N      sequential UDP round trips per client and path (default 2000)
   --udp-secs S     seconds per UDP throughput run (default 3)
   --inflight N     UDP datagrams in flight in the throughput runs (default 64)
-  --skip-build     use the binaries already in target/release
+  --skip-build     use the binaries already in target/release (incl. sgbench)
   --keep-logs DIR  copy the logs and raw samples to DIR before cleaning up
+environment:
+  SS_ROOT          where shadowsocks-rust is (bin/sslocal, bin/ssserver) or gets installed
+                   (default ${XDG_CACHE_HOME:-$HOME/.cache}/shimgate-bench/shadowsocks-rust)
 EOF
 }
 
@@ -164,19 +177,47 @@ cleanup_extra() {
 on_exit_finish_run
 
 # ------------------------------------------------------------ build
+SS_ROOT="${SS_ROOT:-${XDG_CACHE_HOME:-$HOME/.cache}/shimgate-bench/shadowsocks-rust}"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 [[ "$TARGET_DIR" == /* ]] || TARGET_DIR="$ROOT/$TARGET_DIR"
 BIN="$TARGET_DIR/release"
 if ((!SKIP_BUILD)); then
-    # The whole workspace: the binaries and the preload library.
+    # The whole workspace: the binaries, the preload library and sgbench.
     log "cargo build --release --workspace"
     fg_run cargo build --release --workspace
 fi
 SG="$BIN/shimgate"
-for f in "$SG" "$BIN/shimgate-gateway" "$BIN/libshimgate_preload.so"; do
+SGBENCH="$BIN/sgbench"
+for f in "$SG" "$BIN/shimgate-gateway" "$BIN/libshimgate_preload.so" "$SGBENCH"; do
     [[ -e "$f" ]] || { echo "shim.sh: $f is missing (build, or drop --skip-build)" >&2; exit 1; }
 done
 CURL="$(command -v curl)"
+
+# shadowsocks-rust: from $SS_ROOT/bin, installed there when missing. SS_SKIP
+# says why its path is not measured (empty: it is).
+SS_BIN="$SS_ROOT/bin"
+SS_SKIP=""
+if [[ ! -x "$SS_BIN/sslocal" || ! -x "$SS_BIN/ssserver" ]]; then
+    if ! command -v cargo >/dev/null; then
+        SS_SKIP="it is not in $SS_BIN and cargo is not installed"
+    else
+        log "shadowsocks-rust is not in $SS_BIN: cargo install shadowsocks-rust --locked --root $SS_ROOT" \
+            "(the first build takes several minutes)"
+        if ! fg_run cargo install shadowsocks-rust --locked --root "$SS_ROOT" >"$WORK/ss-install.log" 2>&1; then
+            show_log ss-install
+            SS_SKIP="cargo install shadowsocks-rust failed"
+        elif [[ ! -x "$SS_BIN/sslocal" || ! -x "$SS_BIN/ssserver" ]]; then
+            SS_SKIP="cargo install shadowsocks-rust did not put sslocal and ssserver in $SS_BIN"
+        fi
+    fi
+fi
+SS_VERSION=""
+if [[ -z "$SS_SKIP" ]]; then
+    SS_VERSION="$("$SS_BIN/ssserver" --version 2>/dev/null | head -n 1)" || SS_VERSION="shadowsocks (version unknown)"
+fi
+if [[ -n "$SS_SKIP" ]]; then
+    echo "shim.sh: shadowsocks-rust not available ($SS_SKIP): skipping the shadowsocks-rust UDP path" >&2
+fi
 
 # A build or test elsewhere on the machine skews every figure; say so.
 NOTES=()
@@ -410,6 +451,55 @@ start_device_ns() {
     return 1
 }
 
+# shadowsocks-rust laid out like shimgate: ssserver in the gateway namespace
+# on the gateway's device-side address (where shimgate-gateway listens),
+# sslocal in the device namespace as a SOCKS5 server with UDP on loopback;
+# both on ports free in their namespace, one AEAD cipher, a fresh password.
+# Sets SS_SOCKS; on failure sets SS_SKIP and returns 1.
+start_shadowsocks() {
+    local server_port local_port password
+    SS_SOCKS=""
+    if ! read -r server_port < <(ip netns exec "$GW_NS" "$SGBENCH" ports 1) ||
+        ! read -r local_port < <(ip netns exec "$DEV_NS" "$SGBENCH" ports 1); then
+        SS_SKIP="no free ports for it"
+        return 1
+    fi
+    password="$(head -c 24 /dev/urandom | base64)"
+    start_bg ssserver ip netns exec "$GW_NS" "$SS_BIN/ssserver" -U -m aes-256-gcm -k "$password" \
+        -s "$GW_DEV_IP:$server_port"
+    ip netns exec "$GW_NS" "$SGBENCH" wait-port "$GW_DEV_IP:$server_port" --pid "$BG_PID" --timeout-secs 30 ||
+        { SS_SKIP="ssserver did not start"; show_log ssserver; return 1; }
+    start_bg sslocal ip netns exec "$DEV_NS" "$SS_BIN/sslocal" -U -m aes-256-gcm -k "$password" \
+        -s "$GW_DEV_IP:$server_port" -b "127.0.0.1:$local_port"
+    ip netns exec "$DEV_NS" "$SGBENCH" wait-port "127.0.0.1:$local_port" --pid "$BG_PID" --timeout-secs 30 ||
+        { SS_SKIP="sslocal did not start"; show_log sslocal; return 1; }
+    SS_SOCKS="127.0.0.1:$local_port"
+}
+
+# The Rust UDP client (sgbench udp-rtt / udp-flood) on one path:
+#   socks-sg  device namespace, through shimgate up's SOCKS port
+#   socks-ss  device namespace, through sslocal
+#   direct    gateway namespace, straight to the echo
+sgb_udp() {
+    local side="$1" mode="$2" ns="$DEV_NS" via=()
+    shift 2
+    case "$side" in
+        socks-sg) via=(--socks "$SOCKS") ;;
+        socks-ss) via=(--socks "$SS_SOCKS") ;;
+        direct) ns="$GW_NS" ;;
+    esac
+    ip netns exec "$ns" "$SGBENCH" "udp-$mode" --target "$INTRA_IP:$ECHO_PORT" "${via[@]}" "$@"
+}
+
+# A few round trips must be answered (the device namespace has no route of
+# its own to the echo, so an answer went through the proxy).
+check_udp_socks() {
+    local side="$1" out answered
+    out="$(sgb_udp "$side" rtt --count 5 2>&1)" || { echo "$out"; return 1; }
+    read -r _ answered _ <<<"$out"
+    [[ "$answered" =~ ^[1-9] ]] || { echo "no answer in 25 round trips: $out"; return 1; }
+}
+
 # Proves the setup before measuring: each variant fetches the page, and the
 # device namespace cannot reach the intranet on its own.
 check_paths() {
@@ -460,6 +550,26 @@ start_device_ns || exit 1
 URL="http://$INTRA_IP:$HTTP_PORT/"
 mkdir -p "$WORK/check" "$WORK/setup"
 check_paths || exit 1
+out="$(check_udp_socks socks-sg)" ||
+    { fail "UDP through shimgate's SOCKS port (UDP ASSOCIATE) failed: $out" device gateway; exit 1; }
+# The shadowsocks path failing once installed is a failure (exit 1 at the
+# end), but the other figures are still measured and printed.
+SS_SOCKS=""
+SS_FAILED=0
+ss_failed() {
+    SS_SKIP="$1"
+    SS_SOCKS=""
+    SS_FAILED=1
+    fail "$@"
+}
+if [[ -z "$SS_SKIP" ]]; then
+    log "shadowsocks-rust: ssserver in $GW_NS, sslocal in $DEV_NS ($SS_VERSION)"
+    if ! start_shadowsocks; then
+        ss_failed "$SS_SKIP"
+    elif ! out="$(check_udp_socks socks-ss)"; then
+        ss_failed "UDP through sslocal and ssserver failed: $out" sslocal ssserver
+    fi
+fi
 
 log "connection setup: $SAMPLES x (shimgate run -- curl, curl --socks5-hostname), alternating"
 fg_run ip netns exec "$DEV_NS" env SG="$SG" CDIR="$CDIR" CURL="$CURL" URL="$URL" SOCKS="$SOCKS" \
@@ -481,6 +591,35 @@ for side in shim direct; do
     done
     printf '%s\n' "$side rtt ${UDP[$side-rtt]}" "$side 64 ${UDP[$side-64]}" "$side 1200 ${UDP[$side-1200]}" \
         >>"$WORK/udp.txt"
+done
+
+# The same figures with the Rust client through SOCKS5 UDP ASSOCIATE: for
+# each figure shimgate's SOCKS port and sslocal one after the other (the
+# order flips from one figure to the next), then the direct context run.
+log "UDP via SOCKS5 UDP ASSOCIATE (sgbench): shimgate up, sslocal, direct; $UDP_RTT round trips," \
+    "then ${UDP_SECS} s x 64 B and 1200 B with $INFLIGHT in flight"
+declare -A R=()
+n=0
+for fig in rtt 64 1200; do
+    order=(socks-sg socks-ss)
+    if ((n++ % 2)); then order=(socks-ss socks-sg); fi
+    if [[ "$fig" == rtt ]]; then
+        args=(rtt --count "$UDP_RTT" --size 64)
+    else
+        args=(flood --secs "$UDP_SECS" --size "$fig" --inflight "$INFLIGHT")
+    fi
+    for side in "${order[@]}" direct; do
+        if [[ "$side" == socks-ss && -z "$SS_SOCKS" ]]; then continue; fi
+        if out="$(sgb_udp "$side" "${args[@]}" 2>>"$WORK/sgb-udp-$side.log")"; then
+            R[$side-$fig]="$out"
+            echo "sgbench $side $fig $out" >>"$WORK/udp.txt"
+        elif [[ "$side" == socks-ss ]]; then
+            ss_failed "sgbench udp-${args[0]} ($fig) through sslocal failed" sgb-udp-socks-ss sslocal ssserver
+        else
+            fail "sgbench udp-${args[0]} ($fig, $side) failed" "sgb-udp-$side" device gateway
+            exit 1
+        fi
+    done
 done
 busy_note "during the measurements"
 
@@ -537,7 +676,82 @@ for size in 64 1200; do
         "$(awk -v r="$d_rate" -v z="$size" 'BEGIN { printf "%.1f", r * z * 8 / 1e6 }')" ""
     : "$s_ans" "$d_ans"
 done
+
+# Field N of the sgbench output for SIDE-FIGURE ("n/a" when not measured).
+rf() {
+    local v
+    v="$(awk -v n="$2" '{ print $n }' <<<"${R[$1]:-}")"
+    echo "${v:-n/a}"
+}
+# Lost as a percentage of sent.
+loss_pct() { awk -v l="$1" -v s="$2" 'BEGIN { if (l ~ /^[0-9]+$/ && s ~ /^[0-9]+$/ && s > 0) printf "%.2f", 100 * l / s; else printf "n/a" }'; }
+loss_cell() { if [[ "$2" == n/a ]]; then echo n/a; else echo "$1 ($2%)"; fi; }
+mbits() { awk -v r="$1" -v z="$2" 'BEGIN { if (r ~ /^[0-9.]+$/) printf "%.1f", r * z * 8 / 1e6; else printf "n/a" }'; }
+# PASS when RATIO OP LIMIT holds (OP: le or ge), MISS when not, n/a without a ratio.
+verdict() {
+    awk -v r="$1" -v op="$2" -v l="$3" 'BEGIN {
+        if (r !~ /^[0-9.]+$/) { print "n/a"; exit }
+        ok = (op == "le") ? (r <= l) : (r >= l)
+        print (ok ? "PASS" : "MISS") }'
+}
+trow() {
+    # label, (a), (b), direct, ratio, target
+    printf '%-44s %13s %15s %14s %8s  %s\n' "$@"
+}
+
+echo
+echo "UDP through SOCKS5 UDP ASSOCIATE, one Rust client (sgbench udp-rtt/udp-flood) in the device namespace, to the"
+echo "echo at $INTRA_IP:$ECHO_PORT (µs; datagrams/s answered):"
+echo "  (a) shimgate up's SOCKS port $SOCKS -> TLS 1.3 / HTTP/2 -> shimgate-gateway $GW_DEV_IP:$GW_PORT"
+if [[ -n "$SS_VERSION" ]]; then
+    echo "  (b) $SS_VERSION: sslocal ${SS_SOCKS:-(failed)} -> aes-256-gcm UDP -> ssserver $GW_DEV_IP (gateway ns)"
+fi
+echo "  direct: the same client from the gateway namespace, no proxy (context)"
+if [[ -n "$SS_SKIP" ]]; then echo "  shadowsocks-rust path skipped: $SS_SKIP"; fi
+trow "" "(a) shimgate" "(b) shadowsocks" "direct (gw ns)" "(a)/(b)" target
+trow "UDP ASSOCIATE (TCP connect to reply)" "$(rf socks-sg-rtt 7)" "$(rf socks-ss-rtt 7)" "" \
+    "$(ratio "$(rf socks-sg-rtt 7)" "$(rf socks-ss-rtt 7)")" ""
+trow "first datagram's round trip" "$(rf socks-sg-rtt 1)" "$(rf socks-ss-rtt 1)" "$(rf direct-rtt 1)" \
+    "$(ratio "$(rf socks-sg-rtt 1)" "$(rf socks-ss-rtt 1)")" ""
+RTT_RATIO="$(ratio "$(rf socks-sg-rtt 4)" "$(rf socks-ss-rtt 4)")"
+RTT_VERDICT="$(verdict "$RTT_RATIO" le 1.5)"
+trow "round trip p50 (64 B, $UDP_RTT sequential)" "$(rf socks-sg-rtt 4)" "$(rf socks-ss-rtt 4)" "$(rf direct-rtt 4)" \
+    "$RTT_RATIO" "<= 1.5: $RTT_VERDICT"
+trow "round trip p99" "$(rf socks-sg-rtt 5)" "$(rf socks-ss-rtt 5)" "$(rf direct-rtt 5)" \
+    "$(ratio "$(rf socks-sg-rtt 5)" "$(rf socks-ss-rtt 5)")" ""
+trow "round trip mean" "$(rf socks-sg-rtt 6)" "$(rf socks-ss-rtt 6)" "$(rf direct-rtt 6)" \
+    "$(ratio "$(rf socks-sg-rtt 6)" "$(rf socks-ss-rtt 6)")" ""
+trow "  unanswered of $UDP_RTT" "$(rf socks-sg-rtt 3)" "$(rf socks-ss-rtt 3)" "$(rf direct-rtt 3)" \
+    "$(ratio "$(rf socks-sg-rtt 3)" "$(rf socks-ss-rtt 3)")" ""
+declare -A RATE_RATIO=() RATE_VERDICT=()
+for size in 64 1200; do
+    a_rate="$(rf "socks-sg-$size" 5)"
+    b_rate="$(rf "socks-ss-$size" 5)"
+    d_rate="$(rf "direct-$size" 5)"
+    RATE_RATIO[$size]="$(ratio "$a_rate" "$b_rate")"
+    RATE_VERDICT[$size]="$(verdict "${RATE_RATIO[$size]}" ge 1.0)"
+    trow "$size B, $INFLIGHT in flight, ${UDP_SECS} s: datagrams/s" "$a_rate" "$b_rate" "$d_rate" \
+        "${RATE_RATIO[$size]}" ">= 1.0: ${RATE_VERDICT[$size]}"
+    a_loss="$(loss_pct "$(rf "socks-sg-$size" 3)" "$(rf "socks-sg-$size" 1)")"
+    b_loss="$(loss_pct "$(rf "socks-ss-$size" 3)" "$(rf "socks-ss-$size" 1)")"
+    d_loss="$(loss_pct "$(rf "direct-$size" 3)" "$(rf "direct-$size" 1)")"
+    trow "  lost of sent" "$(loss_cell "$(rf "socks-sg-$size" 3)" "$a_loss")" \
+        "$(loss_cell "$(rf "socks-ss-$size" 3)" "$b_loss")" "$(loss_cell "$(rf "direct-$size" 3)" "$d_loss")" \
+        "$(ratio "$a_loss" "$b_loss")" ""
+    trow "  late answers" "$(rf "socks-sg-$size" 4)" "$(rf "socks-ss-$size" 4)" "$(rf "direct-$size" 4)" "" ""
+    trow "  payload Mbit/s each way" "$(mbits "$a_rate" "$size")" "$(mbits "$b_rate" "$size")" \
+        "$(mbits "$d_rate" "$size")" "${RATE_RATIO[$size]}" ""
+done
+echo "(ratio n/a: a figure is missing or the shadowsocks one is 0)"
+echo "target: gateway-path UDP round trip p50 <= 1.5 x shadowsocks-rust's: $RTT_RATIO -> $RTT_VERDICT"
+echo "target: datagrams/s >= 1.0 x shadowsocks-rust's: 64 B ${RATE_RATIO[64]} -> ${RATE_VERDICT[64]}," \
+    "1200 B ${RATE_RATIO[1200]} -> ${RATE_VERDICT[1200]}"
+
 echo
 echo "machine: $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 for n in "${NOTES[@]}"; do echo "$n"; done
+if ((SS_FAILED)); then
+    echo "shim.sh: the shadowsocks-rust path failed: $SS_SKIP" >&2
+    exit 1
+fi
 exit 0

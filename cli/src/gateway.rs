@@ -148,6 +148,10 @@ struct ServeArgs {
     /// Peer session requests one device may make per second (bursts of twice that).
     #[arg(long, default_value_t = Limits::default().peer_sessions_per_second, value_parser = clap::value_parser!(u32).range(1..))]
     peer_sessions_per_second: u32,
+    /// UDP datagrams one device may send through the gateway per second, all its associations
+    /// together (bursts of twice that); more are dropped and counted.
+    #[arg(long, default_value_t = Limits::default().datagrams_per_second, value_parser = clap::value_parser!(u32).range(1..))]
+    datagrams_per_second: u32,
     /// Enrollment attempts with one code: this many at once, then one a minute.
     #[arg(long, default_value_t = Limits::default().enroll_attempts_per_token, value_parser = clap::value_parser!(u32).range(1..))]
     enroll_attempts_per_token: u32,
@@ -385,6 +389,7 @@ impl Cli {
                         open_per_device: args.max_tunnels_per_device,
                         tunnels_per_second: args.tunnels_per_second,
                         peer_sessions_per_second: args.peer_sessions_per_second,
+                        datagrams_per_second: args.datagrams_per_second,
                         enroll_attempts_per_token: args.enroll_attempts_per_token,
                     },
                 };

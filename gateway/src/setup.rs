@@ -79,6 +79,8 @@ pub struct Gateway {
     pub(crate) device_tunnels: RateLimit<i64>,
     /// Peer session requests per device.
     pub(crate) device_peer_sessions: RateLimit<i64>,
+    /// UDP datagrams per device.
+    pub(crate) device_datagrams: RateLimit<i64>,
     /// Enrollment attempts per token id.
     pub(crate) token_attempts: RateLimit<[u8; 16]>,
     /// Requests refused for a device limit, for the log.
@@ -125,6 +127,9 @@ pub struct Limits {
     pub tunnels_per_second: u32,
     /// Peer session requests per second (bursts of twice that).
     pub peer_sessions_per_second: u32,
+    /// UDP datagrams sent through the gateway per second, all associations
+    /// together (bursts of twice that); more are dropped.
+    pub datagrams_per_second: u32,
     /// Enrollment attempts with one code: this many at once, then one a minute.
     pub enroll_attempts_per_token: u32,
 }
@@ -135,6 +140,7 @@ impl Default for Limits {
             open_per_device: 20_000,
             tunnels_per_second: 10_000,
             peer_sessions_per_second: 2_000,
+            datagrams_per_second: 200_000,
             enroll_attempts_per_token: 10,
         }
     }
@@ -251,6 +257,7 @@ pub async fn start(
         device_open: Cap::new(options.limits.open_per_device),
         device_tunnels: per_second(options.limits.tunnels_per_second),
         device_peer_sessions: per_second(options.limits.peer_sessions_per_second),
+        device_datagrams: per_second(options.limits.datagrams_per_second),
         token_attempts: RateLimit::new(
             options.limits.enroll_attempts_per_token.max(1),
             Duration::from_secs(60),

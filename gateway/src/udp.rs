@@ -104,6 +104,11 @@ impl Gateway {
                                 continue;
                             }
                         };
+                        if !self.device_datagrams.allow(who.device_id) {
+                            counts.refused += 1;
+                            self.refuse_over_limit(who, "datagrams_per_second", "serve --datagrams-per-second");
+                            continue;
+                        }
                         if !decided.contains_key(&dest) {
                             if decided.len() >= MAX_DESTINATIONS {
                                 counts.refused += 1;

@@ -363,3 +363,35 @@ fn wait_for_log(gw: &Gateway, needle: &str) -> String {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A device over `--datagrams-per-second` has the rest dropped, the
+/// gateway says so, and another device's datagrams still pass.
+#[test]
+fn udp_datagrams_over_the_device_limit_are_dropped() {
+    let echo = UdpEcho::start();
+    let mut gw = Gateway::init(Backend::Sqlite);
+    gw.allow("127.0.0.1/32", &["--proto", "udp"]);
+    gw.serve_args(&["--console", "off", "--datagrams-per-second", "50"]);
+    let flood = Device::enrolled_up(&gw, USER, "udp-flood");
+    let calm = Device::enrolled_up(&gw, USER, "udp-calm");
+    let a = Association::open(flood.socks);
+    // 1,000 at once against a bucket of 100 refilling at 50/s.
+    for i in 0..1000u32 {
+        a.send(To::Addr(echo.addr), &payload(i, 16));
+    }
+    let mut answered = 0;
+    while a.recv(Duration::from_secs(2)).is_some() {
+        answered += 1;
+    }
+    assert!(
+        (50..500).contains(&answered),
+        "{answered} of 1,000 answered against a limit of 50/s, bursts of 100"
+    );
+    wait_for_log(&gw, "datagrams_per_second");
+    let b = Association::open(calm.socks);
+    b.send(To::Addr(echo.addr), b"calm");
+    let (_, p) = b
+        .recv(Duration::from_secs(10))
+        .expect("the other device's answer");
+    assert_eq!(p, b"calm");
+}

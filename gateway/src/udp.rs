@@ -14,7 +14,7 @@ use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use h2::RecvStream;
 use h2::server::SendResponse;
 use http::{Response, StatusCode};
@@ -140,20 +140,26 @@ impl Gateway {
                     }
                 }
                 got = sock.recv_from(&mut buf) => {
-                    let Ok((n, from)) = got else { continue };
-                    let from = SocketAddr::new(from.ip().to_canonical(), from.port());
-                    if !sent_to.contains(&from) {
-                        metrics::counter!("shimgate_udp_unsolicited_total").increment(1);
-                        continue;
+                    // This answer and whatever else has arrived, to the
+                    // device in one write.
+                    let mut got = got;
+                    let mut batch = BytesMut::new();
+                    while batch.len() < datagram::BATCH {
+                        let Ok((n, from)) = got else { break };
+                        let from = SocketAddr::new(from.ip().to_canonical(), from.port());
+                        if !sent_to.contains(&from) {
+                            metrics::counter!("shimgate_udp_unsolicited_total").increment(1);
+                        } else if let (Some(payload), Ok(far)) = (buf.get(..n), Destination::from_addr(from))
+                            && datagram::encode_into(&far, payload, &mut batch).is_ok()
+                        {
+                            counts.received += 1;
+                            counts.bytes_received += n as u64;
+                        }
+                        got = sock.try_recv_from(&mut buf);
                     }
-                    let Some(payload) = buf.get(..n) else { continue };
-                    let Ok(far) = Destination::from_addr(from) else { continue };
-                    let Ok(frame) = datagram::encode(&far, payload) else { continue };
-                    if splice::send_all(&mut send, frame).await.is_err() {
+                    if !batch.is_empty() && splice::send_all(&mut send, batch.freeze()).await.is_err() {
                         break "the device's stream failed";
                     }
-                    counts.received += 1;
-                    counts.bytes_received += n as u64;
                 }
                 _ = tokio::time::sleep(IDLE) => break "idle",
             }

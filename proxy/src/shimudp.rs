@@ -21,7 +21,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use shimgate_wire::control::PeerProto;
 use shimgate_wire::datagram::{self, Decoder};
 use shimgate_wire::dest::Destination;
@@ -89,10 +89,25 @@ pub async fn run(
                 Ok(_) => {}
             },
             got = relay.recv(&mut buf) => {
-                // ECONNREFUSED: an earlier answer met a closed program socket.
-                let Ok(n) = got else { continue };
-                let Some(payload) = buf.get(..n) else { continue };
-                let Ok(frame) = datagram::encode(&dest, payload) else { continue };
+                // This datagram and whatever else has arrived, to the
+                // gateway in one write. ECONNREFUSED: an earlier answer met
+                // a closed program socket.
+                let mut got = got;
+                let mut batch = BytesMut::new();
+                let mut count = 0;
+                while batch.len() < datagram::BATCH {
+                    let Ok(n) = got else { break };
+                    if let Some(payload) = buf.get(..n)
+                        && datagram::encode_into(&dest, payload, &mut batch).is_ok()
+                    {
+                        count += 1;
+                    }
+                    got = relay.try_recv(&mut buf);
+                }
+                if batch.is_empty() {
+                    continue;
+                }
+                let frame = batch.freeze();
                 if association.is_none() {
                     match crate::udp::open_association(pool, pool.pick(), origin).await {
                         Ok(a) => association = Some(a),
@@ -107,7 +122,7 @@ pub async fn run(
                         association = None;
                         continue;
                     }
-                    sent += 1;
+                    sent += count;
                 }
             }
             chunk = async {

@@ -167,31 +167,39 @@ pub(crate) async fn associate(
                 Ok(_) => {}
             },
             got = relay.recv_from(&mut buf) => {
-                let Ok((n, from)) = got else { continue };
-                if !client.admits(from) {
-                    tracing::debug!(%from, "udp datagram from another address dropped");
-                    continue;
-                }
-                let Some((dest, payload)) = buf.get(..n).and_then(socks_datagram) else {
-                    tracing::debug!(%from, "malformed or fragmented socks datagram dropped");
-                    continue;
-                };
-                if let Some(device) = peers.destination(dest.host()) {
-                    let Some((relay, new)) = to_peers.relay_for(&dest).await else {
-                        tracing::info!(%dest, "no relay for another peer destination: dropped");
-                        continue;
-                    };
-                    if let Some(new) = new {
-                        let stop = to_peers.stop.clone();
-                        carriers.push(crate::shimudp::to_peer(new, dest.clone(), device, pool, peers, stop));
+                // This datagram and whatever else has arrived, to the
+                // gateway in one write.
+                let mut got = got;
+                let mut batch = BytesMut::new();
+                while batch.len() < datagram::BATCH {
+                    if let Ok((n, from)) = got {
+                        let Some((dest, payload)) = accept(&mut client, buf.get(..n), from) else {
+                            got = relay.try_recv_from(&mut buf);
+                            continue;
+                        };
+                        if let Some(device) = peers.destination(dest.host()) {
+                            match to_peers.relay_for(&dest).await {
+                                Some((relay, new)) => {
+                                    if let Some(new) = new {
+                                        let stop = to_peers.stop.clone();
+                                        carriers.push(crate::shimudp::to_peer(new, dest.clone(), device, pool, peers, stop));
+                                    }
+                                    if let Some(inner) = &to_peers.inner {
+                                        let _ = inner.send_to(&payload, relay).await;
+                                    }
+                                }
+                                None => tracing::info!(%dest, "no relay for another peer destination: dropped"),
+                            }
+                        } else {
+                            let _ = datagram::encode_into(&dest, &payload, &mut batch);
+                        }
                     }
-                    if let Some(inner) = &to_peers.inner {
-                        let _ = inner.send_to(&payload, relay).await;
+                    got = relay.try_recv_from(&mut buf);
+                    if got.is_err() {
+                        break;
                     }
-                    continue;
                 }
-                let Ok(frame) = datagram::encode(&dest, &payload) else { continue };
-                if splice::send_all(&mut up, frame).await.is_err() {
+                if !batch.is_empty() && splice::send_all(&mut up, batch.freeze()).await.is_err() {
                     break "the gateway's stream failed";
                 }
             }
@@ -240,6 +248,24 @@ pub(crate) async fn open_association(
         .map_err(|_| TunnelError::General)?;
     let (response, stream) = client::open_stream(send, req, None).await?;
     Ok((response.into_body(), stream))
+}
+
+/// A datagram from `from` on the relay, if it is the client's and well
+/// formed: its destination and payload.
+fn accept(
+    client: &mut Client,
+    packet: Option<&[u8]>,
+    from: SocketAddr,
+) -> Option<(Destination, Bytes)> {
+    if !client.admits(from) {
+        tracing::debug!(%from, "udp datagram from another address dropped");
+        return None;
+    }
+    let datagram = packet.and_then(socks_datagram);
+    if datagram.is_none() {
+        tracing::debug!(%from, "malformed or fragmented socks datagram dropped");
+    }
+    datagram
 }
 
 /// A SOCKS UDP request datagram: `RSV(2) | FRAG(1) | ATYP | ADDR | PORT |

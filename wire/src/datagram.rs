@@ -97,18 +97,36 @@ fn take<const N: usize>(buf: &mut Bytes) -> Result<[u8; N], DatagramError> {
 
 /// One framed datagram, ready to send on the stream.
 pub fn encode(far: &Destination, payload: &[u8]) -> Result<Bytes, DatagramError> {
+    let mut out = BytesMut::with_capacity(2 + 1 + 256 + 2 + payload.len());
+    encode_into(far, payload, &mut out)?;
+    Ok(out.freeze())
+}
+
+/// Appends one framed datagram to `out`: several datagrams that arrive
+/// together go on the stream as one write (one HTTP/2 frame, one TLS record).
+pub fn encode_into(
+    far: &Destination,
+    payload: &[u8],
+    out: &mut BytesMut,
+) -> Result<(), DatagramError> {
     if payload.len() > MAX_PAYLOAD {
         return Err(DatagramError::TooLarge(payload.len()));
     }
-    let mut out = BytesMut::with_capacity(2 + 1 + 256 + 2 + payload.len());
+    let start = out.len();
+    out.reserve(2 + 1 + 256 + 2 + payload.len());
     out.put_u16(0);
-    put_address(far, &mut out);
+    put_address(far, out);
     out.put_slice(payload);
     // At most 2 + 259 + 65,507 bytes: the length fits in two bytes.
-    let len = (out.len() - 2) as u16;
-    out[..2].copy_from_slice(&len.to_be_bytes());
-    Ok(out.freeze())
+    let len = (out.len() - start - 2) as u16;
+    if let Some(head) = out.get_mut(start..start + 2) {
+        head.copy_from_slice(&len.to_be_bytes());
+    }
+    Ok(())
 }
+
+/// Bytes of framed datagrams gathered for one write before it is sent.
+pub const BATCH: usize = 64 * 1024;
 
 /// Splits the stream's bytes into datagrams, however HTTP/2 cut them into
 /// DATA frames. A frame whose address is bad is an error for that frame
@@ -161,6 +179,12 @@ mod tests {
         for (d, p) in &sent {
             wire.extend_from_slice(&encode(d, p).unwrap());
         }
+        // Appended to one buffer, the same bytes.
+        let mut batch = BytesMut::from(&b"earlier"[..]);
+        for (d, p) in &sent {
+            encode_into(d, p, &mut batch).unwrap();
+        }
+        assert_eq!(batch.get(7..), Some(&wire[..]));
         for piece in [1, 3, 1000, wire.len()] {
             let mut dec = Decoder::default();
             let mut got = Vec::new();

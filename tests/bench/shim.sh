@@ -223,7 +223,7 @@ fi
 NOTES=()
 busy_note() {
     local others
-    others="$(pgrep -c -x 'cargo|rustc|cc1|ld|cargo-nextest' || true)"
+    others="$(ps -eo comm= | grep -cxE 'cargo|rustc|cc1|ld|cargo-nextest' || true)"
     if ((others > 0)); then
         NOTES+=("warning: $others cargo/rustc/compiler processes were running $1; the figures are skewed")
     fi

@@ -98,10 +98,29 @@ struct ThreeHosts {
     web: Origin,
     source: Origin,
     body: String,
+    /// A UDP echo bob exports (`PORT/udp`).
+    echo: crate::udp::UdpEcho,
     socks: SocketAddr,
     alice_ns: Netns,
     gw_ns: Netns,
     bob_ns: Netns,
+}
+
+/// 200 datagrams to bob's UDP echo by name through alice's UDP ASSOCIATE
+/// (from alice's namespace); how many came back whole.
+fn udp_exchange(ns: &str, socks: SocketAddr, port: u16) -> usize {
+    use crate::udp::{Association, To};
+    netns::in_netns(Some(ns), || {
+        let a = Association::open(socks);
+        (0..200u32)
+            .filter(|i| {
+                let payload = format!("datagram {i}");
+                a.send(To::Name("bob.vpn.internal", port), payload.as_bytes());
+                a.recv_named(Duration::from_secs(10))
+                    .is_some_and(|(_, _, got)| got == payload.as_bytes())
+            })
+            .count()
+    })
 }
 
 fn ip_cmd(args: &[&str]) {
@@ -147,6 +166,7 @@ fn three_hosts() -> ThreeHosts {
         netns::bind_in(Some(&bob_ns.name), "127.0.0.1:0".parse().unwrap()),
         Mode::Source { len: BULK },
     );
+    let echo = netns::in_netns(Some(&bob_ns.name), crate::udp::UdpEcho::start);
 
     let gw_addr = SocketAddr::new(Ipv4Addr::new(198, 51, 100, 1).into(), 8443);
     let spec = GatewaySpec {
@@ -164,6 +184,11 @@ fn three_hosts() -> ThreeHosts {
             &["--ports", &port.to_string(), "--user", "alice"],
         );
     }
+    let udp_port = echo.addr.port().to_string();
+    gw.allow(
+        "bob.vpn.internal",
+        &["--ports", &udp_port, "--proto", "udp", "--user", "alice"],
+    );
     gw.serve();
 
     let socks = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 1080);
@@ -182,6 +207,7 @@ fn three_hosts() -> ThreeHosts {
     for port in [web.port(), source.port()] {
         bob.cli(&["export", &port.to_string()]).expect_ok();
     }
+    bob.cli(&["export", &format!("{udp_port}/udp")]).expect_ok();
     alice.up();
     bob.up();
     ThreeHosts {
@@ -191,6 +217,7 @@ fn three_hosts() -> ThreeHosts {
         web,
         source,
         body,
+        echo,
         socks,
         alice_ns,
         gw_ns,
@@ -255,6 +282,20 @@ fn direct_then_relayed_then_direct_again() {
         peers.contains("bob"),
         "`shimgate peers` should list bob: {peers}"
     );
+    // UDP to bob's export, direct
+    let relayed = || gw.logs().matches("peer session relayed").count();
+    let relayed_before = relayed();
+    let udp_port = net.echo.addr.port();
+    assert_eq!(
+        udp_exchange(&alice_ns.name, socks, udp_port),
+        200,
+        "UDP, direct"
+    );
+    assert_eq!(
+        relayed(),
+        relayed_before,
+        "direct UDP went through the relay"
+    );
 
     // cut the LAN: the same request goes through the relay, still whole
     ip_cmd(&[
@@ -286,6 +327,14 @@ fn direct_then_relayed_then_direct_again() {
         logs.contains("peer session relayed"),
         "gateway log lacks the relay:\n{logs}"
     );
+    // UDP to bob's export, relayed: a session of its own through the gateway
+    let relayed_before = relayed();
+    assert_eq!(
+        udp_exchange(&alice_ns.name, socks, udp_port),
+        200,
+        "UDP, relayed"
+    );
+    assert!(relayed() > relayed_before, "relayed UDP took no relay");
     let view = alice.cli(&["peers", "--json"]).expect_ok().stdout;
     assert!(view.contains("bob"), "{view}");
 

@@ -684,18 +684,9 @@ where
         plain_wr.shutdown().await?;
         Ok::<u64, LinkError>(total)
     };
-    tokio::pin!(up, down);
-    let (mut up_done, mut down_done) = (None, None);
-    while up_done.is_none() || down_done.is_none() {
-        tokio::select! {
-            r = &mut up, if up_done.is_none() => up_done = Some(r?),
-            r = &mut down, if down_done.is_none() => down_done = Some(r?),
-        }
-    }
-    Ok(Moved {
-        sent: up_done.unwrap_or_default(),
-        received: down_done.unwrap_or_default(),
-    })
+    // Both directions until both end; an error in either ends both.
+    let (sent, received) = tokio::try_join!(up, down)?;
+    Ok(Moved { sent, received })
 }
 
 #[cfg(test)]

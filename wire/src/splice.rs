@@ -62,20 +62,9 @@ async fn splice_halves<R: AsyncRead, W: AsyncWrite>(
     send: SendStream<Bytes>,
     recv: RecvStream,
 ) -> io::Result<Moved> {
-    let up = socket_to_h2(rd, send);
-    let down = h2_to_socket(recv, wr);
-    tokio::pin!(up, down);
-    let (mut up_done, mut down_done) = (None, None);
-    while up_done.is_none() || down_done.is_none() {
-        tokio::select! {
-            r = &mut up, if up_done.is_none() => up_done = Some(r?),
-            r = &mut down, if down_done.is_none() => down_done = Some(r?),
-        }
-    }
-    Ok(Moved {
-        up: up_done.unwrap_or_default(),
-        down: down_done.unwrap_or_default(),
-    })
+    // Both directions until both end; an error in either ends both.
+    let (up, down) = tokio::try_join!(socket_to_h2(rd, send), h2_to_socket(recv, wr))?;
+    Ok(Moved { up, down })
 }
 
 async fn socket_to_h2<R: AsyncRead>(rd: R, mut send: SendStream<Bytes>) -> io::Result<u64> {
@@ -170,16 +159,10 @@ pub async fn join(
     b_to_a: &std::sync::atomic::AtomicU64,
 ) -> io::Result<()> {
     let ((a_send, a_recv), (b_send, b_recv)) = (a, b);
-    let forward = h2_to_h2(a_recv, b_send, a_to_b);
-    let back = h2_to_h2(b_recv, a_send, b_to_a);
-    tokio::pin!(forward, back);
-    let (mut f, mut g) = (false, false);
-    while !f || !g {
-        tokio::select! {
-            r = &mut forward, if !f => { r?; f = true; }
-            r = &mut back, if !g => { r?; g = true; }
-        }
-    }
+    tokio::try_join!(
+        h2_to_h2(a_recv, b_send, a_to_b),
+        h2_to_h2(b_recv, a_send, b_to_a)
+    )?;
     Ok(())
 }
 

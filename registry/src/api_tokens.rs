@@ -1,11 +1,11 @@
-//! API tokens for `/api/v1`: `sga_<id hex>_<secret hex>`. The id is public; only the SHA-256
-//! of the secret is stored, compared in constant time; a revoked token stops working at once.
+//! API tokens for `/api/v1`: `sga_<id hex>_<secret hex>`. A token is a secret record
+//! (`crate::secret`): the id is public; only the SHA-256 of the secret is stored, compared in
+//! constant time; a revoked token stops working at once.
 
 use sqlx::Row;
 use sqlx::any::AnyRow;
-use subtle::ConstantTimeEq;
 
-use crate::tokens::secret_hash;
+use crate::secret::{self, Credential};
 use crate::{Registry, Result, validate};
 use shimgate_host::clock;
 
@@ -21,7 +21,7 @@ pub struct IssuedApiToken {
 
 impl IssuedApiToken {
     pub fn id_hex(&self) -> String {
-        hex::encode(self.id)
+        secret::id_hex(&self.id)
     }
 
     /// What a client sends in `Authorization: Bearer ...`.
@@ -36,9 +36,7 @@ impl IssuedApiToken {
 
 impl std::fmt::Debug for IssuedApiToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IssuedApiToken")
-            .field("id", &hex::encode(self.id))
-            .field("secret", &"<redacted>")
+        secret::debug_struct(f, "IssuedApiToken", &self.id)
             .field("name", &self.name)
             .finish()
     }
@@ -80,19 +78,19 @@ impl Registry {
     /// Creates an API token labelled `name`.
     pub async fn create_api_token(&self, name: &str, created_by: &str) -> Result<IssuedApiToken> {
         validate::name("API token name", name)?;
-        let id: [u8; 16] = rand::random();
-        let secret: [u8; 32] = rand::random();
+        let key = Credential::generate();
         sqlx::query(
             "INSERT INTO api_tokens (id, secret_sha256, name, created_by, created_at) \
              VALUES ($1, $2, $3, $4, $5)",
         )
-        .bind(hex::encode(id))
-        .bind(secret_hash(&secret).to_vec())
+        .bind(key.id_hex())
+        .bind(key.stored_hash())
         .bind(name)
         .bind(created_by)
         .bind(clock::now())
         .execute(&self.pool)
         .await?;
+        let Credential { id, secret } = key;
         Ok(IssuedApiToken {
             id,
             secret,
@@ -110,12 +108,11 @@ impl Registry {
             "SELECT id, secret_sha256, name, created_by, created_at, last_used, revoked_at \
              FROM api_tokens WHERE id = $1",
         )
-        .bind(hex::encode(id))
+        .bind(secret::id_hex(&id))
         .fetch_optional(&self.pool)
         .await?;
         let Some(row) = row else { return Ok(None) };
-        let stored: Vec<u8> = row.try_get("secret_sha256")?;
-        if !bool::from(stored.as_slice().ct_eq(&secret_hash(&secret))) {
+        if !secret::matches(&row, &secret)? {
             return Ok(None);
         }
         let token = row_to_token(&row)?;

@@ -1,14 +1,14 @@
-//! Invitations: a link with a one-time secret (only its SHA-256 is stored) that lets whoever
-//! holds it name a device and get an enrollment code, without an administrator in the loop.
+//! Invitations: a link with a one-time secret (a secret record, `crate::secret`: only its
+//! SHA-256 is stored) that lets whoever holds it name a device and get an enrollment code,
+//! without an administrator in the loop.
 //! An invitation is for one user, or for a group: then the holder also gives a user name, and
 //! that user is created and put in the group. It may be used by up to `max_uses` devices.
 
 use sqlx::Row;
 use sqlx::any::AnyRow;
-use subtle::ConstantTimeEq;
 
 use crate::changes::bump;
-use crate::tokens::secret_hash;
+use crate::secret::{self, Credential};
 use crate::{Error, IssuedToken, RedeemError, Registry, Result, validate};
 use shimgate_host::clock;
 
@@ -43,9 +43,10 @@ pub struct IssuedInvitation {
 
 impl IssuedInvitation {
     pub fn id_hex(&self) -> String {
-        hex::encode(self.id)
+        secret::id_hex(&self.id)
     }
 
+    /// The secret as the invitation link carries it (lowercase hex).
     pub fn secret_hex(&self) -> String {
         hex::encode(self.secret)
     }
@@ -53,9 +54,7 @@ impl IssuedInvitation {
 
 impl std::fmt::Debug for IssuedInvitation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IssuedInvitation")
-            .field("id", &hex::encode(self.id))
-            .field("secret", &"<redacted>")
+        secret::debug_struct(f, "IssuedInvitation", &self.id)
             .field("expires_at", &self.expires_at)
             .finish()
     }
@@ -139,9 +138,15 @@ fn usable(inv: &InvitationRow) -> Result<(), RedeemError> {
     }
 }
 
-fn secret_matches(row: &AnyRow, secret: &[u8; 32]) -> Result<bool> {
-    let stored: Vec<u8> = row.try_get("secret_sha256")?;
-    Ok(bool::from(stored.as_slice().ct_eq(&secret_hash(secret))))
+/// The invitation in `row` (read with `invitation_select!`), if `secret` is its secret and it
+/// can still be used at `now`. The secret is checked first: a wrong one reads as `Unknown`.
+fn checked(row: &AnyRow, secret: &[u8; 32], now: i64) -> Result<InvitationRow, RedeemError> {
+    if !secret::matches(row, secret)? {
+        return Err(RedeemError::Unknown);
+    }
+    let inv = row_to_invitation(row, now)?;
+    usable(&inv)?;
+    Ok(inv)
 }
 
 impl Registry {
@@ -170,14 +175,13 @@ impl Registry {
                 (None, Some(name.clone()))
             }
         };
-        let id: [u8; 16] = rand::random();
-        let secret: [u8; 32] = rand::random();
+        let key = Credential::generate();
         sqlx::query(
             "INSERT INTO invitations (id, secret_sha256, user_id, group_name, created_by, \
              created_at, expires_at, max_uses, uses_left) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
         )
-        .bind(hex::encode(id))
-        .bind(secret_hash(&secret).to_vec())
+        .bind(key.id_hex())
+        .bind(key.stored_hash())
         .bind(user_id)
         .bind(group)
         .bind(&n.created_by)
@@ -186,6 +190,7 @@ impl Registry {
         .bind(i64::from(n.uses))
         .execute(&self.pool)
         .await?;
+        let Credential { id, secret } = key;
         Ok(IssuedInvitation {
             id,
             secret,
@@ -202,16 +207,11 @@ impl Registry {
         now: i64,
     ) -> Result<InvitationRow, RedeemError> {
         let row = sqlx::query(concat!(invitation_select!(), " WHERE i.id = $1"))
-            .bind(hex::encode(id))
+            .bind(secret::id_hex(id))
             .fetch_optional(&self.pool)
             .await?
             .ok_or(RedeemError::Unknown)?;
-        if !secret_matches(&row, secret)? {
-            return Err(RedeemError::Unknown);
-        }
-        let inv = row_to_invitation(&row, now)?;
-        usable(&inv)?;
-        Ok(inv)
+        checked(&row, secret, now)
     }
 
     /// Uses an invitation once: checks it, creates (for a group invitation) the user and their
@@ -225,18 +225,14 @@ impl Registry {
         now: i64,
     ) -> Result<IssuedToken, RedeemError> {
         validate::name("device name", &r.device_name)?;
-        let id_hex = hex::encode(id);
+        let id_hex = secret::id_hex(id);
         let mut tx = self.begin_write().await?;
         let row = sqlx::query(concat!(invitation_select!(), " WHERE i.id = $1"))
             .bind(&id_hex)
             .fetch_optional(&mut *tx)
             .await?
             .ok_or(RedeemError::Unknown)?;
-        if !secret_matches(&row, secret)? {
-            return Err(RedeemError::Unknown);
-        }
-        let inv = row_to_invitation(&row, now)?;
-        usable(&inv)?;
+        let inv = checked(&row, secret, now)?;
         let (user_id, user_name): (i64, String) = match &inv.invitee {
             Invitee::User(name) => (row.try_get("user_id")?, name.clone()),
             Invitee::Group(group) => {
@@ -303,15 +299,14 @@ impl Registry {
         if consumed != 1 {
             return Err(RedeemError::UsedUp);
         }
-        let token_id: [u8; 16] = rand::random();
-        let token_secret: [u8; 32] = rand::random();
+        let token = Credential::generate();
         sqlx::query(
             "INSERT INTO enrollment_tokens (id, secret_sha256, user_id, created_by, created_at, \
              expires_at, uses_left, device_name, invitation_id) \
              VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $8)",
         )
-        .bind(hex::encode(token_id))
-        .bind(secret_hash(&token_secret).to_vec())
+        .bind(token.id_hex())
+        .bind(token.stored_hash())
         .bind(user_id)
         .bind(format!("invitation:{id_hex}"))
         .bind(now)
@@ -321,12 +316,7 @@ impl Registry {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(IssuedToken {
-            id: token_id,
-            secret: token_secret,
-            expires_at: r.token_expires_at,
-            user: user_name,
-        })
+        Ok(IssuedToken::new(token, r.token_expires_at, user_name))
     }
 
     /// Every invitation, newest first.

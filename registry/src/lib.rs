@@ -23,6 +23,7 @@ mod error;
 mod invitations;
 mod policy;
 mod rules;
+mod secret;
 mod tokens;
 mod users;
 mod validate;

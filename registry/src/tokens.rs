@@ -1,10 +1,10 @@
 //! Enrollment tokens: issuing, redeeming (one use at a time, atomically), listing, cancelling.
-//! Only the SHA-256 of a token's secret is stored; its id is public.
+//! A token is a secret record (`crate::secret`): only the SHA-256 of its secret is stored; its
+//! id is public. Its text form is the enrollment code (`shimgate_wire::code`).
 
-use sha2::{Digest, Sha256};
 use sqlx::Row;
-use subtle::ConstantTimeEq;
 
+use crate::secret::{self, Credential};
 use crate::{Device, Error, RedeemError, Registry, Result};
 use shimgate_host::clock;
 
@@ -33,15 +33,24 @@ pub struct IssuedToken {
 impl IssuedToken {
     /// The id as stored and listed (lowercase hex).
     pub fn id_hex(&self) -> String {
-        hex::encode(self.id)
+        secret::id_hex(&self.id)
+    }
+
+    /// The token issued for a credential just stored.
+    pub(crate) fn new(key: Credential, expires_at: i64, user: String) -> Self {
+        let Credential { id, secret } = key;
+        Self {
+            id,
+            secret,
+            expires_at,
+            user,
+        }
     }
 }
 
 impl std::fmt::Debug for IssuedToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IssuedToken")
-            .field("id", &hex::encode(self.id))
-            .field("secret", &"<redacted>")
+        secret::debug_struct(f, "IssuedToken", &self.id)
             .field("expires_at", &self.expires_at)
             .field("user", &self.user)
             .finish()
@@ -73,10 +82,6 @@ pub struct TokenRow {
     pub expired: bool,
 }
 
-pub(crate) fn secret_hash(secret: &[u8; 32]) -> [u8; 32] {
-    Sha256::digest(secret).into()
-}
-
 impl Registry {
     /// Issues a token with a random id and secret. Fails with `NotFound` if the user does not
     /// exist and `Invalid` if `uses` is 0.
@@ -84,15 +89,14 @@ impl Registry {
         if t.uses == 0 {
             return Err(Error::invalid("token uses", "must be at least 1"));
         }
-        let id: [u8; 16] = rand::random();
-        let secret: [u8; 32] = rand::random();
+        let key = Credential::generate();
         let inserted = sqlx::query(
             "INSERT INTO enrollment_tokens \
              (id, secret_sha256, user_id, created_by, created_at, expires_at, uses_left) \
              SELECT $1, $2, id, $3, $4, $5, $6 FROM users WHERE name = $7",
         )
-        .bind(hex::encode(id))
-        .bind(secret_hash(&secret).to_vec())
+        .bind(key.id_hex())
+        .bind(key.stored_hash())
         .bind(&t.created_by)
         .bind(clock::now())
         .bind(t.expires_at)
@@ -104,12 +108,7 @@ impl Registry {
         if inserted == 0 {
             return Err(Error::not_found("user", t.user));
         }
-        Ok(IssuedToken {
-            id,
-            secret,
-            expires_at: t.expires_at,
-            user: t.user,
-        })
+        Ok(IssuedToken::new(key, t.expires_at, t.user))
     }
 
     /// Consumes one use of a token, atomically: concurrent redemptions of the last use cannot
@@ -121,7 +120,7 @@ impl Registry {
         secret: &[u8; 32],
         now: i64,
     ) -> Result<TokenGrant, RedeemError> {
-        let id_hex = hex::encode(id);
+        let id_hex = secret::id_hex(id);
         let row = sqlx::query(
             "SELECT t.secret_sha256, t.user_id, u.name AS user_name, t.device_name \
              FROM enrollment_tokens t JOIN users u ON u.id = t.user_id WHERE t.id = $1",
@@ -132,8 +131,7 @@ impl Registry {
         let Some(row) = row else {
             return Err(RedeemError::Unknown);
         };
-        let stored: Vec<u8> = row.try_get("secret_sha256")?;
-        if !bool::from(stored.as_slice().ct_eq(&secret_hash(secret))) {
+        if !secret::matches(&row, secret)? {
             return Err(RedeemError::Unknown);
         }
         let grant = TokenGrant {

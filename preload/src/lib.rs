@@ -13,6 +13,7 @@
 //! - [`real`]: the C library's own functions behind the ones exported here.
 //! - [`sockaddr`]: reading and writing a program's socket addresses.
 //! - [`say`]: refusals on the program's terminal.
+//! - [`fork`]: this library's locks held across the program's forks.
 //!
 //! Everything exported is a C function the program calls with arguments
 //! this library does not trust; none may unwind into the program, so each
@@ -21,6 +22,7 @@
 
 mod config;
 mod control;
+mod fork;
 mod names;
 #[path = "../../wire/src/shimsock.rs"]
 #[allow(dead_code)]

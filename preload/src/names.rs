@@ -30,6 +30,11 @@ const NAME_WAIT: Duration = Duration::from_secs(5);
 /// Lists this library allocated, so `freeaddrinfo` knows whose they are.
 static OURS: Mutex<BTreeSet<usize>> = Mutex::new(BTreeSet::new());
 
+/// [`OURS`]'s lock, held across a fork ([`crate::fork`]).
+pub fn hold() -> std::sync::MutexGuard<'static, BTreeSet<usize>> {
+    OURS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// `getaddrinfo` for `node` if it is a VPN name (`None`: not ours).
 ///
 /// # Safety

@@ -11,6 +11,11 @@ static TOLD: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 /// Why, when `up` did not answer the shim socket.
 pub const NOT_RUNNING: &str = "shimgate up is not running (start it with `shimgate up`)";
 
+/// [`TOLD`]'s lock, held across a fork ([`crate::fork`]).
+pub fn hold() -> std::sync::MutexGuard<'static, BTreeSet<String>> {
+    TOLD.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 pub fn refused(what: &str, why: &str) {
     // SAFETY: isatty on a descriptor number.
     if unsafe { libc::isatty(2) } != 1 {

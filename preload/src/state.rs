@@ -57,6 +57,11 @@ impl<T: Tracked> Table<T> {
         out
     }
 
+    /// The lock itself, held across a fork ([`crate::fork`]).
+    pub fn hold(&'static self) -> std::sync::MutexGuard<'static, BTreeMap<c_int, T>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn is_empty(&self) -> bool {
         self.count.load(Ordering::Relaxed) == 0
     }

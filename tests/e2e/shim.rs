@@ -684,6 +684,40 @@ got = c.recv(100).decode()
 print(answered, count - answered, corrupt, elsewhere, got, c.getpeername()[0], "%.0f" % rate)
 "#;
 
+/// A thread sends UDP to HOST PORT without pause while the main thread
+/// forks 300 times; each child sends once and exits. Prints how many
+/// children did not exit within 5 s (it stops at the first).
+const FORK_WHILE_SENDING: &str = r#"
+import os, socket, sys, threading, time
+host, port = sys.argv[1], int(sys.argv[2])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.sendto(b"first", (host, port))
+running = True
+def hammer():
+    while running:
+        s.sendto(b"x", (host, port))
+threading.Thread(target=hammer, daemon=True).start()
+forked = hung = 0
+for i in range(300):
+    pid = os.fork()
+    if pid == 0:
+        s.sendto(b"child", (host, port))
+        os._exit(0)
+    forked += 1
+    deadline = time.monotonic() + 5
+    while os.waitpid(pid, os.WNOHANG)[0] == 0:
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            hung += 1
+            break
+        time.sleep(0.0005)
+    if hung:
+        break
+running = False
+print("forked", forked, "hung", hung)
+"#;
+
 /// UDP under `run`: 100,000 checksummed datagrams through the gateway to an
 /// echo server in the intranet (none lost, none corrupted, none from
 /// elsewhere: the server's copies from another port are dropped at the
@@ -807,4 +841,16 @@ fn udp_programs_reach_the_intranet() {
         s.recv_from(&mut [0u8; 64]).is_ok()
     });
     assert!(!out, "sg-dev reached the intranet's UDP echo directly");
+
+    // Forks while another thread sends: the library's locks are held across
+    // each fork (pthread_atfork), so no child inherits one taken for good.
+    let out = dev.cli_within(
+        &["run", "--", PYTHON, "-c", FORK_WHILE_SENDING, &host, &port],
+        Duration::from_secs(120),
+    );
+    assert_eq!(
+        out.stdout.trim(),
+        "forked 300 hung 0",
+        "children that hung in the library after a fork: {out}"
+    );
 }

@@ -2,23 +2,22 @@
 //! (`Authorization: Bearer sga_...`; 401 without one, with a wrong or a revoked one), the
 //! OpenAPI document that describes it, and the console page where admins manage API tokens.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use askama::Template;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, delete, get, post};
-use axum::{Form, Json, Router};
+use axum::{Json, Router};
 use serde_json::json;
 use shimgate_host::clock;
 use shimgate_registry::Invitee;
 
-use super::Peer;
 use super::audit::Filter;
-use super::auth::{CsrfOnly, Nav};
+use super::auth::{CsrfOnly, Nav, SignedIn};
 use super::policy::RuleInput;
 use super::{Actor, Console, Failure, render, when};
 
@@ -68,20 +67,27 @@ fn unauthorized() -> Response {
         .into_response()
 }
 
-impl Console {
-    /// The API client behind a request, from its bearer token.
-    #[allow(clippy::result_large_err)] // the error is the response to send, on a cold path
-    async fn api_actor(&self, headers: &HeaderMap, addr: SocketAddr) -> Result<Actor, Response> {
-        let bearer = headers
+/// The extractor of every `/api/v1` endpoint but the OpenAPI document: the API client
+/// behind a request, from its bearer token, as the audit log names it. A missing, unknown or
+/// revoked token gets 401 with `WWW-Authenticate: Bearer`, a registry failure its JSON error.
+pub struct ApiClient(pub Actor);
+
+impl FromRequestParts<Arc<Console>> for ApiClient {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, c: &Arc<Console>) -> Result<Self, Response> {
+        let addr = super::peer_addr(parts, c).await?;
+        let bearer = parts
+            .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or_else(unauthorized)?;
-        match self.gw.registry.check_api_token(bearer, clock::now()).await {
-            Ok(Some(t)) => Ok(Actor {
+        match c.gw.registry.check_api_token(bearer, clock::now()).await {
+            Ok(Some(t)) => Ok(ApiClient(Actor {
                 name: format!("api:{}", t.name),
                 addr,
-            }),
+            })),
             Ok(None) => {
                 tracing::info!(%addr, "API call refused: unknown or revoked token");
                 Err(unauthorized())
@@ -91,18 +97,12 @@ impl Console {
     }
 }
 
-/// Runs `f` for an authenticated API client and answers with its JSON or error.
-macro_rules! api {
-    ($c:expr, $headers:expr, $addr:expr, |$who:ident| $body:expr) => {{
-        let $who = match $c.api_actor(&$headers, $addr).await {
-            Ok(a) => a,
-            Err(r) => return r,
-        };
-        match $body {
-            Ok(v) => Json(v).into_response(),
-            Err(f) => fail(&f),
-        }
-    }};
+/// An endpoint's answer: its value as JSON, or its failure.
+fn answer<T: serde::Serialize>(r: Result<T, Failure>) -> Response {
+    match r {
+        Ok(v) => Json(v).into_response(),
+        Err(f) => fail(&f),
+    }
 }
 
 fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, Failure> {
@@ -110,47 +110,36 @@ fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, Failure> {
         .map_err(|e| Failure::new(StatusCode::BAD_REQUEST, e.body_text()))
 }
 
-async fn devices(
-    State(c): State<Arc<Console>>,
-    ConnectInfo(Peer(a)): ConnectInfo<Peer>,
-    h: HeaderMap,
-) -> Response {
-    api!(c, h, a, |_who| c.devices().await)
+async fn devices(State(c): State<Arc<Console>>, _: ApiClient) -> Response {
+    answer(c.devices().await)
 }
 
-async fn sessions(
-    State(c): State<Arc<Console>>,
-    ConnectInfo(Peer(a)): ConnectInfo<Peer>,
-    h: HeaderMap,
-) -> Response {
-    api!(c, h, a, |_who| Ok::<_, Failure>(c.sessions_view()))
+async fn sessions(State(c): State<Arc<Console>>, _: ApiClient) -> Response {
+    Json(c.sessions_view()).into_response()
 }
 
 async fn revoke(
     State(c): State<Arc<Console>>,
-    ConnectInfo(Peer(a)): ConnectInfo<Peer>,
-    h: HeaderMap,
     Path(name): Path<String>,
+    ApiClient(who): ApiClient,
 ) -> Response {
-    api!(c, h, a, |who| c.revoke_device(&who, &name).await)
+    answer(c.revoke_device(&who, &name).await)
 }
 
 async fn enable(
     State(c): State<Arc<Console>>,
-    ConnectInfo(Peer(a)): ConnectInfo<Peer>,
-    h: HeaderMap,
     Path(name): Path<String>,
+    ApiClient(who): ApiClient,
 ) -> Response {
-    api!(c, h, a, |who| c.reenable_device(&who, &name).await)
+    answer(c.reenable_device(&who, &name).await)
 }
 
 async fn approve(
     State(c): State<Arc<Console>>,
-    ConnectInfo(Peer(a)): ConnectInfo<Peer>,
-    h: HeaderMap,
     Path(name): Path<String>,
+    ApiClient(who): ApiClient,
 ) -> Response {
-    api!(c, h, a, |who| c.approve_device(&who, &name).await)
+    answer(c.approve_device(&who, &name).await)
 }
 
 /// Gateway-wide settings.
@@ -160,40 +149,33 @@ struct Settings {
     require_approval: bool,
 }
 
-async fn settings(
-    State(c): State<Arc<Console>>,
-    ConnectInfo(Peer(a)): ConnectInfo<Peer>,
-    h: HeaderMap,
-) -> Response {
-    api!(c, h, a, |_who| c
-        .gw
-        .registry
-        .require_approval()
-        .await
-        .map(|require_approval| Settings { require_approval })
-        .map_err(Failure::from))
+async fn settings(State(c): State<Arc<Console>>, _: ApiClient) -> Response {
+    answer(
+        c.gw.registry
+            .require_approval()
+            .await
+            .map(|require_approval| Settings { require_approval })
+            .map_err(Failure::from),
+    )
 }
 
 async fn put_settings(
     State(c): State<Arc<Console>>,
-    ConnectInfo(Peer(a)): ConnectInfo<Peer>,
-    h: HeaderMap,
+    ApiClient(who): ApiClient,
     b: Result<Json<Settings>, JsonRejection>,
 ) -> Response {
-    api!(c, h, a, |who| async {
-        let s = body(b)?;
-        c.set_require_approval(&who, s.require_approval).await?;
-        Ok::<_, Failure>(s)
-    }
-    .await)
+    answer(
+        async {
+            let s = body(b)?;
+            c.set_require_approval(&who, s.require_approval).await?;
+            Ok::<_, Failure>(s)
+        }
+        .await,
+    )
 }
 
-async fn users(
-    State(c): State<Arc<Console>>,
-    ConnectInfo(Peer(a)): ConnectInfo<Peer>,
-    h: HeaderMap,
-) -> Response {
-    api!(c, h, a, |_who| c.users().await)
+async fn users(State(c): State<Arc<Console>>, _: ApiClient) -> Response {
+    answer(c.users().await)
 }
 
 #[derive(serde::Deserialize)]
@@ -205,36 +187,33 @@ struct NewUser {
 
 async fn add_user(
     State(c): State<Arc<Console>>,
-    ConnectInfo(Peer(a)): ConnectInfo<Peer>,
-    h: HeaderMap,
+    ApiClient(who): ApiClient,
     b: Result<Json<NewUser>, JsonRejection>,
 ) -> Response {
-    api!(c, h, a, |who| async {
-        let u = body(b)?;
-        c.add_user(&who, u.name.trim(), &u.groups).await?;
-        Ok::<_, Failure>(json!({ "name": u.name.trim(), "groups": u.groups }))
-    }
-    .await)
+    answer(
+        async {
+            let u = body(b)?;
+            c.add_user(&who, u.name.trim(), &u.groups).await?;
+            Ok::<_, Failure>(json!({ "name": u.name.trim(), "groups": u.groups }))
+        }
+        .await,
+    )
 }
 
 async fn remove_from_group(
     State(c): State<Arc<Console>>,
-    ConnectInfo(Peer(a)): ConnectInfo<Peer>,
-    h: HeaderMap,
     Path((name, group)): Path<(String, String)>,
+    ApiClient(who): ApiClient,
 ) -> Response {
-    api!(c, h, a, |who| c
-        .remove_from_group(&who, &name, &group)
-        .await
-        .map(|()| json!({ "user": name, "removed_from": group })))
+    answer(
+        c.remove_from_group(&who, &name, &group)
+            .await
+            .map(|()| json!({ "user": name, "removed_from": group })),
+    )
 }
 
-async fn invitations(
-    State(c): State<Arc<Console>>,
-    ConnectInfo(Peer(a)): ConnectInfo<Peer>,
-    h: HeaderMap,
-) -> Response {
-    api!(c, h, a, |_who| c.invitations().await)
+async fn invitations(State(c): State<Arc<Console>>, _: ApiClient) -> Response {
+    answer(c.invitations().await)
 }
 
 #[derive(serde::Deserialize)]
@@ -258,45 +237,42 @@ fn day() -> String {
 
 async fn create_invitation(
     State(c): State<Arc<Console>>,
-    ConnectInfo(Peer(a)): ConnectInfo<Peer>,
-    h: HeaderMap,
+    ApiClient(who): ApiClient,
     b: Result<Json<NewInvitationBody>, JsonRejection>,
 ) -> Response {
-    api!(c, h, a, |who| async {
-        let n = body(b)?;
-        let invitee = match (n.user, n.group) {
-            (Some(u), None) => Invitee::User(u),
-            (None, Some(g)) => Invitee::Group(g),
-            _ => {
-                return Err(Failure::new(
-                    StatusCode::BAD_REQUEST,
-                    "give exactly one of \"user\" and \"group\"",
-                ));
-            }
-        };
-        c.create_invitation(&who, invitee, n.uses, &n.expires).await
-    }
-    .await)
+    answer(
+        async {
+            let n = body(b)?;
+            let invitee = match (n.user, n.group) {
+                (Some(u), None) => Invitee::User(u),
+                (None, Some(g)) => Invitee::Group(g),
+                _ => {
+                    return Err(Failure::new(
+                        StatusCode::BAD_REQUEST,
+                        "give exactly one of \"user\" and \"group\"",
+                    ));
+                }
+            };
+            c.create_invitation(&who, invitee, n.uses, &n.expires).await
+        }
+        .await,
+    )
 }
 
 async fn cancel_invitation(
     State(c): State<Arc<Console>>,
-    ConnectInfo(Peer(a)): ConnectInfo<Peer>,
-    h: HeaderMap,
     Path(id): Path<String>,
+    ApiClient(who): ApiClient,
 ) -> Response {
-    api!(c, h, a, |who| c
-        .cancel_invitation(&who, &id)
-        .await
-        .map(|()| json!({ "cancelled": id })))
+    answer(
+        c.cancel_invitation(&who, &id)
+            .await
+            .map(|()| json!({ "cancelled": id })),
+    )
 }
 
-async fn tokens(
-    State(c): State<Arc<Console>>,
-    ConnectInfo(Peer(a)): ConnectInfo<Peer>,
-    h: HeaderMap,
-) -> Response {
-    api!(c, h, a, |_who| c.tokens().await)
+async fn tokens(State(c): State<Arc<Console>>, _: ApiClient) -> Response {
+    answer(c.tokens().await)
 }
 
 #[derive(serde::Deserialize)]
@@ -310,61 +286,59 @@ struct NewTokenBody {
 
 async fn create_token(
     State(c): State<Arc<Console>>,
-    ConnectInfo(Peer(a)): ConnectInfo<Peer>,
-    h: HeaderMap,
+    ApiClient(who): ApiClient,
     b: Result<Json<NewTokenBody>, JsonRejection>,
 ) -> Response {
-    api!(c, h, a, |who| async {
-        let n = body(b)?;
-        c.create_token(&who, n.user.trim(), n.uses, &n.expires)
-            .await
-    }
-    .await)
+    answer(
+        async {
+            let n = body(b)?;
+            c.create_token(&who, n.user.trim(), n.uses, &n.expires)
+                .await
+        }
+        .await,
+    )
 }
 
 async fn cancel_token(
     State(c): State<Arc<Console>>,
-    ConnectInfo(Peer(a)): ConnectInfo<Peer>,
-    h: HeaderMap,
     Path(id): Path<String>,
+    ApiClient(who): ApiClient,
 ) -> Response {
-    api!(c, h, a, |who| c
-        .cancel_token(&who, &id)
-        .await
-        .map(|()| json!({ "cancelled": id })))
+    answer(
+        c.cancel_token(&who, &id)
+            .await
+            .map(|()| json!({ "cancelled": id })),
+    )
 }
 
-async fn rules(
-    State(c): State<Arc<Console>>,
-    ConnectInfo(Peer(a)): ConnectInfo<Peer>,
-    h: HeaderMap,
-) -> Response {
-    api!(c, h, a, |_who| c.rules().await)
+async fn rules(State(c): State<Arc<Console>>, _: ApiClient) -> Response {
+    answer(c.rules().await)
 }
 
 async fn add_rule(
     State(c): State<Arc<Console>>,
-    ConnectInfo(Peer(a)): ConnectInfo<Peer>,
-    h: HeaderMap,
+    ApiClient(who): ApiClient,
     b: Result<Json<RuleInput>, JsonRejection>,
 ) -> Response {
-    api!(c, h, a, |who| async {
-        let r = body(b)?;
-        c.add_rule(&who, &r).await
-    }
-    .await)
+    answer(
+        async {
+            let r = body(b)?;
+            c.add_rule(&who, &r).await
+        }
+        .await,
+    )
 }
 
 async fn remove_rule(
     State(c): State<Arc<Console>>,
-    ConnectInfo(Peer(a)): ConnectInfo<Peer>,
-    h: HeaderMap,
     Path(id): Path<i64>,
+    ApiClient(who): ApiClient,
 ) -> Response {
-    api!(c, h, a, |who| c
-        .remove_rule(&who, id)
-        .await
-        .map(|()| json!({ "removed": id })))
+    answer(
+        c.remove_rule(&who, id)
+            .await
+            .map(|()| json!({ "removed": id })),
+    )
 }
 
 #[derive(serde::Deserialize)]
@@ -376,14 +350,15 @@ struct AuditParams {
 
 async fn audit(
     State(c): State<Arc<Console>>,
-    ConnectInfo(Peer(a)): ConnectInfo<Peer>,
-    h: HeaderMap,
     Query(q): Query<AuditParams>,
+    _: ApiClient,
 ) -> Response {
     let per_page = q.per_page.unwrap_or(super::audit::PAGE).clamp(1, MAX_AUDIT);
-    api!(c, h, a, |_who| c.audit_page(&q.filter, per_page).await.map(
-        |(entries, more)| json!({ "entries": entries, "more": more })
-    ))
+    answer(
+        c.audit_page(&q.filter, per_page)
+            .await
+            .map(|(entries, more)| json!({ "entries": entries, "more": more })),
+    )
 }
 
 async fn openapi() -> Response {
@@ -542,14 +517,9 @@ pub struct NewApiTokenForm {
 
 pub async fn create_token_form(
     State(c): State<Arc<Console>>,
-    ConnectInfo(Peer(addr)): ConnectInfo<Peer>,
     headers: HeaderMap,
-    Form(f): Form<NewApiTokenForm>,
+    SignedIn { who, form: f, .. }: SignedIn<NewApiTokenForm>,
 ) -> Response {
-    let who = match c.form_session(&headers, addr, &f.csrf) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
     let name = f.name.trim();
     match c.gw.registry.create_api_token(name, &who.name).await {
         Ok(t) => {
@@ -566,15 +536,10 @@ pub async fn create_token_form(
 
 pub async fn revoke_token_form(
     State(c): State<Arc<Console>>,
-    ConnectInfo(Peer(addr)): ConnectInfo<Peer>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    Form(f): Form<CsrfOnly>,
+    SignedIn { who, .. }: SignedIn<CsrfOnly>,
 ) -> Response {
-    let who = match c.form_session(&headers, addr, &f.csrf) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
     let result = match c.gw.registry.revoke_api_token(&id).await {
         Ok(true) => {
             c.audit(&who, "api_token.revoke", &id, String::new()).await;

@@ -7,16 +7,16 @@
 //! in (sign-in, invitation) use a double-submit token instead: a random
 //! cookie whose value the form repeats. Both are compared in constant time.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use askama::Template;
 use axum::Form;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, FromRequest, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use dashmap::DashMap;
+use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -186,33 +186,6 @@ impl Console {
         }
     }
 
-    /// The admin behind a form post, if signed in and the form's CSRF token is theirs.
-    #[allow(clippy::result_large_err)] // the error is the response to send, on a cold path
-    pub(crate) fn form_session(
-        &self,
-        headers: &HeaderMap,
-        addr: SocketAddr,
-        csrf: &str,
-    ) -> Result<Actor, Response> {
-        let Some((s, _)) = self.sessions.get(headers) else {
-            return Err(see_other("/login"));
-        };
-        if s.must_change {
-            return Err(see_other("/password"));
-        }
-        if !same(csrf, &s.csrf) {
-            tracing::info!(%addr, admin = %s.admin, "form refused: CSRF token missing or wrong");
-            return Err(super::error_page(
-                StatusCode::FORBIDDEN,
-                "This form was not sent from a current console page (CSRF check failed). Go back, reload the page and try again.",
-            ));
-        }
-        Ok(Actor {
-            name: format!("admin:{}", s.admin),
-            addr,
-        })
-    }
-
     /// Shows `text` on the next page and sends the browser to `to`.
     pub(crate) fn done(
         &self,
@@ -252,6 +225,60 @@ impl Console {
     /// True if the posted double-submit token matches the browser's cookie.
     pub(crate) fn form_token_ok(&self, headers: &HeaderMap, posted: &str) -> bool {
         cookie(headers, FORM_COOKIE).is_some_and(|c| same(posted, c))
+    }
+}
+
+/// A form that carries its session's CSRF token, for [`SignedIn`].
+pub trait CsrfForm {
+    /// The token the form posted.
+    fn csrf(&self) -> &str;
+    /// Whether a session signed in with a one-time password may send it (only the password
+    /// form: every other one leads to `/password` until then).
+    const BEFORE_PASSWORD_CHANGE: bool = false;
+}
+
+/// The extractor of every form a signed-in admin posts: the form `F` (decoded as axum's
+/// `Form` does, rejected as it rejects), the session the cookie names and the admin as the
+/// audit log names them. A browser that is not signed in is sent to `/login`, one whose
+/// one-time password is still to be changed to `/password` (unless `F` is the password
+/// form), and a form whose CSRF token is not the session's gets the 403 page.
+pub struct SignedIn<F> {
+    pub who: Actor,
+    pub session: Session,
+    pub form: F,
+}
+
+impl<F> FromRequest<Arc<Console>> for SignedIn<F>
+where
+    F: CsrfForm + DeserializeOwned + Send,
+{
+    type Rejection = Response;
+
+    async fn from_request(req: Request, c: &Arc<Console>) -> Result<Self, Response> {
+        let (mut parts, body) = req.into_parts();
+        let addr = super::peer_addr(&mut parts, c).await?;
+        let headers = parts.headers.clone();
+        let Form(form) = Form::<F>::from_request(Request::from_parts(parts, body), c)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let Some((session, _)) = c.sessions.get(&headers) else {
+            return Err(see_other("/login"));
+        };
+        if session.must_change && !F::BEFORE_PASSWORD_CHANGE {
+            return Err(see_other("/password"));
+        }
+        if !same(form.csrf(), &session.csrf) {
+            tracing::info!(%addr, admin = %session.admin, "form refused: CSRF token missing or wrong");
+            return Err(super::error_page(
+                StatusCode::FORBIDDEN,
+                "This form was not sent from a current console page (CSRF check failed). Go back, reload the page and try again.",
+            ));
+        }
+        Ok(SignedIn {
+            who: Actor::admin(&session.admin, addr),
+            session,
+            form,
+        })
     }
 }
 
@@ -357,10 +384,7 @@ pub async fn login(
             );
         }
     };
-    let actor = Actor {
-        name: format!("admin:{}", echoed_name(name)),
-        addr,
-    };
+    let actor = Actor::admin(&echoed_name(name), addr);
     let Some(admin) = admin else {
         metrics::counter!("shimgate_console_logins_total", "result" => "refused").increment(1);
         c.audit(&actor, "console.login_failed", "", String::new())
@@ -437,6 +461,13 @@ pub struct PasswordForm {
     pub repeat: String,
 }
 
+impl CsrfForm for PasswordForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+    const BEFORE_PASSWORD_CHANGE: bool = true;
+}
+
 impl PasswordForm {
     /// The checks on the new password made before the current one is checked (no database):
     /// typed twice the same, at least [`shimgate_registry::MIN_PASSWORD_CHARS`] characters,
@@ -460,19 +491,13 @@ impl PasswordForm {
 
 pub async fn change_password(
     State(c): State<Arc<Console>>,
-    ConnectInfo(Peer(addr)): ConnectInfo<Peer>,
     headers: HeaderMap,
-    Form(f): Form<PasswordForm>,
+    SignedIn {
+        who,
+        session: s,
+        form: f,
+    }: SignedIn<PasswordForm>,
 ) -> Response {
-    let Some((s, _)) = c.sessions.get(&headers) else {
-        return see_other("/login");
-    };
-    if !same(&f.csrf, &s.csrf) {
-        return super::error_page(
-            StatusCode::FORBIDDEN,
-            "This form was not sent from a current console page (CSRF check failed). Go back, reload the page and try again.",
-        );
-    }
     let again = |s: Session, status: StatusCode, error: &str| {
         password_view(s, None, status, Some(error.to_owned()))
     };
@@ -480,7 +505,7 @@ pub async fn change_password(
         return again(s, StatusCode::BAD_REQUEST, &msg);
     }
     // The current password is checked next: throttled like a sign-in.
-    if !c.throttle.by_addr.allow(addr.ip()) || !c.throttle.by_name.allow(s.admin.clone()) {
+    if !c.throttle.by_addr.allow(who.addr.ip()) || !c.throttle.by_name.allow(s.admin.clone()) {
         return again(
             s,
             StatusCode::TOO_MANY_REQUESTS,
@@ -514,10 +539,6 @@ pub async fn change_password(
         let fail = super::Failure::from(e);
         return again(s, fail.status, &fail.message);
     }
-    let who = Actor {
-        name: format!("admin:{}", s.admin),
-        addr,
-    };
     c.audit(&who, "admin.password", &s.admin, String::new())
         .await;
     c.sessions.password_changed(&headers);
@@ -531,16 +552,34 @@ pub struct CsrfOnly {
     pub csrf: String,
 }
 
+/// The forms an admin may send only once they have chosen a password (all but the password
+/// form), each with its token in `csrf`.
+macro_rules! csrf_forms {
+    ($($form:ty),* $(,)?) => {$(
+        impl CsrfForm for $form {
+            fn csrf(&self) -> &str {
+                &self.csrf
+            }
+        }
+    )*};
+}
+
+csrf_forms!(
+    CsrfOnly,
+    super::devices::ApprovalForm,
+    super::devices::MembershipForm,
+    super::devices::UserForm,
+    super::invite::InvitationForm,
+    super::invite::TokenForm,
+    super::policy::RuleForm,
+    super::api::NewApiTokenForm,
+);
+
 pub async fn logout(
     State(c): State<Arc<Console>>,
-    ConnectInfo(Peer(addr)): ConnectInfo<Peer>,
     headers: HeaderMap,
-    Form(f): Form<CsrfOnly>,
+    SignedIn { who, .. }: SignedIn<CsrfOnly>,
 ) -> Response {
-    let who = match c.form_session(&headers, addr, &f.csrf) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
     c.audit(&who, "console.logout", "", String::new()).await;
     c.sessions.end(&headers);
     let mut resp = see_other("/login");

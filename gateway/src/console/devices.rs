@@ -3,16 +3,14 @@
 use std::sync::Arc;
 
 use askama::Template;
-use axum::Form;
 use axum::Json;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use shimgate_host::clock;
 use shimgate_registry::{Device, DeviceStatus, UserRow};
 
-use super::Peer;
-use super::auth::{CsrfOnly, Nav};
+use super::auth::{CsrfOnly, Nav, SignedIn};
 use super::{Actor, Console, Failure, render, when};
 
 /// A device as the console and the API show it.
@@ -204,15 +202,10 @@ pub async fn states(State(c): State<Arc<Console>>, headers: HeaderMap) -> Respon
 
 pub async fn revoke_form(
     State(c): State<Arc<Console>>,
-    ConnectInfo(Peer(addr)): ConnectInfo<Peer>,
     Path(name): Path<String>,
     headers: HeaderMap,
-    Form(f): Form<CsrfOnly>,
+    SignedIn { who, .. }: SignedIn<CsrfOnly>,
 ) -> Response {
-    let who = match c.form_session(&headers, addr, &f.csrf) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
     let result = c
         .revoke_device(&who, &name)
         .await
@@ -228,15 +221,10 @@ pub async fn revoke_form(
 
 pub async fn enable_form(
     State(c): State<Arc<Console>>,
-    ConnectInfo(Peer(addr)): ConnectInfo<Peer>,
     Path(name): Path<String>,
     headers: HeaderMap,
-    Form(f): Form<CsrfOnly>,
+    SignedIn { who, .. }: SignedIn<CsrfOnly>,
 ) -> Response {
-    let who = match c.form_session(&headers, addr, &f.csrf) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
     let result = c
         .reenable_device(&who, &name)
         .await
@@ -247,15 +235,10 @@ pub async fn enable_form(
 
 pub async fn approve_form(
     State(c): State<Arc<Console>>,
-    ConnectInfo(Peer(addr)): ConnectInfo<Peer>,
     Path(name): Path<String>,
     headers: HeaderMap,
-    Form(f): Form<CsrfOnly>,
+    SignedIn { who, .. }: SignedIn<CsrfOnly>,
 ) -> Response {
-    let who = match c.form_session(&headers, addr, &f.csrf) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
     let result = c
         .approve_device(&who, &name)
         .await
@@ -284,14 +267,9 @@ impl ApprovalForm {
 
 pub async fn approval_form(
     State(c): State<Arc<Console>>,
-    ConnectInfo(Peer(addr)): ConnectInfo<Peer>,
     headers: HeaderMap,
-    Form(f): Form<ApprovalForm>,
+    SignedIn { who, form: f, .. }: SignedIn<ApprovalForm>,
 ) -> Response {
-    let who = match c.form_session(&headers, addr, &f.csrf) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
     let on = f.on();
     let result = c
         .set_require_approval(&who, on)
@@ -342,14 +320,9 @@ pub struct MembershipForm {
 
 pub async fn remove_from_group_form(
     State(c): State<Arc<Console>>,
-    ConnectInfo(Peer(addr)): ConnectInfo<Peer>,
     headers: HeaderMap,
-    Form(f): Form<MembershipForm>,
+    SignedIn { who, form: f, .. }: SignedIn<MembershipForm>,
 ) -> Response {
-    let who = match c.form_session(&headers, addr, &f.csrf) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
     let (user, group) = (f.user.trim(), f.group.trim());
     let result = c
         .remove_from_group(&who, user, group)
@@ -421,14 +394,9 @@ pub fn split_groups(s: &str) -> Vec<String> {
 
 pub async fn add_user_form(
     State(c): State<Arc<Console>>,
-    ConnectInfo(Peer(addr)): ConnectInfo<Peer>,
     headers: HeaderMap,
-    Form(f): Form<UserForm>,
+    SignedIn { who, form: f, .. }: SignedIn<UserForm>,
 ) -> Response {
-    let who = match c.form_session(&headers, addr, &f.csrf) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
     let name = f.name.trim();
     let groups = split_groups(&f.groups);
     let result = c

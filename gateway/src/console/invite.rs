@@ -6,8 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use askama::Template;
-use axum::Form;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use dashmap::DashMap;
@@ -16,8 +15,7 @@ use shimgate_host::clock;
 use shimgate_registry::{InvitationRow, Invitee, IssuedToken, NewInvitation, NewToken, TokenRow};
 use shimgate_wire::code::EnrollmentCode;
 
-use super::Peer;
-use super::auth::{CsrfOnly, Nav};
+use super::auth::{CsrfOnly, Nav, SignedIn};
 use super::{Actor, Console, Failure, error_page, render};
 
 /// How long an enrollment code made from an invitation stays valid.
@@ -394,14 +392,9 @@ fn day() -> String {
 
 pub async fn create_invitation_form(
     State(c): State<Arc<Console>>,
-    ConnectInfo(Peer(addr)): ConnectInfo<Peer>,
     headers: HeaderMap,
-    Form(f): Form<InvitationForm>,
+    SignedIn { who, form: f, .. }: SignedIn<InvitationForm>,
 ) -> Response {
-    let who = match c.form_session(&headers, addr, &f.csrf) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
     match c
         .create_invitation(&who, f.invitee(), f.uses, &f.expires)
         .await
@@ -430,14 +423,9 @@ pub struct TokenForm {
 
 pub async fn create_token_form(
     State(c): State<Arc<Console>>,
-    ConnectInfo(Peer(addr)): ConnectInfo<Peer>,
     headers: HeaderMap,
-    Form(f): Form<TokenForm>,
+    SignedIn { who, form: f, .. }: SignedIn<TokenForm>,
 ) -> Response {
-    let who = match c.form_session(&headers, addr, &f.csrf) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
     match c
         .create_token(&who, f.user.trim(), f.uses, &f.expires)
         .await
@@ -460,15 +448,10 @@ pub async fn create_token_form(
 
 pub async fn cancel_invitation_form(
     State(c): State<Arc<Console>>,
-    ConnectInfo(Peer(addr)): ConnectInfo<Peer>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    Form(f): Form<CsrfOnly>,
+    SignedIn { who, .. }: SignedIn<CsrfOnly>,
 ) -> Response {
-    let who = match c.form_session(&headers, addr, &f.csrf) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
     let result = c
         .cancel_invitation(&who, &id)
         .await
@@ -479,15 +462,10 @@ pub async fn cancel_invitation_form(
 
 pub async fn cancel_token_form(
     State(c): State<Arc<Console>>,
-    ConnectInfo(Peer(addr)): ConnectInfo<Peer>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    Form(f): Form<CsrfOnly>,
+    SignedIn { who, .. }: SignedIn<CsrfOnly>,
 ) -> Response {
-    let who = match c.form_session(&headers, addr, &f.csrf) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
     let result = c
         .cancel_token(&who, &id)
         .await

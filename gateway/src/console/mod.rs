@@ -4,11 +4,12 @@
 //!
 //! - [`auth`]: administrators' sessions (kept in memory: a restart signs everyone out, and
 //!   several gateways behind one address would each need their own sign-in), CSRF tokens,
-//!   sign-in throttling.
+//!   sign-in throttling, and [`auth::SignedIn`], the extractor every admin form goes through.
 //! - [`devices`]: devices and users; [`invite`]: invitations, enrollment tokens and the
 //!   public invitation page; [`policy`]: rules; [`audit`]: the audit log.
 //! - [`sessions`]: open tunnels and recent peer sessions.
-//! - [`api`]: `/api/v1` with bearer API tokens, and the API tokens page.
+//! - [`api`]: `/api/v1` with bearer API tokens (the [`api::ApiClient`] extractor), and the API
+//!   tokens page.
 //! - [`metrics`]: Prometheus metrics and health checks.
 //!
 //! Every response carries a strict Content-Security-Policy (scripts and styles only from
@@ -365,12 +366,36 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tls:
     }
 }
 
-/// Who does an admin action, for the audit log.
+/// The client's address ([`Peer`], as the listener saw it), for extractors that name an
+/// [`Actor`]; rejects as `ConnectInfo<Peer>` does.
+pub(crate) async fn peer_addr(
+    parts: &mut axum::http::request::Parts,
+    c: &Arc<Console>,
+) -> Result<SocketAddr, Response> {
+    use axum::extract::{ConnectInfo, FromRequestParts};
+    ConnectInfo::<Peer>::from_request_parts(parts, c)
+        .await
+        .map(|ConnectInfo(Peer(addr))| addr)
+        .map_err(IntoResponse::into_response)
+}
+
+/// Who does an admin action, for the audit log: the signed-in admin of a form
+/// ([`auth::SignedIn`]) or the API client of a call ([`api::ApiClient`]).
 #[derive(Debug, Clone)]
 pub struct Actor {
     /// `admin:NAME` or `api:TOKEN NAME`.
     pub name: String,
     pub addr: SocketAddr,
+}
+
+impl Actor {
+    /// The admin called `name`, from `addr`.
+    pub fn admin(name: &str, addr: SocketAddr) -> Actor {
+        Actor {
+            name: format!("admin:{name}"),
+            addr,
+        }
+    }
 }
 
 impl Console {

@@ -3,15 +3,13 @@
 use std::sync::Arc;
 
 use askama::Template;
-use axum::Form;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use shimgate_registry::{Action, Dest, NewRule, Ports, Proto, Rule, Subject};
 use std::str::FromStr;
 
-use super::Peer;
-use super::auth::{CsrfOnly, Nav};
+use super::auth::{CsrfOnly, Nav, SignedIn};
 use super::{Actor, Console, Failure, render};
 
 /// A rule as typed into the form or sent to the API.
@@ -175,14 +173,9 @@ pub struct RuleForm {
 
 pub async fn add_form(
     State(c): State<Arc<Console>>,
-    ConnectInfo(Peer(addr)): ConnectInfo<Peer>,
     headers: HeaderMap,
-    Form(f): Form<RuleForm>,
+    SignedIn { who, form: f, .. }: SignedIn<RuleForm>,
 ) -> Response {
-    let who = match c.form_session(&headers, addr, &f.csrf) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
     let result = c
         .add_rule(&who, &f.rule)
         .await
@@ -193,15 +186,10 @@ pub async fn add_form(
 
 pub async fn remove_form(
     State(c): State<Arc<Console>>,
-    ConnectInfo(Peer(addr)): ConnectInfo<Peer>,
     Path(id): Path<i64>,
     headers: HeaderMap,
-    Form(f): Form<CsrfOnly>,
+    SignedIn { who, .. }: SignedIn<CsrfOnly>,
 ) -> Response {
-    let who = match c.form_session(&headers, addr, &f.csrf) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
     let result = c
         .remove_rule(&who, id)
         .await

@@ -2,15 +2,20 @@
 # Socket shim benchmark: what `shimgate run -- CMD` costs against a SOCKS5
 # client on the same path, and what UDP through the shim does.
 #
-# The shim leaves loopback destinations alone, so this runs on three network
+# The shim leaves loopback destinations alone, so this runs on four network
 # namespaces (needs root), like tests/e2e/harness/hosts.rs:
 #
 #   dev    198.51.100.2 --veth-- 198.51.100.1  gw  203.0.113.1 --veth-- 203.0.113.2  intra
 #   shimgate up, clients        shimgate-gateway (no forwarding)          HTTP origin :8080
 #   sslocal (127.0.0.1)         ssserver (198.51.100.1)                   UDP echo :5353
+#   192.0.2.1                   192.0.2.17
+#     | veth: the LAN            | veth (bob's route to 198.51.100.1)
+#   192.0.2.2        bob        192.0.2.18
+#   a second device: shimgate up, a UDP echo on 127.0.0.1:5353 exported as 5353/udp
 #
 # The device namespace has no route to the intranet: whatever reaches it went
-# through `shimgate up` and the gateway.
+# through `shimgate up` and the gateway. Like tests/e2e/peer.rs's three hosts,
+# the device ("alice") and bob share a LAN, so their peer session goes direct.
 #
 #  1. Connection setup: N sequential HTTP requests from the device namespace,
 #     alternating  (a) shimgate run -- curl URL
@@ -31,19 +36,27 @@
 #     gateway namespace. Ratios (a)/(b) against the targets. shadowsocks-rust
 #     is taken from $SS_ROOT/bin (default ~/.cache/shimgate-bench/
 #     shadowsocks-rust), installed there with cargo install when missing;
-#     if that fails, that path is skipped.
+#     if that fails, that path is skipped. Also the peer path: the same
+#     client through the device's SOCKS port to bob's UDP echo (`shimgate
+#     export 5353/udp` on bob, a gateway rule allowing it), addressed by
+#     bob's VPN IP (sgbench sends IPv4 targets only; the proxy treats it as
+#     bob.vpn.internal), over the alice-bob LAN ("peer (direct)"), then with
+#     that LAN blocked in the device namespace (a prohibit route), through
+#     the gateway's relay ("peer (relayed)"). Each column is labelled with
+#     the paths bob logged for its sessions ("peer session open ... path=").
 #
 # usage: sudo bash tests/bench/shim.sh [--samples N] [--skip-build] ...
 # Exit status: 0 when everything was measured (whether or not the targets
 # are met; also when shadowsocks-rust could not be installed and its path was
-# skipped), 1 when something could not be run, 2 for a usage error.
+# skipped), 1 when something could not be run (the shadowsocks or peer path
+# failing: after the other figures are printed), 2 for a usage error.
 set -euo pipefail
 
 SELF="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")"
 ROOT="$(cd "$(dirname "$SELF")/../.." && pwd)"
 
 usage() {
-    sed -n '2,39p' "$SELF" | sed 's/^# \{0,1\}//'
+    sed -n '2,52p' "$SELF" | sed 's/^# \{0,1\}//'
     cat <<'EOF'
 options:
   --samples N      sequential curl runs per variant (default 300)
@@ -162,6 +175,7 @@ KEEP_PATTERNS="*.log *.txt setup/*.txt"
 DEV_NS="sgb-dev-$$"
 GW_NS="sgb-gw-$$"
 INTRA_NS="sgb-intra-$$"
+BOB_NS="sgb-bob-$$"
 MADE_NS=()
 
 # besides what finish_run does: kill what is left in our namespaces (a
@@ -235,6 +249,11 @@ DEV_IP=198.51.100.2
 GW_DEV_IP=198.51.100.1
 GW_INTRA_IP=203.0.113.1
 INTRA_IP=203.0.113.2
+# bob: 192.0.2.0/28 the LAN with the device, 192.0.2.16/28 the link to the gateway
+DEV_LAN_IP=192.0.2.1
+BOB_LAN_IP=192.0.2.2
+GW_BOB_IP=192.0.2.17
+BOB_IP=192.0.2.18
 GW_PORT=8443
 SOCKS=127.0.0.1:1080
 HTTP_PORT=8080
@@ -261,11 +280,18 @@ make_hosts() {
     new_ns "$DEV_NS"
     new_ns "$GW_NS"
     new_ns "$INTRA_NS"
+    new_ns "$BOB_NS"
     veth "$DEV_NS" "$DEV_IP/24" "$GW_NS" "$GW_DEV_IP/24" "sgbd$$" "sgbg$$"
     veth "$GW_NS" "$GW_INTRA_IP/24" "$INTRA_NS" "$INTRA_IP/24" "sgbh$$" "sgbi$$"
-    # The gateway host does not route: the device reaches the intranet only
-    # through the gateway process.
+    veth "$GW_NS" "$GW_BOB_IP/28" "$BOB_NS" "$BOB_IP/28" "sgbj$$" "sgbk$$"
+    veth "$DEV_NS" "$DEV_LAN_IP/28" "$BOB_NS" "$BOB_LAN_IP/28" "sgbl$$" "sgbm$$"
+    # bob dials the gateway where the device does (its TLS name and the
+    # address in bob's config); the gateway host delivers that locally.
+    ip -n "$BOB_NS" route add "$GW_DEV_IP/32" via "$GW_BOB_IP"
+    # Neither the gateway host nor bob routes: the device reaches the
+    # intranet only through the gateway process.
     ip netns exec "$GW_NS" sysctl -qw net.ipv4.ip_forward=0
+    ip netns exec "$BOB_NS" sysctl -qw net.ipv4.ip_forward=0
 }
 
 # Waits (up to 30 s) until LOG matches PATTERN, failing early if PID exited.
@@ -425,31 +451,80 @@ start_gateway_ns() {
         { fail "shimgate-gateway init failed" gateway-init; return 1; }
     {
         gw policy add allow --to 203.0.113.0/24 --ports "$HTTP_PORT" &&
-            gw policy add allow --to 203.0.113.0/24 --proto udp --ports "$ECHO_PORT"
+            gw policy add allow --to 203.0.113.0/24 --proto udp --ports "$ECHO_PORT" &&
+            gw policy add allow --to bob.vpn.internal --proto udp --ports "$ECHO_PORT"
     } >"$WORK/gateway-policy.log" 2>&1 || { fail "shimgate-gateway policy add failed" gateway-policy; return 1; }
     start_bg gateway ip netns exec "$GW_NS" "$BIN/shimgate-gateway" --data-dir "$GW_DIR" serve --console off
     GW_PID=$BG_PID
     wait_line gateway "gateway listening" "$GW_PID"
 }
 
+# Waits until `shimgate status` for config dir DIR, run in namespace NS,
+# exits 0; PID: its `shimgate up`, logging to TAG.log.
+wait_status() {
+    local ns="$1" dir="$2" pid="$3" tag="$4" i
+    for ((i = 0; i < 300; i++)); do
+        if ip netns exec "$ns" "$SG" --config-dir "$dir" status >/dev/null 2>&1; then return 0; fi
+        kill -0 "$pid" 2>/dev/null || { fail "shimgate up ($tag) exited" "$tag" gateway; return 1; }
+        sleep 0.1
+    done
+    fail "shimgate status ($tag) did not exit 0 within 30 s" "$tag" gateway
+    return 1
+}
+
 # Enrolls a device in the device namespace and starts `shimgate up` there;
 # waits until `shimgate status` (run there too) exits 0.
 start_device_ns() {
-    local code i
+    local code
     CDIR="$WORK/device"
     code="$(new_code)" || return 1
     ip netns exec "$DEV_NS" "$SG" --config-dir "$CDIR" enroll "$code" --name bench-shim \
         >"$WORK/enroll.log" 2>&1 || { fail "shimgate enroll failed" enroll gateway; return 1; }
     start_bg device ip netns exec "$DEV_NS" "$SG" --config-dir "$CDIR" up --listen "$SOCKS"
     DEV_PID=$BG_PID
-    for ((i = 0; i < 300; i++)); do
-        if ip netns exec "$DEV_NS" "$SG" --config-dir "$CDIR" status >/dev/null 2>&1; then return 0; fi
-        kill -0 "$DEV_PID" 2>/dev/null || { fail "shimgate up exited" device gateway; return 1; }
-        sleep 0.1
-    done
-    fail "shimgate status did not exit 0 within 30 s" device gateway
-    return 1
+    wait_status "$DEV_NS" "$CDIR" "$DEV_PID" device
 }
+
+# bob, the second device, in its namespace: a UDP echo on its loopback,
+# enrolled as "bob", exporting the echo as ECHO_PORT/udp, `shimgate up`;
+# waits until bob is online for peer sessions, and sets PEER_TARGET to bob's
+# VPN IP and the echo's port. (Not `shimgate ping bob`: the policy allows
+# only the UDP port, and a ping is refused.) On failure sets PEER_SKIP and
+# returns 1.
+start_bob_ns() {
+    local code out
+    BOB_DIR="$WORK/bob"
+    PEER_TARGET=""
+    start_bg bob-echo ip netns exec "$BOB_NS" "$PYTHON" -u "$WORK/echo.py" 127.0.0.1 "$ECHO_PORT"
+    wait_line bob-echo ready "$BG_PID" || { PEER_SKIP="bob's UDP echo did not start"; return 1; }
+    code="$(new_code)" || { PEER_SKIP="no enrollment code for bob"; return 1; }
+    ip netns exec "$BOB_NS" "$SG" --config-dir "$BOB_DIR" enroll "$code" --name bob \
+        >"$WORK/bob-enroll.log" 2>&1 || { PEER_SKIP="shimgate enroll (bob) failed"; show_log bob-enroll gateway; return 1; }
+    ip netns exec "$BOB_NS" "$SG" --config-dir "$BOB_DIR" export "$ECHO_PORT/udp" \
+        >"$WORK/bob-export.log" 2>&1 || { PEER_SKIP="shimgate export $ECHO_PORT/udp (bob) failed"; show_log bob-export; return 1; }
+    start_bg bob ip netns exec "$BOB_NS" "$SG" --config-dir "$BOB_DIR" up --listen "$SOCKS"
+    BOB_PID=$BG_PID
+    wait_status "$BOB_NS" "$BOB_DIR" "$BOB_PID" bob || { PEER_SKIP="$FAIL_MSG"; return 1; }
+    out="$(ip netns exec "$BOB_NS" "$SG" --config-dir "$BOB_DIR" status --json 2>/dev/null |
+        "$PYTHON" -c 'import json, sys; print(json.load(sys.stdin)["vpn_ip"])' 2>&1)" ||
+        { PEER_SKIP="no vpn_ip in bob's shimgate status --json: $out"; return 1; }
+    [[ "$out" =~ ^[0-9]+(\.[0-9]+){3}$ ]] || { PEER_SKIP="bob's vpn_ip is not an IPv4 address: $out"; return 1; }
+    BOB_VPN_IP="$out"
+    wait_line bob "online for peer sessions exports=$ECHO_PORT/udp" "$BOB_PID" ||
+        { PEER_SKIP="$FAIL_MSG"; return 1; }
+    PEER_TARGET="$BOB_VPN_IP:$ECHO_PORT"
+}
+
+# The paths of bob's peer sessions to the echo (the lines "peer session open
+# ... port=ECHO_PORT path=P" of bob.log after its first SKIP lines): the
+# distinct ones, joined by "+" ("none" when there was none).
+bob_paths() {
+    local skip="$1" paths
+    paths="$(nocolor <"$WORK/bob.log" | tail -n "+$((skip + 1))" | grep -- "peer session open" |
+        grep -- "port=$ECHO_PORT " | grep -o 'path=[a-z]*' | cut -d= -f2 | sort -u | paste -sd+)" || true
+    echo "${paths:-none}"
+}
+bob_lines() { wc -l <"$WORK/bob.log"; }
 
 # shadowsocks-rust laid out like shimgate: ssserver in the gateway namespace
 # on the gateway's device-side address (where shimgate-gateway listens),
@@ -479,16 +554,20 @@ start_shadowsocks() {
 # The Rust UDP client (sgbench udp-rtt / udp-flood) on one path:
 #   socks-sg  device namespace, through shimgate up's SOCKS port
 #   socks-ss  device namespace, through sslocal
+#   peer-d, peer-r  device namespace, through shimgate up's SOCKS port to
+#             bob's echo at bob's VPN IP (a peer session: direct; relayed
+#             once the LAN is blocked)
 #   direct    gateway namespace, straight to the echo
 sgb_udp() {
-    local side="$1" mode="$2" ns="$DEV_NS" via=()
+    local side="$1" mode="$2" ns="$DEV_NS" via=() target="$INTRA_IP:$ECHO_PORT"
     shift 2
     case "$side" in
         socks-sg) via=(--socks "$SOCKS") ;;
         socks-ss) via=(--socks "$SS_SOCKS") ;;
+        peer-d | peer-r) via=(--socks "$SOCKS"); target="$PEER_TARGET" ;;
         direct) ns="$GW_NS" ;;
     esac
-    ip netns exec "$ns" "$SGBENCH" "udp-$mode" --target "$INTRA_IP:$ECHO_PORT" "${via[@]}" "$@"
+    ip netns exec "$ns" "$SGBENCH" "udp-$mode" --target "$target" "${via[@]}" "$@"
 }
 
 # A few round trips must be answered (the device namespace has no route of
@@ -542,7 +621,7 @@ run_udp() {
 }
 
 # ------------------------------------------------------------ run
-log "namespaces $DEV_NS, $GW_NS, $INTRA_NS"
+log "namespaces $DEV_NS, $GW_NS, $INTRA_NS, $BOB_NS"
 make_hosts
 start_origins || exit 1
 start_gateway_ns || exit 1
@@ -570,6 +649,25 @@ if [[ -z "$SS_SKIP" ]]; then
         ss_failed "UDP through sslocal and ssserver failed: $out" sslocal ssserver
     fi
 fi
+# The peer path likewise: its failure is reported (exit 1 at the end), the
+# rest is measured. PEER_TARGET empty: not measured (any more).
+PEER_TARGET=""
+PEER_SKIP=""
+PEER_FAILED=0
+peer_failed() {
+    PEER_SKIP="$1"
+    PEER_TARGET=""
+    PEER_FAILED=1
+    fail "$@"
+}
+log "peer path: bob in $BOB_NS, exporting its UDP echo 127.0.0.1:$ECHO_PORT as $ECHO_PORT/udp"
+if ! start_bob_ns; then
+    peer_failed "bob's setup failed: $PEER_SKIP"
+elif ! out="$(check_udp_socks peer-d)"; then
+    peer_failed "UDP to bob's export through the device's SOCKS port failed: $out" bob device gateway
+fi
+# The lines of bob's log from here on tell the measured sessions' paths.
+BOB_FROM="$(bob_lines 2>/dev/null || echo 0)"
 
 log "connection setup: $SAMPLES x (shimgate run -- curl, curl --socks5-hostname), alternating"
 fg_run ip netns exec "$DEV_NS" env SG="$SG" CDIR="$CDIR" CURL="$CURL" URL="$URL" SOCKS="$SOCKS" \
@@ -594,33 +692,60 @@ for side in shim direct; do
 done
 
 # The same figures with the Rust client through SOCKS5 UDP ASSOCIATE: for
-# each figure shimgate's SOCKS port and sslocal one after the other (the
-# order flips from one figure to the next), then the direct context run.
-log "UDP via SOCKS5 UDP ASSOCIATE (sgbench): shimgate up, sslocal, direct; $UDP_RTT round trips," \
-    "then ${UDP_SECS} s x 64 B and 1200 B with $INFLIGHT in flight"
+# each figure shimgate's SOCKS port, sslocal and the direct peer path one
+# after the other (the order flips from one figure to the next), then the
+# direct context run. Then, with the LAN blocked, the relayed peer path.
+log "UDP via SOCKS5 UDP ASSOCIATE (sgbench): shimgate up, sslocal, peer (direct), direct;" \
+    "$UDP_RTT round trips, then ${UDP_SECS} s x 64 B and 1200 B with $INFLIGHT in flight"
 declare -A R=()
-n=0
-for fig in rtt 64 1200; do
-    order=(socks-sg socks-ss)
-    if ((n++ % 2)); then order=(socks-ss socks-sg); fi
+# One figure (rtt, 64, 1200) on each of the given sides.
+sgb_figure() {
+    local fig="$1" side args out
+    shift
     if [[ "$fig" == rtt ]]; then
         args=(rtt --count "$UDP_RTT" --size 64)
     else
         args=(flood --secs "$UDP_SECS" --size "$fig" --inflight "$INFLIGHT")
     fi
-    for side in "${order[@]}" direct; do
+    for side in "$@"; do
         if [[ "$side" == socks-ss && -z "$SS_SOCKS" ]]; then continue; fi
+        if [[ "$side" == peer-? && -z "$PEER_TARGET" ]]; then continue; fi
         if out="$(sgb_udp "$side" "${args[@]}" 2>>"$WORK/sgb-udp-$side.log")"; then
             R[$side-$fig]="$out"
             echo "sgbench $side $fig $out" >>"$WORK/udp.txt"
         elif [[ "$side" == socks-ss ]]; then
             ss_failed "sgbench udp-${args[0]} ($fig) through sslocal failed" sgb-udp-socks-ss sslocal ssserver
+        elif [[ "$side" == peer-? ]]; then
+            peer_failed "sgbench udp-${args[0]} ($fig, $side) to bob failed" "sgb-udp-$side" bob device
         else
             fail "sgbench udp-${args[0]} ($fig, $side) failed" "sgb-udp-$side" device gateway
             exit 1
         fi
     done
+}
+n=0
+for fig in rtt 64 1200; do
+    order=(socks-sg socks-ss peer-d)
+    if ((n++ % 2)); then order=(peer-d socks-ss socks-sg); fi
+    sgb_figure "$fig" "${order[@]}" direct
 done
+# The paths bob logged for those sessions (and for the check's).
+PEER_D_PATHS=""
+PEER_R_PATHS=""
+if [[ -n "$PEER_TARGET" ]]; then PEER_D_PATHS="$(bob_paths "$BOB_FROM")"; fi
+if [[ -n "$PEER_TARGET" ]]; then
+    # As tests/e2e/peer.rs does: the device can no longer reach bob's LAN
+    # address, so new sessions go through the gateway's relay.
+    log "UDP via SOCKS5 UDP ASSOCIATE (sgbench): peer, relayed (the LAN blocked in $DEV_NS)"
+    ip -n "$DEV_NS" route add prohibit "$BOB_LAN_IP/32"
+    BOB_FROM="$(bob_lines)"
+    if ! out="$(check_udp_socks peer-r)"; then
+        peer_failed "UDP to bob's export with the LAN blocked failed: $out" bob device gateway
+    else
+        for fig in rtt 64 1200; do sgb_figure "$fig" peer-r; done
+        PEER_R_PATHS="$(bob_paths "$BOB_FROM")"
+    fi
+fi
 busy_note "during the measurements"
 
 # ------------------------------------------------------------ report
@@ -695,9 +820,18 @@ verdict() {
         print (ok ? "PASS" : "MISS") }'
 }
 trow() {
-    # label, (a), (b), direct, ratio, target
-    printf '%-44s %13s %15s %14s %8s  %s\n' "$@"
+    # label, (a), (b), direct, peer direct, peer relayed, ratio, target
+    printf '%-44s %13s %15s %14s %14s %14s %8s  %s\n' "$@"
 }
+# A peer column's heading: the paths bob logged for its sessions.
+peer_head() {
+    case "$1" in
+        "") echo "peer ($2)" ;;
+        *) echo "peer ($1)" ;;
+    esac
+}
+PD_HEAD="$(peer_head "$PEER_D_PATHS" direct)"
+PR_HEAD="$(peer_head "$PEER_R_PATHS" relayed)"
 
 echo
 echo "UDP through SOCKS5 UDP ASSOCIATE, one Rust client (sgbench udp-rtt/udp-flood) in the device namespace, to the"
@@ -707,40 +841,46 @@ if [[ -n "$SS_VERSION" ]]; then
     echo "  (b) $SS_VERSION: sslocal ${SS_SOCKS:-(failed)} -> aes-256-gcm UDP -> ssserver $GW_DEV_IP (gateway ns)"
 fi
 echo "  direct: the same client from the gateway namespace, no proxy (context)"
+echo "  peer: the same client in the device namespace through (a)'s SOCKS port to bob's VPN IP ${BOB_VPN_IP:-?}"
+echo "    (bob.vpn.internal), port $ECHO_PORT: a peer session to bob ($BOB_NS), whose shimgate up hands the"
+echo "    datagrams to its UDP echo 127.0.0.1:$ECHO_PORT (exported as $ECHO_PORT/udp); direct over the LAN"
+echo "    $DEV_LAN_IP-$BOB_LAN_IP, relayed: the same with that LAN blocked (prohibit route), through the gateway."
+echo "    Headed by the paths bob logged for the column's sessions (\"peer session open ... path=\")."
 if [[ -n "$SS_SKIP" ]]; then echo "  shadowsocks-rust path skipped: $SS_SKIP"; fi
-trow "" "(a) shimgate" "(b) shadowsocks" "direct (gw ns)" "(a)/(b)" target
+if [[ -n "$PEER_SKIP" ]]; then echo "  peer path not (fully) measured: $PEER_SKIP"; fi
+# label, then the figure's field N for each side: trow_f LABEL N RATIO TARGET
+trow_f() {
+    trow "$1" "$(rf "socks-sg-$2" "$3")" "$(rf "socks-ss-$2" "$3")" "$(rf "direct-$2" "$3")" \
+        "$(rf "peer-d-$2" "$3")" "$(rf "peer-r-$2" "$3")" "$4" "${5:-}"
+}
+trow "" "(a) shimgate" "(b) shadowsocks" "direct (gw ns)" "$PD_HEAD" "$PR_HEAD" "(a)/(b)" target
 trow "UDP ASSOCIATE (TCP connect to reply)" "$(rf socks-sg-rtt 7)" "$(rf socks-ss-rtt 7)" "" \
-    "$(ratio "$(rf socks-sg-rtt 7)" "$(rf socks-ss-rtt 7)")" ""
-trow "first datagram's round trip" "$(rf socks-sg-rtt 1)" "$(rf socks-ss-rtt 1)" "$(rf direct-rtt 1)" \
-    "$(ratio "$(rf socks-sg-rtt 1)" "$(rf socks-ss-rtt 1)")" ""
+    "$(rf peer-d-rtt 7)" "$(rf peer-r-rtt 7)" "$(ratio "$(rf socks-sg-rtt 7)" "$(rf socks-ss-rtt 7)")" ""
+trow_f "first datagram's round trip" rtt 1 "$(ratio "$(rf socks-sg-rtt 1)" "$(rf socks-ss-rtt 1)")"
 RTT_RATIO="$(ratio "$(rf socks-sg-rtt 4)" "$(rf socks-ss-rtt 4)")"
 RTT_VERDICT="$(verdict "$RTT_RATIO" le 1.5)"
-trow "round trip p50 (64 B, $UDP_RTT sequential)" "$(rf socks-sg-rtt 4)" "$(rf socks-ss-rtt 4)" "$(rf direct-rtt 4)" \
-    "$RTT_RATIO" "<= 1.5: $RTT_VERDICT"
-trow "round trip p99" "$(rf socks-sg-rtt 5)" "$(rf socks-ss-rtt 5)" "$(rf direct-rtt 5)" \
-    "$(ratio "$(rf socks-sg-rtt 5)" "$(rf socks-ss-rtt 5)")" ""
-trow "round trip mean" "$(rf socks-sg-rtt 6)" "$(rf socks-ss-rtt 6)" "$(rf direct-rtt 6)" \
-    "$(ratio "$(rf socks-sg-rtt 6)" "$(rf socks-ss-rtt 6)")" ""
-trow "  unanswered of $UDP_RTT" "$(rf socks-sg-rtt 3)" "$(rf socks-ss-rtt 3)" "$(rf direct-rtt 3)" \
-    "$(ratio "$(rf socks-sg-rtt 3)" "$(rf socks-ss-rtt 3)")" ""
+trow_f "round trip p50 (64 B, $UDP_RTT sequential)" rtt 4 "$RTT_RATIO" "<= 1.5: $RTT_VERDICT"
+trow_f "round trip p99" rtt 5 "$(ratio "$(rf socks-sg-rtt 5)" "$(rf socks-ss-rtt 5)")"
+trow_f "round trip mean" rtt 6 "$(ratio "$(rf socks-sg-rtt 6)" "$(rf socks-ss-rtt 6)")"
+trow_f "  unanswered of $UDP_RTT" rtt 3 "$(ratio "$(rf socks-sg-rtt 3)" "$(rf socks-ss-rtt 3)")"
 declare -A RATE_RATIO=() RATE_VERDICT=()
+# "lost (pct%)" of SIDE-SIZE
+loss_of() { loss_cell "$(rf "$1" 3)" "$(loss_pct "$(rf "$1" 3)" "$(rf "$1" 1)")"; }
 for size in 64 1200; do
     a_rate="$(rf "socks-sg-$size" 5)"
     b_rate="$(rf "socks-ss-$size" 5)"
-    d_rate="$(rf "direct-$size" 5)"
     RATE_RATIO[$size]="$(ratio "$a_rate" "$b_rate")"
     RATE_VERDICT[$size]="$(verdict "${RATE_RATIO[$size]}" ge 1.0)"
-    trow "$size B, $INFLIGHT in flight, ${UDP_SECS} s: datagrams/s" "$a_rate" "$b_rate" "$d_rate" \
+    trow_f "$size B, $INFLIGHT in flight, ${UDP_SECS} s: datagrams/s" "$size" 5 \
         "${RATE_RATIO[$size]}" ">= 1.0: ${RATE_VERDICT[$size]}"
     a_loss="$(loss_pct "$(rf "socks-sg-$size" 3)" "$(rf "socks-sg-$size" 1)")"
     b_loss="$(loss_pct "$(rf "socks-ss-$size" 3)" "$(rf "socks-ss-$size" 1)")"
-    d_loss="$(loss_pct "$(rf "direct-$size" 3)" "$(rf "direct-$size" 1)")"
-    trow "  lost of sent" "$(loss_cell "$(rf "socks-sg-$size" 3)" "$a_loss")" \
-        "$(loss_cell "$(rf "socks-ss-$size" 3)" "$b_loss")" "$(loss_cell "$(rf "direct-$size" 3)" "$d_loss")" \
-        "$(ratio "$a_loss" "$b_loss")" ""
-    trow "  late answers" "$(rf "socks-sg-$size" 4)" "$(rf "socks-ss-$size" 4)" "$(rf "direct-$size" 4)" "" ""
+    trow "  lost of sent" "$(loss_of "socks-sg-$size")" "$(loss_of "socks-ss-$size")" "$(loss_of "direct-$size")" \
+        "$(loss_of "peer-d-$size")" "$(loss_of "peer-r-$size")" "$(ratio "$a_loss" "$b_loss")" ""
+    trow_f "  late answers" "$size" 4 ""
     trow "  payload Mbit/s each way" "$(mbits "$a_rate" "$size")" "$(mbits "$b_rate" "$size")" \
-        "$(mbits "$d_rate" "$size")" "${RATE_RATIO[$size]}" ""
+        "$(mbits "$(rf "direct-$size" 5)" "$size")" "$(mbits "$(rf "peer-d-$size" 5)" "$size")" \
+        "$(mbits "$(rf "peer-r-$size" 5)" "$size")" "${RATE_RATIO[$size]}" ""
 done
 echo "(ratio n/a: a figure is missing or the shadowsocks one is 0)"
 echo "target: gateway-path UDP round trip p50 <= 1.5 x shadowsocks-rust's: $RTT_RATIO -> $RTT_VERDICT"
@@ -750,8 +890,13 @@ echo "target: datagrams/s >= 1.0 x shadowsocks-rust's: 64 B ${RATE_RATIO[64]} ->
 echo
 echo "machine: $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 for n in "${NOTES[@]}"; do echo "$n"; done
+rc=0
 if ((SS_FAILED)); then
     echo "shim.sh: the shadowsocks-rust path failed: $SS_SKIP" >&2
-    exit 1
+    rc=1
 fi
-exit 0
+if ((PEER_FAILED)); then
+    echo "shim.sh: the peer path failed: $PEER_SKIP" >&2
+    rc=1
+fi
+exit "$rc"

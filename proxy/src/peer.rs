@@ -370,14 +370,27 @@ impl Peers {
             tokio::select! {
                 got = tokio::time::timeout(UDP_IDLE, sock.recv(&mut buf)) => match got {
                     Err(_) => break writer.close().await,
-                    // ECONNREFUSED: an earlier datagram met a closed port.
-                    Ok(Err(_)) => {}
-                    Ok(Ok(n)) => {
-                        let Some(datagram) = buf.get(..n) else { continue };
-                        if let Err(e) = writer.send(datagram).await {
+                    Ok(got) => {
+                        // This datagram and whatever else has arrived, in
+                        // one write. ECONNREFUSED: an earlier datagram met
+                        // a closed port.
+                        let mut got = got;
+                        let mut sealed = Ok(());
+                        while writer.pending() < shimgate_wire::datagram::BATCH {
+                            let Ok(n) = got else { break };
+                            sealed = writer.push_datagram(buf.get(..n).unwrap_or_default());
+                            if sealed.is_err() {
+                                break;
+                            }
+                            sent.fetch_add(n as u64, Relaxed);
+                            got = sock.try_recv(&mut buf);
+                        }
+                        if let Err(e) = sealed {
                             break Err(e);
                         }
-                        sent.fetch_add(n as u64, Relaxed);
+                        if let Err(e) = writer.flush().await {
+                            break Err(e);
+                        }
                     }
                 },
                 frame = reader.recv() => match frame {

@@ -613,6 +613,29 @@ impl<W: AsyncWrite + Unpin> LinkWriter<W> {
         self.flush_out().await
     }
 
+    /// Encrypts `datagram` as one frame of its own (at most [`MAX_PAYLOAD`]
+    /// bytes) without sending it yet: several go out together with
+    /// [`LinkWriter::flush`].
+    pub fn push_datagram(&mut self, datagram: &[u8]) -> Result<(), LinkError> {
+        if datagram.len() > MAX_PAYLOAD {
+            return Err(LinkError::Io(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a datagram larger than a frame",
+            )));
+        }
+        self.seal(KIND_DATA, datagram)
+    }
+
+    /// Bytes sealed and not yet sent.
+    pub fn pending(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Sends what [`LinkWriter::push_datagram`] sealed, with one write.
+    pub async fn flush(&mut self) -> Result<(), LinkError> {
+        self.flush_out().await
+    }
+
     /// Tells the peer this side is done (authenticated), then half-closes.
     pub async fn close(&mut self) -> Result<(), LinkError> {
         self.seal(KIND_CLOSE, &[])?;
@@ -765,6 +788,25 @@ mod tests {
         assert_eq!(got.unwrap(), big);
         b.writer.send(b"pong").await.unwrap();
         assert_eq!(a.reader.recv().await.unwrap().unwrap(), b"pong");
+    }
+
+    #[tokio::test]
+    async fn datagrams_pushed_together_arrive_one_frame_each() {
+        let (a, b) = pair(KEY, KEY, 1, 1).await;
+        let (mut a, mut b) = (a.unwrap(), b.unwrap());
+        let datagrams: Vec<Vec<u8>> = (0..50u8)
+            .map(|i| vec![i; 1 + usize::from(i) * 37])
+            .collect();
+        for d in &datagrams {
+            a.writer.push_datagram(d).unwrap();
+        }
+        assert!(a.writer.pending() > 0);
+        a.writer.flush().await.unwrap();
+        assert_eq!(a.writer.pending(), 0);
+        for d in &datagrams {
+            assert_eq!(b.reader.recv().await.unwrap().unwrap(), &d[..]);
+        }
+        assert!(a.writer.push_datagram(&vec![0; MAX_PAYLOAD + 1]).is_err());
     }
 
     #[tokio::test]

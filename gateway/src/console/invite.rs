@@ -1,93 +1,25 @@
-//! Invitations and enrollment tokens, the admin side: the page where a signed-in admin
-//! creates, lists and cancels them. The public side, where the holder of a link redeems it,
-//! is [`super::redeem`]: the two are split along that security line.
-
+//! Invitations and enrollment tokens, the admin side. **Reachable only signed in:** every
+//! handler here needs an admin session. The page (`GET /invitations`) goes through
+//! `page_session` (session cookie, else a redirect to sign in); each form (`POST /invitations`,
+//! `/tokens`, `/invitations/{id}/cancel`, `/tokens/{id}/cancel`) goes through
+//! [`SignedIn`] (session cookie and the session's CSRF token). The `Console` methods here
+//! (create, cancel, list) are also called by `/api/v1` ([`super::api`]), behind an API token.
+//!
+//! The public side, where the holder of a link redeems it without an account, is
+//! [`super::redeem`], with what both sides show (the enrollment code, its QR code): the two
+//! files are split along that security line.
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use askama::Template;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use dashmap::DashMap;
-use sha2::{Digest, Sha256};
 use shimgate_host::clock;
-use shimgate_registry::{InvitationRow, Invitee, IssuedToken, NewInvitation, NewToken, TokenRow};
-use shimgate_wire::code::EnrollmentCode;
+use shimgate_registry::{InvitationRow, Invitee, NewInvitation, NewToken, TokenRow};
 
 use super::auth::{CsrfOnly, Nav, SignedIn};
+use super::redeem::{CodeView, qr_svg};
 use super::{Actor, Console, Failure, error_page, render};
-
-/// How long an enrollment code made from an invitation stays valid.
-pub(super) const CODE_LIFETIME: i64 = 3600;
-/// How long an invitation page may poll for its device.
-const WATCH_LIFETIME: Duration = Duration::from_secs(2 * 3600);
-/// Watches held at once.
-const MAX_WATCHES: usize = 10_000;
-
-/// Poll keys of invitation pages → the public id of the token they wait on.
-#[derive(Default)]
-pub struct Watches {
-    by_hash: DashMap<[u8; 32], (String, Instant)>,
-}
-
-impl Watches {
-    /// Starts watching a token (its public id); returns the poll key to give the page.
-    pub fn add(&self, token_id_hex: String) -> String {
-        let now = Instant::now();
-        if self.by_hash.len() >= MAX_WATCHES {
-            self.by_hash
-                .retain(|_, (_, at)| now.duration_since(*at) < WATCH_LIFETIME);
-        }
-        let key = hex::encode(rand::random::<[u8; 32]>());
-        self.by_hash
-            .insert(Sha256::digest(key.as_bytes()).into(), (token_id_hex, now));
-        key
-    }
-
-    /// The token a poll key watches, if the key was handed out and has not expired.
-    pub fn get(&self, key: &str) -> Option<String> {
-        let h: [u8; 32] = Sha256::digest(key.as_bytes()).into();
-        let found = self.by_hash.get(&h).map(|e| e.value().clone());
-        match found {
-            Some((token, at)) if at.elapsed() < WATCH_LIFETIME => Some(token),
-            Some(_) => {
-                self.by_hash.remove(&h);
-                None
-            }
-            None => None,
-        }
-    }
-}
-
-/// An enrollment code and how to show it.
-pub(crate) struct CodeView {
-    pub code: String,
-    pub qr_svg: String,
-    pub user: String,
-    pub expires: String,
-}
-
-/// The QR code of `text` as an inline `<svg>` element; empty if it cannot be made.
-pub(super) fn qr_svg(text: &str) -> String {
-    match qrcode::QrCode::new(text.as_bytes()) {
-        Ok(q) => {
-            let svg = q
-                .render::<qrcode::render::svg::Color>()
-                .min_dimensions(240, 240)
-                .build();
-            // Drop the XML declaration: the element goes inside an HTML page.
-            svg.find("<svg")
-                .and_then(|i| svg.get(i..))
-                .unwrap_or_default()
-                .to_owned()
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot make a QR code");
-            String::new()
-        }
-    }
-}
 
 /// Longest lifetime of an invitation or enrollment token, in seconds (90 days).
 pub const MAX_LIFETIME: i64 = 90 * 86400;
@@ -139,17 +71,6 @@ pub struct CreatedToken {
 }
 
 impl Console {
-    pub(super) fn code_for(&self, t: &IssuedToken) -> String {
-        EnrollmentCode {
-            gateway: self.gw.config.public_addr.clone(),
-            ca_fingerprint: self.gw.ca.fingerprint(),
-            token_id: t.id,
-            secret: t.secret,
-            expires_at: t.expires_at,
-        }
-        .to_string()
-    }
-
     pub(crate) async fn create_invitation(
         &self,
         who: &Actor,
@@ -472,24 +393,4 @@ pub async fn cancel_token_form(
         .map(|()| "Enrollment code cancelled.".to_owned())
         .map_err(|f| f.message);
     c.done(&headers, "/invitations", result)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn qr_is_an_svg_element() {
-        let svg = qr_svg("sg1-AAAA");
-        assert!(svg.starts_with("<svg"), "{svg}");
-        assert!(!svg.contains("<?xml"));
-    }
-
-    #[test]
-    fn watches_map_keys_to_tokens() {
-        let w = Watches::default();
-        let key = w.add("abc".into());
-        assert_eq!(w.get(&key).as_deref(), Some("abc"));
-        assert_eq!(w.get("other"), None);
-    }
 }

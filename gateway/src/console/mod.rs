@@ -5,8 +5,9 @@
 //! - [`auth`]: administrators' sessions (kept in memory: a restart signs everyone out, and
 //!   several gateways behind one address would each need their own sign-in), CSRF tokens,
 //!   sign-in throttling, and [`auth::SignedIn`], the extractor every admin form goes through.
-//! - [`devices`]: devices and users; [`invite`]: invitations, enrollment tokens and the
-//!   public invitation page; [`policy`]: rules; [`audit`]: the audit log.
+//! - [`devices`]: devices and users; [`invite`]: invitations and enrollment tokens, the admin
+//!   side (signed in); [`redeem`]: the public invitation page and its polling (not signed in);
+//!   [`policy`]: rules; [`audit`]: the audit log.
 //! - [`sessions`]: open tunnels and recent peer sessions.
 //! - [`api`]: `/api/v1` with bearer API tokens (the [`api::ApiClient`] extractor), and the API
 //!   tokens page.
@@ -86,7 +87,7 @@ pub struct Console {
     pub gw: Arc<Gateway>,
     pub sessions: auth::Sessions,
     pub throttle: auth::Throttle,
-    pub watches: invite::Watches,
+    pub watches: redeem::Watches,
     /// Cookies get `Secure` when served over TLS.
     pub secure: bool,
     /// `http(s)://host:port`, for the links the console hands out.
@@ -131,7 +132,7 @@ pub async fn start(
         gw,
         sessions: auth::Sessions::default(),
         throttle: auth::Throttle::default(),
-        watches: invite::Watches::default(),
+        watches: redeem::Watches::default(),
         secure: opts.tls.is_some(),
         base_url: url.clone(),
     });

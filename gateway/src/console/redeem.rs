@@ -1,28 +1,127 @@
-//! The public invitation page, for people not signed in: the holder of a link names a device,
-//! gets the enrollment code (text, QR code, command) and sees the device appear once it has
-//! enrolled. Everything here is reachable without an account: it only ever redeems the one
-//! invitation whose secret the request carries.
+//! The public invitation page. **Reachable without signing in:** anyone holding a link (or
+//! guessing at one) gets here, with no account and no session. The holder of a link names a
+//! device, gets the enrollment code (text, QR code, command) and sees the device appear once it
+//! has enrolled; it only ever redeems the one invitation whose secret the request carries.
+//!
+//! What it checks, and nothing else stands in front of it:
+//! - `GET /invite/{id}?s=SECRET`: the link's id and secret (strict hex, [`parse_link`]), then
+//!   the registry's check of that secret (unknown, expired, used up, cancelled are refused).
+//! - `POST /invite/{id}`: the per-address enrollment rate limit (`enroll_limit`, 429), the same
+//!   link check, the double-submit form token (`sg_form` cookie, 403), the device name; the
+//!   redemption is audited as `invitee:USER`.
+//! - `POST /invite/status`: a poll key [`Watches::add`] handed out (random, kept in memory as
+//!   its SHA-256, 2 hours); it maps only to the token's public id and answers only whether a
+//!   device enrolled with it.
 //!
 //! The link carries the invitation's secret once (`/invite/ID?s=SECRET`); the page posts it
 //! back in the form body, and the page that shows the code polls with a separate random key
 //! that only maps (in memory) to the token's public id.
-
+//!
+//! Also here, because this page shows them too: the enrollment code's text and QR code
+//! ([`CodeView`], [`qr_svg`], `Console::code_for`), which the admin side ([`super::invite`])
+//! uses when an admin creates an enrollment code.
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use askama::Template;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Form, Json};
+use dashmap::DashMap;
+use sha2::{Digest, Sha256};
 use shimgate_host::clock;
-use shimgate_registry::{Invitee, RedeemError, Redemption};
+use shimgate_registry::{Invitee, IssuedToken, RedeemError, Redemption};
+use shimgate_wire::code::EnrollmentCode;
 use shimgate_wire::identity::check_device_name;
 
 use super::Peer;
 use super::auth::Nav;
 use super::{Actor, Console, error_page, render, when};
 
-use super::invite::{CODE_LIFETIME, CodeView, qr_svg};
+/// How long an enrollment code made from an invitation stays valid.
+pub(super) const CODE_LIFETIME: i64 = 3600;
+/// How long an invitation page may poll for its device.
+const WATCH_LIFETIME: Duration = Duration::from_secs(2 * 3600);
+/// Watches held at once.
+const MAX_WATCHES: usize = 10_000;
+
+/// Poll keys of invitation pages → the public id of the token they wait on.
+#[derive(Default)]
+pub struct Watches {
+    by_hash: DashMap<[u8; 32], (String, Instant)>,
+}
+
+impl Watches {
+    /// Starts watching a token (its public id); returns the poll key to give the page.
+    pub fn add(&self, token_id_hex: String) -> String {
+        let now = Instant::now();
+        if self.by_hash.len() >= MAX_WATCHES {
+            self.by_hash
+                .retain(|_, (_, at)| now.duration_since(*at) < WATCH_LIFETIME);
+        }
+        let key = hex::encode(rand::random::<[u8; 32]>());
+        self.by_hash
+            .insert(Sha256::digest(key.as_bytes()).into(), (token_id_hex, now));
+        key
+    }
+
+    /// The token a poll key watches, if the key was handed out and has not expired.
+    pub fn get(&self, key: &str) -> Option<String> {
+        let h: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        let found = self.by_hash.get(&h).map(|e| e.value().clone());
+        match found {
+            Some((token, at)) if at.elapsed() < WATCH_LIFETIME => Some(token),
+            Some(_) => {
+                self.by_hash.remove(&h);
+                None
+            }
+            None => None,
+        }
+    }
+}
+
+/// An enrollment code and how to show it.
+pub(crate) struct CodeView {
+    pub code: String,
+    pub qr_svg: String,
+    pub user: String,
+    pub expires: String,
+}
+
+/// The QR code of `text` as an inline `<svg>` element; empty if it cannot be made.
+pub(super) fn qr_svg(text: &str) -> String {
+    match qrcode::QrCode::new(text.as_bytes()) {
+        Ok(q) => {
+            let svg = q
+                .render::<qrcode::render::svg::Color>()
+                .min_dimensions(240, 240)
+                .build();
+            // Drop the XML declaration: the element goes inside an HTML page.
+            svg.find("<svg")
+                .and_then(|i| svg.get(i..))
+                .unwrap_or_default()
+                .to_owned()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot make a QR code");
+            String::new()
+        }
+    }
+}
+
+impl Console {
+    pub(super) fn code_for(&self, t: &IssuedToken) -> String {
+        EnrollmentCode {
+            gateway: self.gw.config.public_addr.clone(),
+            ca_fingerprint: self.gw.ca.fingerprint(),
+            token_id: t.id,
+            secret: t.secret,
+            expires_at: t.expires_at,
+        }
+        .to_string()
+    }
+}
 
 #[derive(Template)]
 #[template(path = "invite.html")]
@@ -327,6 +426,21 @@ pub async fn status(State(c): State<Arc<Console>>, Form(f): Form<StatusForm>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn qr_is_an_svg_element() {
+        let svg = qr_svg("sg1-AAAA");
+        assert!(svg.starts_with("<svg"), "{svg}");
+        assert!(!svg.contains("<?xml"));
+    }
+
+    #[test]
+    fn watches_map_keys_to_tokens() {
+        let w = Watches::default();
+        let key = w.add("abc".into());
+        assert_eq!(w.get(&key).as_deref(), Some("abc"));
+        assert_eq!(w.get("other"), None);
+    }
 
     #[test]
     fn links_parse_strictly() {

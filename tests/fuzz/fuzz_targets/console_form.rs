@@ -293,7 +293,7 @@ fuzz_target!(|data: &[u8]| {
             let Some(f) = decode(body, |f: &redeem::StatusForm| f.key.clone()) else {
                 return;
             };
-            let watches = invite::Watches::default();
+            let watches = redeem::Watches::default();
             let key = watches.add("7e57".into());
             assert_eq!(watches.get(&key).as_deref(), Some("7e57"));
             let found = watches.get(&f.key);

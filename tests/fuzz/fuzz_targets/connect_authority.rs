@@ -38,6 +38,9 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     // As the device would send it again.
-    let again: http::uri::Authority = dest.to_string().parse().expect("a destination's text is an authority");
+    let again: http::uri::Authority = dest
+        .to_string()
+        .parse()
+        .expect("a destination's text is an authority");
     assert_eq!(Destination::from_authority(&again).as_ref(), Ok(&dest));
 });

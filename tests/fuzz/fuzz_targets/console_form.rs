@@ -162,8 +162,16 @@ fuzz_target!(|data: &[u8]| {
                 ports: rule.ports.to_string(),
                 subject: rule.subject.to_string(),
                 proto: rule.proto.to_string(),
-                program: rule.program.as_ref().map(ToString::to_string).unwrap_or_default(),
-                local_user: rule.local_user.as_ref().map(ToString::to_string).unwrap_or_default(),
+                program: rule
+                    .program
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
+                local_user: rule
+                    .local_user
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
             };
             match shown.to_rule("admin:fuzz") {
                 Ok(again) => assert_eq!(again, rule, "shown as {shown:?}"),

@@ -25,8 +25,8 @@ use http::{Request, Response, StatusCode};
 use shimgate_host::clock;
 use shimgate_registry::{NewAudit, Proto, Rule};
 use shimgate_wire::control::{
-    self, Decoder, DeviceMsg, Exports, GatewayMsg, Grant, MAX_LIST, PeerProto, SESSION_HEADER,
-    SessionId, SessionKey, SessionRequest,
+    self, Decoder, DeviceMsg, Exports, GatewayMsg, Grant, PeerProto, SESSION_HEADER, SessionId,
+    SessionKey, SessionRequest,
 };
 use shimgate_wire::splice;
 use shimgate_wire::tunnel::TunnelError;
@@ -38,6 +38,10 @@ use crate::activity::PeerLog;
 use crate::auditlog::AuditLog;
 use crate::cache::{Cache, CertStatus, Identity};
 use crate::policy::{self, Target};
+
+mod decide;
+
+use decide::{Role, Session};
 
 /// How long a granted session may take to start its handshake (or relay).
 pub const SESSION_TTL: Duration = Duration::from_secs(10);
@@ -67,15 +71,6 @@ struct Online {
     tx: mpsc::Sender<GatewayMsg>,
     /// Which control stream this entry belongs to (a reconnect replaces it).
     stream: u64,
-}
-
-/// A granted session, until it expires. No key here.
-struct Session {
-    initiator: String,
-    responder: String,
-    port: u16,
-    expires: Instant,
-    relayed: bool,
 }
 
 /// A responder's answer to an offer.
@@ -160,24 +155,16 @@ impl Broker {
             };
             policy::allows(rules, who, &t, own)
         };
-        // Port 0 is `shimgate ping`: allowed where some exported port is.
         let (tx, endpoints) = {
-            let Some(peer) = self.online.get(&target.name) else {
+            let peer = self.online.get(&target.name);
+            let exports = peer.as_deref().map(|p| &p.exports);
+            decide::permit(exports, req.port, req.proto, allowed)?;
+            // Online, or `permit` would have refused.
+            let Some(peer) = peer else {
                 return Err(TunnelError::HostUnreachable);
             };
-            let permitted = match (req.port, req.proto) {
-                (0, PeerProto::Tcp) => peer.exports.tcp.iter().any(|p| allowed(*p)),
-                // A ping is TCP's; a UDP session names a port.
-                (0, PeerProto::Udp) => false,
-                (port, _) => allowed(port),
-            };
-            if !permitted {
-                return Err(TunnelError::NotAllowed);
-            }
-            if req.port != 0 && !peer.exports.contains(req.proto, req.port) {
-                return Err(TunnelError::Refused);
-            }
-            (peer.tx.clone(), endpoints_for(&peer, from))
+            let endpoints = decide::endpoints(peer.listen_port, peer.observed, &peer.addrs, from);
+            (peer.tx.clone(), endpoints)
         };
         let session = SessionId::random();
         let key = SessionKey::random().map_err(|_| TunnelError::General)?;
@@ -346,17 +333,7 @@ impl Broker {
                 exports,
                 udp_exports,
             } => {
-                if addrs.len() > MAX_LIST
-                    || exports.len() > MAX_LIST
-                    || udp_exports.len() > MAX_LIST
-                {
-                    return Err(format!("announcement lists more than {MAX_LIST} entries"));
-                }
-                // listen_port 0: no peer listener (nothing exported, or it
-                // could not be opened); sessions to it go through the relay.
-                if exports.contains(&0) || udp_exports.contains(&0) {
-                    return Err("announcement exports port 0".into());
-                }
+                decide::announce(&addrs, &exports, &udp_exports)?;
                 let exports = Exports {
                     tcp: exports,
                     udp: udp_exports,
@@ -417,10 +394,7 @@ impl Broker {
 
     /// Passes an accept/decline on, only from the device the offer went to.
     fn answer(&self, who: &Identity, session: SessionId, answer: Answer) {
-        let mine = self
-            .sessions
-            .get(&session)
-            .is_some_and(|s| s.responder == who.device_name);
+        let mine = decide::may_answer(self.sessions.get(&session).as_deref(), &who.device_name);
         if !mine {
             return;
         }
@@ -444,23 +418,8 @@ impl Broker {
             .and_then(SessionId::parse)
             .ok_or(TunnelError::NotAllowed)?;
         let role = {
-            let Some(mut s) = self.sessions.get_mut(&session) else {
-                return Err(TunnelError::NotAllowed);
-            };
-            if s.expires <= Instant::now() {
-                return Err(TunnelError::NotAllowed);
-            }
-            if s.initiator == who.device_name && !s.relayed {
-                s.relayed = true;
-                Role::Initiator {
-                    responder: s.responder.clone(),
-                    port: s.port,
-                }
-            } else if s.responder == who.device_name {
-                Role::Responder
-            } else {
-                return Err(TunnelError::NotAllowed);
-            }
+            let mut s = self.sessions.get_mut(&session);
+            decide::relay_role(s.as_deref_mut(), &who.device_name, Instant::now())?
         };
         let ok = Response::builder()
             .status(StatusCode::OK)
@@ -540,7 +499,7 @@ impl Broker {
                 _ = stop.cancelled() => return,
             }
             let now = Instant::now();
-            self.sessions.retain(|_, s| s.expires > now);
+            self.sessions.retain(|_, s| s.live(now));
             let gone: Vec<(String, u64)> = self
                 .online
                 .iter()
@@ -567,28 +526,6 @@ impl Broker {
     pub fn online(&self) -> usize {
         self.online.len()
     }
-}
-
-enum Role {
-    Initiator { responder: String, port: u16 },
-    Responder,
-}
-
-/// Where `peer` can be tried from `from`: the address its control stream
-/// came from first (that is what NAT leaves reachable), then what it
-/// announced; nowhere when it has no listener. Loopback addresses only help
-/// a requester on the same host.
-fn endpoints_for(peer: &Online, from: IpAddr) -> Vec<SocketAddr> {
-    if peer.listen_port == 0 {
-        return Vec::new();
-    }
-    let mut out = vec![SocketAddr::new(peer.observed, peer.listen_port)];
-    out.extend(peer.addrs.iter().copied());
-    let same_host = from.is_loopback() && peer.observed.is_loopback();
-    out.retain(|a| same_host || !a.ip().is_loopback());
-    let mut seen = std::collections::HashSet::new();
-    out.retain(|a| seen.insert(*a));
-    out
 }
 
 /// Queues an audit entry (written in the background, see [`AuditLog`]).

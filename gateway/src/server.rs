@@ -198,9 +198,13 @@ impl Gateway {
         let _live = presented
             .as_ref()
             .map(|fp| self.cache.register(fp, cancel.clone()));
+        // The verifier refused a superseded certificate during the
+        // handshake (with an alert the device reports); one superseded since
+        // then, by its renewal's first use racing this handshake, is let in
+        // as a connection already open is, rather than cut without a word.
         let ident = match presented {
             None => None,
-            Some(fp) => match self.cache.handshake_status(&fp) {
+            Some(fp) => match self.cache.status(&fp) {
                 CertStatus::Active(id) => Some(id),
                 _ => {
                     tracing::info!(%peer, fingerprint = %fp, "certificate not valid (revoked or unknown)");

@@ -18,7 +18,7 @@ extern "C" fn prepare() {
     let guards: Vec<Box<dyn Any>> = vec![
         Box::new(crate::tcp::FLOWS.hold()),
         Box::new(crate::udp::SOCKETS.hold()),
-        Box::new(crate::names::hold()),
+        Box::new(crate::names::allocated()),
         Box::new(crate::say::hold()),
     ];
     HELD.with(|h| *h.borrow_mut() = guards);

@@ -30,8 +30,8 @@ const NAME_WAIT: Duration = Duration::from_secs(5);
 /// Lists this library allocated, so `freeaddrinfo` knows whose they are.
 static OURS: Mutex<BTreeSet<usize>> = Mutex::new(BTreeSet::new());
 
-/// [`OURS`]'s lock, held across a fork ([`crate::fork`]).
-pub fn hold() -> std::sync::MutexGuard<'static, BTreeSet<usize>> {
+/// [`OURS`], locked (also across a fork: [`crate::fork`]).
+pub fn allocated() -> std::sync::MutexGuard<'static, BTreeSet<usize>> {
     OURS.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -93,9 +93,7 @@ pub unsafe fn getaddrinfo(
     match unsafe { build(&addrs, &kinds, port, canon) } {
         Some(list) => {
             unsafe { *res = list };
-            OURS.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(list as usize);
+            allocated().insert(list as usize);
             Some(0)
         }
         None => Some(libc::EAI_MEMORY),
@@ -110,6 +108,18 @@ enum Missing {
     Refused,
     /// `up` or the gateway cannot say now.
     Later,
+}
+
+impl Missing {
+    /// What a `*_r` lookup returns and sets `h_errno` to for it. Not found
+    /// is a success with no result, as glibc answers it.
+    fn codes(self) -> (c_int, c_int) {
+        match self {
+            Missing::NoName => (0, HOST_NOT_FOUND),
+            Missing::Refused => (0, NO_RECOVERY),
+            Missing::Later => (libc::EAGAIN, TRY_AGAIN),
+        }
+    }
 }
 
 /// A VPN name's fake addresses, from `up`. Never the local resolver
@@ -192,12 +202,12 @@ pub unsafe fn gethostbyname2_r(
     if buf.is_null() || buflen < hostent_room(buf, addr_len, name_bytes.len()) {
         return fail(libc::ERANGE, NETDB_INTERNAL);
     }
-    // Not found is a success with no result, as glibc answers it.
     let (v4, v6) = match lookup(config, text.to_str().ok()?) {
         Ok(a) => a,
-        Err(Missing::NoName) => return fail(0, HOST_NOT_FOUND),
-        Err(Missing::Refused) => return fail(0, NO_RECOVERY),
-        Err(Missing::Later) => return fail(libc::EAGAIN, TRY_AGAIN),
+        Err(missing) => {
+            let (errno, herr) = missing.codes();
+            return fail(errno, herr);
+        }
     };
     let addr: Vec<u8> = match af {
         libc::AF_INET => v4.octets().to_vec(),
@@ -509,9 +519,10 @@ pub unsafe fn gethostbyaddr_r(
     };
     let name = match name_of(config, ip) {
         Ok(name) => name,
-        Err(Missing::NoName) => return fail(0, HOST_NOT_FOUND),
-        Err(Missing::Refused) => return fail(0, NO_RECOVERY),
-        Err(Missing::Later) => return fail(libc::EAGAIN, TRY_AGAIN),
+        Err(missing) => {
+            let (errno, herr) = missing.codes();
+            return fail(errno, herr);
+        }
     };
     let Ok(name) = std::ffi::CString::new(name) else {
         return fail(0, HOST_NOT_FOUND);
@@ -566,11 +577,7 @@ pub fn set_h_errno(value: c_int) {
 /// # Safety
 /// `ai` is what a `getaddrinfo` returned.
 pub unsafe fn free(ai: *mut addrinfo) -> bool {
-    let ours = OURS
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .remove(&(ai as usize));
-    if !ours {
+    if !allocated().remove(&(ai as usize)) {
         return false;
     }
     // SAFETY: our list, freed once (it left OURS above).

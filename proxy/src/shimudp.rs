@@ -80,14 +80,10 @@ pub async fn run(
     let mut association: Option<(h2::RecvStream, h2::SendStream<Bytes>)> = None;
     let mut decoder = Decoder::default();
     let mut buf = vec![0u8; datagram::MAX_PAYLOAD + 1];
-    let mut sink = [0u8; 64];
     let (mut sent, mut received) = (0u64, 0u64);
     let why = loop {
         tokio::select! {
-            n = control.read(&mut sink) => match n {
-                Ok(0) | Err(_) => break "the program closed its socket",
-                Ok(_) => {}
-            },
+            () = closed(&mut control) => break "the program closed its socket",
             got = relay.recv(&mut buf) => {
                 // This datagram and whatever else has arrived, to the
                 // gateway in one write. ECONNREFUSED: an earlier answer met
@@ -160,8 +156,10 @@ pub async fn run(
     tracing::debug!(%dest, why, sent, received, "socket shim udp relay closed");
 }
 
-/// Resolves once `control` (the shim socket connection) closes.
-async fn closed(control: &mut UnixStream) {
+/// Resolves once `control` (the connection a relay lives as long as: the
+/// shim socket's, or a SOCKS client's for UDP ASSOCIATE) closes; whatever
+/// arrives on it meanwhile is read and dropped.
+pub(crate) async fn closed<C: tokio::io::AsyncRead + Unpin>(control: &mut C) {
     let mut sink = [0u8; 64];
     while let Ok(1..) = control.read(&mut sink).await {}
 }

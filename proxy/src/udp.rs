@@ -29,7 +29,6 @@ use shimgate_wire::dest::Destination;
 use shimgate_wire::origin::{ORIGIN_HEADER, Origin};
 use shimgate_wire::splice;
 use shimgate_wire::tunnel::TunnelError;
-use tokio::io::AsyncReadExt;
 use tokio::net::{TcpStream, UdpSocket};
 use tokio_util::sync::CancellationToken;
 
@@ -151,7 +150,6 @@ pub(crate) async fn associate(
     let mut decoder = Decoder::default();
     let mut buf = vec![0u8; datagram::MAX_PAYLOAD + 512];
     let mut from_peer = vec![0u8; datagram::MAX_PAYLOAD];
-    let mut sink = [0u8; 64];
     let mut to_peers = PeerRelays {
         inner: None,
         relay_of: HashMap::new(),
@@ -162,10 +160,7 @@ pub(crate) async fn associate(
     let why = loop {
         tokio::select! {
             // The client's TCP connection: its end is the association's end.
-            n = control.read(&mut sink) => match n {
-                Ok(0) | Err(_) => break "the client closed its TCP connection",
-                Ok(_) => {}
-            },
+            () = crate::shimudp::closed(&mut control) => break "the client closed its TCP connection",
             got = relay.recv_from(&mut buf) => {
                 // This datagram and whatever else has arrived, to the
                 // gateway in one write.

@@ -116,7 +116,7 @@ pub unsafe extern "C" fn connect(fd: c_int, addr: *const Sockaddr, len: socklen_
         );
         match (ty, protocol) {
             (Ok(libc::SOCK_STREAM), Ok(libc::IPPROTO_TCP | IPPROTO_MPTCP)) if family_fits => {
-                c_result(tcp::connect(config, fd, to))
+                c_result(domain.and_then(|d| tcp::connect(config, fd, d, to)))
             }
             (Ok(libc::SOCK_DGRAM), Ok(libc::IPPROTO_UDP | libc::IPPROTO_UDPLITE))
                 if family_fits =>

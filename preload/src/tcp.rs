@@ -73,12 +73,12 @@ const BLOCKING_WAIT: Duration = Duration::from_secs(120);
 /// From `up`'s "ok" to the handshake it then makes on loopback.
 const HANDSHAKE_WAIT: Duration = Duration::from_secs(10);
 
-/// The result of `connect()`: `Err(errno)` includes `EINPROGRESS`.
-pub fn connect(config: &Config, fd: c_int, to: SocketAddr) -> Result<(), c_int> {
+/// The result of `connect()` for the program's socket `fd` of address
+/// family `domain`: `Err(errno)` includes `EINPROGRESS`.
+pub fn connect(config: &Config, fd: c_int, domain: c_int, to: SocketAddr) -> Result<(), c_int> {
     if let Some(again) = again(fd) {
         return again;
     }
-    let domain = int_option(fd, libc::SO_DOMAIN)?;
     let file = state::file_of(fd).ok_or(libc::EBADF)?;
     let hold = hold_for(config, domain).ok_or(libc::ENETUNREACH)?;
     // SAFETY: fcntl on the program's descriptor.

@@ -16,6 +16,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
+use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 /// The program's side answers our SYN at once (it is on this host).
@@ -60,9 +61,11 @@ impl Hold {
         &self.addrs
     }
 
-    /// Connects to the program's socket at `program` (waiting in SYN_SENT to
-    /// the hold address of its family) and returns `up`'s end of it.
-    pub async fn complete(&self, program: SocketAddr) -> Result<TcpStream, HoldError> {
+    /// A socket bound to the hold address of `program`'s family, to
+    /// complete the program's socket at `program` (waiting in SYN_SENT).
+    /// Made while the way to the destination opens, so that once the far
+    /// end has answered only the connect is left.
+    pub fn prepare(&self, program: SocketAddr) -> Result<Completion, HoldError> {
         if !program.ip().is_loopback() {
             return Err(HoldError::NotLoopback(program));
         }
@@ -71,28 +74,68 @@ impl Hold {
             .iter()
             .find(|a| a.is_ipv4() == program.is_ipv4())
             .ok_or(HoldError::NotLoopback(program))?;
-        let sock = match hold {
-            SocketAddr::V4(_) => TcpSocket::new_v4(),
-            SocketAddr::V6(_) => TcpSocket::new_v6(),
-        }
+        let sock = Socket::new(
+            Domain::for_address(*hold),
+            Type::STREAM.nonblocking().cloexec(),
+            Some(Protocol::TCP),
+        )
         .map_err(HoldError::Complete)?;
-        sock.set_reuseport(true).map_err(HoldError::Complete)?;
-        sock.bind(*hold).map_err(HoldError::Complete)?;
-        let stream = tokio::time::timeout(COMPLETE_TIMEOUT, sock.connect(program))
-            .await
-            .map_err(|_| HoldError::Complete(std::io::ErrorKind::TimedOut.into()))?
+        sock.set_reuse_port(true).map_err(HoldError::Complete)?;
+        sock.bind(&(*hold).into()).map_err(HoldError::Complete)?;
+        Ok(Completion { sock, program })
+    }
+}
+
+/// One program's connection, about to be completed from the hold address.
+pub struct Completion {
+    sock: Socket,
+    program: SocketAddr,
+}
+
+impl Completion {
+    /// Connects to the program's socket and returns `up`'s end of it.
+    pub async fn connect(self) -> Result<TcpStream, HoldError> {
+        match self.sock.connect(&self.program.into()) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(e) => return Err(HoldError::Complete(e)),
+        }
+        let stream = TcpStream::from_std(std::net::TcpStream::from(self.sock))
             .map_err(HoldError::Complete)?;
+        // On loopback both handshakes are usually over when connect returns:
+        // asking the kernel spares a turn of the event loop.
+        if !writable_now(&stream) {
+            tokio::time::timeout(COMPLETE_TIMEOUT, stream.writable())
+                .await
+                .map_err(|_| HoldError::Complete(std::io::ErrorKind::TimedOut.into()))?
+                .map_err(HoldError::Complete)?;
+        }
+        if let Some(e) = stream.take_error().map_err(HoldError::Complete)? {
+            return Err(HoldError::Complete(e));
+        }
         let _ = stream.set_nodelay(true);
         Ok(stream)
     }
 
     /// Ends the program's connection attempt with a reset (it has already
     /// been told why on the shim socket).
-    pub async fn reset(&self, program: SocketAddr) {
-        if let Ok(stream) = self.complete(program).await {
+    pub async fn reset(self) {
+        if let Ok(stream) = self.connect().await {
             let _ = stream.set_zero_linger();
         }
     }
+}
+
+/// Whether `stream` is writable (or failed) now, without waiting.
+fn writable_now(stream: &TcpStream) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: stream.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no wait.
+    let ready = unsafe { libc::poll(&mut pfd, 1, 0) };
+    ready > 0
 }
 
 /// A listener on `ip` whose filter drops every packet.

@@ -208,39 +208,29 @@ pub fn start(path: PathBuf, shim: Arc<Shim>, stop: CancellationToken) -> Result<
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(listen_error(e)),
     }
-    let listener = UnixListener::bind(&path).map_err(listen_error)?;
+    let listener = std::os::unix::net::UnixListener::bind(&path).map_err(listen_error)?;
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
         .map_err(listen_error)?;
+    listener.set_nonblocking(true).map_err(listen_error)?;
     tracing::info!(socket = %path.display(), hold = ?shim.hold.addrs(), "socket shim listening");
     tokio::spawn(publish_counts(Arc::clone(&shim), stop.clone()));
-    tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
-                _ = stop.cancelled() => break,
-            };
-            match accepted {
-                Ok((stream, _)) => {
-                    // Served on the worker thread of the gateway connection
-                    // that will carry the flow, as a SOCKS client is: the
-                    // stream re-registers there.
-                    let Ok(stream) = stream.into_std() else {
-                        continue;
-                    };
-                    let slot = shim.pool.pick();
-                    let (pool, shim) = (Arc::clone(&shim.pool), Arc::clone(&shim));
-                    pool.spawn_on(slot, async move {
-                        if let Ok(stream) = UnixStream::from_std(stream) {
-                            shim.handle(stream, slot).await;
-                        }
-                    });
-                }
+    // One accept loop per worker on the same socket, as for the SOCKS port:
+    // a request is served on the thread of the gateway connection that will
+    // carry its flow, with no hop between threads on the way.
+    for worker in 0..shim.pool.workers() {
+        let listener = listener.try_clone().map_err(listen_error)?;
+        let (shim2, stop) = (Arc::clone(&shim), stop.clone());
+        shim.pool.spawn_on(worker, async move {
+            match UnixListener::from_std(listener) {
+                Ok(listener) => shim2.serve(listener, worker, stop).await,
                 Err(e) => {
-                    tracing::warn!(error = %e, "shim socket accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    tracing::error!(error = %e, worker, "shim socket: cannot listen on this worker")
                 }
             }
-        }
+        });
+    }
+    tokio::spawn(async move {
+        stop.cancelled().await;
         let _ = std::fs::remove_file(&path);
     });
     Ok(())
@@ -263,6 +253,32 @@ async fn publish_counts(shim: Arc<Shim>, stop: CancellationToken) {
 }
 
 impl Shim {
+    /// Accepts programs' requests on `listener` (one of several on the same
+    /// socket, one per worker) and serves each on this worker.
+    async fn serve(
+        self: Arc<Self>,
+        listener: UnixListener,
+        worker: usize,
+        stop: CancellationToken,
+    ) {
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = stop.cancelled() => return,
+            };
+            match accepted {
+                Ok((stream, _)) => {
+                    let slot = self.pool.pick_for(worker);
+                    tokio::spawn(Arc::clone(&self).handle(stream, slot));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "shim socket accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
     /// Serves one request; a flow goes on pool slot `slot`, whose worker
     /// this runs on.
     async fn handle(self: Arc<Self>, stream: UnixStream, slot: usize) {
@@ -457,13 +473,21 @@ impl Shim {
         asker: &Asker,
         slot: usize,
     ) {
-        let opened = match self.destination(to) {
-            Ok(dest) => {
-                let origin = asker.origin();
-                tracing::info!(%dest, shim = "socket", uid = ?asker.uid, pid = ?asker.pid, program = %asker.program.as_deref().unwrap_or("?"), proto = "tcp", "flow");
-                crate::flow::open(&self.pool, &self.peers, slot, &dest, &origin).await
+        let open = async {
+            let dest = self.destination(to)?;
+            let origin = asker.origin();
+            tracing::info!(%dest, shim = "socket", uid = ?asker.uid, pid = ?asker.pid, program = %asker.program.as_deref().unwrap_or("?"), proto = "tcp", "flow");
+            crate::flow::open(&self.pool, &self.peers, slot, &dest, &origin).await
+        };
+        // The completion's socket is made while the gateway is being asked
+        // (join polls `open` first, so its request leaves before).
+        let (opened, completion) = tokio::join!(open, async { self.hold.prepare(from) });
+        let completion = match completion {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::info!(%to, error = %e, "the program's socket cannot be completed");
+                return;
             }
-            Err(e) => Err(e),
         };
         let way = match opened {
             Ok(way) => way,
@@ -475,16 +499,19 @@ impl Shim {
                 };
                 // Told first, so whatever wakes the program finds the answer.
                 let _ = answer(&mut stream, &reply).await;
-                self.hold.reset(from).await;
+                completion.reset().await;
                 return;
             }
         };
+        // Told first, as a refusal is; the request's connection is closed
+        // only once the program's socket is complete.
         if answer(&mut stream, &Reply::Ok).await.is_err() {
             // The program gave up (it closed the socket, or exited).
             return;
         }
+        let completed = completion.connect().await;
         drop(stream);
-        match self.hold.complete(from).await {
+        match completed {
             Ok(sock) => {
                 let _counted = Counts::open(&self.counts.tcp_open, &self.counts.tcp_total);
                 if let Err(e) = way.carry(sock, &self.peers).await {

@@ -8,9 +8,11 @@
 # The database, newest first:
 #   1. a fresh shallow clone of $ADVISORY_DB_URL (default
 #      https://github.com/rustsec/advisory-db), 60 s at most;
-#   2. else the snapshot beside the clone, ../shared/advisory-db (read in
-#      place: `cargo audit --no-fetch` reads a plain folder and writes nothing
-#      there; its commit and date are in its file SNAPSHOT);
+#   2. else a snapshot: $ADVISORY_DB_SNAPSHOT if set, else the one beside
+#      the clone, ../shared/advisory-db (read in place: `cargo audit
+#      --no-fetch` reads a plain folder and writes nothing there; its commit
+#      and date are in its file SNAPSHOT). A clone elsewhere (/tmp) names
+#      the snapshot: ADVISORY_DB_SNAPSHOT=/work/shared/advisory-db;
 #   3. else this fails: a check that ran against nothing proves nothing.
 # It prints which database it used, its commit and date, and how old it is.
 #
@@ -32,7 +34,7 @@ cd "$ROOT"
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 
 URL=${ADVISORY_DB_URL:-https://github.com/rustsec/advisory-db}
-SNAPSHOT="$ROOT/../shared/advisory-db"
+SNAPSHOT=${ADVISORY_DB_SNAPSHOT:-$ROOT/../shared/advisory-db}
 # lockfile and its manifest
 LOCKS=(Cargo.lock:Cargo.toml tests/fuzz/Cargo.lock:tests/fuzz/Cargo.toml)
 # Advisories that do not apply to shimgate, each justified in docs/SECURITY.md
@@ -63,7 +65,7 @@ else
 	why=$(tail -n 1 "$tmp/fetch.err")
 	log "no fresh database: $URL: ${why:-timed out after 60 s}"
 	if [ ! -f "$SNAPSHOT/SNAPSHOT" ] || [ ! -d "$SNAPSHOT/crates" ]; then
-		log "FAILED: no advisory database: $URL cannot be fetched and there is no snapshot at $SNAPSHOT (a folder of the RustSec database with a file SNAPSHOT: '<commit> <YYYY-MM-DD>')"
+		log "FAILED: no advisory database: $URL cannot be fetched and there is no snapshot at $SNAPSHOT (a folder of the RustSec database with a file SNAPSHOT: '<commit> <YYYY-MM-DD>'; name another with ADVISORY_DB_SNAPSHOT=DIR)"
 		exit 1
 	fi
 	db=$(cd "$SNAPSHOT" && pwd)
@@ -73,7 +75,7 @@ fi
 age=$((($(date -u +%s) - $(date -u -d "$day" +%s)) / 86400))
 log "database: $what, commit $rev of $day ($age days old)"
 if [ "$age" -gt 90 ]; then
-	log "note: the database is over 90 days old (cargo audit's own limit for a fetched one): advisories published since $day are not checked; refresh ../shared/advisory-db"
+	log "note: the database is over 90 days old (cargo audit's own limit for a fetched one): advisories published since $day are not checked; refresh $SNAPSHOT"
 fi
 
 # crates.io index, for the yanked check

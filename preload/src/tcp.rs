@@ -67,20 +67,18 @@ impl Tracked for Flow {
     }
 }
 
-/// How long a blocking `connect()` waits for `up` (which gives up on the
-/// far end sooner).
-const BLOCKING_WAIT: Duration = Duration::from_secs(120);
-/// From `up`'s "ok" to the handshake it then makes on loopback.
-const HANDSHAKE_WAIT: Duration = Duration::from_secs(10);
+/// From the program's socket's completion (or reset) to `up`'s answer, which
+/// `up` writes first: only a wait in case it is not readable yet.
+const ANSWER_WAIT: Duration = Duration::from_secs(10);
 
 /// The result of `connect()` for the program's socket `fd` of address
 /// family `domain`: `Err(errno)` includes `EINPROGRESS`.
 pub fn connect(config: &Config, fd: c_int, domain: c_int, to: SocketAddr) -> Result<(), c_int> {
-    if let Some(again) = again(fd) {
+    let hold = hold_for(config, domain).ok_or(libc::ENETUNREACH)?;
+    if let Some(again) = again(fd, hold, domain) {
         return again;
     }
     let file = state::file_of(fd).ok_or(libc::EBADF)?;
-    let hold = hold_for(config, domain).ok_or(libc::ENETUNREACH)?;
     // SAFETY: fcntl on the program's descriptor.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
     if flags < 0 {
@@ -137,26 +135,58 @@ pub fn connect(config: &Config, fd: c_int, domain: c_int, to: SocketAddr) -> Res
         return Err(libc::EINPROGRESS);
     }
     restore();
-    let answer = control.answer(BLOCKING_WAIT);
+    wait_blocking(
+        fd,
+        hold,
+        domain,
+        Flow {
+            to,
+            outcome: Outcome::Waiting(control),
+            file,
+        },
+    )
+}
+
+/// A blocking `connect()` waits in the kernel's own `connect()` on the
+/// socket (connecting to the hold address) until `up` completes or resets
+/// it, so that signals, `SA_RESTART` and `SO_SNDTIMEO` act as on a real
+/// network. Interrupted (`EINTR`, or `EINPROGRESS` when `SO_SNDTIMEO` ran
+/// out), the attempt goes on, as the kernel's would: `flow` is kept, and a
+/// later `connect()` or `SO_ERROR` tells how it ended.
+fn wait_blocking(fd: c_int, hold: SocketAddr, domain: c_int, mut flow: Flow) -> Result<(), c_int> {
+    let waited = real_connect(fd, hold, domain);
+    if let Err(e @ (libc::EINTR | libc::EINPROGRESS)) = waited {
+        FLOWS.insert(fd, flow);
+        return Err(e);
+    }
+    let Outcome::Waiting(control) = std::mem::replace(&mut flow.outcome, Outcome::Settled) else {
+        return waited;
+    };
+    // `up` answers before it completes or resets the socket; if the kernel
+    // gave up first (its SYN timed out), `up` has not answered.
+    let answer = control.answer(if waited.is_ok() {
+        ANSWER_WAIT
+    } else {
+        Duration::ZERO
+    });
     drop(control);
-    match answer {
-        Ok(Some(Reply::Ok)) => {
-            FLOWS.insert(
-                fd,
-                Flow {
-                    to,
-                    outcome: Outcome::Settled,
-                    file,
-                },
-            );
-            wait_connected(fd)
+    match (answer, waited) {
+        (Ok(Some(Reply::Ok)), Ok(())) => {
+            FLOWS.insert(fd, flow);
+            Ok(())
         }
-        Ok(Some(Reply::Refused { errno, reason })) => {
+        (Ok(Some(Reply::Refused { errno, reason })), _) => {
+            FLOWS.remove(fd, fd);
             disconnect(fd);
-            say::refused(&to.to_string(), &reason);
+            say::refused(&flow.to.to_string(), &reason);
             Err(refusal(errno))
         }
+        (_, Err(e)) => {
+            FLOWS.remove(fd, fd);
+            Err(e)
+        }
         _ => {
+            FLOWS.remove(fd, fd);
             disconnect(fd);
             Err(libc::ECONNABORTED)
         }
@@ -164,15 +194,31 @@ pub fn connect(config: &Config, fd: c_int, domain: c_int, to: SocketAddr) -> Res
 }
 
 /// `connect()` again on a socket being carried: what the kernel would say
-/// (`EALREADY` while connecting, `EISCONN` once connected, or the error).
-fn again(fd: c_int) -> Option<Result<(), c_int>> {
-    FLOWS.on(fd, |flow| match settle(flow) {
-        Some(errno) => Err(errno),
+/// (`EALREADY` while connecting, `EISCONN` once connected, or the error);
+/// on a blocking socket still connecting, the wait, as the kernel's.
+fn again(fd: c_int, hold: SocketAddr, domain: c_int) -> Option<Result<(), c_int>> {
+    let waiting = FLOWS.on(fd, |flow| match settle(flow) {
+        Some(errno) => Err(Err(errno)),
         None => match flow.outcome {
-            Outcome::Waiting(_) => Err(libc::EALREADY),
-            _ => Err(libc::EISCONN),
+            Outcome::Waiting(_) if is_blocking(fd) => Ok(Flow {
+                to: flow.to,
+                outcome: std::mem::replace(&mut flow.outcome, Outcome::Settled),
+                file: flow.file,
+            }),
+            Outcome::Waiting(_) => Err(Err(libc::EALREADY)),
+            _ => Err(Err(libc::EISCONN)),
         },
+    })?;
+    Some(match waiting {
+        Ok(flow) => wait_blocking(fd, hold, domain, flow),
+        Err(answer) => answer,
     })
+}
+
+fn is_blocking(fd: c_int) -> bool {
+    // SAFETY: fcntl on the program's descriptor.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    flags >= 0 && flags & libc::O_NONBLOCK == 0
 }
 
 /// The error `getsockopt(SO_ERROR)` reports for a carried socket, in place
@@ -288,30 +334,4 @@ pub fn int_option(fd: c_int, name: c_int) -> Result<c_int, c_int> {
         )
     };
     if rc == 0 { Ok(value) } else { Err(errno()) }
-}
-
-/// A blocking connect returns once the handshake `up` makes is done.
-fn wait_connected(fd: c_int) -> Result<(), c_int> {
-    let deadline = std::time::Instant::now() + HANDSHAKE_WAIT;
-    loop {
-        let mut pfd = libc::pollfd {
-            fd,
-            events: libc::POLLOUT,
-            revents: 0,
-        };
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let ms = c_int::try_from(left.as_millis()).unwrap_or(c_int::MAX);
-        // SAFETY: one valid pollfd.
-        let ready = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if ready < 0 && errno() == libc::EINTR {
-            continue;
-        }
-        if ready <= 0 {
-            return Err(libc::ETIMEDOUT);
-        }
-        return match int_option(fd, libc::SO_ERROR)? {
-            0 => Ok(()),
-            e => Err(e),
-        };
-    }
 }

@@ -108,6 +108,35 @@ except OSError as e:
     print(errno.errorcode.get(e.errno, str(e.errno)))
 "#;
 
+/// A blocking connect to HOST PORT that SIGALRM interrupts after 0.2 s
+/// (Python's handlers have no `SA_RESTART`, so the kernel's connect would
+/// return `EINTR`); then whether the socket was still connecting, and a
+/// second (blocking) connect's result and the peer once it is done.
+const INTERRUPTED_CONNECT: &str = r#"
+import errno, signal, socket, sys
+class Alarm(Exception):
+    pass
+def on_alarm(signum, frame):
+    raise Alarm()
+signal.signal(signal.SIGALRM, on_alarm)
+to = (sys.argv[1], int(sys.argv[2]))
+s = socket.socket()
+signal.setitimer(signal.ITIMER_REAL, 0.2)
+try:
+    s.connect(to)
+    print("not-interrupted")
+    sys.exit(0)
+except Alarm:
+    pass
+try:
+    s.getpeername()
+    state = "connected"
+except OSError as e:
+    state = "connecting" if e.errno == errno.ENOTCONN else errno.errorcode.get(e.errno, str(e.errno))
+again = s.connect_ex(to)
+print(state, errno.errorcode.get(again, str(again)), s.getpeername()[0])
+"#;
+
 /// A far end that lets a SYN go unanswered for about a second (a socket
 /// filter drops it, so the dialler's retransmission is what gets through),
 /// then either accepts (the filter is taken off) or refuses (the listener
@@ -536,6 +565,16 @@ fn unmodified_programs_reach_the_intranet() {
     assert!(
         ticks >= 40,
         "the timer fired {ticks} times in {took} s: the loop was blocked"
+    );
+    drop(slow);
+    // A blocking connect, interrupted by a signal while the far end is
+    // silent: EINTR, the attempt goes on, and a second connect waits for it.
+    let slow = SlowFarEnd::start(intra, SocketAddr::new(INTRA.into(), 8081), true);
+    let out = run_shimmed(&dev, &[PYTHON, "-c", INTERRUPTED_CONNECT, &host, "8081"]);
+    assert_eq!(
+        out.stdout.trim(),
+        format!("connecting 0 {INTRA}"),
+        "a blocking connect interrupted by SIGALRM: {out}"
     );
     drop(slow);
     let refusing = SlowFarEnd::start(intra, SocketAddr::new(INTRA.into(), 8082), false);

@@ -9,6 +9,12 @@ pub enum Error {
     /// Applying the schema migrations failed.
     #[error("registry migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The database has a migration this build does not know: a newer release migrated it.
+    #[error(
+        "the registry's schema is newer than this program: its migration {applied} is unknown here \
+         (this build knows migrations up to {known}); run the newer release, or upgrade this one"
+    )]
+    SchemaNewer { applied: i64, known: i64 },
     /// The named thing does not exist.
     #[error("{what} not found: {name}")]
     NotFound { what: &'static str, name: String },

@@ -76,14 +76,20 @@ static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/
 
 impl Registry {
     /// Creates or upgrades the schema. Safe to run repeatedly and from several processes
-    /// (Postgres takes an advisory lock).
+    /// (Postgres takes an advisory lock). Refuses a schema a newer release migrated
+    /// ([`Error::SchemaNewer`]): this build's queries may not fit it.
     pub async fn migrate(&self) -> Result<()> {
         let migrator = match self.backend {
             Backend::Postgres => &PG_MIGRATOR,
             Backend::Sqlite => &SQLITE_MIGRATOR,
         };
-        migrator.run(&self.pool).await?;
-        Ok(())
+        migrator.run(&self.pool).await.map_err(|e| match e {
+            sqlx::migrate::MigrateError::VersionMissing(applied) => Error::SchemaNewer {
+                applied,
+                known: migrator.iter().map(|m| m.version).max().unwrap_or(0),
+            },
+            e => Error::Migrate(e),
+        })
     }
 
     /// The database behind this registry.
@@ -110,5 +116,34 @@ impl Registry {
             Backend::Postgres => self.pool.begin().await?,
         };
         Ok(tx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_schema_from_a_newer_release_is_refused_by_name() {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let path = dir.path().join("registry.db");
+        let registry = Registry::connect(&path.display().to_string())
+            .await
+            .expect("open the registry");
+        registry.migrate().await.expect("first migration");
+        registry.migrate().await.expect("migrating again changes nothing");
+        // What a newer release leaves behind: a migration this build does not have.
+        sqlx::query(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+             VALUES (9999, 'from the future', TRUE, X'00', 0)",
+        )
+        .execute(&registry.pool)
+        .await
+        .expect("record a newer migration");
+        let known = SQLITE_MIGRATOR.iter().map(|m| m.version).max();
+        match registry.migrate().await {
+            Err(Error::SchemaNewer { applied: 9999, known: k }) => assert_eq!(Some(k), known),
+            other => panic!("expected SchemaNewer, got {other:?}"),
+        }
     }
 }

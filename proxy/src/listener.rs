@@ -3,7 +3,8 @@
 //! Its address is `peer_listen` in config.toml or `up --peer-listen`
 //! (firewalls and NAT rules need a fixed port); with port 0 the port the
 //! system picks first is kept for the life of `up`, so a closed and reopened
-//! listener comes back where peers knew it.
+//! listener comes back where peers knew it. Also what every listener of
+//! `up` shares: a port shared by several workers, and the accept loop.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -14,6 +15,35 @@ use tokio_util::sync::CancellationToken;
 use crate::peer::Peers;
 use crate::pool::Pool;
 use crate::status::Board;
+
+/// How long a listener waits after a failed accept (out of descriptors,
+/// say) before it tries again, rather than spinning.
+const ACCEPT_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Accepts with `accept` until `stop`, handing each accepted connection to
+/// `each`; a failed accept is logged (naming listener `what`) and retried.
+pub(crate) async fn accept_until<S, F>(
+    what: &'static str,
+    stop: &CancellationToken,
+    mut accept: impl FnMut() -> F,
+    mut each: impl FnMut(S),
+) where
+    F: std::future::Future<Output = std::io::Result<S>>,
+{
+    loop {
+        let accepted = tokio::select! {
+            a = accept() => a,
+            _ = stop.cancelled() => return,
+        };
+        match accepted {
+            Ok(s) => each(s),
+            Err(e) => {
+                tracing::warn!(error = %e, listener = what, "accept failed");
+                tokio::time::sleep(ACCEPT_RETRY).await;
+            }
+        }
+    }
+}
 
 /// A listener on `addr` that other listeners of this process share
 /// (SO_REUSEPORT: the kernel spreads connections over them).

@@ -261,22 +261,16 @@ impl Shim {
         worker: usize,
         stop: CancellationToken,
     ) {
-        loop {
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
-                _ = stop.cancelled() => return,
-            };
-            match accepted {
-                Ok((stream, _)) => {
-                    let slot = self.pool.pick_for(worker);
-                    tokio::spawn(Arc::clone(&self).handle(stream, slot));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "shim socket accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
+        crate::listener::accept_until(
+            "shim",
+            &stop,
+            || listener.accept(),
+            |(stream, _)| {
+                let slot = self.pool.pick_for(worker);
+                tokio::spawn(Arc::clone(&self).handle(stream, slot));
+            },
+        )
+        .await;
     }
 
     /// Serves one request; a flow goes on pool slot `slot`, whose worker

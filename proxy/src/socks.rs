@@ -73,30 +73,24 @@ pub async fn serve(
     pac: Arc<Pac>,
     stop: CancellationToken,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = stop.cancelled() => return,
-        };
-        match accepted {
-            Ok((sock, peer)) => {
-                let slot = pool.pick_for(worker);
-                let auth = auth.clone();
-                let pool = Arc::clone(&pool);
-                let peers = Arc::clone(&peers);
-                let pac = Arc::clone(&pac);
-                tokio::spawn(async move {
-                    if let Err(e) = handle(sock, peer, pool, peers, slot, auth, &pac).await {
-                        tracing::debug!(%peer, error = %e, "socks connection ended with an error");
-                    }
-                });
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "socks accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
+    crate::listener::accept_until(
+        "socks",
+        &stop,
+        || listener.accept(),
+        |(sock, peer)| {
+            let slot = pool.pick_for(worker);
+            let auth = auth.clone();
+            let pool = Arc::clone(&pool);
+            let peers = Arc::clone(&peers);
+            let pac = Arc::clone(&pac);
+            tokio::spawn(async move {
+                if let Err(e) = handle(sock, peer, pool, peers, slot, auth, &pac).await {
+                    tracing::debug!(%peer, error = %e, "socks connection ended with an error");
+                }
+            });
+        },
+    )
+    .await;
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -14,6 +14,7 @@ pub mod origin;
 pub mod proc;
 pub mod servers;
 pub mod socks;
+pub mod web;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::Command;

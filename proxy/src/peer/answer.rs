@@ -54,33 +54,27 @@ impl Peers {
 
     /// Accepts peers' connections until `stop`.
     pub async fn listen(self: Arc<Self>, listener: TcpListener, stop: CancellationToken) {
-        loop {
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
-                _ = stop.cancelled() => return,
-            };
-            match accepted {
-                Ok((sock, from)) => {
-                    liveness::prepare(&sock);
-                    let peers = Arc::clone(&self);
-                    tokio::spawn(async move {
-                        let (rd, wr) = sock.into_split();
-                        peers
-                            .answer(
-                                boxed_rd(rd),
-                                boxed_wr(wr),
-                                PeerPath::Direct,
-                                from.to_string(),
-                            )
-                            .await
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "peer listener accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
+        crate::listener::accept_until(
+            "peer",
+            &stop,
+            || listener.accept(),
+            |(sock, from)| {
+                liveness::prepare(&sock);
+                let peers = Arc::clone(&self);
+                tokio::spawn(async move {
+                    let (rd, wr) = sock.into_split();
+                    peers
+                        .answer(
+                            boxed_rd(rd),
+                            boxed_wr(wr),
+                            PeerPath::Direct,
+                            from.to_string(),
+                        )
+                        .await
+                });
+            },
+        )
+        .await;
     }
 
     /// The gateway asked for a relay stream for `session`: open it and

@@ -81,6 +81,22 @@ enum Command {
     /// Web console administrators.
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// The gateways serving on this registry (one database, several gateways).
+    #[command(subcommand)]
+    Gateway(GatewayCommand),
+}
+
+#[derive(Subcommand)]
+enum GatewayCommand {
+    /// Every gateway that has served on this registry: address, region, version, devices
+    /// online, last heartbeat; one silent for a few seconds is shown down.
+    List,
+    /// Forget a gateway taken out of service (one still serving comes back with its next
+    /// heartbeat).
+    Forget {
+        /// Its name, as `gateway list` shows it.
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -155,6 +171,9 @@ struct ServeArgs {
     /// Enrollment attempts with one code: this many at once, then one a minute.
     #[arg(long, default_value_t = Limits::default().enroll_attempts_per_token, value_parser = clap::value_parser!(u32).range(1..))]
     enroll_attempts_per_token: u32,
+    /// A label for this gateway in `gateway list` (a site or region, e.g. eu-west).
+    #[arg(long, default_value = "")]
+    region: String,
     #[command(flatten)]
     console: ConsoleArgs,
 }
@@ -392,6 +411,7 @@ impl Cli {
                         datagrams_per_second: args.datagrams_per_second,
                         enroll_attempts_per_token: args.enroll_attempts_per_token,
                     },
+                    region: args.region.clone(),
                 };
                 let (gw, listener) = shimgate_gateway::start(&dir, registry, &options).await?;
                 if let Some(opts) = args.console.options() {
@@ -419,8 +439,47 @@ impl Cli {
             } => show_audit(&self.registry().await?, *limit, action.as_deref(), *json).await,
             Command::Demo(args) => crate::demo::run(args).await,
             Command::Admin(cmd) => admin(&self.registry().await?, cmd).await,
+            Command::Gateway(cmd) => gateways(&self.registry().await?, cmd).await,
         }
     }
+}
+
+async fn gateways(registry: &Registry, cmd: &GatewayCommand) -> anyhow::Result<()> {
+    match cmd {
+        GatewayCommand::List => {
+            println!(
+                "{:<24} {:<26} {:<10} {:<9} {:>7} {:<6} LAST HEARTBEAT",
+                "GATEWAY", "ADDRESS", "REGION", "VERSION", "DEVICES", "STATE"
+            );
+            for g in registry.gateways().await? {
+                let beat = &g.heartbeat;
+                let up = g.silent_for <= shimgate_gateway::heartbeat::DOWN_AFTER_SECS;
+                println!(
+                    "{:<24} {:<26} {:<10} {:<9} {:>7} {:<6} {} ({}s ago)",
+                    beat.name,
+                    beat.address,
+                    if beat.region.is_empty() {
+                        "-"
+                    } else {
+                        &beat.region
+                    },
+                    beat.version,
+                    // A gateway that is down holds no device, whatever it last said.
+                    if up { beat.devices_online } else { 0 },
+                    if up { "up" } else { "down" },
+                    clock::show(g.heartbeat_at),
+                    g.silent_for.max(0),
+                );
+            }
+        }
+        GatewayCommand::Forget { name } => {
+            if !registry.forget_gateway(name).await? {
+                anyhow::bail!("no gateway named {name} (see `shimgate-gateway gateway list`)");
+            }
+            println!("forgot gateway {name}");
+        }
+    }
+    Ok(())
 }
 
 fn init(dir: &DataDir, args: &InitArgs) -> anyhow::Result<()> {

@@ -28,6 +28,7 @@ pub mod cache;
 pub mod console;
 pub mod dial;
 pub mod enroll;
+pub mod heartbeat;
 pub mod paths;
 pub mod policy;
 pub mod ratelimit;

@@ -77,6 +77,11 @@ impl<K: Hash + Eq + Clone> Cap<K> {
         }
     }
 
+    /// How many keys hold a place now.
+    pub fn keys(&self) -> usize {
+        self.held.len()
+    }
+
     /// A place for `key`, or `None` when it holds `max` already.
     pub fn take(&self, key: K) -> Option<Place<K>> {
         let mut count = self.held.entry(key.clone()).or_insert(0);

@@ -58,6 +58,7 @@ impl Gateway {
             stop.clone(),
         ));
         tokio::spawn(Arc::clone(&self.broker).sweep(Arc::clone(&self.cache), stop.clone()));
+        tokio::spawn(crate::heartbeat::run(Arc::clone(&self), stop.clone()));
         loop {
             let accepted = tokio::select! {
                 a = listener.accept() => a,
@@ -217,6 +218,9 @@ impl Gateway {
             Some(_) => None,
             None => Some(unauthenticated),
         };
+        let _online = ident
+            .as_ref()
+            .and_then(|id| self.device_connections.take(id.device_id));
         if let Some(id) = &ident {
             tracing::info!(%peer, device = %id.device_name, user = %id.user_name, "device connected");
             let (registry, device_id) = (self.registry.clone(), id.device_id);

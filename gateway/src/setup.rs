@@ -75,6 +75,11 @@ pub struct Gateway {
     pub(crate) max_connections: usize,
     /// Tunnels and UDP associations open per device.
     pub(crate) device_open: Cap<i64>,
+    /// Connections open per device; how many devices hold one is the heartbeat's
+    /// "devices online".
+    pub(crate) device_connections: Cap<i64>,
+    /// `serve --region`, for `gateway list`.
+    pub(crate) region: String,
     /// New tunnels and UDP associations per device.
     pub(crate) device_tunnels: RateLimit<i64>,
     /// Peer session requests per device.
@@ -102,6 +107,8 @@ pub struct Options {
     pub max_connections: usize,
     /// What one device may use.
     pub limits: Limits,
+    /// A label for this gateway in `gateway list` (a site, a region), or empty.
+    pub region: String,
 }
 
 impl Default for Options {
@@ -111,6 +118,7 @@ impl Default for Options {
             aliases: Vec::new(),
             max_connections: crate::server::MAX_CONNECTIONS,
             limits: Limits::default(),
+            region: String::new(),
         }
     }
 }
@@ -255,6 +263,8 @@ pub async fn start(
         connections: Arc::new(tokio::sync::Semaphore::new(options.max_connections)),
         max_connections: options.max_connections,
         device_open: Cap::new(options.limits.open_per_device),
+        device_connections: Cap::new(usize::MAX),
+        region: options.region.clone(),
         device_tunnels: per_second(options.limits.tunnels_per_second),
         device_peer_sessions: per_second(options.limits.peer_sessions_per_second),
         device_datagrams: per_second(options.limits.datagrams_per_second),

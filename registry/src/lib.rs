@@ -1,6 +1,6 @@
 //! The shimgate registry: users, groups, enrollment tokens, devices and their VPN addresses,
-//! certificates, policy rules, the audit log, change notification for gateways, and what the
-//! web console needs: administrators, invitations and API tokens.
+//! certificates, policy rules, the audit log, change notification for gateways, the gateways'
+//! heartbeats, and what the web console needs: administrators, invitations and API tokens.
 //!
 //! One [`Registry`] works over Postgres (production, several gateways sharing one database) or
 //! SQLite (the embedded default). The same runtime-checked queries run on both through the sqlx
@@ -20,6 +20,7 @@ mod changes;
 mod connect;
 mod devices;
 mod error;
+mod gateways;
 mod invitations;
 mod policy;
 mod rules;
@@ -40,6 +41,7 @@ pub use certs::{CertState, NewCertificate};
 pub use changes::{CHANGE_CHANNEL, Changes};
 pub use devices::{Device, DeviceRow, DeviceStatus};
 pub use error::{Error, RedeemError, Result};
+pub use gateways::{GatewayRow, Heartbeat};
 pub use invitations::{InvitationRow, Invitee, IssuedInvitation, NewInvitation, Redemption};
 pub use policy::{Action, Dest, LocalUser, ParseError, Ports, Program, Proto, Subject};
 pub use rules::{NewRule, Rule};
@@ -131,7 +133,10 @@ mod tests {
             .await
             .expect("open the registry");
         registry.migrate().await.expect("first migration");
-        registry.migrate().await.expect("migrating again changes nothing");
+        registry
+            .migrate()
+            .await
+            .expect("migrating again changes nothing");
         // What a newer release leaves behind: a migration this build does not have.
         sqlx::query(
             "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
@@ -142,7 +147,10 @@ mod tests {
         .expect("record a newer migration");
         let known = SQLITE_MIGRATOR.iter().map(|m| m.version).max();
         match registry.migrate().await {
-            Err(Error::SchemaNewer { applied: 9999, known: k }) => assert_eq!(Some(k), known),
+            Err(Error::SchemaNewer {
+                applied: 9999,
+                known: k,
+            }) => assert_eq!(Some(k), known),
             other => panic!("expected SchemaNewer, got {other:?}"),
         }
     }

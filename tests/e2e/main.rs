@@ -36,6 +36,7 @@ mod console;
 mod demo;
 mod enrollment;
 mod faults;
+mod gateways;
 mod multihost;
 mod peer;
 mod policy;

@@ -68,6 +68,17 @@ impl Database {
         }
     }
 
+    /// Another handle on this Postgres registry, for a second gateway sharing it (the database
+    /// is dropped with this one, the first).
+    pub fn shared(&self) -> Database {
+        assert!(self.url.is_some(), "only a Postgres registry can be shared");
+        Database {
+            url: self.url.clone(),
+            _pg: None,
+            server: None,
+        }
+    }
+
     /// The server of [`Database::own_server`].
     pub fn server(&self) -> &PgServer {
         self.server.as_ref().expect("a database on its own server")

@@ -1,0 +1,66 @@
+//! The gateway's heartbeat: once a second it tells the registry it is alive (its name, address,
+//! region, version and how many devices hold a connection to it), so that `gateway list` on any
+//! host sharing the registry shows every gateway, and one that stopped beating as down.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use shimgate_registry::Heartbeat;
+use tokio_util::sync::CancellationToken;
+
+use crate::setup::Gateway;
+
+/// How often a gateway beats.
+pub const EVERY: Duration = Duration::from_secs(1);
+
+/// Seconds without a heartbeat after which a gateway is shown down: a few missed beats, not
+/// one slow write.
+pub const DOWN_AFTER_SECS: i64 = 3;
+
+/// Beats until `stop`. A failed write is logged once until one succeeds again (the registry may
+/// be away; the gateway goes on serving).
+pub async fn run(gw: Arc<Gateway>, stop: CancellationToken) {
+    let mut starting = true;
+    let mut failing = false;
+    let mut tick = tokio::time::interval(EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        let beat = gw.heartbeat();
+        match gw.registry.gateway_heartbeat(&beat, starting).await {
+            Ok(()) => {
+                if failing {
+                    tracing::info!("heartbeat recorded again");
+                }
+                starting = false;
+                failing = false;
+            }
+            Err(e) if !failing => {
+                tracing::warn!(error = %e, "cannot record the heartbeat: other hosts will show this gateway down");
+                failing = true;
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+impl Gateway {
+    /// What this gateway says about itself now.
+    fn heartbeat(&self) -> Heartbeat {
+        Heartbeat {
+            name: self
+                .config
+                .names
+                .first()
+                .cloned()
+                .unwrap_or_else(|| self.config.public_addr.clone()),
+            address: self.config.public_addr.clone(),
+            region: self.region.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            devices_online: i64::try_from(self.device_connections.keys()).unwrap_or(i64::MAX),
+        }
+    }
+}

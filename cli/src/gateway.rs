@@ -688,13 +688,13 @@ async fn device(registry: &Registry, cmd: &DeviceCommand) -> anyhow::Result<()> 
     match cmd {
         DeviceCommand::List => {
             println!(
-                "{:<20} {:<14} {:<15} {:<8} {:<21} {:<21} CERT EXPIRES",
-                "DEVICE", "USER", "VPN IP", "STATUS", "CREATED", "LAST SEEN"
+                "{:<20} {:<14} {:<15} {:<8} {:<21} {:<21} {:<21} GATEWAY",
+                "DEVICE", "USER", "VPN IP", "STATUS", "CREATED", "LAST SEEN", "CERT EXPIRES"
             );
             for d in registry.list_devices().await? {
                 let dev = &d.device;
                 println!(
-                    "{:<20} {:<14} {:<15} {:<8} {:<21} {:<21} {}",
+                    "{:<20} {:<14} {:<15} {:<8} {:<21} {:<21} {:<21} {}",
                     dev.name,
                     dev.user_name,
                     dev.vpn_ip,
@@ -710,6 +710,7 @@ async fn device(registry: &Registry, cmd: &DeviceCommand) -> anyhow::Result<()> 
                     d.cert_not_after
                         .map(clock::show)
                         .unwrap_or_else(|| "-".into()),
+                    dev.last_gateway.as_deref().unwrap_or("-"),
                 );
             }
         }

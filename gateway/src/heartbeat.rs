@@ -48,15 +48,19 @@ pub async fn run(gw: Arc<Gateway>, stop: CancellationToken) {
 }
 
 impl Gateway {
+    /// This gateway's name in the registry: the first name of its certificate (`init --name`),
+    /// else its public address.
+    pub(crate) fn name(&self) -> &str {
+        self.config
+            .names
+            .first()
+            .unwrap_or(&self.config.public_addr)
+    }
+
     /// What this gateway says about itself now.
     fn heartbeat(&self) -> Heartbeat {
         Heartbeat {
-            name: self
-                .config
-                .names
-                .first()
-                .cloned()
-                .unwrap_or_else(|| self.config.public_addr.clone()),
+            name: self.name().to_owned(),
             address: self.config.public_addr.clone(),
             region: self.region.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),

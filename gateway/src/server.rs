@@ -223,13 +223,17 @@ impl Gateway {
             .and_then(|id| self.device_connections.take(id.device_id));
         if let Some(id) = &ident {
             tracing::info!(%peer, device = %id.device_name, user = %id.user_name, "device connected");
-            let (registry, device_id) = (self.registry.clone(), id.device_id);
+            let (registry, device_id, gateway) =
+                (self.registry.clone(), id.device_id, self.name().to_owned());
             let supersede = self
                 .cache
                 .renewed(device_id)
                 .then(|| id.fingerprint.clone());
             tokio::spawn(async move {
-                if let Err(e) = registry.touch_device(device_id, clock::now()).await {
+                if let Err(e) = registry
+                    .touch_device(device_id, clock::now(), &gateway)
+                    .await
+                {
                     tracing::debug!(error = %e, "could not record last-seen");
                 }
                 // A renewed certificate in use: the older ones may no longer connect.

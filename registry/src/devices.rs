@@ -34,6 +34,8 @@ pub struct Device {
     pub status: DeviceStatus,
     pub created_at: i64,
     pub last_seen: Option<i64>,
+    /// The gateway it last connected to (several may share the registry).
+    pub last_gateway: Option<String>,
 }
 
 /// A device as listed, with the expiry of its latest certificate.
@@ -48,7 +50,7 @@ pub struct DeviceRow {
 macro_rules! device_select {
     () => {
         "SELECT d.id, d.name, d.user_id, u.name AS user_name, d.vpn_ip, d.created_at, \
-                d.last_seen, d.revoked_at, d.approval_requested_at \
+                d.last_seen, d.last_gateway, d.revoked_at, d.approval_requested_at \
          FROM devices d JOIN users u ON u.id = d.user_id"
     };
 }
@@ -83,6 +85,7 @@ fn device_from_row(row: &AnyRow) -> Result<Device> {
         },
         created_at: row.try_get("created_at")?,
         last_seen: row.try_get("last_seen")?,
+        last_gateway: row.try_get("last_gateway")?,
     })
 }
 
@@ -189,6 +192,7 @@ impl Registry {
             },
             created_at: now,
             last_seen: None,
+            last_gateway: None,
         })
     }
 
@@ -214,7 +218,7 @@ impl Registry {
     pub async fn list_devices(&self) -> Result<Vec<DeviceRow>> {
         let rows = sqlx::query(
             "SELECT d.id, d.name, d.user_id, u.name AS user_name, d.vpn_ip, d.created_at, \
-                    d.last_seen, d.revoked_at, d.approval_requested_at, \
+                    d.last_seen, d.last_gateway, d.revoked_at, d.approval_requested_at, \
                     (SELECT MAX(c.not_after) FROM certificates c WHERE c.device_id = d.id) \
                         AS cert_not_after \
              FROM devices d JOIN users u ON u.id = d.user_id ORDER BY d.id",
@@ -344,14 +348,17 @@ impl Registry {
         Ok(())
     }
 
-    /// Records that the device was just seen. Does not bump the change sequence.
-    pub async fn touch_device(&self, device_id: i64, now: i64) -> Result<()> {
-        let changed = sqlx::query("UPDATE devices SET last_seen = $2 WHERE id = $1")
-            .bind(device_id)
-            .bind(now)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
+    /// Records that the device was just seen, connected to `gateway`. Does not bump the change
+    /// sequence.
+    pub async fn touch_device(&self, device_id: i64, now: i64, gateway: &str) -> Result<()> {
+        let changed =
+            sqlx::query("UPDATE devices SET last_seen = $2, last_gateway = $3 WHERE id = $1")
+                .bind(device_id)
+                .bind(now)
+                .bind(gateway)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
         if changed == 0 {
             return Err(Error::not_found("device id", device_id.to_string()));
         }

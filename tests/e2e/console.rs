@@ -659,6 +659,22 @@ fn browser_invites_enrolls_and_revokes_a_device() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         assert!(online, "the devices page never showed the device online");
+        // ...and the gateway it connected to (written by the gateway as it connects).
+        let mut gateway = String::new();
+        for _ in 0..50 {
+            gateway = b
+                .find(Locator::Css(&format!("{row} .gateway")))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            if gateway == "localhost" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(gateway, "localhost", "the devices page's gateway column");
         shot("08-device-online").await;
         b.find(Locator::Css(&format!("{row} button.revoke")))
             .await

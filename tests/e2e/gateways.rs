@@ -1,6 +1,7 @@
 //! Several gateways on one Postgres registry: each says it is alive once a second (its
 //! heartbeat), `shimgate-gateway gateway list` on any of them shows them all with the devices
-//! each holds, and one that stops beating (killed) is shown down within a few seconds.
+//! each holds, `device list` which gateway each device last connected to, and a gateway that
+//! stops beating (killed) is shown down within a few seconds.
 
 use std::time::{Duration, Instant};
 
@@ -65,6 +66,17 @@ fn gateways_on_one_registry_are_listed_and_a_dead_one_shown_down() {
         "holding one device",
         Duration::from_secs(10),
         |r| r.get(DEVICES).map(String::as_str) == Some("1"),
+    );
+    // The registry, read through b, says the device is on a.
+    let devices = b.device_list();
+    let laptop = devices
+        .lines()
+        .find(|l| l.starts_with("laptop "))
+        .unwrap_or_else(|| panic!("laptop is not listed: {devices}"));
+    assert_eq!(
+        laptop.split_whitespace().last(),
+        Some("localhost"),
+        "device list's GATEWAY column: {devices}"
     );
 
     // b dies without a word: shown down within a few seconds, a unaffected.

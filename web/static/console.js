@@ -57,7 +57,7 @@ async function watchEnrollment(box) {
   }
 }
 
-// The devices page: refresh each device's state and last-seen time every few seconds.
+// The devices page: refresh each device's state, last-seen time and gateway every few seconds.
 // (Buttons follow on the next page load; text only is written, never markup.)
 async function refreshDevices(table) {
   for (;;) {
@@ -76,6 +76,8 @@ async function refreshDevices(table) {
         }
         const seen = row.querySelector('.last-seen');
         if (seen) seen.textContent = d.last_seen;
+        const gateway = row.querySelector('.gateway');
+        if (gateway) gateway.textContent = d.gateway;
       }
     } catch (e) {
       // Keep the page as it is until the gateway answers again.

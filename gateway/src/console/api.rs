@@ -403,7 +403,7 @@ pub fn openapi_document() -> serde_json::Value {
             }
         },
         "paths": {
-            "/devices": { "get": op("list devices with online state, last seen, certificate expiry and peer path counts", json!({})) },
+            "/devices": { "get": op("list devices with online state, last seen, the gateway each last connected to, certificate expiry and peer path counts", json!({})) },
             "/sessions": { "get": op("tunnels open through the gateway, and recent peer sessions (path, state, bytes)", json!({})) },
             "/devices/{name}/revoke": { "post": op("revoke a device now (its connections close)", json!({ "parameters": path_param("name", "string") })) },
             "/devices/{name}/enable": { "post": op("lift a device's revocation", json!({ "parameters": path_param("name", "string") })) },

@@ -23,6 +23,8 @@ pub struct DeviceView {
     pub online: bool,
     pub created_at: i64,
     pub last_seen: Option<i64>,
+    /// The gateway it last connected to (several may share the registry).
+    pub gateway: Option<String>,
     pub cert_not_after: Option<i64>,
     /// Ended peer sessions this device took part in, by path.
     pub peer_paths: crate::activity::PathCounts,
@@ -46,6 +48,7 @@ impl Console {
                 status: d.device.status,
                 created_at: d.device.created_at,
                 last_seen: d.device.last_seen,
+                gateway: d.device.last_gateway,
                 cert_not_after: d.cert_not_after,
             })
             .collect())
@@ -117,6 +120,7 @@ impl Console {
 struct DeviceLine {
     d: DeviceView,
     last_seen: String,
+    gateway: String,
     cert_expires: String,
     revoked: bool,
     pending: bool,
@@ -152,6 +156,7 @@ pub async fn page(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response
             .into_iter()
             .map(|d| DeviceLine {
                 last_seen: when(d.last_seen),
+                gateway: gateway_of(&d),
                 cert_expires: when(d.cert_not_after),
                 revoked: d.status == DeviceStatus::Revoked,
                 pending: d.status == DeviceStatus::Pending,
@@ -168,6 +173,12 @@ pub struct DeviceState {
     name: String,
     state: &'static str,
     last_seen: String,
+    gateway: String,
+}
+
+/// The gateway a device last connected to, as the page shows it.
+fn gateway_of(d: &DeviceView) -> String {
+    d.gateway.clone().unwrap_or_else(|| "-".into())
 }
 
 /// `GET /devices/state`: every device's state, for the signed-in devices page to poll.
@@ -191,6 +202,7 @@ pub async fn states(State(c): State<Arc<Console>>, headers: HeaderMap) -> Respon
                         (DeviceStatus::Active, false) => "offline",
                     },
                     last_seen: when(d.last_seen),
+                    gateway: gateway_of(&d),
                     name: d.name,
                 })
                 .collect::<Vec<_>>(),

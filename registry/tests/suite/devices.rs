@@ -78,16 +78,16 @@ async fn devices(env: Env) {
         Err(Error::Invalid { .. })
     ));
 
-    r.touch_device(d1.id, 500).await.expect("touch");
+    r.touch_device(d1.id, 500, "gw-a").await.expect("touch");
     assert_eq!(
         r.device_by_id(d1.id)
             .await
             .expect("get")
-            .map(|d| d.last_seen),
-        Some(Some(500))
+            .map(|d| (d.last_seen, d.last_gateway)),
+        Some((Some(500), Some("gw-a".to_owned())))
     );
     assert!(matches!(
-        r.touch_device(987_654, 500).await,
+        r.touch_device(987_654, 500, "gw-a").await,
         Err(Error::NotFound { .. })
     ));
 

@@ -5,6 +5,10 @@
 //! The hold listener has a socket filter that drops every packet, so a
 //! program's SYN to it is never answered: its socket waits in SYN_SENT,
 //! neither writable nor failed, as while a real far end is being reached.
+//! Where the kernel wants CAP_NET_ADMIN for a socket filter (some do, even
+//! for classic BPF), the listener's accept queue is kept full instead: a
+//! backlog of 0 and one connection of `up`'s own that is never accepted, so
+//! the kernel drops every SYN there, as on any listener whose queue is full.
 //! Once the far end has answered, `up` binds another socket to the hold
 //! address (SO_REUSEPORT, as the listener) and connects to the program's
 //! socket: the two SYNs cross (a TCP simultaneous open, RFC 9293 §3.5), the
@@ -24,8 +28,24 @@ const COMPLETE_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct Hold {
     /// Held open for their addresses; nothing is ever accepted.
-    _listeners: Vec<TcpListener>,
+    _listeners: Vec<Held>,
     addrs: Vec<SocketAddr>,
+}
+
+/// One hold listener, and what keeps SYNs to it unanswered.
+struct Held {
+    listener: TcpListener,
+    /// With no socket filter: the connection that fills the accept queue.
+    _filler: Option<std::net::TcpStream>,
+}
+
+/// How a hold listener leaves SYNs unanswered.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Drops {
+    /// A socket filter where this process may attach one, else a full queue.
+    Filter,
+    /// A full accept queue.
+    FullQueue,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -41,14 +61,18 @@ pub enum HoldError {
 impl Hold {
     /// Listens on 127.0.0.1 and, where the host has it, [::1].
     pub fn open() -> Result<Hold, HoldError> {
-        let v4 = listen(IpAddr::V4(Ipv4Addr::LOCALHOST)).map_err(HoldError::Open)?;
+        Hold::open_with(Drops::Filter)
+    }
+
+    fn open_with(drops: Drops) -> Result<Hold, HoldError> {
+        let v4 = listen(IpAddr::V4(Ipv4Addr::LOCALHOST), drops).map_err(HoldError::Open)?;
         let mut listeners = vec![v4];
-        if let Ok(v6) = listen(IpAddr::V6(Ipv6Addr::LOCALHOST)) {
+        if let Ok(v6) = listen(IpAddr::V6(Ipv6Addr::LOCALHOST), drops) {
             listeners.push(v6);
         }
         let addrs = listeners
             .iter()
-            .map(TcpListener::local_addr)
+            .map(|h| h.listener.local_addr())
             .collect::<Result<_, _>>()
             .map_err(HoldError::Open)?;
         Ok(Hold {
@@ -138,16 +162,32 @@ fn writable_now(stream: &TcpStream) -> bool {
     ready > 0
 }
 
-/// A listener on `ip` whose filter drops every packet.
-fn listen(ip: IpAddr) -> std::io::Result<TcpListener> {
+/// A listener on `ip` that never answers a SYN.
+fn listen(ip: IpAddr, drops: Drops) -> std::io::Result<Held> {
     let sock = match ip {
         IpAddr::V4(_) => TcpSocket::new_v4()?,
         IpAddr::V6(_) => TcpSocket::new_v6()?,
     };
     sock.set_reuseport(true)?;
-    drop_all_packets(&sock)?;
+    if drops == Drops::Filter {
+        if let Err(e) = drop_all_packets(&sock) {
+            tracing::debug!(%ip, error = %e, "no socket filter on the hold listener: its accept queue is kept full instead");
+            return listen(ip, Drops::FullQueue);
+        }
+        sock.bind(SocketAddr::new(ip, 0))?;
+        return Ok(Held {
+            listener: sock.listen(16)?,
+            _filler: None,
+        });
+    }
     sock.bind(SocketAddr::new(ip, 0))?;
-    sock.listen(16)
+    let listener = sock.listen(0)?;
+    // On loopback, to a listener with room for one: done at once.
+    let filler = std::net::TcpStream::connect(listener.local_addr()?)?;
+    Ok(Held {
+        listener,
+        _filler: Some(filler),
+    })
 }
 
 /// Attaches a classic BPF program of one instruction, `ret #0`: keep no
@@ -178,5 +218,67 @@ pub fn drop_all_packets(sock: &impl AsRawFd) -> std::io::Result<()> {
         Ok(())
     } else {
         Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A program's socket connecting to the hold address stays unanswered
+    /// (not writable, no error) until `up` completes it; then it is
+    /// connected to the hold address.
+    async fn holds_then_completes(drops: Drops) {
+        let hold = Hold::open_with(drops).expect("open the hold address");
+        let to = hold.addrs()[0];
+        let program = Socket::new(Domain::IPV4, Type::STREAM.nonblocking(), None)
+            .expect("the program's socket");
+        match program.connect(&to.into()) {
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            other => panic!("{drops:?}: connect to the hold address: {other:?}"),
+        }
+        let mut pfd = libc::pollfd {
+            fd: program.as_raw_fd(),
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let ready = unsafe { libc::poll(&mut pfd, 1, 300) };
+        assert_eq!(
+            ready, 0,
+            "{drops:?}: the SYN was answered (revents {:#x})",
+            pfd.revents
+        );
+        let from = program
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .expect("the program's address");
+        let ours = hold
+            .prepare(from)
+            .expect("prepare")
+            .connect()
+            .await
+            .expect("complete the program's socket");
+        assert_eq!(ours.peer_addr().ok(), Some(from));
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::poll(&mut pfd, 1, 5000) }, 1);
+        assert_eq!(
+            program.take_error().ok().flatten().map(|e| e.to_string()),
+            None
+        );
+        let peer = program.peer_addr().ok().and_then(|a| a.as_socket());
+        assert_eq!(peer, Some(to), "{drops:?}: connected to the hold address");
+    }
+
+    #[tokio::test]
+    async fn a_socket_filter_holds_a_syn_until_completed() {
+        holds_then_completes(Drops::Filter).await;
+    }
+
+    /// What `up` falls back to where a socket filter needs CAP_NET_ADMIN.
+    #[tokio::test]
+    async fn a_full_queue_holds_a_syn_until_completed() {
+        holds_then_completes(Drops::FullQueue).await;
     }
 }

@@ -14,6 +14,10 @@
 # 4. the tests: cargo nextest (if installed) or cargo test, whole workspace,
 #    including the end-to-end suite tests/e2e (real processes, network
 #    namespaces: run as root, or set SHIMGATE_SKIP_NETNS=1 to skip those)
+# 5. compose-docker: docker-compose.yml and the Dockerfile in a real, private Docker
+#    engine (tests/docker/compose.sh: up --build, the README's checks, down -v; root
+#    only; its image and build cache stay in /var/cache/shimgate-docker between runs;
+#    SHIMGATE_SKIP_DOCKER=1 skips it, and says so)
 #
 # Prints each phase's time at the end, then the test runner's summary again.
 # Exits non-zero if any step fails. Extra arguments go to the test runner
@@ -93,6 +97,11 @@ tests_log=$(mktemp)
 trap 'rm -f "$tests_log"; sg_stop_postgres' EXIT
 run_tests() { "${runner[@]}" 2>&1 | tee "$tests_log"; }
 phase tests run_tests || true
+if [ "${SHIMGATE_SKIP_DOCKER:-}" = 1 ]; then
+	sg_log "WARNING: SHIMGATE_SKIP_DOCKER=1: docker-compose.yml NOT run in a Docker engine"
+else
+	phase compose-docker bash "$ROOT/tests/docker/compose.sh" || true
+fi
 if [ ${#failed[@]} -gt 0 ]; then
 	sg_log "FAILED: ${failed[*]}"
 	summary

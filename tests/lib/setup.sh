@@ -55,6 +55,10 @@ sg_ensure_tools() {
 	# docker-compose.yml: validated by docker-compose (no engine needed), its
 	# services run by tests/e2e/compose.rs with busybox and Debian's Postgres
 	command -v docker-compose >/dev/null || missing+=(docker-compose)
+	# tests/docker/compose.sh: a private Docker engine (Debian's, 20.10, and its client),
+	# debootstrap for the base images it makes, nft for its namespace's NAT
+	{ command -v dockerd >/dev/null && [ -x /usr/bin/docker ]; } || missing+=(docker.io)
+	command -v debootstrap >/dev/null || missing+=(debootstrap)
 	# busybox-static: also the statically linked program `shimgate run` must
 	# refuse (tests/e2e/shim.rs); age: a Go program it must refuse
 	dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)

@@ -9,10 +9,10 @@
 #   1. a fresh shallow clone of $ADVISORY_DB_URL (default
 #      https://github.com/rustsec/advisory-db), 60 s at most;
 #   2. else a snapshot: $ADVISORY_DB_SNAPSHOT if set, else the one beside
-#      the clone, ../shared/advisory-db (read in place: `cargo audit
+#      the clone, ../shared/advisory-db, or beside the repository a local
+#      clone was made from (read in place: `cargo audit
 #      --no-fetch` reads a plain folder and writes nothing there; its commit
-#      and date are in its file SNAPSHOT). A clone elsewhere (/tmp) names
-#      the snapshot: ADVISORY_DB_SNAPSHOT=/work/shared/advisory-db;
+#      and date are in its file SNAPSHOT);
 #   3. else this fails: a check that ran against nothing proves nothing.
 # It prints which database it used, its commit and date, and how old it is.
 #
@@ -35,6 +35,12 @@ export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 
 URL=${ADVISORY_DB_URL:-https://github.com/rustsec/advisory-db}
 SNAPSHOT=${ADVISORY_DB_SNAPSHOT:-$ROOT/../shared/advisory-db}
+# A local clone (git clone /work/main /tmp/x) finds the snapshot beside the repository it was
+# cloned from.
+origin=$(git -C "$ROOT" config --get remote.origin.url 2>/dev/null || true)
+if [ -z "${ADVISORY_DB_SNAPSHOT:-}" ] && [ ! -d "$SNAPSHOT" ] && [ -d "$origin" ] && [ -d "$origin/../shared/advisory-db" ]; then
+	SNAPSHOT="$origin/../shared/advisory-db"
+fi
 # lockfile and its manifest
 LOCKS=(Cargo.lock:Cargo.toml tests/fuzz/Cargo.lock:tests/fuzz/Cargo.toml)
 # Advisories that do not apply to shimgate, each justified in docs/SECURITY.md

@@ -169,25 +169,33 @@ fn listen(ip: IpAddr, drops: Drops) -> std::io::Result<Held> {
         IpAddr::V6(_) => TcpSocket::new_v6()?,
     };
     sock.set_reuseport(true)?;
-    if drops == Drops::Filter {
-        if let Err(e) = drop_all_packets(&sock) {
-            tracing::debug!(%ip, error = %e, "no socket filter on the hold listener: its accept queue is kept full instead");
-            return listen(ip, Drops::FullQueue);
-        }
-        sock.bind(SocketAddr::new(ip, 0))?;
-        return Ok(Held {
+    // The filter goes on before the socket listens, so that no SYN is answered in between.
+    let drops = match drops {
+        Drops::Filter => match drop_all_packets(&sock) {
+            Ok(()) => Drops::Filter,
+            Err(e) => {
+                tracing::debug!(%ip, error = %e, "no socket filter on the hold listener: its accept queue is kept full instead");
+                Drops::FullQueue
+            }
+        },
+        Drops::FullQueue => Drops::FullQueue,
+    };
+    sock.bind(SocketAddr::new(ip, 0))?;
+    match drops {
+        Drops::Filter => Ok(Held {
             listener: sock.listen(16)?,
             _filler: None,
-        });
+        }),
+        Drops::FullQueue => {
+            let listener = sock.listen(0)?;
+            // On loopback, to a listener with room for one: done at once.
+            let filler = std::net::TcpStream::connect(listener.local_addr()?)?;
+            Ok(Held {
+                listener,
+                _filler: Some(filler),
+            })
+        }
     }
-    sock.bind(SocketAddr::new(ip, 0))?;
-    let listener = sock.listen(0)?;
-    // On loopback, to a listener with room for one: done at once.
-    let filler = std::net::TcpStream::connect(listener.local_addr()?)?;
-    Ok(Held {
-        listener,
-        _filler: Some(filler),
-    })
 }
 
 /// Attaches a classic BPF program of one instruction, `ret #0`: keep no

@@ -37,5 +37,6 @@ pub mod server;
 pub mod setup;
 pub mod tls;
 pub mod udp;
+pub mod udpchannel;
 
 pub use setup::{Gateway, init, start};

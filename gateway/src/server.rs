@@ -21,6 +21,7 @@ use shimgate_wire::enroll::{
     WhoAmI,
 };
 use shimgate_wire::tunnel::{BOUND_HEADER, TunnelError};
+use shimgate_wire::udpchannel::ConnSecret;
 use shimgate_wire::{h2tuning, pki, splice};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -59,6 +60,22 @@ impl Gateway {
         ));
         tokio::spawn(Arc::clone(&self.broker).sweep(Arc::clone(&self.cache), stop.clone()));
         tokio::spawn(crate::heartbeat::run(Arc::clone(&self), stop.clone()));
+        match listener
+            .local_addr()
+            .and_then(crate::udpchannel::Channels::bind)
+        {
+            Ok(channels) => {
+                tracing::info!(
+                    port = channels.port(),
+                    "UDP channel port open (device datagrams as UDP; over the TLS connection where it is blocked)"
+                );
+                tokio::spawn(Arc::clone(&channels).receive(stop.clone()));
+                let _ = self.channels.set(channels);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no UDP port beside the TLS listener: device datagrams ride the TLS connection")
+            }
+        }
         loop {
             let accepted = tokio::select! {
                 a = listener.accept() => a,
@@ -196,6 +213,9 @@ impl Gateway {
         // Registered before the status check, so a revocation landing in
         // between still finds (and cuts) this connection.
         let cancel = stop.child_token();
+        // Keys this connection's UDP channels; derived here, as the TLS
+        // state moves into HTTP/2 below.
+        let secret = ConnSecret::export(tls.get_ref().1).map(Arc::new);
         let _live = presented
             .as_ref()
             .map(|fp| self.cache.register(fp, cancel.clone()));
@@ -303,7 +323,8 @@ impl Gateway {
                     Some(Ok((req, respond))) => {
                         let gw = Arc::clone(&self);
                         let ident = ident.clone();
-                        tokio::spawn(async move { gw.request(req, respond, ident, peer).await });
+                        let secret = secret.clone();
+                        tokio::spawn(async move { gw.request(req, respond, ident, peer, secret.as_deref()).await });
                     }
                     Some(Err(e)) => {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
@@ -334,6 +355,7 @@ impl Gateway {
         mut respond: SendResponse<Bytes>,
         ident: Option<Arc<Identity>>,
         peer: SocketAddr,
+        secret: Option<&ConnSecret>,
     ) {
         // The rights of a connection are re-read for every stream: a group
         // change or an expiry applies to connections already open.
@@ -361,7 +383,7 @@ impl Gateway {
             (Method::POST, CONTROL_PATH, Some(id)) => {
                 self.broker.control(id, peer.ip(), req, respond).await
             }
-            (Method::POST, UDP_PATH, Some(id)) => self.udp(req, respond, &id).await,
+            (Method::POST, UDP_PATH, Some(id)) => self.udp(req, respond, &id, secret).await,
             (Method::POST, SESSION_PATH, Some(id)) => {
                 self.peer_session(req, respond, &id, peer).await
             }

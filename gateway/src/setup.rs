@@ -94,6 +94,9 @@ pub struct Gateway {
     pub(crate) broker: Arc<Broker>,
     /// Tunnels open now, for the console.
     pub(crate) tunnels: crate::activity::Tunnels,
+    /// The UDP port associations' channels use, once [`Gateway::run`] has
+    /// bound it (never, where it cannot: datagrams then ride the streams).
+    pub(crate) channels: std::sync::OnceLock<Arc<crate::udpchannel::Channels>>,
 }
 
 /// What `serve` may override of `gateway.toml`, and its limits.
@@ -249,6 +252,7 @@ pub async fn start(
     let gw = Gateway {
         broker,
         tunnels: Default::default(),
+        channels: Default::default(),
         registry,
         cache,
         ca,

@@ -1,5 +1,7 @@
 //! UDP associations: a device's datagrams, framed on one HTTP/2 stream
-//! (`wire::datagram`), sent from one socket per association.
+//! (`wire::datagram`) or sealed on the association's UDP channel
+//! (`wire::udpchannel`, [`crate::udpchannel`]), sent from one socket per
+//! association. Answers go back the way the device last sent.
 //!
 //! Policy is asked (for UDP) once per new destination, with the same
 //! resolution and SSRF rules as a TCP tunnel. Answers come back only from
@@ -12,6 +14,7 @@
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -21,13 +24,17 @@ use http::{Response, StatusCode};
 use shimgate_registry::Proto;
 use shimgate_wire::datagram::{self, Decoder};
 use shimgate_wire::dest::Destination;
+use shimgate_wire::origin::Origin;
 use shimgate_wire::splice;
 use shimgate_wire::tunnel::TunnelError;
+use shimgate_wire::udpchannel::{CHANNEL_HEADER, ConnSecret, Packet};
 use tokio::net::UdpSocket;
 
 use crate::cache::Identity;
 use crate::respond::refuse;
 use crate::setup::Gateway;
+use crate::udpchannel::{Arrival, Channels, Registration};
+use shimgate_registry::Rule;
 
 /// An association with no datagram either way for this long ends.
 pub const IDLE: Duration = Duration::from_secs(120);
@@ -45,15 +52,112 @@ struct Counts {
     refused: u64,
     bytes_sent: u64,
     bytes_received: u64,
+    /// Datagrams that came on the UDP channel rather than the stream.
+    by_channel: u64,
+}
+
+/// One association's state: where its destinations may go and what it has moved.
+struct Association<'a> {
+    gw: &'a Gateway,
+    who: &'a Identity,
+    origin: Option<Origin>,
+    rules: Arc<Vec<Rule>>,
+    sock: UdpSocket,
+    dual_stack: bool,
+    /// Per destination: where policy lets it go, or why not.
+    decided: HashMap<Destination, Result<SocketAddr, TunnelError>>,
+    sent_to: HashSet<SocketAddr>,
+    counts: Counts,
+}
+
+impl Association<'_> {
+    /// Sends one of the device's datagrams on, under policy.
+    async fn forward(&mut self, dest: Destination, payload: &[u8]) {
+        if !self.gw.device_datagrams.allow(self.who.device_id) {
+            self.counts.refused += 1;
+            self.gw.refuse_over_limit(
+                self.who,
+                "datagrams_per_second",
+                "serve --datagrams-per-second",
+            );
+            return;
+        }
+        if !self.decided.contains_key(&dest) {
+            if self.decided.len() >= MAX_DESTINATIONS {
+                self.counts.refused += 1;
+                return;
+            }
+            let to = self
+                .gw
+                .dialer
+                .allowed(
+                    self.who,
+                    self.origin.as_ref(),
+                    &self.rules,
+                    &dest,
+                    Proto::Udp,
+                )
+                .await
+                .and_then(|addrs| addrs.first().copied().ok_or(TunnelError::NotAllowed));
+            if let Err(e) = &to {
+                tracing::info!(device = %self.who.device_name, %dest, reason = %e, "udp destination refused");
+            }
+            self.decided.insert(dest.clone(), to);
+        }
+        match self.decided.get(&dest) {
+            Some(Ok(to)) => {
+                if self
+                    .sock
+                    .send_to(payload, mapped(self.dual_stack, *to))
+                    .await
+                    .is_ok()
+                {
+                    self.sent_to.insert(*to);
+                    self.counts.sent += 1;
+                    self.counts.bytes_sent += payload.len() as u64;
+                }
+            }
+            _ => self.counts.refused += 1,
+        }
+    }
+
+    /// An answer from `from`, if this association has sent there: where it
+    /// came from, as the device is told.
+    fn answer(&mut self, from: SocketAddr, n: usize) -> Option<Destination> {
+        let from = SocketAddr::new(from.ip().to_canonical(), from.port());
+        if !self.sent_to.contains(&from) {
+            metrics::counter!("shimgate_udp_unsolicited_total").increment(1);
+            return None;
+        }
+        let far = Destination::from_addr(from).ok()?;
+        self.counts.received += 1;
+        self.counts.bytes_received += n as u64;
+        Some(far)
+    }
+}
+
+/// The association's UDP channel, once granted: its place on the port, and
+/// where the device was last heard from on it.
+struct Channel {
+    reg: Registration,
+    channels: Arc<Channels>,
+    device_at: Option<SocketAddr>,
+    /// Whether the device's last datagram came on the channel: answers go
+    /// the way the device last sent (it falls back to the stream when the
+    /// channel stops answering its probes).
+    in_use: bool,
 }
 
 impl Gateway {
-    /// `POST /v1/udp`: runs one association until it ends.
+    /// `POST /v1/udp`: runs one association until it ends. `secret` keys
+    /// its UDP channel, when the device offers one and this gateway has a
+    /// UDP port.
     pub(crate) async fn udp(
         &self,
         req: http::Request<RecvStream>,
         mut respond: SendResponse<Bytes>,
         who: &Identity,
+        secret: Option<&ConnSecret>,
     ) {
         let _place = match self.admit_tunnel(who) {
             Ok(p) => p,
@@ -66,26 +170,44 @@ impl Gateway {
                 return refuse(&mut respond, TunnelError::General);
             }
         };
-        // Read once: the family decides how every IPv4 destination is written.
-        let dual_stack = sock.local_addr().is_ok_and(|a| a.is_ipv6());
-        let origin = crate::auditlog::origin_of(&req);
-        let started = std::time::Instant::now();
-        let Ok(ok) = Response::builder().status(StatusCode::OK).body(()) else {
+        let offered = req.headers().contains_key(CHANNEL_HEADER);
+        let mut channel = match (offered, self.channels.get(), secret) {
+            (true, Some(channels), Some(secret)) => channels.register(secret).map(|reg| Channel {
+                reg,
+                channels: Arc::clone(channels),
+                device_at: None,
+                in_use: false,
+            }),
+            _ => None,
+        };
+        let mut ok = Response::builder().status(StatusCode::OK);
+        if let Some(c) = &channel {
+            ok = ok.header(CHANNEL_HEADER, format!("{:016x} {}", c.reg.id, c.reg.port));
+        }
+        let Ok(ok) = ok.body(()) else {
             return;
         };
         let Ok(mut send) = respond.send_response(ok, false) else {
             return;
         };
+        let started = std::time::Instant::now();
+        let mut assoc = Association {
+            gw: self,
+            who,
+            origin: crate::auditlog::origin_of(&req),
+            rules: self.cache.rules(),
+            // Read once: the family decides how every IPv4 destination is written.
+            dual_stack: sock.local_addr().is_ok_and(|a| a.is_ipv6()),
+            sock,
+            decided: HashMap::new(),
+            sent_to: HashSet::new(),
+            counts: Counts::default(),
+        };
         metrics::counter!("shimgate_udp_associations_total").increment(1);
-        tracing::debug!(device = %who.device_name, "udp association open");
+        tracing::debug!(device = %who.device_name, channel = channel.is_some(), "udp association open");
         let mut recv = req.into_body();
         let mut decoder = Decoder::default();
-        // Per destination: where policy lets it go, or why not.
-        let mut decided: HashMap<Destination, Result<SocketAddr, TunnelError>> = HashMap::new();
-        let mut sent_to: HashSet<SocketAddr> = HashSet::new();
-        let mut counts = Counts::default();
         let mut buf = vec![0u8; datagram::MAX_PAYLOAD + 1];
-        let rules = self.cache.rules();
         let why = loop {
             tokio::select! {
                 chunk = recv.data() => {
@@ -97,65 +219,59 @@ impl Gateway {
                     let _ = recv.flow_control().release_capacity(chunk.len());
                     decoder.push(&chunk);
                     while let Some(frame) = decoder.next_datagram() {
-                        let (dest, payload) = match frame {
-                            Ok(f) => f,
-                            Err(e) => {
-                                tracing::debug!(device = %who.device_name, error = %e, "bad udp frame dropped");
-                                continue;
-                            }
-                        };
-                        if !self.device_datagrams.allow(who.device_id) {
-                            counts.refused += 1;
-                            self.refuse_over_limit(who, "datagrams_per_second", "serve --datagrams-per-second");
-                            continue;
-                        }
-                        if !decided.contains_key(&dest) {
-                            if decided.len() >= MAX_DESTINATIONS {
-                                counts.refused += 1;
-                                continue;
-                            }
-                            let to = self
-                                .dialer
-                                .allowed(who, origin.as_ref(), &rules, &dest, Proto::Udp)
-                                .await
-                                .and_then(|addrs| addrs.first().copied().ok_or(TunnelError::NotAllowed));
-                            if let Err(e) = &to {
-                                tracing::info!(device = %who.device_name, %dest, reason = %e, "udp destination refused");
-                            }
-                            decided.insert(dest.clone(), to);
-                        }
-                        match decided.get(&dest) {
-                            Some(Ok(to)) => {
-                                if sock.send_to(&payload, mapped(dual_stack, *to)).await.is_ok() {
-                                    sent_to.insert(*to);
-                                    counts.sent += 1;
-                                    counts.bytes_sent += payload.len() as u64;
+                        match frame {
+                            Ok((dest, payload)) => {
+                                if let Some(c) = &mut channel {
+                                    c.in_use = false;
                                 }
+                                assoc.forward(dest, &payload).await;
                             }
-                            _ => counts.refused += 1,
+                            Err(e) => tracing::debug!(device = %who.device_name, error = %e, "bad udp frame dropped"),
                         }
                     }
                     if decoder.pending() > MAX_PENDING {
                         break "the device sent a frame larger than any datagram";
                     }
                 }
-                got = sock.recv_from(&mut buf) => {
-                    // This answer and whatever else has arrived, to the
-                    // device in one write.
+                Some(arrival) = next_arrival(&mut channel) => {
+                    let Some(c) = &mut channel else { continue };
+                    // Only an authentic packet gets here: the device is where it came from.
+                    c.device_at = Some(arrival.from);
+                    match arrival.packet {
+                        Packet::Probe => {
+                            if let Ok(answer) = c.reg.sealer.probe() {
+                                let _ = c.channels.sock.send_to(&answer, arrival.from).await;
+                            }
+                        }
+                        Packet::Datagram(dest, payload) => {
+                            c.in_use = true;
+                            assoc.counts.by_channel += 1;
+                            assoc.forward(dest, &payload).await;
+                        }
+                    }
+                }
+                got = assoc.sock.recv_from(&mut buf) => {
+                    // This answer and whatever else has arrived: on the
+                    // channel one packet each, on the stream in one write.
                     let mut got = got;
                     let mut batch = BytesMut::new();
                     while batch.len() < datagram::BATCH {
                         let Ok((n, from)) = got else { break };
-                        let from = SocketAddr::new(from.ip().to_canonical(), from.port());
-                        if !sent_to.contains(&from) {
-                            metrics::counter!("shimgate_udp_unsolicited_total").increment(1);
-                        } else if let (Some(payload), Ok(far)) = (buf.get(..n), Destination::from_addr(from))
-                            && datagram::encode_into(&far, payload, &mut batch).is_ok()
-                        {
-                            counts.received += 1;
-                            counts.bytes_received += n as u64;
+                        if let (Some(far), Some(payload)) = (assoc.answer(from, n), buf.get(..n)) {
+                            let sealed = match &mut channel {
+                                Some(c) if c.in_use => c.reg.sealer.datagram(&far, payload).ok().zip(c.device_at),
+                                _ => None,
+                            };
+                            match (sealed, &channel) {
+                                (Some((packet, to)), Some(c)) => {
+                                    let _ = c.channels.sock.send_to(&packet, to).await;
+                                }
+                                _ => {
+                                    let _ = datagram::encode_into(&far, payload, &mut batch);
+                                }
+                            }
                         }
-                        got = sock.try_recv_from(&mut buf);
+                        got = assoc.sock.try_recv_from(&mut buf);
                     }
                     if !batch.is_empty() && splice::send_all(&mut send, batch.freeze()).await.is_err() {
                         break "the device's stream failed";
@@ -165,6 +281,7 @@ impl Gateway {
             }
         };
         let _ = send.send_data(Bytes::new(), true);
+        let counts = &assoc.counts;
         metrics::counter!("shimgate_udp_datagrams_total", "direction" => "up")
             .increment(counts.sent);
         metrics::counter!("shimgate_udp_datagrams_total", "direction" => "down")
@@ -173,26 +290,36 @@ impl Gateway {
             .increment(counts.bytes_sent);
         metrics::counter!("shimgate_udp_bytes_total", "direction" => "down")
             .increment(counts.bytes_received);
+        metrics::counter!("shimgate_udp_channel_datagrams_total").increment(counts.by_channel);
         tracing::debug!(device = %who.device_name, why, sent = counts.sent, received = counts.received,
-            refused = counts.refused, "udp association closed");
-        let mut dests: Vec<String> = decided.keys().map(ToString::to_string).collect();
+            refused = counts.refused, by_channel = counts.by_channel, "udp association closed");
+        let mut dests: Vec<String> = assoc.decided.keys().map(ToString::to_string).collect();
         dests.sort();
         let flow = crate::auditlog::Flow {
             who,
             action: "udp.association",
             target: dests.join(","),
-            origin,
+            origin: assoc.origin.clone(),
             moved: format!(
-                "proto=udp sent={} received={} refused={} up={} down={}",
+                "proto=udp sent={} received={} refused={} up={} down={} by_channel={}",
                 counts.sent,
                 counts.received,
                 counts.refused,
                 counts.bytes_sent,
-                counts.bytes_received
+                counts.bytes_received,
+                counts.by_channel
             ),
             started,
         };
         self.broker.audit.record(flow.entry());
+    }
+}
+
+/// The next packet on the association's channel; never, without one.
+async fn next_arrival(channel: &mut Option<Channel>) -> Option<Arrival> {
+    match channel {
+        Some(c) => c.reg.arrivals.recv().await,
+        None => std::future::pending().await,
     }
 }
 

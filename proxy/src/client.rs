@@ -20,6 +20,7 @@ use shimgate_wire::enroll::{ErrorBody, MAX_BODY, WHOAMI_PATH, WhoAmI};
 use shimgate_wire::h2tuning;
 use shimgate_wire::origin::{ORIGIN_HEADER, Origin};
 use shimgate_wire::tunnel::{ERROR_HEADER, TunnelError};
+use shimgate_wire::udpchannel::ConnSecret;
 use tokio::io::BufReader;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -89,6 +90,16 @@ pub struct Connection {
     pub send: SendRequest<Bytes>,
     pub closed: CancellationToken,
     ended_with: EndWatch,
+    /// For the UDP channels of associations opened on this connection.
+    pub channel: Option<Arc<ChannelBase>>,
+}
+
+/// What one connection gives its UDP associations' channels
+/// (`wire::udpchannel`): the secret their keys come from, and the gateway's
+/// address, whose UDP port the gateway names when it grants a channel.
+pub struct ChannelBase {
+    pub secret: ConnSecret,
+    pub gateway: std::net::IpAddr,
 }
 
 /// How a connection to the gateway ended, as the task driving it saw it.
@@ -177,6 +188,7 @@ pub async fn connect(
         Err(_) => return Err(unreachable("timed out".into())),
     };
     shimgate_wire::liveness::prepare(&sock);
+    let gateway_ip = sock.peer_addr().ok().map(|a| a.ip());
     let connector = TlsConnector::from(tls);
     let tls_stream = match tokio::time::timeout(
         CONNECT_TIMEOUT,
@@ -191,6 +203,9 @@ pub async fn connect(
         Ok(Err(e)) => return Err(ClientError::classify(addr, &e)),
         Err(_) => return Err(unreachable("TLS handshake timed out".into())),
     };
+    let channel = ConnSecret::export(tls_stream.get_ref().1)
+        .zip(gateway_ip)
+        .map(|(secret, gateway)| Arc::new(ChannelBase { secret, gateway }));
     let handshake = h2::client::Builder::new()
         .initial_window_size(h2tuning::STREAM_WINDOW)
         .initial_connection_window_size(h2tuning::CONNECTION_WINDOW)
@@ -235,6 +250,7 @@ pub async fn connect(
         send,
         closed,
         ended_with,
+        channel,
     })
 }
 

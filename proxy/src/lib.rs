@@ -18,7 +18,9 @@
 //! - [`flow`]: where a TCP flow goes (peer session or tunnel), for every shim.
 //! - [`launch`]: `shimgate run`'s checks before it starts a program (static
 //!   and Go programs refused, the library's ownership, the split).
-//! - [`udp`]: SOCKS5 UDP ASSOCIATE, datagrams over one stream to the gateway.
+//! - [`association`]: a UDP association with the gateway, on its stream or
+//!   its UDP channel, for every shim's UDP.
+//! - [`udp`]: SOCKS5 UDP ASSOCIATE.
 //! - [`pac`]: the PAC file served on the SOCKS port, from the routes the
 //!   gateway's policy gives this device.
 //! - [`peer`]: peer-to-peer sessions: dialling a peer (direct, else relay),
@@ -32,6 +34,7 @@
 //!
 //! The `shimgate` binary lives in `shimgate-cli`.
 
+pub mod association;
 pub mod client;
 pub mod config;
 pub mod control;

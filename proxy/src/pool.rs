@@ -246,6 +246,23 @@ impl Pool {
         })
     }
 
+    /// Slot `i`'s connection, for a UDP association: what opens its stream
+    /// and what keys its channel.
+    pub(crate) async fn datagram_carrier(
+        &self,
+        i: usize,
+    ) -> Result<(SendRequest<Bytes>, Option<Arc<client::ChannelBase>>), TunnelError> {
+        let send = self.sender(i).await?;
+        let slot = &self.slots[i % self.slots.len()];
+        let base = slot
+            .live
+            .lock()
+            .await
+            .as_ref()
+            .and_then(|c| c.channel.clone());
+        Ok((send, base))
+    }
+
     /// Asks the gateway, on slot `i`'s connection, for a tunnel to `dest`
     /// for a program `origin` describes. Call it on that slot's worker.
     pub async fn open(

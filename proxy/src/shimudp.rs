@@ -3,8 +3,8 @@
 //! A relay is a UDP socket on loopback connected to the program's socket
 //! (so the kernel takes datagrams from that socket only). What the program
 //! sends it goes, as it is, to the one destination the relay stands for,
-//! over a UDP association with the gateway (`wire::datagram` framing, the
-//! same as the SOCKS port's UDP ASSOCIATE); what comes back goes to the
+//! over a UDP association with the gateway ([`crate::association`], as the
+//! SOCKS port's UDP ASSOCIATE); what comes back goes to the
 //! program from the relay, whose address the preload library turns back
 //! into the destination's. No header is added on the program's side, so
 //! a connected UDP socket is simply connected to its relay, and reads and
@@ -21,17 +21,16 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use bytes::{Bytes, BytesMut};
 use shimgate_wire::control::PeerProto;
-use shimgate_wire::datagram::{self, Decoder};
+use shimgate_wire::datagram;
 use shimgate_wire::dest::Destination;
 use shimgate_wire::origin::Origin;
-use shimgate_wire::splice;
 use shimgate_wire::tunnel::TunnelError;
 use tokio::io::AsyncReadExt;
 use tokio::net::{UdpSocket, UnixStream};
 use tokio_util::sync::CancellationToken;
 
+use crate::association::Association;
 use crate::peer::{Peers, Side};
 use crate::pool::Pool;
 
@@ -77,35 +76,15 @@ pub async fn run(
         }
         return carry.await;
     }
-    let mut association: Option<(h2::RecvStream, h2::SendStream<Bytes>)> = None;
-    let mut decoder = Decoder::default();
+    let mut association: Option<Association> = None;
     let mut buf = vec![0u8; datagram::MAX_PAYLOAD + 1];
     let (mut sent, mut received) = (0u64, 0u64);
     let why = loop {
         tokio::select! {
             () = closed(&mut control) => break "the program closed its socket",
             got = relay.recv(&mut buf) => {
-                // This datagram and whatever else has arrived, to the
-                // gateway in one write. ECONNREFUSED: an earlier answer met
-                // a closed program socket.
-                let mut got = got;
-                let mut batch = BytesMut::new();
-                let mut count = 0;
-                while batch.len() < datagram::BATCH {
-                    let Ok(n) = got else { break };
-                    if let Some(payload) = buf.get(..n)
-                        && datagram::encode_into(&dest, payload, &mut batch).is_ok()
-                    {
-                        count += 1;
-                    }
-                    got = relay.try_recv(&mut buf);
-                }
-                if batch.is_empty() {
-                    continue;
-                }
-                let frame = batch.freeze();
                 if association.is_none() {
-                    match crate::udp::open_association(pool, pool.pick(), origin).await {
+                    match Association::open(pool, pool.pick(), origin).await {
                         Ok(a) => association = Some(a),
                         Err(e) => {
                             tracing::info!(%dest, reason = %e, "udp association refused; datagram dropped");
@@ -113,45 +92,47 @@ pub async fn run(
                         }
                     }
                 }
-                if let Some((_, up)) = association.as_mut() {
-                    if splice::send_all(up, frame).await.is_err() {
-                        association = None;
-                        continue;
+                let Some(a) = association.as_mut() else { continue };
+                // This datagram and whatever else has arrived, to the
+                // gateway in one write (or one packet each on the channel).
+                // ECONNREFUSED: an earlier answer met a closed program socket.
+                let mut got = got;
+                let mut count = 0;
+                while a.pending() < datagram::BATCH {
+                    let Ok(n) = got else { break };
+                    if let Some(payload) = buf.get(..n) {
+                        a.push(&dest, payload).await;
+                        count += 1;
                     }
-                    sent += count;
+                    got = relay.try_recv(&mut buf);
                 }
+                if a.flush().await.is_err() {
+                    association = None;
+                    continue;
+                }
+                sent += count;
             }
-            chunk = async {
+            got = async {
                 match association.as_mut() {
-                    Some((down, _)) => down.data().await,
+                    Some(a) => a.recv().await,
                     None => std::future::pending().await,
                 }
             } => {
-                let chunk = match chunk {
-                    Some(Ok(c)) => c,
+                match got {
+                    Ok((_, payload)) => {
+                        if relay.send(&payload).await.is_ok() {
+                            received += 1;
+                        }
+                    }
                     // The gateway forgot it (idle) or it failed: the next
                     // datagram opens another.
-                    _ => {
-                        decoder = Decoder::default();
-                        association = None;
-                        continue;
-                    }
-                };
-                if let Some((down, _)) = association.as_mut() {
-                    let _ = down.flow_control().release_capacity(chunk.len());
-                }
-                decoder.push(&chunk);
-                while let Some(frame) = decoder.next_datagram() {
-                    let Ok((_, payload)) = frame else { continue };
-                    if relay.send(&payload).await.is_ok() {
-                        received += 1;
-                    }
+                    Err(_) => association = None,
                 }
             }
         }
     };
-    if let Some((_, mut up)) = association {
-        let _ = up.send_data(Bytes::new(), true);
+    if let Some(a) = association {
+        a.close();
     }
     tracing::debug!(%dest, why, sent, received, "socket shim udp relay closed");
 }

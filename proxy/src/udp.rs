@@ -1,6 +1,6 @@
 //! SOCKS5 UDP ASSOCIATE (RFC 1928 §7): a relay socket for one client,
-//! whose datagrams ride one HTTP/2 stream to the gateway
-//! (`wire::datagram`), which sends them on under policy.
+//! whose datagrams ride one association with the gateway
+//! ([`crate::association`]), which sends them on under policy.
 //!
 //! The relay binds the address the client's TCP connection came in on
 //! (loopback for a local client), not every interface. Only the client may
@@ -22,17 +22,14 @@ use bytes::{Bytes, BytesMut};
 use fast_socks5::server::Socks5ServerProtocol;
 use fast_socks5::server::states::CommandRead;
 use fast_socks5::util::target_addr::TargetAddr;
-use h2::{RecvStream, SendStream};
-use http::{Method, Request};
-use shimgate_wire::datagram::{self, Decoder, UDP_PATH};
+use shimgate_wire::datagram;
 use shimgate_wire::dest::Destination;
-use shimgate_wire::origin::{ORIGIN_HEADER, Origin};
-use shimgate_wire::splice;
+use shimgate_wire::origin::Origin;
 use shimgate_wire::tunnel::TunnelError;
 use tokio::net::{TcpStream, UdpSocket};
 use tokio_util::sync::CancellationToken;
 
-use crate::client;
+use crate::association::Association;
 use crate::peer::Peers;
 use crate::pool::Pool;
 
@@ -125,10 +122,10 @@ pub(crate) async fn associate(
         let relay = UdpSocket::bind(SocketAddr::new(local.ip(), 0))
             .await
             .map_err(|_| TunnelError::General)?;
-        let (down, up) = open_association(pool, slot, &Origin::SOCKS).await?;
-        Ok::<_, TunnelError>((relay, down, up))
+        let association = Association::open(pool, slot, &Origin::SOCKS).await?;
+        Ok::<_, TunnelError>((relay, association))
     };
-    let (relay, mut down, mut up) = match opened.await {
+    let (relay, mut association) = match opened.await {
         Ok(o) => o,
         Err(e) => {
             tracing::info!(%peer, reason = %e, "udp association refused");
@@ -147,7 +144,6 @@ pub(crate) async fn associate(
         port: hinted_port,
     };
     tracing::debug!(%peer, relay = %bound, "udp association open");
-    let mut decoder = Decoder::default();
     let mut buf = vec![0u8; datagram::MAX_PAYLOAD + 512];
     let mut from_peer = vec![0u8; datagram::MAX_PAYLOAD];
     let mut to_peers = PeerRelays {
@@ -163,10 +159,9 @@ pub(crate) async fn associate(
             () = crate::shimudp::closed(&mut control) => break "the client closed its TCP connection",
             got = relay.recv_from(&mut buf) => {
                 // This datagram and whatever else has arrived, to the
-                // gateway in one write.
+                // gateway in one write (or one packet each on the channel).
                 let mut got = got;
-                let mut batch = BytesMut::new();
-                while batch.len() < datagram::BATCH {
+                while association.pending() < datagram::BATCH {
                     if let Ok((n, from)) = got {
                         let Some((dest, payload)) = accept(&mut client, buf.get(..n), from) else {
                             got = relay.try_recv_from(&mut buf);
@@ -186,7 +181,7 @@ pub(crate) async fn associate(
                                 None => tracing::info!(%dest, "no relay for another peer destination: dropped"),
                             }
                         } else {
-                            let _ = datagram::encode_into(&dest, &payload, &mut batch);
+                            association.push(&dest, &payload).await;
                         }
                     }
                     got = relay.try_recv_from(&mut buf);
@@ -194,7 +189,7 @@ pub(crate) async fn associate(
                         break;
                     }
                 }
-                if !batch.is_empty() && splice::send_all(&mut up, batch.freeze()).await.is_err() {
+                if association.flush().await.is_err() {
                     break "the gateway's stream failed";
                 }
             }
@@ -204,45 +199,20 @@ pub(crate) async fn associate(
                 }
             }
             _ = futures::StreamExt::next(&mut carriers), if !carriers.is_empty() => {}
-            chunk = down.data() => {
-                let chunk = match chunk {
-                    None => break "the gateway ended it",
-                    Some(Err(_)) => break "the gateway's stream failed",
-                    Some(Ok(c)) => c,
-                };
-                let _ = down.flow_control().release_capacity(chunk.len());
-                decoder.push(&chunk);
-                while let Some(frame) = decoder.next_datagram() {
-                    let (Ok((from, payload)), Some(to)) = (frame, client.addr()) else { continue };
+            got = association.recv() => {
+                let Ok((from, payload)) = got else { break "the gateway ended it" };
+                if let Some(to) = client.addr() {
                     let _ = relay.send_to(&socks_header(&from, &payload), to).await;
                 }
             }
         }
     };
-    let _ = up.send_data(Bytes::new(), true);
+    association.close();
     // The peer sessions close their links on the way out.
     to_peers.stop.cancel();
     while futures::StreamExt::next(&mut carriers).await.is_some() {}
     tracing::debug!(%peer, why, "udp association closed");
     Ok(())
-}
-
-/// Opens a UDP association with the gateway on pool slot `slot`: the
-/// stream datagrams come down on, and the one they go up on.
-pub(crate) async fn open_association(
-    pool: &Pool,
-    slot: usize,
-    origin: &Origin,
-) -> Result<(RecvStream, SendStream<Bytes>), TunnelError> {
-    let send = pool.sender(slot).await?;
-    let req = Request::builder()
-        .method(Method::POST)
-        .uri(UDP_PATH)
-        .header(ORIGIN_HEADER, origin.encode())
-        .body(())
-        .map_err(|_| TunnelError::General)?;
-    let (response, stream) = client::open_stream(send, req, None).await?;
-    Ok((response.into_body(), stream))
 }
 
 /// A datagram from `from` on the relay, if it is the client's and well

@@ -836,7 +836,7 @@ PR_HEAD="$(peer_head "$PEER_R_PATHS" relayed)"
 echo
 echo "UDP through SOCKS5 UDP ASSOCIATE, one Rust client (sgbench udp-rtt/udp-flood) in the device namespace, to the"
 echo "echo at $INTRA_IP:$ECHO_PORT (µs; datagrams/s answered):"
-echo "  (a) shimgate up's SOCKS port $SOCKS -> TLS 1.3 / HTTP/2 -> shimgate-gateway $GW_DEV_IP:$GW_PORT"
+echo "  (a) shimgate up's SOCKS port $SOCKS -> the association's UDP channel (AES-256-GCM, opened on TLS 1.3 / HTTP/2) -> shimgate-gateway $GW_DEV_IP:$GW_PORT"
 if [[ -n "$SS_VERSION" ]]; then
     echo "  (b) $SS_VERSION: sslocal ${SS_SOCKS:-(failed)} -> aes-256-gcm UDP -> ssserver $GW_DEV_IP (gateway ns)"
 fi

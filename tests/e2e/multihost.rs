@@ -10,10 +10,11 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use crate::harness::hosts::{GW_INTRA_SIDE, INTRA, gateway_in, three_hosts};
+use crate::harness::hosts::{GW_DEV_SIDE, GW_INTRA_SIDE, INTRA, gateway_in, three_hosts};
 use crate::harness::netns::{self, Netns, veth};
 use crate::harness::socks;
 use crate::harness::*;
+use crate::udp::{Association, To, UdpEcho, association_entry};
 
 #[test]
 fn intranet_only_through_the_gateway() {
@@ -300,4 +301,61 @@ fn lan_listener_requires_and_enforces_credentials() {
         "curl from the LAN with a wrong password got through: {out}"
     );
     web.expect_accepted(1, "only the authenticated request may reach the origin");
+}
+
+/// Datagrams take the gateway's UDP port when it gets through and the TLS
+/// connection when it does not: with UDP to the gateway dropped in sg-dev,
+/// an association's datagrams are all answered, none of them on the
+/// channel; with it let through again, a new association's go there.
+#[test]
+fn udp_goes_around_a_blocked_gateway_port() {
+    if !netns::require_root("multihost::udp_goes_around_a_blocked_gateway_port") {
+        return;
+    }
+    let hosts = three_hosts("udp");
+    let (dev_ns, gw_ns) = (&hosts.dev_ns, &hosts.gw_ns);
+    let echo = netns::in_netns(Some(&hosts.intra_ns.name), || {
+        let bind = || std::net::UdpSocket::bind((INTRA, 0)).expect("a UDP socket in sg-intra");
+        (bind(), bind())
+    });
+    let echo = UdpEcho::on(echo.0, echo.1);
+    let mut gw = Gateway::init_spec(Backend::Sqlite, gateway_in(gw_ns, Vec::new()));
+    gw.allow("203.0.113.0/24", &["--proto", "udp"]);
+    gw.serve();
+    let socks = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 1080);
+    let mut dev = Device::new_in("udp-laptop", Some(&dev_ns.name), socks);
+    dev.enroll(&gw.token(USER)).expect_ok();
+    dev.up();
+    dev_ns.nft("add table inet sgblock");
+    dev_ns.nft("add chain inet sgblock out { type filter hook output priority 0; }");
+    dev_ns.nft(&format!(
+        "add rule inet sgblock out ip daddr {GW_DEV_SIDE} udp dport {} drop",
+        gw.port()
+    ));
+
+    let exchange = |count: u64| {
+        let a = netns::in_netns(Some(&dev_ns.name), || Association::open(socks));
+        for i in 0..count {
+            let sent = format!("datagram {i}");
+            a.send(To::Addr(echo.addr), sent.as_bytes());
+            let (from, got) = a
+                .recv(Duration::from_secs(10))
+                .unwrap_or_else(|| panic!("no answer to {sent}"));
+            assert_eq!((from, got), (echo.addr, sent.into_bytes()));
+        }
+    };
+    exchange(300);
+    let (_, by_channel) = association_entry(&gw, 300);
+    assert_eq!(
+        by_channel, 0,
+        "datagrams counted on a channel the network drops"
+    );
+
+    dev_ns.nft("delete table inet sgblock");
+    exchange(301);
+    let (sent, by_channel) = association_entry(&gw, 301);
+    assert!(
+        by_channel > sent / 2,
+        "{by_channel} of {sent} on the channel once UDP gets through"
+    );
 }

@@ -1,5 +1,6 @@
 //! UDP through the gateway: a SOCKS5 client's UDP ASSOCIATE → `shimgate up`
-//! → one HTTP/2 stream → the gateway → a UDP server, and back. The client is
+//! → the association's UDP channel (or its HTTP/2 stream) → the gateway → a
+//! UDP server, and back. The client is
 //! our own (curl and browsers never use UDP ASSOCIATE), so that every edge of
 //! RFC 1928 §7 can be sent on purpose.
 
@@ -150,7 +151,7 @@ impl Association {
     }
 
     /// The next answer (its source and payload), or `None` after `wait`.
-    fn recv(&self, wait: Duration) -> Option<(SocketAddr, Vec<u8>)> {
+    pub(crate) fn recv(&self, wait: Duration) -> Option<(SocketAddr, Vec<u8>)> {
         self.sock.set_read_timeout(Some(wait)).expect("timeout");
         let mut buf = [0u8; 65536];
         let (n, from) = self.sock.recv_from(&mut buf).ok()?;
@@ -255,9 +256,37 @@ fn udp_echo_through_the_gateway(backend: Backend) {
         closed,
         "the relay still listens after its TCP connection closed"
     );
+    // Once the gateway answered a probe on its UDP port, the datagrams went
+    // there rather than on the TLS connection.
+    let (sent, by_channel) = association_entry(&gw, u64::from(COUNT) + 1);
+    assert!(
+        by_channel > sent / 2,
+        "{by_channel} of {sent} datagrams came on the UDP channel"
+    );
     drop(gw);
 }
 both_backends!(udp_echo_through_the_gateway);
+
+/// The audit entry of the association that sent `sent` datagrams: what it
+/// sent, and how many of those came on the UDP channel.
+pub(crate) fn association_entry(gw: &Gateway, sent: u64) -> (u64, u64) {
+    let field = |line: &str, name: &str| -> Option<u64> {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(name)?.parse().ok())
+    };
+    poll(
+        "the association's entry in the audit log",
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        || {
+            let audit = gw.ok(&["audit", "--action", "udp.association", "--limit", "20"]);
+            audit.lines().find_map(|l| {
+                let n = field(l, "sent=")?;
+                (n == sent).then_some((n, field(l, "by_channel=")?))
+            })
+        },
+    )
+}
 
 /// Policy per destination (a TCP rule opens no UDP; another port is
 /// refused and logged), and what the relay drops without ending the

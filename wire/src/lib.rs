@@ -4,6 +4,8 @@
 //! - [`dest`]: where a flow goes ([`dest::Destination`]): what every shim
 //!   hands the tunnel layer and the gateway dials.
 //! - [`datagram`]: UDP datagrams framed on an HTTP/2 stream, with their far end.
+//! - [`udpchannel`]: the same datagrams as sealed UDP packets between device
+//!   and gateway, keyed from the TLS connection that opened the association.
 //! - [`origin`]: which program on a device made a flow (for the audit log).
 //! - [`code`]: the enrollment code an admin hands to a user.
 //! - [`tunnel`]: how the gateway reports why it could not open a tunnel, and
@@ -39,3 +41,4 @@ pub mod pki;
 pub mod shimsock;
 pub mod splice;
 pub mod tunnel;
+pub mod udpchannel;

@@ -89,6 +89,13 @@ impl Netns {
         cmd.args(["netns", "exec", &self.name, "sysctl", "-w", setting]);
         run(&mut cmd, Duration::from_secs(20)).expect_ok();
     }
+
+    /// One `nft` command inside the namespace (its tables go with it).
+    pub fn nft(&self, command: &str) {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name, "nft", command]);
+        run(&mut cmd, Duration::from_secs(20)).expect_ok();
+    }
 }
 
 impl Drop for Netns {

@@ -73,6 +73,11 @@ impl ConnSecret {
         Some(ConnSecret(out))
     }
 
+    /// A secret from elsewhere than a TLS connection: tests and fuzzing.
+    pub fn from_bytes(bytes: [u8; 32]) -> ConnSecret {
+        ConnSecret(Zeroizing::new(bytes))
+    }
+
     /// This association's ends: what `side` seals with and what it opens.
     pub fn ends(&self, id: u64, side: Side) -> (Sealer, Opener) {
         let up = self.key(id, b'u');
@@ -266,7 +271,7 @@ mod tests {
     use super::*;
 
     fn secret(byte: u8) -> ConnSecret {
-        ConnSecret(Zeroizing::new([byte; 32]))
+        ConnSecret::from_bytes([byte; 32])
     }
 
     fn dest(s: &str) -> Destination {
@@ -335,6 +340,23 @@ mod tests {
                 MAX_PAYLOAD + 1
             )))
         );
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Whatever follows an open association's id, it does not open
+            /// and does not panic.
+            #[test]
+            fn any_bytes_fail_to_open(data in proptest::collection::vec(any::<u8>(), 0..300)) {
+                let (_, mut open) = secret(3).ends(5, Side::Gateway);
+                let mut packet = 5u64.to_be_bytes().to_vec();
+                packet.extend_from_slice(&data);
+                prop_assert!(open.open(&packet).is_err());
+            }
+        }
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! Several gateways on one Postgres registry: each says it is alive once a second (its
 //! heartbeat), `shimgate-gateway gateway list` on any of them shows them all with the devices
 //! each holds, `device list` which gateway each device last connected to, and a gateway that
-//! stops beating (killed) is shown down within a few seconds.
+//! stops beating (killed) is shown down within a few seconds. A revocation through one reaches
+//! the others.
 
 use std::time::{Duration, Instant};
 
+use crate::harness::socks;
 use crate::harness::*;
 
 /// `gateway list`'s row for gateway `name`: its columns (GATEWAY ADDRESS REGION VERSION DEVICES
@@ -109,4 +111,41 @@ fn gateways_on_one_registry_are_listed_and_a_dead_one_shown_down() {
         !out.ok() && out.stderr.contains("no gateway named gw-b.test"),
         "{out}"
     );
+}
+
+/// A revocation made through one gateway cuts the device's live tunnel on
+/// another within 1 s (every gateway hears the registry's NOTIFY), and the
+/// device's next request there is refused.
+#[test]
+fn a_revocation_through_one_gateway_cuts_tunnels_on_another() {
+    let mut a = Gateway::init(Backend::Postgres);
+    let mut b_spec = GatewaySpec::localhost();
+    b_spec.names = vec!["gw-b.test".into()];
+    // Devices reach b by its address (the name is not in any resolver).
+    b_spec.public_addr = Some(b_spec.listen.to_string());
+    let mut b = Gateway::init_on(a.db.shared(), b_spec);
+    a.allow("127.0.0.1/32", &[]);
+    a.serve_args(&["--console", "off"]);
+    b.serve();
+    let stream = Origin::start(
+        V4,
+        Mode::Stream {
+            chunk: 1024,
+            every: Duration::from_millis(5),
+        },
+    );
+    let dev = Device::enrolled_up(&b, "alice", "roaming-laptop");
+    let mut live = crate::revoke::flowing(&dev, stream.port());
+
+    a.ok(&["device", "revoke", "roaming-laptop"]);
+    let (end, cut) = crate::revoke::cut_after(&mut live, Instant::now());
+    eprintln!("[e2e] tunnel on b cut ({end}) {cut:?} after the revocation through a returned");
+    assert!(
+        cut < Duration::from_secs(1),
+        "the revoked device's tunnel on the other gateway was cut after {cut:?}, expected < 1 s"
+    );
+    match socks::connect(dev.socks, V4, stream.port()) {
+        Ok((code, _)) => assert_eq!(code, socks::NOT_ALLOWED, "{}", socks::reply_name(code)),
+        Err(e) => panic!("no SOCKS reply for the revoked device ({e}); expected 0x02"),
+    }
 }

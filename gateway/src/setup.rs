@@ -85,7 +85,7 @@ pub struct Gateway {
     /// Peer session requests per device.
     pub(crate) device_peer_sessions: RateLimit<i64>,
     /// UDP datagrams per device.
-    pub(crate) device_datagrams: RateLimit<i64>,
+    pub(crate) device_datagrams: Arc<RateLimit<i64>>,
     /// Enrollment attempts per token id.
     pub(crate) token_attempts: RateLimit<[u8; 16]>,
     /// Requests refused for a device limit, for the log.
@@ -271,7 +271,7 @@ pub async fn start(
         region: options.region.clone(),
         device_tunnels: per_second(options.limits.tunnels_per_second),
         device_peer_sessions: per_second(options.limits.peer_sessions_per_second),
-        device_datagrams: per_second(options.limits.datagrams_per_second),
+        device_datagrams: Arc::new(per_second(options.limits.datagrams_per_second)),
         token_attempts: RateLimit::new(
             options.limits.enroll_attempts_per_token.max(1),
             Duration::from_secs(60),

@@ -13,8 +13,9 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{Ipv6Addr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -33,7 +34,7 @@ use tokio::net::UdpSocket;
 use crate::cache::Identity;
 use crate::respond::refuse;
 use crate::setup::Gateway;
-use crate::udpchannel::{Arrival, Channels, Registration};
+use crate::udpchannel::{Arrival, Channels, Registration, Shortcut};
 use shimgate_registry::Rule;
 
 /// An association with no datagram either way for this long ends.
@@ -62,8 +63,9 @@ struct Association<'a> {
     who: &'a Identity,
     origin: Option<Origin>,
     rules: Arc<Vec<Rule>>,
-    sock: UdpSocket,
-    dual_stack: bool,
+    /// The socket towards the intranet, and what the channel's receiving
+    /// task may send on it by itself.
+    shortcut: Arc<Shortcut>,
     /// Per destination: where policy lets it go, or why not.
     decided: HashMap<Destination, Result<SocketAddr, TunnelError>>,
     sent_to: HashSet<SocketAddr>,
@@ -99,20 +101,23 @@ impl Association<'_> {
                 )
                 .await
                 .and_then(|addrs| addrs.first().copied().ok_or(TunnelError::NotAllowed));
-            if let Err(e) = &to {
-                tracing::info!(device = %self.who.device_name, %dest, reason = %e, "udp destination refused");
+            match &to {
+                Ok(addr) => {
+                    // Answers from there are let through from now on, and
+                    // the channel's receiving task may send there itself.
+                    self.sent_to.insert(*addr);
+                    self.shortcut.allow(dest.clone(), *addr);
+                }
+                Err(e) => {
+                    tracing::info!(device = %self.who.device_name, %dest, reason = %e, "udp destination refused")
+                }
             }
             self.decided.insert(dest.clone(), to);
         }
         match self.decided.get(&dest) {
             Some(Ok(to)) => {
-                if self
-                    .sock
-                    .send_to(payload, mapped(self.dual_stack, *to))
-                    .await
-                    .is_ok()
-                {
-                    self.sent_to.insert(*to);
+                let to = self.shortcut.mapped(*to);
+                if self.shortcut.sock.send_to(payload, to).await.is_ok() {
                     self.counts.sent += 1;
                     self.counts.bytes_sent += payload.len() as u64;
                 }
@@ -136,16 +141,10 @@ impl Association<'_> {
     }
 }
 
-/// The association's UDP channel, once granted: its place on the port, and
-/// where the device was last heard from on it.
+/// The association's UDP channel, once granted: its place on the port.
 struct Channel {
     reg: Registration,
     channels: Arc<Channels>,
-    device_at: Option<SocketAddr>,
-    /// Whether the device's last datagram came on the channel: answers go
-    /// the way the device last sent (it falls back to the stream when the
-    /// channel stops answering its probes).
-    in_use: bool,
 }
 
 impl Gateway {
@@ -170,14 +169,19 @@ impl Gateway {
                 return refuse(&mut respond, TunnelError::General);
             }
         };
+        let shortcut = Arc::new(Shortcut::new(
+            Arc::new(sock),
+            Arc::clone(&self.device_datagrams),
+            who.device_id,
+        ));
         let offered = req.headers().contains_key(CHANNEL_HEADER);
         let mut channel = match (offered, self.channels.get(), secret) {
-            (true, Some(channels), Some(secret)) => channels.register(secret).map(|reg| Channel {
-                reg,
-                channels: Arc::clone(channels),
-                device_at: None,
-                in_use: false,
-            }),
+            (true, Some(channels), Some(secret)) => channels
+                .register(secret, Arc::clone(&shortcut))
+                .map(|reg| Channel {
+                    reg,
+                    channels: Arc::clone(channels),
+                }),
             _ => None,
         };
         let mut ok = Response::builder().status(StatusCode::OK);
@@ -196,9 +200,7 @@ impl Gateway {
             who,
             origin: crate::auditlog::origin_of(&req),
             rules: self.cache.rules(),
-            // Read once: the family decides how every IPv4 destination is written.
-            dual_stack: sock.local_addr().is_ok_and(|a| a.is_ipv6()),
-            sock,
+            shortcut: Arc::clone(&shortcut),
             decided: HashMap::new(),
             sent_to: HashSet::new(),
             counts: Counts::default(),
@@ -221,9 +223,7 @@ impl Gateway {
                     while let Some(frame) = decoder.next_datagram() {
                         match frame {
                             Ok((dest, payload)) => {
-                                if let Some(c) = &mut channel {
-                                    c.in_use = false;
-                                }
+                                shortcut.stream_used();
                                 assoc.forward(dest, &payload).await;
                             }
                             Err(e) => tracing::debug!(device = %who.device_name, error = %e, "bad udp frame dropped"),
@@ -233,24 +233,20 @@ impl Gateway {
                         break "the device sent a frame larger than any datagram";
                     }
                 }
+                // What the receiving task left to this one (it has counted
+                // the datagram and noted where the device is).
                 Some(arrival) = next_arrival(&mut channel) => {
                     let Some(c) = &mut channel else { continue };
-                    // Only an authentic packet gets here: the device is where it came from.
-                    c.device_at = Some(arrival.from);
                     match arrival.packet {
                         Packet::Probe => {
                             if let Ok(answer) = c.reg.sealer.probe() {
                                 let _ = c.channels.sock.send_to(&answer, arrival.from).await;
                             }
                         }
-                        Packet::Datagram(dest, payload) => {
-                            c.in_use = true;
-                            assoc.counts.by_channel += 1;
-                            assoc.forward(dest, &payload).await;
-                        }
+                        Packet::Datagram(dest, payload) => assoc.forward(dest, &payload).await,
                     }
                 }
-                got = assoc.sock.recv_from(&mut buf) => {
+                got = shortcut.sock.recv_from(&mut buf) => {
                     // This answer and whatever else has arrived: on the
                     // channel one packet each, on the stream in one write.
                     let mut got = got;
@@ -258,8 +254,8 @@ impl Gateway {
                     while batch.len() < datagram::BATCH {
                         let Ok((n, from)) = got else { break };
                         if let (Some(far), Some(payload)) = (assoc.answer(from, n), buf.get(..n)) {
-                            let sealed = match &mut channel {
-                                Some(c) if c.in_use => c.reg.sealer.datagram(&far, payload).ok().zip(c.device_at),
+                            let sealed = match (&mut channel, shortcut.answers_to()) {
+                                (Some(c), Some(to)) => c.reg.sealer.datagram(&far, payload).ok().map(|p| (p, to)),
                                 _ => None,
                             };
                             match (sealed, &channel) {
@@ -271,7 +267,7 @@ impl Gateway {
                                 }
                             }
                         }
-                        got = assoc.sock.try_recv_from(&mut buf);
+                        got = shortcut.sock.try_recv_from(&mut buf);
                     }
                     if !batch.is_empty() && splice::send_all(&mut send, batch.freeze()).await.is_err() {
                         break "the device's stream failed";
@@ -281,7 +277,12 @@ impl Gateway {
             }
         };
         let _ = send.send_data(Bytes::new(), true);
-        let counts = &assoc.counts;
+        // The receiving task's own sends join this task's.
+        drop(channel);
+        let counts = &mut assoc.counts;
+        counts.sent += shortcut.sent.load(Ordering::Relaxed);
+        counts.bytes_sent += shortcut.bytes_sent.load(Ordering::Relaxed);
+        counts.by_channel = shortcut.by_channel.load(Ordering::Relaxed);
         metrics::counter!("shimgate_udp_datagrams_total", "direction" => "up")
             .increment(counts.sent);
         metrics::counter!("shimgate_udp_datagrams_total", "direction" => "down")
@@ -328,14 +329,5 @@ async fn bind() -> io::Result<UdpSocket> {
     match UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0)).await {
         Ok(s) => Ok(s),
         Err(_) => UdpSocket::bind((std::net::Ipv4Addr::UNSPECIFIED, 0)).await,
-    }
-}
-
-/// `to` as a socket of that family takes it: an IPv4 address as IPv4-mapped IPv6 on a
-/// dual-stack socket.
-fn mapped(dual_stack: bool, to: SocketAddr) -> SocketAddr {
-    match (dual_stack, to.ip()) {
-        (true, IpAddr::V4(v4)) => SocketAddr::new(IpAddr::V6(v4.to_ipv6_mapped()), to.port()),
-        _ => to,
     }
 }

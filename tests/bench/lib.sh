@@ -163,3 +163,31 @@ set_peer_listen() {
     fi
     grep -q "^peer_listen = \"$addr\"" "$file" || { fail "could not set peer_listen in $file"; return 1; }
 }
+
+# shadowsocks-rust (sslocal, ssserver), from $SS_ROOT/bin (default
+# ~/.cache/shimgate-bench/shadowsocks-rust, outside the clone, kept between
+# runs), installed there with cargo install when missing. Sets SS_BIN,
+# SS_VERSION, and SS_SKIP: why it cannot be used (empty: it can). Uses WORK.
+find_shadowsocks() {
+    SS_ROOT="${SS_ROOT:-${XDG_CACHE_HOME:-$HOME/.cache}/shimgate-bench/shadowsocks-rust}"
+    SS_BIN="$SS_ROOT/bin"
+    SS_SKIP=""
+    SS_VERSION=""
+    if [[ ! -x "$SS_BIN/sslocal" || ! -x "$SS_BIN/ssserver" ]]; then
+        if ! command -v cargo >/dev/null; then
+            SS_SKIP="it is not in $SS_BIN and cargo is not installed"
+        else
+            log "shadowsocks-rust is not in $SS_BIN: cargo install shadowsocks-rust --locked --root $SS_ROOT" \
+                "(the first build takes several minutes: about 6 on 2 cores)"
+            if ! fg_run cargo install shadowsocks-rust --locked --root "$SS_ROOT" >"$WORK/ss-install.log" 2>&1; then
+                show_log ss-install
+                SS_SKIP="cargo install shadowsocks-rust failed"
+            elif [[ ! -x "$SS_BIN/sslocal" || ! -x "$SS_BIN/ssserver" ]]; then
+                SS_SKIP="cargo install shadowsocks-rust did not put sslocal and ssserver in $SS_BIN"
+            fi
+        fi
+    fi
+    if [[ -z "$SS_SKIP" ]]; then
+        SS_VERSION="$("$SS_BIN/ssserver" --version 2>/dev/null | head -n 1)" || SS_VERSION="shadowsocks (version unknown)"
+    fi
+}

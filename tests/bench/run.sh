@@ -4,13 +4,17 @@
 #   direct       client -> origin over loopback
 #   microsocks   plain SOCKS5 proxy, no encryption
 #   ssh          ssh -D to a private sshd, cipher aes256-gcm@openssh.com
+#   shadowsocks  shadowsocks-rust: sslocal (SOCKS5) -> aes-256-gcm -> ssserver,
+#                what a user would pick for speed (cargo install, cached
+#                outside the clone; skipped with a line where it can't be built)
 #   shimgate     shimgate SOCKS5 proxy -> mTLS/HTTP/2 -> shimgate-gateway -> origin
 #   peer-direct  device alice's SOCKS5 proxy -> bob.vpn.internal:PORT, peer to
 #                peer (Noise + AES-256-GCM) -> device bob, exporting the origin
 #   peer-relay   the same, with bob's peer listener refused by an nftables
 #                rule, so every session is relayed through the gateway
-# for bulk throughput, connection setup latency, connections per second and
-# memory per idle connection, then prints a table and the targets.
+# for bulk throughput, connection setup latency, connections per second,
+# server CPU per GB and memory per idle connection, then prints a table and
+# the targets.
 # See docs/BENCHMARKS.md. All traffic stays on 127.0.0.1.
 #
 # usage: bash tests/bench/run.sh [--quick] [--paths direct,...,peer-relay]
@@ -23,7 +27,7 @@ usage() {
     sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
     cat <<'EOF'
 options:
-  --paths LIST       comma-separated subset of direct,microsocks,ssh,shimgate,peer-direct,peer-relay
+  --paths LIST       comma-separated subset of direct,microsocks,ssh,shadowsocks,shimgate,peer-direct,peer-relay
                      (default: all)
   --json FILE        also write all figures as JSON to FILE ("-": JSON on stdout instead of the table)
   --quick            small sizes for a smoke test (256 MiB bulk x1, 200 samples, 1 s, 200 idle)
@@ -39,7 +43,7 @@ EOF
 }
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-ALL_PATHS="direct microsocks ssh shimgate peer-direct peer-relay"
+ALL_PATHS="direct microsocks ssh shadowsocks shimgate peer-direct peer-relay"
 PATHS="${ALL_PATHS// /,}"
 JSON_OUT=""
 SKIP_BUILD=0
@@ -75,7 +79,7 @@ while (($#)); do
 done
 for p in ${PATHS//,/ }; do
     case "$p" in
-        direct | microsocks | ssh | shimgate | peer-direct | peer-relay) ;;
+        direct | microsocks | ssh | shadowsocks | shimgate | peer-direct | peer-relay) ;;
         *) echo "run.sh: unknown path $p (${ALL_PATHS// /, })" >&2; exit 2 ;;
     esac
 done
@@ -147,6 +151,9 @@ fi
 # ---------------------------------------------------------------- build
 FAILED=()
 declare -A FAIL_REASON=()
+# Paths not measured for a reason that is not a failure (shadowsocks-rust
+# could not be installed): a column saying why, and exit status 0.
+declare -A SKIP_REASON=()
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 [[ "$TARGET_DIR" == /* ]] || TARGET_DIR="$ROOT/$TARGET_DIR"
 BIN="$TARGET_DIR/release"
@@ -285,7 +292,31 @@ EOF
 }
 
 
-
+# shadowsocks-rust on loopback: ssserver and sslocal (SOCKS5, TCP only),
+# one AEAD cipher, a fresh password.
+run_shadowsocks() {
+    local server_port local_port password
+    find_shadowsocks
+    if [[ -n "$SS_SKIP" ]]; then
+        SKIP_REASON[shadowsocks]="not measured: shadowsocks-rust is not available ($SS_SKIP)"
+        return 0
+    fi
+    { read -r server_port; read -r local_port; } < <("$SGBENCH" ports 2)
+    password="$(head -c 24 /dev/urandom | base64)"
+    start_bg ssserver "$SS_BIN/ssserver" -m aes-256-gcm -k "$password" -s "127.0.0.1:$server_port"
+    local server_pid=$BG_PID
+    "$SGBENCH" wait-port "127.0.0.1:$server_port" --pid "$server_pid" --timeout-secs 30 ||
+        { fail "ssserver did not start" ssserver; return 1; }
+    start_bg sslocal "$SS_BIN/sslocal" -m aes-256-gcm -k "$password" \
+        -s "127.0.0.1:$server_port" -b "127.0.0.1:$local_port"
+    local local_pid=$BG_PID
+    "$SGBENCH" wait-port "127.0.0.1:$local_port" --pid "$local_pid" --timeout-secs 30 ||
+        { fail "sslocal did not start" sslocal ssserver; return 1; }
+    measure shadowsocks "${LABEL[shadowsocks]}" --socks "127.0.0.1:$local_port" \
+        --rss "ssserver=$server_pid" --rss "sslocal=$local_pid" ||
+        { fail "measuring failed" sslocal ssserver; return 1; }
+    stop_pids "$local_pid" "$server_pid"
+}
 
 run_shimgate() {
     local sg="$BIN/shimgate" cdir="$WORK/device" socks_port code
@@ -429,6 +460,7 @@ declare -A LABEL=()
 LABEL[direct]="direct loopback"
 LABEL[microsocks]="microsocks (SOCKS5, no crypto)"
 LABEL[ssh]="ssh -D (aes256-gcm)"
+LABEL[shadowsocks]="shadowsocks-rust (aes-256-gcm)"
 LABEL[shimgate]="shimgate (gateway path)"
 LABEL[peer-direct]="shimgate peer, direct"
 LABEL[peer-relay]="shimgate peer, relayed"
@@ -443,7 +475,10 @@ for p in $ALL_PATHS; do
             FAIL_REASON[$p]="${FAIL_MSG:-failed to run (see the messages above)}"
         fi
     fi
-    if [[ -n "${FAIL_REASON[$p]:-}" ]]; then
+    if [[ -n "${SKIP_REASON[$p]:-}" ]]; then
+        log "${LABEL[$p]}: ${SKIP_REASON[$p]}"
+        "$SGBENCH" failed --name "$p" --label "${LABEL[$p]}" --reason "${SKIP_REASON[$p]}" --out "$out"
+    elif [[ -n "${FAIL_REASON[$p]:-}" ]]; then
         FAILED+=("$p")
         log "${LABEL[$p]}: ${FAIL_REASON[$p]}"
         if [[ ! -s "$out" ]]; then

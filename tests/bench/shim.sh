@@ -191,7 +191,6 @@ cleanup_extra() {
 on_exit_finish_run
 
 # ------------------------------------------------------------ build
-SS_ROOT="${SS_ROOT:-${XDG_CACHE_HOME:-$HOME/.cache}/shimgate-bench/shadowsocks-rust}"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 [[ "$TARGET_DIR" == /* ]] || TARGET_DIR="$ROOT/$TARGET_DIR"
 BIN="$TARGET_DIR/release"
@@ -207,28 +206,7 @@ for f in "$SG" "$BIN/shimgate-gateway" "$BIN/libshimgate_preload.so" "$SGBENCH";
 done
 CURL="$(command -v curl)"
 
-# shadowsocks-rust: from $SS_ROOT/bin, installed there when missing. SS_SKIP
-# says why its path is not measured (empty: it is).
-SS_BIN="$SS_ROOT/bin"
-SS_SKIP=""
-if [[ ! -x "$SS_BIN/sslocal" || ! -x "$SS_BIN/ssserver" ]]; then
-    if ! command -v cargo >/dev/null; then
-        SS_SKIP="it is not in $SS_BIN and cargo is not installed"
-    else
-        log "shadowsocks-rust is not in $SS_BIN: cargo install shadowsocks-rust --locked --root $SS_ROOT" \
-            "(the first build takes several minutes)"
-        if ! fg_run cargo install shadowsocks-rust --locked --root "$SS_ROOT" >"$WORK/ss-install.log" 2>&1; then
-            show_log ss-install
-            SS_SKIP="cargo install shadowsocks-rust failed"
-        elif [[ ! -x "$SS_BIN/sslocal" || ! -x "$SS_BIN/ssserver" ]]; then
-            SS_SKIP="cargo install shadowsocks-rust did not put sslocal and ssserver in $SS_BIN"
-        fi
-    fi
-fi
-SS_VERSION=""
-if [[ -z "$SS_SKIP" ]]; then
-    SS_VERSION="$("$SS_BIN/ssserver" --version 2>/dev/null | head -n 1)" || SS_VERSION="shadowsocks (version unknown)"
-fi
+find_shadowsocks
 if [[ -n "$SS_SKIP" ]]; then
     echo "shim.sh: shadowsocks-rust not available ($SS_SKIP): skipping the shadowsocks-rust UDP path" >&2
 fi

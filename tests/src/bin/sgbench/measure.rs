@@ -27,7 +27,8 @@ const OP_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Args)]
 pub struct MeasureArgs {
-    /// Short name of the path (direct, microsocks, ssh, shimgate, peer-direct, peer-relay).
+    /// Short name of the path (direct, microsocks, ssh, shadowsocks, shimgate, peer-direct,
+    /// peer-relay).
     #[arg(long)]
     name: String,
     /// Human-readable label for the table.
@@ -335,11 +336,14 @@ async fn bulk(
     }
     let gb = (bytes as f64 * runs as f64 / 1e9).max(1e-9);
     let mut cpu = Vec::new();
+    let mut cpu_total = 0.0;
     for (p, before) in procs.iter().zip(cpu_before) {
+        let per_gb = (p.cpu_secs()? - before) / gb;
+        cpu_total += per_gb;
         cpu.push(json!({
             "name": p.name,
             "tree": p.tree,
-            "cpu_s_per_gb": (p.cpu_secs()? - before) / gb,
+            "cpu_s_per_gb": per_gb,
         }));
     }
     let mut sorted = gbps.clone();
@@ -347,6 +351,7 @@ async fn bulk(
     Ok(json!({
         "bytes": bytes,
         "server_cpu": cpu,
+        "cpu_s_per_gb_total": cpu_total,
         "runs_gbps": gbps,
         "gbps_median": percentile(&sorted, 0.5),
         "gbps_best": sorted.last().copied().unwrap_or(0.0),
@@ -412,7 +417,9 @@ async fn idle(path: Path, n: usize, procs: &[ProcSpec]) -> Result<Value> {
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let mut rows = Vec::new();
+    let mut total = 0.0;
     for (p, ((b, bn), (w, wn))) in procs.iter().zip(before.into_iter().zip(with)) {
+        total += (w as f64 - b as f64) / n as f64;
         rows.push(json!({
             "name": p.name,
             "pid": p.pid,
@@ -424,5 +431,5 @@ async fn idle(path: Path, n: usize, procs: &[ProcSpec]) -> Result<Value> {
             "kib_per_conn": (w as f64 - b as f64) / n as f64,
         }));
     }
-    Ok(json!({ "conns": n, "processes": rows }))
+    Ok(json!({ "conns": n, "processes": rows, "kib_per_conn_total": total }))
 }

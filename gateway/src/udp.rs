@@ -34,7 +34,7 @@ use tokio::net::UdpSocket;
 use crate::cache::Identity;
 use crate::respond::refuse;
 use crate::setup::Gateway;
-use crate::udpchannel::{Arrival, Channels, Registration, Shortcut};
+use crate::udpchannel::{Arrival, Registration, Shortcut};
 use shimgate_registry::Rule;
 
 /// An association with no datagram either way for this long ends.
@@ -53,8 +53,6 @@ struct Counts {
     refused: u64,
     bytes_sent: u64,
     bytes_received: u64,
-    /// Datagrams that came on the UDP channel rather than the stream.
-    by_channel: u64,
 }
 
 /// One association's state: where its destinations may go and what it has moved.
@@ -141,12 +139,6 @@ impl Association<'_> {
     }
 }
 
-/// The association's UDP channel, once granted: its place on the port.
-struct Channel {
-    reg: Registration,
-    channels: Arc<Channels>,
-}
-
 impl Gateway {
     /// `POST /v1/udp`: runs one association until it ends. `secret` keys
     /// its UDP channel, when the device offers one and this gateway has a
@@ -176,17 +168,14 @@ impl Gateway {
         ));
         let offered = req.headers().contains_key(CHANNEL_HEADER);
         let mut channel = match (offered, self.channels.get(), secret) {
-            (true, Some(channels), Some(secret)) => channels
-                .register(secret, Arc::clone(&shortcut))
-                .map(|reg| Channel {
-                    reg,
-                    channels: Arc::clone(channels),
-                }),
+            (true, Some(channels), Some(secret)) => {
+                channels.register(secret, Arc::clone(&shortcut))
+            }
             _ => None,
         };
         let mut ok = Response::builder().status(StatusCode::OK);
         if let Some(c) = &channel {
-            ok = ok.header(CHANNEL_HEADER, format!("{:016x} {}", c.reg.id, c.reg.port));
+            ok = ok.header(CHANNEL_HEADER, format!("{:016x} {}", c.id, c.port()));
         }
         let Ok(ok) = ok.body(()) else {
             return;
@@ -236,14 +225,10 @@ impl Gateway {
                 // What the receiving task left to this one (it has counted
                 // the datagram and noted where the device is).
                 Some(arrival) = next_arrival(&mut channel) => {
-                    let Some(c) = &mut channel else { continue };
-                    match arrival.packet {
-                        Packet::Probe => {
-                            if let Ok(answer) = c.reg.sealer.probe() {
-                                let _ = c.channels.sock.send_to(&answer, arrival.from).await;
-                            }
-                        }
-                        Packet::Datagram(dest, payload) => assoc.forward(dest, &payload).await,
+                    match (arrival.packet, &mut channel) {
+                        (Packet::Probe, Some(c)) => c.answer_probe(arrival.from).await,
+                        (Packet::Datagram(dest, payload), _) => assoc.forward(dest, &payload).await,
+                        (Packet::Probe, None) => {}
                     }
                 }
                 got = shortcut.sock.recv_from(&mut buf) => {
@@ -254,17 +239,12 @@ impl Gateway {
                     while batch.len() < datagram::BATCH {
                         let Ok((n, from)) = got else { break };
                         if let (Some(far), Some(payload)) = (assoc.answer(from, n), buf.get(..n)) {
-                            let sealed = match (&mut channel, shortcut.answers_to()) {
-                                (Some(c), Some(to)) => c.reg.sealer.datagram(&far, payload).ok().map(|p| (p, to)),
-                                _ => None,
+                            let on_channel = match (&mut channel, shortcut.answers_to()) {
+                                (Some(c), Some(to)) => c.send_datagram(&far, payload, to).await,
+                                _ => false,
                             };
-                            match (sealed, &channel) {
-                                (Some((packet, to)), Some(c)) => {
-                                    let _ = c.channels.sock.send_to(&packet, to).await;
-                                }
-                                _ => {
-                                    let _ = datagram::encode_into(&far, payload, &mut batch);
-                                }
+                            if !on_channel {
+                                let _ = datagram::encode_into(&far, payload, &mut batch);
                             }
                         }
                         got = shortcut.sock.try_recv_from(&mut buf);
@@ -282,7 +262,7 @@ impl Gateway {
         let counts = &mut assoc.counts;
         counts.sent += shortcut.sent.load(Ordering::Relaxed);
         counts.bytes_sent += shortcut.bytes_sent.load(Ordering::Relaxed);
-        counts.by_channel = shortcut.by_channel.load(Ordering::Relaxed);
+        let by_channel = shortcut.by_channel.load(Ordering::Relaxed);
         metrics::counter!("shimgate_udp_datagrams_total", "direction" => "up")
             .increment(counts.sent);
         metrics::counter!("shimgate_udp_datagrams_total", "direction" => "down")
@@ -291,9 +271,9 @@ impl Gateway {
             .increment(counts.bytes_sent);
         metrics::counter!("shimgate_udp_bytes_total", "direction" => "down")
             .increment(counts.bytes_received);
-        metrics::counter!("shimgate_udp_channel_datagrams_total").increment(counts.by_channel);
+        metrics::counter!("shimgate_udp_channel_datagrams_total").increment(by_channel);
         tracing::debug!(device = %who.device_name, why, sent = counts.sent, received = counts.received,
-            refused = counts.refused, by_channel = counts.by_channel, "udp association closed");
+            refused = counts.refused, by_channel, "udp association closed");
         let mut dests: Vec<String> = assoc.decided.keys().map(ToString::to_string).collect();
         dests.sort();
         let flow = crate::auditlog::Flow {
@@ -308,7 +288,7 @@ impl Gateway {
                 counts.refused,
                 counts.bytes_sent,
                 counts.bytes_received,
-                counts.by_channel
+                by_channel
             ),
             started,
         };
@@ -317,9 +297,9 @@ impl Gateway {
 }
 
 /// The next packet on the association's channel; never, without one.
-async fn next_arrival(channel: &mut Option<Channel>) -> Option<Arrival> {
+async fn next_arrival(channel: &mut Option<Registration>) -> Option<Arrival> {
     match channel {
-        Some(c) => c.reg.arrivals.recv().await,
+        Some(c) => c.arrivals.recv().await,
         None => std::future::pending().await,
     }
 }

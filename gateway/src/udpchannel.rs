@@ -38,7 +38,7 @@ pub(crate) struct Arrival {
 
 /// The UDP port and the associations using it.
 pub(crate) struct Channels {
-    pub(crate) sock: UdpSocket,
+    sock: UdpSocket,
     port: u16,
     open: Mutex<HashMap<u64, Entry>>,
 }
@@ -145,10 +145,40 @@ impl Shortcut {
 /// One association's place on the port; leaves it when dropped.
 pub(crate) struct Registration {
     pub(crate) id: u64,
-    pub(crate) port: u16,
-    pub(crate) sealer: Sealer,
+    sealer: Sealer,
     pub(crate) arrivals: mpsc::Receiver<Arrival>,
     channels: Arc<Channels>,
+}
+
+impl Registration {
+    /// The UDP port the device sends to.
+    pub(crate) fn port(&self) -> u16 {
+        self.channels.port
+    }
+
+    /// Answers a probe that came from `to`.
+    pub(crate) async fn answer_probe(&mut self, to: SocketAddr) {
+        if let Ok(answer) = self.sealer.probe() {
+            let _ = self.channels.sock.send_to(&answer, to).await;
+        }
+    }
+
+    /// Sends the device at `to` a datagram from `far`; false if it is too
+    /// large for one packet (the stream must carry it).
+    pub(crate) async fn send_datagram(
+        &mut self,
+        far: &Destination,
+        payload: &[u8],
+        to: SocketAddr,
+    ) -> bool {
+        match self.sealer.datagram(far, payload) {
+            Ok(packet) => {
+                let _ = self.channels.sock.send_to(&packet, to).await;
+                true
+            }
+            Err(_) => false,
+        }
+    }
 }
 
 impl Drop for Registration {
@@ -210,7 +240,6 @@ impl Channels {
         );
         Some(Registration {
             id,
-            port: self.port,
             sealer,
             arrivals,
             channels: Arc::clone(self),

@@ -70,6 +70,24 @@ struct Slot {
     live: Mutex<Option<Connection>>,
 }
 
+/// What a caller takes from a slot's live connection.
+struct Handles {
+    send: SendRequest<Bytes>,
+    closed: CancellationToken,
+    /// Keys the UDP channels of associations opened with `send`.
+    channel: Option<Arc<client::ChannelBase>>,
+}
+
+impl Handles {
+    fn of(conn: &Connection) -> Handles {
+        Handles {
+            send: conn.send.clone(),
+            closed: conn.closed.clone(),
+            channel: conn.channel.clone(),
+        }
+    }
+}
+
 /// An open tunnel: the two halves of its HTTP/2 stream, and where the
 /// gateway dialled from.
 pub struct Tunnel {
@@ -152,7 +170,7 @@ impl Pool {
         let mut backoff = BACKOFF_START;
         loop {
             let closed = match self.connection(i).await {
-                Ok((_, closed)) => closed,
+                Ok(h) => h.closed,
                 Err(e) => {
                     // Once per change: a gateway that stays away must not flood the log.
                     let text = e.to_string();
@@ -188,16 +206,13 @@ impl Pool {
     }
 
     /// The slot's connection, connecting first if it is down.
-    async fn connection(
-        &self,
-        i: usize,
-    ) -> Result<(SendRequest<Bytes>, CancellationToken), ClientError> {
+    async fn connection(&self, i: usize) -> Result<Handles, ClientError> {
         let slot = &self.slots[i % self.slots.len()];
         let mut live = slot.live.lock().await;
         if let Some(conn) = live.as_ref()
             && !conn.closed.is_cancelled()
         {
-            return Ok((conn.send.clone(), conn.closed.clone()));
+            return Ok(Handles::of(conn));
         }
         let was_live = live.take().is_some();
         if was_live {
@@ -210,7 +225,7 @@ impl Pool {
         )
         .await?;
         tracing::info!(gateway = %self.connector.addr, device = %me.device_name, slot = i, "gateway connected");
-        let handles = (conn.send.clone(), conn.closed.clone());
+        let handles = Handles::of(&conn);
         let board = Arc::clone(&self.board);
         let (closed, end) = (conn.closed.clone(), conn.end());
         let addr = self.connector.addr.clone();
@@ -235,32 +250,29 @@ impl Pool {
     /// Slot `i`'s connection, connecting if it is down (work on its streams
     /// belongs on the slot's worker: [`Pool::spawn_on`]).
     pub async fn slot_connection(&self, i: usize) -> Result<SendRequest<Bytes>, ClientError> {
-        self.connection(i).await.map(|(send, _)| send)
+        self.connection(i).await.map(|h| h.send)
     }
 
     /// Slot `i`'s connection, for a request of its own (peer sessions).
     pub async fn sender(&self, i: usize) -> Result<SendRequest<Bytes>, TunnelError> {
-        self.connection(i).await.map(|(send, _)| send).map_err(|e| {
-            tracing::warn!(error = %e, "no connection to the gateway");
-            tunnel_error(&e)
-        })
+        self.handles(i).await.map(|h| h.send)
     }
 
     /// Slot `i`'s connection, for a UDP association: what opens its stream
-    /// and what keys its channel.
+    /// and, from the same connection, what keys its channel.
     pub(crate) async fn datagram_carrier(
         &self,
         i: usize,
     ) -> Result<(SendRequest<Bytes>, Option<Arc<client::ChannelBase>>), TunnelError> {
-        let send = self.sender(i).await?;
-        let slot = &self.slots[i % self.slots.len()];
-        let base = slot
-            .live
-            .lock()
-            .await
-            .as_ref()
-            .and_then(|c| c.channel.clone());
-        Ok((send, base))
+        self.handles(i).await.map(|h| (h.send, h.channel))
+    }
+
+    /// Slot `i`'s connection, its failure as a tunnel error.
+    async fn handles(&self, i: usize) -> Result<Handles, TunnelError> {
+        self.connection(i).await.map_err(|e| {
+            tracing::warn!(error = %e, "no connection to the gateway");
+            tunnel_error(&e)
+        })
     }
 
     /// Asks the gateway, on slot `i`'s connection, for a tunnel to `dest`
@@ -274,13 +286,7 @@ impl Pool {
         // A pooled connection may have died since it was last used: one retry
         // on a fresh connection.
         for attempt in 0..2 {
-            let (send, closed) = match self.connection(i).await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "no connection to the gateway");
-                    return Err(tunnel_error(&e));
-                }
-            };
+            let Handles { send, closed, .. } = self.handles(i).await?;
             let req = Request::builder()
                 .method(Method::CONNECT)
                 .uri(dest.to_string())

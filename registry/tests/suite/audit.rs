@@ -4,7 +4,7 @@ use shimgate_registry::{AuditQuery, NewAudit};
 
 use crate::harness::{Env, both_backends};
 
-both_backends!(audit, audit_search);
+both_backends!(audit, audit_search, audit_batch_spanning_several_inserts);
 
 async fn audit(env: Env) {
     let r = &env.reg;
@@ -113,4 +113,45 @@ async fn audit_search(env: Env) {
             .expect("q")
             .is_empty()
     );
+}
+
+/// A batch longer than one multi-row `INSERT` (256 rows) lands whole, in
+/// order, each row with its own values (a placeholder numbered wrong would
+/// shift columns or rows).
+async fn audit_batch_spanning_several_inserts(env: Env) {
+    let r = &env.reg;
+    let entries: Vec<NewAudit> = (0..600)
+        .map(|i| NewAudit {
+            at: 1_000,
+            actor: format!("device-{i}"),
+            action: "tunnel".into(),
+            target: format!("10.20.0.{}:{i}", i % 250),
+            source_addr: (i % 2 == 0).then(|| format!("192.0.2.{}:4000", i % 250)),
+            detail: format!("n={i}"),
+        })
+        .collect();
+    r.audit_batch(&entries).await.expect("audit batch");
+    let mut rows = r.list_audit(1_000).await.expect("list");
+    rows.reverse();
+    assert_eq!(rows.len(), entries.len());
+    for (row, e) in rows.iter().zip(&entries) {
+        assert_eq!(
+            (
+                &row.actor,
+                &row.action,
+                &row.target,
+                &row.source_addr,
+                &row.detail,
+                row.at
+            ),
+            (
+                &e.actor,
+                &e.action,
+                &e.target,
+                &e.source_addr,
+                &e.detail,
+                e.at
+            )
+        );
+    }
 }

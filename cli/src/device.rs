@@ -374,8 +374,12 @@ async fn ping(dir: &ConfigDir, peer: &str, count: usize) -> anyhow::Result<ExitC
     let tls = shimgate_proxy::tls::device(dir)?;
     let name = shimgate_proxy::tls::server_name(&config.server_name)?;
     let (conn, me) = shimgate_proxy::client::connect_device(&config.gateway, name, tls).await?;
-    let (peers, _) =
-        shimgate_proxy::peer::Peers::new(&me.device_name, &config.vpn_domain, Default::default());
+    let (peers, _) = shimgate_proxy::peer::Peers::new(
+        &me.device_name,
+        &config.vpn_domain,
+        config.vpn_range,
+        Default::default(),
+    );
     let target = shimgate_wire::dest::Host::parse(peer)
         .ok()
         .and_then(|h| peers.destination(&h))

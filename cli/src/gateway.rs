@@ -19,6 +19,7 @@ use shimgate_registry::{
     Registry, Subject,
 };
 use shimgate_wire::code::EnrollmentCode;
+use shimgate_wire::identity::VpnRange;
 use tokio_util::sync::CancellationToken;
 
 use crate::process::{LogFormat, stop_on_signal};
@@ -141,6 +142,11 @@ struct InitArgs {
     /// DNS domain of the VPN's devices for peer-to-peer sessions (bob is bob.DOMAIN).
     #[arg(long, default_value = shimgate_wire::control::DEFAULT_VPN_DOMAIN)]
     vpn_domain: String,
+    /// IPv4 network devices' VPN addresses come from, one per deployment (the default is the
+    /// RFC 6598 shared range, which Tailscale and carrier-grade NAT also use: pick another,
+    /// e.g. 10.99.0.0/16, if your devices sit behind either).
+    #[arg(long, default_value_t = VpnRange::DEFAULT)]
+    vpn_range: VpnRange,
 }
 
 #[derive(Args)]
@@ -495,6 +501,7 @@ fn init(dir: &DataDir, args: &InitArgs) -> anyhow::Result<()> {
         ips: args.ips.clone(),
         aliases: Vec::new(),
         vpn_domain: args.vpn_domain.clone(),
+        vpn_range: args.vpn_range,
     };
     let ca = shimgate_gateway::init(dir, &config)?;
     println!("Gateway initialised in {}", dir.root().display());
@@ -503,6 +510,7 @@ fn init(dir: &DataDir, args: &InitArgs) -> anyhow::Result<()> {
         shimgate_wire::pki::hex(&ca.fingerprint())
     );
     println!("  devices will dial:        {}", config.public_addr);
+    println!("  VPN addresses from:       {}", config.vpn_range);
     println!("Next: shimgate-gateway serve");
     Ok(())
 }

@@ -202,6 +202,8 @@ pub async fn enroll(
         cert_pem: cert.pem,
         ca_pem: gw.ca.cert_pem().to_owned(),
         not_after: cert.not_after,
+        vpn_domain: Some(gw.config.vpn_domain.clone()),
+        vpn_range: Some(gw.config.vpn_range),
     };
     send_json(&mut respond, StatusCode::OK, &answer);
 }

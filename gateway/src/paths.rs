@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use shimgate_host::files;
+use shimgate_wire::identity::VpnRange;
 
 #[derive(Clone, Debug)]
 pub struct DataDir(PathBuf);
@@ -76,6 +77,10 @@ pub struct GatewayConfig {
     /// DNS domain of the VPN's devices: bob is `bob.<vpn_domain>`.
     #[serde(default = "default_vpn_domain")]
     pub vpn_domain: String,
+    /// Where devices' VPN addresses come from; one per deployment, claimed
+    /// in the registry by the first gateway that starts.
+    #[serde(default)]
+    pub vpn_range: VpnRange,
 }
 
 fn default_vpn_domain() -> String {
@@ -93,6 +98,7 @@ impl GatewayConfig {
             ips: vec![listen.ip()],
             aliases: Vec::new(),
             vpn_domain: default_vpn_domain(),
+            vpn_range: VpnRange::DEFAULT,
         }
     }
 }

@@ -228,6 +228,7 @@ pub async fn start(
     let ca = Ca::load(dir)?;
     let cache = Arc::new(Cache::default());
     cache.reload(&registry).await?;
+    registry.claim_vpn_range(config.vpn_range).await?;
     let tls = crate::tls::server_config(dir, Arc::clone(&cache))?;
     let listen = options.listen.unwrap_or(config.listen);
     let listener = TcpListener::bind(listen)

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use shimgate_host::files;
 use shimgate_wire::control::{Exports, PeerProto};
+use shimgate_wire::identity::VpnRange;
 
 #[derive(Clone, Debug)]
 pub struct ConfigDir(PathBuf);
@@ -122,6 +123,10 @@ pub struct DeviceConfig {
     /// DNS domain of the VPN's devices: `bob.<vpn_domain>` is a peer.
     #[serde(default = "default_vpn_domain")]
     pub vpn_domain: String,
+    /// The deployment's VPN range: an address in it is a peer's. Given by
+    /// the gateway at enrollment.
+    #[serde(default)]
+    pub vpn_range: VpnRange,
     /// Local services offered to other devices, each reached at 127.0.0.1:PORT.
     #[serde(default, rename = "export")]
     pub exports: Vec<Export>,

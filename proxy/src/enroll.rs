@@ -124,6 +124,11 @@ pub async fn enroll(
     {
         return Err(EnrollError::CaMismatch);
     }
+    let vpn_domain = match &answer.vpn_domain {
+        None => crate::config::default_vpn_domain(),
+        Some(d) => crate::pac::dns_name(d)
+            .ok_or_else(|| EnrollError::BadAnswer(format!("VPN domain {d:?} is not a DNS name")))?,
+    };
 
     let save = |path: std::path::PathBuf, data: &[u8], mode| {
         files::write_atomic(&path, data, mode).map_err(|source| EnrollError::Save {
@@ -150,7 +155,8 @@ pub async fn enroll(
         socks_password: None,
         peer_listen: crate::config::default_peer_listen(),
         peer_advertise: Vec::new(),
-        vpn_domain: crate::config::default_vpn_domain(),
+        vpn_domain,
+        vpn_range: answer.vpn_range.unwrap_or_default(),
         exports: Vec::new(),
     };
     config.save(dir).map_err(|source| EnrollError::Save {

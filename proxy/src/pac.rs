@@ -21,7 +21,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::pool::Pool;
-use shimgate_wire::identity::VPN_RANGE;
+use shimgate_wire::identity::VpnRange;
 
 /// Where the PAC file is served (`/wpad.dat` is the name WPAD clients ask for).
 pub const PATHS: [&str; 2] = ["/proxy.pac", "/wpad.dat"];
@@ -41,7 +41,12 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// only valid DNS names and IPv4 networks are written, each as a JSON
 /// string literal (which is also a JavaScript one). IPv6 networks are left
 /// out: `isInNet` is IPv4 only in every PAC engine.
-pub fn generate(socks: SocketAddr, vpn_domain: &str, routes: &Routes) -> String {
+pub fn generate(
+    socks: SocketAddr,
+    vpn_domain: &str,
+    vpn_range: VpnRange,
+    routes: &Routes,
+) -> String {
     let names: Vec<String> = std::iter::once(vpn_domain)
         .chain(routes.domains.iter().map(String::as_str))
         .filter_map(dns_name)
@@ -57,7 +62,7 @@ pub fn generate(socks: SocketAddr, vpn_domain: &str, routes: &Routes) -> String 
             suffixes.push(name);
         }
     }
-    let nets: Vec<Ipv4Net> = std::iter::once(VPN_RANGE)
+    let nets: Vec<Ipv4Net> = std::iter::once(vpn_range.net())
         .chain(
             routes
                 .cidrs
@@ -107,7 +112,7 @@ pub fn generate(socks: SocketAddr, vpn_domain: &str, routes: &Routes) -> String 
 /// `name` lowercased without a trailing dot, if it is a valid DNS name:
 /// labels of 1–63 letters, digits, `-` or `_`, not starting or ending with
 /// `-`, at most 253 characters in all.
-fn dns_name(name: &str) -> Option<String> {
+pub(crate) fn dns_name(name: &str) -> Option<String> {
     let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
     let label_ok = |l: &str| {
         (1..=63).contains(&l.len())
@@ -224,6 +229,7 @@ fn names_this_machine(host: &str) -> bool {
 /// The current routes, shared by the SOCKS listeners and the refresher.
 pub struct Pac {
     vpn_domain: String,
+    vpn_range: VpnRange,
     /// The SOCKS listen address, for when the socket cannot say which
     /// address a client reached.
     listen: SocketAddr,
@@ -231,9 +237,10 @@ pub struct Pac {
 }
 
 impl Pac {
-    pub fn new(vpn_domain: &str, listen: SocketAddr) -> Arc<Pac> {
+    pub fn new(vpn_domain: &str, vpn_range: VpnRange, listen: SocketAddr) -> Arc<Pac> {
         Arc::new(Pac {
             vpn_domain: vpn_domain.to_owned(),
+            vpn_range,
             listen,
             routes: RwLock::new(Arc::new(Routes::default())),
         })
@@ -249,6 +256,10 @@ impl Pac {
 
     pub fn vpn_domain(&self) -> &str {
         &self.vpn_domain
+    }
+
+    pub fn vpn_range(&self) -> VpnRange {
+        self.vpn_range
     }
 
     fn set(&self, routes: Routes) {
@@ -300,7 +311,7 @@ impl Pac {
             Head::Complete(head) => respond(&head, || {
                 // The address the client reached: what the file must name.
                 let socks = sock.local_addr().unwrap_or(self.listen);
-                generate(socks, &self.vpn_domain, &self.routes())
+                generate(socks, &self.vpn_domain, self.vpn_range, &self.routes())
             }),
             Head::NotHttp => HttpReply::error("400 Bad Request", "not an HTTP request"),
             Head::TooLarge => {
@@ -390,7 +401,12 @@ mod tests {
             domains: domains.iter().map(|s| s.to_string()).collect(),
             cidrs: cidrs.iter().map(|s| s.to_string()).collect(),
         };
-        generate(SOCKS.parse().unwrap(), "vpn.internal", &routes)
+        generate(
+            SOCKS.parse().unwrap(),
+            "vpn.internal",
+            VpnRange::DEFAULT,
+            &routes,
+        )
     }
 
     #[test]
@@ -485,6 +501,7 @@ mod tests {
         let js = generate(
             "[::1]:1080".parse().unwrap(),
             "vpn.internal",
+            VpnRange::DEFAULT,
             &Routes::default(),
         );
         assert!(

@@ -20,7 +20,6 @@ use std::time::Duration;
 
 use shimgate_wire::dest::{Destination, Host};
 use shimgate_wire::enroll::{RESOLVE_PATH, ResolveRequest, Resolved};
-use shimgate_wire::identity::VPN_RANGE;
 use shimgate_wire::origin::{self, Origin};
 use shimgate_wire::shimsock::{MAX_LINE, Reply, Request, Split};
 use shimgate_wire::tunnel::TunnelError;
@@ -325,7 +324,7 @@ impl Shim {
     fn split(&self) -> Split {
         let routes = self.pac.routes();
         let nets = [
-            VPN_RANGE.to_string(),
+            self.pac.vpn_range().to_string(),
             FAKE_V4.to_string(),
             FAKE_V6.to_string(),
         ]

@@ -53,7 +53,12 @@ fn start_peers(
     board: &Arc<Board>,
     stop: &CancellationToken,
 ) -> Result<Arc<Peers>, UpError> {
-    let (peers, reports) = Peers::new(&config.device, &config.vpn_domain, config.export_ports());
+    let (peers, reports) = Peers::new(
+        &config.device,
+        &config.vpn_domain,
+        config.vpn_range,
+        config.export_ports(),
+    );
     let listener = PeerListener::new(
         config.peer_listen,
         config.peer_advertise.clone(),
@@ -140,7 +145,7 @@ pub async fn start(
         Arc::clone(&pool),
         stop.clone(),
     ));
-    let pac = Pac::new(&config.vpn_domain, socks);
+    let pac = Pac::new(&config.vpn_domain, config.vpn_range, socks);
     tokio::spawn(Arc::clone(&pac).keep_fresh(Arc::clone(&pool), stop.clone()));
     let shim = Arc::new(crate::shim::Shim {
         pool: Arc::clone(&pool),

@@ -8,10 +8,13 @@ use sqlx::{AnyConnection, Row};
 
 use crate::changes::bump;
 use crate::{Error, Registry, Result, validate};
-use shimgate_wire::identity::VPN_RANGE;
+use shimgate_wire::identity::VpnRange;
 
 /// The setting that makes new devices wait for approval.
 const REQUIRE_APPROVAL: &str = "require_approval";
+/// The setting naming the deployment's VPN range; absent means
+/// [`VpnRange::DEFAULT`] (registries from before the range could be chosen).
+const VPN_RANGE: &str = "vpn_range";
 
 /// Whether a device may connect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -55,12 +58,23 @@ macro_rules! device_select {
     };
 }
 
-fn first_host() -> i64 {
-    i64::from(u32::from(VPN_RANGE.network())) + 1
+/// The first and last address of `range` a device may get, as stored.
+fn host_bounds(range: VpnRange) -> (i64, i64) {
+    let (first, last) = range.hosts();
+    (i64::from(u32::from(first)), i64::from(u32::from(last)))
 }
 
-fn last_host() -> i64 {
-    i64::from(u32::from(VPN_RANGE.broadcast())) - 1
+/// The VPN range as the registry holds it.
+async fn stored_vpn_range(conn: &mut AnyConnection) -> Result<Option<VpnRange>> {
+    let v: Option<String> = sqlx::query_scalar("SELECT value FROM settings WHERE name = $1")
+        .bind(VPN_RANGE)
+        .fetch_optional(&mut *conn)
+        .await?;
+    v.map(|v| {
+        v.parse()
+            .map_err(|e| Error::Corrupt(format!("setting {VPN_RANGE}: {e}")))
+    })
+    .transpose()
 }
 
 pub(crate) fn ip_from_db(v: i64) -> Result<Ipv4Addr> {
@@ -121,9 +135,9 @@ async fn free_name(conn: &mut AnyConnection, wanted: &str) -> Result<String> {
         .ok_or_else(|| Error::Conflict(format!("no free device name like {wanted}")))
 }
 
-/// The lowest free address in the pool (as an integer).
-async fn free_ip(conn: &mut AnyConnection) -> Result<i64> {
-    let first = first_host();
+/// The lowest free address in `range` (as an integer).
+async fn free_ip(conn: &mut AnyConnection, range: VpnRange) -> Result<i64> {
+    let (first, last) = host_bounds(range);
     let first_taken: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM devices WHERE vpn_ip = $1")
         .bind(first)
         .fetch_one(&mut *conn)
@@ -134,13 +148,14 @@ async fn free_ip(conn: &mut AnyConnection) -> Result<i64> {
     // The lowest taken address whose successor is free ends the first run of taken ones.
     let next: Option<i64> = sqlx::query_scalar(
         "SELECT MIN(d.vpn_ip) + 1 FROM devices d \
-         WHERE NOT EXISTS (SELECT 1 FROM devices e WHERE e.vpn_ip = d.vpn_ip + 1)",
+         WHERE d.vpn_ip >= $1 AND NOT EXISTS (SELECT 1 FROM devices e WHERE e.vpn_ip = d.vpn_ip + 1)",
     )
+    .bind(first)
     .fetch_one(&mut *conn)
     .await?;
     match next {
-        Some(ip) if (first..=last_host()).contains(&ip) => Ok(ip),
-        _ => Err(Error::AddressPoolExhausted),
+        Some(ip) if (first..=last).contains(&ip) => Ok(ip),
+        _ => Err(Error::AddressPoolExhausted(range)),
     }
 }
 
@@ -159,7 +174,8 @@ impl Registry {
             .await?
             .ok_or_else(|| Error::not_found("user id", user_id.to_string()))?;
         let name = free_name(&mut tx, wanted_name).await?;
-        let ip = free_ip(&mut tx).await?;
+        let range = stored_vpn_range(&mut tx).await?.unwrap_or_default();
+        let ip = free_ip(&mut tx, range).await?;
         // Read in the same transaction, so a device never slips past a setting just turned on.
         let approval: Option<String> =
             sqlx::query_scalar("SELECT value FROM settings WHERE name = $1")
@@ -348,6 +364,52 @@ impl Registry {
         Ok(())
     }
 
+    /// The deployment's VPN range.
+    pub async fn vpn_range(&self) -> Result<VpnRange> {
+        let mut conn = self.pool.acquire().await?;
+        Ok(stored_vpn_range(&mut conn).await?.unwrap_or_default())
+    }
+
+    /// Makes `range` the deployment's VPN range, or checks that it already
+    /// is: every gateway on one registry claims the range its configuration
+    /// names as it starts, and the first claim decides. Refused when the
+    /// registry holds another range, or (on a registry from before the range
+    /// could be chosen) when an enrolled device's address lies outside it.
+    pub async fn claim_vpn_range(&self, range: VpnRange) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        match stored_vpn_range(&mut tx).await? {
+            Some(held) if held == range => return Ok(()),
+            Some(held) => {
+                return Err(Error::Conflict(format!(
+                    "the registry's VPN range is {held} and this gateway is configured with {range}: \
+                     every gateway of a deployment uses one range (set vpn_range = \"{held}\" in gateway.toml)"
+                )));
+            }
+            None => {}
+        }
+        let (first, last) = host_bounds(range);
+        let outside: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM devices WHERE vpn_ip < $1 OR vpn_ip > $2")
+                .bind(first)
+                .bind(last)
+                .fetch_one(&mut *tx)
+                .await?;
+        if outside > 0 {
+            return Err(Error::Conflict(format!(
+                "{outside} enrolled device(s) have VPN addresses outside {range}; \
+                 the range of a deployment with devices cannot change (keep vpn_range = \"{}\")",
+                VpnRange::DEFAULT
+            )));
+        }
+        sqlx::query("INSERT INTO settings (name, value) VALUES ($1, $2)")
+            .bind(VPN_RANGE)
+            .bind(range.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Records that the device was just seen, connected to `gateway`. Does not bump the change
     /// sequence.
     pub async fn touch_device(&self, device_id: i64, now: i64, gateway: &str) -> Result<()> {
@@ -372,12 +434,10 @@ mod tests {
 
     #[test]
     fn pool_bounds() {
+        let (first, last) = host_bounds(VpnRange::DEFAULT);
+        assert_eq!(ip_from_db(first).ok(), Some(Ipv4Addr::new(100, 64, 0, 1)));
         assert_eq!(
-            ip_from_db(first_host()).ok(),
-            Some(Ipv4Addr::new(100, 64, 0, 1))
-        );
-        assert_eq!(
-            ip_from_db(last_host()).ok(),
+            ip_from_db(last).ok(),
             Some(Ipv4Addr::new(100, 127, 255, 254))
         );
         assert!(ip_from_db(-1).is_err());

@@ -27,9 +27,9 @@ pub enum Error {
     /// The device is revoked, so the operation is refused.
     #[error("device {0} is revoked")]
     DeviceRevoked(String),
-    /// Every address in 100.64.0.0/10 is taken.
-    #[error("no free VPN address left in 100.64.0.0/10")]
-    AddressPoolExhausted,
+    /// Every address in the VPN range is taken.
+    #[error("no free VPN address left in {0} (the VPN range chosen at init)")]
+    AddressPoolExhausted(shimgate_wire::identity::VpnRange),
     /// A stored value could not be read back (the database was edited by hand or is damaged).
     #[error("corrupt registry data: {0}")]
     Corrupt(String),

@@ -45,7 +45,7 @@ pub use gateways::{GatewayRow, Heartbeat};
 pub use invitations::{InvitationRow, Invitee, IssuedInvitation, NewInvitation, Redemption};
 pub use policy::{Action, Dest, LocalUser, ParseError, Ports, Program, Proto, Subject};
 pub use rules::{NewRule, Rule};
-pub use shimgate_wire::identity::VPN_RANGE;
+pub use shimgate_wire::identity::VpnRange;
 pub use tokens::{IssuedToken, NewToken, TokenGrant, TokenRow};
 pub use users::{User, UserRow};
 

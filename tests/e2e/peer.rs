@@ -176,6 +176,7 @@ fn three_hosts() -> ThreeHosts {
         ips: vec!["198.51.100.1".into(), "203.0.113.1".into()],
         public_addr: Some(gw_addr.to_string()),
         aliases: vec![],
+        vpn_range: None,
     };
     let mut gw = Gateway::init_spec(Backend::Sqlite, spec);
     for port in [web.port(), source.port()] {
@@ -1026,4 +1027,45 @@ except socket.timeout:
         },
     );
     assert!(!audit.is_empty());
+}
+
+/// The VPN range chosen at `init` is the one devices get their addresses
+/// from and the one a device takes for peers: alice reaches bob's export at
+/// bob's VPN IP in that range (with the fixed range of before, that address
+/// went to the gateway, whose policy refuses it).
+#[test]
+fn a_vpn_range_chosen_at_init() {
+    let body = unique_body("bob's page in a chosen range");
+    let web = Origin::http(V4, &body);
+    // A documentation range this host holds no address in: the gateway
+    // guards its own addresses (this machine kind has 192.0.2.2 on eth0).
+    let prefix = ["203.0.113", "198.51.100", "192.0.2"]
+        .into_iter()
+        .find(|p| (1..=3).all(|h| std::net::UdpSocket::bind(format!("{p}.{h}:0")).is_err()))
+        .expect("a documentation /24 this host has no address in");
+    let range = format!("{prefix}.0/24");
+    let mut gw = Gateway::init_spec(Backend::Sqlite, GatewaySpec::localhost().vpn_range(&range));
+    gw.allow("bob.vpn.internal", &["--ports", &web.port().to_string()]);
+    gw.serve();
+    let mut alice = Device::enrolled(&gw, "alice", "alice");
+    let mut bob = Device::enrolled(&gw, "bob", "bob");
+    for d in [&alice, &bob] {
+        let c = std::fs::read_to_string(d.config_dir.join("config.toml")).expect("config.toml");
+        assert!(c.contains(&format!("vpn_range = \"{range}\"")), "{c}");
+    }
+    bob.cli(&["export", &web.port().to_string()]).expect_ok();
+    alice.up();
+    bob.up();
+    wait_peer_ready(&alice, "bob");
+    let status: serde_json::Value =
+        serde_json::from_str(&bob.status(&["--json"]).stdout).expect("bob status --json");
+    let bob_ip = status["vpn_ip"].as_str().expect("bob's VPN IP").to_owned();
+    assert!(
+        bob_ip.starts_with(&format!("{prefix}.")),
+        "bob's VPN IP: {bob_ip}"
+    );
+    let url = format!("http://{bob_ip}:{}/", web.port());
+    let out = curl(None, Some("--socks5"), Some(alice.socks), &url);
+    assert!(out.ok(), "curl {url} from alice: {out}");
+    assert_eq!(out.stdout, body);
 }

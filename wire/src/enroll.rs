@@ -44,6 +44,14 @@ pub struct EnrollResponse {
     /// The gateway requires an admin's approval before this device may connect.
     #[serde(default)]
     pub awaiting_approval: bool,
+    /// The DNS domain of the VPN's devices (older gateways leave it out:
+    /// theirs is the default).
+    #[serde(default)]
+    pub vpn_domain: Option<String>,
+    /// The deployment's VPN range (older gateways leave it out: theirs is
+    /// the default).
+    #[serde(default)]
+    pub vpn_range: Option<crate::identity::VpnRange>,
 }
 
 #[derive(Serialize, Deserialize)]

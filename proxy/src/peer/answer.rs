@@ -218,7 +218,12 @@ mod tests {
             tcp: vec![8000],
             udp: vec![5353],
         };
-        let (p, _) = Peers::new("bob", "vpn.internal", exports);
+        let (p, _) = Peers::new(
+            "bob",
+            "vpn.internal",
+            shimgate_wire::identity::VpnRange::DEFAULT,
+            exports,
+        );
         let id = SessionId([1; 16]);
         let offer = |port: u16, proto: PeerProto| {
             let key = SessionKey::random().unwrap();

@@ -33,7 +33,7 @@ use std::sync::{Arc, RwLock};
 use dashmap::DashMap;
 use shimgate_wire::control::{DeviceMsg, Exports, PeerPath, PeerProto, SessionId, SessionKey};
 use shimgate_wire::dest::Host;
-use shimgate_wire::identity::VPN_RANGE;
+use shimgate_wire::identity::VpnRange;
 use shimgate_wire::peerlink::Link;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
@@ -109,6 +109,7 @@ pub struct Opened {
 pub struct Peers {
     me: String,
     vpn_domain: String,
+    vpn_range: VpnRange,
     offers: DashMap<SessionId, Offer>,
     links: DashMap<u64, LinkEntry>,
     ended: DashMap<String, Totals>,
@@ -125,12 +126,14 @@ impl Peers {
     pub fn new(
         me: &str,
         vpn_domain: &str,
+        vpn_range: VpnRange,
         exports: Exports,
     ) -> (Arc<Peers>, mpsc::Receiver<DeviceMsg>) {
         let (reports, rx) = mpsc::channel(1024);
         let peers = Peers {
             me: me.to_owned(),
             vpn_domain: vpn_domain.trim_end_matches('.').to_ascii_lowercase(),
+            vpn_range,
             offers: DashMap::new(),
             links: DashMap::new(),
             ended: DashMap::new(),
@@ -150,7 +153,7 @@ impl Peers {
     /// the VPN domain (as `NAME`), or an address in the VPN range.
     pub fn destination(&self, host: &Host) -> Option<String> {
         match host {
-            Host::Ip(IpAddr::V4(ip)) => VPN_RANGE.contains(ip).then(|| ip.to_string()),
+            Host::Ip(IpAddr::V4(ip)) => self.vpn_range.contains(*ip).then(|| ip.to_string()),
             Host::Ip(IpAddr::V6(_)) => None,
             Host::Name(name) => shimgate_wire::control::device_in_domain(name, &self.vpn_domain),
         }
@@ -189,7 +192,12 @@ mod tests {
 
     #[test]
     fn peer_destinations() {
-        let (p, _) = Peers::new("alice", "vpn.internal", Exports::default());
+        let (p, _) = Peers::new(
+            "alice",
+            "vpn.internal",
+            VpnRange::DEFAULT,
+            Exports::default(),
+        );
         let peer = |h: &str| p.destination(&Host::parse(h).unwrap());
         assert_eq!(peer("bob.vpn.internal").as_deref(), Some("bob"));
         assert_eq!(peer("BOB.VPN.Internal.").as_deref(), Some("bob"));

@@ -100,3 +100,87 @@ async fn sqlite_in_memory_keeps_its_data() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(reg.list_devices().await.expect("list").len(), 1);
 }
+
+/// Migration 0009 rebuilds SQLite's devices table (a CHECK cannot be
+/// changed in place): a registry with devices, certificates pointing at
+/// them and a deleted device keeps every row, every reference, and its id
+/// counter (addresses outside 100.64.0.0/10: `devices::a_chosen_vpn_range`).
+#[tokio::test]
+async fn sqlite_devices_survive_the_vpn_range_migration() {
+    use sqlx::Executor;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("registry.db");
+    let target = path.to_str().expect("utf-8 temp path").to_owned();
+    let url = format!("sqlite://{target}?mode=rwc");
+    let mut before: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+    before.migrations = before
+        .migrations
+        .iter()
+        .filter(|m| m.version < 9)
+        .cloned()
+        .collect::<Vec<_>>()
+        .into();
+    let pool = sqlx::SqlitePool::connect(&url).await.expect("open");
+    before.run(&pool).await.expect("migrations up to 0008");
+    for sql in [
+        "INSERT INTO users (id, name, created_at) VALUES (1, 'alice', 1)",
+        "INSERT INTO devices (id, name, user_id, vpn_ip, created_at, last_gateway) \
+         VALUES (1, 'one', 1, 1681915905, 1, 'gw-a'), (2, 'two', 1, 1681915906, 1, NULL), \
+                (3, 'three', 1, 1681915907, 1, NULL)",
+        "INSERT INTO certificates (device_id, serial_hex, fingerprint_sha256, not_after, created_at) \
+         VALUES (1, '01', 'f1', 9, 1), (2, '02', 'f2', 9, 1)",
+        "DELETE FROM devices WHERE id = 3",
+    ] {
+        pool.execute(sql).await.expect(sql);
+    }
+    pool.close().await;
+
+    let reg = open(&target).await;
+    let devices = reg.list_devices().await.expect("list");
+    let held: Vec<(i64, &str, Ipv4Addr, Option<&str>)> = devices
+        .iter()
+        .map(|d| {
+            (
+                d.device.id,
+                d.device.name.as_str(),
+                d.device.vpn_ip,
+                d.device.last_gateway.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        held,
+        [
+            (1, "one", Ipv4Addr::new(100, 64, 0, 1), Some("gw-a")),
+            (2, "two", Ipv4Addr::new(100, 64, 0, 2), None)
+        ]
+    );
+    let pool = sqlx::SqlitePool::connect(&url).await.expect("reopen");
+    let broken: Vec<(String,)> = sqlx::query_as("SELECT \"table\" FROM pragma_foreign_key_check")
+        .fetch_all(&pool)
+        .await
+        .expect("foreign key check");
+    assert!(broken.is_empty(), "dangling references: {broken:?}");
+    let certs: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM certificates c JOIN devices d ON d.id = c.device_id",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("certificates");
+    assert_eq!(certs, 2);
+    pool.close().await;
+
+    let alice = reg
+        .user_by_name("alice")
+        .await
+        .expect("alice")
+        .expect("alice");
+    let next = reg
+        .create_device(alice.id, "four", 2)
+        .await
+        .expect("create");
+    assert_eq!(
+        next.id, 4,
+        "the deleted device's id is not handed out again"
+    );
+}

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use shimgate_registry::{DeviceStatus, Error, VPN_RANGE};
+use shimgate_registry::{DeviceStatus, Error, VpnRange};
 
 use crate::harness::{Env, Kind, both_backends, cert, fingerprint};
 
@@ -13,6 +13,8 @@ both_backends!(
     devices,
     concurrent_device_creation,
     many_devices_get_sequential_addresses,
+    a_chosen_vpn_range,
+    a_vpn_range_cannot_strand_devices,
     address_allocation_properties,
     revoke,
     reenable,
@@ -147,14 +149,61 @@ async fn many_devices_get_sequential_addresses(env: Env) {
     for (i, ip) in ips.iter().enumerate() {
         let offset = u32::try_from(i).expect("small") + 1;
         assert_eq!(u32::from(*ip), base + offset, "address #{i} is sequential");
-        assert!(VPN_RANGE.contains(ip));
-        assert_ne!(*ip, VPN_RANGE.network());
-        assert_ne!(*ip, VPN_RANGE.broadcast());
+        let (first, last) = VpnRange::DEFAULT.hosts();
+        assert!((first..=last).contains(ip));
     }
     assert!(ips.contains(&Ipv4Addr::new(100, 64, 0, 255)));
     assert!(ips.contains(&Ipv4Addr::new(100, 64, 1, 0)));
     let unique: HashSet<_> = ips.iter().collect();
     assert_eq!(unique.len(), ips.len());
+}
+
+/// A range claimed on a new registry is where addresses come from, its
+/// last host included, until it is full; a gateway configured with another
+/// range is refused, naming both.
+async fn a_chosen_vpn_range(env: Env) {
+    let r = &env.reg;
+    assert_eq!(r.vpn_range().await.expect("range"), VpnRange::DEFAULT);
+    let small: VpnRange = "198.51.100.0/30".parse().expect("range");
+    r.claim_vpn_range(small).await.expect("first claim");
+    r.claim_vpn_range(small)
+        .await
+        .expect("the same claim again");
+    assert_eq!(r.vpn_range().await.expect("range"), small);
+    let alice = r.ensure_user("alice").await.expect("alice");
+    let a = r.create_device(alice.id, "a", 1).await.expect("a");
+    let b = r.create_device(alice.id, "b", 1).await.expect("b");
+    assert_eq!(a.vpn_ip, Ipv4Addr::new(198, 51, 100, 1));
+    assert_eq!(b.vpn_ip, Ipv4Addr::new(198, 51, 100, 2));
+    let full = r.create_device(alice.id, "c", 1).await;
+    assert!(
+        matches!(full, Err(Error::AddressPoolExhausted(range)) if range == small),
+        "{full:?}"
+    );
+    let other = r.claim_vpn_range(VpnRange::DEFAULT).await;
+    let msg = format!("{:?}", other.expect_err("another range is refused"));
+    assert!(
+        msg.contains("198.51.100.0/30") && msg.contains("100.64.0.0/10"),
+        "{msg}"
+    );
+    assert_eq!(r.vpn_range().await.expect("range"), small);
+}
+
+/// A registry from before the range could be chosen keeps its devices'
+/// addresses: a range that would leave one outside is refused, and the
+/// default (which holds them) is taken.
+async fn a_vpn_range_cannot_strand_devices(env: Env) {
+    let r = &env.reg;
+    let alice = r.ensure_user("alice").await.expect("alice");
+    r.create_device(alice.id, "old", 1).await.expect("device");
+    let other: VpnRange = "10.99.0.0/16".parse().expect("range");
+    let refused = r.claim_vpn_range(other).await;
+    let msg = format!("{:?}", refused.expect_err("stranding is refused"));
+    assert!(msg.contains("outside 10.99.0.0/16"), "{msg}");
+    r.claim_vpn_range(VpnRange::DEFAULT)
+        .await
+        .expect("the default holds them");
+    assert_eq!(r.vpn_range().await.expect("range"), VpnRange::DEFAULT);
 }
 
 /// One step of [`address_allocation_properties`].
@@ -207,7 +256,8 @@ async fn address_allocation_properties(env: Env) {
                     .collect();
                 let user = r.ensure_user(&format!("u{n}")).await.expect("user");
                 let mut mine: Vec<(i64, String, Ipv4Addr)> = Vec::new();
-                let first = u32::from(VPN_RANGE.network()) + 1;
+                let (first, last) = VpnRange::DEFAULT.hosts();
+                let first = u32::from(first);
                 for (step, op) in ops.iter().enumerate() {
                     let pick = |i: usize| (!mine.is_empty()).then(|| i % mine.len());
                     match op {
@@ -222,9 +272,7 @@ async fn address_allocation_properties(env: Env) {
                                 want,
                                 "not the lowest free address"
                             );
-                            prop_assert!(VPN_RANGE.contains(&d.vpn_ip));
-                            prop_assert_ne!(d.vpn_ip, VPN_RANGE.network());
-                            prop_assert_ne!(d.vpn_ip, VPN_RANGE.broadcast());
+                            prop_assert!(u32::from(d.vpn_ip) <= u32::from(last));
                             taken.insert(want);
                             mine.push((d.id, d.name, d.vpn_ip));
                         }

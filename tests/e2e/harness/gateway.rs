@@ -25,6 +25,8 @@ pub struct GatewaySpec {
     pub ips: Vec<String>,
     pub public_addr: Option<String>,
     pub aliases: Vec<String>,
+    /// `init --vpn-range` (the default range when absent).
+    pub vpn_range: Option<String>,
 }
 
 impl GatewaySpec {
@@ -37,7 +39,13 @@ impl GatewaySpec {
             ips: vec!["127.0.0.1".into()],
             public_addr: None,
             aliases: vec![],
+            vpn_range: None,
         }
+    }
+
+    pub fn vpn_range(mut self, range: impl Into<String>) -> Self {
+        self.vpn_range = Some(range.into());
+        self
     }
 
     pub fn alias(mut self, alias: impl Into<String>) -> Self {
@@ -94,6 +102,9 @@ impl Gateway {
         args.extend(["--listen".into(), gw.spec.listen.to_string()]);
         if let Some(p) = &gw.spec.public_addr {
             args.extend(["--public-addr".into(), p.clone()]);
+        }
+        if let Some(r) = &gw.spec.vpn_range {
+            args.extend(["--vpn-range".into(), r.clone()]);
         }
         gw.ok(&args);
         gw.ok(&["migrate"]);

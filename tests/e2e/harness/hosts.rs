@@ -68,5 +68,6 @@ pub fn gateway_in(gw_ns: &Netns, aliases: Vec<String>) -> GatewaySpec {
         ips: vec![GW_DEV_SIDE.to_string()],
         public_addr: Some(listen.to_string()),
         aliases,
+        vpn_range: None,
     }
 }

@@ -44,6 +44,7 @@ fuzz_target!(|data: &[u8]| {
         let pac = shimgate_proxy::pac::generate(
             "127.0.0.1:1080".parse().expect("address"),
             "vpn.internal",
+            shimgate_wire::identity::VpnRange::DEFAULT,
             &routes,
         );
         assert_eq!(pac.matches("function ").count(), 1, "{pac}");

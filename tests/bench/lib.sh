@@ -4,6 +4,7 @@
 # and SGBENCH, and may set GW_SERVE_ARGS (extra `shimgate-gateway serve` flags).
 # shellcheck shell=bash
 if ! declare -p GW_SERVE_ARGS >/dev/null 2>&1; then GW_SERVE_ARGS=(); fi
+if ! declare -p GW_WRAP >/dev/null 2>&1; then GW_WRAP=(); fi
 
 # Children, grandchildren... of a pid (sshd forks per session).
 descendants() {
@@ -111,7 +112,8 @@ fail() {
 
 # Starts a fresh gateway with its data in DIR (SQLite registry) and its log in
 # TAG.log; sets GW_PORT and GW_PID. Then `gw ARGS` runs the gateway's CLI on
-# it. GW_SERVE_ARGS: extra `serve` flags.
+# it. GW_SERVE_ARGS: extra `serve` flags; GW_WRAP: a command `serve` runs
+# under (cost.sh: valgrind), which may make it slow to start.
 start_gateway() {
     local dir="$1" tag="$2"
     GW_DIR="$dir"
@@ -120,9 +122,9 @@ start_gateway() {
     unset DATABASE_URL SHIMGATE_HOME SHIMGATE_GATEWAY_DIR
     gw init --name localhost --ip 127.0.0.1 --listen "127.0.0.1:$GW_PORT" \
         >"$WORK/$tag-init.log" 2>&1 || { fail "shimgate-gateway init failed" "$tag-init"; return 1; }
-    start_bg "$tag" "$BIN/shimgate-gateway" --data-dir "$GW_DIR" serve "${GW_SERVE_ARGS[@]}"
+    start_bg "$tag" "${GW_WRAP[@]}" "$BIN/shimgate-gateway" --data-dir "$GW_DIR" serve "${GW_SERVE_ARGS[@]}"
     GW_PID=$BG_PID
-    "$SGBENCH" wait-port "127.0.0.1:$GW_PORT" --pid "$GW_PID" --timeout-secs 30 ||
+    "$SGBENCH" wait-port "127.0.0.1:$GW_PORT" --pid "$GW_PID" --timeout-secs 120 ||
         { fail "shimgate-gateway serve did not start" "$tag"; return 1; }
 }
 gw() { "$BIN/shimgate-gateway" --data-dir "$GW_DIR" "$@"; }
@@ -138,15 +140,16 @@ new_code() {
 
 # Waits until the device proxy with config dir DIR (pid PID, log TAG.log) is
 # up and connected: `shimgate status` exits 0. GWTAG: the gateway's log.
+# WAIT_DEVICE_SECS: how long (default 30).
 wait_device() {
-    local dir="$1" pid="$2" tag="$3" gwtag="${4:-gateway}" i
+    local dir="$1" pid="$2" tag="$3" gwtag="${4:-gateway}" i limit="${WAIT_DEVICE_SECS:-30}"
     for ((i = 0; ; i++)); do
         if "$BIN/shimgate" --config-dir "$dir" status >/dev/null 2>&1; then return 0; fi
         if ! kill -0 "$pid" 2>/dev/null; then
             fail "shimgate up ($tag) exited" "$tag" "$gwtag"; return 1
         fi
-        if ((i >= 300)); then
-            fail "shimgate status ($tag) did not exit 0 within 30 s" "$tag" "$gwtag"; return 1
+        if ((i >= limit * 10)); then
+            fail "shimgate status ($tag) did not exit 0 within $limit s" "$tag" "$gwtag"; return 1
         fi
         sleep 0.1
     done

@@ -47,21 +47,24 @@ pub struct MeasureArgs {
     /// Bytes per bulk transfer (suffixes K, M, G are binary: 1G = 1 GiB).
     #[arg(long, default_value = "1G", value_parser = parse_size)]
     bulk_bytes: u64,
-    /// Timed bulk transfers; the median is reported.
+    /// Timed bulk transfers; the median is reported (0: skip bulk).
     #[arg(long, default_value_t = 5)]
     bulk_runs: usize,
     /// Bytes of an untimed bulk transfer whose content is checked first.
     #[arg(long, default_value = "64M", value_parser = parse_size)]
     verify_bytes: u64,
-    /// Sequential connection setup samples.
+    /// Sequential connection setup samples (0: skip).
     #[arg(long, default_value_t = 1000)]
     setup_samples: usize,
     /// Concurrent clients for connections per second.
     #[arg(long, default_value_t = 8)]
     cps_clients: usize,
-    /// Measured seconds for connections per second (after a warm-up).
+    /// Measured seconds for connections per second, after a warm-up (0: skip).
     #[arg(long, default_value_t = 3.0)]
     cps_secs: f64,
+    /// Connections made (and checked) before anything is measured.
+    #[arg(long, default_value_t = 20)]
+    warmup: usize,
     /// Idle tunneled connections held open for the memory figure (0: skip).
     #[arg(long, default_value_t = 1000)]
     idle_conns: usize,
@@ -150,7 +153,7 @@ async fn measure_all(
 ) -> Result<()> {
     // Warm-up: proves the path works and lets lazily created state (pools,
     // TLS sessions) exist before anything is measured.
-    for _ in 0..20 {
+    for _ in 0..args.warmup {
         timeout(OP_TIMEOUT, one_shot(path))
             .await
             .context("warm-up connection timed out")?
@@ -162,24 +165,31 @@ async fn measure_all(
         out["idle"] = idle(path, args.idle_conns, procs).await?;
     }
 
-    eprintln!("[{label}] setup latency, {} samples", args.setup_samples);
-    out["setup"] = setup(path, args.setup_samples).await?;
-    eprintln!(
-        "[{label}]   p50 {:.1} us, p99 {:.1} us",
-        out["setup"]["p50_us"].as_f64().unwrap_or(0.0),
-        out["setup"]["p99_us"].as_f64().unwrap_or(0.0)
-    );
+    if args.setup_samples > 0 {
+        eprintln!("[{label}] setup latency, {} samples", args.setup_samples);
+        out["setup"] = setup(path, args.setup_samples).await?;
+        eprintln!(
+            "[{label}]   p50 {:.1} us, p99 {:.1} us",
+            out["setup"]["p50_us"].as_f64().unwrap_or(0.0),
+            out["setup"]["p99_us"].as_f64().unwrap_or(0.0)
+        );
+    }
 
-    eprintln!(
-        "[{label}] connections/s, {} clients, {} s",
-        args.cps_clients, args.cps_secs
-    );
-    out["cps"] = cps(path, args.cps_clients, args.cps_secs).await?;
-    eprintln!(
-        "[{label}]   {:.0} connections/s",
-        out["cps"]["per_sec"].as_f64().unwrap_or(0.0)
-    );
+    if args.cps_secs > 0.0 {
+        eprintln!(
+            "[{label}] connections/s, {} clients, {} s",
+            args.cps_clients, args.cps_secs
+        );
+        out["cps"] = cps(path, args.cps_clients, args.cps_secs).await?;
+        eprintln!(
+            "[{label}]   {:.0} connections/s",
+            out["cps"]["per_sec"].as_f64().unwrap_or(0.0)
+        );
+    }
 
+    if args.bulk_runs == 0 {
+        return Ok(());
+    }
     eprintln!(
         "[{label}] bulk, {} x {} MiB",
         args.bulk_runs,

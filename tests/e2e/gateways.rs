@@ -149,3 +149,179 @@ fn a_revocation_through_one_gateway_cuts_tunnels_on_another() {
         Err(e) => panic!("no SOCKS reply for the revoked device ({e}); expected 0x02"),
     }
 }
+
+/// A certificate signing request for a fresh P-256 key, from openssl (the
+/// gateway takes only its public key).
+fn csr() -> String {
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-keyout", "/dev/null", "-subj", "/CN=racer"])
+        .output()
+        .expect("running openssl");
+    assert!(out.status.success(), "openssl req: {out:?}");
+    String::from_utf8(out.stdout).expect("PEM is ASCII")
+}
+
+/// `POST /v1/enroll` with `code` as device `name`, by curl (HTTP/2 over
+/// TLS, the gateway's certificate not checked: the race is about the
+/// registry), from source address `from` so that the per-address limit on
+/// enrollments does not decide. Started, not waited for.
+fn enroll_with_curl(
+    gw: &Gateway,
+    from: &str,
+    code: &str,
+    name: &str,
+    csr: &str,
+) -> std::process::Child {
+    let code: shimgate_wire::code::EnrollmentCode = code.parse().expect("an enrollment code");
+    let body = serde_json::json!({
+        "token_id": code.token_id_hex(),
+        "secret": shimgate_wire::pki::hex(&code.secret),
+        "device_name": name,
+        "csr_pem": csr,
+    });
+    std::process::Command::new(crate::harness::env::curl())
+        .args([
+            "--http2",
+            "-k",
+            "-sS",
+            "--max-time",
+            "30",
+            "--interface",
+            from,
+        ])
+        .args([
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            &body.to_string(),
+        ])
+        .args(["-w", "\n%{http_code}"])
+        .arg(format!("https://127.0.0.1:{}/v1/enroll", gw.port()))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting curl")
+}
+
+/// What an enrollment started by [`enroll_with_curl`] answered: the HTTP
+/// status and the JSON body.
+fn answer(child: std::process::Child) -> (u16, serde_json::Value) {
+    let out = child.wait_with_output().expect("waiting for curl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (body, status) = text.rsplit_once('\n').unwrap_or_else(|| {
+        panic!(
+            "curl printed no status: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let status = status.trim().parse().unwrap_or_else(|_| {
+        panic!(
+            "curl's status {status:?} ({})",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (status, serde_json::from_str(body).unwrap_or_default())
+}
+
+/// Two gateways on one Postgres, no shared memory: one code redeemed at
+/// both at the same moment makes one device, every time; and 100
+/// enrollments at once, half through each, get 100 different VPN addresses
+/// and use each code exactly as often as it allows.
+#[test]
+fn enrollments_racing_across_gateways() {
+    let a = {
+        let mut a = Gateway::init(Backend::Postgres);
+        a.serve_args(&["--console", "off"]);
+        a
+    };
+    let mut b_spec = GatewaySpec::localhost();
+    b_spec.names = vec!["gw-b.test".into()];
+    let mut b = Gateway::init_on(a.db.shared(), b_spec);
+    b.serve_args(&["--console", "off"]);
+    let csr = csr();
+
+    for round in 0..10 {
+        let code = a.token("alice");
+        let name = format!("twice-{round}");
+        let at_a = enroll_with_curl(&a, "127.0.1.1", &code, &name, &csr);
+        let at_b = enroll_with_curl(&b, "127.0.2.1", &code, &name, &csr);
+        let answers = [answer(at_a), answer(at_b)];
+        let won: Vec<_> = answers.iter().filter(|(s, _)| *s == 200).collect();
+        assert_eq!(
+            won.len(),
+            1,
+            "round {round}: exactly one enrollment wins: {answers:?}"
+        );
+        let lost = answers.iter().find(|(s, _)| *s != 200).expect("a loser");
+        assert_eq!(lost.0, 403, "round {round}: {answers:?}");
+        assert!(
+            lost.1["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("already used")),
+            "round {round}: {answers:?}"
+        );
+    }
+    let listed = a.device_list();
+    let twice = listed.lines().filter(|l| l.starts_with("twice-")).count();
+    assert_eq!(twice, 10, "one device per raced code: {listed}");
+
+    // Ten codes of ten uses, five made by each gateway and redeemed there
+    // (the gateways limit attempts per code to ten at once).
+    const CODES: usize = 10;
+    const USES: usize = 10;
+    const N: usize = CODES * USES;
+    let codes: Vec<(&Gateway, String)> = (0..CODES)
+        .map(|i| {
+            let gw = if i % 2 == 0 { &a } else { &b };
+            (gw, gw.token_with("bob", &["--uses", &USES.to_string()]))
+        })
+        .collect();
+    let children: Vec<_> = (0..N)
+        .map(|i| {
+            let (gw, code) = &codes[i % CODES];
+            let from = format!("127.0.{}.{}", 10 + i / 200, 1 + i % 200);
+            enroll_with_curl(gw, &from, code, &format!("crowd-{i}"), &csr)
+        })
+        .collect();
+    let mut ips = std::collections::HashSet::new();
+    for (i, child) in children.into_iter().enumerate() {
+        let (status, body) = answer(child);
+        assert_eq!(status, 200, "enrollment {i}: {body}");
+        let ip = body["vpn_ip"].as_str().expect("a VPN address").to_owned();
+        assert!(
+            ips.insert(ip.clone()),
+            "enrollment {i} got {ip} a second time"
+        );
+    }
+    assert_eq!(ips.len(), N);
+    // The uses are counted in the registry: an eleventh use of a's code is
+    // refused at b too (at a, the attempts limit would answer first).
+    let (status, body) = answer(enroll_with_curl(
+        &b,
+        "127.0.3.1",
+        &codes[0].1,
+        "one-more",
+        &csr,
+    ));
+    assert_eq!(status, 403, "a code's eleventh use: {body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("already used")),
+        "{body}"
+    );
+    let listed = b.device_list();
+    assert_eq!(
+        listed.lines().filter(|l| l.starts_with("crowd-")).count(),
+        N,
+        "{listed}"
+    );
+}

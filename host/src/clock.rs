@@ -9,6 +9,11 @@ pub fn now() -> i64 {
     OffsetDateTime::now_utc().unix_timestamp()
 }
 
+/// Unix milliseconds (for rates finer than a second).
+pub fn now_ms() -> i64 {
+    i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
 /// `2026-11-29T07:00:00Z`.
 pub fn show(unix: i64) -> String {
     OffsetDateTime::from_unix_timestamp(unix)

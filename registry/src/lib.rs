@@ -1,6 +1,7 @@
 //! The shimgate registry: users, groups, enrollment tokens, devices and their VPN addresses,
 //! certificates, policy rules, the audit log, change notification for gateways, the gateways'
-//! heartbeats, and what the web console needs: administrators, invitations and API tokens.
+//! heartbeats, and what the web console needs: administrators, their sessions and sign-in
+//! throttles, invitations and API tokens.
 //!
 //! One [`Registry`] works over Postgres (production, several gateways sharing one database) or
 //! SQLite (the embedded default). The same runtime-checked queries run on both through the sqlx
@@ -18,6 +19,7 @@ mod audit;
 mod certs;
 mod changes;
 mod connect;
+mod console_state;
 mod devices;
 mod error;
 mod gateways;
@@ -39,6 +41,7 @@ pub use api_tokens::{ApiTokenRow, IssuedApiToken};
 pub use audit::{AuditQuery, AuditRow, MAX_PAGE as MAX_AUDIT_PAGE, NewAudit};
 pub use certs::{CertState, NewCertificate};
 pub use changes::{CHANGE_CHANNEL, Changes};
+pub use console_state::{Bucket, ConsoleSession, SessionLimits};
 pub use devices::{Device, DeviceRow, DeviceStatus};
 pub use error::{Error, RedeemError, Result};
 pub use gateways::{GatewayRow, Heartbeat};

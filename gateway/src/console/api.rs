@@ -499,7 +499,7 @@ async fn tokens_view(c: &Console, nav: Nav, new_bearer: Option<String>) -> Respo
 }
 
 pub async fn tokens_page(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
-    match c.page_session(&headers) {
+    match c.page_session(&headers).await {
         Ok(nav) => tokens_view(&c, nav, None).await,
         Err(r) => r,
     }
@@ -525,12 +525,15 @@ pub async fn create_token_form(
         Ok(t) => {
             c.audit(&who, "api_token.create", name, format!("id={}", t.id_hex()))
                 .await;
-            match c.page_session(&headers) {
+            match c.page_session(&headers).await {
                 Ok(nav) => tokens_view(&c, nav, Some(t.bearer())).await,
                 Err(r) => r,
             }
         }
-        Err(e) => c.done(&headers, "/api-tokens", Err(Failure::from(e).message)),
+        Err(e) => {
+            c.done(&headers, "/api-tokens", Err(Failure::from(e).message))
+                .await
+        }
     }
 }
 
@@ -548,7 +551,7 @@ pub async fn revoke_token_form(
         Ok(false) => Err(format!("no active API token {id}")),
         Err(e) => Err(Failure::from(e).message),
     };
-    c.done(&headers, "/api-tokens", result)
+    c.done(&headers, "/api-tokens", result).await
 }
 
 #[cfg(test)]

@@ -98,7 +98,7 @@ pub async fn page(
     headers: HeaderMap,
     Query(f): Query<Filter>,
 ) -> Response {
-    let nav = match c.page_session(&headers) {
+    let nav = match c.page_session(&headers).await {
         Ok(n) => n,
         Err(r) => return r,
     };

@@ -1,28 +1,32 @@
-//! Signing in: argon2 passwords (checked by the registry), sessions kept in
-//! memory, CSRF tokens, and sign-in throttling per address and per name.
+//! Signing in: argon2 passwords (checked by the registry), sessions, CSRF
+//! tokens, and sign-in throttling per address and per name. Sessions and
+//! throttles live in the registry, so every gateway on it sees the same
+//! ones: an admin behind a load balancer stays signed in wherever a request
+//! lands, and a guesser gets no more attempts from spreading them.
 //!
-//! A session is a random 256-bit cookie value; the map is keyed by its
+//! A session is a random 256-bit cookie value; the registry keys it by its
 //! SHA-256, so the cookie itself is never stored. Each session has its own
 //! CSRF token that every form carries. Pages for people who are not signed
 //! in (sign-in, invitation) use a double-submit token instead: a random
 //! cookie whose value the form repeats. Both are compared in constant time.
 
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use askama::Template;
 use axum::Form;
 use axum::extract::{ConnectInfo, FromRequest, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use dashmap::DashMap;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
+use shimgate_host::clock;
+use shimgate_registry::{Bucket, ConsoleSession, Registry, SessionLimits};
 use subtle::ConstantTimeEq;
 
 use super::Peer;
 use super::{Actor, Console, render, see_other};
-use crate::ratelimit::RateLimit;
 
 pub const SESSION_COOKIE: &str = "sg_session";
 pub const FORM_COOKIE: &str = "sg_form";
@@ -30,8 +34,10 @@ pub const FORM_COOKIE: &str = "sg_form";
 const IDLE: Duration = Duration::from_secs(30 * 60);
 /// ... and after this long in any case.
 const LIFETIME: Duration = Duration::from_secs(12 * 3600);
-/// Sessions held at once; past that the oldest idle ones go first.
-const MAX_SESSIONS: usize = 10_000;
+const LIMITS: SessionLimits = SessionLimits {
+    idle: IDLE.as_secs() as i64,
+    lifetime: LIFETIME.as_secs() as i64,
+};
 
 /// A signed-in administrator.
 #[derive(Clone)]
@@ -41,10 +47,6 @@ pub struct Session {
     /// Signed in with a one-time password: every page leads to the password form until the
     /// admin has chosen a password.
     must_change: bool,
-    created: Instant,
-    last: Instant,
-    /// A message for the next page shown (the outcome of the last action).
-    flash: Option<Flash>,
 }
 
 /// The outcome of an action, shown once on the next page.
@@ -54,17 +56,18 @@ pub struct Flash {
     pub text: String,
 }
 
-#[derive(Default)]
+/// The sessions, in the registry.
 pub struct Sessions {
-    by_hash: DashMap<[u8; 32], Session>,
+    registry: Registry,
 }
 
 fn random_hex() -> String {
     hex::encode(rand::random::<[u8; 32]>())
 }
 
-fn key(cookie: &str) -> [u8; 32] {
-    Sha256::digest(cookie.as_bytes()).into()
+/// What the registry keys a session by: the SHA-256 of its cookie, in hex.
+fn key(cookie: &str) -> String {
+    hex::encode(Sha256::digest(cookie.as_bytes()))
 }
 
 /// The value of cookie `name` in the request, if any.
@@ -85,83 +88,130 @@ pub fn same(a: &str, b: &str) -> bool {
     !a.is_empty() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
 }
 
+/// Why a session could not be looked at: the registry did not answer.
+#[derive(Debug, thiserror::Error)]
+#[error("console sessions are in the registry, which did not answer: {0}")]
+pub struct SessionsUnavailable(#[from] shimgate_registry::Error);
+
 impl Sessions {
+    pub fn new(registry: Registry) -> Sessions {
+        Sessions { registry }
+    }
+
     /// Starts a session; returns the cookie value.
-    fn create(&self, admin: &str, must_change: bool) -> String {
-        if self.by_hash.len() >= MAX_SESSIONS {
-            let now = Instant::now();
-            self.by_hash
-                .retain(|_, s| now.duration_since(s.last) < IDLE / 4);
-        }
+    async fn create(&self, admin: &str, must_change: bool) -> Result<String, SessionsUnavailable> {
         let value = random_hex();
-        let now = Instant::now();
-        self.by_hash.insert(
-            key(&value),
-            Session {
-                admin: admin.to_owned(),
-                csrf: random_hex(),
-                must_change,
-                created: now,
-                last: now,
-                flash: None,
-            },
-        );
-        value
+        let session = ConsoleSession {
+            admin: admin.to_owned(),
+            csrf: random_hex(),
+            must_change,
+            flash: None,
+        };
+        self.registry
+            .create_console_session(&key(&value), &session, clock::now(), LIMITS)
+            .await?;
+        Ok(value)
     }
 
     /// The live session the request's cookie names, refreshed; takes its flash message.
-    fn get(&self, headers: &HeaderMap) -> Option<(Session, Option<Flash>)> {
-        let k = key(cookie(headers, SESSION_COOKIE)?);
-        let now = Instant::now();
-        let mut entry = self.by_hash.get_mut(&k)?;
-        let s = entry.value_mut();
-        if now.duration_since(s.last) > IDLE || now.duration_since(s.created) > LIFETIME {
-            drop(entry);
-            self.by_hash.remove(&k);
-            return None;
-        }
-        s.last = now;
-        let flash = s.flash.take();
-        Some((s.clone(), flash))
+    async fn get(
+        &self,
+        headers: &HeaderMap,
+    ) -> Result<Option<(Session, Option<Flash>)>, SessionsUnavailable> {
+        let Some(cookie) = cookie(headers, SESSION_COOKIE) else {
+            return Ok(None);
+        };
+        let stored = self
+            .registry
+            .console_session(&key(cookie), clock::now(), LIMITS)
+            .await?;
+        Ok(stored.map(|s| {
+            let flash = s.flash.map(|(ok, text)| Flash { ok, text });
+            let session = Session {
+                admin: s.admin,
+                csrf: s.csrf,
+                must_change: s.must_change,
+            };
+            (session, flash)
+        }))
     }
 
-    fn set_flash(&self, headers: &HeaderMap, flash: Flash) {
+    async fn set_flash(&self, headers: &HeaderMap, flash: &Flash) {
         if let Some(c) = cookie(headers, SESSION_COOKIE)
-            && let Some(mut s) = self.by_hash.get_mut(&key(c))
+            && let Err(e) = self
+                .registry
+                .set_console_flash(&key(c), flash.ok, &flash.text)
+                .await
         {
-            s.flash = Some(flash);
+            tracing::warn!(error = %e, "could not keep the outcome for the next console page");
         }
     }
 
-    fn password_changed(&self, headers: &HeaderMap) {
-        if let Some(c) = cookie(headers, SESSION_COOKIE)
-            && let Some(mut s) = self.by_hash.get_mut(&key(c))
-        {
-            s.must_change = false;
-        }
-    }
-
-    fn end(&self, headers: &HeaderMap) {
+    async fn password_changed(&self, headers: &HeaderMap) -> Result<(), SessionsUnavailable> {
         if let Some(c) = cookie(headers, SESSION_COOKIE) {
-            self.by_hash.remove(&key(c));
+            self.registry.console_password_changed(&key(c)).await?;
         }
+        Ok(())
+    }
+
+    async fn end(&self, headers: &HeaderMap) -> Result<(), SessionsUnavailable> {
+        if let Some(c) = cookie(headers, SESSION_COOKIE) {
+            self.registry.end_console_session(&key(c)).await?;
+        }
+        Ok(())
     }
 }
 
-/// Sign-in attempts: per source address and per admin name.
+/// Sign-in attempts (and current-password checks): per source address and per admin name,
+/// counted in the registry.
 pub struct Throttle {
-    by_addr: RateLimit,
-    by_name: RateLimit<String>,
+    registry: Registry,
 }
 
-impl Default for Throttle {
-    fn default() -> Throttle {
-        Throttle {
-            // An office behind one address signs in now and then; a guesser wants thousands.
-            by_addr: RateLimit::new(20, Duration::from_secs(3)),
-            by_name: RateLimit::new(5, Duration::from_secs(30)),
+/// An office behind one address signs in now and then; a guesser wants thousands.
+const BY_ADDR: Bucket = Bucket {
+    burst: 20.0,
+    every_ms: 3_000,
+};
+const BY_NAME: Bucket = Bucket {
+    burst: 5.0,
+    every_ms: 30_000,
+};
+
+impl Throttle {
+    pub fn new(registry: Registry) -> Throttle {
+        Throttle { registry }
+    }
+
+    /// Whether one more attempt from `addr` for admin `name` may go ahead; both buckets pay.
+    /// Refused when the registry does not answer (no attempt goes uncounted).
+    async fn allow(&self, addr: IpAddr, name: &str) -> bool {
+        let now = clock::now_ms();
+        let by_addr = self
+            .registry
+            .take_attempt(&format!("addr:{addr}"), BY_ADDR, now)
+            .await;
+        let by_name = self
+            .registry
+            .take_attempt(&format!("name:{}", echoed_name(name)), BY_NAME, now)
+            .await;
+        match (by_addr, by_name) {
+            (Ok(a), Ok(n)) => a && n,
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!(error = %e, "sign-in throttle unavailable: refusing the attempt");
+                false
+            }
         }
     }
+}
+
+/// The page for when the registry holding sessions does not answer.
+fn unavailable(e: &SessionsUnavailable) -> Response {
+    tracing::error!(error = %e, "console session lookup failed");
+    super::error_page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "The registry is unavailable, so sessions cannot be checked; try again shortly.",
+    )
 }
 
 /// What every signed-in page shows in its header.
@@ -174,20 +224,21 @@ pub struct Nav {
 impl Console {
     /// The signed-in admin of a page request, or where to send the browser instead.
     #[allow(clippy::result_large_err)] // the error is the response to send, on a cold path
-    pub(crate) fn page_session(&self, headers: &HeaderMap) -> Result<Nav, Response> {
-        match self.sessions.get(headers) {
-            Some((s, _)) if s.must_change => Err(see_other("/password")),
-            Some((s, flash)) => Ok(Nav {
+    pub(crate) async fn page_session(&self, headers: &HeaderMap) -> Result<Nav, Response> {
+        match self.sessions.get(headers).await {
+            Ok(Some((s, _))) if s.must_change => Err(see_other("/password")),
+            Ok(Some((s, flash))) => Ok(Nav {
                 admin: s.admin,
                 csrf: s.csrf,
                 flash,
             }),
-            None => Err(see_other("/login")),
+            Ok(None) => Err(see_other("/login")),
+            Err(e) => Err(unavailable(&e)),
         }
     }
 
     /// Shows `text` on the next page and sends the browser to `to`.
-    pub(crate) fn done(
+    pub(crate) async fn done(
         &self,
         headers: &HeaderMap,
         to: &str,
@@ -197,7 +248,7 @@ impl Console {
             Ok(text) => Flash { ok: true, text },
             Err(text) => Flash { ok: false, text },
         };
-        self.sessions.set_flash(headers, flash);
+        self.sessions.set_flash(headers, &flash).await;
         see_other(to)
     }
 
@@ -261,8 +312,10 @@ where
         let Form(form) = Form::<F>::from_request(Request::from_parts(parts, body), c)
             .await
             .map_err(IntoResponse::into_response)?;
-        let Some((session, _)) = c.sessions.get(&headers) else {
-            return Err(see_other("/login"));
+        let session = match c.sessions.get(&headers).await {
+            Ok(Some((session, _))) => session,
+            Ok(None) => return Err(see_other("/login")),
+            Err(e) => return Err(unavailable(&e)),
         };
         if session.must_change && !F::BEFORE_PASSWORD_CHANGE {
             return Err(see_other("/password"));
@@ -300,9 +353,10 @@ fn with_cookie(mut resp: Response, set: Option<HeaderValue>) -> Response {
 }
 
 pub async fn home(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
-    match c.sessions.get(&headers) {
-        Some(_) => see_other("/devices"),
-        None => see_other("/login"),
+    match c.sessions.get(&headers).await {
+        Ok(Some(_)) => see_other("/devices"),
+        Ok(None) => see_other("/login"),
+        Err(e) => unavailable(&e),
     }
 }
 
@@ -364,9 +418,7 @@ pub async fn login(
         );
     }
     let name = f.name.trim();
-    let by_addr = c.throttle.by_addr.allow(addr.ip());
-    let by_name = c.throttle.by_name.allow(echoed_name(name));
-    if !by_addr || !by_name {
+    if !c.throttle.allow(addr.ip(), name).await {
         tracing::warn!(%addr, "sign-in attempts throttled");
         metrics::counter!("shimgate_console_logins_total", "result" => "throttled").increment(1);
         return again(
@@ -395,8 +447,20 @@ pub async fn login(
     c.audit(&actor, "console.login", &admin.name, String::new())
         .await;
     // A fresh session id at every sign-in (no fixation).
-    c.sessions.end(&headers);
-    let value = c.sessions.create(&admin.name, admin.one_time);
+    let value = match c.sessions.end(&headers).await {
+        Ok(()) => c.sessions.create(&admin.name, admin.one_time).await,
+        Err(e) => Err(e),
+    };
+    let value = match value {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::error!(error = %e, "starting a console session failed");
+            return again(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The registry is unavailable; try again shortly.",
+            );
+        }
+    };
     let mut resp = see_other(if admin.one_time {
         "/password"
     } else {
@@ -441,9 +505,10 @@ fn password_view(
 }
 
 pub async fn password_page(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
-    match c.sessions.get(&headers) {
-        Some((s, flash)) => password_view(s, flash, StatusCode::OK, None),
-        None => see_other("/login"),
+    match c.sessions.get(&headers).await {
+        Ok(Some((s, flash))) => password_view(s, flash, StatusCode::OK, None),
+        Ok(None) => see_other("/login"),
+        Err(e) => unavailable(&e),
     }
 }
 
@@ -505,7 +570,7 @@ pub async fn change_password(
         return again(s, StatusCode::BAD_REQUEST, &msg);
     }
     // The current password is checked next: throttled like a sign-in.
-    if !c.throttle.by_addr.allow(who.addr.ip()) || !c.throttle.by_name.allow(s.admin.clone()) {
+    if !c.throttle.allow(who.addr.ip(), &s.admin).await {
         return again(
             s,
             StatusCode::TOO_MANY_REQUESTS,
@@ -541,8 +606,11 @@ pub async fn change_password(
     }
     c.audit(&who, "admin.password", &s.admin, String::new())
         .await;
-    c.sessions.password_changed(&headers);
+    if let Err(e) = c.sessions.password_changed(&headers).await {
+        return unavailable(&e);
+    }
     c.done(&headers, "/devices", Ok("Password changed.".to_owned()))
+        .await
 }
 
 /// The form of a button that only acts (sign out, revoke, cancel, remove): its CSRF token.
@@ -581,7 +649,9 @@ pub async fn logout(
     SignedIn { who, .. }: SignedIn<CsrfOnly>,
 ) -> Response {
     c.audit(&who, "console.logout", "", String::new()).await;
-    c.sessions.end(&headers);
+    if let Err(e) = c.sessions.end(&headers).await {
+        return unavailable(&e);
+    }
     let mut resp = see_other("/login");
     if let Ok(v) =
         HeaderValue::from_str(&format!("{SESSION_COOKIE}=; Max-Age=0{}", c.cookie_attrs()))

@@ -136,7 +136,7 @@ struct DevicesPage {
 }
 
 pub async fn page(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
-    let nav = match c.page_session(&headers) {
+    let nav = match c.page_session(&headers).await {
         Ok(n) => n,
         Err(r) => return r,
     };
@@ -183,7 +183,7 @@ fn gateway_of(d: &DeviceView) -> String {
 
 /// `GET /devices/state`: every device's state, for the signed-in devices page to poll.
 pub async fn states(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
-    if c.page_session(&headers).is_err() {
+    if c.page_session(&headers).await.is_err() {
         return (
             StatusCode::UNAUTHORIZED,
             Json(serde_json::json!({ "error": "not signed in" })),
@@ -228,7 +228,7 @@ pub async fn revoke_form(
             )
         })
         .map_err(|f| f.message);
-    c.done(&headers, "/devices", result)
+    c.done(&headers, "/devices", result).await
 }
 
 pub async fn enable_form(
@@ -242,7 +242,7 @@ pub async fn enable_form(
         .await
         .map(|d| format!("Device {} may connect again.", d.name))
         .map_err(|f| f.message);
-    c.done(&headers, "/devices", result)
+    c.done(&headers, "/devices", result).await
 }
 
 pub async fn approve_form(
@@ -256,7 +256,7 @@ pub async fn approve_form(
         .await
         .map(|d| format!("Device {} approved: it may connect.", d.name))
         .map_err(|f| f.message);
-    c.done(&headers, "/devices", result)
+    c.done(&headers, "/devices", result).await
 }
 
 /// The devices page's approval switch (`POST /settings/approval`).
@@ -294,7 +294,7 @@ pub async fn approval_form(
             }
         })
         .map_err(|f| f.message);
-    c.done(&headers, "/devices", result)
+    c.done(&headers, "/devices", result).await
 }
 
 impl Console {
@@ -341,7 +341,7 @@ pub async fn remove_from_group_form(
         .await
         .map(|()| format!("{user} removed from {group}."))
         .map_err(|f| f.message);
-    c.done(&headers, "/users", result)
+    c.done(&headers, "/users", result).await
 }
 
 struct UserLine {
@@ -359,7 +359,7 @@ struct UsersPage {
 }
 
 pub async fn users_page(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
-    let nav = match c.page_session(&headers) {
+    let nav = match c.page_session(&headers).await {
         Ok(n) => n,
         Err(r) => return r,
     };
@@ -416,5 +416,5 @@ pub async fn add_user_form(
         .await
         .map(|()| format!("User {name} saved."))
         .map_err(|f| f.message);
-    c.done(&headers, "/users", result)
+    c.done(&headers, "/users", result).await
 }

@@ -268,7 +268,7 @@ async fn admin_view(
 }
 
 pub async fn admin_page(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
-    match c.page_session(&headers) {
+    match c.page_session(&headers).await {
         Ok(nav) => admin_view(&c, nav, None, None).await,
         Err(r) => r,
     }
@@ -320,11 +320,11 @@ pub async fn create_invitation_form(
         .create_invitation(&who, f.invitee(), f.uses, &f.expires)
         .await
     {
-        Ok(inv) => match c.page_session(&headers) {
+        Ok(inv) => match c.page_session(&headers).await {
             Ok(nav) => admin_view(&c, nav, Some(inv.link), None).await,
             Err(r) => r,
         },
-        Err(e) => c.done(&headers, "/invitations", Err(e.message)),
+        Err(e) => c.done(&headers, "/invitations", Err(e.message)).await,
     }
 }
 
@@ -351,7 +351,7 @@ pub async fn create_token_form(
         .create_token(&who, f.user.trim(), f.uses, &f.expires)
         .await
     {
-        Ok(t) => match c.page_session(&headers) {
+        Ok(t) => match c.page_session(&headers).await {
             Ok(nav) => {
                 let view = CodeView {
                     qr_svg: qr_svg(&t.code),
@@ -363,7 +363,7 @@ pub async fn create_token_form(
             }
             Err(r) => r,
         },
-        Err(e) => c.done(&headers, "/invitations", Err(e.message)),
+        Err(e) => c.done(&headers, "/invitations", Err(e.message)).await,
     }
 }
 
@@ -378,7 +378,7 @@ pub async fn cancel_invitation_form(
         .await
         .map(|()| "Invitation cancelled.".to_owned())
         .map_err(|f| f.message);
-    c.done(&headers, "/invitations", result)
+    c.done(&headers, "/invitations", result).await
 }
 
 pub async fn cancel_token_form(
@@ -392,5 +392,5 @@ pub async fn cancel_token_form(
         .await
         .map(|()| "Enrollment code cancelled.".to_owned())
         .map_err(|f| f.message);
-    c.done(&headers, "/invitations", result)
+    c.done(&headers, "/invitations", result).await
 }

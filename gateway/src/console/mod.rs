@@ -2,9 +2,9 @@
 //! `/api/v1` JSON API, `/metrics`, `/healthz` and `/readyz`, served by axum next to the
 //! gateway (same process, same registry and cache).
 //!
-//! - [`auth`]: administrators' sessions (kept in memory: a restart signs everyone out, and
-//!   several gateways behind one address would each need their own sign-in), CSRF tokens,
-//!   sign-in throttling, and [`auth::SignedIn`], the extractor every admin form goes through.
+//! - [`auth`]: administrators' sessions (in the registry: a restart signs nobody out, and
+//!   several gateways behind one address share them), CSRF tokens, sign-in throttling (in the
+//!   registry too), and [`auth::SignedIn`], the extractor every admin form goes through.
 //! - [`devices`]: devices and users; [`invite`]: invitations and enrollment tokens, the admin
 //!   side (signed in); [`redeem`]: the public invitation page and its polling (not signed in);
 //!   [`policy`]: rules; [`audit`]: the audit log.
@@ -129,9 +129,9 @@ pub async fn start(
         .unwrap_or_else(|| format!("{scheme}://{local}"));
     self::metrics::install();
     let console = Arc::new(Console {
+        sessions: auth::Sessions::new(gw.registry.clone()),
+        throttle: auth::Throttle::new(gw.registry.clone()),
         gw,
-        sessions: auth::Sessions::default(),
-        throttle: auth::Throttle::default(),
         watches: redeem::Watches::default(),
         secure: opts.tls.is_some(),
         base_url: url.clone(),

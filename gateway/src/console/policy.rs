@@ -131,7 +131,7 @@ struct PolicyPage {
 }
 
 pub async fn page(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
-    let nav = match c.page_session(&headers) {
+    let nav = match c.page_session(&headers).await {
         Ok(n) => n,
         Err(r) => return r,
     };
@@ -181,7 +181,7 @@ pub async fn add_form(
         .await
         .map(|r| format!("Rule {} added.", r.id))
         .map_err(|f| f.message);
-    c.done(&headers, "/policy", result)
+    c.done(&headers, "/policy", result).await
 }
 
 pub async fn remove_form(
@@ -195,5 +195,5 @@ pub async fn remove_form(
         .await
         .map(|()| format!("Rule {id} removed."))
         .map_err(|f| f.message);
-    c.done(&headers, "/policy", result)
+    c.done(&headers, "/policy", result).await
 }

@@ -50,7 +50,7 @@ struct SessionsPage {
 }
 
 pub async fn page(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
-    let nav = match c.page_session(&headers) {
+    let nav = match c.page_session(&headers).await {
         Ok(n) => n,
         Err(r) => return r,
     };

@@ -13,6 +13,7 @@ mod api_tokens;
 mod audit;
 mod certs;
 mod connect;
+mod console_state;
 mod devices;
 mod invitations;
 mod rules;

@@ -180,6 +180,10 @@ struct ServeArgs {
     /// A label for this gateway in `gateway list` (a site or region, e.g. eu-west).
     #[arg(long, default_value = "")]
     region: String,
+    /// How long the gateway admits new tunnels and peer sessions without reaching the registry
+    /// (open ones go on): the longest a revocation can go unheard during a partition. 30s, 2m...
+    #[arg(long, default_value = "60s", value_parser = parse_lease)]
+    registry_lease: std::time::Duration,
     #[command(flatten)]
     console: ConsoleArgs,
 }
@@ -418,6 +422,7 @@ impl Cli {
                         enroll_attempts_per_token: args.enroll_attempts_per_token,
                     },
                     region: args.region.clone(),
+                    registry_lease: args.registry_lease,
                 };
                 let (gw, listener) = shimgate_gateway::start(&dir, registry, &options).await?;
                 if let Some(opts) = args.console.options() {
@@ -834,6 +839,16 @@ async fn policy(registry: &Registry, cmd: &PolicyCommand) -> anyhow::Result<()> 
         }
     }
     Ok(())
+}
+
+/// `--registry-lease`: a duration of at least one second (the heartbeat's period).
+fn parse_lease(s: &str) -> Result<std::time::Duration, String> {
+    let secs = clock::parse_duration(s)?;
+    u64::try_from(secs)
+        .ok()
+        .filter(|s| *s >= 1)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("{s}: the lease is at least 1s (gateways renew it every second)"))
 }
 
 #[cfg(test)]

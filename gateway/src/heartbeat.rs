@@ -13,15 +13,20 @@ use crate::setup::Gateway;
 /// How often a gateway beats.
 pub const EVERY: Duration = Duration::from_secs(1);
 
+/// The longest one beat may take.
+const BEAT_LIMIT: Duration = Duration::from_secs(3);
+
 /// Seconds without a heartbeat after which a gateway is shown down: a few missed beats, not
 /// one slow write.
 pub const DOWN_AFTER_SECS: i64 = 3;
 
-/// Beats until `stop`. A failed write is logged once until one succeeds again (the registry may
-/// be away; the gateway goes on serving).
+/// Beats until `stop`, renewing the registry lease with every beat the registry takes. A failed
+/// write is logged once until one succeeds again (the registry may be away; the gateway goes on
+/// serving), and so is the lease running out.
 pub async fn run(gw: Arc<Gateway>, stop: CancellationToken) {
     let mut starting = true;
     let mut failing = false;
+    let mut lapsed = false;
     let mut tick = tokio::time::interval(EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -29,11 +34,31 @@ pub async fn run(gw: Arc<Gateway>, stop: CancellationToken) {
             _ = tick.tick() => {}
             _ = stop.cancelled() => return,
         }
+        if !lapsed && !gw.lease.held() {
+            tracing::error!(
+                lease_secs = gw.lease.length().as_secs(),
+                "the registry has not answered for longer than the lease: refusing new tunnels, UDP associations and peer sessions until it does (open ones go on)"
+            );
+            lapsed = true;
+        }
         let beat = gw.heartbeat();
-        match gw.registry.gateway_heartbeat(&beat, starting).await {
+        // A registry behind a partition can hold a write for minutes: the next beat must come.
+        let wrote =
+            match tokio::time::timeout(BEAT_LIMIT, gw.registry.gateway_heartbeat(&beat, starting))
+                .await
+            {
+                Ok(w) => w.map_err(|e| e.to_string()),
+                Err(_) => Err(format!("no answer within {} s", BEAT_LIMIT.as_secs())),
+            };
+        match wrote {
             Ok(()) => {
+                gw.lease.renew();
                 if failing {
                     tracing::info!("heartbeat recorded again");
+                }
+                if lapsed {
+                    tracing::info!("the registry answers again: admitting new flows");
+                    lapsed = false;
                 }
                 starting = false;
                 failing = false;

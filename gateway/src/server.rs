@@ -60,6 +60,10 @@ impl Gateway {
         ));
         tokio::spawn(Arc::clone(&self.broker).sweep(Arc::clone(&self.cache), stop.clone()));
         tokio::spawn(crate::heartbeat::run(Arc::clone(&self), stop.clone()));
+        tokio::spawn(crate::servercert::keep_renewed(
+            Arc::clone(&self),
+            stop.clone(),
+        ));
         match listener
             .local_addr()
             .and_then(crate::udpchannel::Channels::bind)
@@ -120,6 +124,9 @@ impl Gateway {
     /// its place among the device's open ones (given back on drop), or the
     /// refusal.
     pub(crate) fn admit_tunnel(&self, who: &Identity) -> Result<Place<i64>, TunnelError> {
+        if !self.lease.held() {
+            return Err(TunnelError::RegistryLost);
+        }
         if !self.device_tunnels.allow(who.device_id) {
             self.refuse_over_limit(who, "tunnels_per_second", "serve --tunnels-per-second");
             return Err(TunnelError::OverLimit);
@@ -555,6 +562,9 @@ impl Gateway {
                 "malformed peer session request",
             );
         };
+        if !self.lease.held() {
+            return refuse(&mut respond, TunnelError::RegistryLost);
+        }
         if !self.device_peer_sessions.allow(who.device_id) {
             self.refuse_over_limit(
                 who,

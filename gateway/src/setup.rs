@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shimgate_host::files;
+use shimgate_host::{clock, files};
 use shimgate_registry::Registry;
 use shimgate_wire::code::EnrollmentCode;
 use tokio::net::TcpListener;
@@ -45,6 +45,8 @@ pub enum StartError {
     Registry(#[from] shimgate_registry::Error),
     #[error(transparent)]
     Tls(#[from] shimgate_wire::pki::TlsError),
+    #[error("the server certificate is due for renewal and could not be renewed: {0}")]
+    ServerCert(#[from] crate::servercert::RenewError),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: io::Error },
     #[error("gateway.toml: {0}")]
@@ -58,6 +60,9 @@ pub struct Gateway {
     pub(crate) registry: Registry,
     pub(crate) cache: Arc<Cache>,
     pub(crate) ca: Ca,
+    /// The data directory (the server certificate is renewed into it).
+    pub(crate) dir: DataDir,
+    pub(crate) server_cert: Arc<crate::servercert::ServerCert>,
     pub(crate) config: GatewayConfig,
     pub(crate) dialer: Dialer,
     pub(crate) tls: TlsAcceptor,
@@ -80,6 +85,7 @@ pub struct Gateway {
     pub(crate) device_connections: Cap<i64>,
     /// `serve --region`, for `gateway list`.
     pub(crate) region: String,
+    pub(crate) lease: crate::lease::Lease,
     /// New tunnels and UDP associations per device.
     pub(crate) device_tunnels: RateLimit<i64>,
     /// Peer session requests per device.
@@ -112,6 +118,8 @@ pub struct Options {
     pub limits: Limits,
     /// A label for this gateway in `gateway list` (a site, a region), or empty.
     pub region: String,
+    /// How long new flows are admitted without the registry ([`crate::lease`]).
+    pub registry_lease: Duration,
 }
 
 impl Default for Options {
@@ -122,6 +130,7 @@ impl Default for Options {
             max_connections: crate::server::MAX_CONNECTIONS,
             limits: Limits::default(),
             region: String::new(),
+            registry_lease: crate::lease::DEFAULT,
         }
     }
 }
@@ -229,7 +238,9 @@ pub async fn start(
     let cache = Arc::new(Cache::default());
     cache.reload(&registry).await?;
     registry.claim_vpn_range(config.vpn_range).await?;
-    let tls = crate::tls::server_config(dir, Arc::clone(&cache))?;
+    crate::servercert::renew_if_due(dir, &ca, &config, clock::now())?;
+    let server_cert = crate::servercert::ServerCert::load(dir)?;
+    let tls = crate::tls::server_config(dir, Arc::clone(&cache), Arc::clone(&server_cert))?;
     let listen = options.listen.unwrap_or(config.listen);
     let listener = TcpListener::bind(listen)
         .await
@@ -257,6 +268,8 @@ pub async fn start(
         registry,
         cache,
         ca,
+        dir: dir.clone(),
+        server_cert,
         dialer: Dialer::new(&aliases, own),
         config,
         tls: TlsAcceptor::from(tls),
@@ -270,6 +283,7 @@ pub async fn start(
         device_open: Cap::new(options.limits.open_per_device),
         device_connections: Cap::new(usize::MAX),
         region: options.region.clone(),
+        lease: crate::lease::Lease::new(options.registry_lease),
         device_tunnels: per_second(options.limits.tunnels_per_second),
         device_peer_sessions: per_second(options.limits.peer_sessions_per_second),
         device_datagrams: Arc::new(per_second(options.limits.datagrams_per_second)),

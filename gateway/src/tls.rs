@@ -87,7 +87,11 @@ impl ClientCertVerifier for DeviceVerifier {
     }
 }
 
-pub fn server_config(dir: &DataDir, cache: Arc<Cache>) -> Result<Arc<ServerConfig>, pki::TlsError> {
+pub fn server_config(
+    dir: &DataDir,
+    cache: Arc<Cache>,
+    cert: Arc<crate::servercert::ServerCert>,
+) -> Result<Arc<ServerConfig>, pki::TlsError> {
     let provider = pki::provider();
     let mut roots = RootCertStore::empty();
     for ca in pki::load_certs(&dir.ca_cert())? {
@@ -100,10 +104,7 @@ pub fn server_config(dir: &DataDir, cache: Arc<Cache>) -> Result<Arc<ServerConfi
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(
-            pki::load_certs(&dir.server_cert())?,
-            pki::load_key(&dir.server_key())?,
-        )?;
+        .with_cert_resolver(cert);
     config.session_storage = Arc::new(NoServerSessionStorage {});
     config.send_tls13_tickets = 0;
     config.alpn_protocols = vec![b"h2".to_vec()];

@@ -59,6 +59,7 @@ impl ClientSessionStore for CountingStore {
 
 struct Fixture {
     _tmp: tempfile::TempDir,
+    gw_dir: DataDir,
     registry: Registry,
     device: ConfigDir,
     addr: String,
@@ -70,6 +71,15 @@ async fn gateway_with_enrolled_device() -> Fixture {
 }
 
 async fn gateway_with_limits(limits: shimgate_gateway::setup::Limits) -> Fixture {
+    gateway_with(limits, |_| {}).await
+}
+
+/// A gateway (with `limits`, and `before_start` done to its data dir between
+/// `init` and `start`) and a device enrolled at it.
+async fn gateway_with(
+    limits: shimgate_gateway::setup::Limits,
+    before_start: impl FnOnce(&DataDir),
+) -> Fixture {
     let tmp = tempfile::tempdir().unwrap();
     let dir = DataDir::new(tmp.path().join("gw"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -82,6 +92,7 @@ async fn gateway_with_limits(limits: shimgate_gateway::setup::Limits) -> Fixture
         .unwrap();
     registry.migrate().await.unwrap();
     registry.ensure_user("alice").await.unwrap();
+    before_start(&dir);
     let token = registry
         .create_token(NewToken {
             user: "alice".into(),
@@ -126,6 +137,7 @@ async fn gateway_with_limits(limits: shimgate_gateway::setup::Limits) -> Fixture
     .unwrap();
     Fixture {
         _tmp: tmp,
+        gw_dir: dir,
         registry,
         device,
         addr: listen.to_string(),
@@ -424,4 +436,51 @@ async fn enroll_attempt(dir: &std::path::Path, code: &EnrollmentCode) -> (u16, S
 fn rand_suffix() -> u64 {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     NEXT.fetch_add(1, Ordering::SeqCst) as u64
+}
+
+/// A gateway whose server certificate is two thirds through its lifetime
+/// renews it as it starts: a fresh one, from the same CA (the device pins the
+/// CA, so it enrolls and tunnels as before), valid for two years again.
+#[tokio::test]
+async fn an_aging_server_certificate_is_renewed() {
+    let day = 24 * 3600;
+    let f = gateway_with(Default::default(), |dir| {
+        // What `init` issued, but made 100 days ago and good for one more day.
+        let ca_key =
+            rcgen::KeyPair::from_pem(&std::fs::read_to_string(dir.ca_key()).unwrap()).unwrap();
+        let issuer = rcgen::Issuer::from_ca_cert_pem(
+            &std::fs::read_to_string(dir.ca_cert()).unwrap(),
+            ca_key,
+        )
+        .unwrap();
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                .unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::days(100);
+        params.not_after = now + time::Duration::days(1);
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        std::fs::write(dir.server_cert(), cert.pem()).unwrap();
+        std::fs::write(dir.server_key(), key.serialize_pem()).unwrap();
+        let (_, not_after) = shimgate_wire::pki::validity(&dir.server_cert()).unwrap();
+        assert!(
+            not_after - clock::now() < 2 * day,
+            "the aged certificate is in place"
+        );
+    })
+    .await;
+    let (_, not_after) = shimgate_wire::pki::validity(&f.gw_dir.server_cert()).unwrap();
+    assert!(
+        not_after - clock::now() > 700 * day,
+        "renewed to two years, not {} days",
+        (not_after - clock::now()) / day
+    );
+    // The device enrolled through the renewed certificate; it tunnels too.
+    let tls = shimgate_proxy::tls::device(&f.device).unwrap();
+    let name = shimgate_proxy::tls::server_name("localhost").unwrap();
+    client::connect_device(&f.addr, name, tls)
+        .await
+        .expect("a device connects to the renewed certificate");
+    f.stop.cancel();
 }

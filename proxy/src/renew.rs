@@ -14,7 +14,6 @@ use shimgate_host::clock;
 use shimgate_wire::enroll::{RENEW_PATH, RenewRequest, RenewResponse};
 use shimgate_wire::pki;
 use tokio_util::sync::CancellationToken;
-use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::config::ConfigDir;
 use crate::pool::Pool;
@@ -24,8 +23,6 @@ const RETRY: Duration = Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RenewError {
-    #[error("reading the device certificate: {0}")]
-    Read(String),
     #[error(transparent)]
     Gateway(#[from] crate::client::ClientError),
     #[error("making the key pair: {0}")]
@@ -34,24 +31,6 @@ pub enum RenewError {
     Save(#[from] std::io::Error),
     #[error(transparent)]
     Tls(#[from] shimgate_wire::pki::TlsError),
-}
-
-/// (not_before, not_after) of the stored device certificate.
-pub fn validity(dir: &ConfigDir) -> Result<(i64, i64), RenewError> {
-    let certs = pki::load_certs(&dir.cert()).map_err(|e| RenewError::Read(e.to_string()))?;
-    let der = certs
-        .first()
-        .ok_or_else(|| RenewError::Read("no certificate".into()))?;
-    let (_, cert) = X509Certificate::from_der(der).map_err(|e| RenewError::Read(e.to_string()))?;
-    Ok((
-        cert.validity().not_before.timestamp(),
-        cert.validity().not_after.timestamp(),
-    ))
-}
-
-/// When to renew: two thirds into the lifetime.
-pub fn renew_at(not_before: i64, not_after: i64) -> i64 {
-    not_before + (not_after - not_before) * 2 / 3
 }
 
 pub async fn renew_once(dir: &ConfigDir, pool: &Pool) -> Result<i64, RenewError> {
@@ -71,8 +50,8 @@ pub async fn renew_once(dir: &ConfigDir, pool: &Pool) -> Result<i64, RenewError>
 /// Renews whenever due, until `stop` fires.
 pub async fn keep_renewed(dir: ConfigDir, pool: Arc<Pool>, stop: CancellationToken) {
     loop {
-        let wait = match validity(&dir) {
-            Ok((nb, na)) => (renew_at(nb, na) - clock::now()).max(0) as u64,
+        let wait = match pki::validity(&dir.cert()) {
+            Ok((nb, na)) => (pki::renew_at(nb, na) - clock::now()).max(0) as u64,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the device certificate");
                 RETRY.as_secs()
@@ -97,16 +76,5 @@ pub async fn keep_renewed(dir: ConfigDir, pool: Arc<Pool>, stop: CancellationTok
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn renews_at_two_thirds() {
-        assert_eq!(renew_at(0, 30), 20);
-        assert_eq!(renew_at(1000, 1000 + 30 * 86400), 1000 + 20 * 86400);
     }
 }

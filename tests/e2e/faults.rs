@@ -348,3 +348,127 @@ fn peer_links_outlive_the_gateway_and_a_lost_peer_is_noticed() {
         },
     );
 }
+
+/// Drops every packet to and from a TCP port on this host (nftables, output
+/// hook, which loopback traffic crosses both ways) while it lives: a
+/// partition, where connections hang instead of being refused.
+struct Partition {
+    table: String,
+}
+
+impl Partition {
+    fn port(port: u16) -> Partition {
+        let table = format!("sg_partition_{}_{port}", std::process::id());
+        // Made first, so that a failure below still deletes what was added.
+        let partition = Partition { table };
+        let t = &partition.table;
+        for command in [
+            format!("add table inet {t}"),
+            format!("add chain inet {t} out {{ type filter hook output priority 0; }}"),
+            format!("add rule inet {t} out tcp dport {port} drop"),
+            format!("add rule inet {t} out tcp sport {port} drop"),
+        ] {
+            let mut cmd = std::process::Command::new("nft");
+            cmd.arg(&command);
+            crate::harness::proc::run(&mut cmd, Duration::from_secs(20)).expect_ok();
+        }
+        partition
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("nft")
+            .args(["delete", "table", "inet", &self.table])
+            .status();
+    }
+}
+
+/// A gateway cut off from Postgres (packets dropped, not refused) keeps its open tunnels and
+/// admits new ones for its registry lease (here 3 s), then refuses them (SOCKS 0x01, the
+/// gateway says why) until Postgres is reachable again, when new tunnels work with no step.
+#[test]
+fn a_partitioned_gateway_holds_its_lease_then_refuses_new_tunnels() {
+    if !crate::harness::netns::require_root("faults::a_partitioned_gateway_holds_its_lease") {
+        return;
+    }
+    let db = Database::own_server();
+    let pg_port = db
+        .url
+        .as_deref()
+        .and_then(|u| u.rsplit(':').next())
+        .and_then(|p| p.split('/').next())
+        .and_then(|p| p.parse::<u16>().ok())
+        .expect("the port of the test's own Postgres");
+    let mut gw = Gateway::init_on(db, GatewaySpec::localhost());
+    gw.allow("127.0.0.1/32", &[]);
+    gw.serve_args(&["--console", "off", "--registry-lease", "3s"]);
+    let dev = Device::enrolled_up(&gw, "alice", "laptop");
+    let stream = Origin::start(
+        V4,
+        Mode::Stream {
+            chunk: 1024,
+            every: Duration::from_millis(5),
+        },
+    );
+    let mut live = crate::revoke::flowing(&dev, stream.port());
+    let code = gw.token("bob");
+
+    let cut = Partition::port(pg_port);
+    let since = Instant::now();
+    let mut early = connect_ok(dev.socks, V4, stream.port());
+    keeps_flowing(&mut early, 1024, "a tunnel opened inside the lease");
+    let refused = poll(
+        "new tunnels to be refused once the lease ran out",
+        Duration::from_secs(15),
+        Duration::from_millis(100),
+        || match crate::harness::socks::connect(dev.socks, V4, stream.port()) {
+            Ok((code, _)) if code != crate::harness::socks::SUCCEEDED => Some(code),
+            _ => None,
+        },
+    );
+    let after = since.elapsed();
+    eprintln!("[e2e] new tunnels refused {after:?} after the partition began");
+    assert_eq!(refused, crate::harness::socks::GENERAL_FAILURE);
+    // The lease counts from the last beat the registry took, up to a second
+    // before the partition.
+    assert!(
+        after >= Duration::from_millis(1_500),
+        "refused after {after:?}, before a 3 s lease could have run out"
+    );
+    keeps_flowing(&mut live, 4096, "the tunnel opened before the partition");
+    keeps_flowing(&mut early, 4096, "the tunnel opened inside the lease");
+    let t = Instant::now();
+    let out = Device::new("late").enroll(&code);
+    eprintln!(
+        "[e2e] enrollment during the partition: {:?}: {out}",
+        t.elapsed()
+    );
+    assert!(!out.ok(), "{out}");
+    assert!(out.stderr.contains("registry is unavailable"), "{out}");
+    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+    poll(
+        "the gateway to say why",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || gw.logs().contains("longer than the lease").then_some(()),
+    );
+
+    drop(cut);
+    let back = Instant::now();
+    poll(
+        "new tunnels to work again once Postgres is reachable",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || {
+            crate::harness::socks::connect(dev.socks, V4, stream.port())
+                .ok()
+                .filter(|(code, _)| *code == crate::harness::socks::SUCCEEDED)
+        },
+    );
+    eprintln!(
+        "[e2e] new tunnels admitted {:?} after the partition healed",
+        back.elapsed()
+    );
+    keeps_flowing(&mut live, 4096, "the tunnel opened before the partition");
+}

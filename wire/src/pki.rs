@@ -17,6 +17,31 @@ pub enum PkiError {
     },
     #[error("{what} in {path} is not valid PEM")]
     Pem { what: &'static str, path: String },
+    #[error("the certificate in {path} cannot be read: {reason}")]
+    Certificate { path: String, reason: String },
+}
+
+/// (not_before, not_after), unix seconds, of the first certificate in the
+/// PEM file at `path` (the end-entity one of a chain).
+pub fn validity(path: &Path) -> Result<(i64, i64), PkiError> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let bad = |reason: String| PkiError::Certificate {
+        path: path.display().to_string(),
+        reason,
+    };
+    let certs = load_certs(path)?;
+    let der = certs.first().ok_or_else(|| bad("no certificate".into()))?;
+    let (_, cert) = X509Certificate::from_der(der).map_err(|e| bad(e.to_string()))?;
+    Ok((
+        cert.validity().not_before.timestamp(),
+        cert.validity().not_after.timestamp(),
+    ))
+}
+
+/// When a certificate valid from `not_before` to `not_after` is renewed:
+/// two thirds into its lifetime (devices' and the gateway's own alike).
+pub fn renew_at(not_before: i64, not_after: i64) -> i64 {
+    not_before + (not_after - not_before) * 2 / 3
 }
 
 /// Why a TLS configuration could not be built (either side).
@@ -95,6 +120,12 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, PkiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn renews_at_two_thirds() {
+        assert_eq!(renew_at(0, 30), 20);
+        assert_eq!(renew_at(1000, 1000 + 30 * 86400), 1000 + 20 * 86400);
+    }
 
     #[test]
     fn hex_round_trip() {

@@ -36,12 +36,16 @@ pub enum TunnelError {
     /// tunnels or peer sessions per second): 0x02, as the limits are part of
     /// the gateway's rules.
     OverLimit,
+    /// The gateway has not reached its registry for longer than its lease,
+    /// so it cannot know about revocations and policy changes: it refuses
+    /// new flows until the registry answers again.
+    RegistryLost,
     /// Anything else (the gateway's own trouble, a malformed request).
     General,
 }
 
 impl TunnelError {
-    pub const ALL: [TunnelError; 9] = [
+    pub const ALL: [TunnelError; 10] = [
         TunnelError::NotAllowed,
         TunnelError::NetworkUnreachable,
         TunnelError::HostUnreachable,
@@ -50,13 +54,14 @@ impl TunnelError {
         TunnelError::TimedOut,
         TunnelError::AddressNotSupported,
         TunnelError::OverLimit,
+        TunnelError::RegistryLost,
         TunnelError::General,
     ];
 
     /// The SOCKS5 reply code (RFC 1928 §6).
     pub fn socks_reply(self) -> u8 {
         match self {
-            TunnelError::General => 0x01,
+            TunnelError::General | TunnelError::RegistryLost => 0x01,
             TunnelError::NotAllowed | TunnelError::OverLimit => 0x02,
             TunnelError::NetworkUnreachable => 0x03,
             TunnelError::HostUnreachable | TunnelError::UnknownName => 0x04,
@@ -73,6 +78,7 @@ impl TunnelError {
             TunnelError::AddressNotSupported => StatusCode::BAD_REQUEST,
             TunnelError::TimedOut => StatusCode::GATEWAY_TIMEOUT,
             TunnelError::General => StatusCode::INTERNAL_SERVER_ERROR,
+            TunnelError::RegistryLost => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_GATEWAY,
         }
     }
@@ -87,6 +93,7 @@ impl TunnelError {
             TunnelError::TimedOut => "timed-out",
             TunnelError::AddressNotSupported => "address-not-supported",
             TunnelError::OverLimit => "over-limit",
+            TunnelError::RegistryLost => "registry-lost",
             TunnelError::General => "general",
         }
     }
@@ -102,6 +109,7 @@ impl TunnelError {
             TunnelError::TimedOut => libc::ETIMEDOUT,
             TunnelError::AddressNotSupported => libc::EAFNOSUPPORT,
             TunnelError::OverLimit => libc::ECONNREFUSED,
+            TunnelError::RegistryLost => libc::ENETDOWN,
             TunnelError::General => libc::ECONNABORTED,
         }
     }
@@ -163,6 +171,9 @@ impl fmt::Display for TunnelError {
             TunnelError::TimedOut => "timed out",
             TunnelError::AddressNotSupported => "address type not supported",
             TunnelError::OverLimit => "over this device's limit",
+            TunnelError::RegistryLost => {
+                "the gateway has lost its registry (past its lease: no new connections until it is back)"
+            }
             TunnelError::General => "general failure",
         })
     }
@@ -188,7 +199,7 @@ mod tests {
         let codes: Vec<u8> = TunnelError::ALL.iter().map(|e| e.socks_reply()).collect();
         assert_eq!(
             codes,
-            [0x02, 0x03, 0x04, 0x04, 0x05, 0x06, 0x08, 0x02, 0x01]
+            [0x02, 0x03, 0x04, 0x04, 0x05, 0x06, 0x08, 0x02, 0x01, 0x01]
         );
     }
 

@@ -75,17 +75,7 @@ if ! command -v valgrind >/dev/null || ! command -v callgrind_control >/dev/null
     DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq --no-install-recommends valgrind >&2
 fi
 
-TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-[[ "$TARGET_DIR" == /* ]] || TARGET_DIR="$ROOT/$TARGET_DIR"
-BIN="$TARGET_DIR/release"
-SGBENCH="$BIN/sgbench"
-if ((!SKIP_BUILD)); then
-    log "cargo build --release -p shimgate-cli -p shimgate-tests"
-    fg_run cargo build --release -p shimgate-cli -p shimgate-tests
-fi
-for b in shimgate shimgate-gateway sgbench; do
-    [[ -x "$BIN/$b" ]] || { echo "cost.sh: $BIN/$b not built" >&2; exit 1; }
-done
+release_binaries shimgate shimgate-gateway sgbench
 
 # Under callgrind with counting off, a process runs several times slower.
 CALLGRIND=(valgrind --tool=callgrind --instr-atstart=no --vgdb=yes)

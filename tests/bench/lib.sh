@@ -101,6 +101,26 @@ show_log() {
     done
 }
 
+# Sets BIN (target/release, under CARGO_TARGET_DIR when set) and SGBENCH;
+# unless SKIP_BUILD=1 builds `-p shimgate-cli -p shimgate-tests` (the whole
+# workspace when the first argument is --workspace: the preload library
+# too) in release; then exits unless every file named (in BIN) is there.
+release_binaries() {
+    local what=(-p shimgate-cli -p shimgate-tests) f
+    if [[ "${1:-}" == --workspace ]]; then what=(--workspace); shift; fi
+    TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+    [[ "$TARGET_DIR" == /* ]] || TARGET_DIR="$ROOT/$TARGET_DIR"
+    BIN="$TARGET_DIR/release"
+    SGBENCH="$BIN/sgbench"
+    if ((!SKIP_BUILD)); then
+        echo "== cargo build --release ${what[*]}" >&2
+        fg_run cargo build --release "${what[@]}"
+    fi
+    for f in "$@"; do
+        [[ -e "$BIN/$f" ]] || { echo "${0##*/}: $BIN/$f is missing (build, or drop --skip-build)" >&2; exit 1; }
+    done
+}
+
 # Records why the current path failed and shows the given logs.
 FAIL_MSG=""
 fail() {

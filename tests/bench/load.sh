@@ -96,17 +96,7 @@ if [[ "$(ulimit -n)" != unlimited ]] && (($(ulimit -n) < FDS_NEEDED)); then
 fi
 log "open file limit $(ulimit -n)"
 
-TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-[[ "$TARGET_DIR" == /* ]] || TARGET_DIR="$ROOT/$TARGET_DIR"
-BIN="$TARGET_DIR/release"
-SGBENCH="$BIN/sgbench"
-if ((!SKIP_BUILD)); then
-    log "cargo build --release -p shimgate-cli -p shimgate-tests"
-    fg_run cargo build --release -p shimgate-cli -p shimgate-tests
-fi
-for b in sgbench shimgate shimgate-gateway; do
-    [[ -x "$BIN/$b" ]] || { echo "load.sh: $BIN/$b not built" >&2; exit 1; }
-done
+release_binaries sgbench shimgate shimgate-gateway
 
 # One h2 connection carries at most MAX_STREAMS (wire/src/h2tuning.rs) tunnels.
 MAX_STREAMS=$(sed -n 's/^pub const MAX_STREAMS: u32 = \([0-9_]*\);.*/\1/p' wire/src/h2tuning.rs | tr -d _)

@@ -191,19 +191,9 @@ cleanup_extra() {
 on_exit_finish_run
 
 # ------------------------------------------------------------ build
-TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-[[ "$TARGET_DIR" == /* ]] || TARGET_DIR="$ROOT/$TARGET_DIR"
-BIN="$TARGET_DIR/release"
-if ((!SKIP_BUILD)); then
-    # The whole workspace: the binaries, the preload library and sgbench.
-    log "cargo build --release --workspace"
-    fg_run cargo build --release --workspace
-fi
+# The whole workspace: the binaries, the preload library and sgbench.
+release_binaries --workspace shimgate shimgate-gateway libshimgate_preload.so sgbench
 SG="$BIN/shimgate"
-SGBENCH="$BIN/sgbench"
-for f in "$SG" "$BIN/shimgate-gateway" "$BIN/libshimgate_preload.so" "$SGBENCH"; do
-    [[ -e "$f" ]] || { echo "shim.sh: $f is missing (build, or drop --skip-build)" >&2; exit 1; }
-done
 CURL="$(command -v curl)"
 
 find_shadowsocks

@@ -88,18 +88,8 @@ on_exit_finish_run
 
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-[[ "$TARGET_DIR" == /* ]] || TARGET_DIR="$ROOT/$TARGET_DIR"
-BIN="$TARGET_DIR/release"
-SGBENCH="$BIN/sgbench"
+release_binaries sgbench shimgate shimgate-gateway
 SG="$BIN/shimgate"
-if ((!SKIP_BUILD)); then
-    log "cargo build --release -p shimgate-cli -p shimgate-tests"
-    fg_run cargo build --release -p shimgate-cli -p shimgate-tests
-fi
-for b in sgbench shimgate shimgate-gateway; do
-    [[ -x "$BIN/$b" ]] || { echo "soak.sh: $BIN/$b not built" >&2; exit 1; }
-done
 
 # Removes a pid from PIDS (it was stopped).
 forget_pid() {

@@ -534,6 +534,7 @@ async fn audit(
             target: target.into(),
             source_addr: None,
             detail,
+            gateway: None,
         })
         .await?;
     Ok(())
@@ -772,7 +773,7 @@ async fn show_audit(
             println!("{}", serde_json::to_string(r)?);
         } else {
             println!(
-                "{}  {:<20} {:<18} {:<24} {}{}",
+                "{}  {:<20} {:<18} {:<24} {}{}{}",
                 clock::show(r.at),
                 r.actor,
                 r.action,
@@ -781,6 +782,10 @@ async fn show_audit(
                 r.source_addr
                     .as_deref()
                     .map(|a| format!(" (from {a})"))
+                    .unwrap_or_default(),
+                r.gateway
+                    .as_deref()
+                    .map(|g| format!(" via {g}"))
                     .unwrap_or_default()
             );
         }

@@ -34,6 +34,8 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 
 pub struct AuditLog {
     tx: mpsc::Sender<NewAudit>,
+    /// This gateway's name, which every entry carries.
+    gateway: String,
     /// Queued and not yet committed: in the buffer, or in the batch being
     /// written (which has left the buffer).
     unwritten: Arc<AtomicUsize>,
@@ -41,21 +43,23 @@ pub struct AuditLog {
 }
 
 impl AuditLog {
-    /// Starts the writer; it runs until the `AuditLog` is dropped and its
-    /// buffer is empty.
-    pub fn start(registry: Registry) -> AuditLog {
+    /// Starts the writer for gateway `gateway`; it runs until the `AuditLog`
+    /// is dropped and its buffer is empty.
+    pub fn start(registry: Registry, gateway: &str) -> AuditLog {
         let (tx, rx) = mpsc::channel(BUFFER);
         let unwritten = Arc::new(AtomicUsize::new(0));
         tokio::spawn(writer(registry, rx, Arc::clone(&unwritten)));
         AuditLog {
             tx,
+            gateway: gateway.to_owned(),
             unwritten,
             dropped: AtomicU64::new(0),
         }
     }
 
-    /// Queues an entry; never waits.
-    pub fn record(&self, entry: NewAudit) {
+    /// Queues an entry, as this gateway's; never waits.
+    pub fn record(&self, mut entry: NewAudit) {
+        entry.gateway = Some(self.gateway.clone());
         // Counted before it is queued, so the writer never subtracts first.
         self.unwritten.fetch_add(1, Ordering::SeqCst);
         if self.tx.try_send(entry).is_err() {
@@ -88,6 +92,19 @@ impl AuditLog {
                 left,
                 "stopping with audit entries the registry has not taken"
             );
+        }
+    }
+}
+
+impl crate::setup::Gateway {
+    /// Writes an entry at once, as this gateway's: for admin actions and enrollments, rare, and
+    /// whose entry should be in place when the answer goes out. A failure is logged, not fatal
+    /// to the action already done.
+    pub(crate) async fn audit_now(&self, mut entry: NewAudit) {
+        entry.gateway = Some(self.name().to_owned());
+        let action = entry.action.clone();
+        if let Err(e) = self.registry.audit(entry).await {
+            tracing::warn!(error = %e, action, "could not write the audit entry");
         }
     }
 }
@@ -125,6 +142,7 @@ impl Flow<'_> {
                 self.moved,
                 self.started.elapsed().as_secs_f64()
             ),
+            gateway: None,
         }
     }
 }
@@ -177,6 +195,7 @@ mod tests {
             target: format!("t{i}"),
             source_addr: None,
             detail: String::new(),
+            gateway: None,
         }
     }
 
@@ -186,7 +205,7 @@ mod tests {
         let url = dir.path().join("r.db").display().to_string();
         let registry = Registry::connect(&url).await.unwrap();
         registry.migrate().await.unwrap();
-        let log = AuditLog::start(registry.clone());
+        let log = AuditLog::start(registry.clone(), "gw-a.test");
         for i in 0..50 {
             log.record(entry(i));
         }
@@ -196,5 +215,10 @@ mod tests {
         let targets: Vec<String> = rows.iter().rev().map(|r| r.target.clone()).collect();
         let expected: Vec<String> = (0..50).map(|i| format!("t{i}")).collect();
         assert_eq!(targets, expected);
+        assert!(
+            rows.iter()
+                .all(|r| r.gateway.as_deref() == Some("gw-a.test")),
+            "every entry names the gateway that wrote it"
+        );
     }
 }

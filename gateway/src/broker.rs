@@ -544,5 +544,6 @@ fn audit(
         target,
         source_addr: source.map(|s| s.to_string()),
         detail,
+        gateway: None,
     });
 }

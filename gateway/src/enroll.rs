@@ -296,8 +296,7 @@ async fn audit(
         target: target.to_owned(),
         source_addr: Some(peer.to_string()),
         detail: detail.to_owned(),
+        gateway: None,
     };
-    if let Err(e) = gw.registry.audit(entry).await {
-        tracing::warn!(error = %e, action, "could not write the audit entry");
-    }
+    gw.audit_now(entry).await;
 }

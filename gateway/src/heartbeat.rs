@@ -73,13 +73,11 @@ pub async fn run(gw: Arc<Gateway>, stop: CancellationToken) {
 }
 
 impl Gateway {
-    /// This gateway's name in the registry: the first name of its certificate (`init --name`),
-    /// else its public address.
+    /// This gateway's name in the registry ([`GatewayConfig::name`]).
+    ///
+    /// [`GatewayConfig::name`]: crate::paths::GatewayConfig::name
     pub(crate) fn name(&self) -> &str {
-        self.config
-            .names
-            .first()
-            .unwrap_or(&self.config.public_addr)
+        self.config.name()
     }
 
     /// What this gateway says about itself now.

@@ -88,6 +88,12 @@ fn default_vpn_domain() -> String {
 }
 
 impl GatewayConfig {
+    /// This gateway's name in the registry (`gateway list`, audit entries): the first name of
+    /// its certificate (`init --name`), else its public address.
+    pub fn name(&self) -> &str {
+        self.names.first().unwrap_or(&self.public_addr)
+    }
+
     /// A gateway on this machine only, dialled at `listen` (the demo, tests).
     pub fn local(listen: SocketAddr) -> GatewayConfig {
         GatewayConfig {

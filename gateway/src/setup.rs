@@ -259,7 +259,7 @@ pub async fn start(
         .collect::<Result<_, _>>()?;
     aliases.extend_from_slice(&options.aliases);
     tracing::info!(addr = %own, backend = ?registry.backend(), "gateway listening");
-    let audit = crate::auditlog::AuditLog::start(registry.clone());
+    let audit = crate::auditlog::AuditLog::start(registry.clone(), config.name());
     let broker = Arc::new(Broker::new(&config.vpn_domain, own, audit));
     let gw = Gateway {
         broker,

@@ -19,6 +19,9 @@ pub struct NewAudit {
     pub source_addr: Option<String>,
     /// Free text. Never put secrets here.
     pub detail: String,
+    /// The gateway that wrote it (its name in `gateway list`); `None` for an
+    /// admin command run against the registry directly.
+    pub gateway: Option<String>,
 }
 
 /// A stored audit entry.
@@ -31,18 +34,19 @@ pub struct AuditRow {
     pub target: String,
     pub source_addr: Option<String>,
     pub detail: String,
+    pub gateway: Option<String>,
 }
 
-/// Rows in one `INSERT` at most: 6 parameters each stays far below SQLite's
+/// Rows in one `INSERT` at most: 7 parameters each stays far below SQLite's
 /// (32,766) and Postgres's (65,535) limits on parameters per statement.
 const AUDIT_ROWS_PER_INSERT: usize = 256;
 
-/// `INSERT … VALUES ($1, …, $6), ($7, …)` for `rows` entries. Only
+/// `INSERT … VALUES ($1, …, $7), ($8, …)` for `rows` entries. Only
 /// placeholders vary: no entry's text is ever part of the SQL.
 fn insert_sql(rows: usize) -> String {
-    const COLUMNS: usize = 6;
+    const COLUMNS: usize = 7;
     let mut sql = String::from(
-        "INSERT INTO audit_log (at, actor, action, target, source_addr, detail) VALUES ",
+        "INSERT INTO audit_log (at, actor, action, target, source_addr, detail, gateway) VALUES ",
     );
     for row in 0..rows {
         if row > 0 {
@@ -77,7 +81,8 @@ impl Registry {
                     .bind(e.action.as_str())
                     .bind(e.target.as_str())
                     .bind(e.source_addr.as_deref())
-                    .bind(e.detail.as_str());
+                    .bind(e.detail.as_str())
+                    .bind(e.gateway.as_deref());
             }
             q.execute(&mut *tx).await?;
         }
@@ -93,7 +98,7 @@ impl Registry {
     /// The newest `limit` entries (by time, then insertion order), newest first.
     pub async fn list_audit(&self, limit: i64) -> Result<Vec<AuditRow>> {
         let rows = sqlx::query(
-            "SELECT id, at, actor, action, target, source_addr, detail FROM audit_log \
+            "SELECT id, at, actor, action, target, source_addr, detail, gateway FROM audit_log \
              ORDER BY at DESC, id DESC LIMIT $1",
         )
         .bind(limit.max(0))
@@ -106,7 +111,7 @@ impl Registry {
     pub async fn search_audit(&self, q: &AuditQuery) -> Result<Vec<AuditRow>> {
         // Fixed SQL: an empty filter matches everything.
         let rows = sqlx::query(
-            "SELECT id, at, actor, action, target, source_addr, detail FROM audit_log \
+            "SELECT id, at, actor, action, target, source_addr, detail, gateway FROM audit_log \
              WHERE ($1 = '' OR actor = $1) \
                AND ($2 = '' OR action = $2 OR action LIKE $3 ESCAPE '\\') \
                AND ($4 = '' OR target = $4) \
@@ -151,5 +156,6 @@ fn row_to_audit(row: &sqlx::any::AnyRow) -> Result<AuditRow> {
         target: row.try_get("target")?,
         source_addr: row.try_get("source_addr")?,
         detail: row.try_get("detail")?,
+        gateway: row.try_get("gateway")?,
     })
 }

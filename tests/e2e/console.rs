@@ -434,6 +434,20 @@ fn console_sign_in_state_is_shared_by_gateways() {
         "signed out at b, still signed in at a: {r:?}"
     );
     assert_eq!(r.header("location"), Some("/login"));
+    // Each entry names the gateway it was made through.
+    let audit = c.gw.ok(&["audit", "--action", "console.log"]);
+    let line = |action: &str| {
+        audit
+            .lines()
+            .find(|l| l.contains(&format!(" {action} ")))
+            .unwrap_or_else(|| panic!("no {action} entry: {audit}"))
+            .to_owned()
+    };
+    assert!(
+        line("console.logout").ends_with(" via gw-b.test"),
+        "{audit}"
+    );
+    assert!(line("console.login").ends_with(" via localhost"), "{audit}");
 
     // root's attempts so far: the first sign-in, the password change, c.admin(); five at once
     // are allowed, then one every 30 s.

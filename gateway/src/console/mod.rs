@@ -417,10 +417,9 @@ impl Console {
             target: target.into(),
             source_addr: Some(who.addr.to_string()),
             detail,
+            gateway: None,
         };
-        if let Err(e) = self.gw.registry.audit(entry).await {
-            tracing::warn!(error = %e, action, "could not write the audit entry");
-        }
+        self.gw.audit_now(entry).await;
     }
 }
 

@@ -15,6 +15,7 @@ async fn audit(env: Env) {
         target: target.into(),
         source_addr: source.map(Into::into),
         detail: format!("detail {target}"),
+        gateway: (target == "b").then(|| "gw-b.test".into()),
     };
     r.audit(entry(10, "a", Some("192.0.2.1:5555")))
         .await
@@ -38,6 +39,12 @@ async fn audit(env: Env) {
     assert_eq!(all[3].actor, "admin");
     assert_eq!(all[3].action, "device.revoke");
     assert_eq!(all[3].detail, "detail a");
+    assert_eq!(
+        all[2].gateway.as_deref(),
+        Some("gw-b.test"),
+        "the gateway that wrote it"
+    );
+    assert_eq!(all[3].gateway, None);
 
     let two = r.list_audit(2).await.expect("list");
     assert_eq!(two, all[..2]);
@@ -54,6 +61,7 @@ async fn audit_search(env: Env) {
         target: target.into(),
         source_addr: None,
         detail: String::new(),
+        gateway: None,
     };
     for i in 0..30 {
         let (actor, action) = if i % 3 == 0 {
@@ -128,6 +136,7 @@ async fn audit_batch_spanning_several_inserts(env: Env) {
             target: format!("10.20.0.{}:{i}", i % 250),
             source_addr: (i % 2 == 0).then(|| format!("192.0.2.{}:4000", i % 250)),
             detail: format!("n={i}"),
+            gateway: (i % 3 == 0).then(|| format!("gw-{i}")),
         })
         .collect();
     r.audit_batch(&entries).await.expect("audit batch");

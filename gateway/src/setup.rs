@@ -45,7 +45,7 @@ pub enum StartError {
     Registry(#[from] shimgate_registry::Error),
     #[error(transparent)]
     Tls(#[from] shimgate_wire::pki::TlsError),
-    #[error("the server certificate is due for renewal and could not be renewed: {0}")]
+    #[error("the server certificate (checked for renewal at start): {0}")]
     ServerCert(#[from] crate::servercert::RenewError),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: io::Error },

@@ -101,7 +101,7 @@ impl crate::setup::Gateway {
     /// whose entry should be in place when the answer goes out. A failure is logged, not fatal
     /// to the action already done.
     pub(crate) async fn audit_now(&self, mut entry: NewAudit) {
-        entry.gateway = Some(self.name().to_owned());
+        entry.gateway = Some(self.config.name().to_owned());
         let action = entry.action.clone();
         if let Err(e) = self.registry.audit(entry).await {
             tracing::warn!(error = %e, action, "could not write the audit entry");

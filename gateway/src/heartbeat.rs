@@ -73,17 +73,10 @@ pub async fn run(gw: Arc<Gateway>, stop: CancellationToken) {
 }
 
 impl Gateway {
-    /// This gateway's name in the registry ([`GatewayConfig::name`]).
-    ///
-    /// [`GatewayConfig::name`]: crate::paths::GatewayConfig::name
-    pub(crate) fn name(&self) -> &str {
-        self.config.name()
-    }
-
     /// What this gateway says about itself now.
     fn heartbeat(&self) -> Heartbeat {
         Heartbeat {
-            name: self.name().to_owned(),
+            name: self.config.name().to_owned(),
             address: self.config.public_addr.clone(),
             region: self.region.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),

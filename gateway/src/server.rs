@@ -250,8 +250,11 @@ impl Gateway {
             .and_then(|id| self.device_connections.take(id.device_id));
         if let Some(id) = &ident {
             tracing::info!(%peer, device = %id.device_name, user = %id.user_name, "device connected");
-            let (registry, device_id, gateway) =
-                (self.registry.clone(), id.device_id, self.name().to_owned());
+            let (registry, device_id, gateway) = (
+                self.registry.clone(),
+                id.device_id,
+                self.config.name().to_owned(),
+            );
             let supersede = self
                 .cache
                 .renewed(device_id)

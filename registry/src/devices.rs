@@ -64,17 +64,25 @@ fn host_bounds(range: VpnRange) -> (i64, i64) {
     (i64::from(u32::from(first)), i64::from(u32::from(last)))
 }
 
+/// The value of setting `name`, if set.
+async fn setting(conn: &mut AnyConnection, name: &str) -> Result<Option<String>> {
+    Ok(
+        sqlx::query_scalar("SELECT value FROM settings WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&mut *conn)
+            .await?,
+    )
+}
+
 /// The VPN range as the registry holds it.
 async fn stored_vpn_range(conn: &mut AnyConnection) -> Result<Option<VpnRange>> {
-    let v: Option<String> = sqlx::query_scalar("SELECT value FROM settings WHERE name = $1")
-        .bind(VPN_RANGE)
-        .fetch_optional(&mut *conn)
-        .await?;
-    v.map(|v| {
-        v.parse()
-            .map_err(|e| Error::Corrupt(format!("setting {VPN_RANGE}: {e}")))
-    })
-    .transpose()
+    setting(conn, VPN_RANGE)
+        .await?
+        .map(|v| {
+            v.parse()
+                .map_err(|e| Error::Corrupt(format!("setting {VPN_RANGE}: {e}")))
+        })
+        .transpose()
 }
 
 pub(crate) fn ip_from_db(v: i64) -> Result<Ipv4Addr> {
@@ -177,11 +185,7 @@ impl Registry {
         let range = stored_vpn_range(&mut tx).await?.unwrap_or_default();
         let ip = free_ip(&mut tx, range).await?;
         // Read in the same transaction, so a device never slips past a setting just turned on.
-        let approval: Option<String> =
-            sqlx::query_scalar("SELECT value FROM settings WHERE name = $1")
-                .bind(REQUIRE_APPROVAL)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let approval = setting(&mut tx, REQUIRE_APPROVAL).await?;
         let pending = (approval.as_deref() == Some("true")).then_some(now);
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO devices (name, user_id, vpn_ip, created_at, approval_requested_at) \
@@ -343,11 +347,8 @@ impl Registry {
 
     /// Whether new devices wait for an administrator's approval.
     pub async fn require_approval(&self) -> Result<bool> {
-        let v: Option<String> = sqlx::query_scalar("SELECT value FROM settings WHERE name = $1")
-            .bind(REQUIRE_APPROVAL)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(v.as_deref() == Some("true"))
+        let mut conn = self.pool.acquire().await?;
+        Ok(setting(&mut conn, REQUIRE_APPROVAL).await?.as_deref() == Some("true"))
     }
 
     /// Turns the approval requirement for new devices on or off (devices already enrolled keep

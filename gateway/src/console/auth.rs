@@ -39,15 +39,10 @@ const LIMITS: SessionLimits = SessionLimits {
     lifetime: LIFETIME.as_secs() as i64,
 };
 
-/// A signed-in administrator.
-#[derive(Clone)]
-pub struct Session {
-    pub admin: String,
-    pub csrf: String,
-    /// Signed in with a one-time password: every page leads to the password form until the
-    /// admin has chosen a password.
-    must_change: bool,
-}
+/// A signed-in administrator, as the registry keeps them (`must_change`: signed in with a
+/// one-time password, so every page leads to the password form until they choose one). Its
+/// `flash` is taken out by [`Sessions::get`].
+pub type Session = ConsoleSession;
 
 /// The outcome of an action, shown once on the next page.
 #[derive(Clone, Debug)]
@@ -125,14 +120,9 @@ impl Sessions {
             .registry
             .console_session(&key(cookie), clock::now(), LIMITS)
             .await?;
-        Ok(stored.map(|s| {
-            let flash = s.flash.map(|(ok, text)| Flash { ok, text });
-            let session = Session {
-                admin: s.admin,
-                csrf: s.csrf,
-                must_change: s.must_change,
-            };
-            (session, flash)
+        Ok(stored.map(|mut s| {
+            let flash = s.flash.take().map(|(ok, text)| Flash { ok, text });
+            (s, flash)
         }))
     }
 
@@ -145,6 +135,18 @@ impl Sessions {
         {
             tracing::warn!(error = %e, "could not keep the outcome for the next console page");
         }
+    }
+
+    /// Ends the browser's session, if any, and starts one for `admin` (a fresh id at every
+    /// sign-in: no fixation); returns the cookie value.
+    async fn restart(
+        &self,
+        headers: &HeaderMap,
+        admin: &str,
+        must_change: bool,
+    ) -> Result<String, SessionsUnavailable> {
+        self.end(headers).await?;
+        self.create(admin, must_change).await
     }
 
     async fn password_changed(&self, headers: &HeaderMap) -> Result<(), SessionsUnavailable> {
@@ -446,12 +448,11 @@ pub async fn login(
     metrics::counter!("shimgate_console_logins_total", "result" => "ok").increment(1);
     c.audit(&actor, "console.login", &admin.name, String::new())
         .await;
-    // A fresh session id at every sign-in (no fixation).
-    let value = match c.sessions.end(&headers).await {
-        Ok(()) => c.sessions.create(&admin.name, admin.one_time).await,
-        Err(e) => Err(e),
-    };
-    let value = match value {
+    let value = match c
+        .sessions
+        .restart(&headers, &admin.name, admin.one_time)
+        .await
+    {
         Ok(v) => v,
         Err(e) => {
             tracing::error!(error = %e, "starting a console session failed");

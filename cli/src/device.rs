@@ -123,6 +123,17 @@ struct UpArgs {
     /// for firewall and NAT rules.
     #[arg(long)]
     peer_listen: Option<SocketAddr>,
+    /// TUN mode: every program on this machine reaches the VPN range and the networks
+    /// policy routes here with no setting at all (needs root or CAP_NET_ADMIN). The SOCKS
+    /// port and `shimgate run` keep working beside it. Default from config.toml (`tun`).
+    #[arg(long)]
+    tun: bool,
+    /// The TUN interface's name (default from config.toml: shimgate0).
+    #[arg(long, value_name = "NAME")]
+    tun_name: Option<String>,
+    /// In TUN mode, also route networks that overlap ones this machine is attached to.
+    #[arg(long)]
+    allow_overlap: bool,
 }
 
 impl Cli {
@@ -176,6 +187,11 @@ impl Cli {
                 }
                 if let Some(a) = args.peer_listen {
                     config.peer_listen = a;
+                }
+                config.tun |= args.tun;
+                config.tun_allow_overlap |= args.allow_overlap;
+                if let Some(name) = args.tun_name {
+                    config.tun_name = name;
                 }
                 if args.socks_user.is_some() {
                     config.socks_user = args.socks_user;
@@ -282,6 +298,17 @@ fn show_status(dir: &ConfigDir, json: bool) -> ExitCode {
             println!("  pac:     {}", shimgate_proxy::pac::url(addr));
         }
         println!("  tunnels: {} of {} gateway connections up", s.live, s.pool);
+        if let Some(tun) = &s.tun {
+            let routes = if tun.routes.is_empty() {
+                "none".to_owned()
+            } else {
+                tun.routes.join(", ")
+            };
+            println!(
+                "  tun:     {} (VPN range and routes: {routes}), {} TCP flows",
+                tun.dev, tun.flows
+            );
+        }
         match &s.peer_listen {
             Some(addr) => println!("  peers:   listening on {addr}"),
             None => println!("  peers:   not listening (nothing exported)"),

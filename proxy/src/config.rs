@@ -130,6 +130,20 @@ pub struct DeviceConfig {
     /// Local services offered to other devices, each reached at 127.0.0.1:PORT.
     #[serde(default, rename = "export")]
     pub exports: Vec<Export>,
+    /// TUN mode: every program on the machine on the VPN (`up --tun`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tun: bool,
+    /// The TUN interface's name.
+    #[serde(default = "default_tun_name")]
+    pub tun_name: String,
+    /// In TUN mode, route networks that overlap ones this machine is
+    /// attached to (and a VPN range that does).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tun_allow_overlap: bool,
+}
+
+pub fn default_tun_name() -> String {
+    crate::tun::DEFAULT_NAME.to_owned()
 }
 
 /// One `[[export]]` entry: `port = 8000`, and `proto = "udp"` for a UDP

@@ -158,6 +158,9 @@ pub async fn enroll(
         vpn_domain,
         vpn_range: answer.vpn_range.unwrap_or_default(),
         exports: Vec::new(),
+        tun: false,
+        tun_name: crate::config::default_tun_name(),
+        tun_allow_overlap: false,
     };
     config.save(dir).map_err(|source| EnrollError::Save {
         path: dir.config().display().to_string(),

@@ -10,6 +10,7 @@ use shimgate_wire::dest::Destination;
 use shimgate_wire::origin::Origin;
 use shimgate_wire::splice;
 use shimgate_wire::tunnel::TunnelError;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::peer::{self, Peers};
@@ -80,25 +81,51 @@ impl Way {
         }
     }
 
-    /// Moves bytes between `sock` and the far end until both are done.
-    pub async fn carry(self, sock: TcpStream, peers: &Peers) -> std::io::Result<()> {
+    /// Moves bytes between `sock` and the far end until both are done; on
+    /// an error `sock` is closed with a reset.
+    pub async fn carry(self, sock: TcpStream, peers: &Peers) {
+        let (mut rd, mut wr) = sock.into_split();
+        if self.carry_halves(&mut rd, &mut wr, peers).await.is_err() {
+            splice::reset(rd, wr);
+        }
+    }
+
+    /// [`Way::carry`] over any byte stream's halves (a TUN flow's); an
+    /// error means the program's side must be reset.
+    pub async fn carry_halves<R, W>(self, rd: &mut R, wr: &mut W, peers: &Peers) -> Result<(), ()>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
         match self {
             Way::Tunnel { tunnel, dest } => {
-                let moved = splice::splice(sock, tunnel.send, tunnel.recv).await?;
-                tracing::debug!(%dest, up = moved.up, down = moved.down, "tunnel closed");
+                match splice::splice_halves(rd, wr, tunnel.send, tunnel.recv).await {
+                    Ok(moved) => {
+                        tracing::debug!(%dest, up = moved.up, down = moved.down, "tunnel closed");
+                        Ok(())
+                    }
+                    Err(e) => {
+                        tracing::debug!(%dest, error = %e, "tunnel ended with an error");
+                        Err(())
+                    }
+                }
             }
             Way::Peer { opened, port } => {
                 let name = opened.peer.clone();
-                match peers.run(sock, *opened, peer::Side::Requester, port).await {
+                match peers
+                    .run_halves(rd, wr, *opened, peer::Side::Requester, port)
+                    .await
+                {
                     Ok(m) => {
-                        tracing::debug!(peer = %name, port, sent = m.sent, received = m.received, "peer session closed")
+                        tracing::debug!(peer = %name, port, sent = m.sent, received = m.received, "peer session closed");
+                        Ok(())
                     }
                     Err(e) => {
-                        tracing::info!(peer = %name, port, error = %e, "peer session ended with an error")
+                        tracing::info!(peer = %name, port, error = %e, "peer session ended with an error");
+                        Err(())
                     }
                 }
             }
         }
-        Ok(())
     }
 }

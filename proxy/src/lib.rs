@@ -28,6 +28,9 @@
 //! - [`listener`]: the peer listener, open while this device exports something.
 //! - [`control`]: the control stream to the gateway (announce, offers,
 //!   relay requests, revoked peers).
+//! - [`tun`]: TUN mode (`up --tun`), the network-driver shim: the
+//!   interface, its routes, a userspace TCP stack, SYNs held until the far
+//!   end answers.
 //! - [`status`]: `status.json`, which `up` writes and `shimgate status` reads.
 //! - [`renew`]: renewing the device certificate before it expires.
 //! - [`up`]: `shimgate up`, all of the above together.
@@ -53,5 +56,6 @@ pub mod shimudp;
 pub mod socks;
 pub mod status;
 pub mod tls;
+pub mod tun;
 pub mod udp;
 pub mod up;

@@ -507,9 +507,7 @@ impl Shim {
         match completed {
             Ok(sock) => {
                 let _counted = Counts::open(&self.counts.tcp_open, &self.counts.tcp_total);
-                if let Err(e) = way.carry(sock, &self.peers).await {
-                    tracing::debug!(%to, error = %e, "socket shim flow ended with an error");
-                }
+                way.carry(sock, &self.peers).await;
             }
             Err(e) => tracing::info!(%to, error = %e, "the program's socket went away"),
         }

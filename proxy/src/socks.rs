@@ -162,7 +162,7 @@ async fn handle(
             // The reply is at most 22 bytes on a fresh socket, so the single
             // write() fast-socks5 does cannot come up short.
             let sock = proto.reply_success(way.bound()).await?;
-            way.carry(sock, &peers).await?;
+            way.carry(sock, &peers).await;
         }
         Err(e) => proto.reply_error(&reply_for(e)).await?,
     }

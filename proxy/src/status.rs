@@ -31,6 +31,20 @@ pub struct Status {
     /// What `shimgate run` programs have open through the socket shim.
     #[serde(default)]
     pub shim: ShimCounts,
+    /// TUN mode, when on.
+    #[serde(default)]
+    pub tun: Option<TunView>,
+}
+
+/// TUN mode as `status` shows it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct TunView {
+    /// The interface.
+    pub dev: String,
+    /// Networks routed into it besides the VPN range.
+    pub routes: Vec<String>,
+    /// TCP flows through it now.
+    pub flows: usize,
 }
 
 /// The socket shim's flows: open now, and since `up` started.

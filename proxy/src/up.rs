@@ -41,6 +41,8 @@ pub enum UpError {
     Shim(#[from] crate::shim::ShimError),
     #[error("starting worker threads: {0}")]
     Workers(std::io::Error),
+    #[error(transparent)]
+    Tun(#[from] crate::tun::TunError),
 }
 
 /// The peer side: the listener other devices connect to (open while this
@@ -159,6 +161,22 @@ pub async fn start(
         new_names: crate::shim::NewNames::default(),
     });
     crate::shim::start(dir.shim_socket(), shim, stop.clone())?;
+    if config.tun {
+        let settings = crate::tun::TunSettings {
+            name: config.tun_name.clone(),
+            allow_overlap: config.tun_allow_overlap,
+        };
+        crate::tun::start(
+            &settings,
+            config,
+            Arc::clone(&pool),
+            Arc::clone(&peers),
+            Arc::clone(&pac),
+            Arc::clone(&board),
+            stop.clone(),
+        )
+        .await?;
+    }
     // One listener per worker: a SOCKS client is accepted and served on the
     // same thread as the gateway connection that carries its tunnel.
     for worker in 0..pool.workers() {

@@ -46,4 +46,5 @@ mod revoke;
 mod shim;
 mod socks_protocol;
 mod status;
+mod tun;
 pub(crate) mod udp;

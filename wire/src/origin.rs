@@ -19,6 +19,8 @@ const MAX_USER: usize = 32;
 pub enum Shim {
     Socks,
     Socket,
+    /// The network-driver shim: a flow from the TUN interface (TUN mode).
+    Tun,
 }
 
 impl Shim {
@@ -26,6 +28,7 @@ impl Shim {
         match self {
             Shim::Socks => "socks",
             Shim::Socket => "socket",
+            Shim::Tun => "tun",
         }
     }
 }
@@ -44,6 +47,13 @@ pub struct Origin {
 impl Origin {
     pub const SOCKS: Origin = Origin {
         shim: Shim::Socks,
+        uid: None,
+        user: None,
+        program: None,
+    };
+    /// A TUN flow: the program behind a packet is not known.
+    pub const TUN: Origin = Origin {
+        shim: Shim::Tun,
         uid: None,
         user: None,
         program: None,
@@ -87,6 +97,7 @@ impl Origin {
             match field.split_once('=')? {
                 ("shim", "socks") => shim = Some(Shim::Socks),
                 ("shim", "socket") => shim = Some(Shim::Socket),
+                ("shim", "tun") => shim = Some(Shim::Tun),
                 ("uid", uid) => origin.uid = Some(uid.parse().ok()?),
                 ("local-user", u) if printable(u, MAX_USER) => origin.user = Some(u.to_owned()),
                 ("program", p) if printable(p, MAX_PROGRAM) => origin.program = Some(p.to_owned()),
@@ -144,7 +155,7 @@ mod tests {
         );
         for bad in [
             "",
-            "shim=tun",
+            "shim=carrier-pigeon",
             "uid=1",
             "shim=socket uid=-1",
             "shim=socket x=y",
@@ -154,6 +165,7 @@ mod tests {
         ] {
             assert_eq!(Origin::parse(bad), None, "{bad:?}");
         }
+        assert_eq!(Origin::parse("shim=tun"), Some(Origin::TUN));
         let long = "a".repeat(1000);
         assert_eq!(Origin::parse(&format!("shim=socket program={long}")), None);
     }

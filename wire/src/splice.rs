@@ -56,7 +56,9 @@ pub fn reset(rd: OwnedReadHalf, wr: OwnedWriteHalf) {
     }
 }
 
-async fn splice_halves<R: AsyncRead, W: AsyncWrite>(
+/// [`splice`] over any byte stream's halves (a TUN flow's); on an error the
+/// stream is reset and the caller closes its side as it can.
+pub async fn splice_halves<R: AsyncRead, W: AsyncWrite>(
     rd: R,
     wr: W,
     send: SendStream<Bytes>,

@@ -42,18 +42,36 @@ impl Peers {
         side: Side,
         port: u16,
     ) -> Result<peerlink::Moved, peerlink::LinkError> {
-        let (id, entry) = self.track(&opened.peer, port, opened.path, opened.why.clone(), side);
         let (mut rd, mut wr) = local.into_split();
+        let result = self.run_halves(&mut rd, &mut wr, opened, side, port).await;
+        if result.is_err() {
+            splice::reset(rd, wr);
+        }
+        result
+    }
+
+    /// [`Peers::run`] over any byte stream's halves (a TUN flow's); on an
+    /// error the caller resets its side.
+    pub async fn run_halves<R, W>(
+        &self,
+        rd: &mut R,
+        wr: &mut W,
+        opened: Opened,
+        side: Side,
+        port: u16,
+    ) -> Result<peerlink::Moved, peerlink::LinkError>
+    where
+        R: tokio::io::AsyncRead + Unpin,
+        W: tokio::io::AsyncWrite + Unpin,
+    {
+        let (id, entry) = self.track(&opened.peer, port, opened.path, opened.why.clone(), side);
         let result = tokio::select! {
-            r = peerlink::splice(&mut rd, &mut wr, opened.link, &entry.0, &entry.1) => r,
+            r = peerlink::splice(rd, wr, opened.link, &entry.0, &entry.1) => r,
             _ = entry.2.cancelled() => Err(peerlink::LinkError::Io(std::io::Error::new(
                 std::io::ErrorKind::ConnectionReset,
                 "peer link cut: the peer is no longer on the VPN",
             ))),
         };
-        if result.is_err() {
-            splice::reset(rd, wr);
-        }
         self.untrack(id);
         self.report_end(side, opened.session, opened.path, opened.why, &entry);
         result

@@ -187,6 +187,13 @@ impl Device {
         }
     }
 
+    /// SIGKILL `up` (a crash) and wait for it.
+    pub fn kill(&mut self) {
+        let mut proc = self.proc.take().expect("device not up");
+        proc.kill();
+        self.old_logs.push(proc.logs());
+    }
+
     /// SIGTERM `up` and wait for it.
     pub fn stop(&mut self) {
         let mut proc = self.proc.take().expect("device not up");

@@ -16,7 +16,7 @@ const BULK: u64 = 100 * 1024 * 1024;
 
 /// Polls `alice ping bob` until it succeeds, and returns its output: the
 /// readiness signal that bob is online for peer sessions.
-fn wait_peer_ready(alice: &Device, bob: &str) -> String {
+pub(crate) fn wait_peer_ready(alice: &Device, bob: &str) -> String {
     poll(
         &format!("`shimgate ping {bob}` to succeed"),
         Duration::from_secs(20),
@@ -90,18 +90,18 @@ fn netns_bytes(ns: &str) -> u64 {
 ///
 /// bob exports a web page and a 100 MiB source on its loopback; policy lets
 /// alice reach both. Both devices are up.
-struct ThreeHosts {
+pub(crate) struct ThreeHosts {
     // processes first: fields drop in order, the namespaces last
-    alice: Device,
-    bob: Device,
-    gw: Gateway,
-    web: Origin,
+    pub(crate) alice: Device,
+    pub(crate) bob: Device,
+    pub(crate) gw: Gateway,
+    pub(crate) web: Origin,
     source: Origin,
-    body: String,
+    pub(crate) body: String,
     /// A UDP echo bob exports (`PORT/udp`).
     echo: crate::udp::UdpEcho,
     socks: SocketAddr,
-    alice_ns: Netns,
+    pub(crate) alice_ns: Netns,
     gw_ns: Netns,
     bob_ns: Netns,
 }
@@ -129,7 +129,7 @@ fn ip_cmd(args: &[&str]) {
     run(&mut cmd, Duration::from_secs(10)).expect_ok();
 }
 
-fn three_hosts() -> ThreeHosts {
+pub(crate) fn three_hosts() -> ThreeHosts {
     let alice_ns = Netns::new("sg-alice-");
     let gw_ns = Netns::new("sg-pgw-");
     let bob_ns = Netns::new("sg-bob-");

@@ -44,6 +44,20 @@ fn link_exists(ns: &str, dev: &str) -> bool {
     run(&mut cmd, Duration::from_secs(10)).ok()
 }
 
+/// Lets this process hold `n` descriptors (1,000 flows at once).
+fn raise_fd_limit(n: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid rlimit struct.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        lim.rlim_cur = n.min(lim.rlim_max);
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    }
+}
+
 /// A connect from inside `ns` (non-blocking, with a timeout), its error kind.
 fn connect_error(ns: &str, to: SocketAddr) -> Option<std::io::Error> {
     netns::in_netns(Some(ns), || {
@@ -204,6 +218,92 @@ fn every_program_reaches_the_intranet_with_no_setting() {
     assert_eq!(got, (len, hash), "the source's bytes arrived changed");
     assert_eq!(len, source_len);
 
+    // Resets both ways: the far end's reaches the program as ECONNRESET,
+    // the program's reaches the far end as one.
+    let resetter = netns::bind_in(Some(&intra_ns.name), SocketAddr::new(INTRA.into(), 8092));
+    let far = std::thread::spawn(move || {
+        let (mut first, _) = resetter.accept().expect("the far end accepts");
+        // Once the program's first bytes are here: the flow is carried.
+        let mut byte = [0u8; 1];
+        first
+            .read_exact(&mut byte)
+            .expect("the program's first byte");
+        socket2::SockRef::from(&first)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(first); // a reset to the program
+        let (mut second, _) = resetter.accept().expect("the far end accepts again");
+        second
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut buf = [0u8; 64];
+        loop {
+            match second.read(&mut buf) {
+                Ok(0) => return Err("an end of data".to_owned()),
+                Ok(_) => continue,
+                Err(e) => return Ok(e.kind()),
+            }
+        }
+    });
+    let to = SocketAddr::new(INTRA.into(), 8092);
+    let (program_saw, _) = netns::in_netns(Some(ns), || {
+        let mut s = TcpStream::connect(to).expect("connect to the resetting far end");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"x").unwrap();
+        let mut buf = [0u8; 16];
+        let first = s.read(&mut buf).map_err(|e| e.kind());
+        let mut s = TcpStream::connect(to).expect("connect again");
+        s.write_all(b"some bytes").unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        socket2::SockRef::from(&s)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(s); // a reset to the far end
+        (first, ())
+    });
+    assert_eq!(
+        program_saw,
+        Err(std::io::ErrorKind::ConnectionReset),
+        "the far end's reset did not reach the program as one"
+    );
+    let far_saw = far.join().expect("the far end's thread");
+    assert_eq!(
+        far_saw,
+        Ok(std::io::ErrorKind::ConnectionReset),
+        "the program's reset did not reach the far end as one"
+    );
+
+    // 1,000 flows open at once, each checked.
+    let echo = Origin::from_listener(
+        netns::bind_in(Some(&intra_ns.name), SocketAddr::new(INTRA.into(), 8093)),
+        Mode::Echo,
+    );
+    raise_fd_limit(4096);
+    let echoed = netns::in_netns(Some(ns), || {
+        let mut flows: Vec<TcpStream> = (0..1000)
+            .map(|i| {
+                TcpStream::connect(echo.addr)
+                    .unwrap_or_else(|e| panic!("flow {i} of 1000 through TUN: {e}"))
+            })
+            .collect();
+        for (i, s) in flows.iter_mut().enumerate() {
+            s.write_all(format!("flow {i:04}\n").as_bytes()).unwrap();
+        }
+        let mut echoed = 0;
+        for (i, s) in flows.iter_mut().enumerate() {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
+            let mut line = [0u8; 10];
+            if s.read_exact(&mut line).is_ok() && line == *format!("flow {i:04}\n").as_bytes() {
+                echoed += 1;
+            }
+        }
+        echoed
+    });
+    assert_eq!(
+        echoed, 1000,
+        "of 1,000 concurrent flows, {echoed} echoed their own line"
+    );
+
     // A killed `up` leaves nothing behind, and the next one starts clean.
     let ip = |net: &str| -> Vec<String> {
         let mut cmd = Command::new("ip");
@@ -239,4 +339,41 @@ fn every_program_reaches_the_intranet_with_no_setting() {
     );
     let out = curl(Some(ns), None, None, &url);
     assert!(out.ok(), "curl through TUN after a restart: {out}");
+}
+
+/// A peer by its VPN address, with no setting: alice in TUN mode reaches
+/// bob's export as any program would, direct, and a port bob does not
+/// export is refused as a closed port.
+#[test]
+fn a_peer_by_its_vpn_address() {
+    if !netns::require_root("tun::a_peer_by_its_vpn_address") {
+        return;
+    }
+    let mut net = crate::peer::three_hosts();
+    let status: serde_json::Value =
+        serde_json::from_str(&net.bob.status(&["--json"]).stdout).expect("bob status --json");
+    let bob_ip = status["vpn_ip"].as_str().expect("bob's VPN IP").to_owned();
+    net.alice.stop();
+    net.alice.up_args = vec!["--tun".into()];
+    net.alice.up();
+    crate::peer::wait_peer_ready(&net.alice, "bob");
+    let ns = net.alice_ns.name.clone();
+    let url = format!("http://{bob_ip}:{}/", net.web.port());
+    let out = curl(Some(&ns), None, None, &url);
+    assert!(
+        out.ok(),
+        "curl {url} (no proxy) from alice in TUN mode: {out}\n{}",
+        net.alice.logs()
+    );
+    assert_eq!(out.stdout, net.body, "wrong page from bob through TUN");
+    let unexported = SocketAddr::new(bob_ip.parse().unwrap(), 1);
+    let e =
+        connect_error(&ns, unexported).expect("a connect to a port bob does not export succeeded");
+    assert!(
+        matches!(
+            e.raw_os_error(),
+            Some(libc::ECONNREFUSED | libc::EHOSTUNREACH)
+        ),
+        "a port bob does not export: {e}"
+    );
 }

@@ -35,8 +35,9 @@ enum State {
 struct Flow {
     state: State,
     /// The next sequence number the stack sends the program: where a reset
-    /// that aborts the flow must sit for the program to take it.
-    next_seq: u32,
+    /// that aborts the flow must sit for the program to take it (none
+    /// before the stack's SYN-ACK).
+    next_seq: Option<u32>,
     /// Fired when the program reset the flow (the stack reads that as an
     /// end of data; the tunnel must be reset, not ended).
     program_reset: CancellationToken,
@@ -108,7 +109,7 @@ impl Flows {
             key,
             Flow {
                 state: State::Opening,
-                next_seq: 0,
+                next_seq: None,
                 program_reset: CancellationToken::new(),
             },
         );
@@ -159,15 +160,18 @@ impl Flows {
         if let Some(flow) = self.lock().get_mut(&key) {
             let end = seg.end();
             // Sequence numbers wrap: "later" is within half the space.
-            if end.wrapping_sub(flow.next_seq) < (1 << 31) {
-                flow.next_seq = end;
+            if flow
+                .next_seq
+                .is_none_or(|next| end.wrapping_sub(next) < (1 << 31))
+            {
+                flow.next_seq = Some(end);
             }
         }
     }
 
     /// Where a reset aborting `key` must sit.
     pub fn next_seq(&self, key: FlowKey) -> Option<u32> {
-        self.lock().flows.get(&key).map(|f| f.next_seq)
+        self.lock().flows.get(&key).and_then(|f| f.next_seq)
     }
 
     /// Flows in the table.

@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::harness::hosts::{INTRA, gateway_in, three_hosts};
-use crate::harness::netns;
+use crate::harness::{env, netns};
 use crate::harness::origin::{CHUNK, Hasher, pattern_chunk};
 use crate::harness::proc::run;
 use crate::harness::*;
@@ -42,6 +42,16 @@ fn link_exists(ns: &str, dev: &str) -> bool {
     let mut cmd = Command::new("ip");
     cmd.args(["-n", ns, "link", "show", dev]);
     run(&mut cmd, Duration::from_secs(10)).ok()
+}
+
+/// The resident memory of process `pid`, KiB.
+fn vm_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS for process {pid}"))
 }
 
 /// Lets this process hold `n` descriptors (1,000 flows at once).
@@ -136,6 +146,16 @@ fn every_program_reaches_the_intranet_with_no_setting() {
         },
     );
 
+    // A statically linked program, which no preloaded library reaches.
+    let busybox = env::which("busybox").expect("busybox-static (tests/lib/setup.sh installs it)");
+    let mut wget = Command::new("ip");
+    wget.args(["netns", "exec", ns])
+        .arg(&busybox)
+        .args(["wget", "-q", "-O", "-", &url]);
+    let out = run(&mut wget, Duration::from_secs(20));
+    assert!(out.ok(), "static busybox wget {url} in TUN mode: {out}");
+    assert_eq!(out.stdout, hosts.body, "wrong page for busybox wget");
+
     // The far end's answer, before anything looks connected: a closed port
     // is ECONNREFUSED, a port policy does not open is "administratively
     // prohibited" (EHOSTUNREACH), both for a non-blocking connect.
@@ -217,6 +237,41 @@ fn every_program_reaches_the_intranet_with_no_setting() {
     let (len, hash) = source.wait_hash(Duration::from_secs(10));
     assert_eq!(got, (len, hash), "the source's bytes arrived changed");
     assert_eq!(len, source_len);
+
+    // A program that does not read: the device buffers a bounded amount
+    // (the stack's window, HTTP/2's), not what the far end has to send.
+    let big: u64 = 256 << 20;
+    let flood = Origin::from_listener(
+        netns::bind_in(Some(&intra_ns.name), SocketAddr::new(INTRA.into(), 8094)),
+        Mode::Source { len: big },
+    );
+    let pid = dev.pid().expect("up runs");
+    let before = vm_rss_kib(pid);
+    let (stalled, got) = netns::in_netns(Some(ns), || {
+        let mut s = TcpStream::connect(flood.addr).expect("connect to the flood through TUN");
+        std::thread::sleep(Duration::from_secs(3));
+        let stalled = vm_rss_kib(pid);
+        let mut hasher = Hasher::new();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut n = 0u64;
+        loop {
+            match s.read(&mut buf).expect("read the flood") {
+                0 => break,
+                k => {
+                    hasher.update(&buf[..k]);
+                    n += k as u64;
+                }
+            }
+        }
+        (stalled, (n, hasher.hex()))
+    });
+    assert_eq!(got, flood.wait_hash(Duration::from_secs(10)), "the flood arrived changed");
+    let grew = stalled.saturating_sub(before);
+    eprintln!("[e2e] a stalled reader of {} MiB: the device's VmRSS grew {grew} KiB", big >> 20);
+    assert!(
+        grew < 64 * 1024,
+        "the device buffered {grew} KiB for a program that did not read (bound: 64 MiB of a 256 MiB flood)"
+    );
 
     // Resets both ways: the far end's reaches the program as ECONNRESET,
     // the program's reaches the far end as one.

@@ -187,6 +187,11 @@ impl Device {
         }
     }
 
+    /// The running `up`'s process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.as_ref().map(|p| p.pid())
+    }
+
     /// SIGKILL `up` (a crash) and wait for it.
     pub fn kill(&mut self) {
         let mut proc = self.proc.take().expect("device not up");

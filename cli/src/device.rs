@@ -305,8 +305,8 @@ fn show_status(dir: &ConfigDir, json: bool) -> ExitCode {
                 tun.routes.join(", ")
             };
             println!(
-                "  tun:     {} (VPN range and routes: {routes}), {} TCP flows",
-                tun.dev, tun.flows
+                "  tun:     {} (VPN range and routes: {routes}), {} TCP and {} UDP flows",
+                tun.dev, tun.flows, tun.udp_flows
             );
         }
         match &s.peer_listen {

@@ -45,6 +45,9 @@ pub struct TunView {
     pub routes: Vec<String>,
     /// TCP flows through it now.
     pub flows: usize,
+    /// UDP flows through it now.
+    #[serde(default)]
+    pub udp_flows: usize,
 }
 
 /// The socket shim's flows: open now, and since `up` started.

@@ -15,10 +15,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::harness::hosts::{INTRA, gateway_in, three_hosts};
-use crate::harness::{env, netns};
 use crate::harness::origin::{CHUNK, Hasher, pattern_chunk};
 use crate::harness::proc::run;
 use crate::harness::*;
+use crate::harness::{env, netns};
 
 const INTRA_NET: &str = "203.0.113.0/24";
 /// A port policy does not open (the rule names 8000-8999).
@@ -84,7 +84,28 @@ fn every_program_reaches_the_intranet_with_no_setting() {
     let (dev_ns, gw_ns, intra_ns) = (&hosts.dev_ns, &hosts.gw_ns, &hosts.intra_ns);
     let mut gw = Gateway::init_spec(Backend::Sqlite, gateway_in(gw_ns, vec![]));
     gw.allow(INTRA_NET, &["--ports", "8000-8999"]);
+    gw.allow(
+        &format!("{INTRA}/32"),
+        &["--ports", "53,8095", "--proto", "udp"],
+    );
     gw.serve();
+    let dns = crate::harness::dns::RebindingDns::start(
+        netns::in_netns(Some(&intra_ns.name), || {
+            std::net::UdpSocket::bind(SocketAddr::new(INTRA.into(), 53))
+                .expect("bind DNS in sg-intra")
+        }),
+        INTRA,
+        INTRA,
+    );
+    let echo_sock = netns::in_netns(Some(&intra_ns.name), || {
+        std::net::UdpSocket::bind(SocketAddr::new(INTRA.into(), 8095)).expect("bind a UDP echo")
+    });
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = echo_sock.recv_from(&mut buf) {
+            let _ = echo_sock.send_to(&buf[..n], from);
+        }
+    });
 
     let ns = dev_ns.name.as_str();
     let sink = Origin::from_listener(
@@ -155,6 +176,46 @@ fn every_program_reaches_the_intranet_with_no_setting() {
     let out = run(&mut wget, Duration::from_secs(20));
     assert!(out.ok(), "static busybox wget {url} in TUN mode: {out}");
     assert_eq!(out.stdout, hosts.body, "wrong page for busybox wget");
+
+    // UDP: a real DNS client to the intranet's server, and 100 datagrams
+    // echoed, from a plain socket with no setting.
+    let dig = env::which("dig").expect("dig (tests/lib/setup.sh installs bind9-dnsutils)");
+    let mut q = Command::new("ip");
+    q.args(["netns", "exec", ns]).arg(&dig).args([
+        "+short",
+        "+tries=1",
+        "+time=5",
+        &format!("@{INTRA}"),
+        "host.corp.internal",
+    ]);
+    let out = run(&mut q, Duration::from_secs(20));
+    assert_eq!(
+        out.stdout.trim(),
+        INTRA.to_string(),
+        "dig @{INTRA} in TUN mode: {out}"
+    );
+    assert!(
+        dns.a_queries() >= 1,
+        "the intranet's DNS server was not asked"
+    );
+    let echoed = netns::in_netns(Some(ns), || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.connect(SocketAddr::new(INTRA.into(), 8095)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 64];
+        // Up to the first datagram lost: the rest would only wait as long.
+        (0..100)
+            .take_while(|i| {
+                let msg = format!("datagram {i}");
+                s.send(msg.as_bytes()).is_ok()
+                    && s.recv(&mut buf).is_ok_and(|n| &buf[..n] == msg.as_bytes())
+            })
+            .count()
+    });
+    assert_eq!(
+        echoed, 100,
+        "of 100 datagrams through TUN, {echoed} came back"
+    );
 
     // The far end's answer, before anything looks connected: a closed port
     // is ECONNREFUSED, a port policy does not open is "administratively
@@ -265,9 +326,16 @@ fn every_program_reaches_the_intranet_with_no_setting() {
         }
         (stalled, (n, hasher.hex()))
     });
-    assert_eq!(got, flood.wait_hash(Duration::from_secs(10)), "the flood arrived changed");
+    assert_eq!(
+        got,
+        flood.wait_hash(Duration::from_secs(10)),
+        "the flood arrived changed"
+    );
     let grew = stalled.saturating_sub(before);
-    eprintln!("[e2e] a stalled reader of {} MiB: the device's VmRSS grew {grew} KiB", big >> 20);
+    eprintln!(
+        "[e2e] a stalled reader of {} MiB: the device's VmRSS grew {grew} KiB",
+        big >> 20
+    );
     assert!(
         grew < 64 * 1024,
         "the device buffered {grew} KiB for a program that did not read (bound: 64 MiB of a 256 MiB flood)"

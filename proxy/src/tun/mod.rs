@@ -18,6 +18,7 @@
 mod flows;
 pub mod packet;
 pub mod routes;
+mod udp;
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
@@ -89,6 +90,7 @@ pub enum TunError {
 struct Shim {
     dev: AsyncDevice,
     flows: SharedFlows,
+    udp: udp::UdpFlows,
     pool: Arc<Pool>,
     peers: Arc<Peers>,
 }
@@ -145,6 +147,7 @@ pub async fn start(
     let shim = Arc::new(Shim {
         dev,
         flows: Arc::new(Flows::default()),
+        udp: udp::UdpFlows::default(),
         pool,
         peers,
     });
@@ -164,13 +167,7 @@ pub async fn start(
     let gateways = gateway_addresses(&config.gateway).await;
     tokio::spawn(until(
         stop,
-        keep_routes(
-            settings.clone(),
-            gateways,
-            pac,
-            board,
-            Arc::clone(&shim.flows),
-        ),
+        keep_routes(settings.clone(), gateways, pac, board, Arc::clone(&shim)),
     ));
     tracing::info!(dev = %settings.name, address = %ip, range = %range.net(), "TUN interface up");
     Ok(())
@@ -202,7 +199,7 @@ async fn keep_routes(
     gateways: Vec<IpAddr>,
     pac: Arc<Pac>,
     board: Arc<Board>,
-    flows: SharedFlows,
+    shim: Arc<Shim>,
 ) {
     let mut installed = Installed::new(&settings.name);
     let mut said = BTreeSet::new();
@@ -228,7 +225,8 @@ async fn keep_routes(
         let view = TunView {
             dev: settings.name.clone(),
             routes: installed.routes().iter().map(|n| n.to_string()).collect(),
-            flows: flows.len(),
+            flows: shim.flows.len(),
+            udp_flows: shim.udp.len(),
         };
         // status.json is rewritten only when something changed.
         if shown.as_ref() != Some(&view) {
@@ -288,9 +286,13 @@ impl Shim {
                 self.flows.seen_from_program(&seg);
                 Some(())
             }
+            Packet::Udp { key, payload } => {
+                self.udp(key, payload, pkt);
+                None
+            }
             Packet::IcmpError => None,
             Packet::Other { dest } => {
-                tracing::debug!(%dest, "not carried in TUN mode yet: answered prohibited");
+                tracing::debug!(%dest, "not carried in TUN mode: answered prohibited");
                 self.answer(packet::unreachable(pkt, Unreachable::Prohibited));
                 None
             }

@@ -12,7 +12,7 @@ use netstack_smoltcp::smoltcp::phy::ChecksumCapabilities;
 use netstack_smoltcp::smoltcp::wire::{
     Icmpv4DstUnreachable, Icmpv4Packet, Icmpv4Repr, Icmpv6DstUnreachable, Icmpv6Packet, Icmpv6Repr,
     IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, TcpControl, TcpPacket,
-    TcpRepr, TcpSeqNumber,
+    TcpRepr, TcpSeqNumber, UdpPacket, UdpRepr,
 };
 use shimgate_wire::tunnel::TunnelError;
 
@@ -33,8 +33,13 @@ pub struct FlowKey {
 
 /// What a packet from the interface is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Packet {
+pub enum Packet<'a> {
     Tcp(Segment),
+    /// A UDP datagram of flow `key`.
+    Udp {
+        key: FlowKey,
+        payload: &'a [u8],
+    },
     /// An ICMP error (never answered with another, RFC 1122 §3.2.2).
     IcmpError,
     /// Anything else: UDP, ICMP queries, other protocols.
@@ -72,7 +77,7 @@ impl Segment {
 
 /// Reads a packet from the interface; `None` when it is not a well-formed
 /// IPv4 or IPv6 packet.
-pub fn parse(buf: &[u8]) -> Option<Packet> {
+pub fn parse(buf: &[u8]) -> Option<Packet<'_>> {
     let (src, dst, proto, payload) = ip_parts(buf)?;
     match proto {
         IpProtocol::Tcp => {
@@ -90,6 +95,16 @@ pub fn parse(buf: &[u8]) -> Option<Packet> {
                 seq: tcp.seq_number().0 as u32,
                 len,
             }))
+        }
+        IpProtocol::Udp => {
+            let udp = UdpPacket::new_checked(payload).ok()?;
+            Some(Packet::Udp {
+                key: FlowKey {
+                    program: SocketAddr::new(src, udp.src_port()),
+                    dest: SocketAddr::new(dst, udp.dst_port()),
+                },
+                payload: udp.payload(),
+            })
         }
         // ICMP types below 128 (v6) and 3, 4, 5, 11, 12 (v4) are errors.
         IpProtocol::Icmp if matches!(payload.first(), Some(3 | 4 | 5 | 11 | 12)) => {
@@ -196,6 +211,25 @@ pub fn reset(key: FlowKey, seq: u32, ack: Option<u32>) -> Vec<u8> {
             &mut TcpPacket::new_unchecked(buf),
             &IpAddress::from(src),
             &IpAddress::from(dst),
+            &ChecksumCapabilities::default(),
+        );
+    })
+}
+
+/// A UDP datagram from `key.dest` back to `key.program`.
+pub fn datagram(key: FlowKey, payload: &[u8]) -> Vec<u8> {
+    let udp = UdpRepr {
+        src_port: key.dest.port(),
+        dst_port: key.program.port(),
+    };
+    let (src, dst) = (key.dest.ip(), key.program.ip());
+    ip_packet(src, dst, IpProtocol::Udp, 8 + payload.len(), |buf| {
+        udp.emit(
+            &mut UdpPacket::new_unchecked(buf),
+            &IpAddress::from(src),
+            &IpAddress::from(dst),
+            payload.len(),
+            |out| out.copy_from_slice(payload),
             &ChecksumCapabilities::default(),
         );
     })
@@ -392,6 +426,20 @@ mod tests {
                 &payload[..2]
             );
         }
+    }
+
+    #[test]
+    fn a_datagram_round_trips() {
+        let key = FlowKey {
+            program: "198.51.100.2:5353".parse().unwrap(),
+            dest: "203.0.113.2:53".parse().unwrap(),
+        };
+        let pkt = datagram(key, b"query");
+        let Some(Packet::Udp { key: k, payload }) = parse(&pkt) else {
+            panic!("not parsed as UDP")
+        };
+        assert_eq!((k.program, k.dest), (key.dest, key.program));
+        assert_eq!(payload, b"query");
     }
 
     #[test]

@@ -234,6 +234,8 @@ pub struct Pac {
     /// address a client reached.
     listen: SocketAddr,
     routes: RwLock<Arc<Routes>>,
+    /// Told when the routes change (TUN mode's route keeper waits on it).
+    changed: tokio::sync::Notify,
 }
 
 impl Pac {
@@ -243,6 +245,7 @@ impl Pac {
             vpn_range,
             listen,
             routes: RwLock::new(Arc::new(Routes::default())),
+            changed: tokio::sync::Notify::new(),
         })
     }
 
@@ -268,6 +271,13 @@ impl Pac {
             Ok(mut r) => *r = routes,
             Err(poisoned) => *poisoned.into_inner() = routes,
         }
+        self.changed.notify_one();
+    }
+
+    /// Resolves once the routes have changed since the last call returned
+    /// (for one waiter).
+    pub async fn changed(&self) {
+        self.changed.notified().await;
     }
 
     /// Asks the gateway for this device's routes until `stop` fires: at

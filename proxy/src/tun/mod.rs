@@ -233,7 +233,12 @@ async fn keep_routes(
             shown = Some(view.clone());
             board.update(|s| s.tun = Some(view));
         }
-        tokio::time::sleep(ROUTES_EVERY).await;
+        // At once when policy's routes change; the timer catches changes
+        // to this machine's own networks.
+        tokio::select! {
+            () = pac.changed() => {}
+            () = tokio::time::sleep(ROUTES_EVERY) => {}
+        }
     }
 }
 

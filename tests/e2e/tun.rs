@@ -499,4 +499,25 @@ fn a_peer_by_its_vpn_address() {
         ),
         "a port bob does not export: {e}"
     );
+
+    // ping, an ICMP echo carried over a peer ping session
+    let ping = |target: &str| {
+        let mut cmd = Command::new("ip");
+        cmd.args([
+            "netns", "exec", &ns, "ping", "-c", "3", "-i", "0.2", "-W", "5", target,
+        ]);
+        run(&mut cmd, Duration::from_secs(30))
+    };
+    let out = ping(&bob_ip);
+    assert!(
+        out.ok() && out.stdout.contains("3 received"),
+        "ping {bob_ip} (bob) from alice in TUN mode: {out}\n{}",
+        net.alice.logs()
+    );
+    let nobody = "100.64.255.254";
+    let out = ping(nobody);
+    assert!(
+        !out.ok(),
+        "ping {nobody}, no device's address, was answered: {out}"
+    );
 }

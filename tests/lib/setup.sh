@@ -67,6 +67,8 @@ sg_ensure_tools() {
 	# by the default route (tests/e2e/shim.rs)
 	command -v dig >/dev/null || missing+=(bind9-dnsutils)
 	command -v nft >/dev/null || missing+=(nftables)
+	# ping: a peer's VPN address pinged in TUN mode (tests/e2e/tun.rs)
+	command -v ping >/dev/null || missing+=(iputils-ping)
 	compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 	# the console's browser test (tests/e2e/console.rs) drives Debian's Chromium
 	command -v chromium >/dev/null || missing+=(chromium)

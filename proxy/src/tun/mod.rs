@@ -16,6 +16,7 @@
 //! their ways), the stack's own runner, and the route keeper.
 
 mod flows;
+mod icmp;
 pub mod packet;
 pub mod routes;
 mod udp;
@@ -91,6 +92,7 @@ struct Shim {
     dev: AsyncDevice,
     flows: SharedFlows,
     udp: udp::UdpFlows,
+    pings: icmp::Pings,
     pool: Arc<Pool>,
     peers: Arc<Peers>,
 }
@@ -148,6 +150,7 @@ pub async fn start(
         dev,
         flows: Arc::new(Flows::default()),
         udp: udp::UdpFlows::default(),
+        pings: icmp::Pings::default(),
         pool,
         peers,
     });
@@ -293,6 +296,10 @@ impl Shim {
             }
             Packet::Udp { key, payload } => {
                 self.udp(key, payload, pkt);
+                None
+            }
+            Packet::Echo(echo) => {
+                self.echo(echo, pkt);
                 None
             }
             Packet::IcmpError => None,

@@ -6,7 +6,7 @@
 //! Everything here reads packets a program on this machine sent, which may
 //! be anything: a packet that does not parse is `None`, never a panic.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use netstack_smoltcp::smoltcp::phy::ChecksumCapabilities;
 use netstack_smoltcp::smoltcp::wire::{
@@ -40,9 +40,11 @@ pub enum Packet<'a> {
         key: FlowKey,
         payload: &'a [u8],
     },
+    /// An ICMPv4 echo request (ping).
+    Echo(Echo<'a>),
     /// An ICMP error (never answered with another, RFC 1122 §3.2.2).
     IcmpError,
-    /// Anything else: UDP, ICMP queries, other protocols.
+    /// Anything else: other ICMP queries, other protocols.
     Other {
         dest: IpAddr,
     },
@@ -106,6 +108,19 @@ pub fn parse(buf: &[u8]) -> Option<Packet<'_>> {
                 payload: udp.payload(),
             })
         }
+        IpProtocol::Icmp if payload.first() == Some(&8) => {
+            let icmp = Icmpv4Packet::new_checked(payload).ok()?;
+            let (IpAddr::V4(src), IpAddr::V4(dst)) = (src, dst) else {
+                return None;
+            };
+            Some(Packet::Echo(Echo {
+                src,
+                dst,
+                ident: icmp.echo_ident(),
+                seq: icmp.echo_seq_no(),
+                data: icmp.data(),
+            }))
+        }
         // ICMP types below 128 (v6) and 3, 4, 5, 11, 12 (v4) are errors.
         IpProtocol::Icmp if matches!(payload.first(), Some(3 | 4 | 5 | 11 | 12)) => {
             Some(Packet::IcmpError)
@@ -153,6 +168,33 @@ fn ip_parts(buf: &[u8]) -> Option<(IpAddr, IpAddr, IpProtocol, &[u8])> {
         }
         _ => None,
     }
+}
+
+/// A ping from a program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Echo<'a> {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub ident: u16,
+    pub seq: u16,
+    pub data: &'a [u8],
+}
+
+/// The echo reply to `echo`, from its destination.
+pub fn echo_reply(echo: &Echo) -> Vec<u8> {
+    let icmp = Icmpv4Repr::EchoReply {
+        ident: echo.ident,
+        seq_no: echo.seq,
+        data: echo.data,
+    };
+    let caps = ChecksumCapabilities::default();
+    ip_packet(
+        echo.dst.into(),
+        echo.src.into(),
+        IpProtocol::Icmp,
+        icmp.buffer_len(),
+        |buf| icmp.emit(&mut Icmpv4Packet::new_unchecked(buf), &caps),
+    )
 }
 
 /// How the shim answers a connection attempt the far end did not take.
@@ -426,6 +468,42 @@ mod tests {
                 &payload[..2]
             );
         }
+    }
+
+    #[test]
+    fn a_ping_is_answered_in_kind() {
+        let request = Echo {
+            src: Ipv4Addr::new(100, 64, 0, 1),
+            dst: Ipv4Addr::new(100, 64, 0, 2),
+            ident: 7,
+            seq: 3,
+            data: b"abcdefgh",
+        };
+        let reply = echo_reply(&request);
+        let (src, dst, proto, payload) = ip_parts(&reply).unwrap();
+        assert_eq!(
+            (src, dst, proto),
+            (request.dst.into(), request.src.into(), IpProtocol::Icmp)
+        );
+        let icmp = Icmpv4Packet::new_checked(payload).unwrap();
+        assert!(icmp.verify_checksum());
+        assert_eq!(
+            (
+                u8::from(icmp.msg_type()),
+                icmp.echo_ident(),
+                icmp.echo_seq_no()
+            ),
+            (0, 7, 3)
+        );
+        assert_eq!(icmp.data(), b"abcdefgh");
+        // and a request parses as one
+        let mut req = reply.clone();
+        req[20] = 8;
+        let mut p = Icmpv4Packet::new_unchecked(&mut req[20..]);
+        p.fill_checksum();
+        assert!(
+            matches!(parse(&req), Some(Packet::Echo(e)) if e.seq == 3 && e.data == b"abcdefgh")
+        );
     }
 
     #[test]

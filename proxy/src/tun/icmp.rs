@@ -1,0 +1,118 @@
+//! TUN mode's ping to a peer's VPN address: each echo request travels over
+//! a peer ping session (`shimgate ping`'s, port 0), kept open per peer while
+//! pings come, so a running `ping` is one session, not one per packet. The
+//! reply is written to the interface only once the peer has echoed, so
+//! `ping` measures the real round trip and a peer that is away gets none.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use shimgate_wire::control::PeerProto;
+use shimgate_wire::dest::Host;
+use shimgate_wire::peerlink::Link;
+use tokio::sync::mpsc;
+
+use super::Shim;
+use super::packet::{self, Echo, Packet, Unreachable};
+
+/// A peer's ping session with no ping for this long closes.
+const IDLE: Duration = Duration::from_secs(10);
+/// Echo requests waiting per peer; past it they are dropped (as a link
+/// that is full would).
+const QUEUE: usize = 64;
+
+/// The ping session keeper of each peer being pinged.
+#[derive(Default)]
+pub struct Pings {
+    peers: Mutex<HashMap<String, mpsc::Sender<Vec<u8>>>>,
+}
+
+impl Pings {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, mpsc::Sender<Vec<u8>>>> {
+        self.peers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Shim {
+    /// A ping from a program: to the peer when the address is a peer's,
+    /// otherwise "administratively prohibited" (ICMP to other destinations
+    /// is not carried).
+    pub(super) fn echo(self: &Arc<Self>, echo: Echo, pkt: &[u8]) {
+        let Some(peer) = self.peers.destination(&Host::Ip(IpAddr::V4(echo.dst))) else {
+            self.answer(packet::unreachable(pkt, Unreachable::Prohibited));
+            return;
+        };
+        let mut peers = self.pings.lock();
+        let keeper = peers.entry(peer.clone()).or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(QUEUE);
+            let slot = self.pool.pick();
+            let (me, peer) = (Arc::clone(self), peer.clone());
+            self.pool
+                .spawn_on(slot, async move { me.keep_pinging(slot, peer, rx).await });
+            tx
+        });
+        if let Err(mpsc::error::TrySendError::Closed(request)) = keeper.try_send(pkt.to_vec()) {
+            // That keeper just ended (idle): start another.
+            peers.remove(&peer);
+            drop(peers);
+            if let Some(Packet::Echo(echo)) = packet::parse(&request) {
+                self.echo(echo, &request);
+            }
+        }
+    }
+
+    /// Carries `peer`'s echo requests, one at a time, until none came for
+    /// [`IDLE`].
+    async fn keep_pinging(&self, slot: usize, peer: String, mut requests: mpsc::Receiver<Vec<u8>>) {
+        let mut link = None;
+        while let Ok(Some(request)) = tokio::time::timeout(IDLE, requests.recv()).await {
+            let Some(Packet::Echo(echo)) = packet::parse(&request) else {
+                continue;
+            };
+            if link.is_none() {
+                let opened = match self.pool.sender(slot).await {
+                    Ok(send) => self.peers.dial(send, &peer, 0, PeerProto::Tcp).await,
+                    Err(e) => Err(e),
+                };
+                match opened {
+                    Ok(opened) => link = Some(opened.link),
+                    Err(e) => {
+                        tracing::info!(%peer, reason = %e, "no ping session");
+                        self.answer(packet::unreachable(&request, Unreachable::Host));
+                        continue;
+                    }
+                }
+            }
+            let Some(Link { reader, writer }) = link.as_mut() else {
+                continue;
+            };
+            // ident and sequence first, so an empty ping is not an empty frame
+            let mut payload = Vec::with_capacity(4 + echo.data.len());
+            payload.extend_from_slice(&echo.ident.to_be_bytes());
+            payload.extend_from_slice(&echo.seq.to_be_bytes());
+            payload.extend_from_slice(echo.data);
+            let echoed = async {
+                writer.send(&payload).await?;
+                let mut got = Vec::with_capacity(payload.len());
+                while got.len() < payload.len() {
+                    match reader.recv().await? {
+                        Some(d) => got.extend_from_slice(d),
+                        None => return Err(shimgate_wire::peerlink::LinkError::Truncated),
+                    }
+                }
+                Ok(got == payload)
+            };
+            match echoed.await {
+                Ok(true) => self.answer(Some(packet::echo_reply(&echo))),
+                // A lost ping, as on a network: the next one opens a session.
+                Ok(false) | Err(_) => link = None,
+            }
+        }
+        if let Some(mut l) = link {
+            let _ = l.writer.close().await;
+        }
+        self.pings.lock().remove(&peer);
+    }
+}

@@ -134,6 +134,11 @@ struct UpArgs {
     /// In TUN mode, also route networks that overlap ones this machine is attached to.
     #[arg(long)]
     allow_overlap: bool,
+    /// In TUN mode, how VPN names reach every program: `resolved` (systemd-resolved's
+    /// per-link DNS), `resolv-conf` (rewrite /etc/resolv.conf, restored on exit), `off`, or
+    /// `auto` (resolved where it runs, else resolv-conf). Default from config.toml: auto.
+    #[arg(long, value_name = "MODE")]
+    dns: Option<shimgate_proxy::tun::resolver::DnsMode>,
 }
 
 impl Cli {
@@ -190,6 +195,9 @@ impl Cli {
                 }
                 config.tun |= args.tun;
                 config.tun_allow_overlap |= args.allow_overlap;
+                if let Some(mode) = args.dns {
+                    config.tun_dns = mode;
+                }
                 if let Some(name) = args.tun_name {
                     config.tun_name = name;
                 }
@@ -200,6 +208,12 @@ impl Cli {
                 let stop = CancellationToken::new();
                 let running = shimgate_proxy::up::start(&dir, &config, stop.clone()).await?;
                 tracing::info!("running; Ctrl-C to stop");
+                if let Some(tun) = &running.tun {
+                    eprintln!(
+                        "shimgate: TUN mode on {}, VPN names through DNS: {}",
+                        config.tun_name, tun.dns.mode
+                    );
+                }
                 eprintln!(
                     "shimgate: SOCKS5 proxy on {} (Ctrl-C to stop)",
                     running.socks
@@ -308,6 +322,7 @@ fn show_status(dir: &ConfigDir, json: bool) -> ExitCode {
                 "  tun:     {} (VPN range and routes: {routes}), {} TCP and {} UDP flows",
                 tun.dev, tun.flows, tun.udp_flows
             );
+            println!("  dns:     {}", tun.dns);
         }
         match &s.peer_listen {
             Some(addr) => println!("  peers:   listening on {addr}"),

@@ -140,6 +140,23 @@ pub struct DeviceConfig {
     /// attached to (and a VPN range that does).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub tun_allow_overlap: bool,
+    /// In TUN mode, how the DNS responder is wired into the system resolver.
+    #[serde(default, with = "dns_mode")]
+    pub tun_dns: crate::tun::resolver::DnsMode,
+}
+
+/// `tun_dns` in config.toml: `auto`, `resolved`, `resolv-conf` or `off`.
+mod dns_mode {
+    use crate::tun::resolver::DnsMode;
+
+    pub fn serialize<S: serde::Serializer>(m: &DnsMode, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(m)
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<DnsMode, D::Error> {
+        let text = <String as serde::Deserialize>::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 pub fn default_tun_name() -> String {

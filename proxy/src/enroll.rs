@@ -161,6 +161,7 @@ pub async fn enroll(
         tun: false,
         tun_name: crate::config::default_tun_name(),
         tun_allow_overlap: false,
+        tun_dns: Default::default(),
     };
     config.save(dir).map_err(|source| EnrollError::Save {
         path: dir.config().display().to_string(),

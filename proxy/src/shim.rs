@@ -130,7 +130,9 @@ pub enum ShimError {
 }
 
 /// Who is on the other end of a shim socket connection.
-struct Asker {
+pub(crate) struct Asker {
+    /// The shim the question came through (TUN mode's DNS responder asks too).
+    shim: origin::Shim,
     uid: Option<u32>,
     /// The uid's name in this machine's accounts.
     user: Option<String>,
@@ -177,6 +179,7 @@ impl Asker {
             .map(|p| p.display().to_string());
         let uid = cred.map(|c| c.uid());
         Asker {
+            shim: origin::Shim::Socket,
             uid,
             user: uid.and_then(user_name),
             pid,
@@ -184,9 +187,18 @@ impl Asker {
         }
     }
 
+    /// A question from TUN mode: no process is known.
+    pub(crate) const TUN: Asker = Asker {
+        shim: origin::Shim::Tun,
+        uid: None,
+        user: None,
+        pid: None,
+        program: None,
+    };
+
     fn origin(&self) -> Origin {
         Origin {
-            shim: origin::Shim::Socket,
+            shim: self.shim,
             uid: self.uid,
             user: self.user.clone(),
             program: self.program.clone(),
@@ -321,7 +333,7 @@ impl Shim {
     /// The split the PAC file makes: the VPN range, the fake ranges and
     /// the networks policy routes here; names under the VPN domain and the
     /// domains policy routes here.
-    fn split(&self) -> Split {
+    pub(crate) fn split(&self) -> Split {
         let routes = self.pac.routes();
         let nets = [
             self.pac.vpn_range().to_string(),
@@ -345,7 +357,7 @@ impl Shim {
     /// A VPN name's fake addresses: handed out once the gateway says, under
     /// policy, that the name exists (a name already in the map keeps its
     /// addresses; a device's name is checked when it is connected to).
-    async fn resolve(self: &Arc<Self>, name: &str, asker: &Asker) -> Reply {
+    pub(crate) async fn resolve(self: &Arc<Self>, name: &str, asker: &Asker) -> Reply {
         if let Some((v4, v6)) = self.fake.get(name) {
             return Reply::Addrs { v4, v6 };
         }
@@ -445,7 +457,7 @@ impl Shim {
 
     /// The destination a program's address stands for: the name behind a
     /// fake address, or the address itself.
-    fn destination(&self, to: SocketAddr) -> Result<Destination, TunnelError> {
+    pub(crate) fn destination(&self, to: SocketAddr) -> Result<Destination, TunnelError> {
         if crate::fakeaddr::is_fake(to.ip()) {
             let name = self
                 .fake

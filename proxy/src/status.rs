@@ -48,6 +48,9 @@ pub struct TunView {
     /// UDP flows through it now.
     #[serde(default)]
     pub udp_flows: usize,
+    /// The DNS responder and how it is wired in.
+    #[serde(default)]
+    pub dns: String,
 }
 
 /// The socket shim's flows: open now, and since `up` started.

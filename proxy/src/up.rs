@@ -91,6 +91,8 @@ fn start_peers(
 pub struct Running {
     pub socks: SocketAddr,
     pub board: Arc<Board>,
+    /// TUN mode, when on: dropping it undoes its DNS wiring.
+    pub tun: Option<crate::tun::Running>,
 }
 
 /// Starts everything and returns once the SOCKS port is bound; the work
@@ -160,22 +162,25 @@ pub async fn start(
         counts: crate::shim::Counts::default(),
         new_names: crate::shim::NewNames::default(),
     });
-    crate::shim::start(dir.shim_socket(), shim, stop.clone())?;
+    crate::shim::start(dir.shim_socket(), Arc::clone(&shim), stop.clone())?;
+    let mut tun = None;
     if config.tun {
         let settings = crate::tun::TunSettings {
             name: config.tun_name.clone(),
             allow_overlap: config.tun_allow_overlap,
+            dns: config.tun_dns,
+            resolv_backup: dir.root().join("resolv.conf.before-tun"),
         };
-        crate::tun::start(
-            &settings,
-            config,
-            Arc::clone(&pool),
-            Arc::clone(&peers),
-            Arc::clone(&pac),
-            Arc::clone(&board),
-            stop.clone(),
-        )
-        .await?;
+        tun = Some(
+            crate::tun::start(
+                &settings,
+                config,
+                Arc::clone(&shim),
+                Arc::clone(&board),
+                stop.clone(),
+            )
+            .await?,
+        );
     }
     // One listener per worker: a SOCKS client is accepted and served on the
     // same thread as the gateway connection that carries its tunnel.
@@ -200,5 +205,5 @@ pub async fn start(
             .map_err(listen_error)?;
     }
     tracing::info!(addr = %socks, pac = %pac::url(socks), gateway = %config.gateway, device = %config.device, "socks5 listening");
-    Ok(Running { socks, board })
+    Ok(Running { socks, board, tun })
 }

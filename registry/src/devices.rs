@@ -439,7 +439,7 @@ mod tests {
         assert_eq!(ip_from_db(first).ok(), Some(Ipv4Addr::new(100, 64, 0, 1)));
         assert_eq!(
             ip_from_db(last).ok(),
-            Some(Ipv4Addr::new(100, 127, 255, 254))
+            Some(Ipv4Addr::new(100, 127, 255, 253))
         );
         assert!(ip_from_db(-1).is_err());
         assert!(ip_from_db(1 << 32).is_err());

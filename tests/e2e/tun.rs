@@ -82,8 +82,12 @@ fn every_program_reaches_the_intranet_with_no_setting() {
     }
     let hosts = three_hosts("intranet page through TUN");
     let (dev_ns, gw_ns, intra_ns) = (&hosts.dev_ns, &hosts.gw_ns, &hosts.intra_ns);
-    let mut gw = Gateway::init_spec(Backend::Sqlite, gateway_in(gw_ns, vec![]));
+    let mut gw = Gateway::init_spec(
+        Backend::Sqlite,
+        gateway_in(gw_ns, vec![format!("intranet.corp:80={INTRA}:8080")]),
+    );
     gw.allow(INTRA_NET, &["--ports", "8000-8999"]);
+    gw.allow("intranet.corp", &["--ports", "80"]);
     gw.allow(
         &format!("{INTRA}/32"),
         &["--ports", "53,8095", "--proto", "udp"],
@@ -108,6 +112,17 @@ fn every_program_reaches_the_intranet_with_no_setting() {
     });
 
     let ns = dev_ns.name.as_str();
+    // sg-dev's own resolver, which names outside the VPN still go to
+    let elsewhere = crate::harness::dns::RebindingDns::start(
+        netns::in_netns(Some(ns), || {
+            std::net::UdpSocket::bind("127.0.0.1:53").expect("bind a resolver in sg-dev")
+        }),
+        std::net::Ipv4Addr::new(192, 0, 2, 7),
+        std::net::Ipv4Addr::new(192, 0, 2, 7),
+    );
+    crate::harness::dns::use_nameserver(ns, "127.0.0.1:53".parse().unwrap());
+    let resolv_conf = format!("/etc/netns/{ns}/resolv.conf");
+    let original = std::fs::read_to_string(&resolv_conf).unwrap();
     let sink = Origin::from_listener(
         netns::bind_in(Some(&intra_ns.name), SocketAddr::new(INTRA.into(), 8090)),
         Mode::Sink,
@@ -165,6 +180,47 @@ fn every_program_reaches_the_intranet_with_no_setting() {
                 .contains("shim=tun")
                 .then_some(())
         },
+    );
+
+    // VPN names for every program: resolv.conf names the responder, a name
+    // policy routes here resolves (to an address standing for it, as under
+    // `shimgate run`) and curl reaches it by name; other names go to the
+    // resolver the namespace had.
+    let rewritten = std::fs::read_to_string(&resolv_conf).unwrap();
+    assert!(
+        rewritten.contains("nameserver 100.127.255.254")
+            && !rewritten.contains("nameserver 127.0.0.1"),
+        "resolv.conf does not name the VPN's DNS responder:\n{rewritten}"
+    );
+    assert!(
+        rewritten.contains("options timeout:1"),
+        "resolv.conf lost its other lines:\n{rewritten}"
+    );
+    let getent = |name: &str| {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns, "getent", "ahostsv4", name]);
+        run(&mut cmd, Duration::from_secs(20))
+    };
+    let out = getent("intranet.corp");
+    assert!(
+        out.ok() && out.stdout.starts_with("198.18."),
+        "getent ahostsv4 intranet.corp in TUN mode: {out}\n{}",
+        dev.logs()
+    );
+    let out = curl(Some(ns), None, None, "http://intranet.corp/");
+    assert!(
+        out.ok(),
+        "curl http://intranet.corp/ (by name, no proxy) in TUN mode: {out}"
+    );
+    assert_eq!(out.stdout, hosts.body, "wrong page by name through TUN");
+    let out = getent("www.example.org");
+    assert!(
+        out.ok() && out.stdout.starts_with("192.0.2.7"),
+        "a name outside the VPN did not reach the namespace's own resolver: {out}"
+    );
+    assert!(
+        elsewhere.a_queries() >= 1,
+        "sg-dev's resolver was not asked"
     );
 
     // A statically linked program, which no preloaded library reaches.
@@ -449,6 +505,11 @@ fn every_program_reaches_the_intranet_with_no_setting() {
         "a route outlived `up`: {:?}",
         ip(INTRA_NET)
     );
+    assert_ne!(
+        std::fs::read_to_string(&resolv_conf).unwrap(),
+        original,
+        "a killed `up` cannot restore resolv.conf; the next start must"
+    );
     dev.up();
     poll(
         "the route to come back after a restart",
@@ -462,6 +523,12 @@ fn every_program_reaches_the_intranet_with_no_setting() {
     );
     let out = curl(Some(ns), None, None, &url);
     assert!(out.ok(), "curl through TUN after a restart: {out}");
+    dev.stop();
+    assert_eq!(
+        std::fs::read_to_string(&resolv_conf).unwrap(),
+        original,
+        "resolv.conf after `up --tun` stopped"
+    );
 }
 
 /// A peer by its VPN address, with no setting: alice in TUN mode reaches
@@ -477,7 +544,8 @@ fn a_peer_by_its_vpn_address() {
         serde_json::from_str(&net.bob.status(&["--json"]).stdout).expect("bob status --json");
     let bob_ip = status["vpn_ip"].as_str().expect("bob's VPN IP").to_owned();
     net.alice.stop();
-    net.alice.up_args = vec!["--tun".into()];
+    // nothing of the namespace's resolver to touch here
+    net.alice.up_args = vec!["--tun".into(), "--dns".into(), "off".into()];
     net.alice.up();
     crate::peer::wait_peer_ready(&net.alice, "bob");
     let ns = net.alice_ns.name.clone();

@@ -66,11 +66,17 @@ impl VpnRange {
     }
 
     /// The first and last address a device may be given (the network and
-    /// broadcast addresses are never handed out).
+    /// broadcast addresses are never handed out, nor [`VpnRange::dns`]).
     pub fn hosts(self) -> (Ipv4Addr, Ipv4Addr) {
         let first = u32::from(self.0.network()) + 1;
-        let last = u32::from(self.0.broadcast()) - 1;
+        let last = u32::from(self.0.broadcast()) - 2;
         (Ipv4Addr::from(first), Ipv4Addr::from(last))
+    }
+
+    /// TUN mode's DNS responder on every device: the range's last host
+    /// address, the same everywhere and never a device's.
+    pub fn dns(self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.0.broadcast()) - 1)
     }
 }
 
@@ -203,14 +209,15 @@ mod tests {
             r.hosts(),
             (
                 Ipv4Addr::new(198, 51, 100, 1),
-                Ipv4Addr::new(198, 51, 100, 254)
+                Ipv4Addr::new(198, 51, 100, 253)
             )
         );
+        assert_eq!(r.dns(), Ipv4Addr::new(198, 51, 100, 254));
         assert!(r.contains(Ipv4Addr::new(198, 51, 100, 7)));
         assert!(!r.contains(Ipv4Addr::new(198, 51, 101, 7)));
         assert_eq!(
             VpnRange::DEFAULT.hosts().1,
-            Ipv4Addr::new(100, 127, 255, 254)
+            Ipv4Addr::new(100, 127, 255, 253)
         );
         let json = serde_json::to_string(&r).unwrap();
         assert_eq!(json, "\"198.51.100.0/24\"");

@@ -15,20 +15,21 @@
 //! interface, noting each flow's sequence), `accept` (the stack's streams →
 //! their ways), the stack's own runner, and the route keeper.
 
+mod dns;
 mod flows;
 mod icmp;
 pub mod packet;
+pub mod resolver;
 pub mod routes;
 mod udp;
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use netstack_smoltcp::StackBuilder;
-use shimgate_wire::dest::Destination;
 use shimgate_wire::origin::Origin;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -41,7 +42,9 @@ use crate::config::DeviceConfig;
 use crate::pac::Pac;
 use crate::peer::Peers;
 use crate::pool::Pool;
+use crate::shim::Asker;
 use crate::status::{Board, TunView};
+use shimgate_wire::shimsock::Reply;
 
 /// The interface's name unless `--tun-name` says otherwise.
 pub const DEFAULT_NAME: &str = "shimgate0";
@@ -60,6 +63,10 @@ pub struct TunSettings {
     pub name: String,
     /// Route networks that overlap ones this machine is attached to.
     pub allow_overlap: bool,
+    /// How the DNS responder is wired into the system resolver.
+    pub dns: resolver::DnsMode,
+    /// Where a rewritten resolv.conf's original is kept.
+    pub resolv_backup: std::path::PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +90,8 @@ pub enum TunError {
     },
     #[error(transparent)]
     Route(#[from] routes::RouteError),
+    #[error(transparent)]
+    Resolver(#[from] resolver::ResolverError),
     #[error("the TCP stack: {0}")]
     Stack(std::io::Error),
 }
@@ -95,6 +104,18 @@ struct Shim {
     pings: icmp::Pings,
     pool: Arc<Pool>,
     peers: Arc<Peers>,
+    /// The socket shim's names and fake addresses, shared: a name resolves
+    /// to the same address for every shim.
+    socket: Arc<crate::shim::Shim>,
+    /// The DNS responder's address, and the resolvers it passes other names to.
+    responder: SocketAddr,
+    upstream: Vec<SocketAddr>,
+}
+
+/// TUN mode running: dropping it undoes the DNS wiring (the interface and
+/// routes go with the process).
+pub struct Running {
+    pub dns: resolver::Wired,
 }
 
 /// Creates the interface and starts its tasks; they run until `stop`
@@ -102,12 +123,11 @@ struct Shim {
 pub async fn start(
     settings: &TunSettings,
     config: &DeviceConfig,
-    pool: Arc<Pool>,
-    peers: Arc<Peers>,
-    pac: Arc<Pac>,
+    socket: Arc<crate::shim::Shim>,
     board: Arc<Board>,
     stop: CancellationToken,
-) -> Result<(), TunError> {
+) -> Result<Running, TunError> {
+    resolver::recover(&settings.resolv_backup)?;
     let range = config.vpn_range;
     let ip: Ipv4Addr = config
         .vpn_ip
@@ -146,13 +166,17 @@ pub async fn start(
             "the stack was built without TCP",
         )));
     };
+    let responder = range.dns();
     let shim = Arc::new(Shim {
         dev,
         flows: Arc::new(Flows::default()),
         udp: udp::UdpFlows::default(),
         pings: icmp::Pings::default(),
-        pool,
-        peers,
+        pool: Arc::clone(&socket.pool),
+        peers: Arc::clone(&socket.peers),
+        socket: Arc::clone(&socket),
+        responder: SocketAddr::from((responder, 53)),
+        upstream: resolver::upstream(responder),
     });
     let (to_stack, from_stack) = stack.split();
     let (release, released) = mpsc::channel(flows::MAX_OPENING);
@@ -167,13 +191,34 @@ pub async fn start(
     ));
     tokio::spawn(until(stop.clone(), Arc::clone(&shim).write(from_stack)));
     tokio::spawn(until(stop.clone(), Arc::clone(&shim).accept(listener)));
+    let dns = resolver::wire(
+        settings.dns,
+        &settings.name,
+        responder,
+        &socket.split().domains,
+        &settings.resolv_backup,
+    )
+    .await?;
     let gateways = gateway_addresses(&config.gateway).await;
+    let pac = Arc::clone(&socket.pac);
+    let view = TunView {
+        dev: settings.name.clone(),
+        dns: format!("{responder} ({})", dns.mode),
+        ..TunView::default()
+    };
     tokio::spawn(until(
         stop,
-        keep_routes(settings.clone(), gateways, pac, board, Arc::clone(&shim)),
+        keep_routes(
+            settings.clone(),
+            gateways,
+            pac,
+            board,
+            Arc::clone(&shim),
+            view,
+        ),
     ));
-    tracing::info!(dev = %settings.name, address = %ip, range = %range.net(), "TUN interface up");
-    Ok(())
+    tracing::info!(dev = %settings.name, address = %ip, range = %range.net(), dns = %responder, dns_mode = %dns.mode, upstream = ?shim.upstream, "TUN interface up");
+    Ok(Running { dns })
 }
 
 /// Runs `task` until `stop` fires.
@@ -203,6 +248,7 @@ async fn keep_routes(
     pac: Arc<Pac>,
     board: Arc<Board>,
     shim: Arc<Shim>,
+    mut view: TunView,
 ) {
     let mut installed = Installed::new(&settings.name);
     let mut said = BTreeSet::new();
@@ -211,7 +257,7 @@ async fn keep_routes(
         match routes::attached(&settings.name).await {
             Ok(attached) => {
                 let (want, skipped) = routes::plan(
-                    &pac.routes().cidrs,
+                    &shim.socket.split().nets,
                     &gateways,
                     &attached,
                     settings.allow_overlap,
@@ -225,16 +271,13 @@ async fn keep_routes(
             }
             Err(e) => tracing::warn!(error = %e, "cannot read this machine's networks"),
         }
-        let view = TunView {
-            dev: settings.name.clone(),
-            routes: installed.routes().iter().map(|n| n.to_string()).collect(),
-            flows: shim.flows.len(),
-            udp_flows: shim.udp.len(),
-        };
+        view.routes = installed.routes().iter().map(|n| n.to_string()).collect();
+        view.flows = shim.flows.len();
+        view.udp_flows = shim.udp.len();
         // status.json is rewritten only when something changed.
         if shown.as_ref() != Some(&view) {
             shown = Some(view.clone());
-            board.update(|s| s.tun = Some(view));
+            board.update(|s| s.tun = Some(view.clone()));
         }
         // At once when policy's routes change; the timer catches changes
         // to this machine's own networks.
@@ -294,6 +337,11 @@ impl Shim {
                 self.flows.seen_from_program(&seg);
                 Some(())
             }
+            Packet::Udp { key, payload } if key.dest == self.responder => {
+                let (me, query) = (Arc::clone(self), payload.to_vec());
+                tokio::spawn(async move { me.dns(key, query).await });
+                None
+            }
             Packet::Udp { key, payload } => {
                 self.udp(key, payload, pkt);
                 None
@@ -326,9 +374,9 @@ impl Shim {
     }
 
     async fn open(&self, slot: usize, seg: Segment, syn: Vec<u8>, release: mpsc::Sender<Vec<u8>>) {
-        let opened = match Destination::from_addr(seg.key.dest) {
+        let opened = match self.socket.destination(seg.key.dest) {
             Ok(dest) => crate::flow::open(&self.pool, &self.peers, slot, &dest, &Origin::TUN).await,
-            Err(e) => Err(e.into()),
+            Err(e) => Err(e),
         };
         match opened {
             Ok(way) => {
@@ -346,6 +394,69 @@ impl Shim {
                 self.answer(answer);
             }
         }
+    }
+
+    /// A query to the DNS responder: VPN names (the VPN domain, domains
+    /// policy routes here) are answered from the socket shim's map, after
+    /// the gateway, so they resolve as under `shimgate run`; other names go
+    /// to the resolvers this machine had.
+    async fn dns(&self, key: FlowKey, query: Vec<u8>) {
+        let Some(q) = dns::parse(&query) else {
+            return;
+        };
+        let split = self.socket.split();
+        let ours = split
+            .domains
+            .iter()
+            .any(|d| d == "." || q.name == *d || q.name.ends_with(&format!(".{d}")));
+        let answer = if ours {
+            match q.qtype {
+                dns::TYPE_A | dns::TYPE_AAAA => {
+                    match self.socket.resolve(&q.name, &Asker::TUN).await {
+                        Reply::Addrs { v4, v6 } => {
+                            dns::answer(&q, dns::NOERROR, &[v4.into(), v6.into()])
+                        }
+                        Reply::NoName => dns::answer(&q, dns::NXDOMAIN, &[]),
+                        Reply::Refused { errno, .. } if errno == libc::EACCES => {
+                            dns::answer(&q, dns::REFUSED, &[])
+                        }
+                        _ => dns::answer(&q, dns::SERVFAIL, &[]),
+                    }
+                }
+                // No other record types for VPN names yet: "no such data".
+                _ => dns::answer(&q, dns::NOERROR, &[]),
+            }
+        } else {
+            match self.forward(&query).await {
+                Some(a) => a,
+                None => dns::answer(&q, dns::SERVFAIL, &[]),
+            }
+        };
+        self.answer(Some(packet::datagram(key, &answer)));
+    }
+
+    /// `query` to the first resolver this machine had that answers.
+    async fn forward(&self, query: &[u8]) -> Option<Vec<u8>> {
+        for server in &self.upstream {
+            let local = match server {
+                SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+                SocketAddr::V6(_) => SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)),
+            };
+            let Ok(sock) = tokio::net::UdpSocket::bind(local).await else {
+                continue;
+            };
+            if sock.connect(server).await.is_err() || sock.send(query).await.is_err() {
+                continue;
+            }
+            let mut buf = vec![0u8; 4096];
+            if let Ok(Ok(n)) =
+                tokio::time::timeout(Duration::from_secs(5), sock.recv(&mut buf)).await
+            {
+                buf.truncate(n);
+                return Some(buf);
+            }
+        }
+        None
     }
 
     /// Writes a packet of the shim's own to the interface.

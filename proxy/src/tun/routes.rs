@@ -19,29 +19,37 @@ use tokio::process::Command;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RouteError {
-    #[error("cannot run `ip {args}`: {source} (TUN mode needs iproute2's `ip`)")]
+    #[error(
+        "cannot run `{command}`: {source} (TUN mode needs iproute2's `ip`, and systemd's `resolvectl` for --dns resolved)"
+    )]
     Spawn {
-        args: String,
+        command: String,
         source: std::io::Error,
     },
-    #[error("`ip {args}` failed: {stderr}")]
-    Failed { args: String, stderr: String },
+    #[error("`{command}` failed: {stderr}")]
+    Failed { command: String, stderr: String },
 }
 
 /// Runs `ip ARGS`, returning its standard output.
 pub async fn ip(args: &[&str]) -> Result<String, RouteError> {
-    let joined = args.join(" ");
-    let out = Command::new("ip")
+    ip_like("ip", args).await
+}
+
+/// Runs a network tool (`ip`, `resolvectl`) with `args`, returning its
+/// standard output.
+pub async fn ip_like(program: &str, args: &[&str]) -> Result<String, RouteError> {
+    let command = format!("{program} {}", args.join(" "));
+    let out = Command::new(program)
         .args(args)
         .output()
         .await
         .map_err(|source| RouteError::Spawn {
-            args: joined.clone(),
+            command: command.clone(),
             source,
         })?;
     if !out.status.success() {
         return Err(RouteError::Failed {
-            args: joined,
+            command,
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
         });
     }

@@ -15,7 +15,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use shimgate_wire::datagram;
-use shimgate_wire::dest::Destination;
 use shimgate_wire::origin::Origin;
 use tokio::net::{UdpSocket, UnixStream};
 
@@ -80,7 +79,10 @@ impl Shim {
         if self.udp.len() >= MAX_FLOWS {
             return Err("too many UDP flows");
         }
-        let dest = Destination::from_addr(key.dest).map_err(|_| "not a destination")?;
+        let dest = self
+            .socket
+            .destination(key.dest)
+            .map_err(|_| "no name for the fake address")?;
         let pair = || -> std::io::Result<(UdpSocket, UdpSocket, UnixStream, UnixStream)> {
             let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
             let ours = std::net::UdpSocket::bind(loopback)?;

@@ -214,3 +214,98 @@ find_shadowsocks() {
         SS_VERSION="$("$SS_BIN/ssserver" --version 2>/dev/null | head -n 1)" || SS_VERSION="shadowsocks (version unknown)"
     fi
 }
+
+# ---- network namespaces (tun.sh). The caller defines NETNS=() (the
+# namespaces made so far) and calls netns_cleanup from its cleanup_extra.
+
+# Makes namespace NAME with its loopback up and remembers it in NETNS.
+netns_add() {
+    ip netns add "$1" || { fail "ip netns add $1 failed (root needed)"; return 1; }
+    NETNS+=("$1")
+    ip -n "$1" link set lo up
+}
+
+# Connects namespaces A and B with a veth pair: netns_veth A A_CIDR B B_CIDR
+# [A_IF B_IF] (interface names default to veth-a, veth-b).
+netns_veth() {
+    local a="$1" a_addr="$2" b="$3" b_addr="$4" ia="${5:-veth-a}" ib="${6:-veth-b}"
+    if ! { ip link add "$ia" netns "$a" type veth peer name "$ib" netns "$b" &&
+        ip -n "$a" addr add "$a_addr" dev "$ia" &&
+        ip -n "$b" addr add "$b_addr" dev "$ib" &&
+        ip -n "$a" link set "$ia" up &&
+        ip -n "$b" link set "$ib" up; }; then
+        fail "could not connect $a and $b with a veth pair"
+        return 1
+    fi
+}
+
+# Kills what still runs in the namespaces of NETNS (by pid, from
+# `ip netns pids`) and deletes them, newest first.
+netns_cleanup() {
+    local i ns pids
+    for ((i = ${#NETNS[@]} - 1; i >= 0; i--)); do
+        ns="${NETNS[i]}"
+        mapfile -t pids < <(ip netns pids "$ns" 2>/dev/null)
+        ((${#pids[@]} == 0)) || stop_pids "${pids[@]}"
+        ip netns del "$ns" 2>/dev/null || true
+    done
+    NETNS=()
+}
+
+# Like start_gateway, in two steps, so that policy can be added before
+# `serve` loads it (a device asks for its routes when it connects, then only
+# every minute). gateway_init_ns DIR TAG NAME IP PORT [init args...]: `init`
+# with the server certificate naming NAME and IP, listening on IP:PORT
+# (devices dial IP:PORT); sets GW_DIR and GW_PORT, and `gw` then works (the
+# registry is a file). gateway_serve_ns NS TAG IP: `serve` in namespace NS,
+# waiting for its port; sets GW_PID.
+gateway_init_ns() {
+    local dir="$1" tag="$2" name="$3" ip="$4" port="$5"
+    shift 5
+    GW_DIR="$dir"
+    GW_PORT="$port"
+    unset DATABASE_URL SHIMGATE_HOME SHIMGATE_GATEWAY_DIR
+    gw init --name "$name" --ip "$ip" --listen "$ip:$port" --public-addr "$ip:$port" "$@" \
+        >"$WORK/$tag-init.log" 2>&1 || { fail "shimgate-gateway init failed" "$tag-init"; return 1; }
+}
+gateway_serve_ns() {
+    local ns="$1" tag="$2" ip="$3"
+    # `ip netns exec` execs the command: BG_PID is the gateway's own pid.
+    start_bg "$tag" ip netns exec "$ns" "${GW_WRAP[@]}" "$BIN/shimgate-gateway" --data-dir "$GW_DIR" serve "${GW_SERVE_ARGS[@]}"
+    GW_PID=$BG_PID
+    ip netns exec "$ns" "$SGBENCH" wait-port "$ip:$GW_PORT" --pid "$GW_PID" --timeout-secs 120 ||
+        { fail "shimgate-gateway serve did not start in $ns" "$tag"; return 1; }
+}
+
+# tun2proxy (a tun2socks program: TUN interface -> SOCKS5), from
+# $T2P_ROOT/bin (default ~/.cache/shimgate-bench/tun2proxy, outside the
+# clone, kept between runs), installed there with cargo install when missing
+# and INSTALL_OK=1, given at most T2P_INSTALL_SECS (default 480) seconds.
+# Sets T2P_BIN (the binary), T2P_VERSION, and T2P_SKIP: why it cannot be
+# used (empty: it can). Uses WORK.
+find_tun2proxy() {
+    T2P_ROOT="${T2P_ROOT:-${XDG_CACHE_HOME:-$HOME/.cache}/shimgate-bench/tun2proxy}"
+    T2P_BIN="$T2P_ROOT/bin/tun2proxy-bin"
+    T2P_SKIP=""
+    T2P_VERSION=""
+    local secs="${T2P_INSTALL_SECS:-480}"
+    if [[ ! -x "$T2P_BIN" ]]; then
+        if [[ "${INSTALL_OK:-1}" != 1 ]]; then
+            T2P_SKIP="it is not in $T2P_ROOT/bin and installing was not allowed (--skip-install)"
+        elif ! command -v cargo >/dev/null; then
+            T2P_SKIP="it is not in $T2P_ROOT/bin and cargo is not installed"
+        else
+            log "tun2proxy is not in $T2P_ROOT/bin: cargo install tun2proxy --locked --root $T2P_ROOT" \
+                "(at most $secs s; about 5 min on 2 cores)"
+            if ! fg_run timeout "$secs" cargo install tun2proxy --locked --root "$T2P_ROOT" >"$WORK/t2p-install.log" 2>&1; then
+                show_log t2p-install
+                T2P_SKIP="cargo install tun2proxy failed or took over $secs s"
+            elif [[ ! -x "$T2P_BIN" ]]; then
+                T2P_SKIP="cargo install tun2proxy did not put tun2proxy-bin in $T2P_ROOT/bin"
+            fi
+        fi
+    fi
+    if [[ -z "$T2P_SKIP" ]]; then
+        T2P_VERSION="$("$T2P_BIN" --version 2>/dev/null | head -n 1)" || T2P_VERSION="tun2proxy (version unknown)"
+    fi
+}

@@ -15,7 +15,7 @@
 //! interface, noting each flow's sequence), `accept` (the stack's streams →
 //! their ways), the stack's own runner, and the route keeper.
 
-mod dns;
+pub mod dns;
 mod flows;
 mod icmp;
 pub mod packet;

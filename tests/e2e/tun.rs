@@ -44,6 +44,22 @@ fn link_exists(ns: &str, dev: &str) -> bool {
     run(&mut cmd, Duration::from_secs(10)).ok()
 }
 
+/// Everything `s` sends until its end: bytes and their SHA-256.
+fn read_hashed(s: &mut TcpStream) -> (u64, String) {
+    let mut hasher = Hasher::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut n = 0u64;
+    loop {
+        match s.read(&mut buf).expect("read through TUN") {
+            0 => return (n, hasher.hex()),
+            k => {
+                hasher.update(&buf[..k]);
+                n += k as u64;
+            }
+        }
+    }
+}
+
 /// The resident memory of process `pid`, KiB.
 fn vm_rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -223,6 +239,22 @@ fn every_program_reaches_the_intranet_with_no_setting() {
         "sg-dev's resolver was not asked"
     );
 
+    // ssh to a real sshd, as any program would: no ProxyCommand.
+    let sshd = crate::harness::servers::Sshd::start(
+        Some(&intra_ns.name),
+        SocketAddr::new(INTRA.into(), 8022),
+    );
+    let mut ssh = Command::new("ip");
+    ssh.args(["netns", "exec", ns, "ssh"])
+        .args(sshd.ssh_args(&[]));
+    let out = run(&mut ssh, Duration::from_secs(30));
+    assert_eq!(
+        out.stdout.trim(),
+        crate::harness::servers::Sshd::MARKER,
+        "ssh in TUN mode: {out}\n{}",
+        sshd.log()
+    );
+
     // A statically linked program, which no preloaded library reaches.
     let busybox = env::which("busybox").expect("busybox-static (tests/lib/setup.sh installs it)");
     let mut wget = Command::new("ip");
@@ -337,19 +369,7 @@ fn every_program_reaches_the_intranet_with_no_setting() {
     );
     let got = netns::in_netns(Some(ns), || {
         let mut s = TcpStream::connect(source.addr).expect("connect to the source through TUN");
-        let mut hasher = Hasher::new();
-        let mut buf = vec![0u8; 1 << 16];
-        let mut n = 0u64;
-        loop {
-            match s.read(&mut buf).expect("read from the source") {
-                0 => break,
-                k => {
-                    hasher.update(&buf[..k]);
-                    n += k as u64;
-                }
-            }
-        }
-        (n, hasher.hex())
+        read_hashed(&mut s)
     });
     let (len, hash) = source.wait_hash(Duration::from_secs(10));
     assert_eq!(got, (len, hash), "the source's bytes arrived changed");
@@ -368,19 +388,7 @@ fn every_program_reaches_the_intranet_with_no_setting() {
         let mut s = TcpStream::connect(flood.addr).expect("connect to the flood through TUN");
         std::thread::sleep(Duration::from_secs(3));
         let stalled = vm_rss_kib(pid);
-        let mut hasher = Hasher::new();
-        let mut buf = vec![0u8; 1 << 16];
-        let mut n = 0u64;
-        loop {
-            match s.read(&mut buf).expect("read the flood") {
-                0 => break,
-                k => {
-                    hasher.update(&buf[..k]);
-                    n += k as u64;
-                }
-            }
-        }
-        (stalled, (n, hasher.hex()))
+        (stalled, read_hashed(&mut s))
     });
     assert_eq!(
         got,

@@ -136,6 +136,19 @@ impl Flows {
         }
     }
 
+    /// Ends `key` if the stack never made a stream for it (the program went
+    /// away between its SYN and our SYN-ACK): its way is dropped.
+    pub fn expire_unclaimed(&self, key: FlowKey) {
+        let mut table = self.lock();
+        if table
+            .flows
+            .get(&key)
+            .is_some_and(|f| matches!(f.state, State::Ready(_)))
+        {
+            table.flows.remove(&key);
+        }
+    }
+
     /// The flow is over (or was refused).
     pub fn end(&self, key: FlowKey) {
         self.lock().leave_opening(&key, None);

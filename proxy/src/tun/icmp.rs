@@ -19,6 +19,9 @@ use super::packet::{self, Echo, Packet, Unreachable};
 
 /// A peer's ping session with no ping for this long closes.
 const IDLE: Duration = Duration::from_secs(10);
+/// A ping the peer has not echoed after this long is lost (and its
+/// session closed; the next ping opens another).
+const ECHO_WAIT: Duration = Duration::from_secs(5);
 /// Echo requests waiting per peer; past it they are dropped (as a link
 /// that is full would).
 const QUEUE: usize = 64;
@@ -104,15 +107,19 @@ impl Shim {
                 }
                 Ok(got == payload)
             };
-            match echoed.await {
+            match tokio::time::timeout(ECHO_WAIT, echoed)
+                .await
+                .unwrap_or(Ok(false))
+            {
                 Ok(true) => self.answer(Some(packet::echo_reply(&echo))),
                 // A lost ping, as on a network: the next one opens a session.
                 Ok(false) | Err(_) => link = None,
             }
         }
+        // Out of the map first: a ping that comes meanwhile starts a new keeper.
+        self.pings.lock().remove(&peer);
         if let Some(mut l) = link {
             let _ = l.writer.close().await;
         }
-        self.pings.lock().remove(&peer);
     }
 }

@@ -57,6 +57,9 @@ pub const MTU: u16 = 65_520;
 /// Each flow's receive and send window in the stack: bounds what one flow
 /// buffers on the device when the program or the far end reads slowly.
 const WINDOW: u32 = 256 * 1024;
+/// A way opened for a SYN that the stack has not made a stream for after
+/// this long is dropped (the program gave up on its handshake).
+const UNCLAIMED: Duration = Duration::from_secs(10);
 /// How often the routes are compared with what policy routes here.
 const ROUTES_EVERY: Duration = Duration::from_secs(5);
 
@@ -130,7 +133,7 @@ pub async fn start(
     board: Arc<Board>,
     stop: CancellationToken,
 ) -> Result<Running, TunError> {
-    resolver::recover(&settings.resolv_backup)?;
+    resolver::recover(&settings.resolv_backup);
     let range = config.vpn_range;
     let ip: Ipv4Addr = config
         .vpn_ip
@@ -194,6 +197,8 @@ pub async fn start(
     ));
     tokio::spawn(until(stop.clone(), Arc::clone(&shim).write(from_stack)));
     tokio::spawn(until(stop.clone(), Arc::clone(&shim).accept(listener)));
+    // Before the DNS wiring: the gateway's name must resolve as it always did.
+    let gateways = gateway_addresses(&config.gateway).await;
     let dns = resolver::wire(
         settings.dns,
         &settings.name,
@@ -202,7 +207,6 @@ pub async fn start(
         &settings.resolv_backup,
     )
     .await?;
-    let gateways = gateway_addresses(&config.gateway).await;
     let pac = Arc::clone(&socket.pac);
     let view = TunView {
         dev: settings.name.clone(),
@@ -213,6 +217,7 @@ pub async fn start(
         stop,
         keep_routes(
             settings.clone(),
+            config.gateway.clone(),
             gateways,
             pac,
             board,
@@ -247,7 +252,8 @@ async fn gateway_addresses(gateway: &str) -> Vec<IpAddr> {
 /// here, and `status` told of them and of the flows.
 async fn keep_routes(
     settings: TunSettings,
-    gateways: Vec<IpAddr>,
+    gateway: String,
+    mut gateways: Vec<IpAddr>,
     pac: Arc<Pac>,
     board: Arc<Board>,
     shim: Arc<Shim>,
@@ -258,13 +264,26 @@ async fn keep_routes(
     let mut shown = None;
     loop {
         match routes::attached(&settings.name).await {
+            // Without the gateway's addresses no route can be known not to
+            // capture its own connections: none is added until they are.
+            Ok(_) if gateways.is_empty() => {
+                if said.insert("no gateway address".to_owned()) {
+                    tracing::warn!(gateway = %gateway, "the gateway's address is not known: no routes into the TUN interface until it resolves");
+                }
+                gateways = gateway_addresses(&gateway).await;
+            }
             Ok(attached) => {
-                let (want, skipped) = routes::plan(
-                    &shim.socket.split().nets,
-                    &gateways,
-                    &attached,
-                    settings.allow_overlap,
-                );
+                // The VPN range is the interface address's own prefix route.
+                let range = shim.socket.pac.vpn_range().to_string();
+                let nets: Vec<String> = shim
+                    .socket
+                    .split()
+                    .nets
+                    .into_iter()
+                    .filter(|n| *n != range)
+                    .collect();
+                let (want, skipped) =
+                    routes::plan(&nets, &gateways, &attached, settings.allow_overlap);
                 for why in skipped {
                     if said.insert(why.clone()) {
                         tracing::warn!("{why}");
@@ -364,6 +383,12 @@ impl Shim {
 
     /// A program's connection attempt: ask the far end, hold the SYN.
     fn syn(self: &Arc<Self>, seg: Segment, pkt: &[u8], release: &mpsc::Sender<Vec<u8>>) {
+        // No TCP connection has port 0 at either end (the stack could not
+        // take one): refused as a closed port.
+        if seg.key.dest.port() == 0 || seg.key.program.port() == 0 {
+            self.answer(Some(packet::reset_syn(&seg)));
+            return;
+        }
         match self.flows.syn(seg.key) {
             Syn::Drop => {}
             Syn::Refuse => self.answer(Some(packet::reset_syn(&seg))),
@@ -386,7 +411,10 @@ impl Shim {
                 self.flows.ready(seg.key, way);
                 if release.send(syn).await.is_err() {
                     self.flows.end(seg.key);
+                    return;
                 }
+                tokio::time::sleep(UNCLAIMED).await;
+                self.flows.expire_unclaimed(seg.key);
             }
             Err(e) => {
                 self.flows.end(seg.key);

@@ -72,6 +72,12 @@ pub enum ResolverError {
     },
     #[error("telling systemd-resolved about the VPN's DNS: {0}")]
     Resolved(routes::RouteError),
+    #[error(
+        "/etc/resolv.conf is a symbolic link (managed by systemd-resolved, NetworkManager or resolvconf), which --dns resolv-conf will not write through: use --dns resolved, or --dns off and point the resolver at {0} yourself"
+    )]
+    Managed(Ipv4Addr),
+    #[error("{0} is not a regular file this user owns: not used as resolv.conf's backup")]
+    NotOurs(String),
 }
 
 /// The wiring in place; dropping it undoes it.
@@ -97,21 +103,75 @@ fn resolved_runs() -> bool {
     Path::new("/run/systemd/resolve/io.systemd.Resolve").exists()
 }
 
-/// Puts back a resolv.conf a crashed `up` left rewritten, if `backup` holds one.
-pub fn recover(backup: &Path) -> Result<(), ResolverError> {
-    if backup.exists() {
-        restore(backup)?;
-        tracing::warn!(backup = %backup.display(), "restored /etc/resolv.conf left rewritten by an earlier `up --tun` that did not exit cleanly");
+/// Puts back a resolv.conf a crashed `up` left rewritten, if `backup`
+/// holds one. A failure is told, never fatal: it must not keep TUN mode
+/// from starting for good.
+pub fn recover(backup: &Path) {
+    if backup.symlink_metadata().is_err() {
+        return;
     }
-    Ok(())
+    match restore(backup) {
+        Ok(()) => {
+            tracing::warn!(backup = %backup.display(), "restored /etc/resolv.conf left rewritten by an earlier `up --tun` that did not exit cleanly")
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot restore /etc/resolv.conf from an earlier `up --tun`")
+        }
+    }
+}
+
+/// Opens `path` without following a symbolic link, as a regular file this
+/// user owns: the backup lives in a config directory another user may
+/// control, and root must neither write through a planted link nor copy a
+/// planted file into /etc.
+fn open_own(
+    path: &Path,
+    options: &mut std::fs::OpenOptions,
+) -> Result<std::fs::File, ResolverError> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let not_ours = || ResolverError::NotOurs(path.display().to_string());
+    let file = options
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|_| not_ours())?;
+    let meta = file.metadata().map_err(|_| not_ours())?;
+    // SAFETY: geteuid has no preconditions.
+    if !meta.is_file() || meta.uid() != unsafe { libc::geteuid() } {
+        return Err(not_ours());
+    }
+    Ok(file)
+}
+
+fn save_backup(path: &Path, original: &str) -> Result<(), ResolverError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = open_own(
+        path,
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600),
+    )?;
+    file.write_all(original.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|source| ResolverError::File {
+            what: "save",
+            path: path.display().to_string(),
+            source,
+        })
 }
 
 fn restore(backup: &Path) -> Result<(), ResolverError> {
-    let original = std::fs::read(backup).map_err(|source| ResolverError::File {
-        what: "read",
-        path: backup.display().to_string(),
-        source,
-    })?;
+    use std::io::Read;
+    let mut original = Vec::new();
+    open_own(backup, std::fs::OpenOptions::new().read(true))?
+        .read_to_end(&mut original)
+        .map_err(|source| ResolverError::File {
+            what: "read",
+            path: backup.display().to_string(),
+            source,
+        })?;
     std::fs::write(RESOLV_CONF, original).map_err(|source| ResolverError::File {
         what: "write",
         path: RESOLV_CONF.into(),
@@ -163,9 +223,19 @@ pub async fn wire(
     domains: &[String],
     backup: &Path,
 ) -> Result<Wired, ResolverError> {
+    let managed = Path::new(RESOLV_CONF)
+        .symlink_metadata()
+        .is_ok_and(|m| m.file_type().is_symlink());
     let mode = match mode {
         DnsMode::Auto if resolved_runs() => DnsMode::Resolved,
+        DnsMode::Auto if managed => {
+            tracing::warn!(
+                "/etc/resolv.conf is a symbolic link managed by another program and systemd-resolved does not run: VPN names are not wired in (--dns off); point the resolver at {responder} to have them"
+            );
+            DnsMode::Off
+        }
         DnsMode::Auto => DnsMode::ResolvConf,
+        DnsMode::ResolvConf if managed => return Err(ResolverError::Managed(responder)),
         other => other,
     };
     match mode {
@@ -189,25 +259,22 @@ pub async fn wire(
                     path: RESOLV_CONF.into(),
                     source,
                 })?;
-            std::fs::write(backup, &original).map_err(|source| ResolverError::File {
-                what: "save",
-                path: backup.display().to_string(),
-                source,
-            })?;
-            // The backup exists from here on: the guard restores it even if
-            // the write below fails half-way.
-            let wired = Wired {
-                mode,
-                backup: Some(backup.to_owned()),
-            };
-            std::fs::write(RESOLV_CONF, rewritten(&original, responder)).map_err(|source| {
-                ResolverError::File {
+            save_backup(backup, &original)?;
+            if let Err(source) = std::fs::write(RESOLV_CONF, rewritten(&original, responder)) {
+                // Put back whatever part of it was written; where even
+                // that fails the backup stays for the next start (whose
+                // recovery only warns).
+                let _ = restore(backup);
+                return Err(ResolverError::File {
                     what: "rewrite",
                     path: RESOLV_CONF.into(),
                     source,
-                }
-            })?;
-            Ok(wired)
+                });
+            }
+            Ok(Wired {
+                mode,
+                backup: Some(backup.to_owned()),
+            })
         }
         DnsMode::Auto | DnsMode::Off => Ok(Wired {
             mode: DnsMode::Off,

@@ -138,6 +138,8 @@ pub fn plan(
 pub struct Installed {
     dev: String,
     routes: BTreeSet<IpNet>,
+    /// Routes that could not be added, told once each.
+    told: BTreeSet<IpNet>,
 }
 
 impl Installed {
@@ -145,6 +147,7 @@ impl Installed {
         Installed {
             dev: dev.to_owned(),
             routes: BTreeSet::new(),
+            told: BTreeSet::new(),
         }
     }
 
@@ -165,12 +168,18 @@ impl Installed {
         }
         for new in want.difference(&self.routes).copied().collect::<Vec<_>>() {
             let net = new.to_string();
-            match ip(&["route", "replace", &net, "dev", &self.dev]).await {
+            // `add`, not `replace`: a route this machine already has for the
+            // same network (static, DHCP) is left alone and reported.
+            match ip(&["route", "add", &net, "dev", &self.dev]).await {
                 Ok(_) => {
                     tracing::info!(route = %net, dev = %self.dev, "route added");
                     self.routes.insert(new);
                 }
-                Err(e) => tracing::warn!(route = %net, error = %e, "cannot add route"),
+                Err(e) => {
+                    if self.told.insert(new) {
+                        tracing::warn!(route = %net, error = %e, "cannot add route");
+                    }
+                }
             }
         }
     }

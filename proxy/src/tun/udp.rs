@@ -137,7 +137,10 @@ impl Shim {
             let idle_at = last + IDLE;
             tokio::select! {
                 got = sock.recv(&mut buf) => {
-                    let Ok(n) = got else { break };
+                    let Ok(n) = got else {
+                        self.udp.lock().remove(&key);
+                        break;
+                    };
                     if let Some(payload) = buf.get(..n) {
                         self.answer(Some(packet::datagram(key, payload)));
                     }

@@ -60,6 +60,8 @@ const WINDOW: u32 = 256 * 1024;
 /// A way opened for a SYN that the stack has not made a stream for after
 /// this long is dropped (the program gave up on its handshake).
 const UNCLAIMED: Duration = Duration::from_secs(10);
+/// DNS queries being answered (or forwarded) at once.
+const DNS_AT_ONCE: usize = 256;
 /// How often the routes are compared with what policy routes here.
 const ROUTES_EVERY: Duration = Duration::from_secs(5);
 
@@ -116,6 +118,8 @@ struct Shim {
     /// The DNS responder's address, and the resolvers it passes other names to.
     responder: SocketAddr,
     upstream: Vec<SocketAddr>,
+    /// Queries being answered at once, at most [`DNS_AT_ONCE`].
+    dns_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// TUN mode running: dropping it undoes the DNS wiring (the interface and
@@ -183,6 +187,7 @@ pub async fn start(
         socket: Arc::clone(&socket),
         responder: SocketAddr::from((responder, 53)),
         upstream: resolver::upstream(responder),
+        dns_slots: Arc::new(tokio::sync::Semaphore::new(DNS_AT_ONCE)),
     });
     let (to_stack, from_stack) = stack.split();
     let (release, released) = mpsc::channel(flows::MAX_OPENING);
@@ -213,10 +218,15 @@ pub async fn start(
         dns: format!("{responder} ({})", dns.mode),
         ..TunView::default()
     };
+    // The route keeper also keeps systemd-resolved's domains current.
+    let keeper = TunSettings {
+        dns: dns.mode,
+        ..settings.clone()
+    };
     tokio::spawn(until(
         stop,
         keep_routes(
-            settings.clone(),
+            keeper,
             config.gateway.clone(),
             gateways,
             pac,
@@ -262,7 +272,17 @@ async fn keep_routes(
     let mut installed = Installed::new(&settings.name);
     let mut said = BTreeSet::new();
     let mut shown = None;
+    let mut domains = shim.socket.split().domains;
     loop {
+        let now = shim.socket.split().domains;
+        if settings.dns == resolver::DnsMode::Resolved && now != domains {
+            match resolver::set_domains(&settings.name, &now).await {
+                Ok(()) => domains = now,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot give systemd-resolved the VPN's domains")
+                }
+            }
+        }
         match routes::attached(&settings.name).await {
             // Without the gateway's addresses no route can be known not to
             // capture its own connections: none is added until they are.
@@ -360,8 +380,15 @@ impl Shim {
                 Some(())
             }
             Packet::Udp { key, payload } if key.dest == self.responder => {
-                let (me, query) = (Arc::clone(self), payload.to_vec());
-                tokio::spawn(async move { me.dns(key, query).await });
+                // Queries answered at once are bounded; past it one is
+                // dropped, and the program's resolver asks again.
+                if let Ok(slot) = Arc::clone(&self.dns_slots).try_acquire_owned() {
+                    let (me, query) = (Arc::clone(self), payload.to_vec());
+                    tokio::spawn(async move {
+                        me.dns(key, query).await;
+                        drop(slot);
+                    });
+                }
                 None
             }
             Packet::Udp { key, payload } => {

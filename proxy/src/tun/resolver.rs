@@ -215,6 +215,16 @@ fn rewritten(original: &str, responder: Ipv4Addr) -> String {
     out
 }
 
+/// Tells systemd-resolved which names go to the responder on `dev` (as
+/// routing-only domains: `~corp.example`); again whenever policy's domains
+/// change.
+pub async fn set_domains(dev: &str, domains: &[String]) -> Result<(), routes::RouteError> {
+    let mut args = vec!["domain".to_owned(), dev.to_owned()];
+    args.extend(domains.iter().map(|d| format!("~{d}")));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    routes::ip_like("resolvectl", &args).await.map(|_| ())
+}
+
 /// Wires the responder at `responder` in for names under `domains`.
 pub async fn wire(
     mode: DnsMode,
@@ -244,10 +254,7 @@ pub async fn wire(
             routes::ip_like("resolvectl", &["dns", dev, &addr])
                 .await
                 .map_err(ResolverError::Resolved)?;
-            let mut args = vec!["domain".to_owned(), dev.to_owned()];
-            args.extend(domains.iter().map(|d| format!("~{d}")));
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            routes::ip_like("resolvectl", &args)
+            set_domains(dev, domains)
                 .await
                 .map_err(ResolverError::Resolved)?;
             Ok(Wired { mode, backup: None })

@@ -38,6 +38,20 @@ fn tun_routes(dev: &Device) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Waits until `status --json` lists the intranet's route.
+fn wait_for_route(dev: &Device, when: &str) {
+    poll(
+        &format!("the intranet's route in `status --json` {when}"),
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || {
+            tun_routes(dev)
+                .contains(&INTRA_NET.to_owned())
+                .then_some(())
+        },
+    );
+}
+
 fn link_exists(ns: &str, dev: &str) -> bool {
     let mut cmd = Command::new("ip");
     cmd.args(["-n", ns, "link", "show", dev]);
@@ -159,16 +173,7 @@ fn every_program_reaches_the_intranet_with_no_setting() {
         "no shimgate0 in sg-dev after `up --tun`\n{}",
         dev.logs()
     );
-    poll(
-        "the intranet's route to appear in `status --json`",
-        Duration::from_secs(20),
-        Duration::from_millis(100),
-        || {
-            tun_routes(&dev)
-                .contains(&INTRA_NET.to_owned())
-                .then_some(())
-        },
-    );
+    wait_for_route(&dev, "after `up --tun`");
     let status = dev.status(&[]);
     assert!(
         status.stdout.contains("tun:     shimgate0") && status.stdout.contains(INTRA_NET),
@@ -519,16 +524,7 @@ fn every_program_reaches_the_intranet_with_no_setting() {
         "a killed `up` cannot restore resolv.conf; the next start must"
     );
     dev.up();
-    poll(
-        "the route to come back after a restart",
-        Duration::from_secs(20),
-        Duration::from_millis(100),
-        || {
-            tun_routes(&dev)
-                .contains(&INTRA_NET.to_owned())
-                .then_some(())
-        },
-    );
+    wait_for_route(&dev, "after a restart");
     let out = curl(Some(ns), None, None, &url);
     assert!(out.ok(), "curl through TUN after a restart: {out}");
     dev.stop();

@@ -43,16 +43,21 @@ impl Shim {
     /// otherwise "administratively prohibited" (ICMP to other destinations
     /// is not carried).
     pub(super) fn echo(self: &Arc<Self>, echo: Echo, pkt: &[u8]) {
-        let Some(peer) = self.peers.destination(&Host::Ip(IpAddr::V4(echo.dst))) else {
+        let Some(peer) = self
+            .socket
+            .peers
+            .destination(&Host::Ip(IpAddr::V4(echo.dst)))
+        else {
             self.answer(packet::unreachable(pkt, Unreachable::Prohibited));
             return;
         };
         let mut peers = self.pings.lock();
         let keeper = peers.entry(peer.clone()).or_insert_with(|| {
             let (tx, rx) = mpsc::channel(QUEUE);
-            let slot = self.pool.pick();
+            let slot = self.socket.pool.pick();
             let (me, peer) = (Arc::clone(self), peer.clone());
-            self.pool
+            self.socket
+                .pool
                 .spawn_on(slot, async move { me.keep_pinging(slot, peer, rx).await });
             tx
         });
@@ -75,8 +80,8 @@ impl Shim {
                 continue;
             };
             if link.is_none() {
-                let opened = match self.pool.sender(slot).await {
-                    Ok(send) => self.peers.dial(send, &peer, 0, PeerProto::Tcp).await,
+                let opened = match self.socket.pool.sender(slot).await {
+                    Ok(send) => self.socket.peers.dial(send, &peer, 0, PeerProto::Tcp).await,
                     Err(e) => Err(e),
                 };
                 match opened {

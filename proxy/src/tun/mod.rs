@@ -40,8 +40,6 @@ use self::packet::{FlowKey, Packet, Refusal, Segment, Unreachable};
 use self::routes::Installed;
 use crate::config::DeviceConfig;
 use crate::pac::Pac;
-use crate::peer::Peers;
-use crate::pool::Pool;
 use crate::shim::Asker;
 use crate::status::{Board, TunView};
 use shimgate_wire::shimsock::Reply;
@@ -110,8 +108,6 @@ struct Shim {
     flows: SharedFlows,
     udp: udp::UdpFlows,
     pings: icmp::Pings,
-    pool: Arc<Pool>,
-    peers: Arc<Peers>,
     /// The socket shim's names and fake addresses, shared: a name resolves
     /// to the same address for every shim.
     socket: Arc<crate::shim::Shim>,
@@ -182,8 +178,6 @@ pub async fn start(
         flows: Arc::new(Flows::default()),
         udp: udp::UdpFlows::default(),
         pings: icmp::Pings::default(),
-        pool: Arc::clone(&socket.pool),
-        peers: Arc::clone(&socket.peers),
         socket: Arc::clone(&socket),
         responder: SocketAddr::from((responder, 53)),
         upstream: resolver::upstream(responder),
@@ -274,10 +268,11 @@ async fn keep_routes(
     let mut shown = None;
     let mut domains = shim.socket.split().domains;
     loop {
-        let now = shim.socket.split().domains;
-        if settings.dns == resolver::DnsMode::Resolved && now != domains {
-            match resolver::set_domains(&settings.name, &now).await {
-                Ok(()) => domains = now,
+        // One read of the split (policy's routes) per round.
+        let split = shim.socket.split();
+        if settings.dns == resolver::DnsMode::Resolved && split.domains != domains {
+            match resolver::set_domains(&settings.name, &split.domains).await {
+                Ok(()) => domains = split.domains.clone(),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot give systemd-resolved the VPN's domains")
                 }
@@ -295,13 +290,7 @@ async fn keep_routes(
             Ok(attached) => {
                 // The VPN range is the interface address's own prefix route.
                 let range = shim.socket.pac.vpn_range().to_string();
-                let nets: Vec<String> = shim
-                    .socket
-                    .split()
-                    .nets
-                    .into_iter()
-                    .filter(|n| *n != range)
-                    .collect();
+                let nets: Vec<String> = split.nets.into_iter().filter(|n| *n != range).collect();
                 let (want, skipped) =
                     routes::plan(&nets, &gateways, &attached, settings.allow_overlap);
                 for why in skipped {
@@ -420,9 +409,10 @@ impl Shim {
             Syn::Drop => {}
             Syn::Refuse => self.answer(Some(packet::reset_syn(&seg))),
             Syn::Open => {
-                let slot = self.pool.pick();
+                let slot = self.socket.pool.pick();
                 let (me, syn, release) = (Arc::clone(self), pkt.to_vec(), release.clone());
-                self.pool
+                self.socket
+                    .pool
                     .spawn_on(slot, async move { me.open(slot, seg, syn, release).await });
             }
         }
@@ -430,7 +420,16 @@ impl Shim {
 
     async fn open(&self, slot: usize, seg: Segment, syn: Vec<u8>, release: mpsc::Sender<Vec<u8>>) {
         let opened = match self.socket.destination(seg.key.dest) {
-            Ok(dest) => crate::flow::open(&self.pool, &self.peers, slot, &dest, &Origin::TUN).await,
+            Ok(dest) => {
+                crate::flow::open(
+                    &self.socket.pool,
+                    &self.socket.peers,
+                    slot,
+                    &dest,
+                    &Origin::TUN,
+                )
+                .await
+            }
             Err(e) => Err(e),
         };
         match opened {
@@ -558,9 +557,9 @@ impl Shim {
                 tracing::debug!(%program, %dest, "a TUN stream without a way: dropped");
                 continue;
             };
-            let slot = self.pool.pick();
+            let slot = self.socket.pool.pick();
             let me = Arc::clone(&self);
-            self.pool.spawn_on(slot, async move {
+            self.socket.pool.spawn_on(slot, async move {
                 me.carry(key, FlowStream::new(stream), way, program_reset)
                     .await
             });
@@ -576,7 +575,7 @@ impl Shim {
     ) {
         let (mut rd, mut wr) = tokio::io::split(stream);
         let carried = tokio::select! {
-            r = way.carry_halves(&mut rd, &mut wr, &self.peers) => r,
+            r = way.carry_halves(&mut rd, &mut wr, &self.socket.peers) => r,
             () = program_reset.cancelled() => Err(()),
         };
         if carried.is_err()

@@ -113,14 +113,22 @@ impl Shim {
                 last: Instant::now(),
             },
         );
-        let slot = self.pool.pick();
+        let slot = self.socket.pool.pick();
         let me = Arc::clone(self);
-        self.pool.spawn_on(slot, async move {
-            crate::shimudp::run(relay, relay_life, dest, &me.pool, &me.peers, &Origin::TUN).await;
+        self.socket.pool.spawn_on(slot, async move {
+            crate::shimudp::run(
+                relay,
+                relay_life,
+                dest,
+                &me.socket.pool,
+                &me.socket.peers,
+                &Origin::TUN,
+            )
+            .await;
         });
         let me = Arc::clone(self);
         let back = Arc::clone(&ours);
-        self.pool.spawn_on(slot, async move {
+        self.socket.pool.spawn_on(slot, async move {
             me.udp_back(key, back, life).await;
         });
         Ok(())

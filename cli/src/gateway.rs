@@ -343,7 +343,7 @@ struct RuleArgs {
     /// Ports and ranges: 443, 8000-8100, or a list: 22,53,80,443,5432,8000-8100 (default: all).
     #[arg(long, default_value = "1-65535")]
     ports: Ports,
-    /// Protocol the rule applies to: tcp, udp or any.
+    /// Protocol the rule applies to: tcp, udp, icmp (ping; no ports) or any (all three).
     #[arg(long, default_value = "tcp")]
     proto: Proto,
     /// Applies to this user's devices.

@@ -105,7 +105,34 @@ impl Dialer {
         dest: &Destination,
         proto: Proto,
     ) -> Result<Vec<SocketAddr>, TunnelError> {
-        let (host, port) = (dest.host(), dest.port());
+        self.allowed_at(who, origin, rules, dest.host(), dest.port(), proto)
+            .await
+    }
+
+    /// The addresses `who`, asking from `origin`, may ping at `host`: as
+    /// [`Dialer::allowed`], for ICMP, which has no port.
+    pub async fn pingable(
+        &self,
+        who: &Identity,
+        origin: Option<&Origin>,
+        rules: &[Rule],
+        host: &Host,
+    ) -> Result<Vec<IpAddr>, TunnelError> {
+        let addrs = self
+            .allowed_at(who, origin, rules, host, 0, Proto::Icmp)
+            .await?;
+        Ok(addrs.into_iter().map(|a| a.ip()).collect())
+    }
+
+    async fn allowed_at(
+        &self,
+        who: &Identity,
+        origin: Option<&Origin>,
+        rules: &[Rule],
+        host: &Host,
+        port: u16,
+        proto: Proto,
+    ) -> Result<Vec<SocketAddr>, TunnelError> {
         let name = host.name();
         let alias = name.and_then(|n| self.aliases.get(&(n.to_owned(), port)).copied());
         let candidates: Vec<(IpAddr, SocketAddr)> = match (host, alias) {

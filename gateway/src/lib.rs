@@ -15,6 +15,7 @@
 //! - [`activity`]: open tunnels and recent peer sessions, for the console.
 //! - [`dial`]: aliases, name resolution, connecting.
 //! - [`udp`]: UDP associations: datagrams to and from the networks it guards.
+//! - [`ping`]: ICMP echoes sent for a device, under policy.
 //! - [`policy`]: who may reach what; [`ratelimit`]: per-address token buckets.
 //! - [`console`]: the web console, the JSON API, metrics and health checks.
 //!
@@ -31,6 +32,7 @@ pub mod enroll;
 pub mod heartbeat;
 pub mod lease;
 pub mod paths;
+pub mod ping;
 pub mod policy;
 pub mod ratelimit;
 pub mod respond;

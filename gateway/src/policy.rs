@@ -31,7 +31,7 @@ pub struct Target<'a> {
     pub name: Option<&'a str>,
     pub addr: IpAddr,
     pub port: u16,
-    /// TCP or UDP.
+    /// TCP, UDP or ICMP (a ping: `port` is 0).
     pub proto: Proto,
     /// The operator mapped this name to this address in the gateway's own
     /// configuration (`--alias`), which counts as naming it explicitly.
@@ -118,8 +118,19 @@ fn applies(rule: &Rule, who: &Identity, origin: Option<&Origin>) -> bool {
     subject_matches(&rule.subject, who) && local_matches(rule, origin)
 }
 
+/// Whether the rule's ports take in a flow to `port` over `proto`. A ping
+/// has no port: only a rule for every port speaks of it (one for port 22
+/// does not open ping).
+fn ports_match(rule: &Rule, port: u16, proto: Proto) -> bool {
+    if proto == Proto::Icmp {
+        rule.ports.covers(&Ports::all())
+    } else {
+        rule.ports.contains(port)
+    }
+}
+
 fn rule_matches(rule: &Rule, who: &Identity, target: &Target) -> bool {
-    rule.ports.contains(target.port)
+    ports_match(rule, target.port, target.proto)
         && rule.proto.covers(target.proto)
         && applies(rule, who, target.origin)
         && dest_matches(&rule.dest, target)
@@ -215,9 +226,9 @@ pub fn could_allow(
     proto: Proto,
 ) -> bool {
     let mine = || {
-        rules
-            .iter()
-            .filter(|r| r.ports.contains(port) && r.proto.covers(proto) && applies(r, who, origin))
+        rules.iter().filter(|r| {
+            ports_match(r, port, proto) && r.proto.covers(proto) && applies(r, who, origin)
+        })
     };
     let names = |r: &Rule| matches!(&r.dest, Dest::Domain(d) if domain_matches(d, name));
     if mine().any(|r| r.action == Action::Deny && names(r)) {
@@ -598,6 +609,36 @@ mod tests {
         });
         assert!(check(&rules, dns()) && !check(&rules, udp(dns())));
         assert_eq!(routes(&rules, &who()).cidrs, ["192.0.2.0/24"]);
+    }
+
+    /// A ping has no port: a rule for some ports says nothing about it, a
+    /// rule for every port of `icmp` or `any` does.
+    #[test]
+    fn pings_follow_whole_port_rules() {
+        let ping = || Target {
+            proto: Proto::Icmp,
+            ..at(None, "192.0.2.7", 0)
+        };
+        let with = |proto: Proto, ports: (u16, u16)| {
+            [Rule {
+                proto,
+                ..rule("*", "192.0.2.0/24", ports, "allow")
+            }]
+        };
+        assert!(check(&with(Proto::Icmp, (1, 65535)), ping()));
+        assert!(check(&with(Proto::Any, (1, 65535)), ping()));
+        assert!(!check(&with(Proto::Any, (22, 22)), ping()));
+        assert!(!check(&with(Proto::Tcp, (1, 65535)), ping()));
+        assert!(!check(
+            &with(Proto::Icmp, (1, 65535)),
+            at(None, "192.0.2.7", 80)
+        ));
+        let mut denied = with(Proto::Any, (1, 65535)).to_vec();
+        denied.push(Rule {
+            proto: Proto::Icmp,
+            ..rule("*", "192.0.2.7/32", (1, 65535), "deny")
+        });
+        assert!(!check(&denied, ping()) && check(&denied, at(None, "192.0.2.7", 80)));
     }
 
     #[test]

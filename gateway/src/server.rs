@@ -20,6 +20,7 @@ use shimgate_wire::enroll::{
     ENROLL_PATH, RENEW_PATH, RESOLVE_PATH, ROUTES_PATH, ResolveRequest, Resolved, WHOAMI_PATH,
     WhoAmI,
 };
+use shimgate_wire::ping::PING_PATH;
 use shimgate_wire::tunnel::{BOUND_HEADER, TunnelError};
 use shimgate_wire::udpchannel::ConnSecret;
 use shimgate_wire::{h2tuning, pki, splice};
@@ -415,6 +416,7 @@ impl Gateway {
                 send_json(&mut respond, StatusCode::OK, &me);
             }
             (Method::POST, RESOLVE_PATH, Some(id)) => self.resolve(req, respond, &id).await,
+            (Method::POST, PING_PATH, Some(id)) => self.ping(req, respond, &id).await,
             (Method::GET, ROUTES_PATH, Some(id)) => {
                 let rules = self.cache.rules();
                 let mut routes = crate::policy::routes(&rules, &id);

@@ -185,14 +185,16 @@ pub enum Action {
     Deny,
 }
 
-/// The protocol a rule applies to. Text: `tcp`, `udp`, `any`. A flow is TCP
-/// or UDP; `any` covers both.
+/// The protocol a rule applies to. Text: `tcp`, `udp`, `icmp`, `any`. A flow
+/// is TCP, UDP or an ICMP echo (a ping, which has no port); `any` covers all
+/// three.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Proto {
     /// What every rule meant before UDP existed, and the default.
     #[default]
     Tcp,
     Udp,
+    Icmp,
     Any,
 }
 
@@ -210,11 +212,12 @@ impl FromStr for Proto {
         match s.trim().to_ascii_lowercase().as_str() {
             "tcp" => Ok(Proto::Tcp),
             "udp" => Ok(Proto::Udp),
+            "icmp" => Ok(Proto::Icmp),
             "any" => Ok(Proto::Any),
             _ => Err(ParseError::new(
                 "rule protocol",
                 s,
-                "expected \"tcp\", \"udp\" or \"any\"",
+                "expected \"tcp\", \"udp\", \"icmp\" or \"any\"",
             )),
         }
     }
@@ -225,6 +228,7 @@ impl fmt::Display for Proto {
         f.write_str(match self {
             Proto::Tcp => "tcp",
             Proto::Udp => "udp",
+            Proto::Icmp => "icmp",
             Proto::Any => "any",
         })
     }
@@ -576,10 +580,11 @@ mod tests {
     fn protocols() {
         assert_eq!(roundtrip::<Proto>(" UDP "), "udp");
         assert_eq!(roundtrip::<Proto>("any"), "any");
-        assert!("icmp".parse::<Proto>().is_err());
         assert!(Proto::Any.covers(Proto::Udp) && Proto::Any.covers(Proto::Tcp));
         assert!(Proto::Tcp.covers(Proto::Tcp) && !Proto::Tcp.covers(Proto::Udp));
         assert!(!Proto::Udp.covers(Proto::Tcp));
+        assert_eq!(roundtrip::<Proto>("ICMP"), "icmp");
+        assert!(Proto::Any.covers(Proto::Icmp) && !Proto::Udp.covers(Proto::Icmp));
         assert_eq!(Proto::default(), Proto::Tcp);
     }
 

@@ -129,6 +129,12 @@ impl Registry {
         let subject: Subject = r.subject.to_string().parse()?;
         let dest: Dest = r.dest.to_string().parse()?;
         let ports: Ports = r.ports.to_string().parse()?;
+        if r.proto == Proto::Icmp && !ports.covers(&Ports::all()) {
+            return Err(Error::invalid(
+                "rule ports",
+                "a ping (ICMP) has no port: leave the ports out of an icmp rule",
+            ));
+        }
         let (port_lo, port_hi) = ports.bounds();
         let (kind, name) = subject_columns(&subject);
         let created_at = clock::now();

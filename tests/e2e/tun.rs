@@ -122,6 +122,12 @@ fn every_program_reaches_the_intranet_with_no_setting() {
         &format!("{INTRA}/32"),
         &["--ports", "53,8095", "--proto", "udp"],
     );
+    // The gateway pings on unprivileged ICMP sockets, as `ping` does: a
+    // namespace of `ip netns add` lets no group open one.
+    let mut sysctl = Command::new("ip");
+    sysctl.args(["netns", "exec", &gw_ns.name, "sysctl", "-qw"]);
+    sysctl.arg("net.ipv4.ping_group_range=0 2147483647");
+    assert!(run(&mut sysctl, Duration::from_secs(10)).ok());
     gw.serve();
     let dns = crate::harness::dns::RebindingDns::start(
         netns::in_netns(Some(&intra_ns.name), || {
@@ -308,6 +314,39 @@ fn every_program_reaches_the_intranet_with_no_setting() {
     assert_eq!(
         echoed, 100,
         "of 100 datagrams through TUN, {echoed} came back"
+    );
+
+    // ping through the gateway: refused as a router would ("packet
+    // filtered") until a rule allows ICMP there, then echoed end to end,
+    // and audited.
+    let ping = |count: &str| {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns, "ping", "-n", "-c", count, "-i", "0.2"])
+            .args(["-W", "5", &INTRA.to_string()]);
+        run(&mut cmd, Duration::from_secs(30))
+    };
+    let out = ping("1");
+    assert!(
+        !out.ok() && out.stdout.contains("Packet filtered"),
+        "ping {INTRA} with no ICMP rule was not answered \"prohibited\": {out}"
+    );
+    gw.allow(&format!("{INTRA}/32"), &["--proto", "icmp"]);
+    poll(
+        "a ping through the gateway once a rule allows ICMP",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || ping("1").ok().then_some(()),
+    );
+    let out = ping("3");
+    assert!(
+        out.ok() && out.stdout.contains("3 received"),
+        "ping {INTRA} through the gateway: {out}\n{}",
+        dev.logs()
+    );
+    let audit = gw.ok(&["audit", "--action", "ping", "--limit", "50"]);
+    assert!(
+        audit.contains(&INTRA.to_string()) && audit.contains("answer=echoed"),
+        "the pings' audit entries: {audit}"
     );
 
     // The far end's answer, before anything looks connected: a closed port

@@ -19,6 +19,7 @@
 //! - [`control`]: the peer-to-peer control plane (announcements, offers,
 //!   grants, relay requests).
 //! - [`peerlink`]: the Noise-encrypted link between two devices.
+//! - [`ping`]: an ICMP echo the gateway sends for a device.
 //! - [`liveness`]: ending connections to peers that vanished without closing.
 //! - [`splice`]: moving bytes between a socket and an HTTP/2 stream, with
 //!   flow control and half-close.
@@ -37,6 +38,7 @@ pub mod identity;
 pub mod liveness;
 pub mod origin;
 pub mod peerlink;
+pub mod ping;
 pub mod pki;
 pub mod shimsock;
 pub mod splice;

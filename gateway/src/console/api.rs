@@ -436,7 +436,7 @@ pub fn openapi_document() -> serde_json::Value {
                     "action": { "type": "string", "enum": ["allow", "deny"] },
                     "to": { "type": "string", "description": "CIDR, IP or domain suffix" },
                     "ports": { "type": "string", "example": "443, 8000-8100 or 22,53,80,8000-8100; empty: all" },
-                    "proto": { "type": "string", "enum": ["tcp", "udp", "any"], "description": "empty: tcp" },
+                    "proto": { "type": "string", "enum": ["tcp", "udp", "icmp", "any"], "description": "empty: tcp; icmp (ping) takes no ports" },
                     "subject": { "type": "string", "example": "*, user:NAME or group:NAME" }
                 }), &["action", "to"]) }))
             },

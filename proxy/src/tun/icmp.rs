@@ -1,21 +1,28 @@
-//! TUN mode's ping to a peer's VPN address: each echo request travels over
-//! a peer ping session (`shimgate ping`'s, port 0), kept open per peer while
-//! pings come, so a running `ping` is one session, not one per packet. The
-//! reply is written to the interface only once the peer has echoed, so
-//! `ping` measures the real round trip and a peer that is away gets none.
+//! TUN mode's pings. To a peer's VPN address, each echo request travels
+//! over a peer ping session (`shimgate ping`'s, port 0), kept open per peer
+//! while pings come, so a running `ping` is one session, not one per
+//! packet. To anything else routed here, the gateway pings for the device
+//! (`POST /v1/ping`), where policy allows ICMP. Either way the reply is
+//! written to the interface only once the far end has echoed, so `ping`
+//! measures the real round trip and a host that is away gets none; a
+//! refusal is the ICMP error a router would send.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use shimgate_wire::control::PeerProto;
 use shimgate_wire::dest::Host;
+use shimgate_wire::origin::Origin;
 use shimgate_wire::peerlink::Link;
+use shimgate_wire::ping::{ECHOED, PING_PATH, PingRequest, Pinged};
+use shimgate_wire::tunnel::TunnelError;
 use tokio::sync::mpsc;
 
 use super::Shim;
-use super::packet::{self, Echo, Packet, Unreachable};
+use super::packet::{self, Echo, Packet, Refusal, Unreachable};
+use crate::client::ClientError;
 
 /// A peer's ping session with no ping for this long closes.
 const IDLE: Duration = Duration::from_secs(10);
@@ -25,6 +32,12 @@ const ECHO_WAIT: Duration = Duration::from_secs(5);
 /// Echo requests waiting per peer; past it they are dropped (as a link
 /// that is full would).
 const QUEUE: usize = 64;
+/// Pings through the gateway waiting for their answer at once; past it
+/// they are dropped (a flood gets no more than this many calls in flight).
+pub const THROUGH_GATEWAY_AT_ONCE: usize = 64;
+/// How long the gateway's answer may take: its own wait for the echo, and
+/// the way there and back.
+const GATEWAY_WAIT: Duration = Duration::from_secs(5);
 
 /// The ping session keeper of each peer being pinged.
 #[derive(Default)]
@@ -40,15 +53,14 @@ impl Pings {
 
 impl Shim {
     /// A ping from a program: to the peer when the address is a peer's,
-    /// otherwise "administratively prohibited" (ICMP to other destinations
-    /// is not carried).
+    /// otherwise through the gateway.
     pub(super) fn echo(self: &Arc<Self>, echo: Echo, pkt: &[u8]) {
         let Some(peer) = self
             .socket
             .peers
             .destination(&Host::Ip(IpAddr::V4(echo.dst)))
         else {
-            self.answer(packet::unreachable(pkt, Unreachable::Prohibited));
+            self.echo_through_gateway(echo.dst, pkt);
             return;
         };
         let mut peers = self.pings.lock();
@@ -68,6 +80,75 @@ impl Shim {
             if let Some(Packet::Echo(echo)) = packet::parse(&request) {
                 self.echo(echo, &request);
             }
+        }
+    }
+
+    /// Asks the gateway to ping what `dst` stands for (the name behind a
+    /// fake address, or the address), and answers the program as the far
+    /// end did.
+    fn echo_through_gateway(self: &Arc<Self>, dst: Ipv4Addr, pkt: &[u8]) {
+        let host = if crate::fakeaddr::is_fake(IpAddr::V4(dst)) {
+            match self.socket.fake.name_of(IpAddr::V4(dst)) {
+                Some(name) => name,
+                None => {
+                    self.answer(packet::unreachable(pkt, Unreachable::Host));
+                    return;
+                }
+            }
+        } else {
+            dst.to_string()
+        };
+        let Ok(slot) = Arc::clone(&self.ping_slots).try_acquire_owned() else {
+            return;
+        };
+        let (me, request) = (Arc::clone(self), pkt.to_vec());
+        tokio::spawn(async move {
+            let answer = tokio::time::timeout(GATEWAY_WAIT, me.ask_gateway_to_ping(host)).await;
+            drop(slot);
+            let reply = match answer {
+                Ok(Ok(())) => match packet::parse(&request) {
+                    Some(Packet::Echo(echo)) => Some(packet::echo_reply(&echo)),
+                    _ => None,
+                },
+                // No echo came back: as on a network, no answer at all.
+                Ok(Err(TunnelError::TimedOut)) | Err(_) => None,
+                Ok(Err(e)) => match packet::refusal(e) {
+                    Refusal::Unreachable(why) => packet::unreachable(&request, why),
+                    Refusal::Reset => packet::unreachable(&request, Unreachable::Host),
+                },
+            };
+            me.answer(reply);
+        });
+    }
+
+    /// One `POST /v1/ping`: whether the far end echoed, or why not.
+    async fn ask_gateway_to_ping(&self, host: String) -> Result<(), TunnelError> {
+        let body = serde_json::to_vec(&PingRequest { host }).map_err(|_| TunnelError::General)?;
+        let send = self
+            .socket
+            .pool
+            .any_connection()
+            .await
+            .map_err(|_| TunnelError::NetworkUnreachable)?;
+        let answer = crate::client::call_from(
+            &send,
+            http::Method::POST,
+            PING_PATH,
+            Some(body),
+            Some(&Origin::TUN),
+        )
+        .await
+        .map_err(|e| match e {
+            ClientError::Refused { status, .. } if status == http::StatusCode::FORBIDDEN => {
+                TunnelError::NotAllowed
+            }
+            _ => TunnelError::General,
+        })?;
+        let pinged: Pinged = serde_json::from_slice(&answer).map_err(|_| TunnelError::General)?;
+        if pinged.answer == ECHOED {
+            Ok(())
+        } else {
+            Err(pinged.answer.parse().unwrap_or(TunnelError::General))
         }
     }
 

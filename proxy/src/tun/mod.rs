@@ -116,6 +116,8 @@ struct Shim {
     upstream: Vec<SocketAddr>,
     /// Queries being answered at once, at most [`DNS_AT_ONCE`].
     dns_slots: Arc<tokio::sync::Semaphore>,
+    /// Pings waiting on the gateway, at most [`icmp::THROUGH_GATEWAY_AT_ONCE`].
+    ping_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// TUN mode running: dropping it undoes the DNS wiring (the interface and
@@ -182,6 +184,7 @@ pub async fn start(
         responder: SocketAddr::from((responder, 53)),
         upstream: resolver::upstream(responder),
         dns_slots: Arc::new(tokio::sync::Semaphore::new(DNS_AT_ONCE)),
+        ping_slots: Arc::new(tokio::sync::Semaphore::new(icmp::THROUGH_GATEWAY_AT_ONCE)),
     });
     let (to_stack, from_stack) = stack.split();
     let (release, released) = mpsc::channel(flows::MAX_OPENING);

@@ -184,3 +184,79 @@ async fn sqlite_devices_survive_the_vpn_range_migration() {
         "the deleted device's id is not handed out again"
     );
 }
+
+/// Migration 0012 rebuilds SQLite's policy_rules table (to let a rule name
+/// ICMP): every rule keeps each column, and a removed rule's id is not
+/// handed out again.
+#[tokio::test]
+async fn sqlite_rules_survive_the_icmp_migration() {
+    use shimgate_registry::{Action, NewRule, Ports, Proto};
+    use sqlx::Executor;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("registry.db");
+    let target = path.to_str().expect("utf-8 temp path").to_owned();
+    let url = format!("sqlite://{target}?mode=rwc");
+    let mut before: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+    before.migrations = before
+        .migrations
+        .iter()
+        .filter(|m| m.version < 12)
+        .cloned()
+        .collect::<Vec<_>>()
+        .into();
+    let pool = sqlx::SqlitePool::connect(&url).await.expect("open");
+    before.run(&pool).await.expect("migrations up to 0011");
+    for sql in [
+        "INSERT INTO policy_rules (id, subject_kind, subject_name, dest, port_lo, port_hi, ports, \
+         proto, program, local_user, action, created_by, created_at) VALUES \
+         (1, 'group', 'ops', '192.0.2.0/24', 22, 8100, '22,53,8000-8100', 'udp', 'psql', 'alice', \
+          'allow', 'admin', 7), \
+         (2, 'everyone', NULL, 'intranet.corp', 1, 65535, '', 'any', NULL, NULL, 'deny', 'admin', 8), \
+         (3, 'user', 'bob', '10.0.0.0/8', 80, 80, '', 'tcp', NULL, NULL, 'allow', 'admin', 9)",
+        "DELETE FROM policy_rules WHERE id = 3",
+    ] {
+        pool.execute(sql).await.expect(sql);
+    }
+    pool.close().await;
+
+    let reg = open(&target).await;
+    let summaries: Vec<(i64, String)> = reg
+        .list_rules()
+        .await
+        .expect("list")
+        .iter()
+        .map(|r| (r.id, r.summary()))
+        .collect();
+    assert_eq!(
+        summaries,
+        [
+            (
+                1,
+                "allow group:ops -> 192.0.2.0/24 ports 22,53,8000-8100 udp program=psql local-user=alice"
+                    .to_owned()
+            ),
+            (2, "deny * -> intranet.corp ports 1-65535 any".to_owned()),
+        ]
+    );
+    let ping = NewRule {
+        subject: "*".parse().expect("subject"),
+        dest: "192.0.2.0/24".parse().expect("dest"),
+        ports: Ports::all(),
+        proto: Proto::Icmp,
+        program: None,
+        local_user: None,
+        action: Action::Allow,
+        created_by: "admin".into(),
+    };
+    let added = reg.add_rule(ping.clone()).await.expect("an icmp rule");
+    assert_eq!(added.id, 4, "the removed rule's id is not handed out again");
+    assert_eq!(reg.list_rules().await.expect("list")[2].proto, Proto::Icmp);
+    let with_ports = NewRule {
+        ports: "22".parse().expect("ports"),
+        ..ping
+    };
+    assert!(
+        reg.add_rule(with_ports).await.is_err(),
+        "an icmp rule limited to a port was stored"
+    );
+}

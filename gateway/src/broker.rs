@@ -489,15 +489,22 @@ impl Broker {
         }
     }
 
-    /// Until `stop`: drops expired sessions, and takes devices whose
+    /// Until `stop`: drops expired sessions, takes devices whose
     /// certificate is no longer valid off the online list, telling every
-    /// other online device to cut its links with them.
+    /// other online device to cut its links with them, and tells every
+    /// online device when policy has changed, so their routes follow.
     pub async fn sweep(self: Arc<Self>, cache: Arc<Cache>, stop: CancellationToken) {
+        let mut rules = cache.rules();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(SWEEP) => {}
                 _ = stop.cancelled() => return,
             }
+            let now_rules = cache.rules();
+            if !Arc::ptr_eq(&now_rules, &rules) && *now_rules != *rules {
+                self.tell_everyone(|| GatewayMsg::RoutesChanged);
+            }
+            rules = now_rules;
             let now = Instant::now();
             self.sessions.retain(|_, s| s.live(now));
             let gone: Vec<(String, u64)> = self
@@ -511,14 +518,20 @@ impl Broker {
                     self.by_ip.remove_if(&o.vpn_ip, |_, n| *n == name);
                     tracing::info!(device = %name, device_id = o.device_id, user = %o.user, "device no longer valid: telling its peers to cut their links");
                 }
-                let others: Vec<mpsc::Sender<GatewayMsg>> =
-                    self.online.iter().map(|o| o.tx.clone()).collect();
-                for tx in others {
-                    let _ = tx.try_send(GatewayMsg::PeerGone {
-                        device: name.clone(),
-                    });
-                }
+                self.tell_everyone(|| GatewayMsg::PeerGone {
+                    device: name.clone(),
+                });
             }
+        }
+    }
+
+    /// Sends a message to every online device (one whose queue is full
+    /// misses it).
+    fn tell_everyone(&self, msg: impl Fn() -> GatewayMsg) {
+        let everyone: Vec<mpsc::Sender<GatewayMsg>> =
+            self.online.iter().map(|o| o.tx.clone()).collect();
+        for tx in everyone {
+            let _ = tx.try_send(msg());
         }
     }
 

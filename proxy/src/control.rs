@@ -1,7 +1,8 @@
 //! The device's control stream to the gateway: announces where this
 //! device's peer listener is and what it exports, accepts the sessions the
 //! gateway offers, opens relay streams when asked, cuts links with revoked
-//! peers, and carries session reports for the audit log. Reconnects with
+//! peers, fetches the routes again when policy changes, and carries session
+//! reports for the audit log. Reconnects with
 //! backoff when the stream or its connection ends.
 
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::client::ClientError;
 use crate::config::{ConfigDir, DeviceConfig};
 use crate::listener::PeerListener;
+use crate::pac::Pac;
 use crate::peer::Peers;
 use crate::pool::Pool;
 
@@ -29,6 +31,7 @@ const EXPORTS_POLL: Duration = Duration::from_secs(1);
 pub async fn keep(
     peers: Arc<Peers>,
     pool: Arc<Pool>,
+    pac: Arc<Pac>,
     dir: ConfigDir,
     listener: Arc<PeerListener>,
     mut reports: mpsc::Receiver<DeviceMsg>,
@@ -39,7 +42,7 @@ pub async fn keep(
     loop {
         let started = tokio::time::Instant::now();
         let ended = tokio::select! {
-            r = session(&peers, &pool, &listener, &mut reports, &mut exports) => r,
+            r = session(&peers, &pool, &pac, &listener, &mut reports, &mut exports) => r,
             _ = stop.cancelled() => return,
         };
         match ended {
@@ -72,6 +75,7 @@ enum ControlEnd {
 async fn session(
     peers: &Arc<Peers>,
     pool: &Arc<Pool>,
+    pac: &Pac,
     listener: &PeerListener,
     reports: &mut mpsc::Receiver<DeviceMsg>,
     exports: &mut ExportsWatch,
@@ -129,7 +133,7 @@ async fn session(
                 let _ = body.flow_control().release_capacity(chunk.len());
                 decoder.push(&chunk).map_err(|e| failed(&e))?;
                 while let Some(msg) = decoder.message::<GatewayMsg>().map_err(|e| failed(&e))? {
-                    if let Some(answer) = on_message(peers, pool, slot, &send, msg) {
+                    if let Some(answer) = on_message(peers, pool, pac, slot, &send, msg) {
                         write(&mut stream, &answer)?;
                     }
                 }
@@ -156,6 +160,7 @@ async fn session(
 fn on_message(
     peers: &Arc<Peers>,
     pool: &Pool,
+    pac: &Pac,
     slot: usize,
     send: &h2::client::SendRequest<Bytes>,
     msg: GatewayMsg,
@@ -187,6 +192,14 @@ fn on_message(
         }
         GatewayMsg::PeerGone { device } => {
             peers.cut(Some(&device));
+            None
+        }
+        GatewayMsg::RoutesChanged => {
+            pac.refresh_now();
+            None
+        }
+        GatewayMsg::Unknown => {
+            tracing::debug!("a control message of a later release ignored");
             None
         }
     }

@@ -236,6 +236,8 @@ pub struct Pac {
     routes: RwLock<Arc<Routes>>,
     /// Told when the routes change (TUN mode's route keeper waits on it).
     changed: tokio::sync::Notify,
+    /// Told when the gateway says policy changed: fetch at once.
+    stale: tokio::sync::Notify,
 }
 
 impl Pac {
@@ -246,6 +248,7 @@ impl Pac {
             listen,
             routes: RwLock::new(Arc::new(Routes::default())),
             changed: tokio::sync::Notify::new(),
+            stale: tokio::sync::Notify::new(),
         })
     }
 
@@ -280,8 +283,14 @@ impl Pac {
         self.changed.notified().await;
     }
 
+    /// Has [`Pac::keep_fresh`] fetch the routes now, not at its next round.
+    pub fn refresh_now(&self) {
+        self.stale.notify_one();
+    }
+
     /// Asks the gateway for this device's routes until `stop` fires: at
-    /// once, every few seconds until it answers, then every minute.
+    /// once, every few seconds until it answers, then every minute or when
+    /// [`Pac::refresh_now`] is called.
     pub async fn keep_fresh(self: Arc<Self>, pool: Arc<Pool>, stop: CancellationToken) {
         loop {
             let wait = match tokio::time::timeout(CALL_TIMEOUT, fetch(&pool)).await {
@@ -300,6 +309,7 @@ impl Pac {
             };
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
+                _ = self.stale.notified() => {}
                 _ = stop.cancelled() => return,
             }
         }

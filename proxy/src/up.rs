@@ -53,6 +53,7 @@ fn start_peers(
     config: &DeviceConfig,
     pool: &Arc<Pool>,
     board: &Arc<Board>,
+    pac: &Arc<Pac>,
     stop: &CancellationToken,
 ) -> Result<Arc<Peers>, UpError> {
     let (peers, reports) = Peers::new(
@@ -78,6 +79,7 @@ fn start_peers(
     tokio::spawn(crate::control::keep(
         Arc::clone(&peers),
         Arc::clone(pool),
+        Arc::clone(pac),
         dir.clone(),
         listener,
         reports,
@@ -143,14 +145,14 @@ pub async fn start(
     let workers = Workers::per_cpu().map_err(UpError::Workers)?;
     let pool = Pool::new(connector, config.pool, Arc::clone(&board), workers);
     pool.keep_up(stop.clone());
-    let peers = start_peers(dir, config, &pool, &board, &stop)?;
+    let pac = Pac::new(&config.vpn_domain, config.vpn_range, socks);
+    tokio::spawn(Arc::clone(&pac).keep_fresh(Arc::clone(&pool), stop.clone()));
+    let peers = start_peers(dir, config, &pool, &board, &pac, &stop)?;
     tokio::spawn(crate::renew::keep_renewed(
         dir.clone(),
         Arc::clone(&pool),
         stop.clone(),
     ));
-    let pac = Pac::new(&config.vpn_domain, config.vpn_range, socks);
-    tokio::spawn(Arc::clone(&pac).keep_fresh(Arc::clone(&pool), stop.clone()));
     let shim = Arc::new(crate::shim::Shim {
         pool: Arc::clone(&pool),
         peers: Arc::clone(&peers),

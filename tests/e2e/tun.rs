@@ -343,6 +343,31 @@ fn every_program_reaches_the_intranet_with_no_setting() {
         "ping {INTRA} through the gateway: {out}\n{}",
         dev.logs()
     );
+    // Routes follow policy as an admin changes it: the gateway tells the
+    // device at once (without that, the device's next poll is a minute away).
+    let added_net = "192.0.2.128/25";
+    let route_shown = |shown: bool| {
+        poll(
+            &format!("the route to {added_net} shown={shown} within 5 s of the policy change"),
+            Duration::from_secs(5),
+            Duration::from_millis(50),
+            || {
+                let mut cmd = Command::new("ip");
+                cmd.args(["-n", ns, "route", "show", added_net]);
+                let out = run(&mut cmd, Duration::from_secs(10));
+                (out.stdout.contains("shimgate0") == shown).then_some(())
+            },
+        )
+    };
+    let added = gw.ok(&["policy", "add", "allow", "--to", added_net]);
+    route_shown(true);
+    let id = added
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("no rule id in {added:?}"));
+    gw.ok(&["policy", "remove", id]);
+    route_shown(false);
+
     let audit = gw.ok(&["audit", "--action", "ping", "--limit", "50"]);
     assert!(
         audit.contains(&INTRA.to_string()) && audit.contains("answer=echoed"),

@@ -284,6 +284,13 @@ pub enum GatewayMsg {
     Relay { session: SessionId },
     /// `device` is no longer allowed on the VPN: cut every link with it.
     PeerGone { device: String },
+    /// Policy changed: fetch this device's routes again (TUN mode's routes
+    /// and the PAC file follow within a second, not at the next poll).
+    RoutesChanged,
+    /// A message of a later release: ignored, so a newer gateway does not
+    /// cut an older device's control stream.
+    #[serde(other)]
+    Unknown,
 }
 
 /// Body of `POST /v1/peer/session`.
@@ -395,6 +402,27 @@ impl Decoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn later_messages_are_ignored_not_fatal() {
+        let mut d = Decoder::default();
+        let unknown = br#"{"type":"from_a_later_release","with":{"fields":[1,2]}}"#;
+        let routes = br#"{"type":"routes_changed"}"#;
+        for body in [&unknown[..], &routes[..]] {
+            d.push(&(body.len() as u32).to_be_bytes()).unwrap();
+            d.push(body).unwrap();
+        }
+        assert!(matches!(
+            d.message::<GatewayMsg>().unwrap(),
+            Some(GatewayMsg::Unknown)
+        ));
+        assert!(matches!(
+            d.message::<GatewayMsg>().unwrap(),
+            Some(GatewayMsg::RoutesChanged)
+        ));
+        let wire = encode(&GatewayMsg::RoutesChanged).unwrap();
+        assert!(wire.ends_with(routes));
+    }
 
     #[test]
     fn messages_survive_any_split() {

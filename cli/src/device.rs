@@ -70,6 +70,14 @@ enum Command {
         )]
         command: Vec<OsString>,
     },
+    /// Stop the running `shimgate up` (as Ctrl-C would): its SOCKS port, and in TUN mode its
+    /// interface, routes and DNS settings, go with it. Also puts back a resolv.conf a crashed
+    /// `up --tun` left rewritten. Exit 0 once stopped, or when none was running.
+    Down {
+        /// Seconds to wait for it to exit.
+        #[arg(long, default_value_t = 10)]
+        wait: u64,
+    },
     /// Is the proxy running and connected? Exit 0 connected, 3 not connected, 4 not running.
     Status {
         /// Print the state as one JSON object.
@@ -227,6 +235,13 @@ impl Cli {
                 force,
                 command,
             } => run_program(&dir, all, force, &command),
+            Command::Down { wait } => {
+                match shimgate_proxy::status::stop(&dir, std::time::Duration::from_secs(wait))? {
+                    Some(pid) => println!("stopped `shimgate up` (pid {pid})"),
+                    None => println!("not running"),
+                }
+                Ok(ExitCode::SUCCESS)
+            }
             Command::Status { json } => Ok(show_status(&dir, json)),
             Command::Export { ports, remove } => export(&dir, &ports, &remove),
             Command::Peers { json } => Ok(show_peers(&dir, json)),

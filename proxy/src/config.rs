@@ -77,6 +77,10 @@ impl ConfigDir {
     pub fn fake_addresses(&self) -> PathBuf {
         self.0.join("fake-addresses")
     }
+    /// The resolv.conf TUN mode rewrote, kept until it is put back.
+    pub fn resolv_backup(&self) -> PathBuf {
+        self.0.join("resolv.conf.before-tun")
+    }
 }
 
 pub const DEFAULT_POOL: usize = 2;

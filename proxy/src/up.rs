@@ -171,7 +171,7 @@ pub async fn start(
             name: config.tun_name.clone(),
             allow_overlap: config.tun_allow_overlap,
             dns: config.tun_dns,
-            resolv_backup: dir.root().join("resolv.conf.before-tun"),
+            resolv_backup: dir.resolv_backup(),
         };
         tun = Some(
             crate::tun::start(

@@ -585,17 +585,35 @@ fn every_program_reaches_the_intranet_with_no_setting() {
     assert_ne!(
         std::fs::read_to_string(&resolv_conf).unwrap(),
         original,
-        "a killed `up` cannot restore resolv.conf; the next start must"
+        "a killed `up` cannot restore resolv.conf; `down` or the next start must"
+    );
+    let out = dev.down();
+    assert!(
+        out.ok() && out.stdout.contains("not running"),
+        "`shimgate down` with no `up` running: {out}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&resolv_conf).unwrap(),
+        original,
+        "`shimgate down` after a killed `up --tun` did not put resolv.conf back"
     );
     dev.up();
     wait_for_route(&dev, "after a restart");
     let out = curl(Some(ns), None, None, &url);
     assert!(out.ok(), "curl through TUN after a restart: {out}");
-    dev.stop();
+    let out = dev.down();
+    assert!(
+        out.ok() && out.stdout.contains("stopped `shimgate up`"),
+        "`shimgate down`: {out}"
+    );
+    assert!(
+        !link_exists(ns, "shimgate0") && ip(INTRA_NET).is_empty(),
+        "the interface or its route outlived `shimgate down`"
+    );
     assert_eq!(
         std::fs::read_to_string(&resolv_conf).unwrap(),
         original,
-        "resolv.conf after `up --tun` stopped"
+        "resolv.conf after `shimgate down`"
     );
 }
 

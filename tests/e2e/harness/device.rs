@@ -211,6 +211,22 @@ impl Device {
         self.old_logs.push(proc.logs());
     }
 
+    /// `shimgate down`; the `up` it stopped must have exited by the time
+    /// it returns (reaped here, its logs kept).
+    pub fn down(&mut self) -> Out {
+        let out = self.cli(&["down"]);
+        if let Some(mut proc) = self.proc.take() {
+            let exited = proc.exited();
+            let logs = proc.logs();
+            assert!(
+                exited.is_some(),
+                "`shimgate up` still runs after `shimgate down` returned: {out}\n{logs}"
+            );
+            self.old_logs.push(logs);
+        }
+        out
+    }
+
     pub fn assert_running(&mut self, what: &str) {
         if let Some(p) = self.proc.as_mut() {
             p.assert_running(what);

@@ -118,6 +118,7 @@ fn every_program_reaches_the_intranet_with_no_setting() {
     );
     gw.allow(INTRA_NET, &["--ports", "8000-8999"]);
     gw.allow("intranet.corp", &["--ports", "80"]);
+    gw.allow(INTRA_NET, &["--ports", "5432"]);
     gw.allow(
         &format!("{INTRA}/32"),
         &["--ports", "53,8095", "--proto", "udp"],
@@ -265,6 +266,20 @@ fn every_program_reaches_the_intranet_with_no_setting() {
         "ssh in TUN mode: {out}\n{}",
         sshd.log()
     );
+
+    // psql to a real Postgres in the intranet, by address, no setting.
+    let pg_dir = crate::harness::servers::tempdir("sg-e2e-tun-pg-");
+    let _pg = crate::harness::db::PgServer::start(
+        Some(&intra_ns.name),
+        pg_dir.path().join("pg"),
+        &INTRA.to_string(),
+        5432,
+    );
+    let mut psql = Command::new("ip");
+    psql.args(["netns", "exec", ns, "psql", "-h", &INTRA.to_string()])
+        .args(["-U", "postgres", "-d", "postgres", "-Atc", "select 40 + 2"]);
+    let out = run(&mut psql, Duration::from_secs(30));
+    assert_eq!(out.stdout.trim(), "42", "psql in TUN mode: {out}");
 
     // A statically linked program, which no preloaded library reaches.
     let busybox = env::which("busybox").expect("busybox-static (tests/lib/setup.sh installs it)");

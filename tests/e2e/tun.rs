@@ -241,6 +241,18 @@ fn every_program_reaches_the_intranet_with_no_setting() {
         "curl http://intranet.corp/ (by name, no proxy) in TUN mode: {out}"
     );
     assert_eq!(out.stdout, hosts.body, "wrong page by name through TUN");
+    // IPv6: the name's IPv6 address (one standing for it), an IPv6 socket.
+    let mut curl6 = Command::new("ip");
+    curl6
+        .args(["netns", "exec", ns])
+        .arg(env::curl())
+        .args(["-6", "-sS", "--max-time", "20", "http://intranet.corp/"]);
+    let out = run(&mut curl6, Duration::from_secs(30));
+    assert_eq!(
+        out.stdout, hosts.body,
+        "curl -6 http://intranet.corp/ in TUN mode: {out}\n{}",
+        dev.logs()
+    );
     let out = getent("www.example.org");
     assert!(
         out.ok() && out.stdout.starts_with("192.0.2.7"),

@@ -243,13 +243,17 @@ fn every_program_reaches_the_intranet_with_no_setting() {
     assert_eq!(out.stdout, hosts.body, "wrong page by name through TUN");
     // IPv6: the name's IPv6 address (one standing for it), an IPv6 socket.
     let mut curl6 = Command::new("ip");
-    curl6
-        .args(["netns", "exec", ns])
-        .arg(env::curl())
-        .args(["-6", "-sS", "--max-time", "20", "http://intranet.corp/"]);
+    curl6.args(["netns", "exec", ns]).arg(env::curl()).args([
+        "-6",
+        "-sS",
+        "--max-time",
+        "20",
+        "http://intranet.corp/",
+    ]);
     let out = run(&mut curl6, Duration::from_secs(30));
     assert_eq!(
-        out.stdout, hosts.body,
+        out.stdout,
+        hosts.body,
         "curl -6 http://intranet.corp/ in TUN mode: {out}\n{}",
         dev.logs()
     );
@@ -657,11 +661,12 @@ fn a_peer_by_its_vpn_address() {
         serde_json::from_str(&net.bob.status(&["--json"]).stdout).expect("bob status --json");
     let bob_ip = status["vpn_ip"].as_str().expect("bob's VPN IP").to_owned();
     net.alice.stop();
-    // nothing of the namespace's resolver to touch here
-    net.alice.up_args = vec!["--tun".into(), "--dns".into(), "off".into()];
+    let ns = net.alice_ns.name.clone();
+    // the namespace's own resolv.conf, for TUN mode to rewrite (VPN names)
+    crate::harness::dns::use_nameserver(&ns, "127.0.0.1:53".parse().unwrap());
+    net.alice.up_args = vec!["--tun".into(), "--dns".into(), "resolv-conf".into()];
     net.alice.up();
     crate::peer::wait_peer_ready(&net.alice, "bob");
-    let ns = net.alice_ns.name.clone();
     let url = format!("http://{bob_ip}:{}/", net.web.port());
     let out = curl(Some(&ns), None, None, &url);
     assert!(
@@ -695,6 +700,17 @@ fn a_peer_by_its_vpn_address() {
         "ping {bob_ip} (bob) from alice in TUN mode: {out}\n{}",
         net.alice.logs()
     );
+    // and by name, through the DNS responder: the name's address stands
+    // for bob, and the echo still goes to bob
+    let out = ping("bob.vpn.internal");
+    assert!(
+        out.ok() && out.stdout.contains("3 received"),
+        "ping bob.vpn.internal from alice in TUN mode: {out}\n{}",
+        net.alice.logs()
+    );
+    let by_name = format!("http://bob.vpn.internal:{}/", net.web.port());
+    let out = curl(Some(&ns), None, None, &by_name);
+    assert_eq!(out.stdout, net.body, "curl {by_name} in TUN mode: {out}");
     let nobody = "100.64.255.254";
     let out = ping(nobody);
     assert!(

@@ -8,7 +8,7 @@
 //! refusal is the ICMP error a router would send.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -52,15 +52,23 @@ impl Pings {
 }
 
 impl Shim {
-    /// A ping from a program: to the peer when the address is a peer's,
-    /// otherwise through the gateway.
+    /// A ping from a program: to the peer when the address (or the name a
+    /// fake address stands for) is a peer's, otherwise through the gateway.
     pub(super) fn echo(self: &Arc<Self>, echo: Echo, pkt: &[u8]) {
-        let Some(peer) = self
-            .socket
-            .peers
-            .destination(&Host::Ip(IpAddr::V4(echo.dst)))
-        else {
-            self.echo_through_gateway(echo.dst, pkt);
+        let to = IpAddr::V4(echo.dst);
+        let host = if crate::fakeaddr::is_fake(to) {
+            match self.socket.fake.name_of(to).map(|n| Host::parse(&n)) {
+                Some(Ok(name)) => name,
+                _ => {
+                    self.answer(packet::unreachable(pkt, Unreachable::Host));
+                    return;
+                }
+            }
+        } else {
+            Host::Ip(to)
+        };
+        let Some(peer) = self.socket.peers.destination(&host) else {
+            self.echo_through_gateway(host.to_string(), pkt);
             return;
         };
         let mut peers = self.pings.lock();
@@ -83,21 +91,9 @@ impl Shim {
         }
     }
 
-    /// Asks the gateway to ping what `dst` stands for (the name behind a
-    /// fake address, or the address), and answers the program as the far
-    /// end did.
-    fn echo_through_gateway(self: &Arc<Self>, dst: Ipv4Addr, pkt: &[u8]) {
-        let host = if crate::fakeaddr::is_fake(IpAddr::V4(dst)) {
-            match self.socket.fake.name_of(IpAddr::V4(dst)) {
-                Some(name) => name,
-                None => {
-                    self.answer(packet::unreachable(pkt, Unreachable::Host));
-                    return;
-                }
-            }
-        } else {
-            dst.to_string()
-        };
+    /// Asks the gateway to ping `host` (an address, or the name a fake
+    /// address stands for), and answers the program as the far end did.
+    fn echo_through_gateway(self: &Arc<Self>, host: String, pkt: &[u8]) {
         let Ok(slot) = Arc::clone(&self.ping_slots).try_acquire_owned() else {
             return;
         };

@@ -16,6 +16,7 @@
 //! - [`dial`]: aliases, name resolution, connecting.
 //! - [`udp`]: UDP associations: datagrams to and from the networks it guards.
 //! - [`ping`]: ICMP echoes sent for a device, under policy.
+//! - [`dns`]: DNS queries for routed names, asked of the gateway's resolvers.
 //! - [`policy`]: who may reach what; [`ratelimit`]: per-address token buckets.
 //! - [`console`]: the web console, the JSON API, metrics and health checks.
 //!
@@ -28,6 +29,7 @@ pub mod ca;
 pub mod cache;
 pub mod console;
 pub mod dial;
+pub mod dns;
 pub mod enroll;
 pub mod heartbeat;
 pub mod lease;

@@ -1,5 +1,5 @@
 //! Answers on an HTTP/2 stream, for every handler of the gateway's port:
-//! JSON bodies, error bodies, refused tunnels, and reading a request body
+//! JSON and other bodies, error bodies, refused tunnels, and reading a request body
 //! within a deadline.
 
 use std::time::Duration;
@@ -31,18 +31,27 @@ pub(crate) fn send_json<T: serde::Serialize>(
     status: StatusCode,
     body: &T,
 ) {
-    let Ok(json) = serde_json::to_vec(body) else {
-        return;
-    };
+    if let Ok(json) = serde_json::to_vec(body) {
+        send_body(respond, status, "application/json", json);
+    }
+}
+
+/// An answer of `content_type` with `body`.
+pub(crate) fn send_body(
+    respond: &mut SendResponse<Bytes>,
+    status: StatusCode,
+    content_type: &str,
+    body: Vec<u8>,
+) {
     let Ok(resp) = Response::builder()
         .status(status)
-        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(http::header::CONTENT_TYPE, content_type)
         .body(())
     else {
         return;
     };
     if let Ok(mut send) = respond.send_response(resp, false) {
-        let _ = send.send_data(Bytes::from(json), true);
+        let _ = send.send_data(Bytes::from(body), true);
     }
 }
 

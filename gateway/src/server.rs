@@ -16,6 +16,7 @@ use shimgate_registry::Registry;
 use shimgate_wire::control::{self, CONTROL_PATH, RELAY_PATH, SESSION_PATH, SessionRequest};
 use shimgate_wire::datagram::UDP_PATH;
 use shimgate_wire::dest::{Destination, Host};
+use shimgate_wire::dns::DNS_PATH;
 use shimgate_wire::enroll::{
     ENROLL_PATH, RENEW_PATH, RESOLVE_PATH, ROUTES_PATH, ResolveRequest, Resolved, WHOAMI_PATH,
     WhoAmI,
@@ -417,6 +418,7 @@ impl Gateway {
             }
             (Method::POST, RESOLVE_PATH, Some(id)) => self.resolve(req, respond, &id).await,
             (Method::POST, PING_PATH, Some(id)) => self.ping(req, respond, &id).await,
+            (Method::POST, DNS_PATH, Some(id)) => self.dns(req, respond, &id).await,
             (Method::GET, ROUTES_PATH, Some(id)) => {
                 let rules = self.cache.rules();
                 let mut routes = crate::policy::routes(&rules, &id);

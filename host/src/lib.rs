@@ -6,7 +6,9 @@
 //! - [`files`]: keys, certificates and configuration written atomically with
 //!   the right mode (0600 for secrets), and read back.
 //! - [`workers`]: thread-per-core runtimes for the data plane.
+//! - [`resolvers`]: the machine's DNS resolvers, and asking them.
 
 pub mod clock;
 pub mod files;
+pub mod resolvers;
 pub mod workers;

@@ -119,6 +119,8 @@ fn every_program_reaches_the_intranet_with_no_setting() {
     gw.allow(INTRA_NET, &["--ports", "8000-8999"]);
     gw.allow("intranet.corp", &["--ports", "80"]);
     gw.allow(INTRA_NET, &["--ports", "5432"]);
+    // a routed domain the intranet's DNS says does not exist
+    gw.allow("corp.invalid", &["--ports", "80"]);
     gw.allow(
         &format!("{INTRA}/32"),
         &["--ports", "53,8095", "--proto", "udp"],
@@ -129,6 +131,8 @@ fn every_program_reaches_the_intranet_with_no_setting() {
     sysctl.args(["netns", "exec", &gw_ns.name, "sysctl", "-qw"]);
     sysctl.arg("net.ipv4.ping_group_range=0 2147483647");
     assert!(run(&mut sysctl, Duration::from_secs(10)).ok());
+    // The gateway's resolver: the intranet's DNS server.
+    crate::harness::dns::use_nameserver(&gw_ns.name, SocketAddr::new(INTRA.into(), 53));
     gw.serve();
     let dns = crate::harness::dns::RebindingDns::start(
         netns::in_netns(Some(&intra_ns.name), || {
@@ -257,6 +261,39 @@ fn every_program_reaches_the_intranet_with_no_setting() {
         "curl -6 http://intranet.corp/ in TUN mode: {out}\n{}",
         dev.logs()
     );
+    // Other record types of a routed name come from the intranet's DNS
+    // through the gateway, as it answers them; a routed name it says does
+    // not exist is NXDOMAIN.
+    let dig = env::which("dig").expect("dig (tests/lib/setup.sh installs bind9-dnsutils)");
+    let ask = |args: &[&str]| {
+        let mut q = Command::new("ip");
+        q.args(["netns", "exec", ns])
+            .arg(&dig)
+            .args(["+tries=1", "+time=10"])
+            .args(args);
+        run(&mut q, Duration::from_secs(30))
+    };
+    let out = ask(&["+short", "SRV", "_postgres._tcp.intranet.corp"]);
+    assert_eq!(
+        out.stdout.trim(),
+        format!(
+            "0 0 {} {}.",
+            crate::harness::dns::SRV_PORT,
+            crate::harness::dns::SRV_TARGET
+        ),
+        "an SRV record of a routed name in TUN mode: {out}\n{}",
+        dev.logs()
+    );
+    for args in [
+        &["SRV", "_postgres._tcp.corp.invalid"][..],
+        &["A", "db.corp.invalid"][..],
+    ] {
+        let out = ask(args);
+        assert!(
+            out.stdout.contains("status: NXDOMAIN"),
+            "{args:?}, a routed name the intranet's DNS does not know: {out}"
+        );
+    }
     let out = getent("www.example.org");
     assert!(
         out.ok() && out.stdout.starts_with("192.0.2.7"),
@@ -309,7 +346,6 @@ fn every_program_reaches_the_intranet_with_no_setting() {
 
     // UDP: a real DNS client to the intranet's server, and 100 datagrams
     // echoed, from a plain socket with no setting.
-    let dig = env::which("dig").expect("dig (tests/lib/setup.sh installs bind9-dnsutils)");
     let mut q = Command::new("ip");
     q.args(["netns", "exec", ns]).arg(&dig).args([
         "+short",

@@ -3,6 +3,8 @@
 //!
 //! - [`dest`]: where a flow goes ([`dest::Destination`]): what every shim
 //!   hands the tunnel layer and the gateway dials.
+//! - [`dns`]: DNS queries and answers (TUN mode's responder, and names the
+//!   gateway resolves for it).
 //! - [`datagram`]: UDP datagrams framed on an HTTP/2 stream, with their far end.
 //! - [`udpchannel`]: the same datagrams as sealed UDP packets between device
 //!   and gateway, keyed from the TLS connection that opened the association.
@@ -32,6 +34,7 @@ pub mod code;
 pub mod control;
 pub mod datagram;
 pub mod dest;
+pub mod dns;
 pub mod enroll;
 pub mod h2tuning;
 pub mod identity;

@@ -15,7 +15,6 @@
 //! interface, noting each flow's sequence), `accept` (the stack's streams →
 //! their ways), the stack's own runner, and the route keeper.
 
-pub mod dns;
 mod flows;
 mod icmp;
 pub mod packet;
@@ -30,6 +29,8 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use netstack_smoltcp::StackBuilder;
+use shimgate_wire::dest::Host;
+use shimgate_wire::dns;
 use shimgate_wire::origin::Origin;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -60,6 +61,9 @@ const WINDOW: u32 = 256 * 1024;
 const UNCLAIMED: Duration = Duration::from_secs(10);
 /// DNS queries being answered (or forwarded) at once.
 const DNS_AT_ONCE: usize = 256;
+/// How long the gateway may take over a query for a routed name: its
+/// resolvers' own wait, and the way there and back.
+const GATEWAY_DNS_WAIT: Duration = Duration::from_secs(6);
 /// How often the routes are compared with what policy routes here.
 const ROUTES_EVERY: Duration = Duration::from_secs(5);
 
@@ -483,11 +487,24 @@ impl Shim {
                         _ => dns::answer(&q, dns::SERVFAIL, &[]),
                     }
                 }
-                // No other record types for VPN names yet: "no such data".
-                _ => dns::answer(&q, dns::NOERROR, &[]),
+                // Peers have addresses only: "no such data".
+                _ if self
+                    .socket
+                    .peers
+                    .destination(&Host::Name(q.name.clone()))
+                    .is_some() =>
+                {
+                    dns::answer(&q, dns::NOERROR, &[])
+                }
+                // SRV, TXT, MX... of a routed name: the intranet's DNS,
+                // through the gateway, as it answers.
+                _ => match self.ask_gateway_dns(&query).await {
+                    Some(a) => a,
+                    None => dns::answer(&q, dns::SERVFAIL, &[]),
+                },
             }
         } else {
-            match self.forward(&query).await {
+            match shimgate_host::resolvers::ask(&self.upstream, &query).await {
                 Some(a) => a,
                 None => dns::answer(&q, dns::SERVFAIL, &[]),
             }
@@ -495,28 +512,23 @@ impl Shim {
         self.answer(Some(packet::datagram(key, &answer)));
     }
 
-    /// `query` to the first resolver this machine had that answers.
-    async fn forward(&self, query: &[u8]) -> Option<Vec<u8>> {
-        for server in &self.upstream {
-            let local = match server {
-                SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
-                SocketAddr::V6(_) => SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)),
-            };
-            let Ok(sock) = tokio::net::UdpSocket::bind(local).await else {
-                continue;
-            };
-            if sock.connect(server).await.is_err() || sock.send(query).await.is_err() {
-                continue;
-            }
-            let mut buf = vec![0u8; 4096];
-            if let Ok(Ok(n)) =
-                tokio::time::timeout(Duration::from_secs(5), sock.recv(&mut buf)).await
-            {
-                buf.truncate(n);
-                return Some(buf);
-            }
-        }
-        None
+    /// `POST /v1/dns`: the gateway's resolvers' answer to `query`.
+    async fn ask_gateway_dns(&self, query: &[u8]) -> Option<Vec<u8>> {
+        let call = async {
+            let send = self.socket.pool.any_connection().await.ok()?;
+            crate::client::call_from(
+                &send,
+                http::Method::POST,
+                dns::DNS_PATH,
+                Some(query.to_vec()),
+                Some(&Origin::TUN),
+            )
+            .await
+            .ok()
+        };
+        let answer = tokio::time::timeout(GATEWAY_DNS_WAIT, call).await.ok()??;
+        // Only an answer to this query goes back to the program.
+        (dns::id(&answer) == dns::id(query)).then_some(answer)
     }
 
     /// Writes a packet of the shim's own to the interface.

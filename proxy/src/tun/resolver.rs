@@ -18,10 +18,11 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+use shimgate_host::resolvers::{self, RESOLV_CONF};
+
 use super::routes;
 
 /// Where the system resolver's configuration is.
-const RESOLV_CONF: &str = "/etc/resolv.conf";
 /// The line that marks a resolv.conf as ours.
 const MARK: &str = "# shimgate up --tun: the VPN's DNS responder; the original is restored on exit";
 
@@ -187,18 +188,9 @@ fn restore(backup: &Path) -> Result<(), ResolverError> {
 /// The resolvers this machine had: resolv.conf's nameservers, except the
 /// responder itself.
 pub fn upstream(responder: Ipv4Addr) -> Vec<SocketAddr> {
-    let text = std::fs::read_to_string(RESOLV_CONF).unwrap_or_default();
-    nameservers(&text)
+    resolvers::system()
         .into_iter()
-        .filter(|ip| *ip != IpAddr::V4(responder))
-        .map(|ip| SocketAddr::new(ip, 53))
-        .collect()
-}
-
-fn nameservers(text: &str) -> Vec<IpAddr> {
-    text.lines()
-        .filter_map(|l| l.trim().strip_prefix("nameserver"))
-        .filter_map(|rest| rest.trim().parse().ok())
+        .filter(|s| s.ip() != IpAddr::V4(responder))
         .collect()
 }
 
@@ -299,12 +291,12 @@ mod tests {
         let original = "# from DHCP\nsearch corp.example\nnameserver 192.0.2.53\nnameserver 2001:db8::53\noptions edns0\n";
         let ours = Ipv4Addr::new(100, 127, 255, 254);
         let text = rewritten(original, ours);
-        assert_eq!(nameservers(&text), [IpAddr::V4(ours)]);
+        assert_eq!(resolvers::nameservers(&text), [IpAddr::V4(ours)]);
         for kept in ["# from DHCP", "search corp.example", "options edns0"] {
             assert!(text.contains(kept), "{kept} lost:\n{text}");
         }
         // rewriting ours again does not stack marks
         assert_eq!(rewritten(&text, ours), text);
-        assert_eq!(nameservers(original).len(), 2);
+        assert_eq!(resolvers::nameservers(original).len(), 2);
     }
 }

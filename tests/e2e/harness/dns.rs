@@ -7,6 +7,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 const TYPE_A: u16 = 1;
+const TYPE_SRV: u16 = 33;
+/// Every name's SRV record: priority 0, weight 0, this port, this target.
+pub const SRV_PORT: u16 = 5432;
+pub const SRV_TARGET: &str = "db.intranet.corp";
 
 pub struct RebindingDns {
     /// A queries answered so far.
@@ -36,8 +40,9 @@ impl RebindingDns {
 }
 
 /// The reply to one query: `first` to the first A query, `then` to every
-/// later one; other types get an empty answer (NOERROR, no records). A name
-/// under `.invalid` (RFC 6761) does not exist: NXDOMAIN, whatever the type.
+/// later one; an SRV query [`SRV_PORT`] on [`SRV_TARGET`]; other types get
+/// an empty answer (NOERROR, no records). A name under `.invalid` (RFC
+/// 6761) does not exist: NXDOMAIN, whatever the type.
 fn answer(query: &[u8], count: &AtomicUsize, first: Ipv4Addr, then: Ipv4Addr) -> Option<Vec<u8>> {
     // the question: labels from offset 12 to a zero byte, then type and class
     let mut end = 12;
@@ -56,17 +61,34 @@ fn answer(query: &[u8], count: &AtomicUsize, first: Ipv4Addr, then: Ipv4Addr) ->
         0 => first,
         _ => then,
     });
+    let srv = qtype == TYPE_SRV && !nxdomain;
     let mut out = Vec::with_capacity(64);
     out.extend_from_slice(&query[..2]); // id
     // response, recursion desired + available; RCODE 3 (NXDOMAIN) or 0
     out.extend_from_slice(&[0x81, if nxdomain { 0x83 } else { 0x80 }]);
-    out.extend_from_slice(&[0, 1, 0, u8::from(addr.is_some()), 0, 0, 0, 0]);
+    let records = u8::from(addr.is_some() || srv);
+    out.extend_from_slice(&[0, 1, 0, records, 0, 0, 0, 0]);
     out.extend_from_slice(question);
     if let Some(a) = addr {
         out.extend_from_slice(&[0xc0, 12]); // the name: a pointer to the question's
         out.extend_from_slice(&TYPE_A.to_be_bytes());
         out.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 4]); // class IN, TTL 0, 4 bytes
         out.extend_from_slice(&a.octets());
+    }
+    if srv {
+        let mut target = Vec::new();
+        for label in SRV_TARGET.split('.') {
+            target.push(label.len() as u8);
+            target.extend_from_slice(label.as_bytes());
+        }
+        target.push(0);
+        out.extend_from_slice(&[0xc0, 12]);
+        out.extend_from_slice(&TYPE_SRV.to_be_bytes());
+        out.extend_from_slice(&[0, 1, 0, 0, 0, 0]); // class IN, TTL 0
+        out.extend_from_slice(&(6 + target.len() as u16).to_be_bytes());
+        out.extend_from_slice(&[0, 0, 0, 0]); // priority, weight
+        out.extend_from_slice(&SRV_PORT.to_be_bytes());
+        out.extend_from_slice(&target);
     }
     Some(out)
 }

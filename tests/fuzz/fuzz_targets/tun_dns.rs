@@ -1,10 +1,10 @@
-//! A DNS query a program sends TUN mode's responder (`proxy::tun::dns`).
+//! A DNS query a program sends TUN mode's responder (`wire::dns`).
 //! No input may panic; a query's answer echoes its id and is not itself
 //! taken for a query.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use shimgate_proxy::tun::dns;
+use shimgate_wire::dns;
 
 fuzz_target!(|data: &[u8]| {
     let Some(q) = dns::parse(data) else {

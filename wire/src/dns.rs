@@ -1,14 +1,29 @@
-//! TUN mode's DNS messages: reading a query a program's resolver sent the
-//! responder, and writing the answer. Only what a stub resolver asks is
-//! understood (one question, no compression in it); anything else is not
-//! answered here. Every query comes from a program on this machine and is
-//! treated as hostile: a malformed one is `None`, never a panic.
+//! DNS messages as TUN mode's responder and the gateway read them: a query
+//! a program's stub resolver sent, and the answer written for it; and the
+//! call that carries a query for a routed name to the gateway's resolvers.
+//! Only what a stub resolver asks is understood (one question, no
+//! compression in it). Every query is hostile input: a malformed one is
+//! `None`, never a panic.
 
 use std::net::IpAddr;
+
+/// `POST` here with a client certificate and a DNS query as the body (as
+/// DNS over HTTPS sends one, RFC 8484's `application/dns-message`): the
+/// gateway asks its own resolvers, if policy lets the device reach the
+/// name, and answers with their DNS message. For the record types TUN
+/// mode's responder does not answer itself (SRV, TXT, MX, ...).
+pub const DNS_PATH: &str = "/v1/dns";
+/// Largest DNS message either way (EDNS's usual UDP payload size).
+pub const MAX_MESSAGE: usize = 4096;
 
 /// Record types the responder answers itself.
 pub const TYPE_A: u16 = 1;
 pub const TYPE_AAAA: u16 = 28;
+/// The id a message carries (its first two bytes).
+pub fn id(msg: &[u8]) -> Option<u16> {
+    Some(u16::from_be_bytes([*msg.first()?, *msg.get(1)?]))
+}
+
 /// Response codes.
 pub const NOERROR: u8 = 0;
 pub const SERVFAIL: u8 = 2;

@@ -168,7 +168,7 @@ fn every_program_reaches_the_intranet_with_no_setting() {
         netns::bind_in(Some(&intra_ns.name), SocketAddr::new(INTRA.into(), 8090)),
         Mode::Sink,
     );
-    let source_len = 48 << 20;
+    let source_len = 1 << 30;
     let source = Origin::from_listener(
         netns::bind_in(Some(&intra_ns.name), SocketAddr::new(INTRA.into(), 8091)),
         Mode::Source { len: source_len },
@@ -482,7 +482,7 @@ fn every_program_reaches_the_intranet_with_no_setting() {
 
     // Bytes both ways, checked, with half-close: the sink answers after our
     // EOF, the source closes after its last byte.
-    let up_len: usize = 32 << 20;
+    let up_len: usize = 1 << 30;
     let (sent_hash, answer) = netns::in_netns(Some(ns), || {
         let mut s = TcpStream::connect(sink.addr).expect("connect to the sink through TUN");
         let mut hasher = Hasher::new();

@@ -131,30 +131,14 @@ impl Broker {
         req: &SessionRequest,
         rules: &[Rule],
     ) -> Result<Grant, TunnelError> {
-        let (domain, own) = (self.vpn_domain.as_str(), self.own);
+        let domain = self.vpn_domain.as_str();
         let target = self
             .resolve(&req.peer, domain)
             .ok_or(TunnelError::HostUnreachable)?;
         if target.name == who.device_name {
             return Err(TunnelError::Refused);
         }
-        let fqdn = format!("{}.{domain}", target.name);
-        let proto = match req.proto {
-            PeerProto::Tcp => Proto::Tcp,
-            PeerProto::Udp => Proto::Udp,
-        };
-        let allowed = |port: u16| {
-            let t = Target {
-                name: Some(&fqdn),
-                addr: IpAddr::V4(target.vpn_ip),
-                port,
-                proto,
-                alias: false,
-                peer_groups: Some(&target.groups),
-                origin: None,
-            };
-            policy::allows(rules, who, &t, own)
-        };
+        let allowed = |port: u16| self.allows(who, &target, rules, port, req.proto);
         let (tx, endpoints) = {
             let peer = self.online.get(&target.name);
             let exports = peer.as_deref().map(|p| &p.exports);
@@ -226,6 +210,59 @@ impl Broker {
             endpoints,
             expires_in_ms: SESSION_TTL.as_millis() as u64,
         })
+    }
+
+    /// Whether policy lets `who` reach `target` on `port` over `proto`.
+    fn allows(
+        &self,
+        who: &Identity,
+        target: &PeerTarget,
+        rules: &[Rule],
+        port: u16,
+        proto: PeerProto,
+    ) -> bool {
+        let fqdn = format!("{}.{}", target.name, self.vpn_domain);
+        let t = Target {
+            name: Some(&fqdn),
+            addr: IpAddr::V4(target.vpn_ip),
+            port,
+            proto: match proto {
+                PeerProto::Tcp => Proto::Tcp,
+                PeerProto::Udp => Proto::Udp,
+            },
+            alias: false,
+            peer_groups: Some(&target.groups),
+            origin: None,
+        };
+        policy::allows(rules, who, &t, self.own)
+    }
+
+    /// The VPN address of the device `name` names (`bob.<vpn domain>`), for
+    /// `who`'s DNS: its own, or a peer's that is online and that policy lets
+    /// `who` reach on one of its exports (or ping). `None` otherwise: the
+    /// device then hands out an address standing for the name, as for a
+    /// name the gateway resolves.
+    pub fn peer_address(&self, who: &Identity, name: &str, rules: &[Rule]) -> Option<Ipv4Addr> {
+        let device = control::device_in_domain(name, &self.vpn_domain)?;
+        let target = self.resolve(&device, &self.vpn_domain)?;
+        if target.name == who.device_name {
+            return Some(who.vpn_ip);
+        }
+        let peer = self.online.get(&target.name)?;
+        let exports = &peer.exports;
+        let reachable = exports
+            .tcp
+            .iter()
+            .map(|p| (*p, PeerProto::Tcp))
+            .chain(exports.udp.iter().map(|p| (*p, PeerProto::Udp)))
+            .chain(std::iter::once((0, PeerProto::Tcp)))
+            .any(|(port, proto)| {
+                decide::permit(Some(exports), port, proto, |p| {
+                    self.allows(who, &target, rules, p, proto)
+                })
+                .is_ok()
+            });
+        reachable.then_some(target.vpn_ip)
     }
 
     fn resolve(&self, peer: &str, domain: &str) -> Option<PeerTarget> {

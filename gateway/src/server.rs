@@ -505,7 +505,8 @@ impl Gateway {
 }
 
 impl Gateway {
-    /// `POST /v1/resolve`: whether a name exists, under policy.
+    /// `POST /v1/resolve`: whether a name exists, under policy; for a
+    /// reachable device's name, its VPN address.
     async fn resolve(
         &self,
         req: Request<RecvStream>,
@@ -535,6 +536,13 @@ impl Gateway {
             );
         };
         let rules = self.cache.rules();
+        if let Some(ip) = self.broker.peer_address(who, &name, &rules) {
+            let found = Resolved {
+                answer: "exists".to_owned(),
+                vpn_ip: Some(ip),
+            };
+            return send_json(&mut respond, StatusCode::OK, &found);
+        }
         let answer = match self
             .dialer
             .exists(who, origin.as_ref(), &rules, &name)
@@ -546,7 +554,14 @@ impl Gateway {
                 e.as_str().to_owned()
             }
         };
-        send_json(&mut respond, StatusCode::OK, &Resolved { answer });
+        send_json(
+            &mut respond,
+            StatusCode::OK,
+            &Resolved {
+                answer,
+                vpn_ip: None,
+            },
+        );
     }
 
     /// `POST /v1/peer/session`: broker a session, answer with the grant.

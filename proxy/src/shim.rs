@@ -366,7 +366,7 @@ impl Shim {
         };
         if self.peers.destination(&host).is_none() {
             match self.ask_gateway(name, &asker.origin()).await {
-                Ok(()) => {}
+                Ok(_) => {}
                 Err(TunnelError::UnknownName) => return Reply::NoName,
                 Err(e) => {
                     tracing::info!(name, reason = %e, pid = ?asker.pid, program = ?asker.program, "no fake address");
@@ -423,8 +423,13 @@ impl Shim {
     }
 
     /// Whether the gateway says `name` exists and policy could let this
-    /// device's program `origin` reach it.
-    async fn ask_gateway(&self, name: &str, origin: &Origin) -> Result<(), TunnelError> {
+    /// device's program `origin` reach it; for a device's name, its VPN
+    /// address when the gateway gives it.
+    pub(crate) async fn ask_gateway(
+        &self,
+        name: &str,
+        origin: &Origin,
+    ) -> Result<Option<std::net::Ipv4Addr>, TunnelError> {
         let body = serde_json::to_vec(&ResolveRequest {
             name: name.to_owned(),
         })
@@ -450,7 +455,7 @@ impl Shim {
             .await
             .map_err(|_| TunnelError::TimedOut)??;
         match resolved.answer.as_str() {
-            "exists" => Ok(()),
+            "exists" => Ok(resolved.vpn_ip),
             other => Err(other.parse().unwrap_or(TunnelError::General)),
         }
     }

@@ -736,8 +736,22 @@ fn a_peer_by_its_vpn_address() {
         "ping {bob_ip} (bob) from alice in TUN mode: {out}\n{}",
         net.alice.logs()
     );
-    // and by name, through the DNS responder: the name's address stands
-    // for bob, and the echo still goes to bob
+    // and by name, through the DNS responder, which answers with bob's own
+    // VPN address (the gateway gives it: bob is online and alice may reach it)
+    let mut getent = Command::new("ip");
+    getent.args([
+        "netns",
+        "exec",
+        &ns,
+        "getent",
+        "ahostsv4",
+        "bob.vpn.internal",
+    ]);
+    let out = run(&mut getent, Duration::from_secs(20));
+    assert!(
+        out.stdout.starts_with(&format!("{bob_ip} ")),
+        "bob.vpn.internal did not resolve to bob's VPN address {bob_ip}: {out}"
+    );
     let out = ping("bob.vpn.internal");
     assert!(
         out.ok() && out.stdout.contains("3 received"),

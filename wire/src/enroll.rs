@@ -82,6 +82,10 @@ pub struct ResolveRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Resolved {
     pub answer: String,
+    /// For a device's name under the VPN domain: its VPN address, when the
+    /// asker may reach it (TUN mode's responder answers with it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vpn_ip: Option<std::net::Ipv4Addr>,
 }
 
 /// What the gateway's allow rules open to one device, for its PAC file.

@@ -475,6 +475,9 @@ impl Shim {
             .any(|d| d == "." || q.name == *d || q.name.ends_with(&format!(".{d}")));
         let answer = if ours {
             match q.qtype {
+                dns::TYPE_A | dns::TYPE_AAAA if let Some(ip) = self.peer_address(&q.name).await => {
+                    dns::answer(&q, dns::NOERROR, &[ip.into()])
+                }
                 dns::TYPE_A | dns::TYPE_AAAA => {
                     match self.socket.resolve(&q.name, &Asker::TUN).await {
                         Reply::Addrs { v4, v6 } => {
@@ -510,6 +513,18 @@ impl Shim {
             }
         };
         self.answer(Some(packet::datagram(key, &answer)));
+    }
+
+    /// A device's VPN address for its name under the VPN domain, as the
+    /// gateway gives it to this device (online, and reachable under policy).
+    async fn peer_address(&self, name: &str) -> Option<Ipv4Addr> {
+        let host = Host::parse(name).ok()?;
+        self.socket.peers.destination(&host)?;
+        self.socket
+            .ask_gateway(name, &Origin::TUN)
+            .await
+            .ok()
+            .flatten()
     }
 
     /// `POST /v1/dns`: the gateway's resolvers' answer to `query`.

@@ -13,7 +13,7 @@ use shimgate_host::resolvers;
 use shimgate_wire::dns;
 
 use crate::cache::Identity;
-use crate::respond::{read_body, refuse, send_body, send_error};
+use crate::respond::{send_body, send_error};
 use crate::setup::Gateway;
 
 /// RFC 8484's media type for a DNS message.
@@ -27,14 +27,18 @@ impl Gateway {
         who: &Identity,
     ) {
         // A lookup costs the resolver as a tunnel does: the same limits.
-        let _place = match self.admit_tunnel(who) {
-            Ok(p) => p,
-            Err(e) => return refuse(&mut respond, e),
+        let Some(call) = self
+            .admit_call(req, &mut respond, who, dns::MAX_MESSAGE)
+            .await
+        else {
+            return;
         };
-        let origin = crate::auditlog::origin_of(&req);
-        let mut body = req.into_body();
-        let query = read_body(&mut body, dns::MAX_MESSAGE).await.ok();
-        let Some((query, q)) = query.as_deref().and_then(|b| dns::parse(b).map(|q| (b, q))) else {
+        let origin = call.origin;
+        let Some((query, q)) = call
+            .body
+            .as_deref()
+            .and_then(|b| dns::parse(b).map(|q| (b, q)))
+        else {
             return send_error(
                 &mut respond,
                 StatusCode::BAD_REQUEST,

@@ -22,7 +22,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 
 use crate::cache::Identity;
-use crate::respond::{read_body, refuse, send_error, send_json};
+use crate::respond::{send_error, send_json};
 use crate::setup::Gateway;
 
 /// An echo not back by then is lost (as `ping` counts it).
@@ -40,18 +40,17 @@ impl Gateway {
         mut respond: SendResponse<Bytes>,
         who: &Identity,
     ) {
-        let _place = match self.admit_tunnel(who) {
-            Ok(p) => p,
-            Err(e) => return refuse(&mut respond, e),
+        let Some(call) = self
+            .admit_call(req, &mut respond, who, shimgate_wire::enroll::MAX_BODY)
+            .await
+        else {
+            return;
         };
-        let origin = crate::auditlog::origin_of(&req);
-        let mut body = req.into_body();
-        let host = match read_body(&mut body, shimgate_wire::enroll::MAX_BODY).await {
-            Ok(b) => serde_json::from_slice::<PingRequest>(&b)
-                .ok()
-                .and_then(|r| Host::parse(&r.host).ok()),
-            Err(_) => None,
-        };
+        let origin = call.origin;
+        let host = call
+            .body
+            .and_then(|b| serde_json::from_slice::<PingRequest>(&b).ok())
+            .and_then(|r| Host::parse(&r.host).ok());
         let Some(host) = host else {
             return send_error(
                 &mut respond,

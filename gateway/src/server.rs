@@ -122,6 +122,33 @@ impl Gateway {
         &self.registry
     }
 
+    /// A call of `who` that asks the gateway to do some work for it (look
+    /// a name up, ping): admitted as a tunnel, within the same limits, and
+    /// its body read (at most `limit`). `None` when refused, answered here.
+    pub(crate) async fn admit_call(
+        &self,
+        req: Request<RecvStream>,
+        respond: &mut SendResponse<Bytes>,
+        who: &Identity,
+        limit: usize,
+    ) -> Option<Call> {
+        let place = match self.admit_tunnel(who) {
+            Ok(p) => p,
+            Err(e) => {
+                refuse(respond, e);
+                return None;
+            }
+        };
+        let origin = crate::auditlog::origin_of(&req);
+        let mut body = req.into_body();
+        let body = read_body(&mut body, limit).await.ok();
+        Some(Call {
+            _place: place,
+            origin,
+            body,
+        })
+    }
+
     /// A new tunnel or UDP association of `who`, within its device's limits:
     /// its place among the device's open ones (given back on drop), or the
     /// refusal.
@@ -504,6 +531,16 @@ impl Gateway {
     }
 }
 
+/// An admitted call ([`Gateway::admit_call`]).
+pub(crate) struct Call {
+    /// Its place among the device's tunnels, held while it is answered.
+    _place: Place<i64>,
+    /// The program it is for, as the device said.
+    pub origin: Option<shimgate_wire::origin::Origin>,
+    /// `None` when it was too large, cut off or too slow.
+    pub body: Option<Vec<u8>>,
+}
+
 impl Gateway {
     /// `POST /v1/resolve`: whether a name exists, under policy; for a
     /// reachable device's name, its VPN address.
@@ -514,16 +551,16 @@ impl Gateway {
         who: &Identity,
     ) {
         // A lookup costs the resolver as a tunnel does: the same limits.
-        let _place = match self.admit_tunnel(who) {
-            Ok(p) => p,
-            Err(e) => return refuse(&mut respond, e),
+        let Some(call) = self
+            .admit_call(req, &mut respond, who, shimgate_wire::enroll::MAX_BODY)
+            .await
+        else {
+            return;
         };
-        let origin = crate::auditlog::origin_of(&req);
-        let mut body = req.into_body();
-        let asked = match read_body(&mut body, shimgate_wire::enroll::MAX_BODY).await {
-            Ok(b) => serde_json::from_slice::<ResolveRequest>(&b).ok(),
-            Err(_) => None,
-        };
+        let origin = call.origin.as_ref();
+        let asked = call
+            .body
+            .and_then(|b| serde_json::from_slice::<ResolveRequest>(&b).ok());
         let name = asked.and_then(|a| match Host::parse(&a.name) {
             Ok(Host::Name(n)) => Some(n),
             _ => None,
@@ -543,11 +580,7 @@ impl Gateway {
             };
             return send_json(&mut respond, StatusCode::OK, &found);
         }
-        let answer = match self
-            .dialer
-            .exists(who, origin.as_ref(), &rules, &name)
-            .await
-        {
+        let answer = match self.dialer.exists(who, origin, &rules, &name).await {
             Ok(()) => "exists".to_owned(),
             Err(e) => {
                 tracing::debug!(device = %who.device_name, %name, reason = %e, "name not handed a fake address");

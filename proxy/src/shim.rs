@@ -422,6 +422,38 @@ impl Shim {
         }
     }
 
+    /// `POST path` with `body` to the gateway on behalf of `origin`, within
+    /// `wait`: its answer's body, or why not as a program would be told (no
+    /// gateway: network unreachable; 403: not allowed).
+    pub(crate) async fn call_gateway(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        origin: &Origin,
+        wait: Duration,
+    ) -> Result<Vec<u8>, TunnelError> {
+        let call = async {
+            let send = self
+                .pool
+                .any_connection()
+                .await
+                .map_err(|_| TunnelError::NetworkUnreachable)?;
+            crate::client::call_from(&send, http::Method::POST, path, Some(body), Some(origin))
+                .await
+                .map_err(|e| match e {
+                    crate::client::ClientError::Refused { status, .. }
+                        if status == http::StatusCode::FORBIDDEN =>
+                    {
+                        TunnelError::NotAllowed
+                    }
+                    _ => TunnelError::General,
+                })
+        };
+        tokio::time::timeout(wait, call)
+            .await
+            .map_err(|_| TunnelError::TimedOut)?
+    }
+
     /// Whether the gateway says `name` exists and policy could let this
     /// device's program `origin` reach it; for a device's name, its VPN
     /// address when the gateway gives it.
@@ -434,26 +466,11 @@ impl Shim {
             name: name.to_owned(),
         })
         .map_err(|_| TunnelError::General)?;
-        let call = async {
-            let send = self
-                .pool
-                .any_connection()
-                .await
-                .map_err(|_| TunnelError::NetworkUnreachable)?;
-            let answer = crate::client::call_from(
-                &send,
-                http::Method::POST,
-                RESOLVE_PATH,
-                Some(body),
-                Some(origin),
-            )
-            .await
-            .map_err(|_| TunnelError::General)?;
-            serde_json::from_slice::<Resolved>(&answer).map_err(|_| TunnelError::General)
-        };
-        let resolved = tokio::time::timeout(RESOLVE_TIMEOUT, call)
-            .await
-            .map_err(|_| TunnelError::TimedOut)??;
+        let answer = self
+            .call_gateway(RESOLVE_PATH, body, origin, RESOLVE_TIMEOUT)
+            .await?;
+        let resolved =
+            serde_json::from_slice::<Resolved>(&answer).map_err(|_| TunnelError::General)?;
         match resolved.answer.as_str() {
             "exists" => Ok(resolved.vpn_ip),
             other => Err(other.parse().unwrap_or(TunnelError::General)),

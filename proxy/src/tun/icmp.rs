@@ -22,7 +22,6 @@ use tokio::sync::mpsc;
 
 use super::Shim;
 use super::packet::{self, Echo, Packet, Refusal, Unreachable};
-use crate::client::ClientError;
 
 /// A peer's ping session with no ping for this long closes.
 const IDLE: Duration = Duration::from_secs(10);
@@ -99,16 +98,16 @@ impl Shim {
         };
         let (me, request) = (Arc::clone(self), pkt.to_vec());
         tokio::spawn(async move {
-            let answer = tokio::time::timeout(GATEWAY_WAIT, me.ask_gateway_to_ping(host)).await;
+            let answer = me.ask_gateway_to_ping(host).await;
             drop(slot);
             let reply = match answer {
-                Ok(Ok(())) => match packet::parse(&request) {
+                Ok(()) => match packet::parse(&request) {
                     Some(Packet::Echo(echo)) => Some(packet::echo_reply(&echo)),
                     _ => None,
                 },
                 // No echo came back: as on a network, no answer at all.
-                Ok(Err(TunnelError::TimedOut)) | Err(_) => None,
-                Ok(Err(e)) => match packet::refusal(e) {
+                Err(TunnelError::TimedOut) => None,
+                Err(e) => match packet::refusal(e) {
                     Refusal::Unreachable(why) => packet::unreachable(&request, why),
                     Refusal::Reset => packet::unreachable(&request, Unreachable::Host),
                 },
@@ -120,26 +119,10 @@ impl Shim {
     /// One `POST /v1/ping`: whether the far end echoed, or why not.
     async fn ask_gateway_to_ping(&self, host: String) -> Result<(), TunnelError> {
         let body = serde_json::to_vec(&PingRequest { host }).map_err(|_| TunnelError::General)?;
-        let send = self
+        let answer = self
             .socket
-            .pool
-            .any_connection()
-            .await
-            .map_err(|_| TunnelError::NetworkUnreachable)?;
-        let answer = crate::client::call_from(
-            &send,
-            http::Method::POST,
-            PING_PATH,
-            Some(body),
-            Some(&Origin::TUN),
-        )
-        .await
-        .map_err(|e| match e {
-            ClientError::Refused { status, .. } if status == http::StatusCode::FORBIDDEN => {
-                TunnelError::NotAllowed
-            }
-            _ => TunnelError::General,
-        })?;
+            .call_gateway(PING_PATH, body, &Origin::TUN, GATEWAY_WAIT)
+            .await?;
         let pinged: Pinged = serde_json::from_slice(&answer).map_err(|_| TunnelError::General)?;
         if pinged.answer == ECHOED {
             Ok(())

@@ -529,19 +529,16 @@ impl Shim {
 
     /// `POST /v1/dns`: the gateway's resolvers' answer to `query`.
     async fn ask_gateway_dns(&self, query: &[u8]) -> Option<Vec<u8>> {
-        let call = async {
-            let send = self.socket.pool.any_connection().await.ok()?;
-            crate::client::call_from(
-                &send,
-                http::Method::POST,
+        let answer = self
+            .socket
+            .call_gateway(
                 dns::DNS_PATH,
-                Some(query.to_vec()),
-                Some(&Origin::TUN),
+                query.to_vec(),
+                &Origin::TUN,
+                GATEWAY_DNS_WAIT,
             )
             .await
-            .ok()
-        };
-        let answer = tokio::time::timeout(GATEWAY_DNS_WAIT, call).await.ok()??;
+            .ok()?;
         // Only an answer to this query goes back to the program.
         (dns::id(&answer) == dns::id(query)).then_some(answer)
     }

@@ -101,13 +101,12 @@ async fn sqlite_in_memory_keeps_its_data() {
     assert_eq!(reg.list_devices().await.expect("list").len(), 1);
 }
 
-/// Migration 0009 rebuilds SQLite's devices table (a CHECK cannot be
-/// changed in place): a registry with devices, certificates pointing at
-/// them and a deleted device keeps every row, every reference, and its id
-/// counter (addresses outside 100.64.0.0/10: `devices::a_chosen_vpn_range`).
-#[tokio::test]
-async fn sqlite_devices_survive_the_vpn_range_migration() {
-    use sqlx::Executor;
+/// A SQLite registry in a temporary directory with the migrations before
+/// `version` applied: the directory (removed on drop), the registry's
+/// target and URL, and a pool on it.
+async fn sqlite_migrated_before(
+    version: i64,
+) -> (tempfile::TempDir, String, String, sqlx::SqlitePool) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("registry.db");
     let target = path.to_str().expect("utf-8 temp path").to_owned();
@@ -116,12 +115,26 @@ async fn sqlite_devices_survive_the_vpn_range_migration() {
     before.migrations = before
         .migrations
         .iter()
-        .filter(|m| m.version < 9)
+        .filter(|m| m.version < version)
         .cloned()
         .collect::<Vec<_>>()
         .into();
     let pool = sqlx::SqlitePool::connect(&url).await.expect("open");
-    before.run(&pool).await.expect("migrations up to 0008");
+    before
+        .run(&pool)
+        .await
+        .unwrap_or_else(|e| panic!("migrations before {version}: {e}"));
+    (dir, target, url, pool)
+}
+
+/// Migration 0009 rebuilds SQLite's devices table (a CHECK cannot be
+/// changed in place): a registry with devices, certificates pointing at
+/// them and a deleted device keeps every row, every reference, and its id
+/// counter (addresses outside 100.64.0.0/10: `devices::a_chosen_vpn_range`).
+#[tokio::test]
+async fn sqlite_devices_survive_the_vpn_range_migration() {
+    use sqlx::Executor;
+    let (_dir, target, url, pool) = sqlite_migrated_before(9).await;
     for sql in [
         "INSERT INTO users (id, name, created_at) VALUES (1, 'alice', 1)",
         "INSERT INTO devices (id, name, user_id, vpn_ip, created_at, last_gateway) \
@@ -192,20 +205,7 @@ async fn sqlite_devices_survive_the_vpn_range_migration() {
 async fn sqlite_rules_survive_the_icmp_migration() {
     use shimgate_registry::{Action, NewRule, Ports, Proto};
     use sqlx::Executor;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("registry.db");
-    let target = path.to_str().expect("utf-8 temp path").to_owned();
-    let url = format!("sqlite://{target}?mode=rwc");
-    let mut before: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
-    before.migrations = before
-        .migrations
-        .iter()
-        .filter(|m| m.version < 12)
-        .cloned()
-        .collect::<Vec<_>>()
-        .into();
-    let pool = sqlx::SqlitePool::connect(&url).await.expect("open");
-    before.run(&pool).await.expect("migrations up to 0011");
+    let (_dir, target, _url, pool) = sqlite_migrated_before(12).await;
     for sql in [
         "INSERT INTO policy_rules (id, subject_kind, subject_name, dest, port_lo, port_hi, ports, \
          proto, program, local_user, action, created_by, created_at) VALUES \

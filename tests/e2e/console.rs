@@ -297,6 +297,23 @@ fn api_refuses_missing_wrong_and_revoked_tokens() {
         r.body
     );
     assert!(r.body.contains(r#""proto":"udp""#), "{}", r.body);
+    // ICMP (ping) has no ports: a rule for every port is taken, one for some is refused.
+    let r = anon.send(
+        "POST",
+        "/api/v1/policy",
+        &[("Authorization", &auth), json],
+        r#"{"action":"allow","to":"192.0.2.0/24","proto":"icmp"}"#,
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.contains(r#""proto":"icmp""#), "{}", r.body);
+    let r = anon.send(
+        "POST",
+        "/api/v1/policy",
+        &[("Authorization", &auth), json],
+        r#"{"action":"allow","to":"192.0.2.0/24","ports":"22","proto":"icmp"}"#,
+    );
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(r.body.contains("no port"), "{}", r.body);
     // Limited to a program and a local user on the device; a bad program says why.
     let r = anon.send(
         "POST",

@@ -104,7 +104,8 @@ enum Command {
     },
     /// Round trip to another device over a peer session, and the path it took.
     Ping {
-        /// The device: NAME, NAME.<vpn domain> or its VPN IP.
+        /// A device (NAME, NAME.<vpn domain> or its VPN IP: over a peer session), or any
+        /// other address or name (the gateway pings it, where a policy rule allows ICMP).
         peer: String,
         /// How many round trips.
         #[arg(long, short = 'c', default_value_t = 3)]
@@ -437,10 +438,17 @@ async fn ping(dir: &ConfigDir, peer: &str, count: usize) -> anyhow::Result<ExitC
         config.vpn_range,
         Default::default(),
     );
-    let target = shimgate_wire::dest::Host::parse(peer)
-        .ok()
-        .and_then(|h| peers.destination(&h))
-        .unwrap_or_else(|| peer.to_owned());
+    // A device: a name under the VPN domain, an address in the VPN range,
+    // or a bare device name (`bob`); anything else the gateway pings.
+    let device = match shimgate_wire::dest::Host::parse(peer) {
+        Ok(h) => peers
+            .destination(&h)
+            .or_else(|| (!peer.contains(['.', ':'])).then(|| peer.to_owned())),
+        Err(_) => Some(peer.to_owned()),
+    };
+    let Some(target) = device else {
+        return ping_through_gateway(&conn, peer, count).await;
+    };
     let started = std::time::Instant::now();
     let opened = match peers
         .dial(conn.send.clone(), &target, 0, PeerProto::Tcp)
@@ -480,6 +488,34 @@ async fn ping(dir: &ConfigDir, peer: &str, count: usize) -> anyhow::Result<ExitC
         ms(max)
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `shimgate ping HOST` for a host that is no device: `count` echoes the
+/// gateway sends (`POST /v1/ping`), each timed from here.
+async fn ping_through_gateway(
+    conn: &shimgate_proxy::client::Connection,
+    host: &str,
+    count: usize,
+) -> anyhow::Result<ExitCode> {
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+    println!("{host}: through the gateway");
+    let mut echoed = 0;
+    for i in 1..=count {
+        let started = std::time::Instant::now();
+        let pinged = shimgate_proxy::client::ping_through_gateway(&conn.send, host).await?;
+        if pinged.answer == shimgate_wire::ping::ECHOED {
+            echoed += 1;
+            println!("  reply {i}: {:.3} ms", ms(started.elapsed()));
+        } else {
+            println!("  no reply {i}: {}", pinged.answer);
+        }
+    }
+    println!("{echoed} of {count} echoed");
+    Ok(if echoed == count {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 #[cfg(test)]

@@ -299,6 +299,27 @@ pub async fn call(
     call_from(send, method, path, body, None).await
 }
 
+/// One echo the gateway sends to `host` for this device (`POST /v1/ping`,
+/// where a policy rule allows ICMP): the gateway's answer.
+pub async fn ping_through_gateway(
+    send: &SendRequest<Bytes>,
+    host: &str,
+) -> Result<shimgate_wire::ping::Pinged, ClientError> {
+    let body = serde_json::to_vec(&shimgate_wire::ping::PingRequest {
+        host: host.to_owned(),
+    })
+    .map_err(|e| ClientError::Protocol(e.to_string()))?;
+    let answer = call(
+        send,
+        Method::POST,
+        shimgate_wire::ping::PING_PATH,
+        Some(body),
+    )
+    .await?;
+    serde_json::from_slice(&answer)
+        .map_err(|e| ClientError::Protocol(format!("the gateway's ping answer: {e}")))
+}
+
 /// [`call`] on behalf of a program on this device, whose [`Origin`] the
 /// gateway's policy may ask about.
 pub async fn call_from(

@@ -397,6 +397,12 @@ fn every_program_reaches_the_intranet_with_no_setting() {
         !out.ok() && out.stdout.contains("Packet filtered"),
         "ping {INTRA} with no ICMP rule was not answered \"prohibited\": {out}"
     );
+    let cli_ping = || dev.cli(&["ping", "-c", "2", &INTRA.to_string()]);
+    let out = cli_ping();
+    assert!(
+        !out.ok() && out.stdout.contains("not-allowed"),
+        "`shimgate ping {INTRA}` with no ICMP rule: {out}"
+    );
     gw.allow(&format!("{INTRA}/32"), &["--proto", "icmp"]);
     poll(
         "a ping through the gateway once a rule allows ICMP",
@@ -435,6 +441,12 @@ fn every_program_reaches_the_intranet_with_no_setting() {
     gw.ok(&["policy", "remove", id]);
     route_shown(false);
 
+    // `shimgate ping` asks the gateway too, TUN mode or not.
+    let out = cli_ping();
+    assert!(
+        out.ok() && out.stdout.contains("2 of 2 echoed"),
+        "`shimgate ping {INTRA}` through the gateway: {out}"
+    );
     let audit = gw.ok(&["audit", "--action", "ping", "--limit", "50"]);
     assert!(
         audit.contains(&INTRA.to_string()) && audit.contains("answer=echoed"),

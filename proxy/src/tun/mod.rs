@@ -475,11 +475,9 @@ impl Shim {
             .any(|d| d == "." || q.name == *d || q.name.ends_with(&format!(".{d}")));
         let answer = if ours {
             match q.qtype {
-                dns::TYPE_A | dns::TYPE_AAAA if let Some(ip) = self.peer_address(&q.name).await => {
-                    dns::answer(&q, dns::NOERROR, &[ip.into()])
-                }
-                dns::TYPE_A | dns::TYPE_AAAA => {
-                    match self.socket.resolve(&q.name, &Asker::TUN).await {
+                dns::TYPE_A | dns::TYPE_AAAA => match self.peer_address(&q.name).await {
+                    Some(ip) => dns::answer(&q, dns::NOERROR, &[ip.into()]),
+                    None => match self.socket.resolve(&q.name, &Asker::TUN).await {
                         Reply::Addrs { v4, v6 } => {
                             dns::answer(&q, dns::NOERROR, &[v4.into(), v6.into()])
                         }
@@ -488,8 +486,8 @@ impl Shim {
                             dns::answer(&q, dns::REFUSED, &[])
                         }
                         _ => dns::answer(&q, dns::SERVFAIL, &[]),
-                    }
-                }
+                    },
+                },
                 // Peers have addresses only: "no such data".
                 _ if self
                     .socket

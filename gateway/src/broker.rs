@@ -237,14 +237,26 @@ impl Broker {
         policy::allows(rules, who, &t, self.own)
     }
 
-    /// The VPN address of the device `name` names (`bob.<vpn domain>`), for
-    /// `who`'s DNS: its own, or a peer's that is online and that policy lets
-    /// `who` reach on one of its exports (or ping). `None` otherwise: the
-    /// device then hands out an address standing for the name, as for a
-    /// name the gateway resolves.
-    pub fn peer_address(&self, who: &Identity, name: &str, rules: &[Rule]) -> Option<Ipv4Addr> {
+    /// For a name under the VPN domain (`bob.<vpn domain>`; `None` for any
+    /// other name), the device's VPN address for `who`'s DNS: its own, or a
+    /// peer's that is online and that policy lets `who` reach on one of its
+    /// exports (or ping); else host unreachable, and the device hands out
+    /// an address standing for the name.
+    pub fn peer_address(
+        &self,
+        who: &Identity,
+        name: &str,
+        rules: &[Rule],
+    ) -> Option<Result<Ipv4Addr, TunnelError>> {
         let device = control::device_in_domain(name, &self.vpn_domain)?;
-        let target = self.resolve(&device, &self.vpn_domain)?;
+        Some(
+            self.reachable_peer(who, &device, rules)
+                .ok_or(TunnelError::HostUnreachable),
+        )
+    }
+
+    fn reachable_peer(&self, who: &Identity, device: &str, rules: &[Rule]) -> Option<Ipv4Addr> {
+        let target = self.resolve(device, &self.vpn_domain)?;
         if target.name == who.device_name {
             return Some(who.vpn_ip);
         }

@@ -573,28 +573,29 @@ impl Gateway {
             );
         };
         let rules = self.cache.rules();
-        if let Some(ip) = self.broker.peer_address(who, &name, &rules) {
-            let found = Resolved {
+        // A device's name is the broker's to answer, never asked of DNS.
+        let found = match self.broker.peer_address(who, &name, &rules) {
+            Some(peer) => peer.map(Some),
+            None => self
+                .dialer
+                .exists(who, origin, &rules, &name)
+                .await
+                .map(|()| None),
+        };
+        let resolved = match found {
+            Ok(vpn_ip) => Resolved {
                 answer: "exists".to_owned(),
-                vpn_ip: Some(ip),
-            };
-            return send_json(&mut respond, StatusCode::OK, &found);
-        }
-        let answer = match self.dialer.exists(who, origin, &rules, &name).await {
-            Ok(()) => "exists".to_owned(),
+                vpn_ip,
+            },
             Err(e) => {
                 tracing::debug!(device = %who.device_name, %name, reason = %e, "name not handed a fake address");
-                e.as_str().to_owned()
+                Resolved {
+                    answer: e.as_str().to_owned(),
+                    vpn_ip: None,
+                }
             }
         };
-        send_json(
-            &mut respond,
-            StatusCode::OK,
-            &Resolved {
-                answer,
-                vpn_ip: None,
-            },
-        );
+        send_json(&mut respond, StatusCode::OK, &resolved);
     }
 
     /// `POST /v1/peer/session`: broker a session, answer with the grant.

@@ -480,16 +480,17 @@ impl Shim {
     /// The destination a program's address stands for: the name behind a
     /// fake address, or the address itself.
     pub(crate) fn destination(&self, to: SocketAddr) -> Result<Destination, TunnelError> {
-        if crate::fakeaddr::is_fake(to.ip()) {
-            let name = self
-                .fake
-                .name_of(to.ip())
-                .ok_or(TunnelError::HostUnreachable)?;
-            return Host::parse(&name)
-                .and_then(|h| Destination::new(h, to.port()))
-                .map_err(TunnelError::from);
+        Destination::new(self.host_of(to.ip())?, to.port()).map_err(TunnelError::from)
+    }
+
+    /// The host a program's address stands for: the name behind a fake
+    /// address, or the address itself.
+    pub(crate) fn host_of(&self, ip: IpAddr) -> Result<Host, TunnelError> {
+        if !crate::fakeaddr::is_fake(ip) {
+            return Ok(Host::Ip(ip));
         }
-        Destination::from_addr(to).map_err(TunnelError::from)
+        let name = self.fake.name_of(ip).ok_or(TunnelError::HostUnreachable)?;
+        Host::parse(&name).map_err(TunnelError::from)
     }
 
     async fn connect(

@@ -129,9 +129,13 @@ fn alive(pid: u32) -> bool {
 
 /// The status of a running `up`, or `None` if none runs for this config dir.
 pub fn read(dir: &ConfigDir) -> Option<Status> {
+    written(dir).filter(|s| alive(s.pid))
+}
+
+/// What status.json says, whether or not its writer still runs.
+fn written(dir: &ConfigDir) -> Option<Status> {
     let bytes = std::fs::read(dir.status()).ok()?;
-    let status: Status = serde_json::from_slice(&bytes).ok()?;
-    alive(status.pid).then_some(status)
+    serde_json::from_slice(&bytes).ok()
 }
 
 /// Why `shimgate down` could not stop the running `up`.
@@ -154,10 +158,7 @@ pub enum StopError {
 /// goes). Then puts back a resolv.conf that a crashed `up --tun` left
 /// rewritten. The pid it stopped, or `None` when none was running.
 pub fn stop(dir: &ConfigDir, wait: std::time::Duration) -> Result<Option<u32>, StopError> {
-    let running = std::fs::read(dir.status())
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Status>(&b).ok())
-        .map(|s| s.pid);
+    let running = written(dir).map(|s| s.pid);
     let stopped = match running {
         Some(pid) => terminate(pid, wait)?.then_some(pid),
         None => None,

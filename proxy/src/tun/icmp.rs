@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use shimgate_wire::control::PeerProto;
-use shimgate_wire::dest::Host;
 use shimgate_wire::origin::Origin;
 use shimgate_wire::peerlink::Link;
 use shimgate_wire::ping::{ECHOED, PING_PATH, PingRequest, Pinged};
@@ -54,17 +53,9 @@ impl Shim {
     /// A ping from a program: to the peer when the address (or the name a
     /// fake address stands for) is a peer's, otherwise through the gateway.
     pub(super) fn echo(self: &Arc<Self>, echo: Echo, pkt: &[u8]) {
-        let to = IpAddr::V4(echo.dst);
-        let host = if crate::fakeaddr::is_fake(to) {
-            match self.socket.fake.name_of(to).map(|n| Host::parse(&n)) {
-                Some(Ok(name)) => name,
-                _ => {
-                    self.answer(packet::unreachable(pkt, Unreachable::Host));
-                    return;
-                }
-            }
-        } else {
-            Host::Ip(to)
+        let Ok(host) = self.socket.host_of(IpAddr::V4(echo.dst)) else {
+            self.answer(packet::unreachable(pkt, Unreachable::Host));
+            return;
         };
         let Some(peer) = self.socket.peers.destination(&host) else {
             self.echo_through_gateway(host.to_string(), pkt);
